@@ -1,0 +1,92 @@
+"""Tier 1: the shared vocabulary — arm registry label/compute accounting and the table validator."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from theory.arms import ARMS, ARM_NAMES, ComputeModel, Stage, check_budget, get_arm, parse_arms
+from theory.errors import InputError
+from theory.tables import validate_problems, validate_runs
+
+
+def test_registry_has_the_paper_arms():
+    assert set(ARM_NAMES) >= {"direct_grpo", "raw_teacher_bridge", "rl_teacher_bridge", "no_fkl",
+                              "no_opd", "rl_teacher_bridge_stage3", "replay_control"}
+    assert ARMS["no_fkl"].stages == (Stage.TEACHER_GRPO, Stage.OPD)
+    assert ARMS["no_opd"].stages == (Stage.TEACHER_GRPO, Stage.FKL_WARMUP)
+
+
+@pytest.mark.parametrize("name", ARM_NAMES)
+@pytest.mark.parametrize("n", [0, 1, 7, 5000])
+def test_labels_always_add_up(name, n):
+    acct = get_arm(name).labels(n)
+    assert acct.total == n and min(acct.teacher, acct.student, acct.unused) >= 0
+
+
+def test_label_accounting_by_arm():
+    assert get_arm("direct_grpo").labels(100).student == 100
+    assert get_arm("raw_teacher_bridge").labels(100).unused == 100
+    assert get_arm("rl_teacher_bridge").labels(100).teacher == 100
+    s3 = get_arm("rl_teacher_bridge_stage3").labels(100, teacher_labels=70)
+    assert (s3.teacher, s3.student, s3.unused) == (70, 30, 0)
+    rc = get_arm("replay_control").labels(100, teacher_labels=70)
+    assert (rc.teacher, rc.student, rc.unused) == (70, 0, 30)
+    with pytest.raises(InputError, match="teacher_labels"):
+        get_arm("rl_teacher_bridge_stage3").labels(100, teacher_labels=101)
+
+
+def test_replay_control_matches_stage3_student_compute():
+    cost = ComputeModel(group_size=4, prompt_tokens=10, response_tokens=20, bridge_prompts=50)
+    s3 = get_arm("rl_teacher_bridge_stage3").compute_tokens(200, cost, teacher_labels=120)
+    rc = get_arm("replay_control").compute_tokens(200, cost, teacher_labels=120)
+    assert rc["replay_opd"] == s3["student_grpo"] == cost.grpo_tokens(80)
+    assert sum(rc.values()) == sum(s3.values())
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, math.nan, math.inf, "x", 10**9, True])
+def test_bad_budgets_name_the_field(bad):
+    with pytest.raises(InputError, match="labels"):
+        check_budget(bad)
+
+
+def test_unknown_arm_is_one_line():
+    with pytest.raises(InputError, match="unknown arm 'nope'"):
+        parse_arms("direct_grpo,nope")
+
+
+def _runs(**over):
+    row = dict(arm="direct_grpo", seed=0, world="toy", teacher_labels=0, student_labels=10,
+               compute_tokens=100, split="test", metric="accuracy", value=55.0)
+    row.update(over)
+    return row
+
+
+def test_run_table_round_trip():
+    df = pd.DataFrame([_runs(seed=0, value=40.0), _runs(seed=1, value=60.0)])
+    out = validate_runs(df)
+    assert list(out["value"]) == [40.0, 60.0] and out["seed"].dtype == "int64"
+
+
+def test_run_table_rejects_fractions():
+    df = pd.DataFrame([_runs(seed=0, value=0.41), _runs(seed=1, value=0.6)])
+    with pytest.raises(InputError, match="looks like fractions"):
+        validate_runs(df)
+
+
+@pytest.mark.parametrize("over,field", [
+    (dict(arm="mystery"), "arm"), (dict(split="dev"), "split"), (dict(value="abc"), "value"),
+    (dict(teacher_labels=-3), "teacher_labels"), (dict(value=140.0), "percent"),
+])
+def test_run_table_names_the_bad_field(over, field):
+    with pytest.raises(InputError, match=field):
+        validate_runs(pd.DataFrame([_runs(**over)]))
+
+
+def test_problem_table_rules():
+    ok = pd.DataFrame({"model": ["s", "s"], "problem_id": ["a", "b"], "k": [8, 8], "correct": [3, 0], "compliant": [5, 8]})
+    assert len(validate_problems(ok)) == 2
+    with pytest.raises(InputError, match="'correct' exceeds 'compliant'"):
+        validate_problems(ok.assign(correct=[6, 0]))
+    with pytest.raises(InputError, match="missing column 'k'"):
+        validate_problems(ok.drop(columns="k"))

@@ -1,0 +1,214 @@
+"""The arm registry: every arm of the paper's ablation, declared once.
+
+The planner (`budget_planner`), the reference pipeline (`reference`) and the tuner (`tuning`) all read
+this table; a test asserts none of them keeps its own list. An arm is a named composition of stages,
+with the teacher it uses and how it spends the label budget N.
+
+Stages (arXiv 2605.12483, abstract): (1) GRPO on the teacher with the labels; (2a) forward-KL warmup of
+the student on teacher rollouts; (2b) on-policy distillation (OPD) on student rollouts; (3) optional GRPO
+on the student with held-out labels. `replay_opd` is the matched control for stage 3: the same student
+compute spent on more bridge (OPD) steps instead of sparse-reward GRPO.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+import math
+
+from theory.errors import InputError
+
+
+class Stage(str, Enum):
+    TEACHER_GRPO = "teacher_grpo"
+    FKL_WARMUP = "fkl_warmup"
+    OPD = "opd"
+    STUDENT_GRPO = "student_grpo"
+    REPLAY_OPD = "replay_opd"
+
+
+class Teacher(str, Enum):
+    NONE = "none"  # the arm never looks at a teacher
+    RAW = "raw"  # the teacher as it comes, not shaped by the reward (tests C1)
+    RL = "rl"  # the teacher after stage-1 GRPO with the labels
+
+
+@dataclass(frozen=True)
+class LabelAccount:
+    """How an arm spends a budget of N labeled problems. teacher + student + unused == N."""
+
+    teacher: int
+    student: int
+    unused: int
+
+    @property
+    def total(self) -> int:
+        return self.teacher + self.student + self.unused
+
+
+@dataclass(frozen=True)
+class ComputeModel:
+    """Token costs of one stage unit; the toy world and Qwen3 configs each carry one.
+
+    Letters: G = group size (samples per labeled prompt), L_p / L_r = prompt / response tokens,
+    U = unlabeled bridge prompts, S = samples per bridge prompt.
+    A GRPO label costs G rollouts (policy forward+generation) and one training pass over them.
+    A bridge prompt costs S rollouts (teacher's for the warmup, student's for OPD), teacher scoring
+    of every token, and one training pass. Tokens are counted once per model pass.
+    """
+
+    group_size: int = 8
+    prompt_tokens: int = 256
+    response_tokens: int = 1024
+    grpo_epochs: int = 1
+    bridge_prompts: int = 4096
+    bridge_samples: int = 1
+    fkl_epochs: int = 1
+    opd_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("group_size", "prompt_tokens", "response_tokens", "grpo_epochs",
+                     "bridge_prompts", "bridge_samples", "fkl_epochs", "opd_epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"compute.{name} must be a positive integer, got {value!r}")
+
+    @property
+    def sequence_tokens(self) -> int:
+        return self.prompt_tokens + self.response_tokens
+
+    def grpo_tokens(self, labels: int) -> int:
+        # rollout pass + training pass (forward+backward counted as one pass over the tokens) per epoch
+        per_label = self.group_size * self.sequence_tokens * (1 + self.grpo_epochs)
+        return labels * per_label
+
+    def fkl_tokens(self) -> int:
+        # teacher rollouts (once) + teacher scoring + student training per epoch
+        seqs = self.bridge_prompts * self.bridge_samples
+        return seqs * self.sequence_tokens * (1 + 2 * self.fkl_epochs)
+
+    def opd_tokens(self) -> int:
+        # student rollouts + teacher scoring + student training, per epoch
+        seqs = self.bridge_prompts * self.bridge_samples
+        return seqs * self.sequence_tokens * 3 * self.opd_epochs
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    stages: tuple[Stage, ...]
+    teacher: Teacher
+    splits_labels: bool  # True when the labels are shared between teacher GRPO and student GRPO
+    description: str
+
+    def labels(self, n: int, teacher_labels: int | None = None) -> LabelAccount:
+        """Label accounting for a budget of n. `teacher_labels` applies only to arms that split."""
+        n = check_budget(n)
+        if self.splits_labels:
+            t = default_teacher_labels(n) if teacher_labels is None else int(teacher_labels)
+            if not 0 <= t <= n:
+                raise InputError(f"teacher_labels={teacher_labels} must lie in [0, labels={n}]")
+            student = n - t if Stage.STUDENT_GRPO in self.stages else 0
+            return LabelAccount(teacher=t, student=student, unused=n - t - student)
+        if teacher_labels is not None and int(teacher_labels) != self._full_teacher(n):
+            raise InputError(f"arm {self.name} does not split labels; drop teacher_labels")
+        if Stage.TEACHER_GRPO in self.stages:
+            return LabelAccount(teacher=n, student=0, unused=0)
+        if Stage.STUDENT_GRPO in self.stages:
+            return LabelAccount(teacher=0, student=n, unused=0)
+        return LabelAccount(teacher=0, student=0, unused=n)
+
+    def _full_teacher(self, n: int) -> int:
+        return n if Stage.TEACHER_GRPO in self.stages else 0
+
+    def compute_tokens(self, n: int, cost: ComputeModel, teacher_labels: int | None = None) -> dict[str, int]:
+        """Tokens processed per stage (rollout + training + teacher scoring) for a budget of n."""
+        acct = self.labels(n, teacher_labels)
+        out: dict[str, int] = {}
+        for stage in self.stages:
+            if stage is Stage.TEACHER_GRPO:
+                out[stage.value] = cost.grpo_tokens(acct.teacher)
+            elif stage is Stage.STUDENT_GRPO:
+                out[stage.value] = cost.grpo_tokens(acct.student)
+            elif stage is Stage.FKL_WARMUP:
+                out[stage.value] = cost.fkl_tokens()
+            elif stage is Stage.OPD:
+                out[stage.value] = cost.opd_tokens()
+            elif stage is Stage.REPLAY_OPD:
+                # matched to what stage-3 GRPO would have spent on the labels held back
+                out[stage.value] = cost.grpo_tokens(n - acct.teacher)
+        return out
+
+    def total_compute_tokens(self, n: int, cost: ComputeModel, teacher_labels: int | None = None) -> int:
+        return sum(self.compute_tokens(n, cost, teacher_labels).values())
+
+
+DEFAULT_TEACHER_FRACTION = 0.5  # the paper's stage-3 experiment is a half split (appendix B title)
+
+
+def default_teacher_labels(n: int) -> int:
+    return int(round(n * DEFAULT_TEACHER_FRACTION))
+
+
+MAX_LABELS = 10_000_000
+
+
+def check_budget(n) -> int:
+    """A label budget: a finite non-negative integer no larger than MAX_LABELS."""
+    if isinstance(n, bool):
+        raise InputError(f"labels must be a non-negative integer, got {n!r}")
+    try:
+        f = float(n)
+    except (TypeError, ValueError):
+        raise InputError(f"labels must be a non-negative integer, got {n!r}") from None
+    if math.isnan(f) or math.isinf(f):
+        raise InputError(f"labels must be finite, got {n!r}")
+    if f < 0:
+        raise InputError(f"labels must be >= 0, got {n!r}")
+    if f != int(f):
+        raise InputError(f"labels must be a whole number, got {n!r}")
+    if f > MAX_LABELS:
+        raise InputError(f"labels={int(f)} is larger than the supported maximum {MAX_LABELS}")
+    return int(f)
+
+
+S = Stage
+ARMS: dict[str, Arm] = {
+    a.name: a
+    for a in (
+        Arm("direct_grpo", (S.STUDENT_GRPO,), Teacher.NONE, False,
+            "GRPO with all labels directly on the deployment student (the usual move)."),
+        Arm("raw_teacher_bridge", (S.FKL_WARMUP, S.OPD), Teacher.RAW, False,
+            "Dense bridge from the teacher before any RL; labels unused (tests C1)."),
+        Arm("rl_teacher_bridge", (S.TEACHER_GRPO, S.FKL_WARMUP, S.OPD), Teacher.RL, False,
+            "The paper's workflow: labels as sparse reward on the teacher, then warmup + OPD."),
+        Arm("no_fkl", (S.TEACHER_GRPO, S.OPD), Teacher.RL, False,
+            "RL teacher, OPD only: no forward-KL warmup (tests C2)."),
+        Arm("no_opd", (S.TEACHER_GRPO, S.FKL_WARMUP), Teacher.RL, False,
+            "RL teacher, forward-KL warmup only: no on-policy distillation."),
+        Arm("rl_teacher_bridge_stage3", (S.TEACHER_GRPO, S.FKL_WARMUP, S.OPD, S.STUDENT_GRPO), Teacher.RL, True,
+            "Labels split: teacher GRPO, bridge, then post-bridge student GRPO with the rest."),
+        Arm("replay_control", (S.TEACHER_GRPO, S.FKL_WARMUP, S.OPD, S.REPLAY_OPD), Teacher.RL, True,
+            "Stage-3 control: same split, the student compute spent on more bridge steps; student labels unused."),
+    )
+}
+del S
+
+ARM_NAMES: tuple[str, ...] = tuple(ARMS)
+
+
+def get_arm(name: str) -> Arm:
+    try:
+        return ARMS[name]
+    except KeyError:
+        raise InputError(f"unknown arm {name!r}; known arms: {', '.join(ARM_NAMES)}") from None
+
+
+def parse_arms(spec: str) -> list[Arm]:
+    """'a,b,c' -> [Arm, ...]; 'all' -> every arm."""
+    if spec.strip() == "all":
+        return list(ARMS.values())
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise InputError("arms: give at least one arm name")
+    return [get_arm(n) for n in names]
