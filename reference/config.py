@@ -1,0 +1,368 @@
+"""One frozen config type for both scales: the toy world on a CPU and Qwen3 on GPUs.
+
+A TOML file has the sections [world], [student], [teacher], [grpo], [fkl], [opd], [eval], [engine].
+A model section is either a tiny Qwen3 spec (hidden, layers, heads, kv_heads, head_dim, intermediate)
+or `path = "<hub id or local dir>"`. Unknown sections or fields raise `InputError` naming them.
+
+Derived values (step counts, label splits) are computed where they are used, never written back.
+`Config.hash()` fingerprints the whole config; `Config.section_hash(names)` fingerprints the
+sections one stage depends on, so a checkpoint is reused only by a run that would recompute it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+import hashlib
+import json
+import math
+from pathlib import Path
+import tomllib
+import typing
+from typing import Any
+
+from theory.errors import InputError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def _check_pos(section: str, obj: Any, names: tuple[str, ...], *, allow_zero: bool = False) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise InputError(f"{section}.{name} must be a number, got {v!r}")
+        if v < 0 or (v == 0 and not allow_zero):
+            raise InputError(f"{section}.{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The task and its disjoint splits.
+
+    kind = "toy": integer arithmetic generated from `seed` (graded difficulty by number of terms and
+    operand size). kind = "dataset": problems from files / hub ids read by reference.data (SCALE).
+    `labels` is the budget N (labeled train); `val` is reported beside it and not counted in N.
+    """
+
+    name: str = "toy-arith"
+    kind: str = "toy"
+    seed: int = 0  # the world's own seed: the problem splits do not change with the run seed
+    labels: int = 256
+    val: int = 200
+    unlabeled: int = 2048
+    test: int = 500
+    min_terms: int = 2
+    max_terms: int = 4
+    max_operand: int = 20
+    ops: str = "+-"
+    # dataset kind (Qwen3 scale): read by reference.data
+    train_path: str = ""
+    test_path: str = ""
+    unlabeled_path: str = ""
+    val_fraction: float = 0.0
+    max_prompt_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("toy", "dataset"):
+            raise InputError(f"world.kind must be 'toy' or 'dataset', got {self.kind!r}")
+        _check_pos("world", self, ("labels", "val", "unlabeled", "test", "max_prompt_tokens"), allow_zero=True)
+        _check_pos("world", self, ("val_fraction",), allow_zero=True)
+        if self.kind == "toy":
+            _check_pos("world", self, ("min_terms", "max_terms", "max_operand"))
+            if self.min_terms < 2 or self.max_terms < self.min_terms:
+                raise InputError(f"world.min_terms/max_terms must satisfy 2 <= min <= max, "
+                                 f"got {self.min_terms}/{self.max_terms}")
+            if not self.ops or set(self.ops) - set("+-*"):
+                raise InputError(f"world.ops must be a non-empty subset of '+-*', got {self.ops!r}")
+        elif not self.train_path:
+            raise InputError("world.train_path is required when world.kind = 'dataset'")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A model: a tiny Qwen3 spec (toy world, tests) or `path` (hub id or local directory).
+
+    For a spec, `asset` names a committed base checkpoint under reference/assets/ (pre-trained by
+    scripts/pretrain_base.py with the `pretrain_*` fields); empty -> random init (tests).
+    `style` is how the base model's pre-training text writes a solution: "direct" (answer only) or
+    "steps" (running partial sums first); `protocol_break` is the fraction of pre-training answers in a
+    non-verifiable format ("ANS 16" instead of "\\boxed{16}").
+    """
+
+    path: str = ""
+    asset: str = ""
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    head_dim: int = 16
+    intermediate: int = 256
+    max_position: int = 128
+    tie_embeddings: bool = True
+    dtype: str = "float32"
+    style: str = "direct"
+    protocol_break: float = 0.0
+    pretrain_steps: int = 2000
+    pretrain_lr: float = 3e-3
+    pretrain_batch: int = 64
+    init_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_pos("model", self, ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate",
+                                   "max_position", "pretrain_steps", "pretrain_lr", "pretrain_batch"))
+        if self.heads % self.kv_heads:
+            raise InputError(f"model.heads={self.heads} must be a multiple of kv_heads={self.kv_heads}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise InputError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.style not in ("direct", "steps"):
+            raise InputError(f"model.style must be 'direct' or 'steps', got {self.style!r}")
+        if not 0.0 <= self.protocol_break <= 1.0:
+            raise InputError(f"model.protocol_break must lie in [0, 1], got {self.protocol_break!r}")
+        if self.path and self.asset:
+            raise InputError("model: give either path or asset, not both")
+
+    @property
+    def is_tiny(self) -> bool:
+        return not self.path
+
+
+@dataclass(frozen=True)
+class GRPOConfig:
+    """GRPO, teacher and student alike (one function; `teacher_lr` is the only teacher-specific value)."""
+
+    lr: float = 1e-3
+    teacher_lr: float = 0.0  # 0 -> same as lr
+    group_size: int = 8
+    prompts_per_step: int = 16
+    epochs: float = 4.0  # passes over the labeled problems; steps = ceil(epochs * labels / prompts_per_step)
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    loss: str = "token_mean"  # DAPO token-mean; "seq_mean" = GRPO's per-sequence mean
+    kl_coef: float = 0.0
+    temperature: float = 1.0
+    max_new_tokens: int = 48
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_pos("grpo", self, ("lr", "group_size", "prompts_per_step", "epochs", "temperature",
+                                  "max_new_tokens", "grad_clip"))
+        _check_pos("grpo", self, ("teacher_lr", "clip_low", "clip_high", "kl_coef"), allow_zero=True)
+        if self.group_size < 2:
+            raise InputError(f"grpo.group_size must be >= 2 (advantages are group-relative), got {self.group_size}")
+        if self.loss not in ("token_mean", "seq_mean"):
+            raise InputError(f"grpo.loss must be 'token_mean' or 'seq_mean', got {self.loss!r}")
+
+    def lr_for(self, role: str) -> float:
+        return self.teacher_lr if (role == "teacher" and self.teacher_lr > 0) else self.lr
+
+
+@dataclass(frozen=True)
+class FKLConfig:
+    """Forward-KL warmup: the student fits the teacher's full next-token distributions on teacher rollouts."""
+
+    lr: float = 1e-3
+    steps: int = 60
+    prompts_per_step: int = 32
+    temperature: float = 1.0
+    max_new_tokens: int = 48
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_pos("fkl", self, ("lr", "steps", "prompts_per_step", "temperature", "max_new_tokens", "grad_clip"))
+
+
+@dataclass(frozen=True)
+class OPDConfig:
+    """On-policy distillation: student samples, frozen teacher scores every token, reverse KL."""
+
+    lr: float = 1e-3
+    steps: int = 60
+    prompts_per_step: int = 32
+    temperature: float = 1.0
+    max_new_tokens: int = 48
+    estimator: str = "full"  # full-vocabulary reverse KL, or "sampled" (per-token log-ratio as reward)
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check_pos("opd", self, ("lr", "steps", "prompts_per_step", "temperature", "max_new_tokens", "grad_clip"))
+        if self.estimator not in ("full", "sampled"):
+            raise InputError(f"opd.estimator must be 'full' or 'sampled', got {self.estimator!r}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Sampled avg@k at a fixed temperature (the headline), pass@k, compliance; greedy only beside it."""
+
+    k: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 48
+    greedy: bool = True
+    curve_every: int = 0  # steps between validation points inside a stage; 0 -> stage ends only
+    curve_problems: int = 100
+    batch: int = 256
+
+    def __post_init__(self) -> None:
+        _check_pos("eval", self, ("k", "temperature", "top_p", "max_new_tokens", "curve_problems", "batch"))
+        _check_pos("eval", self, ("top_k", "curve_every"), allow_zero=True)
+        if self.top_p > 1:
+            raise InputError(f"eval.top_p must lie in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where and how the stages run. The toy world: CPU, one thread, HF generate."""
+
+    device: str = "cpu"
+    threads: int = 1
+    rollout: str = "hf"  # "hf" (transformers generate) or "vllm" (reference.rollout_vllm, when installed)
+    static_cache: bool = False
+    launcher: str = "single"  # "single" process or "accelerate" (accelerate launch; multi-GPU)
+    accelerate_config: str = ""
+    gradient_checkpointing: bool = False
+    lora_rank: int = 0  # >0: LoRA (peft) for teacher GRPO on small GPUs
+    micro_batch: int = 0  # sequences per forward/backward chunk; 0 -> whole batch
+
+    def __post_init__(self) -> None:
+        _check_pos("engine", self, ("threads",))
+        _check_pos("engine", self, ("lora_rank", "micro_batch"), allow_zero=True)
+        if self.rollout not in ("hf", "vllm"):
+            raise InputError(f"engine.rollout must be 'hf' or 'vllm', got {self.rollout!r}")
+        if self.launcher not in ("single", "accelerate"):
+            raise InputError(f"engine.launcher must be 'single' or 'accelerate', got {self.launcher!r}")
+
+
+SECTIONS: dict[str, type] = {
+    "world": WorldConfig,
+    "student": ModelConfig,
+    "teacher": ModelConfig,
+    "grpo": GRPOConfig,
+    "fkl": FKLConfig,
+    "opd": OPDConfig,
+    "eval": EvalConfig,
+    "engine": EngineConfig,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    world: WorldConfig = field(default_factory=WorldConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    fkl: FKLConfig = field(default_factory=FKLConfig)
+    opd: OPDConfig = field(default_factory=OPDConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    source: str = field(default="", compare=False)  # file it came from (not hashed)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def hash(self) -> str:
+        return _digest(self.to_dict())
+
+    def section_hash(self, names: tuple[str, ...], extra: dict | None = None) -> str:
+        d = self.to_dict()
+        return _digest({"sections": {n: d[n] for n in names}, "extra": extra or {}})
+
+    def override(self, values: dict[str, Any]) -> "Config":
+        """A copy with 'section.field' values replaced (validated like a file)."""
+        d = self.to_dict()
+        for key, value in values.items():
+            section, _, name = key.partition(".")
+            if section not in SECTIONS or not name:
+                raise InputError(f"override {key!r}: use 'section.field' with a section in {', '.join(SECTIONS)}")
+            d[section][name] = value
+        return from_dict(d, source=self.source)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _coerce(section: str, name: str, value: Any, kind: Any) -> Any:
+    where = f"{section}.{name}"
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{where} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and value != int(value)):
+            raise InputError(f"{where} must be an integer, got {value!r}")
+        return int(value)
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise InputError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(section: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise InputError(f"[{section}] must be a table of fields, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise InputError(f"unknown config field {section}.{key} (known: {', '.join(sorted(known))})")
+    kwargs = {k: _coerce(section, k, v, hints[k]) for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except InputError as e:
+        msg = str(e)
+        # model sections share one class: name the real section in the message
+        if msg.startswith("model.") or msg.startswith("model:"):
+            msg = section + msg[len("model"):]
+        raise InputError(msg) from None
+
+
+def from_dict(d: dict[str, Any], *, source: str = "") -> Config:
+    if not isinstance(d, dict):
+        raise InputError("config must be a table of sections")
+    for key in d:
+        if key not in SECTIONS:
+            raise InputError(f"unknown config section [{key}] (known: {', '.join(SECTIONS)})")
+    parts = {name: _build(name, cls, d.get(name, {})) for name, cls in SECTIONS.items()}
+    return Config(**parts, source=source)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A path as given, or a bare name looked up in configs/ ('toy_short' -> configs/toy_short.toml)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    for cand in (CONFIG_DIR / p, CONFIG_DIR / f"{p}.toml"):
+        if cand.is_file():
+            return cand
+    raise InputError(f"config file not found: {str(path)!r}")
+
+
+def load_config(path: str | Path) -> Config:
+    p = resolve_config_path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"config {str(p)!r}: malformed TOML ({e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"config {str(p)!r}: cannot read ({e})") from None
+    return from_dict(raw, source=str(p))
+
+
+def diff_fields(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[str]:
+    """'section.field' names whose values differ between two Config.to_dict() outputs."""
+    out = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section, {}), new.get(section, {})
+        for name in sorted(set(a) | set(b)):
+            if a.get(name) != b.get(name):
+                out.append(f"{section}.{name}")
+    return out
