@@ -1,0 +1,402 @@
+"""Verifiable reward: the final ``\\boxed{...}`` answer checked against a gold answer.
+
+One reward for both scales (toy arithmetic and Qwen3 on MATH/AIME):
+
+1. The answer is the *last* ``\\boxed{...}`` of the completion, with balanced braces (``\\{``/``\\}``
+   are literal braces and do not count). A completion whose last box is cut off (unbalanced) has no
+   answer: a truncated generation never scores.
+2. When the gold is a plain number (``46``, ``-3``, ``0.5``, ``10{,}000``) the prediction must be a
+   numeric literal too. math-verify alone accepts ``12+34`` for 46 (it evaluates expressions), which
+   would reward a policy for echoing the question (science.md). Light, common decorations are
+   stripped first: ``x = ``, ``^\\circ``, ``\\%``, a trailing ``\\text{...}`` unit, digit grouping.
+3. Integer gold + integer-literal prediction is decided exactly in-process (the toy world scores
+   thousands of completions per step; a test checks it agrees with math-verify).
+4. Everything else (fractions, radicals, tuples, intervals, sets, text answers, decimals) goes to
+   math-verify's ``verify(gold, pred)`` — gold first, it is not symmetric — on a persistent pool of
+   worker processes. math-verify's own timeout uses ``signal.alarm`` (fails off the main thread) and
+   some inputs hang anyway, so the parent enforces the timeout: a worker that overruns is killed,
+   the item scores 0.0, and a fresh worker is forked. Each item gets ``timeout_s`` of worker time, so
+   ``score`` returns within about ``timeout_s`` (+ a few ms) whatever the text; ``score_batch``
+   spreads items over the workers and every item is bounded the same way.
+
+The pool is created lazily on first use (forkserver with math-verify preloaded, so a respawn costs
+milliseconds, not an import) and shut down at interpreter exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import multiprocessing as mp
+import os
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+from multiprocessing.connection import Connection, wait
+
+__all__ = [
+    "score",
+    "score_batch",
+    "is_compliant",
+    "extract_boxed",
+    "RewardPool",
+    "default_pool",
+]
+
+_BOXED = "\\boxed"
+
+
+# --------------------------------------------------------------------------------------------------
+# Answer extraction (pure string work, in-process)
+# --------------------------------------------------------------------------------------------------
+
+
+def _match_brace(text: str, open_idx: int) -> int:
+    """Index just past the ``}`` closing the ``{`` at ``open_idx``, or -1 if it never closes."""
+    depth = 0
+    i = open_idx
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\":
+            i += 2  # \{ \} \\ are escapes, not grouping
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return -1
+
+
+def extract_boxed(completion: str) -> str | None:
+    """Content of the last top-level ``\\boxed{...}``; None if there is none or it never closes."""
+    last: str | None = None
+    pos = 0
+    while True:
+        i = completion.find(_BOXED, pos)
+        if i < 0:
+            return last
+        j = i + len(_BOXED)
+        while j < len(completion) and completion[j] in " \t":
+            j += 1
+        if j >= len(completion) or completion[j] != "{":
+            pos = j  # `\boxed` without a brace group is not an answer
+            continue
+        end = _match_brace(completion, j)
+        if end < 0:
+            return None  # the final box is cut off: everything after it is inside it
+        last = completion[j + 1 : end - 1].strip()
+        pos = end
+
+
+def is_compliant(completion: str) -> bool:
+    """True if the completion ends its work with a well-formed, non-empty ``\\boxed{...}`` answer."""
+    ans = extract_boxed(completion)
+    return bool(ans)
+
+
+# --------------------------------------------------------------------------------------------------
+# Numeric literals
+# --------------------------------------------------------------------------------------------------
+
+_INT_RE = re.compile(r"[+-]?\d+")
+_DEC_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_GROUPED_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?")
+_UNIT_TAIL_RE = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}$")
+_VAR_PREFIX_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*")
+
+
+def _strip_math(s: str) -> str:
+    s = s.strip()
+    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
+        s = s[1:-1].strip()
+    return s
+
+
+def _numeric_gold(gold: str) -> str | None:
+    """The gold as a canonical numeric literal string, or None if it is not a plain number."""
+    g = _strip_math(gold).replace("{,}", "").replace("\\!", "").replace(" ", "")
+    return g if _DEC_RE.fullmatch(g) else None
+
+
+def _numeric_literal(pred: str) -> str | None:
+    """The prediction as a numeric literal after stripping decorations, or None if it is not one."""
+    p = _strip_math(pred)
+    p = _VAR_PREFIX_RE.sub("", p)
+    p = _UNIT_TAIL_RE.sub("", p).strip()
+    for deco in ("^\\circ", "^{\\circ}", "\\%", "%", "\\$"):
+        if p.endswith(deco):
+            p = p[: -len(deco)]
+        if p.startswith(deco):
+            p = p[len(deco) :]
+    p = p.replace("{,}", "").replace("\\,", "").replace("\\!", "").replace(" ", "")
+    if _GROUPED_RE.fullmatch(p):
+        p = p.replace(",", "")
+    return p if _DEC_RE.fullmatch(p) else None
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """In-process verdict (score) or the math-verify job (gold, pred) still to run."""
+
+    score: float | None
+    job: tuple[str, str] | None = None
+
+
+def _normalize_gold(gold: str) -> str:
+    # A MATH `solution` field (or any text holding a box) is reduced to its boxed answer.
+    if _BOXED in gold:
+        boxed = extract_boxed(gold)
+        if boxed:
+            return boxed
+    return _strip_math(gold)
+
+
+def _decide(completion: str, gold: str) -> _Decision:
+    pred = extract_boxed(completion)
+    if not pred:
+        return _Decision(0.0)
+    gold = _normalize_gold(gold)
+    if not gold:
+        return _Decision(0.0)
+    num_gold = _numeric_gold(gold)
+    if num_gold is not None:
+        lit = _numeric_literal(pred)
+        if lit is None:
+            return _Decision(0.0)  # e.g. `12+34` for 46: not a final numeric answer
+        if _INT_RE.fullmatch(num_gold) and _INT_RE.fullmatch(lit):
+            return _Decision(float(int(num_gold) == int(lit)))  # exact fast path
+        return _Decision(None, (num_gold, lit))
+    return _Decision(None, (gold, pred))
+
+
+# --------------------------------------------------------------------------------------------------
+# Worker process
+# --------------------------------------------------------------------------------------------------
+
+
+def _worker_main(conn: Connection, stall_marker: str | None) -> None:
+    """Loop: receive (gold, pred), send back a bool. Timeouts are the parent's job (hard kill)."""
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # "timeout disabled" warning
+    from math_verify import parse, verify
+
+    @lru_cache(maxsize=4096)
+    def parsed_gold(g: str):
+        return parse("$" + g + "$", parsing_timeout=None)
+
+    conn.send("ready")
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        gold, pred = msg
+        if stall_marker is not None and pred == stall_marker:
+            time.sleep(3600)  # test hook: behave like an input that hangs sympy
+        try:
+            g = parsed_gold(gold)
+            p = parse("$" + pred + "$", parsing_timeout=None)
+            ok = bool(g) and bool(p) and verify(g, p, timeout_seconds=None)
+        except Exception:  # noqa: BLE001 — any parser/sympy failure means "not verified"
+            ok = False
+        conn.send(bool(ok))
+
+
+def _context() -> mp.context.BaseContext:
+    # forkserver: a clean server process (no torch threads) that already imported math-verify, so
+    # each (re)spawned worker is a cheap fork. spawn elsewhere (Windows).
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        try:
+            ctx.set_forkserver_preload(["math_verify", "reference.rewards"])
+        except Exception:  # noqa: BLE001 — preload is an optimisation only
+            pass
+        return ctx
+    return mp.get_context("spawn")
+
+
+class _Worker:
+    def __init__(self, ctx: mp.context.BaseContext, stall_marker: str | None) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, stall_marker), daemon=True)
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.job: int | None = None
+        self.deadline = math.inf
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.join(timeout=5)
+        except Exception:  # noqa: BLE001
+            pass
+        self.conn.close()
+
+
+class RewardPool:
+    """A persistent pool of math-verify worker processes with a hard per-item timeout.
+
+    ``workers`` defaults to ``min(2, cpu_count)`` (env ``S2D_REWARD_WORKERS`` overrides).
+    ``startup_timeout_s`` bounds the wait for a worker's first import (not charged to any item).
+    """
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        startup_timeout_s: float = 120.0,
+        _stall_marker: str | None = None,
+    ) -> None:
+        if workers is None:
+            workers = int(os.environ.get("S2D_REWARD_WORKERS", min(2, os.cpu_count() or 1)))
+        if workers < 1:
+            raise ValueError(f"RewardPool: workers must be >= 1, got {workers}")
+        self.n_workers = workers
+        self.startup_timeout_s = startup_timeout_s
+        self._stall_marker = _stall_marker
+        self._workers: list[_Worker] = []
+        self._lock = threading.Lock()
+        self.n_killed = 0  # workers killed for overrunning (observable for tests/logs)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def _ensure_started(self) -> None:
+        if self._workers:
+            return
+        ctx = _context()
+        self._ctx = ctx
+        self._workers = [_Worker(ctx, self._stall_marker) for _ in range(self.n_workers)]
+
+    def close(self) -> None:
+        with self._lock:
+            for w in self._workers:
+                try:
+                    if w.ready and w.job is None:
+                        w.conn.send(None)
+                except Exception:  # noqa: BLE001
+                    pass
+                w.kill()
+            self._workers = []
+
+    def _respawn(self, i: int) -> None:
+        self._workers[i].kill()
+        self._workers[i] = _Worker(self._ctx, self._stall_marker)
+
+    # -- scoring -----------------------------------------------------------------------------------
+    def verify_many(self, jobs: list[tuple[str, str]], *, timeout_s: float) -> list[bool]:
+        """math-verify ``verify(parse(gold), parse(pred))`` for each (gold, pred); False on timeout."""
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        out = [False] * len(jobs)
+        if not jobs:
+            return out
+        with self._lock:
+            self._ensure_started()
+            pending = deque(range(len(jobs)))
+            startup_deadline = time.monotonic() + self.startup_timeout_s
+            while pending or any(w.job is not None for w in self._workers):
+                now = time.monotonic()
+                for w in self._workers:
+                    if w.ready and w.job is None and pending:
+                        k = pending.popleft()
+                        try:
+                            w.conn.send(jobs[k])
+                        except (OSError, BrokenPipeError):
+                            pending.appendleft(k)
+                            w.ready = False
+                            continue
+                        w.job, w.deadline = k, now + timeout_s
+                waiting = [w for w in self._workers if not w.ready or w.job is not None]
+                if not any(w.ready for w in self._workers) and now > startup_deadline:
+                    raise RuntimeError(
+                        "reward workers did not start (is math-verify installed? "
+                        "`pip install math-verify==0.9.0`)"
+                    )
+                next_deadline = min(
+                    [w.deadline for w in waiting if w.job is not None] + [startup_deadline]
+                )
+                ready_conns = wait(
+                    [w.conn for w in waiting] + [w.proc.sentinel for w in waiting],
+                    timeout=max(0.0, next_deadline - time.monotonic()),
+                )
+                now = time.monotonic()
+                for i, w in enumerate(list(self._workers)):
+                    dead = False
+                    if w.conn in ready_conns:
+                        try:
+                            msg = w.conn.recv()
+                        except (EOFError, OSError):
+                            dead = True
+                        else:
+                            if msg == "ready":
+                                w.ready = True
+                            elif w.job is not None:
+                                out[w.job] = bool(msg)
+                                w.job, w.deadline = None, math.inf
+                            continue
+                    dead = dead or (w.proc.sentinel in ready_conns)
+                    overran = w.job is not None and now >= w.deadline
+                    if dead or overran:
+                        if w.job is not None:
+                            out[w.job] = False  # hung or crashed on this input: no reward
+                        if overran:
+                            self.n_killed += 1
+                        self._respawn(i)
+        return out
+
+
+_default_pool: RewardPool | None = None
+_default_lock = threading.Lock()
+
+
+def default_pool() -> RewardPool:
+    """The process-wide pool, created on first use and closed at exit."""
+    global _default_pool
+    with _default_lock:
+        if _default_pool is None:
+            _default_pool = RewardPool()
+            atexit.register(_default_pool.close)
+        return _default_pool
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API (fixed interface shared with the toy world)
+# --------------------------------------------------------------------------------------------------
+
+
+def score_batch(
+    completions: list[str],
+    golds: list[str],
+    *,
+    timeout_s: float = 5.0,
+    pool: RewardPool | None = None,
+) -> list[float]:
+    """1.0/0.0 per (completion, gold). Each math-verify check is bounded by ``timeout_s``."""
+    if len(completions) != len(golds):
+        raise ValueError(
+            f"score_batch: {len(completions)} completions but {len(golds)} golds"
+        )
+    decisions = [_decide(c, g) for c, g in zip(completions, golds)]
+    scores = [d.score for d in decisions]
+    todo = [i for i, d in enumerate(decisions) if d.score is None]
+    if todo:
+        p = pool if pool is not None else default_pool()
+        verdicts = p.verify_many([decisions[i].job for i in todo], timeout_s=timeout_s)  # type: ignore[misc]
+        for i, ok in zip(todo, verdicts):
+            scores[i] = 1.0 if ok else 0.0
+    return [float(s) for s in scores]  # type: ignore[arg-type]
+
+
+def score(completion: str, gold: str, *, timeout_s: float = 5.0, pool: RewardPool | None = None) -> float:
+    """1.0 if the completion's final ``\\boxed{}`` answer matches ``gold``, else 0.0."""
+    return score_batch([completion], [gold], timeout_s=timeout_s, pool=pool)[0]
