@@ -1,0 +1,246 @@
+"""Calibration: MAP fit of the free rates and assumed inputs to observed runs, Laplace uncertainty,
+and draws pushed through the forward model.
+
+Parameters z live on transformed scales (logit for probabilities/percents, log for positives). Each
+assumed input i has a Gaussian prior z_i ~ N(T(value_i), sd_i^2). Observations y_j (percent) with
+standard errors se_j. The MAP solves, with scipy.optimize.least_squares,
+    min_z  sum_j ((f_j(z) - y_j) / se_j)^2 + sum_i ((z_i - mu_i) / sd_i)^2           -> `fit_scenario`
+and the Laplace covariance is Cov = (J^T J)^-1 with J the Jacobian of the stacked, scaled residuals
+(= J_obs^T W J_obs + prior precision). Draws z_D ~ N(z_MAP, Cov) go through the forward model
+(`theory.dynamics`) to give predictive intervals; a predicted *measurement* adds N(0, eval_se^2).
+
+`calibrate(run_table, problem_table)` builds a Scenario from a user's pilot (see docs/theory.md and
+docs/examples/).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import optimize, special
+
+from theory import irt
+from theory.arms import ARMS
+from theory.dynamics import Policy, Rates, World, predict_arm
+from theory.errors import InputError
+from theory.scenario import Scenario, Tagged
+
+_EPS = 1e-6
+
+
+def to_z(t: Tagged, value=None) -> np.ndarray:
+    v = np.asarray(t.value if value is None else value, dtype=float)
+    if t.kind == "percent":
+        return special.logit(np.clip(v / 100.0, _EPS, 1 - _EPS))
+    if t.kind == "probability":
+        return special.logit(np.clip(v, _EPS, 1 - _EPS))
+    return np.log(v)
+
+
+def from_z(t: Tagged, z) -> np.ndarray:
+    z = np.asarray(z, dtype=float)
+    if t.kind == "percent":
+        return 100.0 * special.expit(z)
+    if t.kind == "probability":
+        return special.expit(z)
+    return np.exp(np.clip(z, -50, 50))
+
+
+def values_from_z(scn: Scenario, z_RP: np.ndarray) -> dict[str, np.ndarray]:
+    """Every input's natural value, shape R = z_RP.shape[:-1] (fixed inputs broadcast)."""
+    fitted = scn.fitted_inputs()
+    shape = z_RP.shape[:-1]
+    vals: dict[str, np.ndarray] = {}
+    for t in scn.inputs:
+        vals[t.path] = np.full(shape, t.value)
+    for i, t in enumerate(fitted):
+        vals[t.path] = from_z(t, z_RP[..., i])
+    return vals
+
+
+def build_world(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[str, ...] | None = None) -> World:
+    """Start states and rates from input values (shape R each)."""
+    bench = tuple(benchmarks or scn.benchmarks)
+    if scn.train_benchmark not in bench:
+        bench = bench + (scn.train_benchmark,)
+    s_d_B = np.stack([vals[f"benchmarks.{b}.s_d"] for b in bench], -1)
+
+    def policy(role: str) -> Policy:
+        th, cs = [], []
+        for i, b in enumerate(bench):
+            base = f"{role}.benchmarks.{b}"
+            c = vals.get(f"{base}.compliance", vals.get(f"{role}.compliance"))
+            if f"{base}.accuracy_given_compliance" in vals:
+                ability = vals[f"{base}.accuracy_given_compliance"] / 100.0
+            else:
+                ability = vals[f"{base}.accuracy"] / (100.0 * c)
+            th.append(irt.solve_theta(ability, s_d_B[..., i]))
+            cs.append(c)
+        return Policy(np.stack(th, -1), np.stack(cs, -1))
+
+    rates = Rates(kappa=vals["rates.kappa"], rho=vals["rates.rho"], phi_w=vals["rates.phi_w"],
+                  phi_o=vals["rates.phi_o"], kl_c=vals["rates.kl_c"], kl0=vals["inputs.kl0"],
+                  k_explore=vals["inputs.k_explore"], group_size=vals["inputs.group_size"])
+    return World(benchmarks=bench, train=bench.index(scn.train_benchmark), s_d_B=s_d_B,
+                 student=policy("student"), teacher=policy("teacher"), rates=rates, compute=scn.compute)
+
+
+def label_scale(scn: Scenario, vals) -> np.ndarray:
+    """Observed label counts are in units of the stated budget (see `dynamics.predict_arm`)."""
+    return vals["inputs.budget"] / scn.get("inputs.budget").value
+
+
+def predict_observations(scn: Scenario, z_RP: np.ndarray, observations=None) -> np.ndarray:
+    """Model prediction (percent) of each observation, shape R + (J,)."""
+    obs = scn.observations if observations is None else observations
+    vals = values_from_z(scn, z_RP)
+    world = build_world(scn, vals)
+    scale = label_scale(scn, vals)
+    out = []
+    for o in obs:
+        n = scn.budget if o.labels is None else o.labels
+        acc = predict_arm(world, ARMS[o.arm], n, o.teacher_labels, scale)
+        out.append(acc[..., world.benchmarks.index(o.benchmark)])
+    return np.stack(out, -1) if out else np.zeros(z_RP.shape[:-1] + (0,))
+
+
+@dataclass(frozen=True)
+class Fit:
+    """A calibrated scenario: MAP, Laplace covariance, posterior draws (transformed scale)."""
+
+    scenario: Scenario
+    names: tuple[str, ...]  # fitted input paths, the columns of z
+    z_map: np.ndarray  # (P,)
+    cov: np.ndarray  # (P, P)
+    z_draws: np.ndarray  # (D, P)
+    chi2: float  # sum of squared observation residuals at the MAP
+    warnings: tuple[str, ...]
+    labels_range: tuple[int, int] | None  # observed label budgets (min, max)
+
+    def map_values(self) -> dict[str, float]:
+        vals = values_from_z(self.scenario, self.z_map[None, :])
+        return {k: float(v[0]) for k, v in vals.items()}
+
+    def draw_values(self) -> dict[str, np.ndarray]:
+        return values_from_z(self.scenario, self.z_draws)
+
+    def residuals(self, holdout: bool = False) -> pd.DataFrame:
+        """Observed vs predicted (MAP and 95% predictive interval incl. eval noise)."""
+        scn = self.scenario
+        obs = scn.holdout if holdout else scn.observations
+        if not obs:
+            return pd.DataFrame(columns=["arm", "benchmark", "labels", "teacher_labels", "observed", "se",
+                                         "predicted", "lo", "hi", "residual", "z"])
+        pm = predict_observations(scn, self.z_map[None, :], obs)[0]
+        pd_DJ = predict_observations(scn, self.z_draws, obs)
+        vals = self.draw_values()
+        rng = np.random.default_rng(scn.seed + 1)
+        noise = np.stack([rng.normal(0, 1, len(self.z_draws)) * vals[f"benchmarks.{o.benchmark}.eval_se"]
+                          for o in obs], -1)
+        lo, hi = np.percentile(pd_DJ + noise, [2.5, 97.5], axis=0)
+        rows = []
+        for j, o in enumerate(obs):
+            rows.append({"arm": o.arm, "benchmark": o.benchmark,
+                         "labels": scn.budget if o.labels is None else o.labels,
+                         "teacher_labels": o.teacher_labels, "observed": o.value, "se": o.se,
+                         "predicted": pm[j], "lo": lo[j], "hi": hi[j], "residual": o.value - pm[j],
+                         "z": (o.value - pm[j]) / np.sqrt(o.se**2 + np.var(pd_DJ[:, j]))})
+        return pd.DataFrame(rows)
+
+    def parameters(self) -> pd.DataFrame:
+        """Every input: tag, prior, MAP and 95% interval (natural scale); fitted ones first."""
+        scn = self.scenario
+        sd = np.sqrt(np.diag(self.cov)) if len(self.names) else np.zeros(0)
+        rows = []
+        for i, path in enumerate(self.names):
+            t = scn.get(path)
+            lo, hi = from_z(t, self.z_map[i] - 1.96 * sd[i]), from_z(t, self.z_map[i] + 1.96 * sd[i])
+            rows.append({"input": path, "tag": t.tag, "fitted": True, "prior": t.value, "prior_sd_z": t.sd,
+                         "map": float(from_z(t, self.z_map[i])), "lo": float(lo), "hi": float(hi),
+                         "shrink": float(sd[i] ** 2 / t.sd**2), "note": t.note})
+        for t in scn.inputs:
+            if not t.fitted:
+                rows.append({"input": t.path, "tag": t.tag, "fitted": False, "prior": t.value, "prior_sd_z": None,
+                             "map": t.value, "lo": t.value, "hi": t.value, "shrink": None, "note": t.note})
+        return pd.DataFrame(rows)
+
+
+_CACHE: dict[str, Fit] = {}
+
+
+def fit_scenario(scn: Scenario) -> Fit:
+    """MAP + Laplace + draws, cached by the scenario's content."""
+    key = scn.key()
+    if key not in _CACHE:
+        _CACHE[key] = _fit(scn)
+    return _CACHE[key]
+
+
+def _fit(scn: Scenario) -> Fit:
+    fitted = scn.fitted_inputs()
+    names = tuple(t.path for t in fitted)
+    mu = np.array([float(to_z(t)) for t in fitted])
+    sd = np.array([t.sd for t in fitted])
+    y = np.array([o.value for o in scn.observations])
+    se = np.array([o.se for o in scn.observations])
+    warnings: list[str] = []
+
+    def resid_R(z_RP):
+        pred = predict_observations(scn, z_RP)
+        return np.concatenate([(pred - y) / se, (z_RP - mu) / sd], -1)
+
+    def fun(z):
+        return resid_R(z[None, :])[0]
+
+    def jac(z):
+        # all one-sided perturbations in one vectorised forward pass (R = P + 1)
+        h = 1e-5
+        Z = np.vstack([z, z + h * np.eye(len(z))])
+        r = resid_R(Z)
+        return ((r[1:] - r[0]) / h).T
+
+    if len(names) == 0:
+        z_map, cov = np.zeros(0), np.zeros((0, 0))
+    else:
+        res = optimize.least_squares(fun, mu.copy(), jac=jac, method="trf", x_scale="jac")
+        z_map = res.x
+        J = jac(z_map)
+        H = J.T @ J
+        try:
+            cov = np.linalg.inv(H)
+        except np.linalg.LinAlgError:
+            cov = np.diag(sd**2)
+            warnings.append("Laplace Hessian is singular: intervals fall back to the priors")
+        cov = 0.5 * (cov + cov.T)
+    r_obs = (predict_observations(scn, z_map[None, :])[0] - y) / se if len(y) else np.zeros(0)
+    chi2 = float(np.sum(r_obs**2))
+
+    n_obs = len(y)
+    if n_obs == 0:
+        warnings.append("no observations: every prediction is the prior's (nothing calibrated)")
+    elif len(names):
+        # how many parameter directions the data pin down, and how many only the priors do
+        J_obs = jac(z_map)[:n_obs]
+        n_data = int(np.linalg.matrix_rank(J_obs * sd[None, :], tol=1e-3 * np.sqrt(n_obs)))
+        prior_only = [n for n, v, s in zip(names, np.diag(cov), sd) if v / s**2 > 0.9]
+        warnings.append(
+            f"{n_obs} observation(s) inform at most {n_data} of {len(names)} fitted directions; "
+            f"{len(prior_only)} inputs are set by their priors alone (intervals there are the priors')")
+        if chi2 / n_obs > 4.0:
+            infl = chi2 / n_obs
+            cov = cov * infl
+            warnings.append(f"observations fit poorly (chi2/n = {infl:.1f}): intervals widened by x{np.sqrt(infl):.1f}")
+    rng = np.random.default_rng(scn.seed)
+    if len(names):
+        L = np.linalg.cholesky(cov + 1e-12 * np.eye(len(names)))
+        z_draws = z_map[None, :] + rng.standard_normal((scn.draws, len(names))) @ L.T
+    else:
+        z_draws = np.zeros((scn.draws, 0))
+    labs = [scn.budget if o.labels is None else o.labels for o in scn.observations]
+    labs = [n for n in labs if n > 0]
+    lrange = (min(labs), max(labs)) if labs else None
+    return Fit(scenario=scn, names=names, z_map=z_map, cov=cov, z_draws=z_draws, chi2=chi2,
+               warnings=tuple(warnings), labels_range=lrange)

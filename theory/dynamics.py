@@ -1,0 +1,183 @@
+"""Stage dynamics: what each stage does to a policy's (ability theta, compliance c), in closed form.
+
+Letters: D = parameter draws, S = label splits, B = benchmarks, K = quadrature nodes (inside irt).
+A policy is (theta_..B, c_..B); rates are arrays of shape R (e.g. (D,) or (D, 1) for a split sweep)
+and every function broadcasts, so one call evaluates all draws x splits at once.
+
+GRPO with n labels from (theta0, c0)                                             -> `grpo`
+    iota  = E_d[1 - p^G - (1-p)^G] on the training benchmark, p = c0 sigmoid(theta0 - d)
+    g(n)  = 1 - exp(-kappa * iota * n / N_REF)                (N_REF = 1000 labels, a fixed unit)
+    theta_ceil: E_d[sigmoid(theta_ceil - d)] = ability-only pass@k_explore of (theta0)
+                (RLVR raises pass@1 toward the start policy's pass@k; Yue et al. 2504.13837)
+    theta -> theta0 + (theta_ceil - theta0) g(n);   c -> c0 + (1 - c0) g(n)
+Teacher GRPO and student GRPO are this one function applied to two states.
+
+Bridge toward a teacher (theta_T, c_T): a fraction tau of the gap is closed        -> `bridge_tau`
+    warmup (FKL, off-policy)   closes phi_w of the gap (exposure bias keeps phi_w < 1)
+    OPD (on-policy)            closes phi_o exp(-KL/KL_c) of what is left, KL = KL_0 (1 - tau so far)
+    replay OPD (r x the OPD compute) leaves (1 - phi_o exp(-KL/KL_c))^r of what is left
+    full: tau = 1 - (1-phi_w)(1 - phi_o e^{-KL_0 (1-phi_w)/KL_c});  no_fkl: phi_o e^{-KL_0/KL_c};
+    no_opd: tau = phi_w.
+Student after the bridge                                                         -> `transfer`
+    theta -> theta_S + rho tau (theta_T - theta_S)   (rho: absorption ceiling of the student)
+    c     -> c_S + tau (c_T - c_S)                   (a raw teacher's protocol habits are copied: C1)
+Stage 3 is `grpo` from the bridged state with the student's labels.
+
+Each arm of `theory.arms.ARMS` is evaluated by walking its stage list (`predict_arm`); there is no
+second arm list here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from theory import irt
+from theory.arms import Arm, ComputeModel, Stage, Teacher
+from theory.informativeness import signal_fraction_avg
+
+N_REF = 1000.0  # labels: the unit in which kappa is a rate
+
+
+@dataclass(frozen=True)
+class Policy:
+    theta_B: np.ndarray  # ability logit per benchmark, shape R + (B,)
+    c_B: np.ndarray  # protocol compliance per benchmark, shape R + (B,)
+
+
+@dataclass(frozen=True)
+class Rates:
+    """Free rates and assumed inputs of the dynamics; each an array of shape R (or a float)."""
+
+    kappa: np.ndarray  # GRPO progress per N_REF labels at full signal
+    rho: np.ndarray  # absorption ceiling: fraction of the ability gap the student can absorb
+    phi_w: np.ndarray  # fraction of the gap the FKL warmup closes
+    phi_o: np.ndarray  # fraction of the remaining gap OPD closes at zero KL
+    kl_c: np.ndarray  # KL scale (nats/token) of OPD's trust region (C2)
+    kl0: np.ndarray  # teacher-student per-token KL before the bridge (nats)
+    k_explore: np.ndarray  # k in the exploration ceiling pass@k
+    group_size: np.ndarray  # G
+
+
+@dataclass(frozen=True)
+class World:
+    benchmarks: tuple[str, ...]
+    train: int  # index of the benchmark that stands for the training distribution
+    s_d_B: np.ndarray  # difficulty spread, shape R + (B,)
+    student: Policy
+    teacher: Policy
+    rates: Rates
+    compute: ComputeModel
+
+    def expand(self) -> "World":
+        """Insert a split axis: rates R -> R + (1,), policies R + (B,) -> R + (1, B)."""
+        r = self.rates
+        rates = Rates(**{k: np.asarray(getattr(r, k), dtype=float)[..., None] for k in r.__dataclass_fields__})
+        pol = lambda p: Policy(np.asarray(p.theta_B)[..., None, :], np.asarray(p.c_B)[..., None, :])  # noqa: E731
+        return replace(self, rates=rates, student=pol(self.student), teacher=pol(self.teacher),
+                       s_d_B=np.asarray(self.s_d_B)[..., None, :])
+
+    def accuracy(self, policy: Policy) -> np.ndarray:
+        """Percent, shape broadcast(R + (B,))."""
+        return irt.accuracy(policy.theta_B, policy.c_B, self.s_d_B)
+
+
+def grpo_rate(world: World, policy: Policy) -> np.ndarray:
+    """iota: mean signal fraction on the training benchmark at the start state."""
+    t = world.train
+    return signal_fraction_avg(policy.theta_B[..., t], policy.c_B[..., t], world.s_d_B[..., t],
+                               world.rates.group_size)
+
+
+def exploration_ceiling(world: World, policy: Policy) -> np.ndarray:
+    """theta_ceil_B: the ability whose pass@1 (given compliance) equals the ability-only pass@k."""
+    k_B = np.asarray(world.rates.k_explore, dtype=float)[..., None]
+    pk_B = irt.pass_at_k(policy.theta_B, 1.0, world.s_d_B, k_B)
+    return irt.solve_theta(pk_B, world.s_d_B)
+
+
+def grpo_progress(world: World, policy: Policy, n) -> np.ndarray:
+    """g(n) = 1 - exp(-kappa iota n / N_REF), shape broadcast(R, n)."""
+    iota = grpo_rate(world, policy)
+    return -np.expm1(-world.rates.kappa * iota * np.asarray(n, dtype=float) / N_REF)
+
+
+def grpo(world: World, policy: Policy, n) -> Policy:
+    """GRPO with n labels (the same function for teacher and student)."""
+    g = grpo_progress(world, policy, n)[..., None]
+    ceil_B = exploration_ceiling(world, policy)
+    return Policy(policy.theta_B + (ceil_B - policy.theta_B) * g, policy.c_B + (1.0 - policy.c_B) * g)
+
+
+def opd_closes(rates: Rates, tau) -> np.ndarray:
+    """Fraction of the remaining gap one OPD pass closes when a fraction tau is already closed."""
+    kl = rates.kl0 * (1.0 - tau)
+    return rates.phi_o * np.exp(-kl / rates.kl_c)
+
+
+def bridge_tau(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
+    """Fraction tau of the teacher-student gap closed by the bridge stages, in order."""
+    tau = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
+    for stage in stages:
+        if stage is Stage.FKL_WARMUP:
+            tau = 1.0 - (1.0 - tau) * (1.0 - rates.phi_w)
+        elif stage is Stage.OPD:
+            tau = 1.0 - (1.0 - tau) * (1.0 - opd_closes(rates, tau))
+        elif stage is Stage.REPLAY_OPD:
+            tau = 1.0 - (1.0 - tau) * np.power(1.0 - opd_closes(rates, tau), replay_ratio)
+    return tau
+
+
+def transfer(student: Policy, teacher: Policy, tau, rho) -> Policy:
+    """Move the student a fraction tau toward the teacher; ability capped by rho."""
+    tau_ = np.asarray(tau, dtype=float)[..., None]
+    rho_ = np.asarray(rho, dtype=float)[..., None]
+    return Policy(student.theta_B + rho_ * tau_ * (teacher.theta_B - student.theta_B),
+                  student.c_B + tau_ * (teacher.c_B - student.c_B))
+
+
+_BRIDGE = (Stage.FKL_WARMUP, Stage.OPD, Stage.REPLAY_OPD)
+
+
+def label_arrays(arm: Arm, n: int, teacher_labels=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(teacher, student, replay_ratio numerator labels) per split from the registry's accounting."""
+    ts = np.atleast_1d(np.asarray(teacher_labels)) if teacher_labels is not None else [None]
+    accts = [arm.labels(n, None if t is None else int(t)) for t in ts]
+    teacher = np.array([a.teacher for a in accts], dtype=float)
+    student = np.array([a.student for a in accts], dtype=float)
+    held_back = np.array([n - a.teacher for a in accts], dtype=float)
+    if teacher_labels is None or np.ndim(teacher_labels) == 0:
+        return teacher[0], student[0], held_back[0]
+    return teacher, student, held_back
+
+
+def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None, label_scale=1.0) -> np.ndarray:
+    """Accuracy (percent) of `arm` with a budget of n labels, shape R [+ (S,)] + (B,).
+
+    `teacher_labels` may be an int or a 1-D array of splits; with an array, call on `world.expand()`
+    so the split axis lines up (rates R + (1,)). `label_scale` (shape R) multiplies every label count
+    after the registry's accounting: it carries an assumed budget's uncertainty into observations
+    whose label counts are stated in units of that budget.
+    """
+    t_lab, s_lab, held = label_arrays(arm, n, teacher_labels)
+    t_lab, s_lab, held = t_lab * label_scale, s_lab * label_scale, held * label_scale
+    teacher = world.teacher
+    if Stage.TEACHER_GRPO in arm.stages:
+        teacher = grpo(world, teacher, t_lab)
+    # replay OPD is matched to the compute stage-3 GRPO would have spent on the held-back labels
+    cost = world.compute
+    replay_ratio = held * cost.grpo_tokens(1) / cost.opd_tokens()
+    bridge = [s for s in arm.stages if s in _BRIDGE]
+    student = world.student
+    if bridge and arm.teacher is not Teacher.NONE:
+        tau = bridge_tau(world.rates, bridge, replay_ratio)
+        student = transfer(student, teacher, tau, world.rates.rho)
+    if Stage.STUDENT_GRPO in arm.stages:
+        student = grpo(world, student, s_lab)
+    return world.accuracy(student)
+
+
+def predict_teacher(world: World, n) -> Policy:
+    """The RL teacher after stage-1 GRPO with n labels."""
+    return grpo(world, world.teacher, n)

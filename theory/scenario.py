@@ -1,0 +1,442 @@
+"""Scenarios: every input of the planner, tagged measured | published | assumed, validated on load.
+
+A scenario is a TOML file (presets in budget_planner/scenarios/). Each numeric input is a table
+`{ value = ..., tag = "measured"|"published"|"assumed", why = "..." (or source = "..."), sd = ... }`.
+`sd` is the prior standard deviation of an assumed input on its transformed scale (logit for
+probabilities and percents, log for positive quantities, identity for logits); assumed inputs are
+fitted parameters (they get a Gaussian prior there and enter the Laplace covariance).
+
+Inputs are addressed by a flat path, e.g. `rates.kappa`, `inputs.kl0`, `benchmarks.MATH.s_d`,
+`student.compliance`, `student.benchmarks.MATH.accuracy_given_compliance`. See docs/theory.md.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from theory.arms import ARMS, ComputeModel
+from theory.errors import InputError
+
+TAGS = ("measured", "published", "assumed")
+# kind -> (default prior sd on the transformed scale, lower bound, upper bound) of the natural value
+KINDS = {
+    "percent": (0.15, 0.0, 100.0),
+    "probability": (0.5, 0.0, 1.0),
+    "positive": (0.5, 0.0, math.inf),
+}
+RATES = {  # name -> kind
+    "kappa": "positive",  # GRPO progress per 1000 labels at full signal
+    "rho": "probability",  # absorption ceiling
+    "phi_w": "probability",  # FKL warmup closes this fraction of the gap
+    "phi_o": "probability",  # OPD closes this fraction of what is left, at zero KL
+    "kl_c": "positive",  # OPD trust-region KL scale, nats/token
+}
+SCALARS = {  # [inputs] name -> (kind, required)
+    "budget": ("positive", True),  # labels the observations were run with / the default plan budget
+    "group_size": ("positive", True),  # G of the GRPO groups
+    "k_explore": ("positive", True),  # k of the exploration ceiling pass@k
+    "kl0": ("positive", True),  # teacher-student per-token KL before the bridge, nats
+}
+MAX_DRAWS = 20_000
+
+
+@dataclass(frozen=True)
+class Tagged:
+    path: str
+    value: float
+    tag: str
+    note: str  # why (assumed) or source (measured/published)
+    kind: str
+    sd: float  # prior sd on the transformed scale (used only when tag == "assumed")
+
+    @property
+    def fitted(self) -> bool:
+        return self.tag == "assumed"
+
+
+@dataclass(frozen=True)
+class Observation:
+    arm: str
+    benchmark: str
+    value: float  # percent
+    se: float  # percent
+    labels: int | None  # None -> the scenario's budget
+    teacher_labels: int | None
+    tag: str
+    note: str
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    student: str  # model names
+    teacher: str
+    benchmarks: tuple[str, ...]
+    target_benchmark: str  # what the plan reports
+    train_benchmark: str  # stands for the training distribution in the GRPO rate
+    inputs: tuple[Tagged, ...]
+    compute: ComputeModel
+    compute_tag: str
+    compute_note: str
+    observations: tuple[Observation, ...]
+    holdout: tuple[Observation, ...]  # published numbers NOT fitted on: out-of-sample checks
+    seed: int = 0
+    draws: int = 256
+    source: str = ""
+
+    def get(self, path: str) -> Tagged:
+        for t in self.inputs:
+            if t.path == path:
+                return t
+        raise KeyError(path)
+
+    def has(self, path: str) -> bool:
+        return any(t.path == path for t in self.inputs)
+
+    @property
+    def budget(self) -> int:
+        return int(round(self.get("inputs.budget").value))
+
+    @property
+    def group_size(self) -> int:
+        return int(round(self.get("inputs.group_size").value))
+
+    def fitted_inputs(self) -> tuple[Tagged, ...]:
+        return tuple(t for t in self.inputs if t.fitted)
+
+    def key(self) -> str:
+        """Content key for the calibration cache."""
+        return repr((self.name, self.inputs, self.observations, self.compute, self.seed, self.draws,
+                     self.benchmarks, self.target_benchmark, self.train_benchmark))
+
+    def inputs_frame(self):
+        import pandas as pd
+        return pd.DataFrame([{"input": t.path, "value": t.value, "tag": t.tag,
+                              "fitted": t.fitted, "note": t.note} for t in self.inputs])
+
+
+# ------------------------------------------------------------------------------------------------
+# Loading and validation
+# ------------------------------------------------------------------------------------------------
+
+def _num(x: Any, where: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise InputError(f"{where}: must be a number, got {x!r}")
+    f = float(x)
+    if not math.isfinite(f):
+        raise InputError(f"{where}: must be finite, got {x!r}")
+    return f
+
+
+def _str(x: Any, where: str) -> str:
+    if not isinstance(x, str) or not x.strip():
+        raise InputError(f"{where}: must be a non-empty string, got {x!r}")
+    return x
+
+
+def _int(x: Any, where: str, lo: int = 0, hi: int | None = None) -> int:
+    f = _num(x, where)
+    if f != int(f):
+        raise InputError(f"{where}: must be a whole number, got {x!r}")
+    if f < lo or (hi is not None and f > hi):
+        raise InputError(f"{where}: must lie in [{lo}, {hi if hi is not None else 'inf'}], got {x!r}")
+    return int(f)
+
+
+def _table(d: dict, key: str, where: str, required: bool = True) -> dict | None:
+    if key not in d:
+        if required:
+            raise InputError(f"{where}: missing field {key!r}")
+        return None
+    v = d[key]
+    if not isinstance(v, dict):
+        raise InputError(f"{where}.{key}: must be a table")
+    return v
+
+
+def parse_tagged(raw: Any, path: str, kind: str) -> Tagged:
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: must be a table {{ value = ..., tag = ..., why = ... }}, got {raw!r}")
+    unknown = set(raw) - {"value", "tag", "why", "source", "sd"}
+    if unknown:
+        raise InputError(f"{path}: unknown field {sorted(unknown)[0]!r}")
+    if "value" not in raw:
+        raise InputError(f"{path}: missing field 'value'")
+    value = _num(raw["value"], f"{path}.value")
+    tag = raw.get("tag")
+    if tag not in TAGS:
+        raise InputError(f"{path}.tag: must be one of {', '.join(TAGS)}, got {tag!r}")
+    note = raw.get("why", raw.get("source"))
+    if not isinstance(note, str) or not note.strip():
+        raise InputError(f"{path}: give `why` (assumed) or `source` (measured/published) as a non-empty string")
+    default_sd, lo, hi = KINDS[kind]
+    if kind == "positive" and not value > 0:
+        raise InputError(f"{path}.value: must be > 0, got {value!r}")
+    if kind == "percent" and not 0 < value < 100:
+        raise InputError(f"{path}.value: must be a percent strictly inside (0, 100), got {value!r}")
+    if kind == "probability" and not 0 <= value <= 1:
+        raise InputError(f"{path}.value: must be a probability in [0, 1], got {value!r}")
+    if kind == "probability" and tag == "assumed" and not 0 < value < 1:
+        raise InputError(f"{path}.value: an assumed probability must lie strictly inside (0, 1), got {value!r}")
+    sd = _num(raw.get("sd", default_sd), f"{path}.sd")
+    if not 0 < sd <= 10:
+        raise InputError(f"{path}.sd: must lie in (0, 10] (prior sd on the transformed scale), got {sd!r}")
+    return Tagged(path=path, value=value, tag=tag, note=note.strip(), kind=kind, sd=sd)
+
+
+def _parse_obs(raw: Any, where: str, benchmarks: tuple[str, ...]) -> Observation:
+    if not isinstance(raw, dict):
+        raise InputError(f"{where}: must be a table")
+    unknown = set(raw) - {"arm", "benchmark", "value", "se", "labels", "teacher_labels", "tag", "source", "why"}
+    if unknown:
+        raise InputError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+    for k in ("arm", "benchmark", "value", "se", "tag"):
+        if k not in raw:
+            raise InputError(f"{where}: missing field {k!r}")
+    arm = _str(raw["arm"], f"{where}.arm")
+    if arm not in ARMS:
+        raise InputError(f"{where}.arm: unknown arm {arm!r}; known: {', '.join(ARMS)}")
+    bench = _str(raw["benchmark"], f"{where}.benchmark")
+    if bench not in benchmarks:
+        raise InputError(f"{where}.benchmark: {bench!r} is not one of [benchmarks] ({', '.join(benchmarks)})")
+    value = _num(raw["value"], f"{where}.value")
+    if not 0 <= value <= 100:
+        raise InputError(f"{where}.value: accuracy is a percent in [0, 100], got {value!r}")
+    se = _num(raw["se"], f"{where}.se")
+    if not 0 < se <= 50:
+        raise InputError(f"{where}.se: must lie in (0, 50] percent, got {se!r}")
+    tag = raw["tag"]
+    if tag not in TAGS:
+        raise InputError(f"{where}.tag: must be one of {', '.join(TAGS)}, got {tag!r}")
+    note = raw.get("source", raw.get("why"))
+    if not isinstance(note, str) or not note.strip():
+        raise InputError(f"{where}: give `source` (or `why`) as a non-empty string")
+    labels = _int(raw["labels"], f"{where}.labels", 0, 10_000_000) if "labels" in raw else None
+    tl = _int(raw["teacher_labels"], f"{where}.teacher_labels", 0, 10_000_000) if "teacher_labels" in raw else None
+    if tl is not None and labels is not None:
+        ARMS[arm].labels(labels, tl)  # raises InputError if the split is impossible for this arm
+    return Observation(arm=arm, benchmark=bench, value=value, se=se, labels=labels, teacher_labels=tl,
+                       tag=tag, note=note.strip())
+
+
+def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None = None) -> Scenario:
+    """Validate a parsed TOML document into a Scenario. Raises InputError naming the field."""
+    if not isinstance(doc, dict):
+        raise InputError("scenario: must be a TOML table")
+    known = {"name", "description", "target_benchmark", "train_benchmark", "seed", "draws", "inputs", "rates",
+             "compute", "benchmarks", "student", "teacher", "observations", "holdout"}
+    unknown = set(doc) - known
+    if unknown:
+        raise InputError(f"scenario: unknown field {sorted(unknown)[0]!r}")
+    name = _str(doc.get("name"), "name") if "name" in doc else _missing("name")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        raise InputError("description: must be a string")
+    seed = _int(doc.get("seed", 0), "seed", 0, 2**32 - 1)
+    draws = _int(doc.get("draws", 256), "draws", 16, MAX_DRAWS)
+
+    bench_doc = _table(doc, "benchmarks", "scenario")
+    if not bench_doc:
+        raise InputError("benchmarks: give at least one benchmark table, e.g. [benchmarks.MATH]")
+    benchmarks = tuple(bench_doc)
+    inputs: list[Tagged] = []
+    problem_fits: dict[str, Any] = {}
+    for b in benchmarks:
+        where = f"benchmarks.{b}"
+        bd = _table(bench_doc, b, "benchmarks")
+        unknown = set(bd) - {"s_d", "eval_se", "problems"}
+        if unknown:
+            raise InputError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+        if "problems" in bd:
+            problem_fits[b] = _str(bd["problems"], f"{where}.problems")
+        elif "s_d" not in bd:
+            raise InputError(f"{where}: missing field 's_d' (or give `problems` = a problem-table CSV)")
+        if "s_d" in bd:
+            if b in problem_fits:
+                raise InputError(f"{where}: give either `s_d` or `problems`, not both")
+            inputs.append(parse_tagged(bd["s_d"], f"{where}.s_d", "positive"))
+        if "eval_se" not in bd:
+            raise InputError(f"{where}: missing field 'eval_se' (seed-to-seed std of a measured accuracy, percent)")
+        inputs.append(parse_tagged(bd["eval_se"], f"{where}.eval_se", "positive"))
+
+    target = doc.get("target_benchmark", benchmarks[0])
+    train = doc.get("train_benchmark", target)
+    for key, val in (("target_benchmark", target), ("train_benchmark", train)):
+        if val not in benchmarks:
+            raise InputError(f"{key}: {val!r} is not one of [benchmarks] ({', '.join(benchmarks)})")
+
+    inp = _table(doc, "inputs", "scenario")
+    unknown = set(inp) - set(SCALARS)
+    if unknown:
+        raise InputError(f"inputs: unknown field {sorted(unknown)[0]!r}")
+    for k, (kind, req) in SCALARS.items():
+        if k not in inp:
+            raise InputError(f"inputs: missing field {k!r}")
+        inputs.append(parse_tagged(inp[k], f"inputs.{k}", kind))
+    g = next(t for t in inputs if t.path == "inputs.group_size").value
+    if g < 2 or g != int(g):
+        raise InputError(f"inputs.group_size.value: must be a whole number >= 2, got {g!r}")
+    budget = next(t for t in inputs if t.path == "inputs.budget").value
+    if budget != int(budget) or budget > 10_000_000:
+        raise InputError(f"inputs.budget.value: must be a whole number <= 10000000, got {budget!r}")
+
+    rates = _table(doc, "rates", "scenario")
+    unknown = set(rates) - set(RATES)
+    if unknown:
+        raise InputError(f"rates: unknown field {sorted(unknown)[0]!r}; rates are {', '.join(RATES)}")
+    for k, kind in RATES.items():
+        if k not in rates:
+            raise InputError(f"rates: missing field {k!r}")
+        inputs.append(parse_tagged(rates[k], f"rates.{k}", kind))
+
+    comp = _table(doc, "compute", "scenario", required=False) or {}
+    c_tag = comp.get("tag", "assumed")
+    if c_tag not in TAGS:
+        raise InputError(f"compute.tag: must be one of {', '.join(TAGS)}, got {c_tag!r}")
+    c_note = comp.get("why", comp.get("source", "ComputeModel defaults"))
+    if not isinstance(c_note, str):
+        raise InputError("compute.why: must be a string")
+    cm_fields = {f.name for f in fields(ComputeModel)}
+    unknown = set(comp) - cm_fields - {"tag", "why", "source"}
+    if unknown:
+        raise InputError(f"compute: unknown field {sorted(unknown)[0]!r}")
+    for k in cm_fields & set(comp):
+        _int(comp[k], f"compute.{k}", 1, 10**9)
+    compute = ComputeModel(**{k: int(comp[k]) for k in cm_fields & set(comp)})
+
+    names = {}
+    for role in ("student", "teacher"):
+        md = _table(doc, role, "scenario")
+        unknown = set(md) - {"name", "params_b", "compliance", "benchmarks"}
+        if unknown:
+            raise InputError(f"{role}: unknown field {sorted(unknown)[0]!r}")
+        names[role] = _str(md.get("name"), f"{role}.name") if "name" in md else _missing(f"{role}.name")
+        if "params_b" not in md:
+            raise InputError(f"{role}: missing field 'params_b' (model size, billions of parameters)")
+        inputs.append(parse_tagged(md["params_b"], f"{role}.params_b", "positive"))
+        if "compliance" in md:
+            inputs.append(parse_tagged(md["compliance"], f"{role}.compliance", "probability"))
+        mb = _table(md, "benchmarks", role, required=False) or {}
+        unknown = set(mb) - set(benchmarks)
+        if unknown:
+            raise InputError(f"{role}.benchmarks: {sorted(unknown)[0]!r} is not one of [benchmarks]")
+        for b in benchmarks:
+            where = f"{role}.benchmarks.{b}"
+            if b in problem_fits:
+                if b in mb:
+                    raise InputError(f"{where}: benchmark {b} is fitted from `problems`; drop this table")
+                continue
+            if b not in mb:
+                raise InputError(f"{role}.benchmarks: missing benchmark {b!r}")
+            bd = mb[b]
+            if not isinstance(bd, dict):
+                raise InputError(f"{where}: must be a table")
+            unknown = set(bd) - {"accuracy", "accuracy_given_compliance", "compliance"}
+            if unknown:
+                raise InputError(f"{where}: unknown field {sorted(unknown)[0]!r}")
+            has_a, has_g = "accuracy" in bd, "accuracy_given_compliance" in bd
+            if has_a == has_g:
+                raise InputError(f"{where}: give exactly one of `accuracy` or `accuracy_given_compliance`")
+            key = "accuracy" if has_a else "accuracy_given_compliance"
+            inputs.append(parse_tagged(bd[key], f"{where}.{key}", "percent"))
+            if "compliance" in bd:
+                inputs.append(parse_tagged(bd["compliance"], f"{where}.compliance", "probability"))
+            elif "compliance" not in md:
+                raise InputError(f"{where}: missing field 'compliance' (give it here or as {role}.compliance)")
+    if names["student"] == names["teacher"]:
+        raise InputError("teacher.name: must differ from student.name")
+
+    for b, rel in problem_fits.items():
+        inputs.extend(_inputs_from_problems(b, rel, names, base_dir))
+
+    # strict accuracy can't exceed compliance (ability-only accuracy would exceed 100%)
+    by_path = {t.path: t for t in inputs}
+    for role in ("student", "teacher"):
+        for b in benchmarks:
+            a = by_path.get(f"{role}.benchmarks.{b}.accuracy")
+            if a is None:
+                continue
+            c = by_path.get(f"{role}.benchmarks.{b}.compliance", by_path.get(f"{role}.compliance"))
+            if a.value >= 100 * c.value:
+                raise InputError(f"{role}.benchmarks.{b}.accuracy: {a.value} must be below 100 x compliance "
+                                 f"({100 * c.value:.1f}); a non-compliant answer is never correct")
+
+    obs_raw = doc.get("observations", [])
+    hold_raw = doc.get("holdout", [])
+    for key, raw in (("observations", obs_raw), ("holdout", hold_raw)):
+        if not isinstance(raw, list):
+            raise InputError(f"{key}: must be an array of tables [[{key}]]")
+    observations = tuple(_parse_obs(o, f"observations[{i}]", benchmarks) for i, o in enumerate(obs_raw))
+    holdout = tuple(_parse_obs(o, f"holdout[{i}]", benchmarks) for i, o in enumerate(hold_raw))
+    return Scenario(name=name, description=description, student=names["student"], teacher=names["teacher"],
+                    benchmarks=benchmarks, target_benchmark=target, train_benchmark=train,
+                    inputs=tuple(inputs), compute=compute, compute_tag=c_tag, compute_note=c_note,
+                    observations=observations, holdout=holdout, seed=seed, draws=draws, source=source)
+
+
+def _missing(field: str):
+    raise InputError(f"scenario: missing field {field!r}")
+
+
+def _inputs_from_problems(bench: str, rel: str, names: dict, base_dir: Path | None) -> list[Tagged]:
+    """(theta, c, s_d) per model from a pilot problem table -> measured inputs."""
+    from theory.irt import fit_problems
+    from theory.tables import read_table
+
+    p = Path(rel)
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    fit = fit_problems(read_table(p, "problems"), models=[names["student"], names["teacher"]])
+    src = f"fitted from problem table {p.name} ({fit.n_items} problems)"
+    out = [Tagged(f"benchmarks.{bench}.s_d", fit.s_d, "measured", src, "positive", 0.5)]
+    for role in ("student", "teacher"):
+        _, c = fit.get(names[role])
+        acc = fit.ability_accuracy(names[role])
+        out.append(Tagged(f"{role}.benchmarks.{bench}.accuracy_given_compliance", min(max(acc, 1e-3), 100 - 1e-3),
+                          "measured", src, "percent", 0.15))
+        out.append(Tagged(f"{role}.benchmarks.{bench}.compliance", c, "measured", src, "probability", 0.5))
+    return out
+
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "budget_planner" / "scenarios"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_scenario(name_or_path: str | Path) -> Scenario:
+    """A preset name (see `preset_names()`) or a path to a TOML file."""
+    s = str(name_or_path)
+    p = Path(s)
+    if not (s.endswith(".toml") or p.is_file()):
+        p = PRESET_DIR / f"{s}.toml"
+        if not p.is_file():
+            raise InputError(f"unknown scenario {s!r}; presets: {', '.join(preset_names())} (or give a .toml path)")
+    if not p.is_file():
+        raise InputError(f"scenario file {s!r} not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+        doc = tomllib.loads(text)
+    except UnicodeDecodeError:
+        raise InputError(f"scenario {str(p)!r}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"scenario {str(p)!r}: malformed TOML ({e})") from None
+    return parse_scenario(doc, source=str(p), base_dir=p.parent)
+
+
+def loads_scenario(text: str, *, base_dir: Path | None = None) -> Scenario:
+    """Parse scenario TOML text (used by tests and `calibrate`)."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"scenario: malformed TOML ({e})") from None
+    return parse_scenario(doc, source="<text>", base_dir=base_dir)
