@@ -42,6 +42,7 @@ __all__ = [
     "score_batch",
     "is_compliant",
     "extract_boxed",
+    "normalize_gold",
     "RewardPool",
     "default_pool",
 ]
@@ -149,7 +150,8 @@ class _Decision:
     job: tuple[str, str] | None = None
 
 
-def _normalize_gold(gold: str) -> str:
+def normalize_gold(gold: str) -> str:
+    """The answer a gold string holds: the boxed part of a full solution, else the text without `$`."""
     # A MATH `solution` field (or any text holding a box) is reduced to its boxed answer.
     if _BOXED in gold:
         boxed = extract_boxed(gold)
@@ -162,7 +164,7 @@ def _decide(completion: str, gold: str) -> _Decision:
     pred = extract_boxed(completion)
     if not pred:
         return _Decision(0.0)
-    gold = _normalize_gold(gold)
+    gold = normalize_gold(gold)
     if not gold:
         return _Decision(0.0)
     num_gold = _numeric_gold(gold)
