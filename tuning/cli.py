@@ -1,0 +1,247 @@
+"""`matched-tuning`: matched Optuna tuning of arms, and the fairness report.
+
+  matched-tuning run    --arms direct_grpo,rl_teacher_bridge --trials 8 --storage URL [--study NAME]
+  matched-tuning resume --study NAME --storage URL          (refuses if any given rule differs)
+  matched-tuning report --study NAME --storage URL --out DIR (final evaluation, then CSV/Markdown/figures)
+  matched-tuning status --study NAME --storage URL
+
+Several workers: start the same `run`/`resume` on as many processes or hosts as you like against one
+storage (journal file on one machine, PostgreSQL across machines), or pass --workers N.
+Bad input prints `error: <one line>` and exits 2; nothing already stored is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shlex
+import sys
+import time
+
+from theory.errors import InputError
+
+DEFAULT_STORAGE = "sqlite:///matched_tuning.db"
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')} {os.getpid()}] {msg}", file=sys.stderr, flush=True)
+
+
+def _positive_int(name):
+    def parse(v):
+        try:
+            x = int(v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {v!r}") from None
+        if x < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {v!r}")
+        return x
+    return parse
+
+
+def _add_storage(p: argparse.ArgumentParser, study_required: bool) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE,
+                   help="sqlite:///f.db (default), journal:///f.log (several local processes), postgresql://...")
+    p.add_argument("--study", required=study_required, default=None if study_required else "matched")
+
+
+def _add_worker(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=_positive_int("--workers"), default=1, help="worker processes on this host")
+    p.add_argument("--heartbeat", type=_positive_int("--heartbeat"), default=10, help="seconds between heartbeats")
+    p.add_argument("--grace", type=_positive_int("--grace"), default=60,
+                   help="seconds without a heartbeat before a running trial is failed and retried")
+    p.add_argument("--max-retry", type=int, default=2, help="retries of a trial whose worker died")
+    p.add_argument("--max-trials", type=_positive_int("--max-trials"), default=None,
+                   help="stop this worker after this many trials (the study stays resumable)")
+
+
+def _add_rules(p: argparse.ArgumentParser, resume: bool) -> None:
+    # resume: every rule defaults to None = "as stored"; a flag that is given is compared with the store
+    p.add_argument("--arms", required=not resume, default=None)
+    p.add_argument("--trials", type=_positive_int("--trials"), required=not resume, default=None,
+                   help="finished trials per arm (complete + pruned + failed)")
+    p.add_argument("--labels", type=int, default=None, help="label budget N (default: the arm source's)")
+    p.add_argument("--teacher-labels", type=int, default=None)
+    p.add_argument("--compute-cap", type=int, default=None, help="per-trial compute cap in tokens")
+    p.add_argument("--time-limit", type=float, default=None if resume else 3600.0, help="per-trial seconds")
+    p.add_argument("--seed", type=int, default=None if resume else 0, help="tuning seed base")
+    p.add_argument("--eval-seeds", type=int, default=None if resume else 10)
+    p.add_argument("--startup-trials", type=int, default=None, help="TPE random start-up trials")
+    p.add_argument("--pruner", choices=["median", "none"], default=None if resume else "median")
+    p.add_argument("--arm-source", default=None if resume else "reference",
+                   help="reference | synthetic | module:function")
+    p.add_argument("--config", default=None, help="reference arms: config TOML")
+    p.add_argument("--arm-options", default=None, help="JSON options for the arm source")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="matched-tuning", description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="create (or join) a matched study and run trials")
+    _add_storage(run, study_required=False)
+    _add_rules(run, resume=False)
+    _add_worker(run)
+    res = sub.add_parser("resume", help="continue a study; refuses if a given rule differs from the stored one")
+    _add_storage(res, study_required=True)
+    _add_rules(res, resume=True)
+    _add_worker(res)
+    rep = sub.add_parser("report", help="final evaluation on fresh seeds + fairness report")
+    _add_storage(rep, study_required=True)
+    rep.add_argument("--out", required=True, help="output directory")
+    rep.add_argument("--jobs", type=_positive_int("--jobs"), default=1, help="parallel evaluation processes")
+    rep.add_argument("--no-eval", action="store_true", help="report what is stored; run no evaluation")
+    rep.add_argument("--command", default=None, help="the regenerating command to print in the report")
+    st = sub.add_parser("status", help="per-arm trial counts")
+    _add_storage(st, study_required=True)
+    return ap
+
+
+def _open(args):
+    from tuning.storage import open_storage
+
+    return open_storage(args.storage, heartbeat_s=getattr(args, "heartbeat", 10), grace_s=getattr(args, "grace", 60),
+                        max_retry=getattr(args, "max_retry", 2))
+
+
+def _options(args, stored: dict | None = None) -> dict:
+    opts = dict(stored or {})
+    if args.arm_options:
+        try:
+            given = json.loads(args.arm_options)
+        except json.JSONDecodeError as e:
+            raise InputError(f"--arm-options is not valid JSON ({e.msg})") from None
+        if not isinstance(given, dict):
+            raise InputError("--arm-options must be a JSON object")
+        opts = given
+    if getattr(args, "config", None):
+        opts["config"] = args.config
+    return opts
+
+
+def _protocol_from_args(args, stored=None):
+    """run: from flags. resume: the stored protocol with given flags substituted (then compared)."""
+    from tuning.interface import load_arm_source
+    from tuning.protocol import build_protocol
+
+    def pick(flag, stored_value):
+        v = getattr(args, flag, None)
+        return stored_value if v is None else v
+
+    if stored is None:
+        source_name, opts = args.arm_source, _options(args)
+        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        kw = dict(trials=args.trials, labels=args.labels, teacher_labels=args.teacher_labels,
+                  compute_cap_tokens=args.compute_cap, time_limit_s=args.time_limit, seed=args.seed,
+                  eval_seeds=args.eval_seeds, n_startup_trials=args.startup_trials, pruner=args.pruner)
+    else:
+        source_name = pick("arm_source", stored.arm_source)
+        opts = _options(args, stored.arm_options)
+        arms = [a.strip() for a in args.arms.split(",")] if args.arms else list(stored.arms)
+        kw = dict(trials=pick("trials", stored.trials_per_arm), labels=pick("labels", stored.labels),
+                  teacher_labels=pick("teacher_labels", stored.teacher_labels),
+                  compute_cap_tokens=pick("compute_cap", stored.compute_cap_tokens),
+                  time_limit_s=pick("time_limit", stored.time_limit_s), seed=pick("seed", stored.sampler["seed"]),
+                  eval_seeds=pick("eval_seeds", len(stored.eval_seeds)),
+                  n_startup_trials=pick("startup_trials", stored.sampler["n_startup_trials"]),
+                  pruner=pick("pruner", "median" if stored.pruner["name"] == "MedianPruner" else "none"),
+                  enqueue_defaults=stored.enqueue_defaults)
+    from theory.arms import get_arm
+
+    for a in arms:
+        get_arm(a)  # unknown arm names fail before anything is imported or created
+    source = load_arm_source(source_name, opts)
+    if kw["labels"] is None:
+        default = getattr(source.fn, "default_labels", lambda: None)()
+        if default is None:
+            raise InputError("--labels: give the label budget N (the arm source declares no default)")
+        kw["labels"] = default
+    return build_protocol(source, arms, arm_options=opts, **kw), source
+
+
+def _worker_main(url: str, name: str, heartbeat: int, grace: int, max_retry: int, max_trials) -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from tuning.harness import load_protocol, run_worker
+    from tuning.interface import load_arm_source
+    from tuning.storage import open_storage
+
+    handle = open_storage(url, heartbeat_s=heartbeat, grace_s=grace, max_retry=max_retry)
+    protocol = load_protocol(handle, name)
+    source = load_arm_source(protocol.arm_source, protocol.arm_options)
+    run_worker(handle, name, source, max_trials=max_trials, log=_log)
+
+
+def _run_workers(args, handle, source) -> None:
+    from tuning.harness import run_worker
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_main, args=(args.storage, args.study, args.heartbeat, args.grace,
+                                                    args.max_retry, args.max_trials), daemon=False)
+             for _ in range(args.workers - 1)]
+    for p in procs:
+        p.start()
+    try:
+        run_worker(handle, args.study, source, max_trials=args.max_trials, log=_log)
+    finally:
+        for p in procs:
+            p.join()
+    bad = [p.exitcode for p in procs if p.exitcode]
+    if bad:
+        raise InputError(f"{len(bad)} worker process(es) exited with status {bad[0]}; run `resume` to finish")
+
+
+def _print_status(handle, name) -> None:
+    from tuning.harness import arm_status, load_protocol
+
+    p = load_protocol(handle, name)
+    print(f"study {name}: {p.trials_per_arm} trials per arm, arms {', '.join(p.arms)}")
+    print(f"{'arm':28s} {'finished':>8s} {'complete':>8s} {'pruned':>6s} {'failed':>6s} {'running':>7s} "
+          f"{'waiting':>7s} {'retried':>7s}")
+    for arm in p.arms:
+        s = arm_status(handle, name, arm)
+        print(f"{arm:28s} {s.finished:8d} {s.complete:8d} {s.pruned:6d} {s.failed:6d} {s.running:7d} "
+              f"{s.waiting:7d} {s.retried:7d}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "status":
+            _print_status(_open(args), args.study)
+            return 0
+        if args.cmd == "report":
+            from tuning.report import build_report, evaluate, write_report
+
+            handle = _open(args)
+            if not args.no_eval:
+                evaluate(handle, args.study, jobs=args.jobs, log=_log)
+            rep = build_report(handle, args.study)
+            command = args.command or "matched-tuning " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+            paths = write_report(rep, args.out, command=command)
+            cols = ["arm", "trials", "pruned", "failed", "compute", "best_score", "eval_mean", "eval_ci_low",
+                    "eval_ci_high"]
+            print(rep.summary[cols].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+            if len(rep.comparisons):
+                print(rep.comparisons.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+            print(f"wrote {', '.join(str(p) for p in paths.values())}")
+            return 0
+        from tuning.harness import create_or_check, load_protocol
+
+        handle = _open(args)
+        stored = load_protocol(handle, args.study) if args.cmd == "resume" else None
+        protocol, source = _protocol_from_args(args, stored)
+        create_or_check(handle, args.study, protocol)
+        _run_workers(args, handle, source)
+        _print_status(handle, args.study)
+        return 0
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: running slots were handed back; `matched-tuning resume` continues", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Adapter: the reference pipeline's arms (reference.api.run_arm / PARAM_SPACE) behind tuning's interface.
+
+reference.api imports torch, so it is imported only when an arm is run or its space is read: the rest
+of tuning (reports, storages, the synthetic arm) works without torch installed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+import importlib
+import json
+import os
+from pathlib import Path
+
+from theory.errors import InputError
+from tuning.interface import ArmResult, Budget, Report
+
+
+class ReferenceArms:
+    def __init__(self, config: str | None = None, workdir: str | None = None, calls_log: str | None = None,
+                 api_module: str = "reference.api"):
+        self.config = config
+        self.workdir = workdir
+        self.calls_log = calls_log
+        self.api_module = api_module
+        self._api = None
+
+    def api(self):
+        if self._api is None:
+            try:
+                self._api = importlib.import_module(self.api_module)
+            except ImportError as e:
+                raise InputError(f"arm source 'reference' needs {self.api_module} (pip install -e '.[reference]'): {e}") from None
+        return self._api
+
+    def param_space(self) -> Mapping[str, Mapping]:
+        space = getattr(self.api(), "PARAM_SPACE", None)
+        if not isinstance(space, Mapping):
+            raise InputError(f"{self.api_module}.PARAM_SPACE is missing or not a mapping")
+        return space
+
+    def default_labels(self) -> int | None:
+        fn = getattr(self.api(), "default_labels", None)
+        return int(fn(self.config)) if callable(fn) else None
+
+    def __call__(self, arm: str, *, params: dict, budget: Budget, seed: int, split: str,
+                 report: Report | None = None) -> ArmResult:
+        if self.calls_log:
+            with open(self.calls_log, "a") as f:
+                f.write(json.dumps({"arm": arm, "split": split, "seed": seed, "pid": os.getpid()}) + "\n")
+        kwargs = dict(params=dict(params), labels=budget.labels, seed=seed, teacher_labels=budget.teacher_labels,
+                      split=split, report=report)
+        if self.config is not None:
+            kwargs["config"] = self.config
+        if self.workdir is not None:
+            kwargs["workdir"] = Path(self.workdir)
+        res = self.api().run_arm(arm, **kwargs)
+        return ArmResult(accuracy=float(res.accuracy), compute_tokens=int(res.compute_tokens), split=split,
+                         metrics={k: float(v) for k, v in dict(getattr(res, "metrics", {}) or {}).items()
+                                  if isinstance(v, (int, float))})

@@ -1,0 +1,410 @@
+"""Final evaluation and the fairness report.
+
+`evaluate` re-runs each arm's best configuration on the protocol's evaluation seeds (disjoint from the
+tuning seeds) on the test split, storing each result in the arm study as user attr `eval:<seed>` the
+moment it finishes, so an interrupted report resumes where it stopped. `build_report` refuses unless
+the study is matched (tuning.harness.check_matched), then assembles frames; `write_report` writes the
+CSV, Markdown and figures.
+
+Scores used by the tuning curves: a complete trial's validation accuracy; a pruned trial's last
+reported value (what the tuner saw); a failed trial 0% (it produced no usable model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+import json
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from theory.errors import InputError
+from tuning import stats
+from tuning.harness import (REASON_ATTR, SEED_ATTR, SLOT_ATTR, _load, arm_study_name, check_matched,
+                            slot_trials)
+from tuning.interface import SPLITS_EVAL, ArmSource, Budget, load_arm_source
+from tuning.protocol import Protocol
+from tuning.storage import StorageHandle
+
+EVAL_PREFIX = "eval:"
+CSV_COLUMNS = ["arm", "trials", "pruned", "failed", "compute", "best_score", "eval_mean", "eval_ci_low",
+               "eval_ci_high"]
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    latest, _, _ = slot_trials(study)
+    done = [t for t in latest.values() if t.state == TrialState.COMPLETE and t.value is not None]
+    if not done:
+        return None
+    return max(done, key=lambda t: (t.value, -t.number))  # ties: the earlier trial
+
+
+_SOURCE_CACHE: dict = {}
+
+
+def _eval_one(source_name: str, options: dict, arm: str, params: dict, budget: Budget, seed: int) -> tuple[float, int]:
+    key = (source_name, json.dumps(options, sort_keys=True))
+    if key not in _SOURCE_CACHE:
+        _SOURCE_CACHE[key] = load_arm_source(source_name, options)
+    res = _SOURCE_CACHE[key].fn(arm, params=params, budget=budget, seed=seed, split=SPLITS_EVAL, report=None)
+    acc = float(res.accuracy)
+    if not np.isfinite(acc) or not 0 <= acc <= 100:
+        raise InputError(f"evaluation of {arm} seed {seed} returned accuracy {acc}")
+    return acc, int(res.compute_tokens)
+
+
+def _init_child() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def evaluate(handle: StorageHandle, name: str, source: ArmSource | None = None, *, jobs: int = 1,
+             log: Callable[[str], None] | None = None) -> int:
+    """Run the missing final evaluations; returns how many were run."""
+    protocol = check_matched(handle, name)
+    todo = []
+    studies = {}
+    for arm in protocol.arms:
+        study = studies[arm] = _load(handle, arm_study_name(name, arm))
+        best = best_trial(study)
+        if best is None:
+            continue
+        for seed in protocol.eval_seeds:
+            done = study.user_attrs.get(f"{EVAL_PREFIX}{seed}")
+            if done is None or done.get("trial") != best.number:
+                todo.append((arm, best.number, dict(best.params), seed))
+    if not todo:
+        return 0
+    budget = protocol.budget
+
+    def store(arm, number, seed, acc, tokens):
+        studies[arm].set_user_attr(f"{EVAL_PREFIX}{seed}", {"trial": number, "accuracy": acc,
+                                                           "compute_tokens": tokens, "split": SPLITS_EVAL})
+        if log:
+            log(f"eval {arm} (trial #{number}) seed {seed}: {acc:.2f}% on {SPLITS_EVAL}")
+
+    if jobs <= 1:
+        if source is not None:
+            _SOURCE_CACHE[(protocol.arm_source, json.dumps(dict(protocol.arm_options), sort_keys=True))] = source
+        for arm, number, params, seed in todo:
+            acc, tokens = _eval_one(protocol.arm_source, dict(protocol.arm_options), arm, params, budget, seed)
+            store(arm, number, seed, acc, tokens)
+        return len(todo)
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per job: no forked torch threads
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_child) as pool:
+        futures = {pool.submit(_eval_one, protocol.arm_source, dict(protocol.arm_options), arm, params,
+                               budget, seed): (arm, number, seed) for arm, number, params, seed in todo}
+        for fut in as_completed(futures):
+            arm, number, seed = futures[fut]
+            acc, tokens = fut.result()
+            store(arm, number, seed, acc, tokens)
+    return len(todo)
+
+
+def _fail_reason(t: optuna.trial.FrozenTrial, retried_from: dict[int, int]) -> str | None:
+    if t.state != TrialState.FAIL:
+        return None
+    if REASON_ATTR in t.user_attrs:
+        return t.user_attrs[REASON_ATTR]
+    if t.number in retried_from:
+        return f"worker lost (no heartbeat); retried as #{retried_from[t.number]}"
+    return "worker lost (no heartbeat); retries exhausted"
+
+
+def trials_frame(handle: StorageHandle, name: str, protocol: Protocol) -> pd.DataFrame:
+    rows = []
+    for arm in protocol.arms:
+        study = _load(handle, arm_study_name(name, arm))
+        trials = study.get_trials(deepcopy=False)
+        latest, _, _ = slot_trials(study)
+        latest_ids = {t.number for t in latest.values()}
+        retried_from: dict[int, int] = {}  # attempt number -> the retry that replaced it
+        for t in trials:
+            hist = t.system_attrs.get("retry_history") or []
+            if hist:
+                retried_from[hist[-1]] = t.number
+        for t in trials:
+            if SLOT_ATTR not in t.user_attrs:
+                continue
+            last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else np.nan
+            rows.append({
+                "arm": arm, "number": t.number, "slot": t.user_attrs[SLOT_ATTR],
+                "tuning_seed": t.user_attrs.get(SEED_ATTR), "state": t.state.name,
+                "counted": t.number in latest_ids, "value": t.value if t.value is not None else np.nan,
+                "last_intermediate": last, "compute_tokens": t.user_attrs.get("compute_tokens", np.nan),
+                "elapsed_s": t.user_attrs.get("elapsed_s", np.nan), "split": t.user_attrs.get("split"),
+                "fail_reason": _fail_reason(t, retried_from), "params": json.dumps(t.params, sort_keys=True),
+            })
+    return pd.DataFrame(rows)
+
+
+def trial_score(row) -> float:
+    if row["state"] == "COMPLETE":
+        return float(row["value"])
+    if row["state"] == "PRUNED":
+        return float(row["last_intermediate"]) if np.isfinite(row["last_intermediate"]) else 0.0
+    return 0.0
+
+
+@dataclass(frozen=True)
+class FairnessReport:
+    name: str
+    protocol: Protocol
+    summary: pd.DataFrame  # one row per arm
+    trials: pd.DataFrame  # one row per attempt
+    evals: pd.DataFrame  # arm, seed, accuracy, compute_tokens
+    curves: pd.DataFrame  # arm, n_trials, expected_best, std, best_so_far
+    comparisons: pd.DataFrame  # label-matched: paired differences vs the first arm
+    compute_matched: pd.DataFrame
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.summary
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "protocol": self.protocol.to_dict(),
+                "summary": self.summary.to_dict(orient="records"),
+                "comparisons": self.comparisons.to_dict(orient="records"),
+                "compute_matched": self.compute_matched.to_dict(orient="records")}
+
+
+def build_report(handle: StorageHandle, name: str, *, seed: int = 0) -> FairnessReport:
+    protocol = check_matched(handle, name)
+    rng = np.random.default_rng(seed)
+    trials = trials_frame(handle, name, protocol)
+    counted = trials[trials["counted"]].copy()
+    counted["score"] = counted.apply(trial_score, axis=1)
+    rows, curve_rows, eval_rows = [], [], []
+    for arm in protocol.arms:
+        study = _load(handle, arm_study_name(name, arm))
+        t = counted[counted["arm"] == arm].sort_values("number")
+        best = best_trial(study)
+        ev = []
+        for s in protocol.eval_seeds:
+            e = study.user_attrs.get(f"{EVAL_PREFIX}{s}")
+            if e is not None and best is not None and e.get("trial") == best.number:
+                ev.append(e["accuracy"])
+                eval_rows.append({"arm": arm, "seed": s, "accuracy": e["accuracy"],
+                                  "compute_tokens": e["compute_tokens"]})
+        ci = stats.mean_ci(ev, rng) if ev else None
+        curve = stats.expected_max_curve(t["score"].to_numpy())
+        best_so_far = np.maximum.accumulate(t["score"].to_numpy())
+        for n, m, sd, b in zip(curve.n_trials, curve.mean, curve.std, best_so_far):
+            curve_rows.append({"arm": arm, "n_trials": int(n), "expected_best": m, "std": sd, "best_so_far": b})
+        acct = protocol.label_accounts[arm]
+        rows.append({
+            "arm": arm, "trials": int(len(t)), "complete": int((t["state"] == "COMPLETE").sum()),
+            "pruned": int((t["state"] == "PRUNED").sum()), "failed": int((t["state"] == "FAIL").sum()),
+            "retried": int((~trials[trials["arm"] == arm]["counted"]).sum()),
+            "compute": int(np.nansum(t["compute_tokens"].to_numpy(dtype=float))),
+            "compute_per_trial": float(np.nanmean(t["compute_tokens"].to_numpy(dtype=float)))
+            if t["compute_tokens"].notna().any() else np.nan,
+            "best_score": best.value if best else np.nan, "best_trial": best.number if best else -1,
+            "best_params": json.dumps(best.params, sort_keys=True) if best else "",
+            "still_improving": stats.still_improving(t["score"].to_numpy()),
+            "eval_n": len(ev), "eval_mean": ci.estimate if ci else np.nan,
+            "eval_ci_low": ci.low if ci else np.nan, "eval_ci_high": ci.high if ci else np.nan,
+            "eval_iqm": stats.iqm(ev) if ev else np.nan,
+            "eval_compute_tokens": float(np.mean([r["compute_tokens"] for r in eval_rows if r["arm"] == arm]))
+            if ev else np.nan,
+            "teacher_labels": acct["teacher"], "student_labels": acct["student"], "unused_labels": acct["unused"],
+        })
+    summary = pd.DataFrame(rows)
+    evals = pd.DataFrame(eval_rows, columns=["arm", "seed", "accuracy", "compute_tokens"])
+    comparisons = _comparisons(protocol, evals, rng)
+    return FairnessReport(name, protocol, summary, trials, evals, pd.DataFrame(curve_rows), comparisons,
+                          _compute_matched(summary, counted))
+
+
+def _comparisons(protocol: Protocol, evals: pd.DataFrame, rng) -> pd.DataFrame:
+    """Label-matched: every arm at the same N labels, paired by evaluation seed against the first arm."""
+    base = protocol.arms[0]
+    rows = []
+    a = evals[evals["arm"] == base].set_index("seed")["accuracy"]
+    for arm in protocol.arms[1:]:
+        b = evals[evals["arm"] == arm].set_index("seed")["accuracy"]
+        seeds = sorted(set(a.index) & set(b.index))
+        if not seeds:
+            continue
+        xa, xb = a.loc[seeds].to_numpy(), b.loc[seeds].to_numpy()
+        diff = stats.paired_difference(xa, xb, rng)
+        poi = stats.probability_of_improvement_ci(xb, xa, rng)
+        rows.append({"baseline": base, "arm": arm, "seeds": len(seeds), "mean_diff": diff.estimate,
+                     "diff_ci_low": diff.low, "diff_ci_high": diff.high, "p_improvement": poi.estimate,
+                     "p_ci_low": poi.low, "p_ci_high": poi.high})
+    return pd.DataFrame(rows, columns=["baseline", "arm", "seeds", "mean_diff", "diff_ci_low", "diff_ci_high",
+                                       "p_improvement", "p_ci_low", "p_ci_high"])
+
+
+def _compute_matched(summary: pd.DataFrame, counted: pd.DataFrame) -> pd.DataFrame:
+    """Compute-matched: each arm's expected best validation score when its tuning may spend only what
+    the cheapest arm's whole tuning spent (trials it can afford at its mean cost per trial)."""
+    cols = ["arm", "tokens_per_trial", "matched_tokens", "trials_affordable", "expected_best_at_matched"]
+    if summary["compute"].le(0).any() or summary["compute_per_trial"].isna().any():
+        return pd.DataFrame(columns=cols)
+    budget = float(summary["compute"].min())
+    rows = []
+    for _, r in summary.iterrows():
+        n = int(budget // r["compute_per_trial"])
+        scores = counted[counted["arm"] == r["arm"]]["score"].to_numpy()
+        exp = float(stats.expected_max_curve(scores, n).mean[-1]) if n >= 1 else np.nan
+        rows.append({"arm": r["arm"], "tokens_per_trial": r["compute_per_trial"], "matched_tokens": budget,
+                     "trials_affordable": n, "expected_best_at_matched": exp})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _fmt(x, digits: int = 2) -> str:
+    if isinstance(x, (float, np.floating)):
+        return "—" if not np.isfinite(x) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def _table(df: pd.DataFrame, cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def to_markdown(rep: FairnessReport, command: str | None = None, figures: list[str] | None = None) -> str:
+    p = rep.protocol
+    s = p.sampler
+    startup = int(s["n_startup_trials"])
+    guided = max(0, p.trials_per_arm - startup)
+    cap = "none (uncapped)" if p.compute_cap_tokens is None else f"{p.compute_cap_tokens:,} tokens"
+    out = [f"# Fairness report: study `{rep.name}`", ""]
+    if command:
+        out += ["Regenerate:", "", "```bash", command, "```", ""]
+    out += [
+        "## Matching rules (stored in the study, checked before this comparison)", "",
+        f"- Arms: {', '.join(p.arms)}; arm source `{p.arm_source}`.",
+        f"- Finished trials per arm (complete + pruned + failed): {p.trials_per_arm}, enforced by "
+        f"{p.trials_per_arm} pre-created slots per arm claimed atomically.",
+        f"- Label budget N = {p.labels} as the registry accounts it: "
+        + "; ".join(f"{a}: teacher {v['teacher']}, student {v['student']}, unused {v['unused']}"
+                    for a, v in p.label_accounts.items()) + ".",
+        f"- Per-trial compute cap: {cap}; per-trial time limit {p.time_limit_s:g} s.",
+        f"- Shared hyperparameters (identical ranges): {', '.join(p.shared_params) or 'none'}; "
+        "arm-specific: " + "; ".join(f"{a}: {', '.join(sorted(set(sp) - set(p.shared_params))) or '—'}"
+                                     for a, sp in p.search_space.items()) + ".",
+        f"- Sampler: TPE (optuna {p.optuna_version}), seed {s['seed']} (per slot: {s['per_trial_seed']}), "
+        f"multivariate, constant liar; n_startup_trials = {startup}: the first {min(startup, p.trials_per_arm)} "
+        f"trials of each arm are random search, {guided} are model-guided"
+        + (" — with this budget TPE is pure random search." if guided == 0 else "."),
+        f"- Pruner: {p.pruner['name']}" + (f" (n_startup_trials {p.pruner['n_startup_trials']}, "
+                                           f"n_warmup_steps {p.pruner['n_warmup_steps']})"
+                                           if p.pruner["name"] == "MedianPruner" else "") + ".",
+        f"- Tuning seeds {list(p.tuning_seeds)} (slot k of every arm uses seed k); evaluation seeds "
+        f"{list(p.eval_seeds)} — disjoint. Tuning objective: {p.objective['metric']} in percent on the "
+        f"`{p.objective['split']}` split; the final evaluation alone reads `test`.",
+        f"- Slot 0 of each arm runs the arm's declared defaults: {p.enqueue_defaults}.", "",
+        "## Per arm", "",
+        _table(rep.summary, ["arm", "trials", "complete", "pruned", "failed", "retried", "compute",
+                             "compute_per_trial", "best_score", "still_improving", "eval_n", "eval_mean",
+                             "eval_ci_low", "eval_ci_high", "eval_iqm"]), "",
+        "Accuracy in percent; compute in tokens (rollout + training + teacher scoring). `compute` is the "
+        "whole tuning spend of the arm; `retried` counts attempts lost with a killed worker and re-run "
+        "(not trials). `still_improving`: the best-so-far rose in the last quarter of the trials.", "",
+        "Best parameters:", "",
+    ]
+    for _, r in rep.summary.iterrows():
+        out.append(f"- {r['arm']} (trial #{r['best_trial']}): `{r['best_params']}`")
+    out += ["", "## Label-matched comparison (same N labels; test split, evaluation seeds)", ""]
+    if len(rep.comparisons):
+        out.append(_table(rep.comparisons, ["baseline", "arm", "seeds", "mean_diff", "diff_ci_low",
+                                            "diff_ci_high", "p_improvement", "p_ci_low", "p_ci_high"]))
+        out += ["", "mean_diff = arm − baseline, paired by evaluation seed, percentile-bootstrap 95% interval; "
+                "p_improvement = P(a run of arm beats a run of baseline) (rliable), bootstrap 95% interval. "
+                "Per-run compute of each arm's final configuration: "
+                + ", ".join(f"{r['arm']} {_fmt(r['eval_compute_tokens'], 0)}" for _, r in rep.summary.iterrows())
+                + " tokens."]
+    else:
+        out.append("No evaluations yet (run `matched-tuning report`, which evaluates before reporting).")
+    out += ["", "## Compute-matched comparison (validation, expected best at equal tuning compute)", ""]
+    if len(rep.compute_matched):
+        out.append(_table(rep.compute_matched, ["arm", "tokens_per_trial", "matched_tokens",
+                                                "trials_affordable", "expected_best_at_matched"]))
+        out += ["", "Each arm may spend the tuning compute of the cheapest arm; `expected_best_at_matched` is "
+                "the expected-max estimate (Dodge et al. 2019) at the number of trials that buys."]
+    else:
+        out.append("Not available: some trials did not report compute.")
+    fails = rep.trials[rep.trials["fail_reason"].notna()]
+    out += ["", "## Failed attempts", ""]
+    if len(fails):
+        for _, r in fails.iterrows():
+            out.append(f"- {r['arm']} trial #{r['number']} (slot {r['slot']}): {r['fail_reason']}")
+    else:
+        out.append("None.")
+    if figures:
+        out += ["", "## Figures", ""] + [f"![{Path(f).stem}]({Path(f).name})" for f in figures]
+    return "\n".join(out) + "\n"
+
+
+def plot_report(rep: FairnessReport, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sns.set_theme(style="whitegrid", context="notebook")
+    paths = []
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    pal = dict(zip(rep.protocol.arms, sns.color_palette(n_colors=len(rep.protocol.arms))))
+    for arm, g in rep.curves.groupby("arm", sort=False):
+        ax.plot(g["n_trials"], g["expected_best"], color=pal[arm], label=f"{arm} (expected best)")
+        ax.fill_between(g["n_trials"], g["expected_best"] - g["std"], g["expected_best"] + g["std"],
+                        color=pal[arm], alpha=0.2)
+        ax.plot(g["n_trials"], g["best_so_far"], color=pal[arm], ls="--", lw=1, label=f"{arm} (best so far)")
+    ax.set_xlabel("trials")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("Tuning curves (Dodge et al. 2019 expected max, ±1 sd)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    paths.append(out / "fairness_report_curves.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    if len(rep.evals):
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        sns.stripplot(data=rep.evals, x="accuracy", y="arm", hue="arm", palette=pal, ax=ax, alpha=0.6,
+                      legend=False)
+        s = rep.summary.set_index("arm")
+        for i, arm in enumerate(rep.protocol.arms):
+            if np.isfinite(s.loc[arm, "eval_mean"]):
+                ax.errorbar(s.loc[arm, "eval_mean"], i, xerr=[[s.loc[arm, "eval_mean"] - s.loc[arm, "eval_ci_low"]],
+                                                              [s.loc[arm, "eval_ci_high"] - s.loc[arm, "eval_mean"]]],
+                            fmt="o", color="black", capsize=4)
+        ax.set_xlabel("test accuracy (%) per evaluation seed; mean and bootstrap 95% CI")
+        ax.set_ylabel("")
+        fig.tight_layout()
+        paths.append(out / "fairness_report_eval.png")
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths
+
+
+def write_report(rep: FairnessReport, out_dir: str | Path, command: str | None = None,
+                 figures: bool = True) -> dict[str, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {}
+    csv = out / "fairness_report.csv"
+    tmp = csv.with_suffix(".csv.tmp")
+    cols = CSV_COLUMNS + [c for c in rep.summary.columns if c not in CSV_COLUMNS]
+    rep.summary[cols].to_csv(tmp, index=False)
+    tmp.replace(csv)
+    written["csv"] = csv
+    figs = plot_report(rep, out) if figures else []
+    for i, f in enumerate(figs):
+        written[f"figure{i}"] = f
+    md = out / "fairness_report.md"
+    md.write_text(to_markdown(rep, command, [str(f) for f in figs]))
+    written["md"] = md
+    rep.trials.to_csv(out / "fairness_report_trials.csv", index=False)
+    written["trials"] = out / "fairness_report_trials.csv"
+    return written
