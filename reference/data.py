@@ -300,3 +300,57 @@ def score_completions(
         raise ValueError(f"{len(completions)} completions for {len(problems)} problems x group {group}")
     golds = [p.gold for p in problems for _ in range(group)]
     return score_batch(list(completions), golds, timeout_s=timeout_s)
+
+
+# --------------------------------------------------------------------------------------------------
+# A dataset world: the same `World` shape the toy world has, so the pipeline has one code path
+# --------------------------------------------------------------------------------------------------
+
+
+def load_world(wcfg, tokenizer):
+    """`reference.world.World` from `[world] kind = "dataset"` (train_path, test_path, unlabeled_path).
+
+    labeled: the train set minus a seeded `val_fraction` held out as `val` (DAPO-Math-17k 80/20 when
+    0.2), in a seeded order so the pipeline's first-N slice is a random N; problems that also appear
+    in the test set are removed (contamination guard). unlabeled: `unlabeled_path` if given, else the
+    labeled problems beyond the budget N (or all of them when N uses every one); its golds are kept
+    for diagnostics only. Prompts longer than `max_prompt_tokens` are dropped. `val`, `unlabeled`,
+    `test` > 0 cap those splits.
+    """
+    import random
+
+    from reference.world import Problem as WorldProblem
+    from reference.world import World
+
+    if tokenizer is None:
+        raise InputError("a dataset world needs the student's tokenizer (for the chat template)")
+    test = load_problems(wcfg.test_path, name="test") if wcfg.test_path else None
+    test_q = {p.question for p in test.problems} if test else set()
+    train = load_problems(wcfg.train_path, name="train")
+    pool = [p for p in train.problems if p.question not in test_q]
+    random.Random(wcfg.seed).shuffle(pool)
+    n_val = round(len(pool) * wcfg.val_fraction) if wcfg.val_fraction > 0 else 0
+    val, labeled = pool[:n_val], pool[n_val:]
+    if wcfg.unlabeled_path:
+        unl = [p for p in load_problems(wcfg.unlabeled_path, name="unlabeled").problems if p.question not in test_q]
+    else:
+        unl = labeled[wcfg.labels:] or list(labeled)
+
+    def convert(problems, cap: int) -> tuple:
+        out = []
+        for p, prompt in zip(problems, chat_prompts(problems, tokenizer)):
+            if wcfg.max_prompt_tokens and len(tokenizer(prompt, add_special_tokens=False).input_ids) > wcfg.max_prompt_tokens:
+                continue
+            level = re.sub(r"\D", "", p.level)
+            out.append(WorldProblem(pid=p.uid, prompt=prompt, gold=p.gold, terms=int(level) if level else 0))
+            if cap and len(out) >= cap:
+                break
+        return tuple(out)
+
+    return World(
+        labeled=convert(labeled, 0),
+        val=convert(val, wcfg.val),
+        unlabeled=convert(unl, wcfg.unlabeled),
+        test=convert(test.problems, wcfg.test) if test else (),
+        config=wcfg,
+    )

@@ -1,0 +1,80 @@
+"""The real-scale dry run: Qwen3-1.7B / 8B built on the meta device from the paper config."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reference.config import load_config
+from reference.dryrun import Shape, dry_run, format_dry_run, memory_estimate
+from theory.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+PAPER = ROOT / "configs" / "paper-qwen3-math.toml"
+
+
+@pytest.fixture(scope="module")
+def paper_run():
+    return dry_run(load_config(PAPER))
+
+
+def test_official_parameter_counts(paper_run):
+    m = paper_run["models"]
+    # official totals: Qwen3-1.7B 1.72B (tied), Qwen3-8B 8.19B (untied)
+    assert abs(m["student"]["params"] / 1.72e9 - 1) < 0.005
+    assert abs(m["teacher"]["params"] / 8.19e9 - 1) < 0.005
+    assert m["student"]["tied"] and not m["teacher"]["tied"]
+    assert m["student"]["vocab"] == m["teacher"]["vocab"] == 151936
+    assert m["student"]["device"] == "meta"
+
+
+def test_stages_json_shape(paper_run):
+    names = [s["name"] for s in paper_run["stages"]]
+    assert names == ["teacher_grpo", "fkl_warmup", "opd", "student_grpo", "eval"]
+    for s in paper_run["stages"]:
+        assert {"name", "model", "params", "memory_gib", "launch"} <= set(s)
+        assert s["params"] > 1e9
+    opd = paper_run["stages"][2]
+    assert opd["model"] == "Qwen/Qwen3-1.7B" and opd["frozen"] == "Qwen/Qwen3-8B"
+    assert "accelerate launch --config_file configs/accelerate/fsdp2.yaml --num_processes 8" in opd["launch"]["8"]
+    assert opd["launch"]["1"].startswith("reference-pipeline run --config")
+    json.dumps(paper_run)  # the CLI's --json output must serialise
+    text = format_dry_run(paper_run)
+    assert "Qwen/Qwen3-8B" in text and "8.191B" in text
+
+
+def test_memory_model_components():
+    s = Shape(2048, 28, 16, 8, 128, 6144, 151936, True, "test")
+    full = memory_estimate(trained=(s, 1_720_574_976), frozen=None, tokens=8192, checkpointing=False, n_gpus=1, shard=False)
+    ckpt = memory_estimate(trained=(s, 1_720_574_976), frozen=None, tokens=8192, checkpointing=True, n_gpus=1, shard=False)
+    sharded = memory_estimate(trained=(s, 1_720_574_976), frozen=None, tokens=8192, checkpointing=True, n_gpus=8, shard=True)
+    # 8 bytes/param of bf16 weights+grads+Adam moments; logits 8192 x 151936 x 10 bytes
+    assert full["train_states"] == pytest.approx(1_720_574_976 * 8 / 2**30, abs=0.01)
+    assert full["logits"] == pytest.approx(8192 * 151936 * 10 / 2**30, abs=0.01)
+    assert ckpt["activations"] < full["activations"] / 5
+    assert sharded["train_states"] == pytest.approx(ckpt["train_states"] / 8, abs=0.01)
+
+
+def test_local_directory_shapes_come_from_config_json(tmp_path):
+    from reference.models import build_tiny_qwen3_dir
+
+    d = build_tiny_qwen3_dir(tmp_path / "tiny", hidden=32, layers=2, heads=4, kv_heads=2, head_dim=8, intermediate=64)
+    cfg = load_config(PAPER).override({
+        "student.path": str(d), "teacher.path": str(d),
+        "student.hidden": 32, "student.layers": 2, "student.heads": 4, "student.kv_heads": 2,
+        "student.head_dim": 8, "student.intermediate": 64,
+        "teacher.hidden": 32, "teacher.layers": 2, "teacher.heads": 4, "teacher.kv_heads": 2,
+        "teacher.head_dim": 8, "teacher.intermediate": 64,
+    })
+    out = dry_run(cfg, arm="direct_grpo")
+    assert out["models"]["student"]["vocab_source"].endswith("config.json")
+    assert [s["name"] for s in out["stages"]] == ["student_grpo", "eval"]
+    bad = cfg.override({"student.hidden": 64})
+    with pytest.raises(InputError, match="disagree"):
+        dry_run(bad)
+
+
+def test_unknown_arm_is_refused(paper_run):
+    with pytest.raises(InputError, match="unknown arm"):
+        dry_run(load_config(PAPER), arm="nope")
