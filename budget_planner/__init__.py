@@ -1,0 +1,14 @@
+"""The budget planner: where scarce verifiable labels go, with predicted accuracy and uncertainty.
+
+    from budget_planner import plan, load_scenario
+    p = plan("paper-qwen3-math", labels=5000)
+    p.to_frame(); p.recommendation; p.plot("plan.png")
+
+Torch-free: depends on `theory` (numpy/scipy/pandas); seaborn is imported only by `Plan.plot`.
+"""
+
+from budget_planner.plan import Plan, budget_curve, plan
+from theory.calibrate import calibrate, fit_scenario
+from theory.scenario import Scenario, load_scenario, preset_names
+
+__all__ = ["Plan", "Scenario", "budget_curve", "calibrate", "fit_scenario", "load_scenario", "plan", "preset_names"]

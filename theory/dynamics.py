@@ -104,9 +104,21 @@ def grpo_progress(world: World, policy: Policy, n) -> np.ndarray:
 
 
 def grpo(world: World, policy: Policy, n) -> Policy:
-    """GRPO with n labels (the same function for teacher and student)."""
-    g = grpo_progress(world, policy, n)[..., None]
-    ceil_B = exploration_ceiling(world, policy)
+    """GRPO with n labels (the same function for teacher and student).
+
+    Same result as `grpo_progress` + `exploration_ceiling`, sharing one sigmoid pass between the
+    signal fraction and pass@k (this is the planner's hot loop).
+    """
+    r = world.rates
+    sig_BK = irt.sigmoid(policy.theta_B[..., None] - world.s_d_B[..., None] * irt._X_K)
+    t = world.train
+    p_K = policy.c_B[..., t, None] * sig_BK[..., t, :]
+    G = np.asarray(r.group_size, dtype=float)[..., None]
+    iota = irt.expect_K(1.0 - np.power(p_K, G) - np.power(1.0 - p_K, G))
+    g = -np.expm1(-r.kappa * iota * np.asarray(n, dtype=float) / N_REF)[..., None]
+    k = np.asarray(r.k_explore, dtype=float)[..., None, None]
+    pk_B = irt.expect_K(1.0 - np.power(1.0 - sig_BK, k))
+    ceil_B = irt.solve_theta(pk_B, world.s_d_B)
     return Policy(policy.theta_B + (ceil_B - policy.theta_B) * g, policy.c_B + (1.0 - policy.c_B) * g)
 
 
@@ -152,16 +164,13 @@ def label_arrays(arm: Arm, n: int, teacher_labels=None) -> tuple[np.ndarray, np.
     return teacher, student, held_back
 
 
-def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None, label_scale=1.0) -> np.ndarray:
+def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None) -> np.ndarray:
     """Accuracy (percent) of `arm` with a budget of n labels, shape R [+ (S,)] + (B,).
 
     `teacher_labels` may be an int or a 1-D array of splits; with an array, call on `world.expand()`
-    so the split axis lines up (rates R + (1,)). `label_scale` (shape R) multiplies every label count
-    after the registry's accounting: it carries an assumed budget's uncertainty into observations
-    whose label counts are stated in units of that budget.
+    so the split axis lines up (rates R + (1,)).
     """
     t_lab, s_lab, held = label_arrays(arm, n, teacher_labels)
-    t_lab, s_lab, held = t_lab * label_scale, s_lab * label_scale, held * label_scale
     teacher = world.teacher
     if Stage.TEACHER_GRPO in arm.stages:
         teacher = grpo(world, teacher, t_lab)

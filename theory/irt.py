@@ -25,13 +25,19 @@ from scipy import optimize, special
 from theory.errors import InputError
 from theory.tables import validate_problems
 
-# Probabilists' Gauss-Hermite nodes: E_{z~N(0,1)}[f(z)] ~= sum_k w_k f(x_k). 20 nodes integrate the
-# logistic-normal to ~1e-6 for s_d <= 3, which is far below any accuracy we can measure.
+# Probabilists' Gauss-Hermite nodes: E_{z~N(0,1)}[f(z)] ~= sum_k w_k f(x_k). With 20 nodes accuracy
+# and pass@8 are within 0.02 percentage points of a 100-node rule for s_d <= 2 (0.25 at s_d = 3):
+# below any accuracy difference a benchmark can measure.
 K_NODES = 20
 _X_K, _W_K = np.polynomial.hermite_e.hermegauss(K_NODES)
 _W_K = _W_K / _W_K.sum()
 # sigmoid(x) ~= Phi(x / 1.702): gives a closed-form start for the Newton inversion.
 _PROBIT_SCALE = 1.702
+
+
+def sigmoid(x) -> np.ndarray:
+    """Logistic function via tanh (exact to rounding, faster than scipy's expit on large arrays)."""
+    return 0.5 + 0.5 * np.tanh(0.5 * np.asarray(x, dtype=float))
 
 
 def _nodes(s_d) -> np.ndarray:
@@ -42,7 +48,7 @@ def _nodes(s_d) -> np.ndarray:
 def p_correct_K(theta, c, s_d) -> np.ndarray:
     """P(correct | d) at the quadrature nodes, shape (..., K)."""
     theta = np.asarray(theta, dtype=float)
-    return np.asarray(c, dtype=float)[..., None] * special.expit(theta[..., None] - _nodes(s_d))
+    return np.asarray(c, dtype=float)[..., None] * sigmoid(theta[..., None] - _nodes(s_d))
 
 
 def expect_K(f_K) -> np.ndarray:
@@ -52,7 +58,7 @@ def expect_K(f_K) -> np.ndarray:
 
 def ability_accuracy(theta, s_d) -> np.ndarray:
     """E_d[sigmoid(theta - d)] in [0, 1]: accuracy given compliance."""
-    return expect_K(special.expit(np.asarray(theta, dtype=float)[..., None] - _nodes(s_d)))
+    return expect_K(sigmoid(np.asarray(theta, dtype=float)[..., None] - _nodes(s_d)))
 
 
 def accuracy(theta, c, s_d) -> np.ndarray:
@@ -67,11 +73,12 @@ def pass_at_k(theta, c, s_d, k) -> np.ndarray:
     return expect_K(1.0 - np.power(1.0 - p_K, k))
 
 
-def solve_theta(target, s_d, *, iters: int = 4) -> np.ndarray:
+def solve_theta(target, s_d, *, iters: int = 2) -> np.ndarray:
     """The ability logit theta with E_d[sigmoid(theta - d)] = target (vectorised, monotone in theta).
 
     Start from the probit closed form theta0 = sqrt(1.702^2 + s_d^2) * Phi^-1(target) and take Newton
-    steps (derivative E[sigmoid (1 - sigmoid)] > 0); four steps reach ~1e-10 on the grid we use.
+    steps (derivative E[sigmoid (1 - sigmoid)] > 0). Two steps reach |error| < 1e-4 (0.01 percentage
+    points) for targets in [0.01, 0.995] and s_d in [1, 3]; three reach 1e-6 (tests/test_theory_irt.py).
     Targets are clipped to [1e-9, 1 - 1e-9] (a perfect or hopeless policy has an infinite logit).
     """
     target = np.clip(np.asarray(target, dtype=float), 1e-9, 1 - 1e-9)
@@ -79,9 +86,9 @@ def solve_theta(target, s_d, *, iters: int = 4) -> np.ndarray:
     theta = np.sqrt(_PROBIT_SCALE**2 + s_d**2) * special.ndtri(target)
     d_K = _nodes(s_d)
     for _ in range(iters):
-        sig_K = special.expit(theta[..., None] - d_K)
+        sig_K = sigmoid(theta[..., None] - d_K)
         f = expect_K(sig_K) - target
-        fp = np.maximum(expect_K(sig_K * (1.0 - sig_K)), 1e-12)
+        fp = np.maximum(expect_K(sig_K - sig_K * sig_K), 1e-12)
         theta = theta - f / fp
     return theta
 

@@ -42,6 +42,7 @@ SCALARS = {  # [inputs] name -> (kind, required)
     "kl0": ("positive", True),  # teacher-student per-token KL before the bridge, nats
 }
 MAX_DRAWS = 20_000
+UNFITTED = frozenset({"inputs.budget"})
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,10 @@ class Tagged:
 
     @property
     def fitted(self) -> bool:
-        return self.tag == "assumed"
+        # The budget is the unit labels are counted in: only kappa * labels enters the dynamics, so an
+        # uncertain budget is the same as an uncertain kappa and kappa's (wide) prior carries it.
+        # Fitting both would leave one exactly flat direction; the budget is listed, not fitted.
+        return self.tag == "assumed" and self.path not in UNFITTED
 
 
 @dataclass(frozen=True)
@@ -319,9 +323,8 @@ def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None =
         if unknown:
             raise InputError(f"{role}: unknown field {sorted(unknown)[0]!r}")
         names[role] = _str(md.get("name"), f"{role}.name") if "name" in md else _missing(f"{role}.name")
-        if "params_b" not in md:
-            raise InputError(f"{role}: missing field 'params_b' (model size, billions of parameters)")
-        inputs.append(parse_tagged(md["params_b"], f"{role}.params_b", "positive"))
+        if "params_b" in md:  # model size (billions); documents the rho prior, enters no equation
+            inputs.append(parse_tagged(md["params_b"], f"{role}.params_b", "positive"))
         if "compliance" in md:
             inputs.append(parse_tagged(md["compliance"], f"{role}.compliance", "probability"))
         mb = _table(md, "benchmarks", role, required=False) or {}
@@ -440,3 +443,75 @@ def loads_scenario(text: str, *, base_dir: Path | None = None) -> Scenario:
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"scenario: malformed TOML ({e})") from None
     return parse_scenario(doc, source="<text>", base_dir=base_dir)
+
+
+# ------------------------------------------------------------------------------------------------
+# Writing (calibrate --out): Scenario -> TOML text that loads back to an equal Scenario
+# ------------------------------------------------------------------------------------------------
+
+def _toml_value(v) -> str:
+    import json
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # JSON string escapes are valid TOML basic-string escapes
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def _tagged_dict(t: Tagged) -> dict:
+    d: dict = {"value": t.value, "tag": t.tag}
+    d["why" if t.tag == "assumed" else "source"] = t.note
+    if t.tag == "assumed":
+        d["sd"] = t.sd
+    return d
+
+
+def scenario_to_toml(scn: Scenario) -> str:
+    by = {t.path: t for t in scn.inputs}
+    out = [f"name = {_toml_value(scn.name)}", f"description = {_toml_value(scn.description)}",
+           f"target_benchmark = {_toml_value(scn.target_benchmark)}",
+           f"train_benchmark = {_toml_value(scn.train_benchmark)}", f"seed = {scn.seed}", f"draws = {scn.draws}", ""]
+    out.append("[inputs]")
+    for k in SCALARS:
+        out.append(f"{k} = {_toml_value(_tagged_dict(by[f'inputs.{k}']))}")
+    out += ["", "[rates]"]
+    for k in RATES:
+        out.append(f"{k} = {_toml_value(_tagged_dict(by[f'rates.{k}']))}")
+    out += ["", "[compute]", f"tag = {_toml_value(scn.compute_tag)}", f"why = {_toml_value(scn.compute_note)}"]
+    for f in fields(ComputeModel):
+        out.append(f"{f.name} = {getattr(scn.compute, f.name)}")
+    for b in scn.benchmarks:
+        out += ["", f"[benchmarks.{_key(b)}]"]
+        for k in ("s_d", "eval_se"):
+            out.append(f"{k} = {_toml_value(_tagged_dict(by[f'benchmarks.{b}.{k}']))}")
+    for role, name in (("student", scn.student), ("teacher", scn.teacher)):
+        out += ["", f"[{role}]", f"name = {_toml_value(name)}"]
+        for k in ("params_b", "compliance"):
+            if f"{role}.{k}" in by:
+                out.append(f"{k} = {_toml_value(_tagged_dict(by[f'{role}.{k}']))}")
+        for b in scn.benchmarks:
+            out += ["", f"[{role}.benchmarks.{_key(b)}]"]
+            for k in ("accuracy", "accuracy_given_compliance", "compliance"):
+                p = f"{role}.benchmarks.{b}.{k}"
+                if p in by:
+                    out.append(f"{k} = {_toml_value(_tagged_dict(by[p]))}")
+    for key, obs in (("observations", scn.observations), ("holdout", scn.holdout)):
+        for o in obs:
+            out += ["", f"[[{key}]]"]
+            for f in ("arm", "benchmark", "value", "se", "labels", "teacher_labels", "tag"):
+                v = getattr(o, f)
+                if v is not None:
+                    out.append(f"{f} = {_toml_value(v)}")
+            out.append(f"source = {_toml_value(o.note)}")
+    return "\n".join(out) + "\n"
+
+
+def _key(name: str) -> str:
+    import re
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _toml_value(name)

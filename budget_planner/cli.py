@@ -1,0 +1,192 @@
+"""`budget-planner`: plan | calibrate | scenarios | explain.
+
+Bad input of any kind ends in one line `error: <what is wrong>` on stderr and exit status 2.
+Plotting imports seaborn lazily so the table path stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from theory.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, no usage dump
+        raise InputError(message)
+
+
+def _labels(text: str) -> int:
+    from theory.arms import check_budget
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(f"--labels must be a non-negative integer, got {text!r}") from None
+    if math.isfinite(value) and value == int(value):
+        value = int(value)
+    try:
+        return check_budget(value)
+    except InputError as e:
+        raise InputError(f"--labels: {e}") from None
+
+
+def _write_atomic(path: str, text: str) -> None:
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        raise InputError(f"output directory {str(p.parent)!r} does not exist")
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, p)
+
+
+def _fmt_plan(pl) -> str:
+    lines = [f"scenario {pl.scenario}: {pl.benchmark} accuracy (%) with N = {pl.labels} labels",
+             f"{'arm':<26} {'accuracy':>8}  {'95% interval':>15}  {'p_best':>6}  {'teacher/student labels':>22}"
+             f"  {'+acc per 1k labels':>18}"]
+    for a in pl.arms:
+        lines.append(f"{a.arm:<26} {a.accuracy:8.1f}  [{a.lo:5.1f}, {a.hi:5.1f}]  {a.p_best:6.2f}  "
+                     f"{a.teacher_labels:>10}/{a.student_labels:<11}  {a.marginal_per_1k:18.2f}")
+    r = pl.recommendation
+    lines.append(f"recommended: {r.arm} (p_best {r.p_best:.2f}) with {r.teacher_labels} teacher / "
+                 f"{r.student_labels} student labels")
+    n_assumed = sum(1 for i in pl.inputs if i["tag"] == "assumed")
+    lines.append(f"inputs: {len(pl.inputs)} ({n_assumed} assumed, {pl.n_fitted} fitted); "
+                 "`explain` lists them with sources")
+    for w in pl.warnings:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+def cmd_plan(args) -> int:
+    from budget_planner.plan import plan
+    from theory.scenario import load_scenario
+
+    scn = load_scenario(args.scenario)
+    pl = plan(scn, labels=args.labels, benchmark=args.benchmark)
+    print(_fmt_plan(pl))
+    if args.json:
+        _write_atomic(args.json, json.dumps(pl.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+    if args.plot:
+        if Path(args.plot).parent and not Path(args.plot).parent.exists():
+            raise InputError(f"output directory {str(Path(args.plot).parent)!r} does not exist")
+        pl.plot(args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def cmd_scenarios(args) -> int:
+    from theory.scenario import load_scenario, preset_names
+
+    for name in preset_names():
+        scn = load_scenario(name)
+        print(f"{name:<24} {scn.description}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from budget_planner.plan import plan
+    from theory.calibrate import fit_scenario
+    from theory.scenario import load_scenario
+
+    scn = load_scenario(args.scenario)
+    pl = plan(scn, labels=args.labels, benchmark=args.benchmark)
+    print(f"scenario {scn.name}: {scn.description}")
+    print(f"\ninformativeness on {pl.benchmark} (group size G = {scn.group_size}, N = {pl.labels}; "
+          f"bits/label <= log2(G+1) = {math.log2(scn.group_size + 1):.2f}):")
+    print(f"{'model':<40} {'acc%':>6} {'compl.':>6} {'signal frac':>11} {'signal size':>11} {'bits/label':>10}"
+          f" {'KL_0 nats/tok':>13} {'dense nats/prompt':>17}")
+    for r in pl.informativeness:
+        print(f"{r['model']:<40} {r['accuracy']:6.1f} {r['compliance']:6.3f} {r['signal_fraction']:11.3f} "
+              f"{r['signal_size']:11.3f} {r['bits_per_label']:10.2f} {r['kl0_nats_per_token']:13.3f} "
+              f"{r['dense_nats_per_prompt']:17.1f}")
+    print("\nconditions (arXiv 2605.12483):")
+    for c in pl.conditions:
+        print("  " + c.explain())
+    fit = fit_scenario(scn)
+    print("\ninputs (assumed inputs are fitted: prior -> MAP [95%]):")
+    for _, row in fit.parameters().iterrows():
+        if row["fitted"]:
+            print(f"  {row['input']:<52} assumed   {row['prior']:.4g} -> {row['map']:.4g} "
+                  f"[{row['lo']:.4g}, {row['hi']:.4g}]  ({row['note']})")
+        else:
+            print(f"  {row['input']:<52} {row['tag']:<9} {row['prior']:.4g}  ({row['note']})")
+    print(f"  {'compute':<52} {scn.compute_tag:<9} {scn.compute}  ({scn.compute_note})")
+    print("\nin-sample fit:")
+    print(fit.residuals()[["arm", "benchmark", "labels", "observed", "predicted", "lo", "hi"]]
+          .to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    for w in pl.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from theory.calibrate import calibrate
+    from theory.scenario import scenario_to_toml
+    from theory.tables import read_table
+
+    runs = read_table(args.runs, "runs")
+    problems = read_table(args.problems, "problems")
+    scn = calibrate(runs, problems, student=args.student, teacher=args.teacher,
+                    benchmark=args.benchmark, name=args.name, split=args.split)
+    _write_atomic(args.out, scenario_to_toml(scn))
+    print(f"wrote {args.out}: {scn.description}; {len(scn.fitted_inputs())} fitted inputs")
+    from theory.calibrate import fit_scenario
+    for w in fit_scenario(scn).warnings:
+        print(f"warning: {w}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="budget-planner", description="Where should scarce verifiable labels go?")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    sp = sub.add_parser("plan", help="predict every arm and recommend an allocation")
+    sp.add_argument("--scenario", required=True, help="preset name or path to a scenario TOML")
+    sp.add_argument("--labels", type=str, default=None, help="label budget N (default: the scenario's)")
+    sp.add_argument("--benchmark", default=None, help="benchmark to plan for (default: the scenario's target)")
+    sp.add_argument("--json", default=None, help="write the plan as JSON here")
+    sp.add_argument("--plot", default=None, help="write a PNG with accuracy vs split and vs N")
+    sp.set_defaults(func=cmd_plan)
+    sc = sub.add_parser("scenarios", help="list the preset scenarios")
+    sc.set_defaults(func=cmd_scenarios)
+    se = sub.add_parser("explain", help="informativeness, C1/C2 checks and every input with its tag")
+    se.add_argument("--scenario", required=True)
+    se.add_argument("--labels", type=str, default=None)
+    se.add_argument("--benchmark", default=None)
+    se.set_defaults(func=cmd_explain)
+    ca = sub.add_parser("calibrate", help="build a scenario from a pilot's run and problem tables")
+    ca.add_argument("--runs", required=True, help="run table CSV (theory.tables schema)")
+    ca.add_argument("--problems", required=True, help="problem table CSV (theory.tables schema)")
+    ca.add_argument("--out", required=True, help="scenario TOML to write")
+    ca.add_argument("--student", default="student", help="student's name in the problem table")
+    ca.add_argument("--teacher", default="teacher", help="teacher's name in the problem table")
+    ca.add_argument("--benchmark", default="pilot", help="name of the probe benchmark")
+    ca.add_argument("--name", default="pilot", help="scenario name")
+    ca.add_argument("--split", default="test", help="run-table split to calibrate on")
+    ca.set_defaults(func=cmd_calibrate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if args.cmd is None:
+            raise InputError("give a command: plan, calibrate, scenarios or explain")
+        if getattr(args, "labels", None) is not None:
+            args.labels = _labels(args.labels)
+        return args.func(args)
+    except InputError as e:
+        msg = " ".join(str(e).split())
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
