@@ -52,14 +52,17 @@ class Tagged:
     tag: str
     note: str  # why (assumed) or source (measured/published)
     kind: str
-    sd: float  # prior sd on the transformed scale (used only when tag == "assumed")
+    sd: float  # prior sd on the transformed scale (assumed inputs; measured ones only with has_se)
+    has_se: bool = False  # a measured/published input that stated its standard error as `sd`
 
     @property
     def fitted(self) -> bool:
         # The budget is the unit labels are counted in: only kappa * labels enters the dynamics, so an
         # uncertain budget is the same as an uncertain kappa and kappa's (wide) prior carries it.
         # Fitting both would leave one exactly flat direction; the budget is listed, not fitted.
-        return self.tag == "assumed" and self.path not in UNFITTED
+        # A measured input that states `sd` (its standard error on the transformed scale, e.g. a
+        # start state fitted from a pilot's problem table) is fitted too, its measurement the prior.
+        return (self.tag == "assumed" or self.has_se) and self.path not in UNFITTED
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,10 @@ def parse_tagged(raw: Any, path: str, kind: str) -> Tagged:
     sd = _num(raw.get("sd", default_sd), f"{path}.sd")
     if not 0 < sd <= 10:
         raise InputError(f"{path}.sd: must lie in (0, 10] (prior sd on the transformed scale), got {sd!r}")
-    return Tagged(path=path, value=value, tag=tag, note=note.strip(), kind=kind, sd=sd)
+    if kind == "probability" and "sd" in raw and not 0 < value < 1:
+        raise InputError(f"{path}.value: a probability with an `sd` must lie strictly inside (0, 1), got {value!r}")
+    return Tagged(path=path, value=value, tag=tag, note=note.strip(), kind=kind, sd=sd,
+                  has_se=tag != "assumed" and "sd" in raw)
 
 
 def _parse_obs(raw: Any, where: str, benchmarks: tuple[str, ...]) -> Observation:
@@ -390,22 +396,27 @@ def _missing(field: str):
 
 
 def _inputs_from_problems(bench: str, rel: str, names: dict, base_dir: Path | None) -> list[Tagged]:
-    """(theta, c, s_d) per model from a pilot problem table -> measured inputs."""
+    """(theta, c, s_d) per model from a pilot problem table -> measured inputs with standard errors."""
+    import numpy as np
+
+    from theory.calibrate import irt_measurements
     from theory.irt import fit_problems
     from theory.tables import read_table
 
     p = Path(rel)
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
-    fit = fit_problems(read_table(p, "problems"), models=[names["student"], names["teacher"]])
+    problems = read_table(p, "problems")
+    fit = fit_problems(problems, models=[names["student"], names["teacher"]])
+    meas = irt_measurements(fit, problems)
     src = f"fitted from problem table {p.name} ({fit.n_items} problems)"
-    out = [Tagged(f"benchmarks.{bench}.s_d", fit.s_d, "measured", src, "positive", 0.5)]
+    s_d_sd = float(np.clip(fit.s_d_se / fit.s_d, 1e-3, 10)) if np.isfinite(fit.s_d_se) else 0.5
+    out = [Tagged(f"benchmarks.{bench}.s_d", fit.s_d, "measured", src, "positive", s_d_sd, True)]
     for role in ("student", "teacher"):
-        _, c = fit.get(names[role])
-        acc = fit.ability_accuracy(names[role])
-        out.append(Tagged(f"{role}.benchmarks.{bench}.accuracy_given_compliance", min(max(acc, 1e-3), 100 - 1e-3),
-                          "measured", src, "percent", 0.15))
-        out.append(Tagged(f"{role}.benchmarks.{bench}.compliance", c, "measured", src, "probability", 0.5))
+        (a, a_sd), (c, c_sd) = meas[names[role]]
+        out.append(Tagged(f"{role}.benchmarks.{bench}.accuracy_given_compliance", a, "measured", src, "percent",
+                          a_sd, True))
+        out.append(Tagged(f"{role}.benchmarks.{bench}.compliance", c, "measured", src, "probability", c_sd, True))
     return out
 
 
@@ -467,7 +478,7 @@ def _toml_value(v) -> str:
 def _tagged_dict(t: Tagged) -> dict:
     d: dict = {"value": t.value, "tag": t.tag}
     d["why" if t.tag == "assumed" else "source"] = t.note
-    if t.tag == "assumed":
+    if t.tag == "assumed" or t.has_se:
         d["sd"] = t.sd
     return d
 
