@@ -1,0 +1,226 @@
+"""`reference-pipeline`: demo | run | table.
+
+  reference-pipeline demo [--workdir DIR]                      every arm, one seed, short schedule
+  reference-pipeline run --arm A --seed S --config PATH [--teacher-labels T | --student-labels S]
+                         [--split test|val] [--workdir DIR] [--out CSV] [--dry-run [--json]]
+  reference-pipeline table --seeds K --out DIR [--config PATH] [--arms all] [--jobs 2]
+
+Errors print one line `error: <msg>` and exit 2. Work already done stays in --workdir (stage
+checkpoints, per-run results), so rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from theory.errors import InputError
+
+DEFAULT_WORKDIR = ".s2d_runs"
+
+
+def _quiet() -> None:
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import warnings
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+
+
+def resolve_teacher_labels(arm_name: str, n: int, teacher_labels: int | None, student_labels: int | None):
+    from theory.arms import get_arm
+    arm = get_arm(arm_name)
+    if teacher_labels is None and student_labels is None:
+        return None
+    if not arm.splits_labels:
+        raise InputError(f"arm {arm_name} does not split labels; drop --teacher-labels/--student-labels")
+    for flag, v in (("--teacher-labels", teacher_labels), ("--student-labels", student_labels)):
+        if v is not None and not 0 <= v <= n:
+            raise InputError(f"{flag}={v} must lie in [0, labels={n}]")
+    if teacher_labels is not None and student_labels is not None and teacher_labels + student_labels != n:
+        raise InputError(f"--teacher-labels {teacher_labels} + --student-labels {student_labels} must equal labels={n}")
+    return teacher_labels if teacher_labels is not None else n - student_labels
+
+
+def cmd_run(a) -> int:
+    from reference.config import load_config
+    cfg = load_config(a.config)
+    if a.dry_run:
+        from reference.dryrun import dry_run  # SCALE
+        out = dry_run(cfg)
+        if a.json:
+            print(json.dumps(out, indent=1, default=str))
+        else:
+            for s in out.get("stages", []):
+                print(f"{s.get('name')}: model={s.get('model')} params={s.get('params')} "
+                      f"memory={s.get('memory_gib', s.get('memory'))} launch={s.get('launch', s.get('command'))}")
+        return 0
+    _quiet()
+    from reference.pipeline import run_pipeline
+    tl = resolve_teacher_labels(a.arm, cfg.world.labels, a.teacher_labels, a.student_labels)
+    res = run_pipeline(cfg, a.arm, a.seed, workdir=a.workdir, teacher_labels=tl, split=a.split, progress=True)
+    _print_run(res)
+    if a.out:
+        from theory.tables import append_runs
+        append_runs(res.to_frame(), a.out)
+        print(f"appended to {a.out}")
+    return 0
+
+
+def _print_run(res) -> None:
+    m = res.metrics
+    acct = res.label_account
+    print(f"{res.arm} seed={res.seed} [{res.split}] accuracy(avg@{int(m['k'])})={m['accuracy']:.1f}% "
+          f"pass@k={m['pass_at_k']:.1f}% compliance={m['compliance']:.1f}% "
+          f"acc|compliant={m['accuracy_given_compliance']:.1f}%"
+          + (f" greedy={m['accuracy_greedy']:.1f}%" if "accuracy_greedy" in m else "")
+          + f" labels(teacher={acct.teacher}, student={acct.student}, unused={acct.unused})"
+          f" tokens={res.compute_tokens}")
+    print("  stages: " + ", ".join(f"{s['name']} {s['seconds']:.1f}s" + (" (cached)" if s.get("cached") else "")
+                                   for s in res.stages))
+
+
+def cmd_demo(a) -> int:
+    _quiet()
+    from reference.config import load_config
+    from reference.pipeline import run_pipeline
+    from theory.arms import ARMS
+    cfg = load_config(a.config)
+    t0 = time.perf_counter()
+    rows = []
+    for name in ARMS:
+        res = run_pipeline(cfg, name, a.seed, workdir=a.workdir, split="test", progress=not a.no_progress)
+        _print_run(res)
+        rows.append(res)
+    print(f"\n{'arm':28s} {'acc':>6s} {'compl':>6s} {'acc|c':>6s} {'greedy':>6s}")
+    for r in rows:
+        m = r.metrics
+        print(f"{r.arm:28s} {m['accuracy']:6.1f} {m['compliance']:6.1f} {m['accuracy_given_compliance']:6.1f} "
+              f"{m.get('accuracy_greedy', float('nan')):6.1f}")
+    print(f"demo: {len(rows)} arms, seed {a.seed}, config {cfg.source}, {time.perf_counter() - t0:.0f} s wall")
+    return 0
+
+
+def _table_worker(job) -> list[dict]:
+    """One process per seed group: all arms of a seed run in one process so stage prefixes are shared."""
+    config, seeds, arms, workdir, split = job
+    _quiet()
+    import torch
+    torch.set_num_threads(1)
+    from reference.config import load_config
+    from reference.pipeline import run_pipeline
+    cfg = load_config(config)
+    out = []
+    for seed in seeds:
+        for arm in arms:
+            t0 = time.perf_counter()
+            res = run_pipeline(cfg, arm, seed, workdir=workdir, split=split, progress=False)
+            out.append({"rows": res.to_frame().to_dict("records"), "curves": res.curves_frame().to_dict("records"),
+                        "stages": [dict(s, arm=arm, seed=seed) for s in res.stages],
+                        "wall": time.perf_counter() - t0})
+            print(f"  done {arm} seed={seed} acc={res.metrics['accuracy']:.1f}% ({time.perf_counter() - t0:.0f}s)",
+                  flush=True)
+    return out
+
+
+def cmd_table(a) -> int:
+    import multiprocessing as mp
+
+    import pandas as pd
+
+    from reference.config import load_config
+    from theory.arms import parse_arms
+    from theory.tables import write_table
+    from tqdm.auto import tqdm
+    cfg = load_config(a.config)
+    arms = [x.name for x in parse_arms(a.arms)]
+    if a.seeds < 1:
+        raise InputError(f"--seeds must be >= 1, got {a.seeds}")
+    seeds = list(range(a.first_seed, a.first_seed + a.seeds))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = a.workdir or str(out / "work")
+    jobs = [(cfg.source, [s], arms, workdir, a.split) for s in seeds]
+    t0 = time.perf_counter()
+    results = []
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(a.jobs) as pool, tqdm(total=len(jobs), desc="seeds", unit="seed") as bar:
+        for res in pool.imap_unordered(_table_worker, jobs):
+            results.extend(res)
+            bar.update(1)
+    wall = time.perf_counter() - t0
+    rows = pd.DataFrame([r for x in results for r in x["rows"]])
+    prefix = a.prefix
+    write_table(rows.sort_values(["arm", "seed", "metric"]), out / f"{prefix}.csv", "runs")
+    pd.DataFrame([r for x in results for r in x["curves"]]).to_csv(out / f"{prefix}_curves.csv", index=False)
+    st = pd.DataFrame([s for x in results for s in x["stages"]])
+    st = st[[c for c in ("arm", "seed", "name", "model", "seconds", "tokens", "steps", "cached") if c in st]]
+    st.to_csv(out / f"{prefix}_stage_times.csv", index=False)
+    fresh = st[~st["cached"].astype(bool)] if "cached" in st else st
+    print(f"table: {len(arms)} arms x {len(seeds)} seeds, {a.jobs} processes, {wall:.0f} s wall")
+    print("compute seconds by stage (fresh work only):")
+    print(fresh.groupby("name")["seconds"].agg(["count", "sum", "mean"]).round(1).to_string())
+    print(f"wrote {out / f'{prefix}.csv'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="reference-pipeline", description="Sparse-to-dense reference pipeline.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="every arm, one seed, the short schedule")
+    d.add_argument("--config", default="toy_short")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--workdir", default=DEFAULT_WORKDIR + "/demo")
+    d.add_argument("--no-progress", action="store_true")
+    r = sub.add_parser("run", help="one arm, one seed")
+    r.add_argument("--arm")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--config", default="toy")
+    r.add_argument("--teacher-labels", type=int)
+    r.add_argument("--student-labels", type=int)
+    r.add_argument("--split", default="test", choices=["test", "val"])
+    r.add_argument("--workdir", default=DEFAULT_WORKDIR)
+    r.add_argument("--out", help="append the run's rows to this run-table CSV")
+    r.add_argument("--dry-run", action="store_true", help="print the real-scale plan (reference.dryrun)")
+    r.add_argument("--json", action="store_true")
+    t = sub.add_parser("table", help="every arm over K seeds -> run table")
+    t.add_argument("--seeds", type=int, required=True)
+    t.add_argument("--first-seed", type=int, default=0)
+    t.add_argument("--out", required=True)
+    t.add_argument("--config", default="toy")
+    t.add_argument("--arms", default="all")
+    t.add_argument("--jobs", type=int, default=2)
+    t.add_argument("--split", default="test", choices=["test", "val"])
+    t.add_argument("--workdir")
+    t.add_argument("--prefix", default="toy_ablation")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = build_parser()
+    try:
+        a = ap.parse_args(argv)
+    except SystemExit as e:  # argparse already printed one usage line + error
+        return int(e.code or 0) and 2
+    try:
+        if a.cmd == "run":
+            if not a.dry_run and not a.arm:
+                raise InputError("--arm is required (one of theory.arms.ARMS)")
+            return cmd_run(a)
+        if a.cmd == "demo":
+            return cmd_demo(a)
+        return cmd_table(a)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (finished stages are kept; rerun to resume)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

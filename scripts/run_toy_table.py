@@ -1,0 +1,145 @@
+"""Run the pre-registered toy ablation table (and the counterfactual world), then summarise it.
+
+    flock /tmp/s2d_heavy.lock python scripts/run_toy_table.py --seeds 10 --jobs 2
+    python scripts/run_toy_table.py --analyze-only          # rebuild summary + figure from the CSVs
+
+Writes docs/results/toy_ablation.csv (run-table schema), toy_ablation_{curves,stage_times}.csv,
+toy_summary.md / toy_summary.csv (paired per-seed differences, bootstrap 95% intervals, probability
+of improvement) and toy_ablation.png; the same with prefix toy_counterfactual for the second world.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+import sys
+
+import numpy as np
+import pandas as pd
+
+from theory.tables import read_table
+
+OUT = Path(__file__).resolve().parent.parent / "docs" / "results"
+
+# (A, B, question): the difference reported is A - B on the same seed
+COMPARISONS = [
+    ("raw_teacher_bridge", "direct_grpo", "raw-teacher bridge vs direct GRPO (C1)"),
+    ("rl_teacher_bridge", "direct_grpo", "RL-teacher bridge vs direct GRPO (the claim)"),
+    ("no_fkl", "rl_teacher_bridge", "no forward-KL warmup vs full bridge (C2)"),
+    ("no_opd", "rl_teacher_bridge", "no OPD vs full bridge"),
+    ("rl_teacher_bridge_stage3", "replay_control", "stage-3 GRPO vs matched replay control"),
+]
+
+
+def paired(df: pd.DataFrame, a: str, b: str, metric: str = "accuracy", *, n_boot: int = 10_000,
+           seed: int = 0) -> dict:
+    """Paired per-seed difference a - b: mean, bootstrap 95% interval over seeds, P(a > b) per seed."""
+    sub = df[(df.metric == metric) & (df.split == "test")]
+    wide = sub.pivot_table(index="seed", columns="arm", values="value")
+    if a not in wide or b not in wide:
+        return {}
+    d = (wide[a] - wide[b]).dropna().to_numpy()
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"a": a, "b": b, "metric": metric, "seeds": len(d), "mean_a": float(wide[a].mean()),
+            "mean_b": float(wide[b].mean()), "mean_diff": float(d.mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "p_improvement": float((d > 0).mean() + 0.5 * (d == 0).mean()), "wins": int((d > 0).sum()),
+            "per_seed": " ".join(f"{x:+.1f}" for x in d)}
+
+
+def summarise(prefix: str) -> str:
+    df = read_table(OUT / f"{prefix}.csv", "runs")
+    arms = df[df.split == "test"].pivot_table(index="arm", columns="metric", values="value", aggfunc=["mean", "std"])
+    rows = []
+    for a, b, q in COMPARISONS:
+        for metric in ("accuracy", "compliance", "accuracy_given_compliance"):
+            r = paired(df, a, b, metric)
+            if r:
+                rows.append(dict(r, question=q))
+    comp = pd.DataFrame(rows)
+    comp.to_csv(OUT / f"{prefix}_summary.csv", index=False)
+    lines = [f"# {prefix}: paired per-seed differences (test split, percent)", ""]
+    lines.append("Per-arm mean (std over seeds):")
+    lines.append("")
+    lines.append("| arm | accuracy avg@k | pass@k | compliance | acc given compliance | greedy |")
+    lines.append("|---|---|---|---|---|---|")
+    for arm in arms.index:
+        def cell(m):
+            try:
+                return f"{arms.loc[arm, ('mean', m)]:.1f} ({arms.loc[arm, ('std', m)]:.1f})"
+            except KeyError:
+                return "-"
+        lines.append(f"| {arm} | {cell('accuracy')} | {cell('pass_at_k')} | {cell('compliance')} | "
+                     f"{cell('accuracy_given_compliance')} | {cell('accuracy_greedy')} |")
+    lines += ["", "Paired differences A - B (same seed); 95% bootstrap interval over seeds; "
+              "P(improvement) = share of seeds with A > B (ties count half):", "",
+              "| comparison | metric | seeds | mean A | mean B | A - B | 95% CI | P(A>B) | per-seed A - B |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in comp.iterrows():
+        lines.append(f"| {r.question} | {r.metric} | {r.seeds} | {r.mean_a:.1f} | {r.mean_b:.1f} | "
+                     f"{r.mean_diff:+.1f} | [{r.ci_low:+.1f}, {r.ci_high:+.1f}] | {r.p_improvement:.2f} | {r.per_seed} |")
+    text = "\n".join(lines) + "\n"
+    (OUT / f"{prefix}_summary.md").write_text(text)
+    figure(df, comp, prefix)
+    return text
+
+
+def figure(df: pd.DataFrame, comp: pd.DataFrame, prefix: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    acc = df[(df.metric == "accuracy") & (df.split == "test")]
+    order = [a for a in ("direct_grpo", "raw_teacher_bridge", "rl_teacher_bridge", "no_fkl", "no_opd",
+                         "rl_teacher_bridge_stage3", "replay_control") if a in set(acc.arm)]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    rng = np.random.default_rng(0)
+    for i, arm in enumerate(order):
+        v = acc[acc.arm == arm].value.to_numpy()
+        ax1.scatter(i + rng.uniform(-0.12, 0.12, len(v)), v, s=12, alpha=0.6, color="tab:blue")
+        ax1.errorbar(i, v.mean(), yerr=1.96 * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0,
+                     fmt="o", color="black", capsize=4)
+    ax1.set_xticks(range(len(order)), order, rotation=30, ha="right")
+    ax1.set_ylabel("test accuracy, sampled avg@k (%)")
+    ax1.set_title(f"{prefix}: per-seed accuracy (mean ± 95% CI)")
+    c = comp[comp.metric == "accuracy"].reset_index(drop=True)
+    y = np.arange(len(c))
+    ax2.errorbar(c.mean_diff, y, xerr=[c.mean_diff - c.ci_low, c.ci_high - c.mean_diff], fmt="o", capsize=4)
+    ax2.axvline(0, color="grey", lw=1)
+    ax2.set_yticks(y, [f"{r.a}\n - {r.b}" for r in c.itertuples()], fontsize=8)
+    ax2.set_xlabel("paired difference in accuracy (points), bootstrap 95% CI")
+    ax2.set_title("paired comparisons")
+    fig.tight_layout()
+    fig.savefig(OUT / f"{prefix}.png", dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, default=10)
+    ap.add_argument("--cf-seeds", type=int, default=10)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--analyze-only", action="store_true")
+    ap.add_argument("--skip-counterfactual", action="store_true")
+    ap.add_argument("--cf-arms", default="direct_grpo,raw_teacher_bridge,rl_teacher_bridge")
+    args = ap.parse_args(argv)
+    from reference.cli import main as cli
+    if not args.analyze_only:
+        rc = cli(["table", "--seeds", str(args.seeds), "--out", str(OUT), "--config", "toy", "--jobs", str(args.jobs),
+                  "--workdir", "/tmp/s2d_toy_table", "--prefix", "toy_ablation"])
+        if rc:
+            return rc
+        if not args.skip_counterfactual:
+            rc = cli(["table", "--seeds", str(args.cf_seeds), "--out", str(OUT), "--config", "toy_counterfactual",
+                      "--jobs", str(args.jobs), "--arms", args.cf_arms, "--workdir", "/tmp/s2d_toy_cf",
+                      "--prefix", "toy_counterfactual"])
+            if rc:
+                return rc
+    for prefix in ("toy_ablation", "toy_counterfactual"):
+        if (OUT / f"{prefix}.csv").exists():
+            print(summarise(prefix))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
