@@ -76,8 +76,14 @@ def _add_rules(p: argparse.ArgumentParser, resume: bool) -> None:
     p.add_argument("--arm-options", default=None, help="JSON options for the arm source")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other bad input (argparse prints usage too)
+        print(f"error: {message} (see {self.prog} -h)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="matched-tuning", description=__doc__.split("\n\n")[0])
+    ap = _Parser(prog="matched-tuning", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="create (or join) a matched study and run trials")
     _add_storage(run, study_required=False)

@@ -242,6 +242,41 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
     return f"{type(e).__name__}: {msg}"[:limit]
 
 
+class TrialFailed(Exception):
+    """The arm ran but its result cannot count as a score (NaN, over the compute cap, wrong split...)."""
+
+
+def objective(trial, arm: str, protocol: Protocol, source: ArmSource, *, seed: int) -> tuple[float, object]:
+    """One trial: suggest the arm's params, run it on the validation split, check the result.
+
+    Works with any optuna trial (a stored `Trial` or a `FixedTrial` in unit tests). Returns
+    (validation accuracy in percent, the arm's result); raises optuna.TrialPruned, TrialTimeout or
+    TrialFailed, or whatever the arm raised.
+    """
+    params = {n: ParamSpec.parse(s, f"{arm}.{n}").suggest(trial, n) for n, s in protocol.search_space[arm].items()}
+    deadline = time.monotonic() + protocol.time_limit_s
+
+    def report(step: int, val: float) -> None:
+        val = float(val)
+        if not math.isfinite(val):
+            raise TrialFailed(f"intermediate value at step {step} is {val}")
+        trial.report(val, int(step))
+        if time.monotonic() > deadline:
+            raise TrialTimeout(f"time limit {protocol.time_limit_s:g}s exceeded at step {step}")
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {step}")
+
+    t0 = time.perf_counter()
+    result = source.fn(arm, params=params, budget=protocol.budget, seed=seed, split=SPLITS_TUNE, report=report)
+    tokens = getattr(result, "compute_tokens", None)
+    if tokens is not None:
+        trial.set_user_attr("compute_tokens", int(tokens))
+    value, reason = _check_result(result, protocol, time.perf_counter() - t0)
+    if reason is not None:
+        raise (TrialTimeout(reason) if reason.startswith("timeout") else TrialFailed(reason))
+    return value, result
+
+
 def run_trial(handle: StorageHandle, study: optuna.Study, trial_id: int, arm: str, protocol: Protocol,
               source: ArmSource) -> TrialOutcome:
     t_start = time.perf_counter()
@@ -251,44 +286,23 @@ def run_trial(handle: StorageHandle, study: optuna.Study, trial_id: int, arm: st
     study.pruner = make_pruner(protocol)
     trial = optuna.Trial(study, trial_id)
     state, value, reason = TrialState.FAIL, None, None
-    arm_s = 0.0
     with Heartbeat(handle, trial_id):
+        t_arm = time.perf_counter()
         try:
-            params = {n: ParamSpec.parse(s, f"{arm}.{n}").suggest(trial, n)
-                      for n, s in protocol.search_space[arm].items()}
-            deadline = time.monotonic() + protocol.time_limit_s
-
-            def report(step: int, val: float) -> None:
-                val = float(val)
-                if not math.isfinite(val):
-                    raise FloatingPointError(f"intermediate value at step {step} is {val}")
-                trial.report(val, int(step))
-                if time.monotonic() > deadline:
-                    raise TrialTimeout(f"time limit {protocol.time_limit_s:g}s exceeded at step {step}")
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at step {step}")
-
-            t_arm = time.perf_counter()
-            try:
-                result = source.fn(arm, params=params, budget=protocol.budget, seed=seed, split=SPLITS_TUNE,
-                                   report=report)
-            finally:
-                arm_s = time.perf_counter() - t_arm
-            value, reason = _check_result(result, protocol, arm_s)
-            state = TrialState.COMPLETE if reason is None else TrialState.FAIL
-            if reason is None:
-                trial.set_user_attr("compute_tokens", int(result.compute_tokens))
-            elif getattr(result, "compute_tokens", None) is not None:
-                trial.set_user_attr("compute_tokens", int(result.compute_tokens))
+            value, _ = objective(trial, arm, protocol, source, seed=seed)
+            state = TrialState.COMPLETE
         except optuna.TrialPruned:
-            state, value = TrialState.PRUNED, None
+            state = TrialState.PRUNED
         except TrialTimeout as e:
-            reason = f"timeout: {e}"
+            reason = str(e) if str(e).startswith("timeout") else f"timeout: {e}"
+        except TrialFailed as e:
+            reason = str(e)
         except Exception as e:  # any arm error is the trial's failure, recorded, never the worker's
             reason = f"raised {_first_line(e)}"
         except KeyboardInterrupt:
             _release(handle, study, trial_id)
             raise
+        arm_s = time.perf_counter() - t_arm
         try:
             if reason:
                 trial.set_user_attr(REASON_ATTR, reason)
@@ -300,7 +314,7 @@ def run_trial(handle: StorageHandle, study: optuna.Study, trial_id: int, arm: st
             # another worker declared this trial stale (missed heartbeats) and re-enqueued its slot;
             # the retry owns the slot now, so this result is dropped rather than counted twice
             reason = "superseded: declared stale by another worker; result dropped"
-            state = TrialState.FAIL
+            state, value = TrialState.FAIL, None
     total = time.perf_counter() - t_start
     return TrialOutcome(arm, frozen.number, slot, state.name, value, reason, arm_s, total - arm_s)
 

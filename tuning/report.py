@@ -302,7 +302,9 @@ def to_markdown(rep: FairnessReport, command: str | None = None, figures: list[s
         f"- Tuning seeds {list(p.tuning_seeds)} (slot k of every arm uses seed k); evaluation seeds "
         f"{list(p.eval_seeds)} — disjoint. Tuning objective: {p.objective['metric']} in percent on the "
         f"`{p.objective['split']}` split; the final evaluation alone reads `test`.",
-        f"- Slot 0 of each arm runs the arm's declared defaults: {p.enqueue_defaults}.", "",
+        "- Slot 0 of each arm: " + ("the arm's declared defaults." if p.enqueue_defaults and all(
+            all(spec.get("default") is not None for spec in sp.values()) for sp in p.search_space.values())
+            else "sampled like the others (the arms declare no complete defaults)."), "",
         "## Per arm", "",
         _table(rep.summary, ["arm", "trials", "complete", "pruned", "failed", "retried", "compute",
                              "compute_per_trial", "best_score", "still_improving", "eval_n", "eval_mean",

@@ -1,0 +1,98 @@
+"""`matched-tuning` end to end on the synthetic arm, its one-line errors, and the reference adapter."""
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from tuning.cli import main
+from tuning.interface import Budget
+from tuning.reference_arms import ReferenceArms
+from tuning.report import CSV_COLUMNS
+
+SYN = ["--arm-source", "synthetic", "--labels", "64", "--eval-seeds", "10"]
+
+
+def test_run_then_report_writes_csv_markdown_and_figures(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["run", "--arms", "direct_grpo,rl_teacher_bridge", "--trials", "3", "--storage", url,
+                 "--study", "cli", *SYN]) == 0
+    out = tmp_path / "report"
+    assert main(["report", "--study", "cli", "--storage", url, "--out", str(out)]) == 0
+    df = pd.read_csv(out / "fairness_report.csv")
+    assert list(df.columns[: len(CSV_COLUMNS)]) == CSV_COLUMNS
+    assert list(df["arm"]) == ["direct_grpo", "rl_teacher_bridge"]
+    assert (df["trials"] == 3).all() and (df["eval_n"] == 10).all()
+    assert (df["eval_ci_low"] <= df["eval_mean"]).all() and (df["eval_mean"] <= df["eval_ci_high"]).all()
+    assert (df["best_score"] > 1).all()  # percent, not a fraction
+    md = (out / "fairness_report.md").read_text()
+    assert "## Label-matched comparison" in md and "## Compute-matched comparison" in md
+    assert "n_startup_trials = 2" in md and "rl_teacher_bridge | 10 |" in md
+    assert (out / "fairness_report_curves.png").stat().st_size > 0
+    assert (out / "fairness_report_eval.png").stat().st_size > 0
+    # resume with the stored rules runs nothing new; with another budget it refuses, naming the field
+    assert main(["resume", "--study", "cli", "--storage", url]) == 0
+    assert main(["resume", "--study", "cli", "--storage", url, "--trials", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "error: study 'cli' exists with a different protocol: trials_per_arm: stored 3, given 4" in err
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "--arms", "direct_grpo", "--trials", "2", "--storage", "postgresql://u:secret@127.0.0.1:1/x", *SYN],
+     "is unreachable"),
+    (["run", "--arms", "direct_grpo", "--trials", "2", "--storage", "sqlite:////nonexistent/dir/s.db", *SYN],
+     "is unreachable"),
+    (["run", "--arms", "direct_grpo", "--trials", "2", "--storage", "journal:///nonexistent/dir/s.log", *SYN],
+     "does not exist"),
+    (["run", "--arms", "direct_grpo", "--trials", "2", "--storage", "ftp://x", *SYN], "unknown scheme"),
+    (["run", "--arms", "direct_grpo,bogus", "--trials", "2", "--storage", "JOURNAL", *SYN], "unknown arm 'bogus'"),
+    (["run", "--arms", "direct_grpo", "--trials", "2", "--storage", "JOURNAL", *SYN, "--arm-options", "{"],
+     "--arm-options is not valid JSON"),
+    (["run", "--arms", "direct_grpo", "--trials", "2", "--storage", "JOURNAL", "--arm-source", "nomodule:fn",
+      "--labels", "4"], "cannot import 'nomodule'"),
+    (["run", "--arms", "direct_grpo", "--trials", "0", "--storage", "JOURNAL"], "--trials must be >= 1"),
+    (["report", "--study", "missing", "--storage", "JOURNAL", "--out", "OUT"], "study 'missing' does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path):
+    argv = [a.replace("JOURNAL", f"journal:///{tmp_path}/j.log").replace("OUT", str(tmp_path / "o")) for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "tuning.cli", *argv], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+    assert "secret" not in proc.stderr  # passwords are masked
+
+
+def test_reference_adapter_passes_the_budget_and_split(tmp_path, monkeypatch):
+    (tmp_path / "fake_api.py").write_text(
+        "from dataclasses import dataclass\n"
+        "PARAM_SPACE = {'direct_grpo': {'lr': {'type': 'float', 'low': 1e-4, 'high': 1e-2, 'log': True}}}\n"
+        "CALLS = []\n"
+        "@dataclass(frozen=True)\n"
+        "class R:\n    accuracy: float\n    metrics: dict\n    compute_tokens: int\n    label_account: object = None\n"
+        "def run_arm(arm, *, params, labels, seed, teacher_labels=None, config='toy_short', split='val',"
+        " report=None, workdir=None):\n"
+        "    CALLS.append(dict(arm=arm, params=params, labels=labels, seed=seed, split=split, config=config))\n"
+        "    report(0, 10.0)\n"
+        "    return R(42.0, {'accuracy': 42.0, 'compliance': 90.0}, 1234)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    arms = ReferenceArms(config="configs/toy_short.toml", api_module="fake_api")
+    assert arms.param_space()["direct_grpo"]["lr"]["high"] == 1e-2
+    seen = []
+    res = arms("direct_grpo", params={"lr": 1e-3}, budget=Budget(labels=128), seed=7, split="val",
+               report=lambda s, v: seen.append((s, v)))
+    assert (res.accuracy, res.compute_tokens, res.split, res.metrics["compliance"]) == (42.0, 1234, "val", 90.0)
+    assert seen == [(0, 10.0)]
+    import fake_api
+
+    assert fake_api.CALLS == [dict(arm="direct_grpo", params={"lr": 1e-3}, labels=128, seed=7, split="val",
+                                   config="configs/toy_short.toml")]
+
+
+def test_status_prints_counts(tmp_path, capsys):
+    url = f"journal:///{tmp_path}/j.log"
+    assert main(["run", "--arms", "direct_grpo", "--trials", "2", "--storage", url, "--study", "st", *SYN]) == 0
+    capsys.readouterr()
+    assert main(["status", "--study", "st", "--storage", url]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("direct_grpo")][0]
+    assert line.split()[1:] == ["2", "2", "0", "0", "0", "0", "0"]
