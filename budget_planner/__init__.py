@@ -7,7 +7,7 @@
 Torch-free: depends on `theory` (numpy/scipy/pandas); seaborn is imported only by `Plan.plot`.
 """
 
-from budget_planner.plan import Plan, budget_curve, plan
+from budget_planner.planner import Plan, budget_curve, plan
 from theory.calibrate import calibrate, fit_scenario
 from theory.scenario import Scenario, load_scenario, preset_names
 

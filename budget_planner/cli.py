@@ -63,7 +63,7 @@ def _fmt_plan(pl) -> str:
 
 
 def cmd_plan(args) -> int:
-    from budget_planner.plan import plan
+    from budget_planner.planner import plan
     from theory.scenario import load_scenario
 
     scn = load_scenario(args.scenario)
@@ -90,7 +90,7 @@ def cmd_scenarios(args) -> int:
 
 
 def cmd_explain(args) -> int:
-    from budget_planner.plan import plan
+    from budget_planner.planner import plan
     from theory.calibrate import fit_scenario
     from theory.scenario import load_scenario
 

@@ -1,0 +1,126 @@
+"""The budget-planner CLI end to end (subprocess): output, JSON contract, exit codes, one-line errors."""
+
+import contextlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "docs" / "examples"
+
+
+def run_subprocess(*args):
+    """The real entry point in a fresh interpreter (used where import-time behaviour matters)."""
+    return subprocess.run([sys.executable, "-m", "budget_planner.cli", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def run(*args):
+    """budget_planner.cli.main in-process: same code path, exit status and streams, without the
+    ~1 s interpreter start per call."""
+    from budget_planner.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_plan_prints_table_and_writes_json(tmp_path):
+    out = tmp_path / "plan.json"
+    r = run_subprocess("plan", "--scenario", "paper-qwen3-math", "--labels", "5000", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "recommended:" in r.stdout and "direct_grpo" in r.stdout
+    d = json.loads(out.read_text())
+    assert d["scenario"] == "paper-qwen3-math" and d["labels"] == 5000
+    assert set(d["arms"]["rl_teacher_bridge"]) >= {"accuracy", "ci", "p_best"}
+    assert set(d["recommendation"]) >= {"arm", "teacher_labels", "student_labels"}
+
+
+def test_plan_defaults_to_scenario_budget_and_labels_zero_works():
+    r = run("plan", "--scenario", "paper-qwen3-math")
+    assert r.returncode == 0 and "N = 14000" in r.stdout
+    r = run("plan", "--scenario", "paper-qwen3-math", "--labels", "0")
+    assert r.returncode == 0 and "N = 0" in r.stdout
+
+
+def test_scenarios_and_explain():
+    r = run("scenarios")
+    assert r.returncode == 0 and "weak-teacher" in r.stdout and "compliant-raw-teacher" in r.stdout
+    r = run("explain", "--scenario", "paper-qwen3-math")
+    assert r.returncode == 0
+    for needle in ("bits/label", "signal frac", "C1 (teacher reward-shaped)", "C2 (teacher within small KL)",
+                   "assumed", "published"):
+        assert needle in r.stdout, needle
+
+
+@pytest.mark.parametrize("labels,needle", [("-5", ">= 0"), ("nan", "finite"), ("1e13", "maximum"),
+                                           ("abc", "--labels"), ("2.5", "whole number")])
+def test_bad_budgets(labels, needle):
+    assert_one_line_error(run("plan", "--scenario", "paper-qwen3-math", "--labels", labels), needle)
+
+
+def test_bad_scenarios(tmp_path):
+    assert_one_line_error(run_subprocess("plan", "--scenario", "no-such-scenario"), "unknown scenario")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [unclosed\n")
+    assert_one_line_error(run("plan", "--scenario", str(bad)), "malformed TOML")
+    text = (ROOT / "budget_planner/scenarios/paper-qwen3-math.toml").read_text()
+    prob = tmp_path / "prob.toml"
+    prob.write_text(text.replace('compliance = { value = 0.95, tag = "assumed", sd = 1.0, why = "fraction',
+                                 'compliance = { value = 1.5, tag = "assumed", sd = 1.0, why = "fraction'))
+    assert_one_line_error(run("plan", "--scenario", str(prob)), "student.compliance.value", "[0, 1]")
+    missing = tmp_path / "missing.toml"
+    missing.write_text(text.replace("[rates]\nkappa =", "[rates]\nkappa_typo ="))
+    assert_one_line_error(run("plan", "--scenario", str(missing)), "rates")
+    assert_one_line_error(run("plan"), "--scenario")
+    assert_one_line_error(run(), "command")
+
+
+def test_calibrate_from_example_csvs(tmp_path):
+    out = tmp_path / "pilot.toml"
+    r = run("calibrate", "--runs", str(EXAMPLES / "pilot_runs.csv"), "--problems", str(EXAMPLES / "pilot_problems.csv"),
+            "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    r = run("plan", "--scenario", str(out))
+    assert r.returncode == 0 and "N = 2000" in r.stdout
+
+
+def test_calibrate_bad_tables(tmp_path):
+    runs = tmp_path / "runs.csv"
+    runs.write_text((EXAMPLES / "pilot_runs.csv").read_text().replace("accuracy,41.", "accuracy,abc"))
+    assert_one_line_error(run("calibrate", "--runs", str(runs), "--problems", str(EXAMPLES / "pilot_problems.csv"),
+                              "--out", str(tmp_path / "o.toml")), "run table", "value")
+    frac = tmp_path / "frac.csv"
+    lines = (EXAMPLES / "pilot_runs.csv").read_text().splitlines()
+    head, rows = lines[0], lines[1:]
+    frac.write_text("\n".join([head] + [",".join(r.split(",")[:-1] + ["0.42"]) for r in rows]))
+    assert_one_line_error(run("calibrate", "--runs", str(frac), "--problems", str(EXAMPLES / "pilot_problems.csv"),
+                              "--out", str(tmp_path / "o.toml")), "fractions")
+    assert_one_line_error(run("calibrate", "--runs", str(tmp_path / "none.csv"), "--problems",
+                              str(EXAMPLES / "pilot_problems.csv"), "--out", str(tmp_path / "o.toml")), "no such file")
+    assert not (tmp_path / "o.toml").exists()  # nothing half-written
+
+
+def test_theory_and_planner_never_import_torch():
+    code = ("import sys, theory, theory.irt, theory.dynamics, theory.calibrate, theory.informativeness, "
+            "theory.scenario, budget_planner, budget_planner.cli\n"
+            "from budget_planner import plan\n"
+            "p = plan('paper-qwen3-math', labels=3000)\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n"
+            "assert 'seaborn' not in sys.modules, 'seaborn imported outside plot()'\n"
+            "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -1,0 +1,129 @@
+"""plan(): recommendations on the presets, label accounting, marginal values, the registry it uses."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import budget_planner.planner as plan_mod
+from budget_planner import plan
+from theory.arms import ARMS
+from theory.calibrate import build_world, values_from_z
+from theory.errors import InputError
+from theory.scenario import load_scenario, preset_names
+
+
+@pytest.fixture(scope="module")
+def paper():
+    return plan("paper-qwen3-math")
+
+
+def test_presets_exist():
+    assert {"paper-qwen3-math", "weak-teacher", "compliant-raw-teacher"} <= set(preset_names())
+
+
+def test_paper_recommends_the_rl_teacher_workflow(paper):
+    assert paper.recommendation.arm in ("rl_teacher_bridge", "rl_teacher_bridge_stage3")
+    assert paper.recommendation.p_best > 0.5
+    ranked = paper.to_frame().set_index("arm")["accuracy"]
+    assert ranked["raw_teacher_bridge"] < ranked["direct_grpo"] < ranked["rl_teacher_bridge"]
+    acct = paper.recommendation
+    assert acct.teacher_labels + acct.student_labels <= paper.labels
+
+
+def test_weak_teacher_recommends_direct_grpo():
+    p = plan("weak-teacher")
+    assert p.recommendation.arm == "direct_grpo"
+    assert p.arm("rl_teacher_bridge").accuracy < p.arm("direct_grpo").accuracy
+    assert not any(c.c1 for c in p.conditions if "raw" in c.teacher)
+
+
+def test_compliant_raw_teacher_raises_the_raw_bridge(paper):
+    p = plan("compliant-raw-teacher")
+    assert p.arm("raw_teacher_bridge").accuracy > paper.arm("raw_teacher_bridge").accuracy + 3
+    raw = [c for c in p.conditions if "raw" in c.teacher][0]
+    assert raw.c1
+
+
+def test_plan_uses_exactly_the_registry(paper):
+    assert plan_mod.arms_used() is ARMS
+    assert [a.arm for a in paper.arms] == list(ARMS)
+    assert {name for name, *_ in paper.split_curves} == {n for n, a in ARMS.items() if a.splits_labels}
+    # an arm added to the registry shows up in the plan with no other change
+    ARMS["probe_copy_of_direct"] = replace(ARMS["direct_grpo"], name="probe_copy_of_direct")
+    try:
+        p = plan("paper-qwen3-math")
+        assert p.arm("probe_copy_of_direct").accuracy == pytest.approx(p.arm("direct_grpo").accuracy)
+    finally:
+        del ARMS["probe_copy_of_direct"]
+
+
+def test_split_curve_and_intervals(paper):
+    assert len(paper.split_fractions) == 101 and paper.split_fractions[1] == pytest.approx(0.01)
+    for name, acc, lo, hi in paper.split_curves:
+        assert np.all(np.array(lo) <= np.array(hi))
+    for a in paper.arms:
+        assert a.lo < a.hi and 0 <= a.p_best <= 1
+    assert sum(a.p_best for a in paper.arms) == pytest.approx(1.0)
+    s3 = dict((n, acc) for n, acc, *_ in paper.split_curves)["rl_teacher_bridge_stage3"]
+    best = int(np.argmax(s3))
+    # the recommended split is the curve's best (decided on the draw mean; the MAP curve agrees here)
+    assert abs(paper.arm("rl_teacher_bridge_stage3").teacher_labels - round(paper.split_fractions[best] * paper.labels)) \
+        <= 0.05 * paper.labels
+
+
+def test_labels_zero_and_marginal_values():
+    p = plan("paper-qwen3-math", labels=0)
+    assert p.labels == 0
+    # with no labels the RL teacher is the raw teacher: identical predictions, shared p_best
+    assert p.arm("rl_teacher_bridge").accuracy == pytest.approx(p.arm("raw_teacher_bridge").accuracy)
+    assert p.arm("rl_teacher_bridge").p_best == pytest.approx(p.arm("raw_teacher_bridge").p_best)
+    assert p.arm("raw_teacher_bridge").marginal_per_1k == pytest.approx(0.0, abs=1e-9)
+    assert p.arm("direct_grpo").marginal_per_1k > 0
+
+
+def test_more_labels_help_direct_grpo_and_budget_range_warning():
+    small, big = plan("paper-qwen3-math", labels=2000), plan("paper-qwen3-math", labels=30000)
+    assert small.arm("direct_grpo").accuracy < big.arm("direct_grpo").accuracy
+    assert any("outside the calibrated range [14000, 14000]" in w for w in small.warnings)
+    assert not any("outside the calibrated range" in w for w in plan("paper-qwen3-math").warnings)
+
+
+def test_bad_labels_raise_input_error():
+    for bad in (-1, float("nan"), 10**12, 2.5, "x"):
+        with pytest.raises(InputError):
+            plan("paper-qwen3-math", labels=bad)
+
+
+def test_to_dict_is_json_and_has_the_contract_keys(paper):
+    d = json.loads(json.dumps(paper.to_dict()))
+    assert {"scenario", "labels", "arms", "recommendation"} <= set(d)
+    for name in ARMS:
+        a = d["arms"][name]
+        assert set(a) >= {"accuracy", "ci", "p_best"} and len(a["ci"]) == 2 and a["ci"][0] < a["ci"][1]
+    assert set(d["recommendation"]) >= {"arm", "teacher_labels", "student_labels"}
+    tags = {i["tag"] for i in d["inputs"]}
+    assert tags <= {"measured", "published", "assumed"} and "assumed" in tags
+    assert len(paper.informativeness_frame()) == 3
+
+
+def test_plan_is_pure_and_repeatable(paper):
+    again = plan("paper-qwen3-math")
+    assert again.to_dict() == paper.to_dict()
+
+
+def test_vectorised_world_matches_map_row():
+    scn = load_scenario("paper-qwen3-math")
+    from theory.calibrate import fit_scenario
+    fit = fit_scenario(scn)
+    z = np.vstack([fit.z_map, fit.z_draws[:3]])
+    w = build_world(scn, values_from_z(scn, z))
+    w1 = build_world(scn, values_from_z(scn, fit.z_map[None, :]))
+    assert w.student.theta_B[0] == pytest.approx(w1.student.theta_B[0])
+
+
+def test_plot_writes_png(tmp_path, paper):
+    out = tmp_path / "plan.png"
+    paper.plot(out)
+    assert out.stat().st_size > 10_000

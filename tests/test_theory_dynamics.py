@@ -1,0 +1,90 @@
+"""Stage dynamics: closed forms of the bridge, GRPO's saturation and ceiling, arms read from the registry."""
+
+import numpy as np
+import pytest
+
+from theory.arms import ARMS, ComputeModel, Stage
+from theory.dynamics import (
+    Policy, Rates, World, bridge_tau, exploration_ceiling, grpo, grpo_progress, predict_arm, transfer,
+)
+from theory import irt
+
+
+def make_world(theta_s=0.5, theta_t=1.5, c_s=0.9, c_t=0.85, **rates):
+    r = dict(kappa=0.2, rho=0.6, phi_w=0.5, phi_o=0.9, kl_c=0.5, kl0=0.2, k_explore=8.0, group_size=8.0)
+    r.update(rates)
+    R = {k: np.array([v], dtype=float) for k, v in r.items()}
+    pol = lambda th, c: Policy(np.array([[th]]), np.array([[c]]))  # noqa: E731
+    return World(benchmarks=("b",), train=0, s_d_B=np.array([[1.5]]), student=pol(theta_s, c_s),
+                 teacher=pol(theta_t, c_t), rates=Rates(**R), compute=ComputeModel())
+
+
+def test_bridge_tau_closed_forms():
+    w = make_world()
+    r = w.rates
+    pw, po, k0, kc = 0.5, 0.9, 0.2, 0.5
+    full = 1 - (1 - pw) * (1 - po * np.exp(-k0 * (1 - pw) / kc))
+    assert bridge_tau(r, ARMS["rl_teacher_bridge"].stages)[0] == pytest.approx(full)
+    assert bridge_tau(r, ARMS["no_fkl"].stages)[0] == pytest.approx(po * np.exp(-k0 / kc))
+    assert bridge_tau(r, ARMS["no_opd"].stages)[0] == pytest.approx(pw)
+    assert bridge_tau(r, ARMS["direct_grpo"].stages)[0] == 0.0
+    # replay: r more OPD passes close (1 - po e^{-KL/KL_c})^r more of what is left
+    ratio = 3.0
+    kl = k0 * (1 - full)
+    expected = 1 - (1 - full) * (1 - po * np.exp(-kl / kc)) ** ratio
+    assert bridge_tau(r, ARMS["replay_control"].stages, ratio)[0] == pytest.approx(expected)
+
+
+def test_opd_efficiency_falls_with_kl():
+    taus = [bridge_tau(make_world(kl0=k).rates, (Stage.OPD,))[0] for k in (0.05, 0.5, 2.0)]
+    assert taus[0] > taus[1] > taus[2]
+
+
+def test_transfer_moves_toward_teacher_and_down_from_a_weak_one():
+    w = make_world(theta_s=1.0, theta_t=0.0, c_s=0.95, c_t=0.8)
+    moved = transfer(w.student, w.teacher, np.array([0.5]), np.array([0.6]))
+    assert moved.theta_B[0, 0] == pytest.approx(1.0 + 0.6 * 0.5 * (0.0 - 1.0))
+    assert moved.c_B[0, 0] == pytest.approx(0.95 + 0.5 * (0.8 - 0.95))
+
+
+def test_grpo_saturates_toward_the_pass_at_k_ceiling():
+    w = make_world()
+    assert grpo_progress(w, w.student, 0.0)[0] == 0.0
+    g = grpo_progress(w, w.student, np.array([100.0, 1e3, 1e4, 1e6]))
+    assert np.all(np.diff(g) > 0) and g[-1] == pytest.approx(1.0)
+    ceil = exploration_ceiling(w, w.student)
+    # the ceiling's pass@1 (given compliance) equals the start's ability-only pass@8
+    assert irt.ability_accuracy(ceil, 1.5)[0, 0] == pytest.approx(
+        irt.pass_at_k(w.student.theta_B, 1.0, 1.5, 8.0)[0, 0], abs=1e-4)
+    far = grpo(w, w.student, 1e7)
+    assert far.theta_B[0, 0] == pytest.approx(ceil[0, 0]) and far.c_B[0, 0] == pytest.approx(1.0)
+    same = grpo(w, w.student, 0.0)
+    assert same.theta_B[0, 0] == pytest.approx(w.student.theta_B[0, 0])
+
+
+def test_teacher_and_student_grpo_are_one_function():
+    """Swapping the states swaps the results: nothing in grpo() knows who is the teacher."""
+    w = make_world()
+    a = grpo(w, w.teacher, 3000.0)
+    swapped = World(benchmarks=w.benchmarks, train=0, s_d_B=w.s_d_B, student=w.teacher, teacher=w.student,
+                    rates=w.rates, compute=w.compute)
+    b = predict_arm(swapped, ARMS["direct_grpo"], 3000)
+    assert b[0, 0] == pytest.approx(irt.accuracy(a.theta_B, a.c_B, 1.5)[0, 0])
+
+
+def test_every_registry_arm_predicts_and_split_sweep_matches_pointwise():
+    w = make_world()
+    for name, arm in ARMS.items():
+        acc = predict_arm(w, arm, 2000, 1000 if arm.splits_labels else None)
+        assert acc.shape == (1, 1) and 0 < acc[0, 0] < 100, name
+    tl = np.array([0, 500, 1000, 2000])
+    sweep = predict_arm(w.expand(), ARMS["rl_teacher_bridge_stage3"], 2000, tl)
+    assert sweep.shape == (1, 4, 1)
+    for i, t in enumerate(tl):
+        assert sweep[0, i, 0] == pytest.approx(predict_arm(w, ARMS["rl_teacher_bridge_stage3"], 2000, int(t))[0, 0])
+
+
+def test_raw_teacher_with_worse_protocol_drags_the_student_down():
+    w = make_world(theta_s=1.0, theta_t=1.05, c_s=0.95, c_t=0.7)
+    start = irt.accuracy(w.student.theta_B, w.student.c_B, 1.5)[0, 0]
+    assert predict_arm(w, ARMS["raw_teacher_bridge"], 1000)[0, 0] < start

@@ -1,0 +1,57 @@
+"""Sparse/dense informativeness: closed forms vs a seeded Monte-Carlo of GRPO groups, shapes, bounds."""
+
+import numpy as np
+import pytest
+
+from theory import informativeness as inf
+
+
+def test_signal_fraction_peaks_at_half_and_vanishes_at_ends():
+    p = np.linspace(0, 1, 1001)
+    for G in (2, 4, 8, 16):
+        f = inf.signal_fraction(p, G)
+        assert f[0] == 0.0 and f[-1] == 0.0
+        assert p[np.argmax(f)] == pytest.approx(0.5)
+        assert np.all(np.diff(f[: 501]) > 0) and np.all(np.diff(f[500:]) < 0)  # unimodal
+        assert f.max() == pytest.approx(1 - 2 * 0.5**G)
+
+
+def test_signal_size_and_bits_limits():
+    G = 8
+    assert inf.signal_size(0.0, G) == 0.0 and inf.signal_size(1.0, G) == 0.0
+    assert inf.bits_per_label(0.0, G) == pytest.approx(0.0, abs=1e-12)
+    p = np.linspace(0, 1, 201)
+    assert np.all(inf.bits_per_label(p, G) <= np.log2(G + 1) + 1e-12)
+    # G = 2: std is 1/2 exactly when the two rewards differ, which happens with prob 2p(1-p)
+    assert inf.signal_size(0.3, 2) == pytest.approx(2 * 0.3 * 0.7 * 0.5)
+    # the entropy of Bin(1, p) is the binary entropy
+    q = 0.2
+    assert inf.bits_per_label(q, 1 + 1) == pytest.approx(
+        -(0.64 * np.log2(0.64) + 0.32 * np.log2(0.32) + 0.04 * np.log2(0.04)))
+
+
+@pytest.mark.parametrize("theta,c,s_d,G", [(1.0, 0.9, 1.5, 8), (-1.0, 1.0, 2.0, 4), (2.5, 0.7, 1.0, 16)])
+def test_difficulty_averaged_closed_forms_match_monte_carlo(theta, c, s_d, G):
+    sim = inf.simulate_groups(theta, c, s_d, G, n_groups=200_000, rng=np.random.default_rng(0))
+    # MC standard errors at n = 2e5 are ~1e-3 for these means; 5e-3 is > 4 se
+    assert inf.signal_fraction_avg(theta, c, s_d, G) == pytest.approx(sim.signal_fraction, abs=5e-3)
+    assert inf.signal_size_avg(theta, c, s_d, G) == pytest.approx(sim.signal_size, abs=5e-3)
+    assert inf.bits_per_label_avg(theta, c, s_d, G) == pytest.approx(sim.bits_per_label, abs=1e-2)
+
+
+def test_vectorised_over_draws():
+    theta = np.array([-1.0, 0.0, 2.0])
+    out = inf.signal_fraction_avg(theta, 0.9, 1.5, np.array([8.0, 8.0, 8.0]))
+    assert out.shape == (3,)
+    assert out[0] == pytest.approx(inf.signal_fraction_avg(-1.0, 0.9, 1.5, 8))
+
+
+def test_dense_and_conditions():
+    assert inf.dense_nats_per_prompt(0.2, 1000) == pytest.approx(200.0)
+    ok = inf.check_conditions(teacher="T", teacher_accuracy=80, student_accuracy=70, teacher_compliance=0.97,
+                              student_compliance=0.95, kl0=0.2, kl_c=0.5, phi_w=0.5)
+    assert ok.c1 and ok.c2 and ok.kl_after_warmup == pytest.approx(0.1)
+    bad = inf.check_conditions(teacher="T", teacher_accuracy=80, student_accuracy=70, teacher_compliance=0.90,
+                               student_compliance=0.95, kl0=0.8, kl_c=0.5, phi_w=0.5)
+    assert not bad.c1 and not bad.c2 and bad.c2_after_warmup
+    assert "FAILS" in bad.explain() and "0.900" in bad.explain()
