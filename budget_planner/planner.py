@@ -134,10 +134,12 @@ class Plan:
             grid = labels_grid if labels_grid is not None else budget_grid(self.labels)
             frac = self.recommendation.teacher_labels / self.labels if self.labels else 0.5
             curve = budget_curve(self._scenario_obj, grid, teacher_fraction=frac, benchmark=self.benchmark)
-            sns.lineplot(data=curve, x="labels", y="accuracy", hue="arm", palette=pal, ax=ax2, legend=False)
+            sns.lineplot(data=curve, x="labels", y="accuracy", hue="arm", palette=pal, ax=ax2)
             for name, g in curve.groupby("arm"):
                 ax2.fill_between(g["labels"], g["lo"], g["hi"], alpha=0.1, color=pal[name])
-            ax2.set(xlabel="label budget N", ylabel=f"{self.benchmark} accuracy (%)", title="accuracy vs N")
+            ax2.set(xlabel="label budget N", ylabel=f"{self.benchmark} accuracy (%)",
+                    title=f"accuracy vs N (split arms at teacher share {frac:.2f})")
+            ax2.legend(fontsize=7)
         fig.tight_layout()
         if path is not None:
             fig.savefig(path, dpi=120)
@@ -231,6 +233,10 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
         if not lo_n <= n <= hi_n:
             warnings.append(f"labels={n} is outside the calibrated range [{lo_n}, {hi_n}] of observed budgets: "
                             "the GRPO curve is extrapolated")
+    if rec_arm.splits_labels and rec.teacher_labels == 0:
+        warnings.append(f"the recommended {rec.arm} gives the teacher 0 labels: that is the raw-teacher bridge "
+                        "followed by student GRPO, which the paper did not run; stage-3 predictions are the "
+                        "model's least tested part (docs/theory.md, docs/log.md)")
     inputs = tuple({"input": t.path, "value": t.value, "tag": t.tag, "fitted": t.fitted, "note": t.note}
                    for t in scn.inputs) + (
         {"input": "compute", "value": None, "tag": scn.compute_tag, "fitted": False,
