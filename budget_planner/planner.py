@@ -20,7 +20,7 @@ import pandas as pd
 
 from theory import irt
 from theory.arms import ARMS, Arm, check_budget
-from theory.calibrate import Fit, build_world, fit_scenario, values_from_z
+from theory.calibrate import Fit, build_world, fit_scenario, measured_interval, values_from_z
 from theory.dynamics import grpo, predict_arm
 from theory.errors import InputError
 from theory.informativeness import (
@@ -210,7 +210,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
         acct = arm.labels(n, tl)
         tl_h = int(round((t_best / n if n else frac_S[s_best]) * (n + h))) if arm.splits_labels else None
         a_h = predict_arm(map_world, arm, n + h, tl_h)[..., b][0]
-        lo, hi = np.percentile(point[name][1:] + noise_D, [2.5, 97.5])
+        lo, hi = measured_interval(point[name][1:] + noise_D)
         preds.append(ArmPrediction(
             arm=name, accuracy=float(point[name][0]), lo=float(lo), hi=float(hi), p_best=float(p_best[i]),
             teacher_labels=acct.teacher, student_labels=acct.student,
@@ -223,7 +223,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
 
     split_curves = []
     for name, c in curves.items():
-        lo, hi = np.percentile(c[1:] + noise_D[:, None], [2.5, 97.5], axis=0)
+        lo, hi = measured_interval(c[1:] + noise_D[:, None])
         split_curves.append((name, tuple(map(float, c[0])), tuple(map(float, lo)), tuple(map(float, hi))))
 
     info, conds = informativeness(fit, n, bench)
@@ -304,7 +304,7 @@ def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: flo
         for name, arm in ARMS.items():
             tl = int(round(teacher_fraction * n)) if arm.splits_labels else None
             acc = predict_arm(world, arm, n, tl)[..., b]
-            lo, hi = np.percentile(acc[1:] + noise_D, [2.5, 97.5])
+            lo, hi = measured_interval(acc[1:] + noise_D)
             rows.append({"labels": n, "arm": name, "accuracy": float(acc[0]), "lo": float(lo), "hi": float(hi)})
     return pd.DataFrame(rows)
 

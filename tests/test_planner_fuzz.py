@@ -114,3 +114,33 @@ def test_problem_table_validator_and_fit(rows):
         fit_problems(df)
     except InputError:
         pass
+
+
+NUMERIC = [p for p in PATHS if p and p[-1] == "value"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(NUMERIC), st.floats(-6, 6), st.sampled_from(["scale", "edge"])),
+                min_size=1, max_size=3),
+       st.integers(0, 50_000))
+def test_valid_but_extreme_scenarios_plan_or_raise_input_error(mutations, labels):
+    """Values the loader accepts, however extreme, give finite plans (or a clean InputError)."""
+    import copy
+
+    import numpy as np
+
+    from budget_planner import plan
+    doc = copy.deepcopy(PAPER)
+    doc["draws"] = 16
+    for path, exponent, how in mutations:
+        node = doc
+        for p in path[:-1]:
+            node = node[p]
+        v = node["value"]
+        node["value"] = v * 10**exponent if how == "scale" else (1e-9 if exponent < 0 else 1 - 1e-9)
+    try:
+        p = plan(parse_scenario(doc), labels=labels)
+    except InputError:
+        return
+    acc = [a.accuracy for a in p.arms] + [a.lo for a in p.arms] + [a.hi for a in p.arms]
+    assert np.all(np.isfinite(acc)) and all(0 <= a <= 100 for a in acc)

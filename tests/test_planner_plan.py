@@ -127,3 +127,24 @@ def test_plot_writes_png(tmp_path, paper):
     out = tmp_path / "plan.png"
     paper.plot(out)
     assert out.stat().st_size > 10_000
+
+
+def test_scenario_with_a_problem_table_and_other_benchmark(tmp_path):
+    import shutil
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    shutil.copy(root / "docs/examples/pilot_problems.csv", tmp_path / "probe.csv")
+    text = (root / "docs/examples/pilot_truth.toml").read_text()
+    start = text.index("[benchmarks.pilot]")
+    text = text[:start] + '[benchmarks.pilot]\nproblems = "probe.csv"\n' \
+        'eval_se = { value = 1.0, tag = "measured", source = "synthetic truth" }\n\n' \
+        '[student]\nname = "student"\n\n[teacher]\nname = "teacher"\n'
+    (tmp_path / "s.toml").write_text(text)
+    scn = load_scenario(tmp_path / "s.toml")
+    assert scn.get("benchmarks.pilot.s_d").tag == "measured" and scn.get("benchmarks.pilot.s_d").has_se
+    assert scn.get("student.benchmarks.pilot.compliance").value == pytest.approx(0.85, abs=0.03)
+    assert plan(scn).labels == 2000
+    aime = plan("paper-qwen3-math", benchmark="AIME24")
+    assert aime.benchmark == "AIME24" and aime.arm("direct_grpo").accuracy < 40
+    with pytest.raises(InputError, match="not in scenario"):
+        plan("paper-qwen3-math", benchmark="GSM8K")

@@ -103,6 +103,13 @@ def predict_observations(scn: Scenario, z_RP: np.ndarray, observations=None) -> 
     return np.stack(out, -1) if out else np.zeros(z_RP.shape[:-1] + (0,))
 
 
+def measured_interval(acc_D) -> tuple[np.ndarray, np.ndarray]:
+    """95% interval over the draw axis (0) of a measured accuracy (draws + evaluation noise); a
+    measurement cannot leave [0, 100], so neither can its interval."""
+    lo, hi = np.percentile(acc_D, [2.5, 97.5], axis=0)
+    return np.clip(lo, 0.0, 100.0), np.clip(hi, 0.0, 100.0)
+
+
 @dataclass(frozen=True)
 class Fit:
     """A calibrated scenario: MAP, Laplace covariance, posterior draws (transformed scale)."""
@@ -137,7 +144,7 @@ class Fit:
         rng = np.random.default_rng(scn.seed + 1)
         noise = np.stack([rng.normal(0, 1, len(self.z_draws)) * vals[f"benchmarks.{o.benchmark}.eval_se"]
                           for o in obs], -1)
-        lo, hi = np.percentile(pd_DJ + noise, [2.5, 97.5], axis=0)
+        lo, hi = measured_interval(pd_DJ + noise)
         rows = []
         for j, o in enumerate(obs):
             rows.append({"arm": o.arm, "benchmark": o.benchmark,
