@@ -171,7 +171,8 @@ class Fit:
         return pd.DataFrame(rows)
 
 
-_CACHE: dict[str, Fit] = {}
+_CACHE: dict[str, Fit] = {}  # insertion-ordered: the oldest entry is dropped past _CACHE_MAX
+_CACHE_MAX = 64
 IS_FACTOR = 16  # proposal draws per kept draw
 IS_WIDEN = 1.1  # proposal sd / Laplace sd: slightly heavier than the target; wider costs ESS in the
 # many prior-only directions (1.5 gave an ESS of 41/4096 on paper-qwen3-math, 1.1 gives ~10x more)
@@ -214,8 +215,12 @@ def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3)
 def fit_scenario(scn: Scenario) -> Fit:
     """MAP + Laplace + draws, cached by the scenario's content."""
     key = scn.key()
-    if key not in _CACHE:
+    if key in _CACHE:
+        _CACHE[key] = _CACHE.pop(key)  # most recently used last
+    else:
         _CACHE[key] = _fit(scn)
+        while len(_CACHE) > _CACHE_MAX:
+            del _CACHE[next(iter(_CACHE))]
     return _CACHE[key]
 
 
