@@ -1,0 +1,107 @@
+"""Scale-out on existing engines: a real OPD stage step under `accelerate launch --num_processes 2`
+(DDP over gloo, CPU) matches one process; accelerate configs parse; LoRA and the global token mean."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from reference.engines import Engine, apply_lora, global_token_mean, load_accelerate_config, shard, trainable_params
+from reference.models import build_tiny_qwen3_dir, load_causal_lm
+from theory.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ddp")
+    s = build_tiny_qwen3_dir(d / "student", seed=1)
+    t = build_tiny_qwen3_dir(d / "teacher", seed=2, hidden=48, heads=4, kv_heads=2, head_dim=12, intermediate=96)
+    return d, s, t
+
+
+def _run(cmd, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_opd_stage_step_ddp_two_processes_matches_one(pair):
+    d, s, t = pair
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    base = ["-m", "reference.engines", "ddp-check", "--student", str(s), "--teacher", str(t), "--prompts", "4"]
+    _run([sys.executable, *base, "--out", str(d / "one.pt")], ROOT)
+    # --multi_gpu selects accelerate's torchrun launcher; on a CPU machine the processes use gloo
+    _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", *base, "--out", str(d / "two.pt")], ROOT)
+    one, two = torch.load(d / "one.pt"), torch.load(d / "two.pt")
+    assert one["result"]["world_size"] == 1 and two["result"]["world_size"] == 2
+    assert two["result"]["kl_to_teacher"] == pytest.approx(one["result"]["kl_to_teacher"], rel=1e-5)
+    assert one["grads"].keys() == two["grads"].keys() and len(one["grads"]) > 10
+    for k, g in one["grads"].items():
+        assert g.abs().max() > 0, k
+        torch.testing.assert_close(two["grads"][k], g, rtol=1e-4, atol=1e-6)
+    init = load_causal_lm(s).state_dict()
+    for k, p in one["params"].items():
+        torch.testing.assert_close(two["params"][k], p, rtol=1e-4, atol=1e-5)
+    assert any((one["params"][k] - init[k]).abs().max() > 1e-3 for k in init)  # the step did move the student
+
+
+def test_accelerate_configs_parse():
+    kinds = {}
+    for name in ("ddp", "fsdp2", "zero3"):
+        cfg = load_accelerate_config(ROOT / "configs" / "accelerate" / f"{name}.yaml")
+        kinds[name] = str(cfg["distributed_type"])
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp2": "FSDP", "zero3": "DEEPSPEED"}
+    fsdp = load_accelerate_config(ROOT / "configs" / "accelerate" / "fsdp2.yaml")["fsdp_config"]
+    assert fsdp["fsdp_version"] == 2 and fsdp["fsdp_transformer_layer_cls_to_wrap"] == "Qwen3DecoderLayer"
+    with pytest.raises(InputError, match="does not exist"):
+        load_accelerate_config(ROOT / "configs" / "accelerate" / "nope.yaml")
+
+
+class _FakeAcc:
+    def __init__(self, other_tokens):
+        self.other = other_tokens
+
+    def reduce(self, t, reduction="sum"):
+        return t + self.other
+
+
+def test_global_token_mean_weighs_tokens_not_ranks():
+    # rank 0 holds 1 token (loss 1.0); rank 1 holds 3 tokens (loss 3.0 each): global mean = 10/4
+    x0, m0 = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]])
+    x1, m1 = torch.tensor([[3.0, 3.0, 3.0]]), torch.tensor([[1.0, 1.0, 1.0]])
+    l0 = global_token_mean(x0, m0, Engine(_FakeAcc(torch.tensor(3.0)), 0, 2))
+    l1 = global_token_mean(x1, m1, Engine(_FakeAcc(torch.tensor(1.0)), 1, 2))
+    assert float((l0 + l1) / 2) == pytest.approx(10 / 4)  # what DDP's averaging produces
+    assert float(global_token_mean(x1, m1, None)) == pytest.approx(3.0)
+
+
+def test_shard_is_even_and_disjoint():
+    items = list(range(8))
+    parts = [shard(items, Engine(None, r, 4)) for r in range(4)]
+    assert sum(parts, []) == items
+    with pytest.raises(InputError, match="multiple"):
+        shard(list(range(7)), Engine(None, 0, 2))
+
+
+def test_lora_trains_only_adapters(pair):
+    _, s, _ = pair
+    model = load_causal_lm(s)
+    full = trainable_params(model)
+    lora = apply_lora(model, rank=4)
+    n = trainable_params(lora)
+    assert 0 < n < full / 5
+    out = lora(torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]]))
+    out.loss.backward()
+    grads = [p for p in lora.parameters() if p.grad is not None]
+    assert grads and all(p.requires_grad for p in grads)
+    with pytest.raises(InputError, match="lora_rank"):
+        apply_lora(load_causal_lm(s), rank=0)
