@@ -53,7 +53,10 @@ s2d_pg_main() {
 }
 
 s2d_pg_stop() {
-  if [ -n "${S2D_PG_STOP+x}" ]; then "${S2D_PG_STOP[@]}" >/dev/null 2>&1 || true; fi
+  if [ -n "${S2D_PG_STOP+x}" ]; then
+    "${S2D_PG_STOP[@]}" >/dev/null 2>&1 || true
+    rm -rf "$(dirname "$S2D_PG_DATA")"
+  fi
 }
 
 if [ "${BASH_SOURCE[0]}" != "$0" ]; then

@@ -234,7 +234,7 @@ class TrialOutcome:
     value: float | None
     reason: str | None
     elapsed_s: float
-    harness_s: float  # time spent in the harness around the arm call (storage, sampling, bookkeeping)
+    harness_s: float  # harness time in this trial: sampling, storage, heartbeat start, report/prune calls
 
 
 def _first_line(e: BaseException, limit: int = 300) -> str:
@@ -246,25 +246,33 @@ class TrialFailed(Exception):
     """The arm ran but its result cannot count as a score (NaN, over the compute cap, wrong split...)."""
 
 
-def objective(trial, arm: str, protocol: Protocol, source: ArmSource, *, seed: int) -> tuple[float, object]:
+def objective(trial, arm: str, protocol: Protocol, source: ArmSource, *, seed: int,
+              timing: dict | None = None) -> tuple[float, object]:
     """One trial: suggest the arm's params, run it on the validation split, check the result.
 
     Works with any optuna trial (a stored `Trial` or a `FixedTrial` in unit tests). Returns
     (validation accuracy in percent, the arm's result); raises optuna.TrialPruned, TrialTimeout or
-    TrialFailed, or whatever the arm raised.
+    TrialFailed, or whatever the arm raised. `timing["report_s"]` accumulates the time spent in
+    `report` (storage writes and pruning decisions: harness overhead paid inside the arm's run).
     """
+    timing = {} if timing is None else timing
+    timing.setdefault("report_s", 0.0)
     params = {n: ParamSpec.parse(s, f"{arm}.{n}").suggest(trial, n) for n, s in protocol.search_space[arm].items()}
     deadline = time.monotonic() + protocol.time_limit_s
 
     def report(step: int, val: float) -> None:
-        val = float(val)
-        if not math.isfinite(val):
-            raise TrialFailed(f"intermediate value at step {step} is {val}")
-        trial.report(val, int(step))
-        if time.monotonic() > deadline:
-            raise TrialTimeout(f"time limit {protocol.time_limit_s:g}s exceeded at step {step}")
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at step {step}")
+        t0 = time.perf_counter()
+        try:
+            val = float(val)
+            if not math.isfinite(val):
+                raise TrialFailed(f"intermediate value at step {step} is {val}")
+            trial.report(val, int(step))
+            if time.monotonic() > deadline:
+                raise TrialTimeout(f"time limit {protocol.time_limit_s:g}s exceeded at step {step}")
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {step}")
+        finally:
+            timing["report_s"] += time.perf_counter() - t0
 
     t0 = time.perf_counter()
     result = source.fn(arm, params=params, budget=protocol.budget, seed=seed, split=SPLITS_TUNE, report=report)
@@ -288,8 +296,9 @@ def run_trial(handle: StorageHandle, study: optuna.Study, trial_id: int, arm: st
     state, value, reason = TrialState.FAIL, None, None
     with Heartbeat(handle, trial_id):
         t_arm = time.perf_counter()
+        timing: dict = {}
         try:
-            value, _ = objective(trial, arm, protocol, source, seed=seed)
+            value, _ = objective(trial, arm, protocol, source, seed=seed, timing=timing)
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
@@ -302,7 +311,7 @@ def run_trial(handle: StorageHandle, study: optuna.Study, trial_id: int, arm: st
         except KeyboardInterrupt:
             _release(handle, study, trial_id)
             raise
-        arm_s = time.perf_counter() - t_arm
+        arm_s = time.perf_counter() - t_arm - timing.get("report_s", 0.0)  # the arm's own time
         try:
             if reason:
                 trial.set_user_attr(REASON_ATTR, reason)
