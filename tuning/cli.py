@@ -69,7 +69,8 @@ def _add_rules(p: argparse.ArgumentParser, resume: bool) -> None:
     p.add_argument("--seed", type=int, default=None if resume else 0, help="tuning seed base")
     p.add_argument("--eval-seeds", type=int, default=None if resume else 10)
     p.add_argument("--startup-trials", type=int, default=None, help="TPE random start-up trials")
-    p.add_argument("--pruner", choices=["median", "none"], default=None if resume else "median")
+    p.add_argument("--pruner", choices=["median", "none"], default=None if resume else "none",
+                   help="none (default) or median; see docs/tuning.md on pruning and report schedules")
     p.add_argument("--arm-source", default=None if resume else "reference",
                    help="reference | synthetic | module:function")
     p.add_argument("--config", default=None, help="reference arms: config TOML")

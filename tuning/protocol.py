@@ -83,7 +83,7 @@ class Protocol:
 def build_protocol(source: ArmSource, arms: list[str], *, trials: int, labels: int,
                    teacher_labels: int | None = None, compute_cap_tokens: int | None = None,
                    time_limit_s: float = 3600.0, seed: int = 0, eval_seeds: int = 10,
-                   n_startup_trials: int | None = None, pruner: str = "median",
+                   n_startup_trials: int | None = None, pruner: str = "none",
                    enqueue_defaults: bool = True, arm_options: Mapping | None = None) -> Protocol:
     if not arms:
         raise InputError("--arms: give at least one arm")

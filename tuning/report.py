@@ -53,8 +53,13 @@ def _eval_one(source_name: str, options: dict, arm: str, params: dict, budget: B
     key = (source_name, json.dumps(options, sort_keys=True))
     if key not in _SOURCE_CACHE:
         _SOURCE_CACHE[key] = load_arm_source(source_name, options)
-    res = _SOURCE_CACHE[key].fn(arm, params=params, budget=budget, seed=seed, split=SPLITS_EVAL, report=None)
-    acc = float(res.accuracy)
+    try:
+        res = _SOURCE_CACHE[key].fn(arm, params=params, budget=budget, seed=seed, split=SPLITS_EVAL, report=None)
+        acc = float(res.accuracy)
+    except Exception as e:  # one line for the CLI; evaluations stored so far are kept
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise InputError(f"evaluation of {arm} seed {seed} failed: {type(e).__name__}: {msg} "
+                         "(fix it and rerun report; finished evaluations are kept)") from None
     if not np.isfinite(acc) or not 0 <= acc <= 100:
         raise InputError(f"evaluation of {arm} seed {seed} returned accuracy {acc}")
     return acc, int(res.compute_tokens)
