@@ -78,3 +78,24 @@ def test_local_directory_shapes_come_from_config_json(tmp_path):
 def test_unknown_arm_is_refused(paper_run):
     with pytest.raises(InputError, match="unknown arm"):
         dry_run(load_config(PAPER), arm="nope")
+
+
+def test_cli_dry_run_json(capsys):
+    from reference.cli import main
+
+    assert main(["run", "--config", str(PAPER), "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    stages = {s["name"]: s for s in out["stages"]}
+    assert stages["opd"]["model"] == "Qwen/Qwen3-1.7B"
+    assert stages["teacher_grpo"]["model"] == "Qwen/Qwen3-8B"
+    assert all(s["params"] > 1e9 for s in out["stages"])
+
+
+def test_cli_dry_run_bad_config_is_one_line(tmp_path, capsys):
+    from reference.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(PAPER.read_text().replace("\n[student]\n", "\n[student]\nwidth = 3\n"))
+    assert main(["run", "--config", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown config field student.width") and "\n" not in err
