@@ -44,7 +44,7 @@ def _trials(handle, name, arm):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_workers_finish_the_budget_with_equal_arms(backend, tmp_path):
     url, name = _url(backend, tmp_path), f"two-{uuid.uuid4().hex[:8]}"
-    handle, protocol, _ = synthetic_study(url, name, trials=4, options={"delay_s": 0.06})
+    handle, protocol, _ = synthetic_study(url, name, trials=4, options={"delay_s": 0.1})
     procs = [_worker(url, name) for _ in range(2)]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs

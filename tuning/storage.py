@@ -25,7 +25,7 @@ A worker that is killed leaves its trial RUNNING. Both storage families detect a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timezone
 import os
 import re
 import threading
@@ -180,7 +180,3 @@ def fail_stale_trials(study: optuna.Study, handle: StorageHandle) -> list[int]:
         failed.append(t.number)
         handle.retry_callback()(study, storage.get_trial(t._trial_id))
     return failed
-
-
-def utcnow() -> datetime:
-    return datetime.now(tz=timezone.utc)
