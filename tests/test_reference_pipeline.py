@@ -1,0 +1,295 @@
+"""Tiers 2-3: config, world, checkpoints, every stage and arm shrunk to seconds, kill-and-resume, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from reference.config import diff_fields, from_dict, load_config
+from reference.world import World, check_disjoint, make_world
+from theory.arms import ARMS, Stage
+from theory.errors import InputError
+from theory.tables import validate_runs
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+# every stage a couple of steps: each arm runs in about a second on one core
+TINY = {"world.labels": 16, "world.val": 24, "world.test": 24, "world.unlabeled": 64,
+        "grpo.prompts_per_step": 4, "grpo.group_size": 4, "grpo.epochs": 0.5, "grpo.max_new_tokens": 32,
+        "fkl.steps": 2, "fkl.prompts_per_step": 4, "fkl.max_new_tokens": 32,
+        "opd.steps": 2, "opd.prompts_per_step": 4, "opd.max_new_tokens": 32,
+        "eval.k": 2, "eval.curve_problems": 8, "eval.max_new_tokens": 32, "eval.batch": 64}
+
+
+def tiny_config(**extra):
+    return load_config("toy_short").override({**TINY, **extra})
+
+
+# ---------- config ----------
+
+def test_configs_in_repo_load_and_hash_stably():
+    for name in ("toy", "toy_short", "toy_counterfactual"):
+        cfg = load_config(name)
+        assert cfg.hash() == load_config(name).hash()
+    assert load_config("toy").hash() != load_config("toy_short").hash()
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ({"grpo": {"lrr": 1.0}}, "grpo.lrr"),
+    ({"bogus": {}}, "[bogus]"),
+    ({"grpo": {"lr": -1.0}}, "grpo.lr"),
+    ({"grpo": {"group_size": 1}}, "grpo.group_size"),
+    ({"teacher": {"heads": 3, "kv_heads": 2}}, "teacher.heads"),
+    ({"opd": {"estimator": "cheap"}}, "opd.estimator"),
+    ({"eval": {"k": "four"}}, "eval.k"),
+    ({"world": {"min_terms": 5, "max_terms": 3}}, "world.min_terms"),
+])
+def test_bad_config_names_the_field(raw, needle):
+    with pytest.raises(InputError) as e:
+        from_dict(raw)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malformed_toml_is_one_line(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[grpo\nlr = ")
+    with pytest.raises(InputError, match="malformed TOML"):
+        load_config(p)
+
+
+def test_override_and_diff_fields():
+    a = load_config("toy")
+    b = a.override({"grpo.lr": 5e-4, "opd.steps": 7})
+    assert b.grpo.lr == 5e-4 and a.grpo.lr != 5e-4  # frozen original untouched
+    assert diff_fields(a.to_dict(), b.to_dict()) == ["grpo.lr", "opd.steps"]
+    with pytest.raises(InputError, match="grpo.nope"):
+        a.override({"grpo.nope": 1})
+
+
+# ---------- world ----------
+
+def test_world_splits_are_disjoint_seeded_and_nested():
+    cfg = load_config("toy").world
+    w1, w2 = make_world(cfg), make_world(cfg)
+    assert w1 == w2
+    assert w1.sizes() == {"labeled": cfg.labels, "val": cfg.val, "unlabeled": cfg.unlabeled, "test": cfg.test}
+    small = make_world(load_config("toy").override({"world.labels": 64}).world)
+    assert small.test == w1.test and small.val == w1.val  # test does not move with the budget
+    assert small.labeled == w1.labeled[:64]  # nested budgets
+    assert {p.terms for p in w1.test} == {2, 3, 4}
+    for p in w1.test[:50]:
+        assert eval(p.prompt[:-1]) == int(p.gold)  # '+'/'-' left to right = Python's evaluation
+
+
+def test_overlapping_splits_are_refused():
+    w = make_world(load_config("toy").world)
+    bad = World(labeled=w.labeled, val=w.val, unlabeled=w.unlabeled, test=w.test[:5] + w.labeled[:1], config=w.config)
+    with pytest.raises(InputError, match="overlap"):
+        check_disjoint(bad)
+
+
+def test_tokenizer_is_a_real_hf_tokenizer_with_protocol_tokens():
+    from transformers import PreTrainedTokenizerFast
+
+    from reference.tokenizer import toy_tokenizer
+    tok = toy_tokenizer()
+    assert isinstance(tok, PreTrainedTokenizerFast)
+    text = "12+7=19;19-3=16;\\boxed{16}"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids).count("\\boxed{") == 1
+    assert tok.decode(ids) == text
+    assert tok.convert_tokens_to_ids("ANS") != tok.unk_token_id
+
+
+# ---------- models and checkpoints ----------
+
+def test_assets_load_with_hash_check_and_corruption_is_one_line(tmp_path):
+    import shutil
+
+    from reference import checkpoint as ckpt
+    from reference.pipeline import build_models
+    cfg = load_config("toy")
+    m = build_models(cfg, need_teacher=True)
+    assert sum(p.numel() for p in m.teacher.parameters()) > 2 * sum(p.numel() for p in m.student.parameters())
+    d = tmp_path / "ck"
+    shutil.copytree(ckpt.asset_dir(cfg.student.asset), d)
+    w = d / ckpt.WEIGHTS
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="corrupt"):
+        ckpt.load_weights(m.student, d)
+    with pytest.raises(InputError, match="missing"):
+        ckpt.load_weights(m.student, tmp_path / "nowhere")
+    with pytest.raises(InputError, match="another spec"):
+        ckpt.load_asset(m.student, cfg.student.asset, expected_spec={"hidden": 1})
+
+
+# ---------- every stage and arm, shrunk ----------
+
+@pytest.fixture(scope="module")
+def arm_results(tmp_path_factory):
+    from reference.pipeline import run_pipeline
+    cfg = tiny_config()
+    work = tmp_path_factory.mktemp("arms")
+    return cfg, work, {name: run_pipeline(cfg, name, 0, workdir=work, progress=False) for name in ARMS}
+
+
+def test_every_arm_runs_its_registry_stages_with_label_accounting(arm_results):
+    cfg, _, results = arm_results
+    n = cfg.world.labels
+    for name, res in results.items():
+        arm = ARMS[name]
+        assert [s["name"] for s in res.stages[:-1]] == [s.value for s in arm.stages]
+        assert res.label_account == arm.labels(n)
+        assert res.compute_tokens > 0
+        m = res.metrics
+        for key in ("accuracy", "pass_at_k", "compliance", "accuracy_given_compliance", "accuracy_greedy"):
+            assert 0.0 <= m[key] <= 100.0
+        assert m["pass_at_k"] >= m["accuracy"]
+    table = pd.concat([r.to_frame() for r in results.values()])
+    assert len(validate_runs(table)) == len(table)
+    # the RL teacher is trained once per seed and shared by every arm whose prefix matches
+    assert results["rl_teacher_bridge"].stages[0]["cached"] is False and results["no_fkl"].stages[0]["cached"]
+    assert results["no_opd"].stages[0]["cached"] and results["no_opd"].stages[1]["cached"]
+    assert results["replay_control"].stages[2]["cached"]  # same split prefix as stage 3's arm
+
+
+def test_stage_logs_carry_the_promised_metrics(arm_results):
+    _, work, _ = arm_results
+    metas = [json.loads(p.read_text()) for p in (work / "stages").glob("*/meta.json")]
+    by_stage = {m["stage"]: m for m in metas}
+    g = by_stage["student_grpo"]["log"][0]
+    for key in ("reward", "pass_rate", "zero_signal_fraction", "length", "compliance"):
+        assert key in g
+    assert "kl_to_teacher" in by_stage["opd"]["log"][0]
+    assert "forward_kl" in by_stage["fkl_warmup"]["log"][0]
+    # replay control draws as many student rollouts as stage-3 GRPO: steps x (prompts x group)
+    rep = by_stage["replay_opd"]
+    assert rep["result"]["steps"] == by_stage["student_grpo"]["result"]["steps"]
+
+
+def test_opd_lowers_the_kl_to_the_teacher():
+    """OPD steps move a random-init student toward the frozen teacher (per-token reverse KL on its
+    own samples). Deterministic on CPU (seeded), so the margin cannot flake."""
+    import torch
+
+    from reference import stages as st
+    from reference.pipeline import build_models, build_world
+    cfg = tiny_config(**{"student.asset": "", "opd.lr": 3e-3, "opd.prompts_per_step": 16})
+    m = build_models(cfg, need_teacher=True)
+    world = build_world(cfg)
+    torch.manual_seed(0)
+    res = st.opd(m.student, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=0, steps=25)
+    kl = [e["kl_to_teacher"] for e in res.log]
+    assert sum(kl[-5:]) / 5 < 0.92 * sum(kl[:5]) / 5
+
+
+def test_changed_config_refuses_and_names_the_field(arm_results, tmp_path):
+    from reference.pipeline import run_pipeline
+    cfg, work, _ = arm_results
+    with pytest.raises(InputError, match=r"config changed .*grpo\.lr"):
+        run_pipeline(cfg.override({"grpo.lr": 1e-5}), "direct_grpo", 0, workdir=work, progress=False)
+
+
+def test_corrupt_stage_checkpoint_is_one_clear_line(tmp_path):
+    from reference.pipeline import _Stopped, run_pipeline
+    cfg = tiny_config()
+    with pytest.raises(_Stopped):
+        run_pipeline(cfg, "rl_teacher_bridge", 3, workdir=tmp_path, progress=False, stop_after=0)
+    (w,) = list((tmp_path / "stages").glob("*/model.safetensors"))
+    w.write_bytes(b"garbage")
+    with pytest.raises(InputError, match="corrupt"):
+        run_pipeline(cfg, "rl_teacher_bridge", 3, workdir=tmp_path, progress=False)
+
+
+def _cli(*args, env=None, **kw):
+    return subprocess.run([PY, "-m", "reference.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          env=env, timeout=300, **kw)
+
+
+def test_sigkill_then_restart_gives_the_same_numbers(tmp_path):
+    """A run killed with SIGKILL after its first checkpoint resumes and ends with the numbers of an
+    uninterrupted run (same seed, CPU)."""
+    cfg_path = tmp_path / "tiny.toml"
+    cfg = tiny_config(**{"opd.steps": 12})
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    cfg_path.write_text("\n".join(lines) + "\n")
+    args = ["run", "--arm", "rl_teacher_bridge", "--seed", "1", "--config", str(cfg_path)]
+    ref = _cli(*args, "--workdir", str(tmp_path / "a"), "--out", str(tmp_path / "a.csv"))
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    work = tmp_path / "b"
+    proc = subprocess.Popen([PY, "-m", "reference.cli", *args, "--workdir", str(work)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list((work / "stages").glob("*/meta.json"))) < 2 and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None, "run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list((work / "runs").glob("*/result_test.json"))  # killed before the end
+    done = _cli(*args, "--workdir", str(work), "--out", str(tmp_path / "b.csv"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "(cached)" in done.stdout  # it resumed rather than starting over
+    a = pd.read_csv(tmp_path / "a.csv").sort_values("metric").reset_index(drop=True)
+    b = pd.read_csv(tmp_path / "b.csv").sort_values("metric").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["run", "--arm", "nope", "--config", "toy_short"], "unknown arm"),
+    (["run", "--arm", "direct_grpo", "--config", "nowhere.toml"], "config file not found"),
+    (["run", "--arm", "rl_teacher_bridge_stage3", "--config", "toy_short", "--teacher-labels", "9999"], "--teacher-labels"),
+    (["run", "--arm", "direct_grpo", "--config", "toy_short", "--student-labels", "3"], "does not split labels"),
+    (["table", "--seeds", "0", "--out", "/tmp/never"], "--seeds"),
+])
+def test_cli_bad_input_exits_2_with_one_line(args, needle):
+    r = _cli(*args)
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("error:") and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_unknown_config_field_exits_2(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[grpo]\nlearning_rate = 1e-3\n")
+    r = _cli("run", "--arm", "direct_grpo", "--config", str(p))
+    assert r.returncode == 2 and "grpo.learning_rate" in r.stderr
+
+
+# ---------- tuner interface ----------
+
+def test_param_space_shares_names_and_ranges_across_arms():
+    from reference.api import PARAM_SPACE
+    assert set(PARAM_SPACE) == set(ARMS)
+    seen: dict[str, dict] = {}
+    for arm, space in PARAM_SPACE.items():
+        assert {"lr", "temperature"} <= set(space)
+        for name, spec in space.items():
+            assert seen.setdefault(name, spec) == spec, f"{name} differs in {arm}"
+    assert "teacher_lr" not in PARAM_SPACE["direct_grpo"] and "teacher_lr" in PARAM_SPACE["rl_teacher_bridge"]
+
+
+def test_run_arm_reports_val_accuracy_and_rejects_foreign_params(tmp_path):
+    from reference.api import apply_params, run_arm
+    seen = []
+    res = run_arm("no_fkl", params={"lr": 2e-3, "opd_lr": 1e-3, "teacher_lr": 1e-4}, labels=16, seed=0,
+                  config=tiny_config(), report=lambda step, v: seen.append((step, v)), workdir=tmp_path)
+    assert 0 <= res.accuracy <= 100 and res.label_account.teacher == 16
+    assert seen and all(0 <= v <= 100 for _, v in seen)
+    cfg = apply_params(tiny_config(), "no_fkl", {"lr": 2e-3, "opd_lr": 1e-3})
+    assert cfg.opd.lr == 1e-3 and cfg.grpo.lr == 2e-3
+    with pytest.raises(InputError, match="fkl_lr"):
+        apply_params(tiny_config(), "no_fkl", {"fkl_lr": 1e-3})
