@@ -45,6 +45,7 @@ class Shape:
     vocab: int
     tied: bool
     vocab_source: str
+    config_dir: str = ""  # a local checkpoint: build its own architecture (Llama, ...) from config.json
 
 
 def _shape(mcfg, role: str) -> Shape:
@@ -63,7 +64,7 @@ def _shape(mcfg, role: str) -> Shape:
                   raw.get("num_key_value_heads", raw["num_attention_heads"]),
                   raw.get("head_dim", raw["hidden_size"] // raw["num_attention_heads"]),
                   raw["intermediate_size"], raw["vocab_size"], bool(raw.get("tie_word_embeddings", False)),
-                  f"{local}/config.json")
+                  f"{local}/config.json", str(local))
         declared = (mcfg.hidden, mcfg.layers, mcfg.heads, mcfg.kv_heads, mcfg.head_dim, mcfg.intermediate)
         if declared != (s.hidden, s.layers, s.heads, s.kv_heads, s.head_dim, s.intermediate):
             raise InputError(f"{role}: shape fields in the config {declared} disagree with {local}/config.json")
@@ -80,9 +81,14 @@ def _shape(mcfg, role: str) -> Shape:
 
 
 def build_meta_model(shape: Shape):
-    """The real `Qwen3ForCausalLM` module tree with meta tensors (no memory, no init cost)."""
+    """The real module tree with meta tensors (no memory, no init cost): the checkpoint's own
+    architecture when its config.json is local, else `Qwen3ForCausalLM` from the config's shapes."""
     import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    if shape.config_dir:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(shape.config_dir))
 
     cfg = Qwen3Config(vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
                       num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,

@@ -19,17 +19,20 @@ One reward for both scales (toy arithmetic and Qwen3 on MATH/AIME):
    ``score`` returns within about ``timeout_s`` (+ a few ms) whatever the text; ``score_batch``
    spreads items over the workers and every item is bounded the same way.
 
-The pool is created lazily on first use (forkserver with math-verify preloaded, so a respawn costs
-milliseconds, not an import) and shut down at interpreter exit.
+The pool is created lazily on first use (plain `python` subprocesses over pipes; start-up is not
+charged to any item's timeout) and shut down at interpreter exit. A worker that dies before it is
+ready three times in a row means a broken environment: one RuntimeError naming the cause.
 """
 
 from __future__ import annotations
 
 import atexit
 import math
-import multiprocessing as mp
 import os
 import re
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -183,7 +186,7 @@ def _decide(completion: str, gold: str) -> _Decision:
 # --------------------------------------------------------------------------------------------------
 
 
-def _worker_main(conn: Connection, stall_marker: str | None) -> None:
+def _worker_main(recv: Connection, send: Connection, stall_marker: str | None) -> None:
     """Loop: receive (gold, pred), send back a bool. Timeouts are the parent's job (hard kill)."""
     import logging
 
@@ -194,10 +197,10 @@ def _worker_main(conn: Connection, stall_marker: str | None) -> None:
     def parsed_gold(g: str):
         return parse("$" + g + "$", parsing_timeout=None)
 
-    conn.send("ready")
+    send.send("ready")
     while True:
         try:
-            msg = conn.recv()
+            msg = recv.recv()
         except (EOFError, OSError):
             return
         if msg is None:
@@ -211,39 +214,65 @@ def _worker_main(conn: Connection, stall_marker: str | None) -> None:
             ok = bool(g) and bool(p) and verify(g, p, timeout_seconds=None)
         except Exception:  # noqa: BLE001 — any parser/sympy failure means "not verified"
             ok = False
-        conn.send(bool(ok))
+        send.send(bool(ok))
 
 
-def _context() -> mp.context.BaseContext:
-    # forkserver: a clean server process (no torch threads) that already imported math-verify, so
-    # each (re)spawned worker is a cheap fork. spawn elsewhere (Windows).
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        try:
-            ctx.set_forkserver_preload(["math_verify", "reference.rewards"])
-        except Exception:  # noqa: BLE001 — preload is an optimisation only
-            pass
-        return ctx
-    return mp.get_context("spawn")
+def _worker_entry() -> None:
+    """`python -c` entry of a worker process: argv = read fd, write fd, stall marker ("" = none)."""
+    r, w, marker = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    _worker_main(Connection(r, writable=False), Connection(w, readable=False), marker or None)
 
 
 class _Worker:
-    def __init__(self, ctx: mp.context.BaseContext, stall_marker: str | None) -> None:
-        self.conn, child = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_worker_main, args=(child, stall_marker), daemon=True)
-        self.proc.start()
-        child.close()
+    """One worker: a plain `python` subprocess talking over two pipes.
+
+    Not `multiprocessing.Process`: spawn/forkserver re-import the parent's `__main__` in the child,
+    which fails for scripts fed on stdin and some notebook set-ups; fork would copy a parent that may
+    hold torch threads. A subprocess imports only this module (~0.5 s, not charged to any item).
+    """
+
+    def __init__(self, stall_marker: str | None) -> None:
+        p2c_r, p2c_w = os.pipe()
+        c2p_r, c2p_w = os.pipe()
+        self.stderr = tempfile.TemporaryFile()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        code = "from reference.rewards import _worker_entry; _worker_entry()"
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", code, str(p2c_r), str(c2p_w), stall_marker or ""],
+                pass_fds=(p2c_r, c2p_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=self.stderr, env=env, close_fds=True,
+            )
+        finally:
+            os.close(p2c_r)
+            os.close(c2p_w)
+        self.send_conn = Connection(p2c_w, readable=False)
+        self.conn = Connection(c2p_r, writable=False)
         self.ready = False
         self.job: int | None = None
         self.deadline = math.inf
+        self.born = time.monotonic()
+
+    def stderr_tail(self) -> str:
+        try:
+            self.stderr.seek(0)
+            lines = self.stderr.read().decode(errors="replace").strip().splitlines()
+            return lines[-1] if lines else "(no output)"
+        except Exception:  # noqa: BLE001
+            return "(unreadable)"
 
     def kill(self) -> None:
         try:
             self.proc.kill()
-            self.proc.join(timeout=5)
+            self.proc.wait(timeout=5)
         except Exception:  # noqa: BLE001
             pass
-        self.conn.close()
+        for c in (self.conn, self.send_conn):
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.stderr.close()
 
 
 class RewardPool:
@@ -268,31 +297,38 @@ class RewardPool:
         self.startup_timeout_s = startup_timeout_s
         self._stall_marker = _stall_marker
         self._workers: list[_Worker] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # close() may run inside verify_many
         self.n_killed = 0  # workers killed for overrunning (observable for tests/logs)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def _ensure_started(self) -> None:
         if self._workers:
             return
-        ctx = _context()
-        self._ctx = ctx
-        self._workers = [_Worker(ctx, self._stall_marker) for _ in range(self.n_workers)]
+        self._workers = [_Worker(self._stall_marker) for _ in range(self.n_workers)]
+        self._start_failures = 0
 
     def close(self) -> None:
         with self._lock:
             for w in self._workers:
                 try:
                     if w.ready and w.job is None:
-                        w.conn.send(None)
+                        w.send_conn.send(None)
                 except Exception:  # noqa: BLE001
                     pass
                 w.kill()
             self._workers = []
 
     def _respawn(self, i: int) -> None:
-        self._workers[i].kill()
-        self._workers[i] = _Worker(self._ctx, self._stall_marker)
+        old = self._workers[i]
+        if not old.ready:  # died before its first message: a broken environment, not a bad input
+            self._start_failures += 1
+            if self._start_failures >= 3:
+                why = old.stderr_tail()
+                self.close()
+                raise RuntimeError(f"reward workers cannot start ({why}); is math-verify installed? "
+                                   "`pip install math-verify==0.9.0`")
+        old.kill()
+        self._workers[i] = _Worker(self._stall_marker)
 
     # -- scoring -----------------------------------------------------------------------------------
     def verify_many(self, jobs: list[tuple[str, str]], *, timeout_s: float) -> list[bool]:
@@ -305,48 +341,42 @@ class RewardPool:
         with self._lock:
             self._ensure_started()
             pending = deque(range(len(jobs)))
-            startup_deadline = time.monotonic() + self.startup_timeout_s
             while pending or any(w.job is not None for w in self._workers):
                 now = time.monotonic()
-                for w in self._workers:
+                for i, w in enumerate(list(self._workers)):
                     if w.ready and w.job is None and pending:
                         k = pending.popleft()
                         try:
-                            w.conn.send(jobs[k])
-                        except (OSError, BrokenPipeError):
+                            w.send_conn.send(jobs[k])
+                        except OSError:  # died while idle: retry the item on a fresh worker
                             pending.appendleft(k)
-                            w.ready = False
+                            self._respawn(i)
                             continue
                         w.job, w.deadline = k, now + timeout_s
+                starting = [w for w in self._workers if not w.ready]
+                if any(now - w.born > self.startup_timeout_s for w in starting):
+                    self.close()
+                    raise RuntimeError(f"reward workers did not start within {self.startup_timeout_s:.0f} s")
                 waiting = [w for w in self._workers if not w.ready or w.job is not None]
-                if not any(w.ready for w in self._workers) and now > startup_deadline:
-                    raise RuntimeError(
-                        "reward workers did not start (is math-verify installed? "
-                        "`pip install math-verify==0.9.0`)"
-                    )
-                next_deadline = min(
-                    [w.deadline for w in waiting if w.job is not None] + [startup_deadline]
-                )
-                ready_conns = wait(
-                    [w.conn for w in waiting] + [w.proc.sentinel for w in waiting],
-                    timeout=max(0.0, next_deadline - time.monotonic()),
-                )
+                next_deadline = min([w.deadline for w in waiting if w.job is not None]
+                                    + [w.born + self.startup_timeout_s for w in starting])
+                ready_conns = wait([w.conn for w in waiting], timeout=max(0.0, next_deadline - time.monotonic()))
                 now = time.monotonic()
                 for i, w in enumerate(list(self._workers)):
                     dead = False
                     if w.conn in ready_conns:
                         try:
                             msg = w.conn.recv()
-                        except (EOFError, OSError):
+                        except (EOFError, OSError):  # the process is gone (crash or kill)
                             dead = True
                         else:
                             if msg == "ready":
                                 w.ready = True
+                                self._start_failures = 0
                             elif w.job is not None:
                                 out[w.job] = bool(msg)
                                 w.job, w.deadline = None, math.inf
                             continue
-                    dead = dead or (w.proc.sentinel in ready_conns)
                     overran = w.job is not None and now >= w.deadline
                     if dead or overran:
                         if w.job is not None:

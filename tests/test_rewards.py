@@ -180,10 +180,27 @@ def test_hanging_input_is_killed_and_pool_recovers(pool):
 def test_worker_crash_is_survived(pool):
     assert score("\\boxed{\\frac{2}{4}}", "\\frac12", pool=pool) == 1.0
     pool._workers[0].proc.kill()
-    pool._workers[0].proc.join()
+    pool._workers[0].proc.wait()
     assert score("\\boxed{\\frac{3}{6}}", "\\frac12", pool=pool) == 1.0
 
 
 def test_bad_timeout_is_refused(pool):
     with pytest.raises(ValueError, match="timeout_s"):
         score("\\boxed{\\frac12}", "\\frac12", timeout_s=0, pool=pool)
+
+
+def test_broken_environment_fails_once_not_in_a_loop(monkeypatch):
+    monkeypatch.setattr("sys.executable", "/bin/false")  # every worker exits before it is ready
+    broken = RewardPool(workers=1)
+    with pytest.raises(RuntimeError, match="cannot start"):
+        score("\\boxed{\\frac12}", "\\frac12", pool=broken)
+
+
+def test_works_from_a_script_on_stdin(tmp_path):
+    # multiprocessing's spawn/forkserver would re-import a `<stdin>` main module and fail
+    import subprocess
+    import sys
+
+    code = "from reference.rewards import score\nprint(score('\\\\boxed{\\\\frac24}', '\\\\frac12'))\n"
+    out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert out.stdout.strip() == "1.0", out.stderr[-2000:]
