@@ -76,6 +76,8 @@ def load_causal_lm(
         where = "local directory" if local else "hub id"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"cannot load model {str(path_or_id)!r} ({where}): {first}") from None
+    if str(path_or_id).startswith("Qwen/Qwen3"):
+        assert_vocab(model.config, QWEN3_VOCAB, name=str(path_or_id))  # the real config, at run time
     model.to(device)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -36,6 +36,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+try:  # Python 3.10 images: reference.config reads TOML with tomllib; pip vendors the same parser
+    import tomllib  # noqa: F401
+except ModuleNotFoundError:  # pragma: no cover
+    from pip._vendor import tomli as _tomli
+
+    sys.modules["tomllib"] = _tomli
+
 import torch  # noqa: E402
 
 GiB = 1024**3
@@ -182,11 +189,12 @@ def anchor_generate(model, B: int, P: int, N: int, vocab: int, device: str) -> f
     att = torch.ones_like(ids)
     model.eval()
 
-    def gen():
-        model.generate(input_ids=ids, attention_mask=att, max_new_tokens=N, min_new_tokens=N, do_sample=True,
+    def gen(n):
+        model.generate(input_ids=ids, attention_mask=att, max_new_tokens=n, min_new_tokens=n, do_sample=True,
                        temperature=1.0, top_k=0, pad_token_id=0, eos_token_id=1)
 
-    dt = timed(gen, warmup=1, iters=1, device=device)
+    gen(8)  # warm-up (kernels, allocator); plain HF generate has no compilation step
+    dt = timed(lambda: gen(N), warmup=0, iters=1, device=device)
     return B * N / dt
 
 
@@ -271,8 +279,6 @@ def run(args) -> dict:
     t_start = time.perf_counter()
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
-    if cuda:
-        torch.backends.cuda.matmul.allow_tf32 = True
     paper = load_config(ROOT / "configs" / "paper-qwen3-math.toml")
     if args.tiny:
         from dataclasses import replace
@@ -280,9 +286,7 @@ def run(args) -> dict:
         s_cfg = replace(paper.student, hidden=64, layers=2, heads=4, kv_heads=2, head_dim=16, intermediate=128)
         t_cfg = replace(paper.teacher, hidden=96, layers=2, heads=4, kv_heads=2, head_dim=24, intermediate=192)
         n_tok, vocab = 500, 512
-        ft = dict(B=2, T=64)
-        ft8 = dict(B=2, T=64)
-        score = dict(B=2, T=64)
+        ft, ft8, score = dict(B=2, T=64), dict(B=2, T=64), dict(B=2, T=64)
         gen = dict(B=4, P=16, N=16)
         train = dict(B=2, P=16, new=32)
         opd_kl = dict(prompts=4, new=12, steps=6, lr=3e-3)
@@ -290,147 +294,171 @@ def run(args) -> dict:
     else:
         s_cfg, t_cfg = paper.student, paper.teacher
         n_tok, vocab = QWEN3_TOKENIZER_LEN, 151936
-        ft = dict(B=8, T=1024)
-        ft8 = dict(B=2, T=1024)
-        score = dict(B=16, T=1024)
+        ft, ft8, score = dict(B=8, T=1024), dict(B=2, T=1024), dict(B=16, T=1024)
         gen = dict(B=64, P=128, N=256)
         train = dict(B=8, P=128, new=896)
         opd_kl = dict(prompts=8, new=64, steps=6, lr=1e-4)
         iters = 5
     tok = synthetic_tokenizer(n_tok)
     rng = torch.Generator().manual_seed(0)
-    r: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
-               "tiny": args.tiny}
     import transformers
 
-    r["transformers"] = transformers.__version__
+    r: dict = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
+               "transformers": transformers.__version__, "python": sys.version.split()[0], "tiny": args.tiny,
+               "sizes": {"ft": f"{ft['B']}x{ft['T']}", "ft8": f"{ft8['B']}x{ft8['T']}",
+                         "score": f"{score['B']}x{score['T']}", "gen": f"batch {gen['B']}, {gen['P']}+{gen['N']}",
+                         "train": f"{train['B']}x{train['P'] + train['new']}"}}
     log = lambda msg: print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)  # noqa: E731
-    r["rewards"] = rewards_check()
-    log(f"rewards: {r['rewards']}")
+    m: dict = {}  # live models
 
-    # ---- anchors, student shape --------------------------------------------------------------------
-    student = build_model(s_cfg, vocab, device, dtype, seed=1)
-    usable = logit_vocab_size(tok, student.config)
-    assert usable == n_tok < vocab, "padded vocabulary must be sliced"
-    r["anchor_ft_1p7b_tok_s"], r["anchor_ft_1p7b_peak_gib"] = anchor_ft(student, ft["B"], ft["T"], n_tok, device, iters)
-    log(f"anchor FT student {ft['B']}x{ft['T']}: {r['anchor_ft_1p7b_tok_s']:.0f} tok/s")
-    r["anchor_score_1p7b_tok_s"], _ = anchor_score(student, score["B"], score["T"], n_tok, device, iters)
-    r["anchor_gen_plain_b64_tok_s"] = anchor_generate(student, gen["B"], gen["P"], gen["N"], n_tok, device)
-    log(f"anchor scoring {r['anchor_score_1p7b_tok_s']:.0f} tok/s, plain generate {r['anchor_gen_plain_b64_tok_s']:.0f} tok/s")
+    def save():
+        r["wall_s"] = time.perf_counter() - t_start
+        if args.out:
+            Path(args.out).write_text(json.dumps(r, indent=2, default=float))
 
-    # ---- rollouts through the reference interface (static KV cache on GPUs) -------------------------
-    ro = HFRollout(tok, static_cache=cuda)
-    gen_prompts = [prompt_text(rng, n_tok, gen["P"]) for _ in range(gen["B"])]
-    torch.manual_seed(0)
-    ro.generate(student, gen_prompts, n=1, temperature=1.0, max_new_tokens=gen["N"])  # compile / warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    b = ro.generate(student, gen_prompts, n=1, temperature=1.0, max_new_tokens=gen["N"])
-    sync(device)
-    r["rollout_tok_s"] = float(b.mask_BT.sum()) / (time.perf_counter() - t0)
-    r["rollout_backend"] = "hf-static-cache" if cuda else "hf"
-    log(f"rollout ({r['rollout_backend']}) {r['rollout_tok_s']:.0f} tok/s")
-    free(device)
+    def section(name: str, fn) -> None:
+        """Run one part; an error (OOM, compile failure) is recorded, the rest still runs; skip past the budget."""
+        if time.perf_counter() - t_start > args.budget_s:
+            r[f"{name}_error"] = f"skipped: past the {args.budget_s:.0f} s budget"
+            log(f"{name}: skipped (time budget)")
+            return
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 — one GPU run: record and go on
+            r[f"{name}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            log(f"{name}: FAILED {r[f'{name}_error']}")
+        for mod in m.values():
+            for p in mod.parameters():
+                p.grad = None
+        free(device)
+        save()
 
-    # ---- teacher: anchors, then teacher GRPO (the same grpo() as the student's) -------------------
-    teacher = build_model(t_cfg, vocab, device, dtype, seed=2)
-    r["anchor_score_8b_tok_s"], r["anchor_score_8b_peak_gib"] = anchor_score(teacher, score["B"], score["T"], n_tok, device, iters)
-    log(f"anchor scoring teacher {r['anchor_score_8b_tok_s']:.0f} tok/s")
-    if not args.skip_teacher_train:
-        def teacher_ft():
-            r["anchor_ft_8b_tok_s"], r["anchor_ft_8b_peak_gib"] = anchor_ft(teacher, ft8["B"], ft8["T"], n_tok, device, iters)
-            log(f"anchor FT teacher {ft8['B']}x{ft8['T']}: {r['anchor_ft_8b_tok_s']:.0f} tok/s, peak {r['anchor_ft_8b_peak_gib']:.1f} GiB")
+    def rewards():
+        r["rewards"] = rewards_check()
+        log(f"rewards: {r['rewards']}")
 
-        def teacher_grpo():
-            probs8 = problems(rng, 3, n_tok, train["P"])
-            ctx = make_ctx(tok, usable, FixedRollout(tok, n_tok, tok.eos_token_id))
-            r["teacher_grpo_tok_s"], r["teacher_grpo_peak_gib"], _ = stage_grpo(
-                teacher, ctx, probs8, group=ft8["B"], new=ft8["T"] - train["P"], steps=2, lr=1e-6, device=device,
-                role="teacher")
-            log(f"stage teacher GRPO {r['teacher_grpo_tok_s']:.0f} tok/s, peak {r['teacher_grpo_peak_gib']:.1f} GiB")
+    def anchors_student():
+        m["student"] = build_model(s_cfg, vocab, device, dtype, seed=1)
+        r["usable_vocab"] = logit_vocab_size(tok, m["student"].config)
+        assert r["usable_vocab"] == n_tok < vocab, "padded vocabulary must be sliced"
+        r["anchor_ft_1p7b_tok_s"], r["anchor_ft_1p7b_peak_gib"] = anchor_ft(m["student"], ft["B"], ft["T"], n_tok, device, iters)
+        log(f"anchor FT student {ft['B']}x{ft['T']}: {r['anchor_ft_1p7b_tok_s']:.0f} tok/s, peak {r['anchor_ft_1p7b_peak_gib']:.1f} GiB")
+        r["anchor_score_1p7b_tok_s"], _ = anchor_score(m["student"], score["B"], score["T"], n_tok, device, iters)
+        log(f"anchor scoring student {r['anchor_score_1p7b_tok_s']:.0f} tok/s")
 
-        guarded(r, "anchor_ft_8b", device, teacher_ft)
-        guarded(r, "teacher_grpo", device, teacher_grpo)
-        for p in teacher.parameters():
-            p.grad = None
-    freeze(teacher)
-    free(device)
+    def anchor_gen():
+        r["anchor_gen_plain_b64_tok_s"] = anchor_generate(m["student"], gen["B"], gen["P"], gen["N"], n_tok, device)
+        log(f"anchor plain generate {r['anchor_gen_plain_b64_tok_s']:.0f} tok/s")
 
-    # ---- reference scoring path: completion_logits + token log-probs, teacher shape ----------------
-    fixed = FixedRollout(tok, n_tok, tok.eos_token_id)
-    sp = problems(rng, score["B"], n_tok, train["P"])
-    sb = fixed.generate(teacher, [p.prompt for p in sp], n=1, temperature=1.0, max_new_tokens=score["T"] - train["P"])
+    def rollouts():  # the reference interface, static KV cache on GPUs (compiled on first call)
+        ro = HFRollout(tok, static_cache=cuda)
+        prompts = [prompt_text(rng, n_tok, gen["P"]) for _ in range(gen["B"])]
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        ro.generate(m["student"], prompts, n=1, temperature=1.0, max_new_tokens=gen["N"])
+        sync(device)
+        r["rollout_first_call_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        b = ro.generate(m["student"], prompts, n=1, temperature=1.0, max_new_tokens=gen["N"])
+        sync(device)
+        r["rollout_tok_s"] = float(b.mask_BT.sum()) / (time.perf_counter() - t0)
+        r["rollout_backend"] = "hf-static-cache" if cuda else "hf"
+        log(f"rollout ({r['rollout_backend']}) {r['rollout_tok_s']:.0f} tok/s (first call {r['rollout_first_call_s']:.0f} s)")
 
-    @torch.no_grad()
-    def ref_score():
-        losses.token_logp_BT(completion_logits(teacher, sb, usable), sb.completion_BT)
+    def anchors_teacher():
+        m["teacher"] = build_model(t_cfg, vocab, device, dtype, seed=2)
+        r["anchor_score_8b_tok_s"], r["anchor_score_8b_peak_gib"] = anchor_score(m["teacher"], score["B"], score["T"], n_tok, device, iters)
+        log(f"anchor scoring teacher {r['anchor_score_8b_tok_s']:.0f} tok/s")
 
-    dt = timed(ref_score, warmup=1, iters=iters, device=device)
-    r["teacher_scoring_tok_s"] = float(sb.attention_BL.sum()) / dt
-    log(f"reference teacher scoring {r['teacher_scoring_tok_s']:.0f} tok/s")
+    def teacher_ft():
+        r["anchor_ft_8b_tok_s"], r["anchor_ft_8b_peak_gib"] = anchor_ft(m["teacher"], ft8["B"], ft8["T"], n_tok, device, iters)
+        log(f"anchor FT teacher {ft8['B']}x{ft8['T']}: {r['anchor_ft_8b_tok_s']:.0f} tok/s, peak {r['anchor_ft_8b_peak_gib']:.1f} GiB")
 
-    # ---- OPD: KL to the teacher must fall on held-out prompts -----------------------------------------
-    student.train()
-    ctx_hf = make_ctx(tok, usable, HFRollout(tok, static_cache=False))
-    held = problems(rng, opd_kl["prompts"], n_tok, train["P"] // 4)
-    hb = fixed.generate(student, [p.prompt for p in held], n=1, temperature=1.0, max_new_tokens=opd_kl["new"])
-    kl_before = held_out_kl(student, teacher, hb, usable)
-    opd_train = problems(rng, opd_kl["prompts"] * 4, n_tok, train["P"] // 4)
-    res = st.opd(student, teacher, opd_train,
-                 OPDConfig(lr=opd_kl["lr"], steps=opd_kl["steps"], prompts_per_step=opd_kl["prompts"],
-                           max_new_tokens=opd_kl["new"], temperature=1.0), ctx_hf, seed=0)
-    kl_after = held_out_kl(student, teacher, hb, usable)
-    r["opd_kl_before"], r["opd_kl_after"] = kl_before, kl_after
-    r["opd_train_kl_log"] = [round(e["kl_to_teacher"], 4) for e in res.log]
-    log(f"OPD held-out KL {kl_before:.4f} -> {kl_after:.4f} over {opd_kl['steps']} steps")
-    assert kl_after < kl_before, f"OPD did not lower the KL to the teacher ({kl_before:.4f} -> {kl_after:.4f})"
-    print(f"OPD lowered KL to the teacher: {kl_before:.4f} -> {kl_after:.4f}")
-    for p in student.parameters():
-        p.grad = None
-    free(device)
+    def teacher_grpo():  # the same grpo() as the student's
+        ctx = make_ctx(tok, r["usable_vocab"], FixedRollout(tok, n_tok, tok.eos_token_id))
+        r["teacher_grpo_tok_s"], r["teacher_grpo_peak_gib"], _ = stage_grpo(
+            m["teacher"], ctx, problems(rng, 3, n_tok, train["P"]), group=ft8["B"], new=ft8["T"] - train["P"],
+            steps=2, lr=1e-6, device=device, role="teacher")
+        log(f"stage teacher GRPO {r['teacher_grpo_tok_s']:.0f} tok/s, peak {r['teacher_grpo_peak_gib']:.1f} GiB")
 
-    # ---- FKL + OPD one step each at B x (P + new) = 8 x 1024 with full-vocabulary KL: memory --------
-    ctx_fixed = make_ctx(tok, usable, fixed)
-    big = problems(rng, train["B"], n_tok, train["P"])
-    ckpt = paper.engine.gradient_checkpointing
-    r["bridge_gradient_checkpointing"] = ckpt
-    if ckpt:  # as the paper config runs the bridge stages (teacher + student share the GPU)
-        student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    for name, fn, cfg_cls in (("fkl", st.fkl_warmup, FKLConfig), ("opd", st.opd, OPDConfig)):
-        def bridge_step(name=name, fn=fn, cfg_cls=cfg_cls):
-            cfg = cfg_cls(lr=1e-6, steps=1, prompts_per_step=train["B"], max_new_tokens=train["new"])
-            fn(student, teacher, big, cfg, ctx_fixed, seed=0)  # warm-up
+    def ref_scoring():  # completion_logits + token log-probs, as every stage scores
+        freeze(m["teacher"])
+        fixed = FixedRollout(tok, n_tok, tok.eos_token_id)
+        sp = problems(rng, score["B"], n_tok, train["P"])
+        sb = fixed.generate(m["teacher"], [p.prompt for p in sp], n=1, temperature=1.0,
+                            max_new_tokens=score["T"] - train["P"])
+
+        @torch.no_grad()
+        def once():
+            losses.token_logp_BT(completion_logits(m["teacher"], sb, r["usable_vocab"]), sb.completion_BT)
+
+        r["teacher_scoring_tok_s"] = float(sb.attention_BL.sum()) / timed(once, warmup=1, iters=iters, device=device)
+        log(f"reference teacher scoring {r['teacher_scoring_tok_s']:.0f} tok/s")
+
+    def opd_lowers_kl():  # on-policy samples for training, held-out prompts for the check
+        student, teacher = m["student"], m["teacher"]
+        student.train()
+        ctx_hf = make_ctx(tok, r["usable_vocab"], HFRollout(tok, static_cache=False))
+        fixed = FixedRollout(tok, n_tok, tok.eos_token_id)
+        held = problems(rng, opd_kl["prompts"], n_tok, train["P"] // 4)
+        hb = fixed.generate(student, [p.prompt for p in held], n=1, temperature=1.0, max_new_tokens=opd_kl["new"])
+        r["opd_kl_before"] = held_out_kl(student, teacher, hb, r["usable_vocab"])
+        res = st.opd(student, teacher, problems(rng, opd_kl["prompts"] * 4, n_tok, train["P"] // 4),
+                     OPDConfig(lr=opd_kl["lr"], steps=opd_kl["steps"], prompts_per_step=opd_kl["prompts"],
+                               max_new_tokens=opd_kl["new"], temperature=1.0), ctx_hf, seed=0)
+        r["opd_kl_after"] = held_out_kl(student, teacher, hb, r["usable_vocab"])
+        r["opd_train_kl_log"] = [round(e["kl_to_teacher"], 4) for e in res.log]
+        log(f"OPD held-out KL {r['opd_kl_before']:.4f} -> {r['opd_kl_after']:.4f} over {opd_kl['steps']} steps")
+
+    def bridge(name, fn, cfg_cls):  # one FKL / OPD step at 8 x 1024, full-vocabulary KL
+        def go():
+            ctx = make_ctx(tok, r["usable_vocab"], FixedRollout(tok, n_tok, tok.eos_token_id))
+            big = problems(rng, train["B"], n_tok, train["P"])
+            mk = lambda steps: cfg_cls(lr=1e-6, steps=steps, prompts_per_step=train["B"],  # noqa: E731
+                                       max_new_tokens=train["new"])
+            fn(m["student"], m["teacher"], big, mk(1), ctx, seed=0)  # warm-up
             reset_peak(device)
             sync(device)
             t0 = time.perf_counter()
-            fn(student, teacher, big, cfg_cls(lr=1e-6, steps=2, prompts_per_step=train["B"],
-                                              max_new_tokens=train["new"]), ctx_fixed, seed=1)
+            fn(m["student"], m["teacher"], big, mk(2), ctx, seed=1)
             sync(device)
             r[f"{name}_tok_s"] = 2 * train["B"] * (train["P"] + train["new"]) / (time.perf_counter() - t0)
             r[f"{name}_peak_gib"] = peak_gib(device)
             log(f"stage {name} {r[f'{name}_tok_s']:.0f} tok/s, peak {r[f'{name}_peak_gib']:.1f} GiB")
+        return go
 
-        guarded(r, name, device, bridge_step)
-        for p in student.parameters():
-            p.grad = None
-        free(device)
-    if ckpt:
-        student.gradient_checkpointing_disable()
-    del teacher
-    free(device)
-
-    # ---- student GRPO at the FT anchor's 8 x 1024 ---------------------------------------------------------
     def student_grpo():
-        probs_s = problems(rng, 4, n_tok, train["P"])
+        m.pop("teacher", None)
+        free(device)
+        ctx = make_ctx(tok, r["usable_vocab"], FixedRollout(tok, n_tok, tok.eos_token_id))
         r["student_grpo_tok_s"], r["student_grpo_peak_gib"], _ = stage_grpo(
-            student, ctx_fixed, probs_s, group=train["B"], new=train["new"], steps=3, lr=1e-6, device=device,
-            role="student")
+            m["student"], ctx, problems(rng, 4, n_tok, train["P"]), group=train["B"], new=train["new"], steps=3,
+            lr=1e-6, device=device, role="student")
         log(f"stage student GRPO {r['student_grpo_tok_s']:.0f} tok/s, peak {r['student_grpo_peak_gib']:.1f} GiB")
 
-    guarded(r, "student_grpo", device, student_grpo)
-    r["sizes"] = {"ft": f"{ft['B']}x{ft['T']}", "ft8": f"{ft8['B']}x{ft8['T']}", "score": f"{score['B']}x{score['T']}",
-                  "gen": f"batch {gen['B']}, {gen['P']}+{gen['N']}", "train": f"{train['B']}x{train['P'] + train['new']}"}
-    r["wall_s"] = time.perf_counter() - t_start
+    section("rewards", rewards)
+    section("anchors_student", anchors_student)
+    if "student" not in m:
+        raise SystemExit("error: could not build the student model: " + r.get("anchors_student_error", ""))
+    section("anchor_gen", anchor_gen)
+    section("teacher", anchors_teacher)
+    if "teacher" in m:
+        if not args.skip_teacher_train:
+            section("anchor_ft_8b", teacher_ft)
+            section("teacher_grpo", teacher_grpo)
+        section("ref_scoring", ref_scoring)
+        section("opd_kl", opd_lowers_kl)
+        ckpt = paper.engine.gradient_checkpointing
+        r["bridge_gradient_checkpointing"] = ckpt
+        if ckpt:  # as the paper config runs the bridge stages (teacher + student share the GPU)
+            m["student"].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        section("fkl", bridge("fkl", st.fkl_warmup, FKLConfig))
+        section("opd", bridge("opd", st.opd, OPDConfig))
+        if ckpt:
+            m["student"].gradient_checkpointing_disable()
+    section("student_grpo", student_grpo)
+    section("rollouts", rollouts)  # last: the static-cache compile is the slowest, least essential part
+    save()
     return r
 
 
@@ -462,8 +490,9 @@ def table(r: dict) -> str:
     for k, v in r.items():
         if k.endswith("_error"):
             out.append(f"{k[:-6]}: {v}")
-    out.append(f"rollout backend: {r['rollout_backend']}; anchors are bare PyTorch / plain HF generate in this run")
-    out.append(f"OPD held-out KL to teacher: {r['opd_kl_before']:.4f} -> {r['opd_kl_after']:.4f}")
+    out.append(f"rollout backend: {r.get('rollout_backend', '-')}; anchors are bare PyTorch / plain HF generate in this run")
+    if "opd_kl_after" in r:
+        out.append(f"OPD held-out KL to teacher: {r['opd_kl_before']:.4f} -> {r['opd_kl_after']:.4f}")
     out.append(f"wall time {r['wall_s']:.0f} s")
     return "\n".join(out)
 
@@ -473,7 +502,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU smoke of the same code path)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--skip-teacher-train", action="store_true", help="skip the 8B fine-tune anchor and teacher GRPO")
-    ap.add_argument("--out", default="", help="write the measurements as JSON here")
+    ap.add_argument("--out", default="", help="write the measurements as JSON here (rewritten after each part)")
+    ap.add_argument("--budget-s", type=float, default=480.0, help="skip remaining parts after this many seconds")
     args = ap.parse_args(argv)
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -484,8 +514,11 @@ def main(argv=None) -> int:
     r = run(args)
     print()
     print(table(r))
-    if args.out:
-        Path(args.out).write_text(json.dumps(r, indent=2, default=float))
+    before, after = r.get("opd_kl_before"), r.get("opd_kl_after")
+    if before is None or after is None or not after < before:
+        print(f"FAILED: OPD did not lower the KL to the teacher ({before} -> {after})", file=sys.stderr)
+        return 1
+    print(f"OPD lowered KL to the teacher: {before:.4f} -> {after:.4f}")
     return 0
 
 
