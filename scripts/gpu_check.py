@@ -318,6 +318,8 @@ def run(args) -> dict:
 
     def section(name: str, fn) -> None:
         """Run one part; an error (OOM, compile failure) is recorded, the rest still runs; skip past the budget."""
+        if args.skip and name in args.skip:
+            return
         if time.perf_counter() - t_start > args.budget_s:
             r[f"{name}_error"] = f"skipped: past the {args.budget_s:.0f} s budget"
             log(f"{name}: skipped (time budget)")
@@ -448,6 +450,14 @@ def run(args) -> dict:
 
         losses.group_advantages = advantages_on_device
         r["grpo_device_workaround"] = "advantages moved to the GPU by gpu_check (stages.grpo keeps them on CPU)"
+    if args.fused_adamw:
+        # experiment: the stages' AdamW as the anchor's (fused) to see what the GRPO gap is made of
+        def fused(model, lr):
+            return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.99),
+                                     weight_decay=0.0, fused=cuda)
+
+        st._optimizer = fused
+        r["experiment"] = "stages use fused AdamW (--fused-adamw)"
     section("rewards", rewards)
     section("anchors_student", anchors_student)
     if "student" not in m:
@@ -502,6 +512,8 @@ def table(r: dict) -> str:
     for k, v in r.items():
         if k.endswith("_error"):
             out.append(f"{k[:-6]}: {v}")
+    if "experiment" in r:
+        out.append(f"EXPERIMENT: {r['experiment']}")
     if "grpo_device_workaround" in r:
         out.append(f"NOTE: {r['grpo_device_workaround']}")
     out.append(f"rollout backend: {r.get('rollout_backend', '-')}; anchors are bare PyTorch / plain HF generate in this run")
@@ -517,8 +529,11 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--skip-teacher-train", action="store_true", help="skip the 8B fine-tune anchor and teacher GRPO")
     ap.add_argument("--out", default="", help="write the measurements as JSON here (rewritten after each part)")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip (e.g. rollouts,opd_kl,fkl,opd)")
+    ap.add_argument("--fused-adamw", action="store_true", help="experiment: stages use fused AdamW (labelled)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="skip remaining parts after this many seconds")
     args = ap.parse_args(argv)
+    args.skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cpu" and not args.tiny:
@@ -529,6 +544,8 @@ def main(argv=None) -> int:
     print()
     print(table(r))
     before, after = r.get("opd_kl_before"), r.get("opd_kl_after")
+    if "opd_kl" in args.skip:
+        return 0
     if before is None or after is None or not after < before:
         print(f"FAILED: OPD did not lower the KL to the teacher ({before} -> {after})", file=sys.stderr)
         return 1
