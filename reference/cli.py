@@ -48,7 +48,11 @@ def resolve_teacher_labels(arm_name: str, n: int, teacher_labels: int | None, st
 
 def cmd_run(a) -> int:
     from reference.config import load_config
+    from theory.arms import get_arm
     cfg = load_config(a.config)
+    if not a.dry_run:  # bad input fails fast, before the heavy imports
+        get_arm(a.arm)
+        tl = resolve_teacher_labels(a.arm, cfg.world.labels, a.teacher_labels, a.student_labels)
     if a.dry_run:
         from reference.dryrun import dry_run  # SCALE
         out = dry_run(cfg)
@@ -61,7 +65,6 @@ def cmd_run(a) -> int:
         return 0
     _quiet()
     from reference.pipeline import run_pipeline
-    tl = resolve_teacher_labels(a.arm, cfg.world.labels, a.teacher_labels, a.student_labels)
     res = run_pipeline(cfg, a.arm, a.seed, workdir=a.workdir, teacher_labels=tl, split=a.split, progress=True)
     _print_run(res)
     if a.out:

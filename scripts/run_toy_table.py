@@ -21,14 +21,22 @@ from theory.tables import read_table
 
 OUT = Path(__file__).resolve().parent.parent / "docs" / "results"
 
-# (A, B, question): the difference reported is A - B on the same seed
+# (A, B, question, predicted sign of A - B): pre-registered in docs/log.md
 COMPARISONS = [
-    ("raw_teacher_bridge", "direct_grpo", "raw-teacher bridge vs direct GRPO (C1)"),
-    ("rl_teacher_bridge", "direct_grpo", "RL-teacher bridge vs direct GRPO (the claim)"),
-    ("no_fkl", "rl_teacher_bridge", "no forward-KL warmup vs full bridge (C2)"),
-    ("no_opd", "rl_teacher_bridge", "no OPD vs full bridge"),
-    ("rl_teacher_bridge_stage3", "replay_control", "stage-3 GRPO vs matched replay control"),
+    ("raw_teacher_bridge", "direct_grpo", "raw-teacher bridge vs direct GRPO (C1)", -1),
+    ("rl_teacher_bridge", "direct_grpo", "RL-teacher bridge vs direct GRPO (the claim)", +1),
+    ("no_fkl", "rl_teacher_bridge", "no forward-KL warmup vs full bridge (C2)", -1),
+    ("no_opd", "rl_teacher_bridge", "no OPD vs full bridge", -1),
+    ("rl_teacher_bridge_stage3", "replay_control", "stage-3 GRPO vs matched replay control", +1),
 ]
+# the counterfactual world predicts the claim's sign flips (RL bridge <= direct)
+PREDICTED_OVERRIDE = {("toy_counterfactual", "rl_teacher_bridge", "direct_grpo"): -1}
+
+
+def reading(lo: float, hi: float, sign: int) -> str:
+    if lo > 0 or hi < 0:
+        return "reproduces" if (lo > 0) == (sign > 0) else "reversed"
+    return "not resolved"
 
 
 def paired(df: pd.DataFrame, a: str, b: str, metric: str = "accuracy", *, n_boot: int = 10_000,
@@ -52,11 +60,13 @@ def summarise(prefix: str) -> str:
     df = read_table(OUT / f"{prefix}.csv", "runs")
     arms = df[df.split == "test"].pivot_table(index="arm", columns="metric", values="value", aggfunc=["mean", "std"])
     rows = []
-    for a, b, q in COMPARISONS:
+    for a, b, q, sign in COMPARISONS:
+        sign = PREDICTED_OVERRIDE.get((prefix, a, b), sign)
         for metric in ("accuracy", "compliance", "accuracy_given_compliance"):
             r = paired(df, a, b, metric)
             if r:
-                rows.append(dict(r, question=q))
+                rows.append(dict(r, question=q, predicted="A > B" if sign > 0 else "A < B",
+                                 reading=reading(r["ci_low"], r["ci_high"], sign) if metric == "accuracy" else ""))
     comp = pd.DataFrame(rows)
     comp.to_csv(OUT / f"{prefix}_summary.csv", index=False)
     lines = [f"# {prefix}: paired per-seed differences (test split, percent)", ""]
@@ -74,15 +84,44 @@ def summarise(prefix: str) -> str:
                      f"{cell('accuracy_given_compliance')} | {cell('accuracy_greedy')} |")
     lines += ["", "Paired differences A - B (same seed); 95% bootstrap interval over seeds; "
               "P(improvement) = share of seeds with A > B (ties count half):", "",
-              "| comparison | metric | seeds | mean A | mean B | A - B | 95% CI | P(A>B) | per-seed A - B |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| comparison | metric | seeds | mean A | mean B | A - B | 95% CI | P(A>B) | predicted | reading | per-seed A - B |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in comp.iterrows():
         lines.append(f"| {r.question} | {r.metric} | {r.seeds} | {r.mean_a:.1f} | {r.mean_b:.1f} | "
-                     f"{r.mean_diff:+.1f} | [{r.ci_low:+.1f}, {r.ci_high:+.1f}] | {r.p_improvement:.2f} | {r.per_seed} |")
+                     f"{r.mean_diff:+.1f} | [{r.ci_low:+.1f}, {r.ci_high:+.1f}] | {r.p_improvement:.2f} | {r.predicted} | "
+                     f"{r.reading} | {r.per_seed} |")
     text = "\n".join(lines) + "\n"
     (OUT / f"{prefix}_summary.md").write_text(text)
     figure(df, comp, prefix)
+    curves_figure(prefix)
     return text
+
+
+def curves_figure(prefix: str) -> None:
+    """Validation accuracy (curve set, sampled) after each stage of each arm, mean over seeds."""
+    path = OUT / f"{prefix}_curves.csv"
+    if not path.exists():
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    c = pd.read_csv(path)
+    c = c[c.metric.isin(["accuracy", "compliance"])]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for ax, metric in zip(axes, ["accuracy", "compliance"]):
+        for arm, g in c[c.metric == metric].groupby("arm"):
+            m = g.groupby(["stage_index", "stage", "model"])["value"].mean().reset_index()
+            ax.plot(m.stage_index, m.value, marker="o", label=arm)
+            for r in m.itertuples():
+                ax.annotate(f"{r.stage}" + (" (T)" if r.model == "teacher" else ""), (r.stage_index, r.value),
+                            fontsize=6, alpha=0.6)
+        ax.set_xlabel("stage index within the arm")
+        ax.set_ylabel(f"val {metric} after the stage (%)")
+        ax.set_title(f"{prefix}: per-stage {metric} (mean over seeds; (T) = teacher)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / f"{prefix}_curves.png", dpi=110)
+    plt.close(fig)
 
 
 def figure(df: pd.DataFrame, comp: pd.DataFrame, prefix: str) -> None:
@@ -135,7 +174,7 @@ def main(argv=None) -> int:
                       "--prefix", "toy_counterfactual"])
             if rc:
                 return rc
-    for prefix in ("toy_ablation", "toy_counterfactual"):
+    for prefix in ("toy_ablation", "toy_counterfactual", "toy_exploratory_longbridge"):
         if (OUT / f"{prefix}.csv").exists():
             print(summarise(prefix))
     return 0
