@@ -213,8 +213,12 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
     ctx = models.ctx
 
     def curve_point(model, tag: str) -> dict:
-        torch.manual_seed(_seed_from(f"curve/{tag}"))
-        return evaluate(model, curve_set, ctx, cfg.eval, greedy=False).metrics
+        # forked RNG: a validation point never changes the training stream (eval is not in the stage key)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_seed_from(f"curve/{tag}"))
+            return evaluate(model, curve_set, ctx, cfg.eval, greedy=False).metrics
+
+    done_steps = 0  # student training steps so far: the x-axis of `report` (monotone for a pruner)
 
     stage_log: list[dict] = []
     prefix: list[tuple[str, int]] = []
@@ -230,23 +234,36 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
         else:
             torch.manual_seed(_seed_from(key))
             bar = _bar(progress, f"{arm.name} s{seed} {stage.value}")
-            result = _run_stage(stage, cfg, models, world, labeled, _seed_from(key + "/data"), bar)
+            inner: list[dict] = []
+
+            def on_step(step: int, total: int, _model=model, _key=key, _role=role) -> None:
+                every = cfg.eval.curve_every
+                if every and _role == STUDENT and step % every == 0 and step < total:
+                    point = curve_point(_model, f"{_key}/{step}")
+                    inner.append({"step": step, "accuracy": point["accuracy"], "compliance": point["compliance"]})
+                    if report is not None:
+                        report(done_steps + step, float(point["accuracy"]))
+            result = _run_stage(stage, cfg, models, world, labeled, _seed_from(key + "/data"), bar, on_step)
             if bar is not None:
                 bar.close()
             info = {"name": stage.value, "model": role, "seconds": result.seconds, "tokens": result.tokens,
                     "steps": result.steps, "last": result.log[-1] if result.log else {},
-                    "curve": curve_point(model, key)}
+                    "curve": curve_point(model, key), "inner_curve": inner}
             ckpt.save_weights(model, sdir, {"stage": stage.value, "prefix": prefix, "seed": seed,
                                             "config_hash": cfg.hash(), "result": info,
                                             "log": list(result.log)})
             stage_log.append(dict(info, cached=False))
-        if report is not None and role == STUDENT:
-            report(i, float(stage_log[-1]["curve"]["accuracy"]))
+        if role == STUDENT:
+            done_steps += int(stage_log[-1]["steps"])
+            if report is not None:
+                report(done_steps, float(stage_log[-1]["curve"]["accuracy"]))
         if stop_after is not None and i >= stop_after:
             raise _Stopped(i)
 
     t0 = time.perf_counter()
-    torch.manual_seed(_seed_from(f"eval/{cfg.hash()}/{seed}/{arm.name}/{acct.teacher}/{split}"))
+    # curve_every only adds validation points; it must not move the final evaluation's seed
+    eval_hash = cfg.override({"eval.curve_every": 0}).hash()
+    torch.manual_seed(_seed_from(f"eval/{eval_hash}/{seed}/{arm.name}/{acct.teacher}/{split}"))
     problems = world.split(split)
     final: EvalResult = evaluate(models.student, problems, ctx, cfg.eval)
     eval_s = time.perf_counter() - t0
@@ -284,13 +301,16 @@ def _bar(progress: bool, desc: str):
     return tqdm(desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _run_stage(stage: Stage, cfg: Config, m: Models, world: World, labeled: dict, seed: int, bar) -> st.StageResult:
+def _run_stage(stage: Stage, cfg: Config, m: Models, world: World, labeled: dict, seed: int, bar,
+               on_step: Callable[[int, int], None] | None = None) -> st.StageResult:
     def progress(step, total, entry):
+        if on_step is not None:
+            on_step(step, total)
         if bar is not None:
             bar.total = total
             bar.n = step
-            bar.set_postfix({k: round(v, 3) for k, v in entry.items() if k != "step" and isinstance(v, float)},
-                            refresh=False)
+            keep = ("reward", "compliance", "forward_kl", "kl_to_teacher")
+            bar.set_postfix({k: round(v, 3) for k, v in entry.items() if k in keep}, refresh=False)
             bar.refresh()
 
     if stage is Stage.TEACHER_GRPO:

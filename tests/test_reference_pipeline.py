@@ -282,6 +282,18 @@ def test_param_space_shares_names_and_ranges_across_arms():
     assert "teacher_lr" not in PARAM_SPACE["direct_grpo"] and "teacher_lr" in PARAM_SPACE["rl_teacher_bridge"]
 
 
+def test_inner_curve_points_do_not_change_the_numbers(tmp_path):
+    """eval.curve_every adds validation points inside a stage (for a pruner) on a forked RNG: the
+    trained model and the final numbers are those of a run without them."""
+    from reference.pipeline import run_pipeline
+    seen = []
+    plain = run_pipeline(tiny_config(), "direct_grpo", 5, workdir=tmp_path / "a", progress=False)
+    dense = run_pipeline(tiny_config(**{"eval.curve_every": 1}), "direct_grpo", 5, workdir=tmp_path / "b",
+                         progress=False, report=lambda step, v: seen.append(step))
+    assert plain.metrics == dense.metrics
+    assert seen == sorted(seen) and len(seen) == dense.stages[0]["steps"]  # inner points + the stage end
+
+
 def test_run_arm_reports_val_accuracy_and_rejects_foreign_params(tmp_path):
     from reference.api import apply_params, run_arm
     seen = []
