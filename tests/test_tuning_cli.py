@@ -54,13 +54,21 @@ def test_run_then_report_writes_csv_markdown_and_figures(tmp_path, capsys):
     (["run", "--arms", "direct_grpo", "--trials", "0", "--storage", "JOURNAL"], "--trials must be >= 1"),
     (["report", "--study", "missing", "--storage", "JOURNAL", "--out", "OUT"], "study 'missing' does not exist"),
 ])
-def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys):
     argv = [a.replace("JOURNAL", f"journal:///{tmp_path}/j.log").replace("OUT", str(tmp_path / "o")) for a in argv]
-    proc = subprocess.run([sys.executable, "-m", "tuning.cli", *argv], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
-    assert "secret" not in proc.stderr  # passwords are masked
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
+    assert "secret" not in err  # passwords are masked
+
+
+def test_the_installed_entry_point_prints_one_line_not_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "tuning.cli", "run", "--arms", "direct_grpo", "--trials", "2",
+                           "--storage", "postgresql://u:secret@127.0.0.1:1/x", *SYN],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: storage 'postgresql://u:***@")
 
 
 def test_reference_adapter_passes_the_budget_and_split(tmp_path, monkeypatch):

@@ -212,7 +212,10 @@ def _print_status(handle, name) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # -h, or a flag error already printed as one line
+        return int(e.code or 0)
     try:
         if args.cmd == "status":
             _print_status(_open(args), args.study)
