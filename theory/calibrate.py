@@ -24,7 +24,7 @@ import pandas as pd
 from scipy import optimize, special
 
 from theory import irt
-from theory.arms import ARMS
+from theory.arms import ARMS, Stage
 from theory.dynamics import Policy, Rates, World, predict_arm
 from theory.errors import InputError
 from theory.scenario import Scenario, Tagged
@@ -312,7 +312,7 @@ _PILOT_PRIORS = {  # generic priors for a pilot without stated ones (wide; tagge
 def _obs_labels(arm: str, t: int, s: int, stage3_by_t: dict[int, int]) -> tuple[int | None, int | None, str | None]:
     """(labels, teacher_labels, note) for one run-table configuration, via the registry's accounting."""
     a = ARMS[arm]
-    if arm == "replay_control":
+    if Stage.REPLAY_OPD in a.stages:
         # the registry leaves the replay's held-back labels unused (student_labels = 0): recover the
         # budget from a stage-3 run with the same teacher share, else assume the default half split
         if t in stage3_by_t:
@@ -384,7 +384,7 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
         eval_se = {"value": 1.0, "tag": "assumed", "sd": 0.7,
                    "why": "one seed per configuration: seed spread unknown, assumed 1 point"}
         notes.append("every configuration has one seed: standard errors assumed (1 point)")
-    s3 = stats[stats["arm"] == "rl_teacher_bridge_stage3"]
+    s3 = stats[stats["arm"].map(lambda n: Stage.STUDENT_GRPO in ARMS[n].stages and ARMS[n].splits_labels)]
     stage3_by_t = {int(r.teacher_labels): int(r.teacher_labels + r.student_labels) for r in s3.itertuples()}
     observations = []
     for r in stats.itertuples():
@@ -463,7 +463,7 @@ def simulate_pilot(truth: Scenario, configs, *, seeds: int, n_items: int, k: int
         acct = ARMS[arm].labels(n, t)
         for s in range(seeds):
             rows.append({"arm": arm, "seed": s, "world": world, "teacher_labels": acct.teacher,
-                         "student_labels": acct.student if arm != "replay_control" else 0,
+                         "student_labels": acct.student,
                          "compute_tokens": ARMS[arm].total_compute_tokens(n, truth.compute, t),
                          "split": "test", "metric": "accuracy",
                          "value": float(np.clip(m + rng.normal(0, se), 0, 100))})
