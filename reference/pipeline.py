@@ -54,9 +54,18 @@ def build_world(cfg: Config, tokenizer=None) -> World:
     return data.load_world(cfg.world, tokenizer)
 
 
-def build_models(cfg: Config, *, need_teacher: bool) -> Models:
+def make_engine(cfg: Config):
+    """The accelerate engine when `engine.launcher = "accelerate"` (its launch config picks DDP / FSDP2 /
+    ZeRO-3), None for one plain process (the toy world; the stages then run exactly as before)."""
+    if cfg.engine.launcher != "accelerate":
+        return None
+    from reference.engines import make_engine as _make
+    return _make(cpu=cfg.engine.device == "cpu")
+
+
+def build_models(cfg: Config, *, need_teacher: bool, engine=None) -> Models:
     from reference.rewards import is_compliant, score_batch
-    device = cfg.engine.device
+    device = cfg.engine.device if engine is None else engine.device  # under accelerate: this rank's GPU
     if cfg.student.is_tiny:
         from reference.tokenizer import toy_tokenizer
         tok = toy_tokenizer()
@@ -90,7 +99,8 @@ def build_models(cfg: Config, *, need_teacher: bool) -> Models:
     else:
         rollout = HFRollout(tok, static_cache=cfg.engine.static_cache, micro_batch=cfg.engine.micro_batch)
     ctx = st.StageContext(rollout=rollout, vocab_size=vocab, eos_id=tok.eos_token_id,
-                          score_batch=lambda c, g: score_batch(c, g), is_compliant=is_compliant)
+                          score_batch=lambda c, g: score_batch(c, g), is_compliant=is_compliant,
+                          engine=engine, micro_batch=cfg.engine.micro_batch)
     return Models(student, teacher, ctx, tok)
 
 
@@ -198,13 +208,25 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
     workdir = Path(workdir)
     run_name = f"{arm.name}_s{seed}_t{acct.teacher}"
     run_dir = workdir / "runs" / run_name
-    _check_manifest(run_dir, cfg, {"arm": arm.name, "seed": seed, "teacher_labels": acct.teacher, "split": split})
+    engine = make_engine(cfg)
+    # under accelerate every rank trains (its shard); rank 0 alone writes manifests, checkpoints, results
+    main = engine is None or engine.is_main
+    rank = 0 if engine is None else engine.rank
+
+    def barrier() -> None:
+        if engine is not None:
+            engine.accelerator.wait_for_everyone()
+
+    if main:
+        _check_manifest(run_dir, cfg, {"arm": arm.name, "seed": seed, "teacher_labels": acct.teacher,
+                                       "split": split})
+    barrier()
     result_path = run_dir / f"result_{split}.json"
     if result_path.is_file():  # finished before (same config, checked above): nothing to redo
         return _load_result(result_path)
 
     need_teacher = arm.teacher.value != "none"
-    models = build_models(cfg, need_teacher=need_teacher)
+    models = build_models(cfg, need_teacher=need_teacher, engine=engine)
     world = build_world(cfg, models.tokenizer)
     if cfg.world.labels > len(world.labeled):
         raise InputError(f"world.labels={cfg.world.labels} exceeds the {len(world.labeled)} labeled problems available")
@@ -232,8 +254,8 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
             meta = ckpt.load_weights(model, sdir)
             stage_log.append(dict(meta["result"], cached=True))
         else:
-            torch.manual_seed(_seed_from(key))
-            bar = _bar(progress, f"{arm.name} s{seed} {stage.value}")
+            torch.manual_seed(_seed_from(key) + rank)  # ranks sample their shards independently; rank 0 as one process
+            bar = _bar(progress and main, f"{arm.name} s{seed} {stage.value}")
             inner: list[dict] = []
 
             def on_step(step: int, total: int, _model=model, _key=key, _role=role) -> None:
@@ -243,15 +265,23 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
                     inner.append({"step": step, "accuracy": point["accuracy"], "compliance": point["compliance"]})
                     if report is not None:
                         report(done_steps + step, float(point["accuracy"]))
+            lora = role == TEACHER and cfg.engine.lora_rank > 0
+            if lora:  # teacher RL trains LoRA adapters only; merged back after the stage (plain weights)
+                from reference.engines import apply_lora
+                models.teacher = apply_lora(models.teacher, rank=cfg.engine.lora_rank)
             result = _run_stage(stage, cfg, models, world, labeled, _seed_from(key + "/data"), bar, on_step)
+            if lora:
+                models.teacher = model = models.teacher.merge_and_unload()
             if bar is not None:
                 bar.close()
             info = {"name": stage.value, "model": role, "seconds": result.seconds, "tokens": result.tokens,
                     "steps": result.steps, "last": result.log[-1] if result.log else {},
                     "curve": curve_point(model, key), "inner_curve": inner}
-            ckpt.save_weights(model, sdir, {"stage": stage.value, "prefix": prefix, "seed": seed,
-                                            "config_hash": cfg.hash(), "result": info,
-                                            "log": list(result.log)})
+            if main:
+                ckpt.save_weights(model, sdir, {"stage": stage.value, "prefix": prefix, "seed": seed,
+                                                "config_hash": cfg.hash(), "result": info,
+                                                "log": list(result.log)})
+            barrier()
             stage_log.append(dict(info, cached=False))
         if role == STUDENT:
             done_steps += int(stage_log[-1]["steps"])
@@ -272,9 +302,11 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
                       "curve": {}, "cached": False})
     res = RunResult(arm.name, seed, cfg.world.name, split, acct, compute, final.metrics, tuple(stage_log),
                     final.problems.assign(model=f"{arm.name}/s{seed}"))
-    tmp = result_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res.to_dict(), indent=1, default=str))
-    tmp.replace(result_path)
+    if main:
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(res.to_dict(), indent=1, default=str))
+        tmp.replace(result_path)
+    barrier()
     return res
 
 

@@ -73,6 +73,10 @@ class HFRollout:
             kwargs.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
         if self.static_cache:
             kwargs["cache_implementation"] = "static"
+        n_real, n_model = len(tok), int(getattr(model.config, "vocab_size", len(tok)))
+        if n_model > n_real:  # a padded vocabulary (Qwen3: 151936 > 151669): never sample a padding id
+            from transformers import LogitsProcessorList
+            kwargs["logits_processor"] = LogitsProcessorList([_MaskPaddedVocab(n_real)])
         was_training = model.training
         model.eval()
         out = model.generate(input_ids=ids, attention_mask=att, **kwargs)
@@ -87,6 +91,18 @@ class HFRollout:
         full_att = torch.cat([att, mask.long()], dim=1)
         texts = tuple(tok.batch_decode(comp, skip_special_tokens=True))
         return RolloutBatch(full, full_att, P, comp, mask, texts, n)
+
+
+class _MaskPaddedVocab:
+    """Logits processor: padded vocabulary columns get -inf (a random-init model would sample them,
+    and a sampled id past the real vocabulary breaks every log-prob gather downstream)."""
+
+    def __init__(self, n_real: int):
+        self.n_real = n_real
+
+    def __call__(self, input_ids, scores):
+        scores[:, self.n_real:] = float("-inf")
+        return scores
 
 
 def completion_logits(model, batch: RolloutBatch, vocab_size: int) -> torch.Tensor:

@@ -11,17 +11,18 @@ Stage map (arXiv 2605.12483, abstract): (1) `grpo` on the teacher with labels, (
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 import math
 import time
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from reference import losses
 from reference.config import FKLConfig, GRPOConfig, OPDConfig
-from reference.rollout import Rollout, completion_logits
+from reference.rollout import Rollout, RolloutBatch, completion_logits
 from reference.world import Problem
 
 Progress = Callable[[int, int, dict], None]  # (step, total, last log) -> None
@@ -36,6 +37,11 @@ class StageContext:
     eos_id: int
     score_batch: Callable[[list[str], list[str]], list[float]]
     is_compliant: Callable[[str], bool]
+    # reference.engines.Engine under `accelerate launch`: each rank takes its shard of every batch,
+    # the trained model and its optimizer go through `Accelerator.prepare` (DDP / FSDP2 / ZeRO-3 per
+    # the launch config) and losses are global token means. None: one plain process (the toy world).
+    engine: Any = None
+    micro_batch: int = 0  # sequences per forward/backward (gradient accumulation); 0 -> whole batch
 
 
 @dataclass(frozen=True)
@@ -72,15 +78,95 @@ def grpo_steps(n_labels: int, cfg: GRPOConfig) -> int:
 
 
 def _optimizer(model, lr: float):
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.99),
-                             weight_decay=0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # fused AdamW (one kernel per step, as the bare-PyTorch anchor) on CUDA only; the CPU keeps the
+    # default implementation so the committed toy numbers stay bit-identical
+    extra = {"fused": True} if params and params[0].device.type == "cuda" else {}
+    return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0, **extra)
 
 
-def _step(model, opt, loss, grad_clip: float) -> float:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+def _distributed(ctx: StageContext) -> bool:
+    return ctx.engine is not None and ctx.engine.world_size > 1
+
+
+def _prepare(model, lr: float, ctx: StageContext):
+    """(module to train through, optimizer): the model and its AdamW through `Accelerator.prepare`
+    under an engine (FSDP2 needs both together), the plain pair otherwise. Sampling keeps using the
+    unwrapped model (DDP's wrapper has no `generate`)."""
+    opt = _optimizer(model, lr)
+    if ctx.engine is None:
+        return model, opt
+    return ctx.engine.accelerator.prepare(model, opt)
+
+
+def _all_tokens(tokens: int, ctx: StageContext) -> int:
+    """Compute accounting counts every rank's tokens."""
+    if not _distributed(ctx):
+        return tokens
+    return int(_global_sum(torch.tensor(float(tokens), device=ctx.engine.device), ctx))
+
+
+def _release(ctx: StageContext) -> None:
+    """Drop the Accelerator's references to this stage's wrapped model and optimizer: otherwise every
+    stage's AdamW moments (and DDP's gradient buckets) would stay allocated through the next stages."""
+    if ctx.engine is not None:
+        ctx.engine.accelerator.free_memory()
+
+
+def _my_shard(idx: list[int], ctx: StageContext) -> list[int]:
+    """This rank's contiguous part of a global batch (every rank draws the same global batches)."""
+    if ctx.engine is None:
+        return idx
+    from reference.engines import shard
+    return shard(idx, ctx.engine)
+
+
+def _global_sum(x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
+    if not _distributed(ctx):
+        return x
+    return ctx.engine.accelerator.reduce(x.detach().clone(), reduction="sum")
+
+
+def _norm(count: torch.Tensor, ctx: StageContext) -> torch.Tensor:
+    """The normaliser of a global mean, per rank: global count / world size, because DDP (and FSDP)
+    average the ranks' gradients. One process: the local count, as `losses.masked_mean` divides by."""
+    if not _distributed(ctx):
+        return count.clamp(min=1.0)
+    return (_global_sum(count, ctx) / ctx.engine.world_size).clamp(min=1.0 / ctx.engine.world_size)
+
+
+def _rows(ro: RolloutBatch, sl: slice) -> RolloutBatch:
+    return RolloutBatch(ro.input_ids_BL[sl], ro.attention_BL[sl], ro.prompt_len, ro.completion_BT[sl],
+                        ro.mask_BT[sl], ro.texts[sl], ro.n)
+
+
+def _backward(net, ro: RolloutBatch, ctx: StageContext, chunk_loss: Callable[[RolloutBatch, slice], torch.Tensor]):
+    """Backward over micro-batches of `ro`'s rows (gradients accumulate; `chunk_loss` returns each
+    chunk's share of the batch loss), without a gradient all-reduce until the last chunk.
+    Returns the batch loss (detached). micro_batch = 0 or >= rows: one chunk, the whole batch."""
+    B = ro.completion_BT.shape[0]
+    mb = ctx.micro_batch if 0 < ctx.micro_batch < B else B
+    total = None
+    for start in range(0, B, mb):
+        sl = slice(start, start + mb)
+        last = start + mb >= B
+        sync = nullcontext() if (last or ctx.engine is None) else ctx.engine.accelerator.no_sync(net)
+        with sync:
+            loss = chunk_loss(ro if mb == B else _rows(ro, sl), sl)
+            loss.backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
+def _step(net, opt, grad_clip: float, ctx: StageContext) -> float:
+    """Clip, step, then free the gradients (zeroing *after* the step: no gradient copy lives through
+    the next forward, which is what kept the 8B teacher's GRPO 14 GiB above the anchor)."""
+    if ctx.engine is None:
+        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    else:
+        gnorm = ctx.engine.accelerator.clip_grad_norm_(net.parameters(), grad_clip)
     opt.step()
+    opt.zero_grad(set_to_none=True)
     return float(gnorm)
 
 
@@ -95,12 +181,12 @@ def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageConte
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     steps = grpo_steps(len(problems), cfg)
-    opt = _optimizer(policy, cfg.lr_for(role))
+    net, opt = _prepare(policy, cfg.lr_for(role), ctx)
     log: list[dict] = []
     tokens = 0
     P, G = min(cfg.prompts_per_step, max(1, len(problems))), cfg.group_size
     for step, idx in enumerate(_batches(len(problems), P, steps, rng)):
-        batch = [problems[i] for i in idx]
+        batch = [problems[i] for i in _my_shard(idx, ctx)]
         ro = ctx.rollout.generate(policy, [p.prompt for p in batch], n=G, temperature=cfg.temperature,
                                   max_new_tokens=cfg.max_new_tokens)
         golds = [p.gold for p in batch for _ in range(G)]
@@ -112,24 +198,44 @@ def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageConte
                  "length": float(ro.lengths_B.float().mean()),
                  "compliance": float(np.mean([ctx.is_compliant(t) for t in ro.texts]))}
         tokens += ro.tokens
-        if bool((adv_B != 0).any()):
-            logits = completion_logits(policy, ro, ctx.vocab_size)
-            logp_BT = losses.token_logp_BT(logits, ro.completion_BT)
-            ref_logp = None
-            if ref is not None and cfg.kl_coef > 0:
-                with torch.no_grad():
-                    ref_logp = losses.token_logp_BT(completion_logits(ref, ro, ctx.vocab_size), ro.completion_BT)
-                tokens += ro.tokens
-            loss = losses.grpo_loss(logp_BT, logp_BT.detach(), adv_B, ro.mask_BT, clip_low=cfg.clip_low,
-                                    clip_high=cfg.clip_high, loss=cfg.loss, ref_logp_BT=ref_logp,
-                                    kl_coef=cfg.kl_coef)
-            entry["grad_norm"] = _step(policy, opt, loss, cfg.grad_clip)
+        signal = (adv_B != 0).any()
+        if _distributed(ctx):  # every rank must take part in the backward when any rank has signal
+            signal = _global_sum(signal.float().to(ctx.engine.device), ctx) > 0
+        if bool(signal):
+            # rewards are scored on the host; the advantages go where the log-probs are (CUDA on a GPU)
+            adv_dev_B = adv_B.to(ro.mask_BT.device)
+            if cfg.loss == "token_mean":
+                norm = _norm(ro.mask_BT.sum(), ctx)
+            else:
+                norm = _norm(torch.tensor(float(ro.mask_BT.shape[0]), device=ro.mask_BT.device), ctx)
+
+            def chunk_loss(sub: RolloutBatch, sl: slice) -> torch.Tensor:
+                nonlocal tokens
+                logp_BT = losses.token_logp_BT(completion_logits(net, sub, ctx.vocab_size), sub.completion_BT)
+                per_tok = losses.clipped_policy_loss_BT(logp_BT, logp_BT.detach(), adv_dev_B[sl],
+                                                        clip_low=cfg.clip_low, clip_high=cfg.clip_high)
+                if ref is not None and cfg.kl_coef > 0:
+                    with torch.no_grad():
+                        ref_logp = losses.token_logp_BT(completion_logits(ref, sub, ctx.vocab_size),
+                                                        sub.completion_BT)
+                    per_tok = per_tok + cfg.kl_coef * losses.k3_kl_BT(logp_BT, ref_logp)
+                    tokens += sub.tokens
+                if cfg.loss == "token_mean":  # DAPO: the (global) token mean
+                    return (per_tok * sub.mask_BT).sum() / norm
+                per_seq = (per_tok * sub.mask_BT).sum(-1) / sub.mask_BT.sum(-1).clamp(min=1.0)
+                return per_seq.sum() / norm
+
+            loss = _global_sum(_backward(net, ro, ctx, chunk_loss), ctx)
+            if _distributed(ctx):
+                loss = loss / ctx.engine.world_size  # the ranks' shares sum to world x the global loss
+            entry["grad_norm"] = _step(net, opt, cfg.grad_clip, ctx)
             entry["loss"] = loss.item()
             tokens += ro.tokens
         log.append(entry)
         if progress:
             progress(step + 1, steps, entry)
-    return StageResult(name, steps, tokens, time.perf_counter() - t0, tuple(log))
+    _release(ctx)
+    return StageResult(name, steps, _all_tokens(tokens, ctx), time.perf_counter() - t0, tuple(log))
 
 
 def fkl_warmup(student, teacher, prompts: tuple[Problem, ...], cfg: FKLConfig, ctx: StageContext, *, seed: int,
@@ -137,23 +243,31 @@ def fkl_warmup(student, teacher, prompts: tuple[Problem, ...], cfg: FKLConfig, c
     """Stage 2a: on teacher rollouts, minimise KL(p_T || p_S) over the full vocabulary at every token."""
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    opt = _optimizer(student, cfg.lr)
+    net, opt = _prepare(student, cfg.lr, ctx)
     log, tokens = [], 0
     for step, idx in enumerate(_batches(len(prompts), cfg.prompts_per_step, cfg.steps, rng)):
-        ro = ctx.rollout.generate(teacher, [prompts[i].prompt for i in idx], n=1, temperature=cfg.temperature,
-                                  max_new_tokens=cfg.max_new_tokens)
-        with torch.no_grad():
-            t_logits = completion_logits(teacher, ro, ctx.vocab_size)
-        s_logits = completion_logits(student, ro, ctx.vocab_size)
-        loss = losses.masked_mean(losses.forward_kl_BT(s_logits, t_logits), ro.mask_BT)
-        gnorm = _step(student, opt, loss, cfg.grad_clip)
+        ro = ctx.rollout.generate(teacher, [prompts[i].prompt for i in _my_shard(idx, ctx)], n=1,
+                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        norm = _norm(ro.mask_BT.sum(), ctx)
+
+        def chunk_loss(sub: RolloutBatch, sl: slice) -> torch.Tensor:
+            with torch.no_grad():
+                t_logits = completion_logits(teacher, sub, ctx.vocab_size)
+            s_logits = completion_logits(net, sub, ctx.vocab_size)
+            return (losses.forward_kl_BT(s_logits, t_logits) * sub.mask_BT).sum() / norm
+
+        loss = _global_sum(_backward(net, ro, ctx, chunk_loss), ctx)
+        if _distributed(ctx):
+            loss = loss / ctx.engine.world_size  # the ranks' shares sum to world x the global mean
+        gnorm = _step(net, opt, cfg.grad_clip, ctx)
         tokens += 3 * ro.tokens  # teacher rollout, teacher scoring, student training
         entry = {"step": step, "forward_kl": loss.item(), "grad_norm": gnorm,
                  "length": float(ro.lengths_B.float().mean())}
         log.append(entry)
         if progress:
             progress(step + 1, cfg.steps, entry)
-    return StageResult(name, cfg.steps, tokens, time.perf_counter() - t0, tuple(log))
+    _release(ctx)
+    return StageResult(name, cfg.steps, _all_tokens(tokens, ctx), time.perf_counter() - t0, tuple(log))
 
 
 def opd(student, teacher, prompts: tuple[Problem, ...], cfg: OPDConfig, ctx: StageContext, *, seed: int,
@@ -169,26 +283,38 @@ def opd(student, teacher, prompts: tuple[Problem, ...], cfg: OPDConfig, ctx: Sta
     rng = np.random.default_rng(seed)
     steps = cfg.steps if steps is None else steps
     per_step = cfg.prompts_per_step if prompts_per_step is None else prompts_per_step
-    opt = _optimizer(student, cfg.lr)
+    net, opt = _prepare(student, cfg.lr, ctx)
     log, tokens = [], 0
     for step, idx in enumerate(_batches(len(prompts), per_step, steps, rng)):
-        ro = ctx.rollout.generate(student, [prompts[i].prompt for i in idx], n=1, temperature=cfg.temperature,
-                                  max_new_tokens=cfg.max_new_tokens)
-        with torch.no_grad():
-            t_logits = completion_logits(teacher, ro, ctx.vocab_size)
-        s_logits = completion_logits(student, ro, ctx.vocab_size)
-        rkl_BT = losses.reverse_kl_BT(s_logits, t_logits)
-        if cfg.estimator == "full":
-            loss = losses.masked_mean(rkl_BT, ro.mask_BT)
-        else:
-            s_lp = losses.token_logp_BT(s_logits, ro.completion_BT)
-            t_lp = losses.token_logp_BT(t_logits, ro.completion_BT)
-            loss = losses.masked_mean(losses.sampled_reverse_kl_loss_BT(s_lp, t_lp), ro.mask_BT)
-        gnorm = _step(student, opt, loss, cfg.grad_clip)
+        ro = ctx.rollout.generate(student, [prompts[i].prompt for i in _my_shard(idx, ctx)], n=1,
+                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+        norm = _norm(ro.mask_BT.sum(), ctx)
+        kl_sum = []
+
+        def chunk_loss(sub: RolloutBatch, sl: slice) -> torch.Tensor:
+            with torch.no_grad():
+                t_logits = completion_logits(teacher, sub, ctx.vocab_size)
+            s_logits = completion_logits(net, sub, ctx.vocab_size)
+            rkl_BT = losses.reverse_kl_BT(s_logits, t_logits)
+            kl_sum.append((rkl_BT.detach() * sub.mask_BT).sum())
+            if cfg.estimator == "full":
+                per_tok = rkl_BT
+            else:
+                s_lp = losses.token_logp_BT(s_logits, sub.completion_BT)
+                t_lp = losses.token_logp_BT(t_logits, sub.completion_BT)
+                per_tok = losses.sampled_reverse_kl_loss_BT(s_lp, t_lp)
+            return (per_tok * sub.mask_BT).sum() / norm
+
+        _backward(net, ro, ctx, chunk_loss)
+        gnorm = _step(net, opt, cfg.grad_clip, ctx)
         tokens += 3 * ro.tokens  # student rollout, teacher scoring, student training
-        entry = {"step": step, "kl_to_teacher": float(losses.masked_mean(rkl_BT.detach(), ro.mask_BT)),
-                 "grad_norm": gnorm, "length": float(ro.lengths_B.float().mean())}
+        kl = _global_sum(sum(kl_sum[1:], kl_sum[0]), ctx) / _norm(ro.mask_BT.sum(), ctx)
+        if _distributed(ctx):
+            kl = kl / ctx.engine.world_size
+        entry = {"step": step, "kl_to_teacher": float(kl), "grad_norm": gnorm,
+                 "length": float(ro.lengths_B.float().mean())}
         log.append(entry)
         if progress:
             progress(step + 1, steps, entry)
-    return StageResult(name, steps, tokens, time.perf_counter() - t0, tuple(log))
+    _release(ctx)
+    return StageResult(name, steps, _all_tokens(tokens, ctx), time.perf_counter() - t0, tuple(log))

@@ -438,26 +438,9 @@ def run(args) -> dict:
             lr=1e-6, device=device, role="student")
         log(f"stage student GRPO {r['student_grpo_tok_s']:.0f} tok/s, peak {r['student_grpo_peak_gib']:.1f} GiB")
 
-    if cuda:
-        # reference/stages.grpo builds the rewards tensor on the CPU and multiplies its advantages into
-        # CUDA log-probs ("Expected all tensors to be on the same device", found by this script's first
-        # H200 run). Until stages.py moves them, move the advantages here so the GRPO rows are measured;
-        # recorded in the output so nobody mistakes it for the committed code running as is.
-        orig = losses.group_advantages
-
-        def advantages_on_device(rewards_PG, **kw):
-            return orig(rewards_PG.to(device), **kw)
-
-        losses.group_advantages = advantages_on_device
-        r["grpo_device_workaround"] = "advantages moved to the GPU by gpu_check (stages.grpo keeps them on CPU)"
-    if args.fused_adamw:
-        # experiment: the stages' AdamW as the anchor's (fused) to see what the GRPO gap is made of
-        def fused(model, lr):
-            return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.99),
-                                     weight_decay=0.0, fused=cuda)
-
-        st._optimizer = fused
-        r["experiment"] = "stages use fused AdamW (--fused-adamw)"
+    # since 2026-11-26 (ENGINE) the stages run as committed: advantages on the policy's device,
+    # fused AdamW on CUDA, gradients freed after the optimizer step; no workaround is patched in here
+    r["stages_as_committed"] = True
     section("rewards", rewards)
     section("anchors_student", anchors_student)
     if "student" not in m:
@@ -530,7 +513,6 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-teacher-train", action="store_true", help="skip the 8B fine-tune anchor and teacher GRPO")
     ap.add_argument("--out", default="", help="write the measurements as JSON here (rewritten after each part)")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip (e.g. rollouts,opd_kl,fkl,opd)")
-    ap.add_argument("--fused-adamw", action="store_true", help="experiment: stages use fused AdamW (labelled)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="skip remaining parts after this many seconds")
     args = ap.parse_args(argv)
     args.skip = {x.strip() for x in args.skip.split(",") if x.strip()}

@@ -1,5 +1,5 @@
-"""Scale-out on existing engines: a real OPD stage step under `accelerate launch --num_processes 2`
-(DDP over gloo, CPU) matches one process; accelerate configs parse; LoRA and the global token mean."""
+"""Scale-out on existing engines: real OPD and GRPO stage steps under `accelerate launch --num_processes 2`
+(DDP over gloo, CPU, through the stages' engine path) match one process; accelerate configs parse; LoRA and the global token mean."""
 
 import os
 import shutil
@@ -33,25 +33,38 @@ def _run(cmd, cwd):
 
 
 @pytest.mark.slow
-def test_opd_stage_step_ddp_two_processes_matches_one(pair):
+def test_stage_steps_ddp_two_processes_match_one(pair):
+    """One OPD step then one GRPO step through the stages' engine path (`StageContext.engine`: rank
+    shards, `Accelerator.prepare`, global token means): 2 DDP processes with micro-batches of one
+    sequence (gradient accumulation) give the gradients of one process on the whole batch."""
     d, s, t = pair
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
     base = ["-m", "reference.engines", "ddp-check", "--student", str(s), "--teacher", str(t), "--prompts", "4"]
     _run([sys.executable, *base, "--out", str(d / "one.pt")], ROOT)
     # --multi_gpu selects accelerate's torchrun launcher; on a CPU machine the processes use gloo
     _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", *base, "--out", str(d / "two.pt")], ROOT)
+          "--mixed_precision", "no", "--dynamo_backend", "no", *base, "--micro-batch", "1",
+          "--out", str(d / "two.pt")], ROOT)
     one, two = torch.load(d / "one.pt"), torch.load(d / "two.pt")
     assert one["result"]["world_size"] == 1 and two["result"]["world_size"] == 2
+    assert one["result"]["grpo_steps"] == two["result"]["grpo_steps"] == 1  # GRPO had signal: it stepped
     assert two["result"]["kl_to_teacher"] == pytest.approx(one["result"]["kl_to_teacher"], rel=1e-5)
-    assert one["grads"].keys() == two["grads"].keys() and len(one["grads"]) > 10
-    for k, g in one["grads"].items():
-        assert g.abs().max() > 0, k
-        torch.testing.assert_close(two["grads"][k], g, rtol=1e-4, atol=1e-6)
+    assert two["result"]["grpo_loss"] == pytest.approx(one["result"]["grpo_loss"], rel=1e-5)
+    assert len(one["grads"]) == len(two["grads"]) == 2  # OPD step, GRPO step
+    for g1, g2 in zip(one["grads"], two["grads"]):
+        assert g1.keys() == g2.keys() and len(g1) > 10
+        for k, g in g1.items():
+            assert g.abs().max() > 0, k
+            torch.testing.assert_close(g2[k], g, rtol=1e-4, atol=1e-6)
     init = load_causal_lm(s).state_dict()
+    after_opd_1, after_opd_2 = one["before"][1], two["before"][1]
+    for k, p in after_opd_1.items():
+        torch.testing.assert_close(after_opd_2[k], p, rtol=1e-4, atol=1e-5)
+    assert any((after_opd_1[k] - init[k]).abs().max() > 1e-3 for k in after_opd_1)  # the step did move it
+    # after the GRPO step: AdamW's first step is ~lr * g/|g|, so gradient entries of ~1e-8 (equal to
+    # 1e-9 absolute above) can move a weight by a visible fraction of lr = 1e-2; 1e-3 is 10% of a step
     for k, p in one["params"].items():
-        torch.testing.assert_close(two["params"][k], p, rtol=1e-4, atol=1e-5)
-    assert any((one["params"][k] - init[k]).abs().max() > 1e-3 for k in init)  # the step did move the student
+        torch.testing.assert_close(two["params"][k], p, rtol=1e-4, atol=1e-3)
 
 
 def test_accelerate_configs_parse():

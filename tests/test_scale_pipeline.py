@@ -55,3 +55,75 @@ def test_full_arm_runs_every_stage_on_path_models(tmp_path):
     assert names == ["teacher_grpo", "fkl_warmup", "opd", "student_grpo", "eval"]
     assert all(s["tokens"] > 0 for s in res.stages[:-1])
     assert 0.0 <= res.metrics["accuracy"] <= 100.0
+
+
+@pytest.mark.slow
+def test_teacher_grpo_with_lora_checkpoints_merged_plain_weights(tmp_path, monkeypatch):
+    """engine.lora_rank > 0: teacher GRPO trains peft adapters, merges them after the stage, and the
+    checkpoint holds plain weights (loads strictly into the base model; embeddings untouched)."""
+    import torch
+
+    import reference.rewards as rewards
+    from reference import checkpoint as ckpt
+    from reference.models import load_causal_lm
+    from reference.pipeline import _Stopped, run_pipeline
+
+    # a random tiny teacher never solves a problem: alternate rewards so every group has signal
+    monkeypatch.setattr(rewards, "score_batch", lambda texts, golds, **kw: [float(i % 2) for i in range(len(texts))])
+    cfg = tiny_paper_config(tmp_path).override({"engine.lora_rank": 4})
+    with pytest.raises(_Stopped):
+        run_pipeline(cfg, "rl_teacher_bridge", 0, workdir=tmp_path / "work", split="test",
+                     progress=False, stop_after=0)
+    (sdir,) = (tmp_path / "work" / "stages").iterdir()
+    base = load_causal_lm(cfg.teacher.path)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    meta = ckpt.load_weights(base, sdir)  # strict load: no peft keys left
+    assert meta["result"]["last"]["loss"] is not None  # the stage took a step
+    after = base.state_dict()
+    assert torch.equal(after["model.embed_tokens.weight"], before["model.embed_tokens.weight"])
+    assert not torch.equal(after["model.layers.0.self_attn.q_proj.weight"],
+                           before["model.layers.0.self_attn.q_proj.weight"])
+
+
+_TWO_RANK_RUN = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+from test_scale_pipeline import tiny_paper_config
+from reference.pipeline import run_pipeline
+tmp = Path(sys.argv[1])
+cfg = tiny_paper_config(tmp).override({"engine.launcher": "accelerate", "grpo.prompts_per_step": 2,
+                                        "engine.micro_batch": 1})
+res = run_pipeline(cfg, "rl_teacher_bridge", 0, workdir=tmp / "work", split="test", progress=False)
+import torch.distributed as dist
+print("RESULT " + json.dumps({"rank": dist.get_rank(), "world": dist.get_world_size(),
+                              "tokens": [s["tokens"] for s in res.stages]}))
+"""
+
+
+@pytest.mark.slow
+def test_pipeline_under_accelerate_two_processes(tmp_path):
+    """`engine.launcher = "accelerate"` under `accelerate launch --num_processes 2` (DDP over gloo):
+    both ranks run every stage on their shards (micro-batches of one sequence), rank 0 alone writes the
+    stage checkpoints and the result, and the compute accounting counts both ranks' tokens."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    script = tmp_path / "run2.py"
+    script.write_text(_TWO_RANK_RUN)
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path),
+                          str(ROOT / "tests"), str(ROOT)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line[len("RESULT "):]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    assert sorted(r["rank"] for r in rows) == [0, 1] and all(r["world"] == 2 for r in rows)
+    assert rows[0]["tokens"] == rows[1]["tokens"] and all(t > 0 for t in rows[0]["tokens"][:3])
+    assert len(list((tmp_path / "work" / "stages").iterdir())) == 3  # teacher GRPO, FKL, OPD
+    (run_dir,) = (tmp_path / "work" / "runs").iterdir()
+    saved = json.loads((run_dir / "result_test.json").read_text())
+    assert [s["tokens"] for s in saved["stages"]] == rows[0]["tokens"]
