@@ -54,14 +54,9 @@ def cmd_run(a) -> int:
         get_arm(a.arm)
         tl = resolve_teacher_labels(a.arm, cfg.world.labels, a.teacher_labels, a.student_labels)
     if a.dry_run:
-        from reference.dryrun import dry_run  # SCALE
-        out = dry_run(cfg)
-        if a.json:
-            print(json.dumps(out, indent=1, default=str))
-        else:
-            for s in out.get("stages", []):
-                print(f"{s.get('name')}: model={s.get('model')} params={s.get('params')} "
-                      f"memory={s.get('memory_gib', s.get('memory'))} launch={s.get('launch', s.get('command'))}")
+        from reference.dryrun import dry_run, format_dry_run
+        out = dry_run(cfg, arm=get_arm(a.arm).name) if a.arm else dry_run(cfg)
+        print(json.dumps(out, indent=1, default=str) if a.json else format_dry_run(out))
         return 0
     _quiet()
     from reference.pipeline import run_pipeline

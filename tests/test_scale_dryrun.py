@@ -37,7 +37,7 @@ def test_stages_json_shape(paper_run):
         assert s["params"] > 1e9
     opd = paper_run["stages"][2]
     assert opd["model"] == "Qwen/Qwen3-1.7B" and opd["frozen"] == "Qwen/Qwen3-8B"
-    assert "accelerate launch --config_file configs/accelerate/fsdp2.yaml --num_processes 8" in opd["launch"]["8"]
+    assert "accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8" in opd["launch"]["8"]
     assert opd["launch"]["1"].startswith("reference-pipeline run --config")
     json.dumps(paper_run)  # the CLI's --json output must serialise
     text = format_dry_run(paper_run)
