@@ -1,13 +1,19 @@
-"""The tuner's view of the reference pipeline: `run_arm` and `PARAM_SPACE`.
+"""The tuner's view of the reference pipeline: `run_arm`, `PARAM_SPACE` and `param_space(config)`.
 
-`params` override hyperparameters by short names. Shared names mean the same thing in every arm:
-  lr           learning rate of every student stage (student GRPO, FKL warmup, OPD, replay)
-  group_size   GRPO samples per prompt
+`params` override hyperparameters by short names. Every name sets exactly the config fields of the
+stages that read it, so no declared dimension is dead on any arm (tests/test_tuning_space.py checks
+this against the pipeline's own stage dispatch):
+  lr           student GRPO learning rate (grpo.lr; declared only on arms with a student GRPO stage)
+  teacher_lr   teacher GRPO learning rate (grpo.teacher_lr)
+  fkl_lr       FKL warmup learning rate (fkl.lr)
+  opd_lr       OPD (and replay OPD) learning rate (opd.lr)
+  group_size   GRPO samples per prompt (both GRPO stages; sizes the replay control too)
+  grpo_epochs  passes over the labels (both GRPO stages; sizes the replay control too)
   temperature  sampling temperature of every training rollout (evaluation keeps [eval].temperature)
-Stage-specific names: teacher_lr (teacher GRPO), fkl_lr, opd_lr (override lr for that stage),
-grpo_epochs (passes over the labels, both GRPO stages), fkl_steps, opd_steps.
-`PARAM_SPACE[arm]` lists the names that act on that arm with their ranges; a shared name has the
-same range in every arm where it applies (tests check it). `split="val"` never touches test problems.
+  fkl_steps, opd_steps
+A shared name has the same range in every arm where it applies (tests check it). `param_space(config)`
+adds each name's value in that config as its `default`, so a study can run the arm's default
+configuration as its first trial. `split="val"` never touches test problems.
 """
 
 from __future__ import annotations
@@ -29,10 +35,14 @@ SHARED: dict[str, dict[str, Any]] = {
     "group_size": {"type": "categorical", "choices": [4, 8, 16]},
     "temperature": {"type": "float", "low": 0.7, "high": 1.2, "log": False},
 }
+# One learning rate per stage that trains (the config's tuned defaults differ 10x across stages:
+# GRPO 1e-4, FKL 1e-3, OPD 3e-4), so each arm searches exactly the rates its stages read and its
+# default configuration is a point of its space (docs/tuning.md, "Search space").
 STAGE_PARAMS: dict[Stage, dict[str, dict[str, Any]]] = {
     Stage.TEACHER_GRPO: {"teacher_lr": {"type": "float", "low": 3e-5, "high": 1e-3, "log": True},
                          "grpo_epochs": {"type": "float", "low": 1.0, "high": 6.0, "log": False}},
-    Stage.STUDENT_GRPO: {"grpo_epochs": {"type": "float", "low": 1.0, "high": 6.0, "log": False}},
+    Stage.STUDENT_GRPO: {"lr": SHARED["lr"],
+                         "grpo_epochs": {"type": "float", "low": 1.0, "high": 6.0, "log": False}},
     Stage.FKL_WARMUP: {"fkl_lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
                        "fkl_steps": {"type": "int", "low": 10, "high": 120, "log": False}},
     Stage.OPD: {"opd_lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
@@ -42,15 +52,37 @@ STAGE_PARAMS: dict[Stage, dict[str, dict[str, Any]]] = {
 
 
 def _space(arm) -> dict[str, dict[str, Any]]:
-    out = {"lr": SHARED["lr"], "temperature": SHARED["temperature"]}
+    out = {"temperature": SHARED["temperature"]}
     if Stage.TEACHER_GRPO in arm.stages or Stage.STUDENT_GRPO in arm.stages:
         out["group_size"] = SHARED["group_size"]
     for stage in arm.stages:
         out.update(STAGE_PARAMS[stage])
-    return out
+    return dict(sorted(out.items()))
 
 
 PARAM_SPACE: dict[str, dict[str, dict[str, Any]]] = {name: _space(arm) for name, arm in ARMS.items()}
+
+_STAGE_TEMPERATURE = {Stage.TEACHER_GRPO: "grpo", Stage.STUDENT_GRPO: "grpo", Stage.FKL_WARMUP: "fkl",
+                      Stage.OPD: "opd", Stage.REPLAY_OPD: "opd"}
+
+
+def param_defaults(arm: str, config: str | Path | Config = DEFAULT_CONFIG) -> dict[str, Any]:
+    """Each declared name's value in `config` (what the arm runs with no params). A name without a
+    single value (the arm's stages sample at different temperatures) maps to None."""
+    a = get_arm(arm)
+    cfg = config if isinstance(config, Config) else load_config(config)
+    temps = {getattr(cfg, _STAGE_TEMPERATURE[s]).temperature for s in a.stages}
+    values = {"lr": cfg.grpo.lr, "teacher_lr": cfg.grpo.lr_for("teacher"), "group_size": cfg.grpo.group_size,
+              "grpo_epochs": cfg.grpo.epochs, "temperature": temps.pop() if len(temps) == 1 else None,
+              "fkl_lr": cfg.fkl.lr, "fkl_steps": cfg.fkl.steps, "opd_lr": cfg.opd.lr, "opd_steps": cfg.opd.steps}
+    return {name: values[name] for name in PARAM_SPACE[a.name]}
+
+
+def param_space(config: str | Path | Config | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """PARAM_SPACE with each name's `default` read from `config` (the tuner enqueues it as slot 0)."""
+    cfg = load_config(config if config is not None else DEFAULT_CONFIG) if not isinstance(config, Config) else config
+    return {arm: {name: dict(spec, default=param_defaults(arm, cfg)[name]) for name, spec in space.items()}
+            for arm, space in PARAM_SPACE.items()}
 
 
 @dataclass(frozen=True)
@@ -74,7 +106,10 @@ def apply_params(cfg: Config, arm: str, params: dict[str, Any]) -> Config:
         if name not in space:
             raise InputError(f"param {name!r} does not apply to arm {arm} (known: {', '.join(sorted(space))})")
         if name == "lr":
-            over.update({"grpo.lr": value, "fkl.lr": value, "opd.lr": value})
+            over["grpo.lr"] = value
+            if "teacher_lr" not in params and Stage.TEACHER_GRPO in get_arm(arm).stages:
+                # grpo.teacher_lr = 0 means "same as lr": pin the teacher's rate so lr stays the student's
+                over["grpo.teacher_lr"] = cfg.grpo.lr_for("teacher")
         elif name == "temperature":
             over.update({"grpo.temperature": value, "fkl.temperature": value, "opd.temperature": value})
         elif name == "group_size":
@@ -84,12 +119,9 @@ def apply_params(cfg: Config, arm: str, params: dict[str, Any]) -> Config:
         elif name == "grpo_epochs":
             over["grpo.epochs"] = value
         elif name in ("fkl_lr", "opd_lr"):
-            pass  # applied after lr so the stage-specific value wins
+            over[name.replace("_", ".", 1)] = value
         elif name in ("fkl_steps", "opd_steps"):
             over[name.replace("_", ".", 1)] = int(value)
-    for name in ("fkl_lr", "opd_lr"):
-        if name in (params or {}):
-            over[f"{name.split('_')[0]}.lr"] = params[name]
     return cfg.override(over)
 
 

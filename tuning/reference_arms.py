@@ -34,7 +34,9 @@ class ReferenceArms:
         return self._api
 
     def param_space(self) -> Mapping[str, Mapping]:
-        space = getattr(self.api(), "PARAM_SPACE", None)
+        # `param_space(config)` adds each name's default from the study's config (enqueued as slot 0)
+        fn = getattr(self.api(), "param_space", None)
+        space = fn(self.config) if callable(fn) else getattr(self.api(), "PARAM_SPACE", None)
         if not isinstance(space, Mapping):
             raise InputError(f"{self.api_module}.PARAM_SPACE is missing or not a mapping")
         return space

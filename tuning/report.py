@@ -281,6 +281,8 @@ def to_markdown(rep: FairnessReport, command: str | None = None, figures: list[s
     s = p.sampler
     startup = int(s["n_startup_trials"])
     guided = max(0, p.trials_per_arm - startup)
+    defaults_first = p.enqueue_defaults and all(
+        all(spec.get("default") is not None for spec in sp.values()) for sp in p.search_space.values())
     cap = "none (uncapped)" if p.compute_cap_tokens is None else f"{p.compute_cap_tokens:,} tokens"
     out = [f"# Fairness report: study `{rep.name}`", ""]
     if command:
@@ -299,7 +301,10 @@ def to_markdown(rep: FairnessReport, command: str | None = None, figures: list[s
                                      for a, sp in p.search_space.items()) + ".",
         f"- Sampler: TPE (optuna {p.optuna_version}), seed {s['seed']} (per slot: {s['per_trial_seed']}), "
         f"multivariate, constant liar; n_startup_trials = {startup}: the first {min(startup, p.trials_per_arm)} "
-        f"trials of each arm are random search, {guided} are model-guided"
+        f"trials of each arm precede the model"
+        + (f" (slot 0's enqueued defaults count as one of them, so {max(min(startup, p.trials_per_arm) - 1, 0)} "
+           "are random search)" if defaults_first else " (random search)")
+        + f", {guided} are model-guided"
         + (" — with this budget TPE is pure random search." if guided == 0 else "."),
         f"- Pruner: {p.pruner['name']}" + (f" (n_startup_trials {p.pruner['n_startup_trials']}, "
                                            f"n_warmup_steps {p.pruner['n_warmup_steps']})"
@@ -307,9 +312,9 @@ def to_markdown(rep: FairnessReport, command: str | None = None, figures: list[s
         f"- Tuning seeds {list(p.tuning_seeds)} (slot k of every arm uses seed k); evaluation seeds "
         f"{list(p.eval_seeds)} — disjoint. Tuning objective: {p.objective['metric']} in percent on the "
         f"`{p.objective['split']}` split; the final evaluation alone reads `test`.",
-        "- Slot 0 of each arm: " + ("the arm's declared defaults." if p.enqueue_defaults and all(
-            all(spec.get("default") is not None for spec in sp.values()) for sp in p.search_space.values())
-            else "sampled like the others (the arms declare no complete defaults)."), "",
+        "- Slot 0 of each arm: " + ("the arm's declared defaults (enqueued; one of its budgeted trials)."
+                                     if defaults_first
+                                     else "sampled like the others (the arms declare no complete defaults)."), "",
         "## Per arm", "",
         _table(rep.summary, ["arm", "trials", "complete", "pruned", "failed", "retried", "compute",
                              "compute_per_trial", "best_score", "still_improving", "eval_n", "eval_mean",
