@@ -276,7 +276,7 @@ def test_param_space_shares_names_and_ranges_across_arms():
     assert set(PARAM_SPACE) == set(ARMS)
     seen: dict[str, dict] = {}
     for arm, space in PARAM_SPACE.items():
-        assert {"lr", "temperature"} <= set(space)
+        assert "temperature" in space and ("lr" in space) == (Stage.STUDENT_GRPO in ARMS[arm].stages)
         for name, spec in space.items():
             assert seen.setdefault(name, spec) == spec, f"{name} differs in {arm}"
     assert "teacher_lr" not in PARAM_SPACE["direct_grpo"] and "teacher_lr" in PARAM_SPACE["rl_teacher_bridge"]
@@ -297,11 +297,13 @@ def test_inner_curve_points_do_not_change_the_numbers(tmp_path):
 def test_run_arm_reports_val_accuracy_and_rejects_foreign_params(tmp_path):
     from reference.api import apply_params, run_arm
     seen = []
-    res = run_arm("no_fkl", params={"lr": 2e-3, "opd_lr": 1e-3, "teacher_lr": 1e-4}, labels=16, seed=0,
+    res = run_arm("no_fkl", params={"opd_lr": 1e-3, "teacher_lr": 1e-4}, labels=16, seed=0,
                   config=tiny_config(), report=lambda step, v: seen.append((step, v)), workdir=tmp_path)
     assert 0 <= res.accuracy <= 100 and res.label_account.teacher == 16
     assert seen and all(0 <= v <= 100 for _, v in seen)
-    cfg = apply_params(tiny_config(), "no_fkl", {"lr": 2e-3, "opd_lr": 1e-3})
-    assert cfg.opd.lr == 1e-3 and cfg.grpo.lr == 2e-3
+    cfg = apply_params(tiny_config(), "no_fkl", {"teacher_lr": 2e-3, "opd_lr": 1e-3})
+    assert cfg.opd.lr == 1e-3 and cfg.grpo.lr_for("teacher") == 2e-3
+    with pytest.raises(InputError, match="'lr'"):  # no_fkl has no student GRPO stage: lr would be dead
+        apply_params(tiny_config(), "no_fkl", {"lr": 2e-3})
     with pytest.raises(InputError, match="fkl_lr"):
         apply_params(tiny_config(), "no_fkl", {"fkl_lr": 1e-3})
