@@ -203,7 +203,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
 
     # marginal value of more labels at the same teacher share, MAP model
     h = max(1, int(round(0.01 * n)))
-    map_world, _ = _map_world(fit, bench)
+    map_world, map_vals = _map_world(fit, bench)
     preds = []
     for i, (name, arm) in enumerate(ARMS.items()):
         tl = t_best if arm.splits_labels else None
@@ -217,16 +217,15 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
             marginal_per_1k=float((a_h - point[name][0]) / h * 1000.0)))
     rec_i = int(np.lexsort((-acc_DA.mean(0), -p_best))[0])
     rec_arm = ARMS[names[rec_i]]
-    rec_acct = rec_arm.labels(n, t_best if rec_arm.splits_labels else None)
-    rec = Recommendation(arm=names[rec_i], p_best=float(p_best[rec_i]), teacher_labels=rec_acct.teacher,
-                         student_labels=rec_acct.student)
+    rec = Recommendation(arm=names[rec_i], p_best=float(p_best[rec_i]), teacher_labels=preds[rec_i].teacher_labels,
+                         student_labels=preds[rec_i].student_labels)
 
     split_curves = []
     for name, c in curves.items():
         lo, hi = measured_interval(c[1:] + noise_D[:, None])
         split_curves.append((name, tuple(map(float, c[0])), tuple(map(float, lo)), tuple(map(float, hi))))
 
-    info, conds = informativeness(fit, n, bench)
+    info, conds = informativeness(fit, n, bench, map_world, map_vals)
     warnings = list(fit.warnings)
     if fit.labels_range is not None:
         lo_n, hi_n = fit.labels_range
@@ -252,10 +251,10 @@ def _map_world(fit: Fit, bench: str):
     return build_world(fit.scenario, vals, (bench,)), vals
 
 
-def informativeness(fit: Fit, n: int, bench: str) -> tuple[list[dict], list[ConditionCheck]]:
-    """Per model state (MAP): sparse informativeness of a label and dense informativeness of a prompt."""
+def informativeness(fit: Fit, n: int, bench: str, world, vals) -> tuple[list[dict], list[ConditionCheck]]:
+    """Per model state of the MAP `world` (from `_map_world`): sparse informativeness of a label and
+    dense informativeness of a prompt."""
     scn = fit.scenario
-    world, vals = _map_world(fit, bench)
     b = world.benchmarks.index(bench)
     G = scn.group_size
     kl0 = float(vals["inputs.kl0"][0])

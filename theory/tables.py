@@ -130,11 +130,18 @@ def validate_problems(df: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+VALIDATORS = {"runs": validate_runs, "problems": validate_problems}
+
+
+def _validator(kind: str):
+    if kind not in VALIDATORS:
+        raise InputError(f"table kind must be 'runs' or 'problems', got {kind!r}")
+    return VALIDATORS[kind]
+
+
 def read_table(path: str | Path, kind: str) -> pd.DataFrame:
     """Read a CSV run ('runs') or problem ('problems') table through the validator."""
-    validators = {"runs": validate_runs, "problems": validate_problems}
-    if kind not in validators:
-        raise InputError(f"table kind must be 'runs' or 'problems', got {kind!r}")
+    validate = _validator(kind)
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{kind} table: no such file {str(p)!r}")
@@ -142,15 +149,12 @@ def read_table(path: str | Path, kind: str) -> pd.DataFrame:
         df = pd.read_csv(p)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
         raise InputError(f"{kind} table {str(p)!r}: malformed CSV ({str(e).splitlines()[0]})") from None
-    return validators[kind](df)
+    return validate(df)
 
 
 def write_table(df: pd.DataFrame, path: str | Path, kind: str) -> Path:
     """Validate, then write atomically (temp file + rename) so a crash never leaves half a table."""
-    validators = {"runs": validate_runs, "problems": validate_problems}
-    if kind not in validators:
-        raise InputError(f"table kind must be 'runs' or 'problems', got {kind!r}")
-    out = validators[kind](df)
+    out = _validator(kind)(df)
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(p.name + ".tmp")
