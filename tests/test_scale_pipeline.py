@@ -96,8 +96,9 @@ cfg = tiny_paper_config(tmp).override({"engine.launcher": "accelerate", "grpo.pr
                                         "engine.micro_batch": 1})
 res = run_pipeline(cfg, "rl_teacher_bridge", 0, workdir=tmp / "work", split="test", progress=False)
 import torch.distributed as dist
-print("RESULT " + json.dumps({"rank": dist.get_rank(), "world": dist.get_world_size(),
-                              "tokens": [s["tokens"] for s in res.stages]}))
+# one file per rank: two ranks printing to one shared pipe can interleave their lines
+(tmp / f"result_rank{dist.get_rank()}.json").write_text(json.dumps(
+    {"rank": dist.get_rank(), "world": dist.get_world_size(), "tokens": [s["tokens"] for s in res.stages]}))
 """
 
 
@@ -120,7 +121,7 @@ def test_pipeline_under_accelerate_two_processes(tmp_path):
                           "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path),
                           str(ROOT / "tests"), str(ROOT)], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = [json.loads(line[len("RESULT "):]) for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    rows = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("result_rank*.json"))]
     assert sorted(r["rank"] for r in rows) == [0, 1] and all(r["world"] == 2 for r in rows)
     assert rows[0]["tokens"] == rows[1]["tokens"] and all(t > 0 for t in rows[0]["tokens"][:3])
     assert len(list((tmp_path / "work" / "stages").iterdir())) == 3  # teacher GRPO, FKL, OPD
