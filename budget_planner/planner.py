@@ -246,6 +246,44 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
                 warnings=tuple(warnings), n_fitted=len(fit.names), chi2=fit.chi2, _scenario_obj=scn)
 
 
+def predict_configs(scenario: Scenario | str, configs, *, n_seeds: int = 1, level: float = 0.9,
+                    benchmark: str | None = None) -> pd.DataFrame:
+    """Predicted accuracy of given run configurations, for comparing with runs not yet made.
+
+    `configs`: iterable of (arm, labels, teacher_labels or None). One row each: the registry's label
+    account (teacher_labels/student_labels as a run table records them), `pred_mean` = the MAP
+    prediction (what `plan` prints), and a central `level` predictive interval for the MEAN of
+    `n_seeds` runs: posterior draws plus evaluation noise of sd eval_se / sqrt(n_seeds).
+    """
+    scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    if not 0.0 < level < 1.0:
+        raise InputError(f"level must lie in (0, 1), got {level!r}")
+    if int(n_seeds) < 1:
+        raise InputError(f"n_seeds must be >= 1, got {n_seeds!r}")
+    bench = benchmark or scn.target_benchmark
+    if bench not in scn.benchmarks:
+        raise InputError(f"benchmark {bench!r} is not in scenario {scn.name} ({', '.join(scn.benchmarks)})")
+    fit = fit_scenario(scn)
+    world, vals = _draws_world(fit, bench)
+    b = world.benchmarks.index(bench)
+    noise_D = _noise(fit, vals, bench) / np.sqrt(int(n_seeds))
+    q = 100.0 * np.array([(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    rows = []
+    for arm_name, n, tl in configs:
+        arm = ARMS.get(arm_name)
+        if arm is None:
+            raise InputError(f"unknown arm {arm_name!r}; arms are {', '.join(ARMS)}")
+        n = check_budget(n)
+        tl = None if tl is None or not arm.splits_labels else int(tl)
+        acct = arm.labels(n, tl)
+        acc_R = predict_arm(world, arm, n, tl)[..., b]
+        lo, hi = np.clip(np.percentile(acc_R[1:] + noise_D, q), 0.0, 100.0)
+        rows.append({"arm": arm.name, "labels": n, "teacher_labels": acct.teacher, "student_labels": acct.student,
+                     "pred_mean": float(acc_R[0]), "pred_lo": float(lo), "pred_hi": float(hi), "level": level,
+                     "n_seeds": int(n_seeds)})
+    return pd.DataFrame(rows)
+
+
 def _map_world(fit: Fit, bench: str):
     vals = values_from_z(fit.scenario, fit.z_map[None, :])
     return build_world(fit.scenario, vals, (bench,)), vals

@@ -86,3 +86,38 @@ def test_calibrated_scenario_round_trips_through_toml(tmp_path):
     again = loads_scenario(scenario_to_toml(scn))
     assert again.inputs == scn.inputs and again.observations == scn.observations
     assert again.compute == scn.compute
+
+
+def test_rates_borrowed_from_an_earlier_calibration():
+    """A new student/teacher pair with only a pilot (no runs): the rates' priors are the earlier
+    posterior (mean and sd of its draws), the start states come from the new pilot."""
+    from theory.calibrate import posterior_priors
+    truth = load_scenario(ROOT / "docs/examples/pilot_truth.toml")
+    runs, problems = simulate_pilot(truth, CONFIGS, seeds=2, n_items=100, k=8, rng=np.random.default_rng(0))
+    first = fit_scenario(calibrate(runs, problems, name="first"))
+    borrowed = posterior_priors(first)
+    kappa_i = first.names.index("rates.kappa")
+    assert borrowed["rates.kappa"]["value"] == pytest.approx(float(np.exp(first.z_draws[:, kappa_i].mean())))
+    assert borrowed["rates.kappa"]["sd"] == pytest.approx(float(first.z_draws[:, kappa_i].std()))
+    with pytest.raises(InputError, match="no rows with metric 'accuracy'"):
+        calibrate(runs[runs["metric"] == "kl0_per_token"], problems)
+    second = calibrate(runs[runs["metric"] == "kl0_per_token"], problems, name="second", rates_from=first)
+    assert second.observations == ()
+    assert second.get("rates.kappa").value == pytest.approx(borrowed["rates.kappa"]["value"])
+    assert second.get("rates.kappa").sd == pytest.approx(borrowed["rates.kappa"]["sd"])
+    assert "posterior of scenario 'first'" in second.get("rates.rho").note
+
+
+def test_predict_configs_matches_plan_and_narrows_with_seeds():
+    from budget_planner import plan
+    from budget_planner.planner import predict_configs
+    p = plan("paper-qwen3-math", labels=2000)
+    one = predict_configs("paper-qwen3-math", [("direct_grpo", 2000, None), ("rl_teacher_bridge_stage3", 2000, 500)])
+    many = predict_configs("paper-qwen3-math", [("direct_grpo", 2000, None)], n_seeds=25)
+    direct = next(a for a in p.arms if a.arm == "direct_grpo")
+    assert one.loc[0, "pred_mean"] == pytest.approx(direct.accuracy)
+    assert (one.loc[1, "teacher_labels"], one.loc[1, "student_labels"]) == (500, 1500)
+    w1 = one.loc[0, "pred_hi"] - one.loc[0, "pred_lo"]
+    assert many.loc[0, "pred_hi"] - many.loc[0, "pred_lo"] < w1
+    with pytest.raises(InputError, match="unknown arm"):
+        predict_configs("paper-qwen3-math", [("nope", 10, None)])

@@ -88,3 +88,30 @@ def test_raw_teacher_with_worse_protocol_drags_the_student_down():
     w = make_world(theta_s=1.0, theta_t=1.05, c_s=0.95, c_t=0.7)
     start = irt.accuracy(w.student.theta_B, w.student.c_B, 1.5)[0, 0]
     assert predict_arm(w, ARMS["raw_teacher_bridge"], 1000)[0, 0] < start
+
+
+def test_style_displacement_closed_form_and_default_off():
+    from theory.dynamics import bridge_movement
+    pw, po = 0.5, 0.9
+    r = make_world().rates
+    # every OPD pass moves the student's distribution by phi_o whatever the KL (only the gain is damped)
+    assert bridge_movement(r, ARMS["no_fkl"].stages)[0] == pytest.approx(po)
+    assert bridge_movement(r, ARMS["no_opd"].stages)[0] == pytest.approx(pw)
+    assert bridge_movement(r, ARMS["rl_teacher_bridge"].stages)[0] == pytest.approx(1 - (1 - pw) * (1 - po))
+    # gamma = 0 (the default, and every preset without the rate) is the original theory exactly
+    base = predict_arm(make_world(), ARMS["rl_teacher_bridge"], 1000)
+    assert predict_arm(make_world(gamma=0.0), ARMS["rl_teacher_bridge"], 1000) == pytest.approx(base)
+    # far teacher (KL_0 = 7 nats) + displacement: the bridge now LOWERS the student below its start,
+    # by gamma m KL_0 logits minus the (trust-region damped) gain; no_fkl moves almost as far as the
+    # full bridge but gains nothing, so it ends lowest
+    far = dict(kl0=7.0, gamma=0.5)
+    start = make_world(**far).accuracy(make_world(**far).student)
+    acc = {a: float(predict_arm(make_world(**far), ARMS[a], 1000)[0, 0]) for a in ("rl_teacher_bridge", "no_fkl")}
+    assert acc["rl_teacher_bridge"] < float(start[0, 0]) - 20
+    assert acc["no_fkl"] < acc["rl_teacher_bridge"]
+    theta = make_world(**far).student.theta_B[0, 0]
+    w = make_world(**far)
+    m = bridge_movement(w.rates, ARMS["no_fkl"].stages)[0]
+    tau = bridge_tau(w.rates, ARMS["no_fkl"].stages)[0]
+    expect = transfer(w.student, w.teacher, tau, 0.6, 0.5 * m * 7.0).theta_B[0, 0]
+    assert expect == pytest.approx(theta + 0.6 * tau * (1.5 - 0.5) - 0.5 * m * 7.0)

@@ -84,6 +84,7 @@ def build_world(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[st
 
     rates = Rates(kappa=vals["rates.kappa"], rho=vals["rates.rho"], phi_w=vals["rates.phi_w"],
                   phi_o=vals["rates.phi_o"], kl_c=vals["rates.kl_c"], kl0=vals["inputs.kl0"],
+                  gamma=vals.get("rates.gamma", 0.0),
                   k_explore=vals["inputs.k_explore"], group_size=vals["inputs.group_size"])
     return World(benchmarks=bench, train=bench.index(scn.train_benchmark), s_d_B=s_d_B,
                  student=policy("student"), teacher=policy("teacher"), rates=rates, compute=scn.compute)
@@ -306,6 +307,8 @@ _PILOT_PRIORS = {  # generic priors for a pilot without stated ones (wide; tagge
     "phi_w": (0.5, 1.0, "generic prior: off-policy warmup suffers exposure bias and closes about half the gap"),
     "phi_o": (0.9, 1.0, "generic prior: on-policy distillation closes most of the gap inside its trust region"),
     "kl_c": (0.5, 1.0, "generic prior: OPD's trust region is a few tenths of a nat per token"),
+    "gamma": (0.1, 1.5, "generic wide prior: a student that crosses a style gap of KL_0 nats/token loses "
+                        "~0.1 ability logits per nat (0 = no displacement; docs/theory.md)"),
 }
 
 
@@ -347,14 +350,37 @@ def irt_measurements(fit: irt.IRTFit, problems: pd.DataFrame) -> dict:
     return out
 
 
+def posterior_priors(fit: Fit, prefixes: tuple[str, ...] = ("rates.", "inputs.k_explore", "benchmarks.")) -> dict:
+    """path -> {value, tag, sd, why}: a fit's posterior (mean and sd of its draws, transformed scale) as
+    the prior of the same input in another scenario -- a Gaussian approximation, stated in `why`.
+    Only fitted inputs whose path starts with one of `prefixes` (per-benchmark entries keep their
+    leaf name, e.g. 'benchmarks.eval_se')."""
+    out = {}
+    for i, path in enumerate(fit.names):
+        if not path.startswith(prefixes):
+            continue
+        t = fit.scenario.get(path)
+        z = fit.z_draws[:, i]
+        key = "benchmarks." + path.split(".")[-1] if path.startswith("benchmarks.") else path
+        out[key] = {"value": float(from_z(t, z.mean())), "tag": "assumed", "sd": float(max(z.std(), 1e-3)),
+                    "why": f"posterior of scenario {fit.scenario.name!r} ({len(z)} draws, Gaussian on the "
+                           f"transformed scale) used as the prior here"}
+    return out
+
+
 def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "student", teacher: str = "teacher",
               benchmark: str = "pilot", name: str = "pilot", split: str = "test", group_size: int = 8,
-              seed: int = 0) -> Scenario:
+              seed: int = 0, rates_from: Fit | None = None) -> Scenario:
     """A Scenario from a pilot: problem table -> (theta, c, s_d) per model (measured); run table ->
     observations (mean accuracy over seeds per arm and label split, se from the seed spread).
 
     Refuses (InputError) with fewer than 2 distinct observations; the fit itself reports how many
     parameter directions the observations inform (`fit_scenario(...).warnings`).
+
+    `rates_from`: an earlier calibration (same training recipe, another student/teacher pair) whose
+    posterior becomes the prior of the rates, k_explore and eval_se (`posterior_priors`); then the run
+    table may hold no accuracy rows at all (a pilot of the new pair's base models is enough: the
+    prediction is the earlier world's dynamics applied to the new start states).
     """
     from theory.scenario import parse_scenario
     from theory.tables import validate_problems, validate_runs
@@ -364,19 +390,22 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
     fit = irt.fit_problems(problems, models=[student, teacher])
     src = f"fitted from the pilot problem table ({fit.n_items} problems, IRT marginal ML)"
     acc = runs[(runs["metric"] == "accuracy") & (runs["split"] == split)]
-    if acc.empty:
+    if acc.empty and rates_from is None:
         raise InputError(f"run table: no rows with metric 'accuracy' and split {split!r} to calibrate on")
     if acc["world"].nunique() > 1:
         raise InputError(f"run table: several worlds ({', '.join(sorted(acc['world'].unique()))}); "
                          "give the rows of one student/teacher pair")
     grp = acc.groupby(["arm", "teacher_labels", "student_labels"])["value"]
     stats = grp.agg(["mean", "std", "count"]).reset_index()
-    if len(stats) < 2:
+    if len(stats) < 2 and rates_from is None:
         raise InputError(f"calibrate: need accuracy rows for at least 2 arms or label budgets; found {len(stats)} "
                          "(too few to fit any rate)")
     notes: list[str] = []
     multi = stats[stats["count"] >= 2]
-    if len(multi):
+    borrowed = posterior_priors(rates_from) if rates_from is not None else {}
+    if "benchmarks.eval_se" in borrowed and not len(multi):
+        eval_se = borrowed["benchmarks.eval_se"]
+    elif len(multi):
         pooled = float(np.sqrt(np.average(multi["std"] ** 2, weights=multi["count"] - 1)))
         eval_se = {"value": max(pooled, 0.1), "tag": "measured",
                    "source": f"pooled seed-to-seed std of {int(multi['count'].sum())} pilot runs"}
@@ -402,13 +431,16 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
     budget = max([o.get("labels", 0) for o in observations] + [1])
     kl = runs[runs["metric"].isin(["kl0_per_token", "kl_to_teacher"])]
     if len(kl):
-        kl0 = {"value": float(kl["value"].mean()), "tag": "measured",
+        # a teacher identical to the student measures KL_0 = 0 exactly; the input lives on a log scale
+        kl0 = {"value": max(float(kl["value"].mean()), 1e-6), "tag": "measured",
                "source": f"mean of {len(kl)} run-table row(s) with metric kl0_per_token/kl_to_teacher"}
     else:
         kl0 = {"value": 0.3, "tag": "assumed", "sd": 1.0,
                "why": "not in the pilot tables (add metric 'kl0_per_token'); generic wide prior"}
         notes.append("KL_0 not measured: assumed (add run-table rows with metric 'kl0_per_token')")
 
+    if rates_from is not None:
+        notes.append(f"rates, k_explore and eval_se borrowed from scenario {rates_from.scenario.name!r}'s posterior")
     meas = irt_measurements(fit, problems)
 
     def model(role: str, name_: str) -> dict:
@@ -424,11 +456,13 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
         "inputs": {
             "budget": {"value": int(budget), "tag": "measured", "source": "largest label budget in the pilot runs"},
             "group_size": {"value": int(group_size), "tag": "assumed", "sd": 0.1, "why": "GRPO group size of the pilot"},
-            "k_explore": {"value": float(group_size), "tag": "assumed", "sd": 0.5,
-                          "why": "RLVR raises pass@1 toward pass@k with k of the order of the group size (Yue et al. 2504.13837)"},
+            "k_explore": borrowed.get("inputs.k_explore", {
+                "value": float(group_size), "tag": "assumed", "sd": 0.5,
+                "why": "RLVR raises pass@1 toward pass@k with k of the order of the group size (Yue et al. 2504.13837)"}),
             "kl0": kl0,
         },
-        "rates": {k: {"value": v, "tag": "assumed", "sd": sd, "why": why} for k, (v, sd, why) in _PILOT_PRIORS.items()},
+        "rates": {k: borrowed.get(f"rates.{k}", {"value": v, "tag": "assumed", "sd": sd, "why": why})
+                  for k, (v, sd, why) in _PILOT_PRIORS.items()},
         "benchmarks": {benchmark: {"s_d": {"value": float(fit.s_d), "tag": "measured", "source": src,
                                            "sd": float(np.clip(fit.s_d_se / fit.s_d, 1e-3, 10))},
                                    "eval_se": eval_se}},

@@ -19,8 +19,17 @@ Bridge toward a teacher (theta_T, c_T): a fraction tau of the gap is closed     
     full: tau = 1 - (1-phi_w)(1 - phi_o e^{-KL_0 (1-phi_w)/KL_c});  no_fkl: phi_o e^{-KL_0/KL_c};
     no_opd: tau = phi_w.
 Student after the bridge                                                         -> `transfer`
-    theta -> theta_S + rho tau (theta_T - theta_S)   (rho: absorption ceiling of the student)
+    theta -> theta_S + rho tau (theta_T - theta_S) - gamma m KL_0
     c     -> c_S + tau (c_T - c_S)                   (a raw teacher's protocol habits are copied: C1)
+    rho: absorption ceiling of the student.  Style displacement (optional rate gamma, default 0 = the
+    original theory): every bridge stage moves the student's *distribution* toward the teacher's
+    whether or not it gains the teacher's ability -- FKL by phi_w, OPD by phi_o (on-policy updates move
+    the student even outside the trust region; only the ability gain is damped by exp(-KL/KL_c)),
+    replay by 1 - (1 - phi_o)^r -- so the student crosses a fraction m of the style gap, and a student
+    that gives up its own way of solving for a teacher's way it cannot execute loses gamma logits of
+    ability per nat of KL_0 crossed. Added after the first toy world (docs/log.md, 2026-11-26: the
+    bridged students copied the teacher's step format but not its arithmetic and fell from 26.6% to
+    1-2%), which the original theory could not express: with gamma = 0 a bridge never lowers ability.
 Stage 3 is `grpo` from the bridged state with the student's labels.
 
 Each arm of `theory.arms.ARMS` is evaluated by walking its stage list (`predict_arm`); there is no
@@ -58,6 +67,7 @@ class Rates:
     kl0: np.ndarray  # teacher-student per-token KL before the bridge (nats)
     k_explore: np.ndarray  # k in the exploration ceiling pass@k
     group_size: np.ndarray  # G
+    gamma: np.ndarray | float = 0.0  # style displacement, ability logits per nat of KL_0 crossed (0 = off)
 
 
 @dataclass(frozen=True)
@@ -141,11 +151,26 @@ def bridge_tau(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
     return tau
 
 
-def transfer(student: Policy, teacher: Policy, tau, rho) -> Policy:
-    """Move the student a fraction tau toward the teacher; ability capped by rho."""
+def bridge_movement(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
+    """Fraction m of the style gap the student's distribution crosses (ability gained or not)."""
+    m = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
+    for stage in stages:
+        if stage is Stage.FKL_WARMUP:
+            m = 1.0 - (1.0 - m) * (1.0 - rates.phi_w)
+        elif stage is Stage.OPD:
+            m = 1.0 - (1.0 - m) * (1.0 - rates.phi_o)
+        elif stage is Stage.REPLAY_OPD:
+            m = 1.0 - (1.0 - m) * np.power(1.0 - rates.phi_o, replay_ratio)
+    return m
+
+
+def transfer(student: Policy, teacher: Policy, tau, rho, displacement=0.0) -> Policy:
+    """Move the student a fraction tau toward the teacher; ability capped by rho and lowered by
+    `displacement` logits (gamma m KL_0, see the module docstring)."""
     tau_ = np.asarray(tau, dtype=float)[..., None]
     rho_ = np.asarray(rho, dtype=float)[..., None]
-    return Policy(student.theta_B + rho_ * tau_ * (teacher.theta_B - student.theta_B),
+    d_ = np.asarray(displacement, dtype=float)[..., None]
+    return Policy(student.theta_B + rho_ * tau_ * (teacher.theta_B - student.theta_B) - d_,
                   student.c_B + tau_ * (teacher.c_B - student.c_B))
 
 
@@ -180,8 +205,12 @@ def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None) -> np.ndarr
     bridge = [s for s in arm.stages if s in _BRIDGE]
     student = world.student
     if bridge and arm.teacher is not Teacher.NONE:
-        tau = bridge_tau(world.rates, bridge, replay_ratio)
-        student = transfer(student, teacher, tau, world.rates.rho)
+        r = world.rates
+        tau = bridge_tau(r, bridge, replay_ratio)
+        disp = 0.0
+        if np.any(np.asarray(r.gamma) != 0.0):
+            disp = r.gamma * bridge_movement(r, bridge, replay_ratio) * r.kl0
+        student = transfer(student, teacher, tau, r.rho, disp)
     if Stage.STUDENT_GRPO in arm.stages:
         student = grpo(world, student, s_lab)
     return world.accuracy(student)

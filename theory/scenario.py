@@ -35,6 +35,10 @@ RATES = {  # name -> kind
     "phi_o": "probability",  # OPD closes this fraction of what is left, at zero KL
     "kl_c": "positive",  # OPD trust-region KL scale, nats/token
 }
+# Optional rates: absent = the original theory (the term is exactly 0, nothing fitted).
+OPTIONAL_RATES = {
+    "gamma": "positive",  # style displacement: ability logits lost per nat of KL_0 the student moves across
+}
 SCALARS = {  # [inputs] name -> (kind, required)
     "budget": ("positive", True),  # labels the observations were run with / the default plan budget
     "group_size": ("positive", True),  # G of the GRPO groups
@@ -299,13 +303,17 @@ def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None =
         raise InputError(f"inputs.budget.value: must be a whole number <= 10000000, got {budget!r}")
 
     rates = _table(doc, "rates", "scenario")
-    unknown = set(rates) - set(RATES)
+    unknown = set(rates) - set(RATES) - set(OPTIONAL_RATES)
     if unknown:
-        raise InputError(f"rates: unknown field {sorted(unknown)[0]!r}; rates are {', '.join(RATES)}")
+        raise InputError(f"rates: unknown field {sorted(unknown)[0]!r}; rates are "
+                         f"{', '.join([*RATES, *OPTIONAL_RATES])}")
     for k, kind in RATES.items():
         if k not in rates:
             raise InputError(f"rates: missing field {k!r}")
         inputs.append(parse_tagged(rates[k], f"rates.{k}", kind))
+    for k, kind in OPTIONAL_RATES.items():
+        if k in rates:
+            inputs.append(parse_tagged(rates[k], f"rates.{k}", kind))
 
     comp = _table(doc, "compute", "scenario", required=False) or {}
     c_tag = comp.get("tag", "assumed")
@@ -492,7 +500,7 @@ def scenario_to_toml(scn: Scenario) -> str:
     for k in SCALARS:
         out.append(f"{k} = {_toml_value(_tagged_dict(by[f'inputs.{k}']))}")
     out += ["", "[rates]"]
-    for k in RATES:
+    for k in [*RATES, *(k for k in OPTIONAL_RATES if f"rates.{k}" in by)]:
         out.append(f"{k} = {_toml_value(_tagged_dict(by[f'rates.{k}']))}")
     out += ["", "[compute]", f"tag = {_toml_value(scn.compute_tag)}", f"why = {_toml_value(scn.compute_note)}"]
     for f in fields(ComputeModel):
