@@ -4,6 +4,8 @@
   reference-pipeline run --arm A --seed S --config PATH [--teacher-labels T | --student-labels S]
                          [--split test|val] [--workdir DIR] [--out CSV] [--dry-run [--json]]
   reference-pipeline table --seeds K --out DIR [--config PATH] [--arms all] [--jobs 2]
+  reference-pipeline pilot --config PATH|name --out DIR [--k 8] [--problems 200] [--split val]
+                           [--seed 0] [--models student,teacher] [--workdir DIR]
 
 Errors print one line `error: <msg>` and exit 2. Work already done stays in --workdir (stage
 checkpoints, per-run results), so rerunning the same command resumes.
@@ -166,6 +168,39 @@ def cmd_table(a) -> int:
     return 0
 
 
+def cmd_pilot(a) -> int:
+    from reference.config import load_config
+    from reference.pilot import PilotConfig, parse_models
+    cfg = load_config(a.config)
+    pc = PilotConfig(k=a.k, problems=a.problems, split=a.split, seed=a.seed, models=parse_models(a.models))
+    _quiet()
+    from reference.pilot import format_pilot, run_pilot
+    res = run_pilot(cfg, pc, a.out, workdir=a.workdir)
+    print(format_pilot(res))
+    print(f"wrote {a.out}/problems.csv, pass_at_k.csv, summary.csv"
+          + (", pilot_runs.csv" if res.runs is not None else "") + ", pilot.json")
+    return 0
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """The pilot's flags: a bad value is one `error:` line (InputError), not a usage dump."""
+
+    def error(self, message: str):
+        raise InputError(message)
+
+
+def _pilot_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--config", required=True, help="config path or name in configs/")
+    p.add_argument("--out", required=True, help="directory for problems.csv, pass_at_k.csv, pilot_runs.csv")
+    p.add_argument("--k", type=int, default=8, help="samples per problem")
+    p.add_argument("--problems", type=int, default=200, help="probe problems (first of the split; 0 = all)")
+    p.add_argument("--split", default="val", help="probe split: val (default), test or labeled")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", default="student,teacher", help="student, teacher or both")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR + "/pilot", help="finished parts, for resuming")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="reference-pipeline", description="Sparse-to-dense reference pipeline.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -195,10 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split", default="test", choices=["test", "val"])
     t.add_argument("--workdir")
     t.add_argument("--prefix", default="toy_ablation")
+    _pilot_args(sub.add_parser("pilot", help="base-model pilot: problem table, pass@k, KL_0 -> planner"))
     return ap
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pilot"]:  # its own parser, so that a bad flag is one line too
+        try:
+            a = _pilot_args(_OneLineParser(prog="reference-pipeline pilot")).parse_args(argv[1:])
+            return cmd_pilot(a)
+        except InputError as e:
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted (finished parts are kept; rerun to resume)", file=sys.stderr)
+            return 2
     ap = build_parser()
     try:
         a = ap.parse_args(argv)

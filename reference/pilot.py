@@ -1,0 +1,346 @@
+"""Pilot measurement: what the planner needs, measured from a config's BASE models on a probe set.
+
+    problems.csv    per-problem counts (theory.tables problem schema), models "student" / "teacher":
+                    k answers per problem at the config's [eval] sampling, scored by the run's own
+                    evaluation (reference.evaluate: correct = verified by reference.rewards,
+                    compliant = has a well-formed final \\boxed{} answer)
+    pass_at_k.csv   model, k, pass_at_k (%): the unbiased estimator from per-problem counts, k = 1..K
+    summary.csv     per model: accuracy (avg@K), compliance, accuracy given compliance, pass@1, pass@K
+    pilot_runs.csv  run-table rows (arm raw_teacher_bridge, seed 0, labels 0/0, split "probe"):
+                    kl0_per_token        mean per-token KL(student || teacher), full vocabulary, on
+                                         student rollouts at the OPD stage's sampling (what OPD sees
+                                         at its start)
+                    kl_forward_per_token mean per-token KL(teacher || student) on teacher rollouts at
+                                         the FKL warmup's sampling (what the warmup sees)
+    pilot.json      all of the above, the parameters and per-part timings
+
+One code path for the toy world and Qwen3: models are built by reference.pipeline.build_models (toy
+assets or hub ids / local directories), rollouts go through the config's Rollout backend, the KL
+through reference.rollout.completion_logits and reference.losses as the OPD / FKL stages compute it.
+
+Resume: each part (one model's samples, each KL) is saved under the work directory keyed by a hash
+of everything it depends on; a rerun loads finished parts instead of recomputing them. Outputs are
+written atomically (temp file + rename). Randomness: each part reseeds torch from (seed, part) inside
+a forked RNG, so a part gives the same numbers whether it runs alone or after the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import hashlib
+import json
+from pathlib import Path
+import time
+
+import numpy as np
+import pandas as pd
+
+from reference.config import Config, load_config
+from theory.errors import InputError
+
+MODELS = ("student", "teacher")
+SPLITS = ("val", "test", "labeled")  # labeled problems (the budget N) are allowed but are not a probe set
+PILOT_ARM = "raw_teacher_bridge"  # the run-table convention for base-model pilot rows (calibrate.simulate_pilot)
+
+
+@dataclass(frozen=True)
+class PilotConfig:
+    """What to measure. `problems` = 0 takes the whole split."""
+
+    k: int = 8
+    problems: int = 200
+    split: str = "val"
+    seed: int = 0
+    models: tuple[str, ...] = MODELS
+
+    def __post_init__(self) -> None:
+        for name in ("k", "problems", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise InputError(f"pilot: {name} must be an integer, got {v!r}")
+        if self.k < 1:
+            raise InputError(f"pilot: k must be >= 1, got {self.k}")
+        if self.problems < 0:
+            raise InputError(f"pilot: problems must be >= 0 (0 = the whole split), got {self.problems}")
+        if self.split not in SPLITS:
+            raise InputError(f"pilot: split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if not self.models:
+            raise InputError("pilot: models must name at least one of student, teacher")
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown:
+            raise InputError(f"pilot: unknown model {unknown[0]!r}; use student and/or teacher")
+        if len(set(self.models)) != len(self.models):
+            raise InputError(f"pilot: model listed twice in {','.join(self.models)!r}")
+
+
+def parse_models(spec: str) -> tuple[str, ...]:
+    names = tuple(s.strip() for s in spec.split(",") if s.strip())
+    if not names:
+        raise InputError("--models: give student, teacher or student,teacher")
+    return names
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure estimators (numpy only)
+# ------------------------------------------------------------------------------------------------
+
+def pass_at_k_unbiased(n_P: np.ndarray, c_P: np.ndarray, k: int) -> float:
+    """Mean over problems of 1 - C(n-c, k) / C(n, k) (Chen et al. 2021, arXiv 2107.03374), in percent.
+
+    n_P samples and c_P correct ones per problem; needs k <= n for every problem. Computed as
+    1 - prod_{i=n-c+1}^{n} (1 - k/i), which never forms a large binomial coefficient.
+    """
+    n_P = np.asarray(n_P, dtype=int)
+    c_P = np.asarray(c_P, dtype=int)
+    if k < 1 or (n_P < k).any():
+        raise InputError(f"pass@{k} needs k in [1, samples per problem]")
+    out = np.empty(len(n_P))
+    for i, (n, c) in enumerate(zip(n_P, c_P)):
+        if n - c < k:
+            out[i] = 1.0
+        else:
+            out[i] = 1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1))
+    return 100.0 * float(out.mean())
+
+
+def pass_at_k_table(problems: pd.DataFrame) -> pd.DataFrame:
+    """model, k, pass_at_k (%) for k = 1..min samples, from a problem table."""
+    rows = []
+    for model, g in problems.groupby("model", sort=False):
+        for k in range(1, int(g["k"].min()) + 1):
+            rows.append({"model": model, "k": k, "pass_at_k": pass_at_k_unbiased(g["k"], g["correct"], k)})
+    return pd.DataFrame(rows, columns=["model", "k", "pass_at_k"])
+
+
+def summary_table(problems: pd.DataFrame) -> pd.DataFrame:
+    """Per model: accuracy (avg@k), compliance, accuracy given compliance, pass@1 and pass@k (percent)."""
+    rows = []
+    for model, g in problems.groupby("model", sort=False):
+        k = int(g["k"].min())
+        n, c, comp = g["k"].sum(), g["correct"].sum(), g["compliant"].sum()
+        rows.append({"model": model, "problems": len(g), "k": k,
+                     "accuracy": 100.0 * c / n, "compliance": 100.0 * comp / n,
+                     "accuracy_given_compliance": 100.0 * c / comp if comp else 0.0,
+                     "pass_at_1": pass_at_k_unbiased(g["k"], g["correct"], 1),
+                     "pass_at_k": pass_at_k_unbiased(g["k"], g["correct"], k)})
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------
+# Result
+# ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class PilotResult:
+    config: str  # config source
+    world: str
+    pilot: PilotConfig
+    problems: pd.DataFrame = field(repr=False)  # theory.tables problem schema
+    pass_at_k: pd.DataFrame = field(repr=False)
+    summary: pd.DataFrame = field(repr=False)
+    runs: pd.DataFrame | None = field(repr=False)  # theory.tables run schema; None without both models
+    kl: dict[str, dict]  # metric -> {"value", "tokens", "sequences"}
+    parts: dict[str, dict]  # part -> {"seconds", "cached"}
+    seconds: float
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.summary.copy()
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "world": self.world,
+                "pilot": {"k": self.pilot.k, "problems": self.pilot.problems, "split": self.pilot.split,
+                          "seed": self.pilot.seed, "models": list(self.pilot.models)},
+                "summary": self.summary.to_dict("records"), "pass_at_k": self.pass_at_k.to_dict("records"),
+                "kl": self.kl, "parts": self.parts, "seconds": self.seconds}
+
+
+# ------------------------------------------------------------------------------------------------
+# Measurement (torch lives below this line)
+# ------------------------------------------------------------------------------------------------
+
+def _part_key(cfg: Config, pc: PilotConfig, n_problems: int, part: str) -> str:
+    # [eval] drives the samples, [opd]/[fkl] the KL rollouts, the rest the models and problems
+    h = cfg.section_hash(("world", "student", "teacher", "eval", "fkl", "opd", "engine"),
+                         extra={"k": pc.k, "problems": n_problems, "split": pc.split, "seed": pc.seed,
+                                "part": part})
+    return f"{part}_{h}"
+
+
+def _part_seed(seed: int, part: str) -> int:
+    return int(hashlib.sha256(f"pilot/{seed}/{part}".encode()).hexdigest()[:8], 16)
+
+
+def _seeded(device: str, seed: int):
+    """A forked torch RNG seeded for one part: the caller's global RNG state is left as it was."""
+    import torch
+
+    class _Ctx:
+        def __enter__(self):
+            devices = [torch.cuda.current_device()] if device.startswith("cuda") and torch.cuda.is_available() else []
+            self._fork = torch.random.fork_rng(devices=devices)
+            self._fork.__enter__()
+            torch.manual_seed(seed)
+
+        def __exit__(self, *exc):
+            return self._fork.__exit__(*exc)
+    return _Ctx()
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def mean_token_kl(sampler, scorer_student, scorer_teacher, prompts: list[str], ctx, *, temperature: float,
+                  max_new_tokens: int, direction: str, batch: int) -> dict:
+    """Mean per-token KL over all completion tokens (EOS included, as OPD's mask) of one rollout per
+    prompt drawn from `sampler`. direction "reverse": KL(student || teacher) (losses.reverse_kl_BT,
+    the OPD loss); "forward": KL(teacher || student) (losses.forward_kl_BT, the FKL warmup loss).
+    Returns {"value", "tokens", "sequences"}; scoring goes in micro-batches of ctx.micro_batch rows.
+    """
+    import torch
+
+    from reference import losses
+    from reference.rollout import RolloutBatch, completion_logits
+
+    kl_fn = {"reverse": losses.reverse_kl_BT, "forward": losses.forward_kl_BT}[direction]
+    total, count = 0.0, 0.0
+    with torch.no_grad():
+        for i in range(0, len(prompts), batch):
+            ro = ctx.rollout.generate(sampler, prompts[i:i + batch], n=1, temperature=temperature,
+                                      max_new_tokens=max_new_tokens)
+            B = ro.completion_BT.shape[0]
+            mb = ctx.micro_batch if 0 < ctx.micro_batch < B else B
+            for s in range(0, B, mb):
+                sub = ro if mb == B else RolloutBatch(
+                    ro.input_ids_BL[s:s + mb], ro.attention_BL[s:s + mb], ro.prompt_len,
+                    ro.completion_BT[s:s + mb], ro.mask_BT[s:s + mb], ro.texts[s:s + mb], ro.n)
+                s_logits = completion_logits(scorer_student, sub, ctx.vocab_size)
+                t_logits = completion_logits(scorer_teacher, sub, ctx.vocab_size)
+                kl_BT = kl_fn(s_logits, t_logits)
+                total += float((kl_BT * sub.mask_BT).sum())
+                count += float(sub.mask_BT.sum())
+    return {"value": total / max(count, 1.0), "tokens": int(count), "sequences": len(prompts)}
+
+
+def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
+              workdir: str | Path | None = None, progress=print) -> PilotResult:
+    """Measure `pc` on the base models of `config`; write the tables into `out` (see module doc)."""
+    cfg = config if isinstance(config, Config) else load_config(config)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {str(out)!r} exists and is not a directory")
+    work = Path(workdir) if workdir is not None else out / ".work"
+    t_start = time.perf_counter()
+    log = progress or (lambda *_: None)
+
+    import torch
+
+    from reference.evaluate import evaluate
+    from reference.pipeline import build_models, build_world
+    from theory.tables import validate_problems, validate_runs
+
+    torch.set_num_threads(cfg.engine.threads)
+    both = set(pc.models) == set(MODELS)
+    models = build_models(cfg, need_teacher="teacher" in pc.models)
+    world = build_world(cfg, models.tokenizer)
+    available = world.split(pc.split)
+    if pc.problems > len(available):
+        raise InputError(f"--problems {pc.problems} exceeds the {len(available)} problems of split "
+                         f"{pc.split!r} in {cfg.source or 'the config'}")
+    probe = available[: pc.problems] if pc.problems else available
+    if not probe:
+        raise InputError(f"split {pc.split!r} of {cfg.source or 'the config'} has no problems")
+    by_role = {"student": models.student, "teacher": models.teacher}
+    for m in by_role.values():
+        if m is not None:
+            m.eval()
+    parts: dict[str, dict] = {}
+
+    def cached_part(part: str, suffix: str, compute, save, load):
+        path = work / f"{_part_key(cfg, pc, len(probe), part)}.{suffix}"
+        if path.is_file():
+            parts[part] = {"seconds": 0.0, "cached": True}
+            log(f"  {part}: loaded from {path}")
+            return load(path)
+        t0 = time.perf_counter()
+        with _seeded(cfg.engine.device, _part_seed(pc.seed, part)):
+            value = compute()
+        parts[part] = {"seconds": time.perf_counter() - t0, "cached": False}
+        save(value, path)
+        log(f"  {part}: {parts[part]['seconds']:.1f} s")
+        return value
+
+    tables = []
+    for role in pc.models:
+        def sample(role=role):
+            res = evaluate(by_role[role], probe, models.ctx, cfg.eval, k=pc.k, greedy=False)
+            return res.problems.assign(model=role)
+        tables.append(cached_part(f"samples_{role}", "csv", sample, _write_csv_atomic,
+                                  lambda p: pd.read_csv(p, dtype={"problem_id": str, "model": str})))
+    problems = validate_problems(pd.concat(tables, ignore_index=True))
+
+    kl: dict[str, dict] = {}
+    runs = None
+    if both:
+        prompts = [p.prompt for p in probe]
+        batch = max(1, cfg.eval.batch)
+        specs = {
+            "kl0_per_token": (models.student, "reverse", cfg.opd.temperature, cfg.opd.max_new_tokens),
+            "kl_forward_per_token": (models.teacher, "forward", cfg.fkl.temperature, cfg.fkl.max_new_tokens),
+        }
+        for metric, (sampler, direction, temp, max_new) in specs.items():
+            def measure(sampler=sampler, direction=direction, temp=temp, max_new=max_new):
+                return mean_token_kl(sampler, models.student, models.teacher, prompts, models.ctx,
+                                     temperature=temp, max_new_tokens=max_new, direction=direction, batch=batch)
+            kl[metric] = cached_part(metric, "json", measure,
+                                     lambda v, p: _write_text_atomic(p, json.dumps(v)),
+                                     lambda p: json.loads(p.read_text()))
+        runs = validate_runs(pd.DataFrame([
+            {"arm": PILOT_ARM, "seed": 0, "world": cfg.world.name, "teacher_labels": 0, "student_labels": 0,
+             "compute_tokens": 0, "split": "probe", "metric": metric, "value": float(v["value"])}
+            for metric, v in kl.items()]))
+
+    pak = pass_at_k_table(problems)
+    summ = summary_table(problems)
+    for metric, v in kl.items():
+        summ[metric] = float(v["value"])
+    res = PilotResult(config=cfg.source, world=cfg.world.name, pilot=pc, problems=problems, pass_at_k=pak,
+                      summary=summ, runs=runs, kl=kl, parts=parts, seconds=time.perf_counter() - t_start)
+    from theory.tables import write_table
+    write_table(problems, out / "problems.csv", "problems")
+    _write_csv_atomic(pak, out / "pass_at_k.csv")
+    _write_csv_atomic(summ, out / "summary.csv")
+    if runs is not None:
+        write_table(runs, out / "pilot_runs.csv", "runs")
+    _write_text_atomic(out / "pilot.json", json.dumps(res.to_dict(), indent=1, default=float))
+    return res
+
+
+def format_pilot(res: PilotResult) -> str:
+    pc = res.pilot
+    lines = [f"pilot: {res.config} ({res.world}), split {pc.split}, {len(res.problems) // len(pc.models)} problems, "
+             f"k = {pc.k}, seed {pc.seed}",
+             f"{'model':<8} {'acc(avg@k)':>10} {'compl.':>7} {'acc|compl':>9} {'pass@1':>7} {f'pass@{pc.k}':>7}"]
+    for r in res.summary.itertuples():
+        lines.append(f"{r.model:<8} {r.accuracy:10.1f} {r.compliance:7.1f} {r.accuracy_given_compliance:9.1f} "
+                     f"{r.pass_at_1:7.1f} {r.pass_at_k:7.1f}")
+    curve = res.pass_at_k.pivot(index="k", columns="model", values="pass_at_k")
+    lines.append("pass@k (%): " + "; ".join(
+        f"{m} " + " ".join(f"{v:.1f}" for v in curve[m].to_numpy()) for m in curve.columns))
+    for metric, v in res.kl.items():
+        lines.append(f"{metric} = {v['value']:.4f} nats/token ({v['tokens']} tokens, {v['sequences']} rollouts)")
+    if not res.kl:
+        lines.append("KL not measured (needs both models): no pilot_runs.csv")
+    fresh = sum(1 for p in res.parts.values() if not p["cached"])
+    lines.append(f"wall {res.seconds:.1f} s ({fresh} part(s) computed, {len(res.parts) - fresh} loaded)")
+    return "\n".join(lines)
