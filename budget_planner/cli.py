@@ -1,4 +1,4 @@
-"""`budget-planner`: plan | calibrate | scenarios | explain.
+"""`budget-planner`: plan | calibrate | scenarios | explain | crosscheck.
 
 Bad input of any kind ends in one line `error: <what is wrong>` on stderr and exit status 2.
 Plotting imports seaborn lazily so the table path stays fast.
@@ -142,6 +142,31 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_crosscheck(args) -> int:
+    from theory.crosscheck import SETS, crosscheck, format_crosscheck, read_predictions
+    from theory.tables import read_table
+
+    if args.set not in SETS:
+        raise InputError(f"--set must be one of {', '.join(SETS)}, got {args.set!r}")
+    if args.json and Path(args.json).parent and not Path(args.json).parent.exists():
+        raise InputError(f"output directory {str(Path(args.json).parent)!r} does not exist")
+    runs = read_table(args.runs, "runs")
+    preds = read_predictions(args.predictions)
+    cc = crosscheck(runs, preds, set_name=args.set)
+    print(format_crosscheck(cc))
+    if args.json:
+        _write_atomic(args.json, json.dumps(cc.to_dict(), indent=2, allow_nan=False, default=_json_default))
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _json_default(v):
+    import numpy as np
+    if isinstance(v, np.generic):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="budget-planner", description="Where should scarce verifiable labels go?")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
@@ -169,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--name", default="pilot", help="scenario name")
     ca.add_argument("--split", default="test", help="run-table split to calibrate on")
     ca.set_defaults(func=cmd_calibrate)
+    cc = sub.add_parser("crosscheck", help="committed predictions vs measured runs: MAE, coverage, tau, regret")
+    cc.add_argument("--runs", required=True, help="run table CSV (rows metric accuracy, split test)")
+    cc.add_argument("--predictions", required=True, help="predictions CSV (theory.crosscheck.PRED_COLUMNS)")
+    cc.add_argument("--set", default="heldout", help="which predictions to score: heldout or calibration")
+    cc.add_argument("--json", default=None, help="write every figure as JSON here")
+    cc.set_defaults(func=cmd_crosscheck)
     return p
 
 
@@ -176,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         if args.cmd is None:
-            raise InputError("give a command: plan, calibrate, scenarios or explain")
+            raise InputError("give a command: plan, calibrate, scenarios, explain or crosscheck")
         if getattr(args, "labels", None) is not None:
             args.labels = _labels(args.labels)
         return args.func(args)

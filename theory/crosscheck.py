@@ -1,0 +1,344 @@
+"""Cross-check: the planner's committed predictions against the reference's measured runs.
+
+Inputs
+  predictions  one row per configuration (PRED_COLUMNS): world, arm, labels (the budget N),
+               teacher_labels, student_labels (the registry's LabelAccount, as the run table records
+               it), set ("calibration" | "heldout"), pred_mean, pred_lo, pred_hi (percent), level (the
+               interval's nominal level, e.g. 0.9), naive_mean (a naive predictor, percent).
+  runs         a run table (theory.tables); rows with metric "accuracy" and split "test", one per seed.
+Join key: (world, arm, teacher_labels, student_labels).
+
+Figures over the configurations of one set (all accuracy in points):
+  per config   y = mean over seeds, se = std(ddof=1) / sqrt(n_seeds)  (needs >= 2 seeds)
+  mae          mean |pred_mean - y|;  naive_mae the same with naive_mean
+  mae_over_se  mean over configurations of |pred_mean - y| / se (the mean of per-config ratios, not
+               a ratio of means)
+  coverage     share of configurations with pred_lo <= y <= pred_hi, beside mean_interval_width =
+               mean(pred_hi - pred_lo) and interval_score = mean Winkler score at alpha = 1 - level:
+               (hi - lo) + (2/alpha)(lo - y) if y < lo, + (2/alpha)(y - hi) if y > hi (lower is better)
+  kendall_tau  within each (world, labels) group, over the pairs of configurations whose seed values
+               differ significantly (Welch t-test, p < 0.05): (concordant - discordant) / pairs, where
+               concordant = the predicted difference has the measured difference's sign; a predicted
+               tie counts as neither. None without a significant pair.
+  split_regret per (world, labels) group with >= 2 label splits of rl_teacher_bridge_stage3: the best
+               measured split's mean minus the measured mean at the split with the highest pred_mean
+               (first such split by teacher_labels on a predicted tie); the mean over groups. None
+               without such a group.
+The naive predictor gets the same figures (naive_*), so the theory has something to beat.
+
+numpy / scipy / pandas only (theory never imports torch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from theory.arms import ARMS, ARM_NAMES
+from theory.errors import InputError
+from theory.tables import _check_columns
+
+PRED_COLUMNS: dict[str, str] = {
+    "world": "str",
+    "arm": "str",
+    "labels": "int",  # the budget N of the configuration
+    "teacher_labels": "int",
+    "student_labels": "int",
+    "set": "str",  # one of SETS
+    "pred_mean": "float",  # percent
+    "pred_lo": "float",
+    "pred_hi": "float",
+    "level": "float",  # nominal level of [pred_lo, pred_hi], in (0, 1)
+    "naive_mean": "float",  # percent
+}
+SETS = ("calibration", "heldout")
+KEY = ["world", "arm", "teacher_labels", "student_labels"]
+SPLIT_ARM = "rl_teacher_bridge_stage3"  # the arm whose teacher/student label split the planner recommends
+P_SIGNIFICANT = 0.05
+
+
+def _row_name(r) -> str:
+    return (f"world={r['world']} arm={r['arm']} labels={r['labels']} "
+            f"teacher_labels={r['teacher_labels']} student_labels={r['student_labels']}")
+
+
+def validate_predictions(df: pd.DataFrame) -> pd.DataFrame:
+    """Check a predictions table and return it normalised. Raises InputError (one line)."""
+    what = "predictions"
+    out = _check_columns(df, PRED_COLUMNS, what)
+    if out.empty:
+        raise InputError(f"{what}: no rows")
+    unknown = sorted(set(out["arm"]) - set(ARM_NAMES))
+    if unknown:
+        raise InputError(f"{what}: column 'arm' has unknown arm {unknown[0]!r}")
+    bad_set = sorted(set(out["set"]) - set(SETS))
+    if bad_set:
+        raise InputError(f"{what}: column 'set' has {bad_set[0]!r}; use one of {', '.join(SETS)}")
+    for col in ("labels", "teacher_labels", "student_labels"):
+        if (out[col] < 0).any():
+            raise InputError(f"{what}: column {col!r} must be >= 0")
+    for col in ("pred_mean", "pred_lo", "pred_hi", "naive_mean"):
+        v = out[col]
+        if ((v < 0) | (v > 100)).any():
+            raise InputError(f"{what}: column {col!r} has a value outside [0, 100] (accuracy is in percent)")
+        if len(v) >= 2 and v.max() <= 1.0 and v.between(0, 1, inclusive="neither").any():
+            raise InputError(f"{what}: column {col!r} looks like fractions (all <= 1); accuracy is in percent (0-100)")
+    bad = out[out["pred_lo"] > out["pred_hi"]]
+    if len(bad):
+        raise InputError(f"{what}: pred_lo > pred_hi for {_row_name(bad.iloc[0])}")
+    bad = out[(out["level"] <= 0) | (out["level"] >= 1)]
+    if len(bad):
+        raise InputError(f"{what}: column 'level' must lie in (0, 1) (e.g. 0.9), got {bad['level'].iloc[0]!r}")
+    for _, r in out.iterrows():
+        # the join key is the registry's label account: a row that disagrees would silently match
+        # another configuration's runs
+        arm = ARMS[r["arm"]]
+        try:
+            acct = arm.labels(int(r["labels"]), int(r["teacher_labels"]) if arm.splits_labels else None)
+        except InputError as e:
+            raise InputError(f"{what}: {_row_name(r)}: {e}") from None
+        if (acct.teacher, acct.student) != (r["teacher_labels"], r["student_labels"]):
+            raise InputError(f"{what}: {_row_name(r)} disagrees with the registry's label account "
+                             f"(teacher_labels={acct.teacher}, student_labels={acct.student})")
+    dup = out.duplicated(subset=["set", "labels", *KEY])
+    if dup.any():
+        raise InputError(f"{what}: duplicate row for {_row_name(out[dup].iloc[0])} in set {out[dup].iloc[0]['set']!r}")
+    return out.reset_index(drop=True)
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"predictions: no such file {str(p)!r}")
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"predictions {str(p)!r}: malformed CSV ({str(e).splitlines()[0]})") from None
+    return validate_predictions(df)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure figures
+# ------------------------------------------------------------------------------------------------
+
+def winkler_score(lo, hi, y, alpha) -> np.ndarray:
+    """Interval score of [lo, hi] at miss rate alpha for outcome y (Gneiting & Raftery 2007, eq. 43)."""
+    lo, hi, y, alpha = (np.asarray(x, dtype=float) for x in (lo, hi, y, alpha))
+    return (hi - lo) + (2.0 / alpha) * np.clip(lo - y, 0, None) + (2.0 / alpha) * np.clip(y - hi, 0, None)
+
+
+def kendall_tau_significant(configs: pd.DataFrame, pred_col: str, seeds: list[np.ndarray], *,
+                            p_max: float = P_SIGNIFICANT) -> tuple[float | None, int]:
+    """(tau, n_significant_pairs) over pairs within each (world, labels) group whose seed values differ
+    by a Welch t-test at p < p_max. `seeds[i]` are the seed values of configs' row i."""
+    conc = disc = n = 0
+    for _, g in configs.groupby(["world", "labels"], sort=False):
+        for i, j in combinations(g.index, 2):
+            a, b = seeds[i], seeds[j]
+            with warnings.catch_warnings():  # constant seed values: scipy warns, the p-value is still defined
+                warnings.simplefilter("ignore", RuntimeWarning)
+                p = stats.ttest_ind(a, b, equal_var=False).pvalue
+            if not np.isfinite(p) or p >= p_max:  # nan: both seed sets constant (and equal) -> no evidence
+                continue
+            n += 1
+            s_meas = np.sign(a.mean() - b.mean())
+            s_pred = np.sign(configs.at[i, pred_col] - configs.at[j, pred_col])
+            if s_pred == 0:
+                continue
+            if s_pred == s_meas:
+                conc += 1
+            else:
+                disc += 1
+    return ((conc - disc) / n if n else None), n
+
+
+def split_regret(configs: pd.DataFrame, pred_col: str) -> tuple[float | None, list[dict]]:
+    """(mean regret, per group) over (world, labels) groups with >= 2 rl_teacher_bridge_stage3 splits."""
+    per = []
+    s3 = configs[configs["arm"] == SPLIT_ARM]
+    for (world, labels), g in s3.groupby(["world", "labels"], sort=True):
+        if g["teacher_labels"].nunique() < 2:
+            continue
+        g = g.sort_values("teacher_labels", kind="stable")
+        chosen = g.loc[g[pred_col].idxmax()]  # idxmax: the first maximum, i.e. the smallest teacher share
+        best = g.loc[g["meas_mean"].idxmax()]
+        per.append({"world": world, "labels": int(labels), "n_splits": int(len(g)),
+                    "chosen_teacher_labels": int(chosen["teacher_labels"]),
+                    "best_teacher_labels": int(best["teacher_labels"]),
+                    "regret": float(best["meas_mean"] - chosen["meas_mean"])})
+    return (float(np.mean([p["regret"] for p in per])) if per else None), per
+
+
+@dataclass(frozen=True)
+class CrossCheck:
+    set_name: str
+    configs: pd.DataFrame = field(repr=False)  # one row per matched configuration (see per_config)
+    mae: float
+    mae_over_se: float
+    coverage: float
+    mean_interval_width: float
+    interval_score: float
+    level: float | list[float]
+    kendall_tau: float | None
+    n_significant_pairs: int
+    split_regret: float | None
+    split_regret_groups: tuple[dict, ...]
+    naive_mae: float
+    naive_mae_over_se: float
+    naive_kendall_tau: float | None
+    naive_split_regret: float | None
+    per_world: dict[str, dict]
+    unmatched_predictions: tuple[str, ...]
+    unpredicted_runs: int  # run configurations (accuracy, test) without a prediction in this set
+    warnings: tuple[str, ...]
+
+    @property
+    def n_configs(self) -> int:
+        return len(self.configs)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.configs.copy()
+
+    def to_dict(self) -> dict:
+        return _plain({"set": self.set_name, "n_configs": self.n_configs, "mae": self.mae, "mae_over_se": self.mae_over_se,
+                "coverage": self.coverage, "mean_interval_width": self.mean_interval_width,
+                "interval_score": self.interval_score, "level": self.level,
+                "kendall_tau": self.kendall_tau, "n_significant_pairs": self.n_significant_pairs,
+                "split_regret": self.split_regret, "split_regret_groups": list(self.split_regret_groups),
+                "naive_mae": self.naive_mae, "naive_mae_over_se": self.naive_mae_over_se,
+                "naive_kendall_tau": self.naive_kendall_tau, "naive_split_regret": self.naive_split_regret,
+                "per_world": self.per_world, "per_config": _records(self.configs),
+                "unmatched_predictions": list(self.unmatched_predictions),
+                "unpredicted_runs": self.unpredicted_runs, "warnings": list(self.warnings)})
+
+
+def _plain(v):
+    """JSON-ready: numpy scalars to Python, a non-finite float (e.g. |err|/se at se = 0) to None."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not np.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    return [_plain(rec) for rec in df.to_dict("records")]
+
+
+def crosscheck(runs: pd.DataFrame, predictions: pd.DataFrame, *, set_name: str = "heldout",
+               metric: str = "accuracy", split: str = "test") -> CrossCheck:
+    """Measured vs predicted over the configurations of `set_name` (see the module docstring)."""
+    from theory.tables import validate_runs
+
+    if set_name not in SETS:
+        raise InputError(f"set must be one of {', '.join(SETS)}, got {set_name!r}")
+    runs = validate_runs(runs)
+    preds = validate_predictions(predictions)
+    preds = preds[preds["set"] == set_name].reset_index(drop=True)
+    if preds.empty:
+        raise InputError(f"predictions: no rows in set {set_name!r}")
+    acc = runs[(runs["metric"] == metric) & (runs["split"] == split)]
+    seeds_by_key = {k: g.sort_values("seed")["value"].to_numpy(dtype=float) for k, g in acc.groupby(KEY)}
+
+    rows, seeds, unmatched, notes = [], [], [], []
+    for _, r in preds.iterrows():
+        key = tuple(r[c] for c in KEY)
+        if key not in seeds_by_key:
+            unmatched.append(_row_name(r))
+            continue
+        v = seeds_by_key[key]
+        if len(v) < 2:
+            raise InputError(f"runs: {_row_name(r)} has {len(v)} seed (need >= 2 for a standard error)")
+        se = float(v.std(ddof=1) / np.sqrt(len(v)))
+        rows.append({**{c: r[c] for c in ("world", "arm", "labels", "teacher_labels", "student_labels")},
+                     "n_seeds": len(v), "meas_mean": float(v.mean()), "se": se,
+                     **{c: float(r[c]) for c in ("pred_mean", "pred_lo", "pred_hi", "level", "naive_mean")}})
+        seeds.append(v)
+    if unmatched:
+        notes.append(f"{len(unmatched)} prediction(s) without matching runs were excluded, e.g. {unmatched[0]}")
+    if not rows:
+        raise InputError(f"no prediction in set {set_name!r} matches a run configuration (metric {metric!r}, "
+                         f"split {split!r}); join key: {', '.join(KEY)}")
+    cfg = pd.DataFrame(rows)
+    y = cfg["meas_mean"].to_numpy()
+    se = cfg["se"].to_numpy()
+    zero_se = se == 0
+    if zero_se.any():
+        notes.append(f"{int(zero_se.sum())} configuration(s) have identical seed values (se = 0): "
+                        "left out of mae_over_se")
+    safe_se = np.where(zero_se, np.nan, se)
+    cfg["err"] = cfg["pred_mean"] - y
+    cfg["abs_err_over_se"] = np.abs(cfg["err"]) / safe_se
+    cfg["covered"] = (cfg["pred_lo"] <= y) & (y <= cfg["pred_hi"])
+    cfg["interval_score"] = winkler_score(cfg["pred_lo"], cfg["pred_hi"], y, 1.0 - cfg["level"])
+    cfg["naive_err"] = cfg["naive_mean"] - y
+
+    def _nanmean(x) -> float:
+        x = np.asarray(x, dtype=float)
+        return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
+
+    tau, n_sig = kendall_tau_significant(cfg, "pred_mean", seeds)
+    naive_tau, _ = kendall_tau_significant(cfg, "naive_mean", seeds)
+    regret, regret_groups = split_regret(cfg, "pred_mean")
+    naive_regret, _ = split_regret(cfg, "naive_mean")
+    levels = sorted(set(cfg["level"].round(6)))
+    per_world = {}
+    for world, g in cfg.groupby("world", sort=True):
+        per_world[str(world)] = {"n_configs": int(len(g)), "mae": float(g["err"].abs().mean()),
+                                 "naive_mae": float(g["naive_err"].abs().mean()),
+                                 "coverage": float(g["covered"].mean())}
+    matched = set(map(tuple, cfg[KEY].to_numpy().tolist()))
+    unpredicted = sum(1 for k in seeds_by_key if k not in matched)
+    return CrossCheck(
+        set_name=set_name, configs=cfg, mae=float(np.abs(cfg["err"]).mean()),
+        mae_over_se=_nanmean(cfg["abs_err_over_se"]), coverage=float(cfg["covered"].mean()),
+        mean_interval_width=float((cfg["pred_hi"] - cfg["pred_lo"]).mean()),
+        interval_score=float(cfg["interval_score"].mean()),
+        level=float(levels[0]) if len(levels) == 1 else [float(x) for x in levels],
+        kendall_tau=tau, n_significant_pairs=n_sig, split_regret=regret, split_regret_groups=tuple(regret_groups),
+        naive_mae=float(np.abs(cfg["naive_err"]).mean()),
+        naive_mae_over_se=_nanmean(np.abs(cfg["naive_err"]) / safe_se),
+        naive_kendall_tau=naive_tau, naive_split_regret=naive_regret, per_world=per_world,
+        unmatched_predictions=tuple(unmatched), unpredicted_runs=unpredicted, warnings=tuple(notes))
+
+
+def format_crosscheck(cc: CrossCheck) -> str:
+    def f(v, fmt=".2f"):
+        return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, fmt)
+
+    lines = [f"cross-check on the {cc.set_name} set: {cc.n_configs} configurations (accuracy %, mean over seeds)",
+             f"{'world':<14} {'arm':<26} {'N':>5} {'t/s':>9} {'seeds':>5} {'measured':>13} {'predicted':>9} "
+             f"{'interval':>15} {'in':>3} {'naive':>6} {'|err|/se':>8}"]
+    for r in cc.configs.itertuples():
+        lines.append(f"{r.world:<14} {r.arm:<26} {r.labels:5d} {f'{r.teacher_labels}/{r.student_labels}':>9} "
+                     f"{r.n_seeds:5d} {r.meas_mean:6.1f} ± {r.se:4.1f} {r.pred_mean:9.1f} "
+                     f"[{r.pred_lo:5.1f}, {r.pred_hi:5.1f}] {'yes' if r.covered else 'no':>3} {r.naive_mean:6.1f} "
+                     f"{f(r.abs_err_over_se, '.1f'):>8}")
+    lv = cc.level if isinstance(cc.level, float) else ", ".join(f"{x:g}" for x in cc.level)
+    lines += [
+        f"mae {f(cc.mae)} points (naive {f(cc.naive_mae)}); mae/se {f(cc.mae_over_se)} (naive {f(cc.naive_mae_over_se)})",
+        f"coverage {f(cc.coverage)} at level {lv}; mean interval width {f(cc.mean_interval_width)}; "
+        f"interval score {f(cc.interval_score)}",
+        f"kendall tau {f(cc.kendall_tau)} over {cc.n_significant_pairs} significant pair(s) "
+        f"(naive {f(cc.naive_kendall_tau)})",
+        f"split regret {f(cc.split_regret)} points over {len(cc.split_regret_groups)} group(s) "
+        f"(naive {f(cc.naive_split_regret)})",
+    ]
+    for w, d in cc.per_world.items():
+        lines.append(f"  {w}: {d['n_configs']} configs, mae {d['mae']:.2f}, naive mae {d['naive_mae']:.2f}, "
+                     f"coverage {d['coverage']:.2f}")
+    if cc.unpredicted_runs:
+        lines.append(f"{cc.unpredicted_runs} run configuration(s) without a prediction in this set: ignored")
+    for w in cc.warnings:
+        lines.append(f"warning: {w}")
+    return "\n".join(lines)
