@@ -121,3 +121,18 @@ def test_predict_configs_matches_plan_and_narrows_with_seeds():
     assert many.loc[0, "pred_hi"] - many.loc[0, "pred_lo"] < w1
     with pytest.raises(InputError, match="unknown arm"):
         predict_configs("paper-qwen3-math", [("nope", 10, None)])
+
+
+def test_same_checkpoint_keeps_its_calibrated_start_state():
+    truth = load_scenario(ROOT / "docs/examples/pilot_truth.toml")
+    runs, problems = simulate_pilot(truth, CONFIGS, seeds=2, n_items=100, k=8, rng=np.random.default_rng(0))
+    first = fit_scenario(calibrate(runs, problems, name="first"))
+    kl = runs[runs["metric"] == "kl0_per_token"]
+    copy = calibrate(kl, problems, name="copy", rates_from=first, same_models={"teacher": "student"})
+    i = first.names.index("student.benchmarks.pilot.compliance")
+    want = float(1 / (1 + np.exp(-first.z_draws[:, i].mean())))
+    assert copy.get("teacher.benchmarks.pilot.compliance").value == pytest.approx(want)
+    # the student was not named: it keeps this pilot's measurement
+    assert copy.get("student.benchmarks.pilot.compliance").tag == "measured"
+    with pytest.raises(InputError, match="same_models needs rates_from"):
+        calibrate(runs, problems, same_models={"teacher": "student"})

@@ -370,7 +370,7 @@ def posterior_priors(fit: Fit, prefixes: tuple[str, ...] = ("rates.", "inputs.k_
 
 def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "student", teacher: str = "teacher",
               benchmark: str = "pilot", name: str = "pilot", split: str = "test", group_size: int = 8,
-              seed: int = 0, rates_from: Fit | None = None) -> Scenario:
+              seed: int = 0, rates_from: Fit | None = None, same_models: dict[str, str] | None = None) -> Scenario:
     """A Scenario from a pilot: problem table -> (theta, c, s_d) per model (measured); run table ->
     observations (mean accuracy over seeds per arm and label split, se from the seed spread).
 
@@ -381,6 +381,10 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
     posterior becomes the prior of the rates, k_explore and eval_se (`posterior_priors`); then the run
     table may hold no accuracy rows at all (a pilot of the new pair's base models is enough: the
     prediction is the earlier world's dynamics applied to the new start states).
+    `same_models` (with `rates_from`): role here -> role there, for a model that IS a checkpoint of the
+    earlier calibration (e.g. {"student": "student", "teacher": "student"} when the new teacher is a copy
+    of the old student): its start state is the earlier posterior, not this pilot's, so one checkpoint
+    has one calibrated state in both scenarios (the pilot still supplies KL_0 and the other model).
     """
     from theory.scenario import parse_scenario
     from theory.tables import validate_problems, validate_runs
@@ -443,7 +447,23 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
         notes.append(f"rates, k_explore and eval_se borrowed from scenario {rates_from.scenario.name!r}'s posterior")
     meas = irt_measurements(fit, problems)
 
+    same_models = dict(same_models or {})
+    if same_models and rates_from is None:
+        raise InputError("same_models needs rates_from (the calibration those models come from)")
+    for role, src in same_models.items():
+        if role not in ("student", "teacher") or src not in ("student", "teacher"):
+            raise InputError(f"same_models: roles are 'student'/'teacher', got {role!r} -> {src!r}")
+
     def model(role: str, name_: str) -> dict:
+        if role in same_models:
+            src_role, src_bench = same_models[role], rates_from.scenario.target_benchmark
+            got = posterior_priors(rates_from, (f"{src_role}.benchmarks.{src_bench}.",))
+            leaf = {p.split(".")[-1]: v for p, v in got.items()}
+            if {"accuracy_given_compliance", "compliance"} - set(leaf):
+                raise InputError(f"same_models: {src_role}'s start state is not a fitted input of "
+                                 f"scenario {rates_from.scenario.name!r}")
+            return {"name": name_, "benchmarks": {benchmark: {k: leaf[k] for k in ("accuracy_given_compliance",
+                                                                                  "compliance")}}}
         (a, a_sd), (c, c_sd) = meas[name_]
         return {"name": name_, "benchmarks": {benchmark: {
             "accuracy_given_compliance": {"value": a, "tag": "measured", "sd": a_sd, "source": src},

@@ -1,0 +1,234 @@
+"""The pre-registered planner cross-check in the toy world (issue 6; design in
+docs/results/crosscheck_preregistration.md).
+
+    flock /tmp/s2d_heavy.lock python scripts/crosscheck_toy.py calibration-runs   # N=64 direct + RL bridge
+    flock /tmp/s2d_heavy.lock python scripts/crosscheck_toy.py pilots             # base-model pilots, 2 worlds
+    python scripts/crosscheck_toy.py predict          # calibrate -> toy-arith scenarios + predictions CSV
+    # (commit the predictions before the next step)
+    flock /tmp/s2d_heavy.lock python scripts/crosscheck_toy.py heldout            # the held-out runs
+    python scripts/crosscheck_toy.py report           # budget-planner crosscheck + figure
+
+Every step resumes: finished runs are cached in the work directory and their rows kept in per-job
+CSVs, so rerunning a killed step redoes only the unfinished runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "results"
+WORK = Path("/work/s2d_crosscheck")  # stage checkpoints (not committed; reruns resume from them)
+CONFIGS = {"toy-arith": ROOT / "configs" / "toy.toml", "toy-arith-cf": ROOT / "configs" / "toy_counterfactual.toml"}
+
+# ---- the design (pre-registered; see docs/results/crosscheck_preregistration.md) -------------------
+CAL_SEEDS = tuple(range(0, 5))  # new calibration runs at N = 64
+CAL_COMMITTED_SEEDS = tuple(range(0, 10))  # the committed N = 256 table (docs/results/toy_ablation.csv)
+HELD_SEEDS = tuple(range(10, 15))  # fresh seeds for every held-out run
+CAL_ARMS = ("direct_grpo", "rl_teacher_bridge")
+CAL_BUDGETS_NEW = (64,)
+CAL_BUDGET_COMMITTED = 256
+LEVEL = 0.9
+
+
+def heldout_configs() -> list[tuple[str, str, int, int | None]]:
+    """(world, arm, N, teacher_labels) of every held-out configuration."""
+    out = []
+    for n in (128, 512):
+        for arm in ("direct_grpo", "rl_teacher_bridge", "no_fkl", "no_opd"):
+            out.append(("toy-arith", arm, n, None))
+        for frac in (0.25, 0.5, 0.75):
+            out.append(("toy-arith", "rl_teacher_bridge_stage3", n, int(n * frac)))
+        out.append(("toy-arith", "replay_control", n, n // 2))
+    out.append(("toy-arith", "raw_teacher_bridge", 128, None))  # uses no labels: one config per world
+    for n in (128, 512):
+        for arm in ("direct_grpo", "rl_teacher_bridge"):
+            out.append(("toy-arith-cf", arm, n, None))
+    out.append(("toy-arith-cf", "raw_teacher_bridge", 128, None))
+    return out
+
+
+def calibration_configs() -> list[tuple[str, str, int, int | None]]:
+    return [("toy-arith", arm, n, None) for n in CAL_BUDGETS_NEW for arm in CAL_ARMS]
+
+
+# ---- running --------------------------------------------------------------------------------------
+def _job(args) -> str:
+    """One process: every config of one (world, N, seed), in order, sharing one work directory."""
+    world, n, seed, items, part = args
+    import os
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import torch
+    torch.set_num_threads(1)
+    from reference.cli import _quiet
+    _quiet()
+    from reference.config import load_config
+    from reference.pipeline import run_pipeline
+    from theory.tables import write_table
+    cfg = load_config(CONFIGS[world]).override({"world.labels": n})
+    part = Path(part)
+    rows = [pd.read_csv(part)] if part.is_file() else []
+    done = set() if not rows else set(zip(rows[0]["arm"], rows[0]["teacher_labels"]))
+    for arm, tl in items:
+        t0 = time.perf_counter()
+        res = run_pipeline(cfg, arm, seed, workdir=WORK / f"{world}_N{n}", teacher_labels=tl, progress=False)
+        key = (arm, res.label_account.teacher)
+        if key not in done:
+            rows.append(res.to_frame())
+            done.add(key)
+            write_table(pd.concat(rows, ignore_index=True), part, "runs")  # atomic: nothing finished is lost
+        print(f"  {world} N={n} seed={seed} {arm} t={res.label_account.teacher}: "
+              f"acc {res.metrics['accuracy']:.1f}% ({time.perf_counter() - t0:.0f}s)", flush=True)
+    return str(part)
+
+
+def run_configs(configs, seeds, out_csv: Path, jobs: int) -> pd.DataFrame:
+    import multiprocessing as mp
+    from theory.tables import write_table
+    groups: dict[tuple, list] = {}
+    for world, arm, n, tl in configs:
+        for seed in seeds:
+            groups.setdefault((world, n, seed), []).append((arm, tl))
+    parts_dir = WORK / (out_csv.stem + "_parts")  # per-job CSVs: resume state, not results
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    # biggest budgets first: the pool ends with short jobs
+    todo = sorted(groups.items(), key=lambda kv: (-kv[0][1] * len(kv[1]), kv[0]))
+    args = [(w, n, s, items, str(parts_dir / f"{w}_N{n}_s{s}.csv")) for (w, n, s), items in todo]
+    t0 = time.perf_counter()
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        for i, p in enumerate(pool.imap_unordered(_job, args), 1):
+            print(f"[{i}/{len(args)}] {Path(p).name} ({time.perf_counter() - t0:.0f}s)", flush=True)
+    df = pd.concat([pd.read_csv(a[4]) for a in args], ignore_index=True)
+    write_table(df.sort_values(["world", "arm", "teacher_labels", "student_labels", "seed", "metric"]),
+                out_csv, "runs")
+    print(f"wrote {out_csv} ({len(df)} rows, {time.perf_counter() - t0:.0f}s wall)")
+    return df
+
+
+def calibration_table() -> pd.DataFrame:
+    """The declared calibration subset: N=256 rows of the committed table + the new N=64 runs."""
+    from theory.tables import read_table
+    old = read_table(OUT / "toy_ablation.csv", "runs")
+    old = old[old["arm"].isin(CAL_ARMS) & old["seed"].isin(CAL_COMMITTED_SEEDS) & (old["split"] == "test")]
+    new = read_table(OUT / "crosscheck_calibration_runs.csv", "runs")
+    return pd.concat([old, new], ignore_index=True)
+
+
+# ---- predictions ----------------------------------------------------------------------------------
+def naive_predictions(cal: pd.DataFrame, configs) -> list[float]:
+    """The naive predictor (pre-registered): the same arm's calibration means, linear in log2 N
+    (interpolated between the two calibrated budgets, extrapolated beyond, clipped to [0, 100]);
+    an arm without calibration runs takes rl_teacher_bridge's line if it distils from a teacher,
+    direct_grpo's otherwise. It ignores the world (it has no pilot): the counterfactual gets the
+    main world's lines."""
+    from theory.arms import ARMS, Teacher
+    acc = cal[(cal["metric"] == "accuracy") & (cal["split"] == "test")]
+    n_of = lambda r: r["teacher_labels"] + r["student_labels"]  # noqa: E731  (both calibration arms use all N)
+    acc = acc.assign(N=n_of(acc))
+    lines = {}
+    for arm, g in acc.groupby("arm"):
+        m = g.groupby("N")["value"].mean()
+        x, y = np.log2(m.index.to_numpy(float)), m.to_numpy()
+        slope = (y[-1] - y[0]) / (x[-1] - x[0]) if len(x) > 1 else 0.0
+        lines[arm] = (x[0], y[0], slope)
+    out = []
+    for _world, arm, n, _tl in configs:
+        src = arm if arm in lines else ("rl_teacher_bridge" if ARMS[arm].teacher is not Teacher.NONE else "direct_grpo")
+        x0, y0, slope = lines[src]
+        out.append(float(np.clip(y0 + slope * (np.log2(n) - x0), 0.0, 100.0)))
+    return out
+
+
+def cmd_predict(a) -> int:
+    from budget_planner.planner import predict_configs
+    from theory.calibrate import calibrate, fit_scenario
+    from theory.scenario import scenario_to_toml
+    from theory.tables import read_table
+    cal = calibration_table()
+    pilots = {w: (read_table(OUT / f"crosscheck_pilot_{w}" / "problems.csv", "problems"),
+                  read_table(OUT / f"crosscheck_pilot_{w}" / "pilot_runs.csv", "runs")) for w in CONFIGS}
+    probs, kl = pilots["toy-arith"]
+    scn = calibrate(pd.concat([cal, kl], ignore_index=True), probs, benchmark="toy_test", name="toy-arith",
+                    group_size=8, seed=0)
+    fit = fit_scenario(scn)
+    probs_cf, kl_cf = pilots["toy-arith-cf"]
+    # the same checkpoints carry their calibrated start state over: the counterfactual's student is
+    # toy-arith's student, and its teacher is a copy of that student (read from the configs)
+    from reference.config import load_config
+    cfg_main, cfg_cf = load_config(CONFIGS["toy-arith"]), load_config(CONFIGS["toy-arith-cf"])
+    main_assets = {"student": cfg_main.student.asset, "teacher": cfg_main.teacher.asset}
+    same = {role: src for role in ("student", "teacher") for src, asset in main_assets.items()
+            if getattr(cfg_cf, role).asset == asset}
+    print("counterfactual models that are toy-arith checkpoints:", same)
+    scn_cf = calibrate(kl_cf, probs_cf, benchmark="toy_test", name="toy-arith-cf", group_size=8, seed=0,
+                       rates_from=fit, same_models=same)
+    sc_dir = ROOT / "budget_planner" / "scenarios"
+    for s in (scn, scn_cf):
+        (sc_dir / f"{s.name}.toml").write_text(
+            "# Calibrated by scripts/crosscheck_toy.py predict (issue 6 cross-check; see\n"
+            "# docs/results/crosscheck_preregistration.md). Regenerate, do not edit by hand.\n"
+            + scenario_to_toml(s))
+        print("wrote", sc_dir / f"{s.name}.toml")
+    print("fit warnings:", *fit.warnings, sep="\n  ")
+    print(fit.parameters()[["input", "prior", "map", "lo", "hi", "shrink"]].round(3).to_string())
+    frames = []
+    cal_cfgs = [("toy-arith", arm, n, None) for arm in CAL_ARMS for n in (*CAL_BUDGETS_NEW, CAL_BUDGET_COMMITTED)]
+    for cfgs, kind in ((cal_cfgs, "calibration"), (heldout_configs(), "heldout")):
+        for world, s in (("toy-arith", scn), ("toy-arith-cf", scn_cf)):
+            mine = [c for c in cfgs if c[0] == world]
+            if not mine:
+                continue
+            n_seeds = len(CAL_SEEDS) if kind == "heldout" else len(CAL_SEEDS)
+            df = predict_configs(s, [(arm, n, tl) for _, arm, n, tl in mine], n_seeds=n_seeds, level=LEVEL)
+            df.insert(0, "world", world)
+            df["set"] = kind
+            df["naive_mean"] = naive_predictions(cal, mine)
+            frames.append(df)
+    pred = pd.concat(frames, ignore_index=True)
+    cols = ["world", "arm", "labels", "teacher_labels", "student_labels", "set", "pred_mean", "pred_lo",
+            "pred_hi", "level", "naive_mean"]
+    pred[cols].to_csv(OUT / "crosscheck_predictions.csv", index=False, float_format="%.3f")
+    print(pred[cols].round(2).to_string())
+    print("wrote", OUT / "crosscheck_predictions.csv")
+    return 0
+
+
+def cmd_pilots(a) -> int:
+    for world, cfg in CONFIGS.items():
+        subprocess.run([sys.executable, "-m", "reference.cli", "pilot", "--config", str(cfg), "--k", "8",
+                        "--problems", "200", "--split", "val", "--out", str(OUT / f"crosscheck_pilot_{world}"),
+                        "--workdir", str(WORK / f"pilot_{world}")],
+                       check=True)
+    return 0
+
+
+def cmd_report(a) -> int:
+    subprocess.run([sys.executable, "-m", "budget_planner.cli", "crosscheck",
+                    "--runs", str(OUT / "crosscheck_runs.csv"), "--predictions", str(OUT / "crosscheck_predictions.csv"),
+                    "--json", str(OUT / "crosscheck_report.json")], check=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["calibration-runs", "pilots", "predict", "heldout", "report"])
+    ap.add_argument("--jobs", type=int, default=2)
+    a = ap.parse_args(argv)
+    if a.step == "calibration-runs":
+        run_configs(calibration_configs(), CAL_SEEDS, OUT / "crosscheck_calibration_runs.csv", a.jobs)
+        return 0
+    if a.step == "heldout":
+        run_configs(heldout_configs(), HELD_SEEDS, OUT / "crosscheck_runs.csv", a.jobs)
+        return 0
+    return {"pilots": cmd_pilots, "predict": cmd_predict, "report": cmd_report}[a.step](a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
