@@ -210,9 +210,16 @@ def cmd_pilots(a) -> int:
 
 
 def cmd_report(a) -> int:
-    subprocess.run([sys.executable, "-m", "budget_planner.cli", "crosscheck",
-                    "--runs", str(OUT / "crosscheck_runs.csv"), "--predictions", str(OUT / "crosscheck_predictions.csv"),
-                    "--json", str(OUT / "crosscheck_report.json")], check=True)
+    from theory.crosscheck import crosscheck, format_crosscheck, read_predictions
+    from theory.tables import read_table
+    runs_csv, pred_csv = OUT / "crosscheck_runs.csv", OUT / "crosscheck_predictions.csv"
+    # the committed tables through the user-facing command (prints the table, writes the JSON)
+    subprocess.run([sys.executable, "-m", "budget_planner.cli", "crosscheck", "--runs", str(runs_csv),
+                    "--predictions", str(pred_csv), "--json", str(OUT / "crosscheck_report.json")], check=True)
+    cc = crosscheck(read_table(runs_csv, "runs"), read_predictions(pred_csv))
+    cc.plot(OUT / "crosscheck.png")
+    (OUT / "crosscheck_report.txt").write_text(format_crosscheck(cc) + "\n")
+    print("wrote", OUT / "crosscheck.png", OUT / "crosscheck_report.txt")
     return 0
 
 

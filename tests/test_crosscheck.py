@@ -220,3 +220,13 @@ def test_identical_seeds_leave_mae_over_se_and_json_stays_valid(tmp_path):
     assert cc.mae == pytest.approx((7 + 1) / 4) and any("se = 0" in w for w in cc.warnings)
     d = json.loads(json.dumps(cc.to_dict(), allow_nan=False))
     assert [c["abs_err_over_se"] for c in d["per_config"] if c["arm"] == "no_opd"] == [None]
+
+
+def test_plot_draws_one_point_per_configuration(tmp_path):
+    fig = crosscheck(RUNS, PREDS).plot()
+    ax = fig.axes[0]
+    # one errorbar container per configuration, each at (measured mean, predicted mean)
+    centers = sorted((float(c.lines[0].get_xdata()[0]), float(c.lines[0].get_ydata()[0])) for c in ax.containers)
+    assert centers == [(11.0, 12.0), (12.0, 10.0), (32.0, 28.0)]
+    crosscheck(RUNS, PREDS).plot(tmp_path / "cc.png")
+    assert (tmp_path / "cc.png").stat().st_size > 10_000

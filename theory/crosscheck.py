@@ -205,6 +205,57 @@ class CrossCheck:
     def to_frame(self) -> pd.DataFrame:
         return self.configs.copy()
 
+    def plot(self, path: str | Path | None = None):
+        """Predicted (point + interval) against measured (mean +- 1.96 se), one panel per world, the
+        naive predictor as open circles; the diagonal is a perfect prediction. Returns the figure."""
+        import matplotlib
+        if path is not None:
+            matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+        worlds = sorted(self.configs["world"].unique())
+        panels = [(w, False) for w in worlds]
+        for w in worlds:  # a crowded low corner (e.g. every bridge arm near 0) gets its own zoomed panel
+            m = self.configs.loc[self.configs["world"] == w, "meas_mean"]
+            if (m < 10).sum() >= 3 and m.max() > 20:
+                panels.append((w, True))
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 5.4), squeeze=False)
+        arms = sorted(self.configs["arm"].unique())
+        colors = dict(zip(arms, plt.get_cmap("tab10").colors))
+        budgets = sorted(self.configs["labels"].unique())
+        markers = dict(zip(budgets, "os^Dvp<>"))
+        for ax, (world, zoom) in zip(axes[0], panels):
+            g = self.configs[self.configs["world"] == world]
+            if zoom:
+                g = g[g["meas_mean"] < 10]
+            lim = (min(g["pred_lo"].min(), (g["meas_mean"] - 2 * g["se"]).min(), g["naive_mean"].min()) - 1,
+                   max(g["pred_hi"].max(), (g["meas_mean"] + 2 * g["se"]).max(), g["naive_mean"].max()) + 1)
+            ax.plot(lim, lim, color="0.6", lw=1, ls="--", zorder=0)
+            for arm, ga in g.groupby("arm"):
+                for i, r in enumerate(ga.itertuples()):
+                    ax.errorbar(r.meas_mean, r.pred_mean, xerr=1.96 * r.se,
+                                yerr=[[r.pred_mean - r.pred_lo], [r.pred_hi - r.pred_mean]],
+                                fmt=markers.get(r.labels, "o"), color=colors[arm], ms=6, capsize=2, lw=1,
+                                label=arm if i == 0 else None)
+                    ax.plot(r.meas_mean, r.naive_mean, marker="o", mfc="none", mec="0.35", ms=7, ls="none")
+            ax.set_xlim(lim)
+            ax.set_ylim(lim)
+            ax.set_xlabel("measured accuracy, mean of seeds (%) ± 1.96 se")
+            lv = f"{self.level:g} " if isinstance(self.level, float) else ""
+            ax.set_ylabel(f"predicted accuracy (%), {lv}interval")
+            w = self.per_world.get(str(world), {})
+            ax.set_title(f"{world} (measured < 10%, zoom)" if zoom else
+                         f"{world}: MAE {w.get('mae', float('nan')):.2f} (naive {w.get('naive_mae', float('nan')):.2f}), "
+                         f"coverage {w.get('coverage', float('nan')):.0%}", fontsize=10)
+            mk = ", ".join(f"{'○□△◇▽⬠'[i]} N={n}" for i, n in enumerate(budgets[:6]))
+            ax.legend(fontsize=7, loc="upper left", title=f"arm ({mk})", title_fontsize=7)
+        fig.suptitle(f"Planner cross-check, {self.set_name} set: {self.n_configs} configurations "
+                     "(open grey circles: naive predictor)", fontsize=11)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+        return fig
+
     def to_dict(self) -> dict:
         return _plain({"set": self.set_name, "n_configs": self.n_configs, "mae": self.mae, "mae_over_se": self.mae_over_se,
                 "coverage": self.coverage, "mean_interval_width": self.mean_interval_width,
