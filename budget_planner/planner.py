@@ -166,6 +166,16 @@ def _noise(fit: Fit, vals, bench: str) -> np.ndarray:
     return rng.standard_normal(se_D.shape) * se_D
 
 
+def _setup(scn: Scenario, benchmark: str | None):
+    """(fit, benchmark, draws world, benchmark index, evaluation noise per draw) for one scenario."""
+    bench = benchmark or scn.target_benchmark
+    if bench not in scn.benchmarks:
+        raise InputError(f"benchmark {bench!r} is not in scenario {scn.name} ({', '.join(scn.benchmarks)})")
+    fit = fit_scenario(scn)
+    world, vals = _draws_world(fit, bench)
+    return fit, bench, world, world.benchmarks.index(bench), _noise(fit, vals, bench)
+
+
 def _split_labels(n: int) -> tuple[np.ndarray, np.ndarray]:
     frac = np.round(np.arange(0, 1 + 1e-9, SPLIT_STEP), 2)
     return frac, np.round(frac * n).astype(int)
@@ -175,13 +185,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
     """Per-arm predictions at a budget of `labels` (default: the scenario's budget). Pure."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     n = scn.budget if labels is None else check_budget(labels)
-    bench = benchmark or scn.target_benchmark
-    if bench not in scn.benchmarks:
-        raise InputError(f"benchmark {bench!r} is not in scenario {scn.name} ({', '.join(scn.benchmarks)})")
-    fit = fit_scenario(scn)
-    world, vals = _draws_world(fit, bench)
-    b = world.benchmarks.index(bench)
-    noise_D = _noise(fit, vals, bench)
+    fit, bench, world, b, noise_D = _setup(scn, benchmark)
     wide = world.expand()
     frac_S, tl_S = _split_labels(n)
 
@@ -260,13 +264,8 @@ def predict_configs(scenario: Scenario | str, configs, *, n_seeds: int = 1, leve
         raise InputError(f"level must lie in (0, 1), got {level!r}")
     if int(n_seeds) < 1:
         raise InputError(f"n_seeds must be >= 1, got {n_seeds!r}")
-    bench = benchmark or scn.target_benchmark
-    if bench not in scn.benchmarks:
-        raise InputError(f"benchmark {bench!r} is not in scenario {scn.name} ({', '.join(scn.benchmarks)})")
-    fit = fit_scenario(scn)
-    world, vals = _draws_world(fit, bench)
-    b = world.benchmarks.index(bench)
-    noise_D = _noise(fit, vals, bench) / np.sqrt(int(n_seeds))
+    fit, bench, world, b, noise_D = _setup(scn, benchmark)
+    noise_D = noise_D / np.sqrt(int(n_seeds))
     q = 100.0 * np.array([(1.0 - level) / 2.0, (1.0 + level) / 2.0])
     rows = []
     for arm_name, n, tl in configs:
@@ -330,11 +329,7 @@ def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: flo
                  benchmark: str | None = None) -> pd.DataFrame:
     """Accuracy vs label budget N per arm (MAP point, 95% predictive band); split arms at a fixed share."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-    bench = benchmark or scn.target_benchmark
-    fit = fit_scenario(scn)
-    world, vals = _draws_world(fit, bench)
-    b = world.benchmarks.index(bench)
-    noise_D = _noise(fit, vals, bench)
+    _, _, world, b, noise_D = _setup(scn, benchmark)
     rows = []
     for n in labels_grid:
         n = check_budget(n)
