@@ -41,13 +41,124 @@ NOTEBOOKS = {
         ("code", "pd.DataFrame(list(p.informativeness))"),
         ("code", "for c in p.conditions:\n    print(c)"),
     ],
+    "02_fair_tuning_study.ipynb": [
+        ("md", "# 02 — A fair tuning study\n\nTwo arms are compared fairly only if each got the same "
+               "hyperparameter search: the same number of trials, the same tuning seeds, the same label "
+               "budget N, identical ranges for the parameters they share, and a final evaluation on fresh "
+               "seeds (Eimer et al. 2023; Dodge et al. 2019; rliable). This notebook reads the committed "
+               "matched toy study, then runs a small matched study end to end through the harness API that "
+               "`matched-tuning` uses, and shows both reports: fairness checks, tuning curves (expected best "
+               "after n trials), bootstrap intervals, IQM, the paired difference and P(improvement)."),
+        ("code", "from pathlib import Path\nimport tempfile\n\nimport pandas as pd\nfrom IPython.display import Markdown\n\n"
+                 "from tuning.harness import check_matched, create_or_check, run_worker\n"
+                 "from tuning.interface import load_arm_source\nfrom tuning.protocol import build_protocol\n"
+                 "from tuning.report import build_report, evaluate, fairness_checks, load_report, plot_fairness\n"
+                 "from tuning.storage import open_storage\n\n"
+                 "RESULTS = Path('..') / 'docs' / 'results'\n"
+                 "COLS = ['arm', 'trials', 'complete', 'failed', 'compute', 'best_score', 'still_improving',\n"
+                 "        'eval_n', 'eval_mean', 'eval_ci_low', 'eval_ci_high', 'eval_iqm']"),
+        ("md", "## 1. The committed study (reference arms, toy world)\n\n`docs/results/fairness_report*` holds "
+               "the matched study of `direct_grpo` against `rl_teacher_bridge` on the toy world (8 trials per "
+               "arm, 10 evaluation seeds; the command that regenerates it is at the top of "
+               "`fairness_report.md`). `load_report` reads the CSVs back and recomputes the tuning curves from "
+               "the per-trial table."),
+        ("code", "committed = load_report(RESULTS)\ncommitted.summary[COLS].round(2)"),
+        ("md", "The checks below are recomputed from the committed tables (trial counts, the tuning seed "
+               "of every slot, each arm's label account)."),
+        ("code", "fairness_checks(committed)"),
+        ("code", "plot_fairness(committed, title=f'committed study `{committed.name}` (reference arms, toy world)');"),
+        ("md", "Left: the expected best validation accuracy after n trials (±1 sd) and the best so far. "
+               "The curves do not cross, so the ordering does not depend on the tuning budget. Right: test "
+               "accuracy of each arm's best configuration over the 10 evaluation seeds (bootstrap 95% CI and "
+               "IQM). This report was written before the per-seed file `fairness_report_evals.csv` existed, "
+               "so its paired comparison is read from the report's Markdown (`matched-tuning report` now "
+               "writes the per-seed file, and `load_report` then recomputes the comparison):"),
+        ("code", "Markdown(filename=str(RESULTS / 'fairness_report.md'))"),
+        ("md", "## 2. A matched study run here, end to end\n\nThe same calls the CLI makes "
+               "(`matched-tuning run` then `matched-tuning report`): build the protocol, create the per-arm "
+               "studies with their budget slots, run a worker until every slot is finished, evaluate each "
+               "arm's best configuration on the evaluation seeds, build the report. The arms come from the "
+               "synthetic source (`tuning/synthetic.py`: a seeded stand-in whose accuracies are a smooth "
+               "function of the parameters, not claims about the arms) so that this runs in seconds; "
+               "`load_arm_source('reference', {'config': ...})` runs the real toy pipeline instead."),
+        ("code", "options = {'steps': 5}\nsource = load_arm_source('synthetic', options)\n"
+                 "protocol = build_protocol(source, ['direct_grpo', 'rl_teacher_bridge', 'raw_teacher_bridge'],\n"
+                 "                          trials=8, labels=256, eval_seeds=10, seed=0, arm_options=options)\n"
+                 "workdir = Path(tempfile.mkdtemp(prefix='s2d_nb02_'))\n"
+                 "handle = open_storage(f'sqlite:///{workdir}/study.db')\n"
+                 "create_or_check(handle, 'demo', protocol)\n"
+                 "outcomes = run_worker(handle, 'demo', source)\n"
+                 "evaluate(handle, 'demo', source)\n"
+                 "live = build_report(handle, 'demo')\n"
+                 "pd.DataFrame([vars(o) for o in outcomes]).groupby(['arm', 'state']).size()"),
+        ("md", "`check_matched` refuses to compare a study that is not matched (it raises naming what is "
+               "unequal); the table lists each rule with what was actually run."),
+        ("code", "fairness_checks(live, check_matched(handle, 'demo'))"),
+        ("code", "live.summary[COLS].round(2)"),
+        ("md", "Label-matched comparison: each arm against the first, paired by evaluation seed (bootstrap "
+               "95% interval of the mean difference), and P(improvement) = P(a run of the arm beats a run of "
+               "the baseline) with its bootstrap interval."),
+        ("code", "live.comparisons.round(3)"),
+        ("code", "plot_fairness(live, title='matched study run in this notebook (synthetic arms)');"),
+        ("md", "Compute-matched view: the expected best validation score when every arm may spend only "
+               "the tuning compute of the cheapest arm."),
+        ("code", "live.compute_matched.round(2)"),
+    ],
+    "03_ablation_demo.ipynb": [
+        ("md", "# 03 — The toy pipeline, stage by stage\n\nThe reference pipeline runs three arms on the toy "
+               "world from the committed base checkpoints (`reference/assets/`): direct GRPO on the student; "
+               "the RL-teacher bridge (GRPO on the teacher → forward-KL warmup → on-policy distillation); and "
+               "the bridge followed by GRPO on the student with held-out labels (stage 3, labels split 50/50). "
+               "The schedule is `configs/toy_notebook.toml`: the world and base models of `toy_short.toml` "
+               "with half its steps, so it runs in well under a minute. One seed of a short schedule is a demo "
+               "of the machinery, not a result: the committed 10-seed table (full schedule, `configs/toy.toml`) "
+               "is shown at the end."),
+        ("code", "from pathlib import Path\nimport tempfile\n\nimport pandas as pd\n\n"
+                 "from reference.config import load_config\nfrom reference.curves import (committed_summary, final_table, "
+                 "plot_final, plot_stage_curves,\n                              plot_stage_points, stage_logs)\n"
+                 "from reference.pipeline import run_pipeline\nfrom theory.tables import read_table\n\n"
+                 "RESULTS = Path('..') / 'docs' / 'results'\n"
+                 "cfg = load_config('toy_notebook')\nworkdir = Path(tempfile.mkdtemp(prefix='s2d_nb03_'))"),
+        ("code", "ARMS = ['direct_grpo', 'rl_teacher_bridge', 'rl_teacher_bridge_stage3']\n"
+                 "results = [run_pipeline(cfg, arm, seed=0, workdir=workdir, progress=False) for arm in ARMS]\n"
+                 "final_table(results).round(2)"),
+        ("md", "## Per-step curves of every stage\n\nRead back from the stage checkpoints (each stage logs "
+               "every step). Rows: the mean 0/1 reward of the GRPO rollouts; the zero-signal fraction (share of "
+               "GRPO groups whose rewards are all equal, which give no gradient); the KL between student and "
+               "teacher (forward KL on teacher samples in the warmup, reverse KL on student samples in OPD; "
+               "GRPO stages do not run the teacher); the share of rollouts in the verifiable answer format."),
+        ("code", "logs = pd.concat([stage_logs(cfg, r.arm, r.seed, workdir) for r in results], ignore_index=True)\n"
+                 "plot_stage_curves(logs);"),
+        ("md", "What to look for: a stage-3 GRPO whose groups are all zero-signal cannot move the student "
+               "(no gradient), whatever its label budget; compliance shows whether the student kept the "
+               "answer format through the bridge (C1); the KL rows show how far the student is from the "
+               "teacher it is distilled from (C2)."),
+        ("md", "## Validation after each stage\n\nSampled validation accuracy and compliance of the model a stage "
+               "trained (`eval.curve_problems` problems). Solid: this run. Dashed: the committed 10-seed study "
+               "(`docs/results/toy_ablation_curves.csv`, full schedule: 5x the FKL/OPD steps and 6x the GRPO "
+               "epochs of this notebook), whose bridge students do reach the answer format, but not the arithmetic."),
+        ("code", "plot_stage_points(results, committed=pd.read_csv(RESULTS / 'toy_ablation_curves.csv'));"),
+        ("md", "## Final test metrics beside the committed 10-seed study\n\nDots: this notebook (one seed, "
+               "short schedule). Diamonds: `docs/results/toy_ablation.csv` (10 seeds, full schedule; mean and "
+               "bootstrap 95% CI over seeds), all seven arms."),
+        ("code", "committed = committed_summary(read_table(RESULTS / 'toy_ablation.csv', 'runs'))\n"
+                 "plot_final(final_table(results), committed, label='this notebook (1 seed, short schedule)',\n"
+                 "           committed_label='committed (10 seeds, full schedule)');"),
+        ("md", "The committed paired comparisons (same seed, bootstrap 95% CI) with the prediction each "
+               "was registered with (docs/log.md):"),
+        ("code", "summary = pd.read_csv(RESULTS / 'toy_ablation_summary.csv')\n"
+                 "summary[summary['metric'] == 'accuracy'][['question', 'a', 'b', 'seeds', 'mean_diff', 'ci_low', "
+                 "'ci_high', 'p_improvement', 'predicted', 'reading']].round(2)"),
+    ],
 }
 
 
 def build() -> list[Path]:
     written = []
     for name, cells in NOTEBOOKS.items():
-        nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells])
+        # cell ids from the notebook name and position: rebuilding an unchanged notebook changes no byte
+        nb = new_notebook(cells=[(new_markdown_cell if kind == "md" else new_code_cell)(src, id=f"{Path(name).stem[:2]}-{i:02d}")
+                                 for i, (kind, src) in enumerate(cells)])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         path = HERE / name
         nbformat.write(nb, path)

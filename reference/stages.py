@@ -311,8 +311,10 @@ def opd(student, teacher, prompts: tuple[Problem, ...], cfg: OPDConfig, ctx: Sta
         kl = _global_sum(sum(kl_sum[1:], kl_sum[0]), ctx) / _norm(ro.mask_BT.sum(), ctx)
         if _distributed(ctx):
             kl = kl / ctx.engine.world_size
+        # compliance of the student's own samples (a pure function of the texts: no RNG, no numbers move)
         entry = {"step": step, "kl_to_teacher": float(kl), "grad_norm": gnorm,
-                 "length": float(ro.lengths_B.float().mean())}
+                 "length": float(ro.lengths_B.float().mean()),
+                 "compliance": float(np.mean([ctx.is_compliant(t) for t in ro.texts]))}
         log.append(entry)
         if progress:
             progress(step + 1, steps, entry)

@@ -228,10 +228,16 @@ def build_report(handle: StorageHandle, name: str, *, seed: int = 0) -> Fairness
 
 def _comparisons(protocol: Protocol, evals: pd.DataFrame, rng) -> pd.DataFrame:
     """Label-matched: every arm at the same N labels, paired by evaluation seed against the first arm."""
-    base = protocol.arms[0]
+    return paired_comparisons(evals, protocol.arms, rng)
+
+
+def paired_comparisons(evals: pd.DataFrame, arms, rng: np.random.Generator) -> pd.DataFrame:
+    """Every arm after the first against the first, paired by evaluation seed: mean difference with
+    a bootstrap 95% interval, and P(improvement) with its interval (an `evals` frame: arm, seed, accuracy)."""
+    base = arms[0]
     rows = []
     a = evals[evals["arm"] == base].set_index("seed")["accuracy"]
-    for arm in protocol.arms[1:]:
+    for arm in arms[1:]:
         b = evals[evals["arm"] == arm].set_index("seed")["accuracy"]
         seeds = sorted(set(a.index) & set(b.index))
         if not seeds:
@@ -419,4 +425,194 @@ def write_report(rep: FairnessReport, out_dir: str | Path, command: str | None =
     written["md"] = md
     rep.trials.to_csv(out / "fairness_report_trials.csv", index=False)
     written["trials"] = out / "fairness_report_trials.csv"
+    # the per-seed test accuracies: what the paired comparison and P(improvement) are computed from,
+    # so a reader of the committed files (load_report, notebook 02) can recompute them
+    rep.evals.to_csv(out / "fairness_report_evals.csv", index=False)
+    written["evals"] = out / "fairness_report_evals.csv"
     return written
+
+
+# ---- reading a written report back, the fairness checks, one figure (notebooks/02_fair_tuning_study) ----
+
+def tuning_curves(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per arm, from a trials frame (`trials_frame` or fairness_report_trials.csv): the expected best
+    validation score after n trials (Dodge et al. 2019) with its sd, and the best so far in trial
+    order. Counted trials only, scored as `trial_score` does: the curves `build_report` computes."""
+    counted = trials[trials["counted"].astype(bool)].copy()
+    counted["score"] = counted.apply(trial_score, axis=1)
+    rows = []
+    for arm, t in counted.groupby("arm", sort=False):
+        scores = t.sort_values("number")["score"].to_numpy()
+        curve = stats.expected_max_curve(scores)
+        for n, m, sd, b in zip(curve.n_trials, curve.mean, curve.std, np.maximum.accumulate(scores)):
+            rows.append({"arm": arm, "n_trials": int(n), "expected_best": m, "std": sd, "best_so_far": b})
+    return pd.DataFrame(rows, columns=["arm", "n_trials", "expected_best", "std", "best_so_far"])
+
+
+@dataclass(frozen=True)
+class LoadedReport:
+    """A fairness report read back from its files (the fields `plot_fairness` and `fairness_checks`
+    use, as in FairnessReport). `evals`/`comparisons` are empty when the per-seed file is absent
+    (reports written before fairness_report_evals.csv existed)."""
+
+    name: str
+    summary: pd.DataFrame
+    trials: pd.DataFrame
+    curves: pd.DataFrame
+    evals: pd.DataFrame
+    comparisons: pd.DataFrame
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.summary
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "summary": self.summary.to_dict(orient="records"),
+                "comparisons": self.comparisons.to_dict(orient="records")}
+
+
+def load_report(out_dir: str | Path, *, seed: int = 0) -> LoadedReport:
+    """Read fairness_report.csv, fairness_report_trials.csv and (if present) fairness_report_evals.csv
+    from a report directory (e.g. docs/results) and recompute the tuning curves and paired comparisons."""
+    out = Path(out_dir)
+    frames = {}
+    for key in ("", "_trials", "_evals"):
+        p = out / f"fairness_report{key}.csv"
+        if not p.is_file():
+            if key == "_evals":
+                frames[key] = pd.DataFrame(columns=["arm", "seed", "accuracy", "compute_tokens"])
+                continue
+            raise InputError(f"report directory {str(out)!r}: no {p.name} (write one with `matched-tuning report`)")
+        try:
+            frames[key] = pd.read_csv(p)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise InputError(f"{str(p)!r}: malformed CSV ({str(e).splitlines()[0]})") from None
+    summary, trials, evals = frames[""], frames["_trials"], frames["_evals"]
+    for name, df, cols in (("fairness_report.csv", summary, ["arm", "trials", "eval_mean", "eval_ci_low",
+                                                              "eval_ci_high"]),
+                           ("fairness_report_trials.csv", trials, ["arm", "number", "slot", "tuning_seed",
+                                                                   "state", "counted", "value",
+                                                                   "last_intermediate"])):
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise InputError(f"{name}: missing column {missing[0]!r}")
+    comparisons = paired_comparisons(evals, list(summary["arm"]), np.random.default_rng(seed))
+    md = out / "fairness_report.md"
+    name = out.name
+    if md.is_file():  # the study name is the Markdown's title: "# Fairness report: study `toy`"
+        first = md.read_text().splitlines()[0]
+        name = first.split("`")[1] if first.count("`") >= 2 else name
+    return LoadedReport(name, summary, trials, tuning_curves(trials), evals, comparisons)
+
+
+def fairness_checks(rep, protocol: Protocol | None = None) -> pd.DataFrame:
+    """The matching rules, each checked on what was actually run (one row: check, ok, detail).
+    From the tables alone: equal finished trials per arm, the same tuning seed in each slot of every
+    arm, the same label budget N, the same evaluation seeds. With the stored protocol (a live study;
+    `check_matched` has already compared every arm study's copy with the header) also: identical
+    ranges of the shared hyperparameters and disjoint tuning / evaluation seeds."""
+    rows = []
+
+    def add(check: str, ok: bool, detail: str) -> None:
+        rows.append({"check": check, "ok": bool(ok), "detail": detail})
+
+    counted = rep.trials[rep.trials["counted"].astype(bool)]
+    per_arm = counted.groupby("arm", sort=False).size()
+    add("same number of finished trials per arm", per_arm.nunique() == 1,
+        ", ".join(f"{a}: {n}" for a, n in per_arm.items()))
+    seeds = counted.pivot_table(index="slot", columns="arm", values="tuning_seed", aggfunc="first")
+    add("same tuning seed in each slot of every arm", bool(seeds.notna().all().all() and (seeds.nunique(axis=1) == 1).all()),
+        f"slots {len(seeds)}, seeds {sorted(int(v) for v in seeds.iloc[:, 0].dropna())}")
+    s = rep.summary
+    if {"teacher_labels", "student_labels", "unused_labels"} <= set(s.columns):
+        n = s["teacher_labels"] + s["student_labels"] + s["unused_labels"]
+        add("same label budget N (teacher + student + unused)", n.nunique() == 1,
+            "; ".join(f"{a}: {t}+{st}+{u}" for a, t, st, u in
+                      zip(s["arm"], s["teacher_labels"], s["student_labels"], s["unused_labels"])))
+    if len(rep.evals):
+        by_arm = rep.evals.groupby("arm")["seed"].apply(lambda x: tuple(sorted(x)))
+        add("same evaluation seeds for every arm", by_arm.nunique() == 1,
+            f"{len(by_arm.iloc[0])} seeds per arm" + ("" if by_arm.nunique() == 1 else " (they differ)"))
+        tuning_seeds = set(counted["tuning_seed"].dropna().astype(int))
+        overlap = tuning_seeds & set(rep.evals["seed"].astype(int))
+        add("tuning and evaluation seeds disjoint", not overlap,
+            f"tuning {sorted(tuning_seeds)[:3]}..., evaluation {sorted(set(rep.evals['seed']))[:3]}...")
+    elif "eval_n" in s.columns:
+        add("same number of evaluation seeds per arm", s["eval_n"].nunique() == 1,
+            ", ".join(f"{a}: {n}" for a, n in zip(s["arm"], s["eval_n"])))
+    if protocol is not None:
+        spaces = protocol.search_space
+        bad = [p for p in protocol.shared_params
+               if len({json.dumps(spaces[a][p], sort_keys=True) for a in protocol.arms if p in spaces[a]}) != 1]
+        add("shared hyperparameters have identical ranges", not bad,
+            f"shared: {', '.join(protocol.shared_params) or 'none'}" + (f"; differ: {bad}" if bad else ""))
+        add("finished trials per arm = the protocol's budget",
+            bool((per_arm == protocol.trials_per_arm).all()) and set(per_arm.index) == set(protocol.arms),
+            f"{protocol.trials_per_arm} per arm, TPE seed {protocol.sampler['seed']}, N = {protocol.labels}")
+        done = counted[counted["state"] == "COMPLETE"]
+        cap = protocol.compute_cap_tokens
+        over = done[(done["elapsed_s"] > protocol.time_limit_s)
+                    | ((done["compute_tokens"] > cap) if cap is not None else False)]
+        add("every completed trial within the compute cap and time limit", over.empty,
+            f"cap {cap if cap is not None else 'none'} tokens, limit {protocol.time_limit_s:g} s"
+            + (f"; over: trials {list(over['number'])}" if len(over) else ""))
+    return pd.DataFrame(rows, columns=["check", "ok", "detail"])
+
+
+def plot_fairness(rep, title: str | None = None):
+    """One figure of a matched study (a FairnessReport or LoadedReport): tuning curves (expected best
+    ±1 sd, best so far dashed); test accuracy per evaluation seed with the mean's bootstrap 95% CI
+    and the IQM; and, when per-seed results exist, each arm's paired difference from the first arm
+    with its CI, annotated with P(improvement). Returns the figure (the caller shows or saves it)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    arms = list(rep.summary["arm"])
+    pal = dict(zip(arms, sns.color_palette(n_colors=len(arms))))
+    has_cmp = len(rep.comparisons) > 0
+    fig, axes = plt.subplots(1, 3 if has_cmp else 2, figsize=(15.5 if has_cmp else 11, 3.9))
+    ax = axes[0]
+    for arm, g in rep.curves.groupby("arm", sort=False):
+        ax.plot(g["n_trials"], g["expected_best"], color=pal[arm], label=arm)
+        ax.fill_between(g["n_trials"], g["expected_best"] - g["std"], g["expected_best"] + g["std"],
+                        color=pal[arm], alpha=0.2)
+        ax.plot(g["n_trials"], g["best_so_far"], color=pal[arm], ls="--", lw=1)
+    ax.plot([], [], color="grey", label="expected best ±1 sd")
+    ax.plot([], [], color="grey", ls="--", lw=1, label="best so far (trial order)")
+    ax.set_xlabel("tuning trials")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("tuning curves (Dodge et al. expected max)", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
+    ax = axes[1]
+    s = rep.summary.set_index("arm")
+    for i, arm in enumerate(arms):
+        e = rep.evals[rep.evals["arm"] == arm]
+        if len(e):
+            jitter = np.linspace(-0.15, 0.15, len(e))
+            ax.scatter(e["accuracy"], i + jitter, color=pal[arm], alpha=0.5, s=18)
+        m = s.loc[arm, "eval_mean"]
+        ax.errorbar(m, i, xerr=[[m - s.loc[arm, "eval_ci_low"]], [s.loc[arm, "eval_ci_high"] - m]], fmt="o",
+                    color="black", capsize=4, label="mean, bootstrap 95% CI" if i == 0 else None)
+        if "eval_iqm" in s.columns:
+            ax.plot(s.loc[arm, "eval_iqm"], i, "x", color="crimson", ms=9, mew=2, label="IQM" if i == 0 else None)
+    ax.set_yticks(range(len(arms)), arms)
+    ax.set_ylim(len(arms) - 0.5, -0.5)
+    ax.set_xlabel("test accuracy (%) per evaluation seed")
+    ax.set_title("final evaluation of each arm's best configuration", fontsize=10)
+    ax.legend(fontsize=7)
+    if has_cmp:
+        ax = axes[2]
+        c = rep.comparisons.reset_index(drop=True)
+        for i, r in c.iterrows():
+            ax.errorbar(r["mean_diff"], i, xerr=[[r["mean_diff"] - r["diff_ci_low"]], [r["diff_ci_high"] - r["mean_diff"]]],
+                        fmt="o", color=pal[r["arm"]], capsize=4)
+        ax.axvline(0, color="grey", lw=1)
+        ax.set_yticks(range(len(c)), [f"{r['arm']} − {r['baseline']}\nP(improvement) {r['p_improvement']:.2f} "
+                                      f"[{r['p_ci_low']:.2f}, {r['p_ci_high']:.2f}]" for _, r in c.iterrows()],
+                      fontsize=8)
+        ax.set_ylim(len(c) - 0.5, -0.5)
+        ax.set_xlabel("paired difference in test accuracy (points)")
+        ax.set_title("same evaluation seeds, bootstrap 95% CI", fontsize=10)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
