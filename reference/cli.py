@@ -183,7 +183,7 @@ def cmd_pilot(a) -> int:
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """The pilot's flags: a bad value is one `error:` line (InputError), not a usage dump."""
+    """A bad flag or value is one `error:` line (InputError), not a usage dump (subparsers inherit it)."""
 
     def error(self, message: str):
         raise InputError(message)
@@ -202,7 +202,7 @@ def _pilot_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="reference-pipeline", description="Sparse-to-dense reference pipeline.")
+    ap = _OneLineParser(prog="reference-pipeline", description="Sparse-to-dense reference pipeline.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("demo", help="every arm, one seed, the short schedule")
     d.add_argument("--config", default="toy_short")
@@ -235,35 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["pilot"]:  # its own parser, so that a bad flag is one line too
-        try:
-            a = _pilot_args(_OneLineParser(prog="reference-pipeline pilot")).parse_args(argv[1:])
-            return cmd_pilot(a)
-        except InputError as e:
-            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt:
-            print("error: interrupted (finished parts are kept; rerun to resume)", file=sys.stderr)
-            return 2
     ap = build_parser()
     try:
-        a = ap.parse_args(argv)
-    except SystemExit as e:  # argparse already printed one usage line + error
-        return int(e.code or 0) and 2
-    try:
+        a = ap.parse_args(sys.argv[1:] if argv is None else list(argv))
         if a.cmd == "run":
             if not a.dry_run and not a.arm:
                 raise InputError("--arm is required (one of theory.arms.ARMS)")
             return cmd_run(a)
-        if a.cmd == "demo":
-            return cmd_demo(a)
-        return cmd_table(a)
+        return {"demo": cmd_demo, "table": cmd_table, "pilot": cmd_pilot}[a.cmd](a)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted (finished stages are kept; rerun to resume)", file=sys.stderr)
+        print("error: interrupted (finished stages and pilot parts are kept; rerun to resume)", file=sys.stderr)
         return 2
 
 

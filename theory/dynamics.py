@@ -138,30 +138,29 @@ def opd_closes(rates: Rates, tau) -> np.ndarray:
     return rates.phi_o * np.exp(-kl / rates.kl_c)
 
 
-def bridge_tau(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
-    """Fraction tau of the teacher-student gap closed by the bridge stages, in order."""
-    tau = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
+def _compose(rates: Rates, stages, replay_ratio, opd_fraction) -> np.ndarray:
+    """Fraction of a gap closed by the bridge stages in order: FKL closes phi_w of what is left, an OPD
+    pass closes opd_fraction(closed so far), r replay passes close it r times."""
+    f = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
     for stage in stages:
         if stage is Stage.FKL_WARMUP:
-            tau = 1.0 - (1.0 - tau) * (1.0 - rates.phi_w)
+            f = 1.0 - (1.0 - f) * (1.0 - rates.phi_w)
         elif stage is Stage.OPD:
-            tau = 1.0 - (1.0 - tau) * (1.0 - opd_closes(rates, tau))
+            f = 1.0 - (1.0 - f) * (1.0 - opd_fraction(f))
         elif stage is Stage.REPLAY_OPD:
-            tau = 1.0 - (1.0 - tau) * np.power(1.0 - opd_closes(rates, tau), replay_ratio)
-    return tau
+            f = 1.0 - (1.0 - f) * np.power(1.0 - opd_fraction(f), replay_ratio)
+    return f
+
+
+def bridge_tau(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
+    """Fraction tau of the teacher-student ability gap closed by the bridge stages, in order."""
+    return _compose(rates, stages, replay_ratio, lambda tau: opd_closes(rates, tau))
 
 
 def bridge_movement(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
-    """Fraction m of the style gap the student's distribution crosses (ability gained or not)."""
-    m = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
-    for stage in stages:
-        if stage is Stage.FKL_WARMUP:
-            m = 1.0 - (1.0 - m) * (1.0 - rates.phi_w)
-        elif stage is Stage.OPD:
-            m = 1.0 - (1.0 - m) * (1.0 - rates.phi_o)
-        elif stage is Stage.REPLAY_OPD:
-            m = 1.0 - (1.0 - m) * np.power(1.0 - rates.phi_o, replay_ratio)
-    return m
+    """Fraction m of the style gap the student's distribution crosses (ability gained or not): OPD
+    moves the student by phi_o whatever the KL."""
+    return _compose(rates, stages, replay_ratio, lambda _m: rates.phi_o)
 
 
 def transfer(student: Policy, teacher: Policy, tau, rho, displacement=0.0) -> Policy:
