@@ -1,4 +1,4 @@
-"""`reference-pipeline`: demo | run | table.
+"""`reference-pipeline`: demo | run | table | pilot.
 
   reference-pipeline demo [--workdir DIR]                      every arm, one seed, short schedule
   reference-pipeline run --arm A --seed S --config PATH [--teacher-labels T | --student-labels S]
