@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results"
 WORK = Path("/work/s2d_crosscheck")  # stage checkpoints (not committed; reruns resume from them)
 CONFIGS = {"toy-arith": ROOT / "configs" / "toy.toml", "toy-arith-cf": ROOT / "configs" / "toy_counterfactual.toml"}
+# the third world (docs/results/direct_teacher_preregistration.md): predicted from its pilot alone
+DIRECT = "toy-arith-direct"
+DIRECT_CONFIG = ROOT / "configs" / "toy_direct_teacher.toml"
+DIRECT_SEEDS = tuple(range(0, 5))
+DIRECT_N = 256
+DIRECT_RECOMMENDED_T = 100  # teacher labels of the planner's recommended stage-3 split (predict-direct prints it)
 
 # ---- the design (pre-registered; see docs/results/crosscheck_preregistration.md) -------------------
 CAL_SEEDS = tuple(range(0, 5))  # new calibration runs at N = 64
@@ -59,6 +65,13 @@ def calibration_configs() -> list[tuple[str, str, int, int | None]]:
     return [("toy-arith", arm, n, None) for n in CAL_BUDGETS_NEW for arm in CAL_ARMS]
 
 
+def direct_configs() -> list[tuple[str, str, int, int | None]]:
+    from theory.arms import ARMS
+    out = [(DIRECT, arm, DIRECT_N, DIRECT_N // 2 if ARMS[arm].splits_labels else None) for arm in ARMS]
+    # the split the planner recommends for this world (direct_teacher_recommendation.txt), run exactly
+    return out + [(DIRECT, "rl_teacher_bridge_stage3", DIRECT_N, DIRECT_RECOMMENDED_T)]
+
+
 # ---- running --------------------------------------------------------------------------------------
 def _job(args) -> str:
     """One process: every config of one (world, N, seed), in order, sharing one work directory."""
@@ -72,7 +85,7 @@ def _job(args) -> str:
     from reference.config import load_config
     from reference.pipeline import run_pipeline
     from theory.tables import write_table
-    cfg = load_config(CONFIGS[world]).override({"world.labels": n})
+    cfg = load_config({**CONFIGS, DIRECT: DIRECT_CONFIG}[world]).override({"world.labels": n})
     part = Path(part)
     rows = [pd.read_csv(part)] if part.is_file() else []
     done = set() if not rows else set(zip(rows[0]["arm"], rows[0]["teacher_labels"]))
@@ -200,8 +213,46 @@ def cmd_predict(a) -> int:
     return 0
 
 
+def cmd_predict_direct(a) -> int:
+    """The third world from its pilot alone: start states of its teacher + KL_0 from the pilot, the
+    student's calibrated state and every rate from the toy-arith posterior. Writes the scenario, the
+    predictions for every arm at N = 256 and the planner's recommendation."""
+    from budget_planner.planner import plan, predict_configs
+    from theory.calibrate import calibrate, fit_scenario
+    from theory.scenario import scenario_to_toml
+    from theory.tables import read_table
+    cal = calibration_table()
+    probs, kl = (read_table(OUT / "crosscheck_pilot_toy-arith" / f, k) for f, k in
+                 (("problems.csv", "problems"), ("pilot_runs.csv", "runs")))
+    fit = fit_scenario(calibrate(pd.concat([cal, kl], ignore_index=True), probs, benchmark="toy_test",
+                                 name="toy-arith", group_size=8, seed=0))
+    pdir = OUT / f"crosscheck_pilot_{DIRECT}"
+    probs_d, kl_d = read_table(pdir / "problems.csv", "problems"), read_table(pdir / "pilot_runs.csv", "runs")
+    scn = calibrate(kl_d, probs_d, benchmark="toy_test", name=DIRECT, group_size=8, seed=0, rates_from=fit,
+                    same_models={"student": "student"})  # the same student checkpoint as toy-arith
+    (ROOT / "budget_planner" / "scenarios" / f"{DIRECT}.toml").write_text(
+        "# Calibrated by scripts/crosscheck_toy.py predict-direct (docs/results/direct_teacher_preregistration.md).\n"
+        "# Regenerate, do not edit by hand.\n" + scenario_to_toml(scn))
+    cfgs = direct_configs()
+    df = predict_configs(scn, [(arm, n, tl) for _, arm, n, tl in cfgs], n_seeds=len(DIRECT_SEEDS), level=LEVEL)
+    df.insert(0, "world", DIRECT)
+    df["set"] = "heldout"
+    df["naive_mean"] = naive_predictions(cal, cfgs)
+    cols = ["world", "arm", "labels", "teacher_labels", "student_labels", "set", "pred_mean", "pred_lo",
+            "pred_hi", "level", "naive_mean"]
+    df[cols].to_csv(OUT / "direct_teacher_predictions.csv", index=False, float_format="%.3f")
+    print(df[cols].round(2).to_string())
+    p = plan(scn, labels=DIRECT_N)
+    rec = p.recommendation
+    text = (f"planner recommendation for {DIRECT} at N = {DIRECT_N}: {rec.arm} (p_best {rec.p_best:.2f}), "
+            f"{rec.teacher_labels} teacher / {rec.student_labels} student labels\n")
+    (OUT / "direct_teacher_recommendation.txt").write_text(text + p.to_frame().round(2).to_string() + "\n")
+    print(text + p.to_frame().round(2).to_string())
+    return 0
+
+
 def cmd_pilots(a) -> int:
-    for world, cfg in CONFIGS.items():
+    for world, cfg in {**CONFIGS, DIRECT: DIRECT_CONFIG}.items():
         subprocess.run([sys.executable, "-m", "reference.cli", "pilot", "--config", str(cfg), "--k", "8",
                         "--problems", "200", "--split", "val", "--out", str(OUT / f"crosscheck_pilot_{world}"),
                         "--workdir", str(WORK / f"pilot_{world}")],
@@ -223,9 +274,22 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_report_direct(a) -> int:
+    from theory.crosscheck import crosscheck, format_crosscheck, read_predictions
+    from theory.tables import read_table
+    runs_csv, pred_csv = OUT / "direct_teacher_runs.csv", OUT / "direct_teacher_predictions.csv"
+    subprocess.run([sys.executable, "-m", "budget_planner.cli", "crosscheck", "--runs", str(runs_csv),
+                    "--predictions", str(pred_csv), "--json", str(OUT / "direct_teacher_report.json")], check=True)
+    cc = crosscheck(read_table(runs_csv, "runs"), read_predictions(pred_csv))
+    cc.plot(OUT / "direct_teacher_crosscheck.png")
+    (OUT / "direct_teacher_report.txt").write_text(format_crosscheck(cc) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["calibration-runs", "pilots", "predict", "heldout", "report"])
+    ap.add_argument("step", choices=["calibration-runs", "pilots", "predict", "heldout", "report",
+                                     "predict-direct", "runs-direct", "report-direct"])
     ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args(argv)
     if a.step == "calibration-runs":
@@ -234,7 +298,11 @@ def main(argv=None) -> int:
     if a.step == "heldout":
         run_configs(heldout_configs(), HELD_SEEDS, OUT / "crosscheck_runs.csv", a.jobs)
         return 0
-    return {"pilots": cmd_pilots, "predict": cmd_predict, "report": cmd_report}[a.step](a)
+    if a.step == "runs-direct":
+        run_configs(direct_configs(), DIRECT_SEEDS, OUT / "direct_teacher_runs.csv", a.jobs)
+        return 0
+    return {"pilots": cmd_pilots, "predict": cmd_predict, "report": cmd_report,
+            "predict-direct": cmd_predict_direct, "report-direct": cmd_report_direct}[a.step](a)
 
 
 if __name__ == "__main__":
