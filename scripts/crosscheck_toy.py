@@ -159,6 +159,19 @@ def naive_predictions(cal: pd.DataFrame, configs) -> list[float]:
     return out
 
 
+def _write_predictions(df: pd.DataFrame, path: Path, force: bool) -> None:
+    """Committed predictions are the pre-registration: a rerun writes beside them (<name>.rerun.csv)
+    unless --force, and says how far the rerun moved."""
+    if path.exists() and not force:
+        old = pd.read_csv(path)
+        path = path.with_suffix(".rerun.csv")
+        moved = (df[["pred_mean", "pred_lo", "pred_hi"]].to_numpy() - old[["pred_mean", "pred_lo", "pred_hi"]].to_numpy())
+        print(f"{path.name}: the committed predictions are kept; this rerun differs by at most "
+              f"{np.abs(moved).max():.3f} points (mean |change| {np.abs(moved).mean():.3f})")
+    df.to_csv(path, index=False, float_format="%.3f")
+    print("wrote", path)
+
+
 def cmd_predict(a) -> int:
     from budget_planner.planner import predict_configs
     from theory.calibrate import calibrate, fit_scenario
@@ -207,9 +220,8 @@ def cmd_predict(a) -> int:
     pred = pd.concat(frames, ignore_index=True)
     cols = ["world", "arm", "labels", "teacher_labels", "student_labels", "set", "pred_mean", "pred_lo",
             "pred_hi", "level", "naive_mean"]
-    pred[cols].to_csv(OUT / "crosscheck_predictions.csv", index=False, float_format="%.3f")
+    _write_predictions(pred[cols], OUT / "crosscheck_predictions.csv", a.force)
     print(pred[cols].round(2).to_string())
-    print("wrote", OUT / "crosscheck_predictions.csv")
     return 0
 
 
@@ -240,13 +252,15 @@ def cmd_predict_direct(a) -> int:
     df["naive_mean"] = naive_predictions(cal, cfgs)
     cols = ["world", "arm", "labels", "teacher_labels", "student_labels", "set", "pred_mean", "pred_lo",
             "pred_hi", "level", "naive_mean"]
-    df[cols].to_csv(OUT / "direct_teacher_predictions.csv", index=False, float_format="%.3f")
+    _write_predictions(df[cols], OUT / "direct_teacher_predictions.csv", a.force)
     print(df[cols].round(2).to_string())
     p = plan(scn, labels=DIRECT_N)
     rec = p.recommendation
     text = (f"planner recommendation for {DIRECT} at N = {DIRECT_N}: {rec.arm} (p_best {rec.p_best:.2f}), "
             f"{rec.teacher_labels} teacher / {rec.student_labels} student labels\n")
-    (OUT / "direct_teacher_recommendation.txt").write_text(text + p.to_frame().round(2).to_string() + "\n")
+    rec_path = OUT / ("direct_teacher_recommendation.txt" if a.force or not (OUT / "direct_teacher_recommendation.txt").exists()
+                      else "direct_teacher_recommendation.rerun.txt")
+    rec_path.write_text(text + p.to_frame().round(2).to_string() + "\n")
     print(text + p.to_frame().round(2).to_string())
     return 0
 
@@ -291,6 +305,7 @@ def main(argv=None) -> int:
     ap.add_argument("step", choices=["calibration-runs", "pilots", "predict", "heldout", "report",
                                      "predict-direct", "runs-direct", "report-direct"])
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--force", action="store_true", help="overwrite committed predictions (the pre-registration)")
     a = ap.parse_args(argv)
     if a.step == "calibration-runs":
         run_configs(calibration_configs(), CAL_SEEDS, OUT / "crosscheck_calibration_runs.csv", a.jobs)

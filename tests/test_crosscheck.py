@@ -230,3 +230,19 @@ def test_plot_draws_one_point_per_configuration(tmp_path):
     assert centers == [(11.0, 12.0), (12.0, 10.0), (32.0, 28.0)]
     crosscheck(RUNS, PREDS).plot(tmp_path / "cc.png")
     assert (tmp_path / "cc.png").stat().st_size > 10_000
+
+
+def test_committed_crosscheck_report_recomputes_from_committed_tables():
+    """docs/results: the committed report is what the committed runs and predictions give today."""
+    from pathlib import Path
+    from theory.crosscheck import read_predictions
+    from theory.tables import read_table
+    res = Path(__file__).resolve().parent.parent / "docs" / "results"
+    for stem in ("crosscheck", "direct_teacher"):
+        runs, preds, rep = (res / f"{stem}_runs.csv", res / f"{stem}_predictions.csv", res / f"{stem}_report.json")
+        if stem == "direct_teacher" and not rep.is_file():
+            continue  # that study's runs are committed together with its report
+        want = json.loads(rep.read_text())
+        got = crosscheck(read_table(runs, "runs"), read_predictions(preds)).to_dict()
+        for k in ("mae", "mae_over_se", "coverage", "mean_interval_width", "kendall_tau", "split_regret", "naive_mae"):
+            assert got[k] == pytest.approx(want[k], nan_ok=True), (stem, k)

@@ -136,3 +136,14 @@ def test_same_checkpoint_keeps_its_calibrated_start_state():
     assert copy.get("student.benchmarks.pilot.compliance").tag == "measured"
     with pytest.raises(InputError, match="same_models needs rates_from"):
         calibrate(runs, problems, same_models={"teacher": "student"})
+
+
+def test_borrowed_scenario_keeps_measured_seed_spread_and_budget():
+    truth = load_scenario(ROOT / "docs/examples/pilot_truth.toml")
+    runs, problems = simulate_pilot(truth, CONFIGS, seeds=2, n_items=100, k=8, rng=np.random.default_rng(0))
+    first_scn = calibrate(runs, problems, name="first")
+    first = fit_scenario(first_scn)
+    second = calibrate(runs[runs["metric"] == "kl0_per_token"], problems, name="second", rates_from=first)
+    se1, se2 = (s.get("benchmarks.pilot.eval_se") for s in (first_scn, second))
+    assert se1.tag == "measured" and (se2.value, se2.tag) == (se1.value, "measured")
+    assert second.budget == first_scn.budget

@@ -407,6 +407,12 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
     notes: list[str] = []
     multi = stats[stats["count"] >= 2]
     borrowed = posterior_priors(rates_from) if rates_from is not None else {}
+    if rates_from is not None and "benchmarks.eval_se" not in borrowed:
+        # a measured (unfitted) seed spread carries over as measured
+        t = rates_from.scenario.get(f"benchmarks.{rates_from.scenario.target_benchmark}.eval_se")
+        borrowed["benchmarks.eval_se"] = {"value": t.value, "tag": t.tag, "source": f"{t.note} (scenario "
+                                          f"{rates_from.scenario.name!r})"} if t.tag != "assumed" else \
+            {"value": t.value, "tag": "assumed", "sd": t.sd, "why": t.note}
     if "benchmarks.eval_se" in borrowed and not len(multi):
         eval_se = borrowed["benchmarks.eval_se"]
     elif len(multi):
@@ -433,6 +439,9 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
             o["teacher_labels"] = int(tl)
         observations.append(o)
     budget = max([o.get("labels", 0) for o in observations] + [1])
+    budget_src = "largest label budget in the pilot runs"
+    if not observations and rates_from is not None:  # nothing run with this pair: plan at the earlier budget
+        budget, budget_src = rates_from.scenario.budget, f"budget of scenario {rates_from.scenario.name!r}"
     kl = runs[runs["metric"].isin(["kl0_per_token", "kl_to_teacher"])]
     if len(kl):
         # a teacher identical to the student measures KL_0 = 0 exactly; the input lives on a log scale
@@ -474,7 +483,7 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
         "description": f"calibrated from a pilot ({len(observations)} observations); " + "; ".join(notes),
         "target_benchmark": benchmark, "train_benchmark": benchmark, "seed": seed, "draws": 256,
         "inputs": {
-            "budget": {"value": int(budget), "tag": "measured", "source": "largest label budget in the pilot runs"},
+            "budget": {"value": int(budget), "tag": "measured", "source": budget_src},
             "group_size": {"value": int(group_size), "tag": "assumed", "sd": 0.1, "why": "GRPO group size of the pilot"},
             "k_explore": borrowed.get("inputs.k_explore", {
                 "value": float(group_size), "tag": "assumed", "sd": 0.5,
