@@ -247,8 +247,9 @@ class CrossCheck:
                          f"{world}: MAE {w.get('mae', float('nan')):.2f} (naive {w.get('naive_mae', float('nan')):.2f}), "
                          f"coverage {w.get('coverage', float('nan')):.0%}", fontsize=10)
             mk = ", ".join(f"{'○□△◇▽⬠'[i]} N={n}" for i, n in enumerate(budgets[:6]))
-            ax.legend(fontsize=7, loc="upper left", title=f"arm ({mk})", title_fontsize=7)
-        fig.suptitle(f"Planner cross-check, {self.set_name} set: {self.n_configs} configurations "
+            ax.legend(fontsize=7, loc="best", title=f"arm ({mk})", title_fontsize=7)
+        sep = "\n" if len(panels) == 1 else " "
+        fig.suptitle(f"Planner cross-check, {self.set_name} set: {self.n_configs} configurations{sep}"
                      "(open grey circles: naive predictor)", fontsize=11)
         fig.tight_layout()
         if path is not None:
