@@ -147,3 +147,23 @@ def test_borrowed_scenario_keeps_measured_seed_spread_and_budget():
     se1, se2 = (s.get("benchmarks.pilot.eval_se") for s in (first_scn, second))
     assert se1.tag == "measured" and (se2.value, se2.tag) == (se1.value, "measured")
     assert second.budget == first_scn.budget
+
+
+def test_self_distillation_pilot_measures_stage_costs():
+    """Problem rows of the student after a self-distilled FKL warmup (ability -0.8) and after OPD too
+    (a further -0.3): calibrate reads the costs as measured inputs, and a bridge then loses them."""
+    from theory import irt
+    from theory.calibrate import SELF_DISTILL_MODELS
+    truth = load_scenario(ROOT / "docs/examples/pilot_truth.toml")
+    runs, _ = simulate_pilot(truth, CONFIGS, seeds=2, n_items=50, k=4, rng=np.random.default_rng(0))
+    problems = irt.simulate_problems([0.0, 1.5, -0.8, -1.1], [0.9, 0.8, 0.9, 0.9], 1.0, n_items=600, k=16,
+                                     rng=np.random.default_rng(1),
+                                     models=["student", "teacher", *SELF_DISTILL_MODELS])
+    scn = calibrate(runs, problems)
+    fkl, opd = scn.get("rates.cost_fkl"), scn.get("rates.cost_opd")
+    assert (fkl.tag, opd.tag) == ("measured", "measured")
+    assert fkl.value == pytest.approx(0.8, abs=3 * fkl.sd) and opd.value == pytest.approx(0.3, abs=3 * opd.sd)
+    assert fkl.sd < 0.2
+    # without the self-distillation rows there is no cost (the original theory)
+    plain = calibrate(runs, problems[problems["model"].isin(["student", "teacher"])])
+    assert not plain.has("rates.cost_fkl")

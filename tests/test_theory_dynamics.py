@@ -115,3 +115,21 @@ def test_style_displacement_closed_form_and_default_off():
     tau = bridge_tau(w.rates, ARMS["no_fkl"].stages)[0]
     expect = transfer(w.student, w.teacher, tau, 0.6, 0.5 * m * 7.0).theta_B[0, 0]
     assert expect == pytest.approx(theta + 0.6 * tau * (1.5 - 0.5) - 0.5 * m * 7.0)
+
+
+def test_stage_cost_adds_per_stage_and_scales_with_replay():
+    from theory.dynamics import stage_cost
+    r = make_world(cost_fkl=0.7, cost_opd=0.2).rates
+    assert stage_cost(r, ARMS["rl_teacher_bridge"].stages)[0] == pytest.approx(0.9)
+    assert stage_cost(r, ARMS["no_fkl"].stages)[0] == pytest.approx(0.2)
+    assert stage_cost(r, ARMS["no_opd"].stages)[0] == pytest.approx(0.7)
+    assert stage_cost(r, ARMS["replay_control"].stages, 3.0)[0] == pytest.approx(0.7 + 0.2 + 0.6)
+    assert stage_cost(r, ARMS["direct_grpo"].stages)[0] == 0.0
+    # an identical teacher (no gap, KL_0 = 0): the bridge leaves the student exactly cost logits lower
+    same = dict(theta_t=0.5, c_t=0.9, kl0=1e-9, cost_fkl=0.7, cost_opd=0.2)
+    w = make_world(**same)
+    acc = predict_arm(w, ARMS["raw_teacher_bridge"], 1000)[0, 0]
+    lowered = w.accuracy(transfer(w.student, w.student, 0.0, 0.6, 0.9))[0, 0]
+    assert acc == pytest.approx(lowered)
+    assert predict_arm(make_world(theta_t=0.5, c_t=0.9, kl0=1e-9), ARMS["raw_teacher_bridge"], 1000)[0, 0] == \
+        pytest.approx(w.accuracy(w.student)[0, 0])

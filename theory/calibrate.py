@@ -38,6 +38,8 @@ def to_z(t: Tagged, value=None) -> np.ndarray:
         return special.logit(np.clip(v / 100.0, _EPS, 1 - _EPS))
     if t.kind == "probability":
         return special.logit(np.clip(v, _EPS, 1 - _EPS))
+    if t.kind == "real":
+        return v
     return np.log(v)
 
 
@@ -47,6 +49,8 @@ def from_z(t: Tagged, z) -> np.ndarray:
         return 100.0 * special.expit(z)
     if t.kind == "probability":
         return special.expit(z)
+    if t.kind == "real":
+        return z
     return np.exp(np.clip(z, -50, 50))
 
 
@@ -84,7 +88,8 @@ def build_world(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[st
 
     rates = Rates(kappa=vals["rates.kappa"], rho=vals["rates.rho"], phi_w=vals["rates.phi_w"],
                   phi_o=vals["rates.phi_o"], kl_c=vals["rates.kl_c"], kl0=vals["inputs.kl0"],
-                  gamma=vals.get("rates.gamma", 0.0),
+                  gamma=vals.get("rates.gamma", 0.0), cost_fkl=vals.get("rates.cost_fkl", 0.0),
+                  cost_opd=vals.get("rates.cost_opd", 0.0),
                   k_explore=vals["inputs.k_explore"], group_size=vals["inputs.group_size"])
     return World(benchmarks=bench, train=bench.index(scn.train_benchmark), s_d_B=s_d_B,
                  student=policy("student"), teacher=policy("teacher"), rates=rates, compute=scn.compute)
@@ -368,6 +373,29 @@ def posterior_priors(fit: Fit, prefixes: tuple[str, ...] = ("rates.", "inputs.k_
     return out
 
 
+# problem-table model names written by `reference-pipeline pilot --self-distill`: the student after the
+# FKL warmup / after warmup + OPD, both distilled from a frozen copy of itself
+SELF_DISTILL_MODELS = ("self_distill_fkl_warmup", "self_distill_opd")
+
+
+def stage_costs(fit: irt.IRTFit, student: str, src: str) -> dict:
+    """rates.cost_fkl / cost_opd (ability logits) measured from a self-distillation pilot, if present:
+    what each bridge stage costs the student when the teacher is the student itself (no gap to close,
+    no style to cross: what is left is the optimiser's drift). sd = the two abilities' standard errors."""
+    out = {}
+    prev = student
+    for name, m in (("cost_fkl", SELF_DISTILL_MODELS[0]), ("cost_opd", SELF_DISTILL_MODELS[1])):
+        if m not in fit.models:
+            break
+        i, j = fit.models.index(prev), fit.models.index(m)
+        ses = [fit.theta_se[k] if np.isfinite(fit.theta_se[k]) else 1.0 for k in (i, j)]
+        out[name] = {"value": float(fit.theta[i] - fit.theta[j]), "tag": "measured",
+                     "sd": float(np.clip(np.hypot(*ses), 1e-3, 10)),
+                     "source": f"self-distillation pilot: ability of {prev!r} minus {m!r} ({src})"}
+        prev = m
+    return out
+
+
 def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "student", teacher: str = "teacher",
               benchmark: str = "pilot", name: str = "pilot", split: str = "test", group_size: int = 8,
               seed: int = 0, rates_from: Fit | None = None, same_models: dict[str, str] | None = None) -> Scenario:
@@ -391,7 +419,9 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
 
     runs = validate_runs(runs)
     problems = validate_problems(problems)
-    fit = irt.fit_problems(problems, models=[student, teacher])
+    present = set(problems["model"])
+    sd_models = [m for m in SELF_DISTILL_MODELS if m in present]
+    fit = irt.fit_problems(problems, models=[student, teacher, *sd_models])
     src = f"fitted from the pilot problem table ({fit.n_items} problems, IRT marginal ML)"
     acc = runs[(runs["metric"] == "accuracy") & (runs["split"] == split)]
     if acc.empty and rates_from is None:
@@ -490,8 +520,10 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
                 "why": "RLVR raises pass@1 toward pass@k with k of the order of the group size (Yue et al. 2504.13837)"}),
             "kl0": kl0,
         },
-        "rates": {k: borrowed.get(f"rates.{k}", {"value": v, "tag": "assumed", "sd": sd, "why": why})
-                  for k, (v, sd, why) in _PILOT_PRIORS.items()},
+        "rates": {**{k: borrowed.get(f"rates.{k}", {"value": v, "tag": "assumed", "sd": sd, "why": why})
+                     for k, (v, sd, why) in _PILOT_PRIORS.items()},
+                  **{k.split(".", 1)[1]: v for k, v in borrowed.items() if k in ("rates.cost_fkl", "rates.cost_opd")},
+                  **stage_costs(fit, student, src)},
         "benchmarks": {benchmark: {"s_d": {"value": float(fit.s_d), "tag": "measured", "source": src,
                                            "sd": float(np.clip(fit.s_d_se / fit.s_d, 1e-3, 10))},
                                    "eval_se": eval_se}},

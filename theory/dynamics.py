@@ -19,7 +19,7 @@ Bridge toward a teacher (theta_T, c_T): a fraction tau of the gap is closed     
     full: tau = 1 - (1-phi_w)(1 - phi_o e^{-KL_0 (1-phi_w)/KL_c});  no_fkl: phi_o e^{-KL_0/KL_c};
     no_opd: tau = phi_w.
 Student after the bridge                                                         -> `transfer`
-    theta -> theta_S + rho tau (theta_T - theta_S) - gamma m KL_0
+    theta -> theta_S + rho tau (theta_T - theta_S) - gamma m KL_0 - sum_stages cost_stage
     c     -> c_S + tau (c_T - c_S)                   (a raw teacher's protocol habits are copied: C1)
     rho: absorption ceiling of the student.  Style displacement (optional rate gamma, default 0 = the
     original theory): every bridge stage moves the student's *distribution* toward the teacher's
@@ -30,6 +30,9 @@ Student after the bridge                                                        
     ability per nat of KL_0 crossed. Added after the first toy world (docs/log.md, 2026-11-26: the
     bridged students copied the teacher's step format but not its arithmetic and fell from 26.6% to
     1-2%), which the original theory could not express: with gamma = 0 a bridge never lowers ability.
+    Stage cost (optional rates cost_fkl, cost_opd, default 0): what a stage costs by itself whatever the
+    teacher (optimiser drift), measured by a self-distillation pilot (`stage_cost`); added after the
+    cross-check, where distilling from an identical teacher still cost 6 points (docs/log.md).
 Stage 3 is `grpo` from the bridged state with the student's labels.
 
 Each arm of `theory.arms.ARMS` is evaluated by walking its stage list (`predict_arm`); there is no
@@ -68,6 +71,8 @@ class Rates:
     k_explore: np.ndarray  # k in the exploration ceiling pass@k
     group_size: np.ndarray  # G
     gamma: np.ndarray | float = 0.0  # style displacement, ability logits per nat of KL_0 crossed (0 = off)
+    cost_fkl: np.ndarray | float = 0.0  # ability logits an FKL warmup costs whatever the teacher (0 = off)
+    cost_opd: np.ndarray | float = 0.0  # ability logits one OPD pass costs whatever the teacher (0 = off)
 
 
 @dataclass(frozen=True)
@@ -163,6 +168,21 @@ def bridge_movement(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
     return _compose(rates, stages, replay_ratio, lambda _m: rates.phi_o)
 
 
+def stage_cost(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
+    """Ability logits the bridge stages cost by themselves, whatever the teacher (optimiser drift;
+    measured by a self-distillation pilot: the stages run with teacher = the student's own copy).
+    A replay of r OPD passes costs r times one pass."""
+    c = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
+    for stage in stages:
+        if stage is Stage.FKL_WARMUP:
+            c = c + rates.cost_fkl
+        elif stage is Stage.OPD:
+            c = c + rates.cost_opd
+        elif stage is Stage.REPLAY_OPD:
+            c = c + rates.cost_opd * np.asarray(replay_ratio, dtype=float)
+    return c
+
+
 def transfer(student: Policy, teacher: Policy, tau, rho, displacement=0.0) -> Policy:
     """Move the student a fraction tau toward the teacher; ability capped by rho and lowered by
     `displacement` logits (gamma m KL_0, see the module docstring)."""
@@ -209,6 +229,8 @@ def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None) -> np.ndarr
         disp = 0.0
         if np.any(np.asarray(r.gamma) != 0.0):
             disp = r.gamma * bridge_movement(r, bridge, replay_ratio) * r.kl0
+        if np.any(np.asarray(r.cost_fkl) != 0.0) or np.any(np.asarray(r.cost_opd) != 0.0):
+            disp = disp + stage_cost(r, bridge, replay_ratio)
         student = transfer(student, teacher, tau, r.rho, disp)
     if Stage.STUDENT_GRPO in arm.stages:
         student = grpo(world, student, s_lab)

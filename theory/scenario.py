@@ -27,6 +27,7 @@ KINDS = {
     "percent": (0.15, 0.0, 100.0),
     "probability": (0.5, 0.0, 1.0),
     "positive": (0.5, 0.0, math.inf),
+    "real": (0.5, -math.inf, math.inf),  # identity scale (a signed shift, e.g. a stage's ability cost in logits)
 }
 RATES = {  # name -> kind
     "kappa": "positive",  # GRPO progress per 1000 labels at full signal
@@ -38,6 +39,8 @@ RATES = {  # name -> kind
 # Optional rates: absent = the original theory (the term is exactly 0, nothing fitted).
 OPTIONAL_RATES = {
     "gamma": "positive",  # style displacement: ability logits lost per nat of KL_0 the student moves across
+    "cost_fkl": "real",  # ability logits one FKL warmup costs by itself (self-distillation pilot)
+    "cost_opd": "real",  # ability logits one OPD pass costs by itself (self-distillation pilot)
 }
 SCALARS = {  # [inputs] name -> (kind, required)
     "budget": ("positive", True),  # labels the observations were run with / the default plan budget
