@@ -7,6 +7,9 @@ docs/results/crosscheck_preregistration.md).
     # (commit the predictions before the next step)
     flock /tmp/s2d_heavy.lock python scripts/crosscheck_toy.py heldout            # the held-out runs
     python scripts/crosscheck_toy.py report           # budget-planner crosscheck + figure
+    # worlds predicted from their pilot alone (predict-world, then commit, then runs-world, report-world):
+    python scripts/crosscheck_toy.py predict-world --world toy-arith-direct     # (was: predict-direct)
+    python scripts/crosscheck_toy.py posthoc-costs    # NOT pre-registered: re-prediction with stage costs
 
 Every step resumes: finished runs are cached in the work directory and their rows kept in per-job
 CSVs, so rerunning a killed step redoes only the unfinished runs.
@@ -27,12 +30,19 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results"
 WORK = Path("/work/s2d_crosscheck")  # stage checkpoints (not committed; reruns resume from them)
 CONFIGS = {"toy-arith": ROOT / "configs" / "toy.toml", "toy-arith-cf": ROOT / "configs" / "toy_counterfactual.toml"}
-# the third world (docs/results/direct_teacher_preregistration.md): predicted from its pilot alone
-DIRECT = "toy-arith-direct"
-DIRECT_CONFIG = ROOT / "configs" / "toy_direct_teacher.toml"
+# worlds predicted from their pilot alone (docs/results/<stem>_preregistration.md): every arm at N = 256
+# and stage 3 at the split the planner recommends, seeds 0-4
+DIRECT, COMPLIANT = "toy-arith-direct", "toy-arith-compliant"
+PILOT_WORLDS = {
+    # costs=False: the planner as it was at the third world's pre-registration (no stage costs)
+    DIRECT: {"config": ROOT / "configs" / "toy_direct_teacher.toml", "stem": "direct_teacher", "costs": False},
+    # costs=True: amended with the per-stage costs of the self-distillation pilot (fourth world)
+    COMPLIANT: {"config": ROOT / "configs" / "toy_compliant_teacher.toml", "stem": "compliant_teacher", "costs": True},
+}
+DIRECT_CONFIG = PILOT_WORLDS[DIRECT]["config"]
 DIRECT_SEEDS = tuple(range(0, 5))
 DIRECT_N = 256
-DIRECT_RECOMMENDED_T = 100  # teacher labels of the planner's recommended stage-3 split (predict-direct prints it)
+SELF_DISTILL_PILOT = OUT / "crosscheck_pilot_selfdistill"  # the toy.toml schedule with teacher = student copy
 
 # ---- the design (pre-registered; see docs/results/crosscheck_preregistration.md) -------------------
 CAL_SEEDS = tuple(range(0, 5))  # new calibration runs at N = 64
@@ -65,11 +75,23 @@ def calibration_configs() -> list[tuple[str, str, int, int | None]]:
     return [("toy-arith", arm, n, None) for n in CAL_BUDGETS_NEW for arm in CAL_ARMS]
 
 
-def direct_configs() -> list[tuple[str, str, int, int | None]]:
+def recommended_split(world: str) -> int | None:
+    """Teacher labels of the stage-3 split the planner recommended (the committed recommendation file)."""
+    import re
+    path = OUT / f"{PILOT_WORLDS[world]['stem']}_recommendation.txt"
+    if not path.exists():
+        return None
+    m = re.search(r"rl_teacher_bridge_stage3 \(p_best [0-9.]+\), (\d+) teacher", path.read_text())
+    return int(m.group(1)) if m else None
+
+
+def world_configs(world: str) -> list[tuple[str, str, int, int | None]]:
     from theory.arms import ARMS
-    out = [(DIRECT, arm, DIRECT_N, DIRECT_N // 2 if ARMS[arm].splits_labels else None) for arm in ARMS]
-    # the split the planner recommends for this world (direct_teacher_recommendation.txt), run exactly
-    return out + [(DIRECT, "rl_teacher_bridge_stage3", DIRECT_N, DIRECT_RECOMMENDED_T)]
+    out = [(world, arm, DIRECT_N, DIRECT_N // 2 if ARMS[arm].splits_labels else None) for arm in ARMS]
+    t = recommended_split(world)  # the split the planner recommends, run exactly
+    if t is not None and t != DIRECT_N // 2:
+        out.append((world, "rl_teacher_bridge_stage3", DIRECT_N, t))
+    return out
 
 
 # ---- running --------------------------------------------------------------------------------------
@@ -85,7 +107,8 @@ def _job(args) -> str:
     from reference.config import load_config
     from reference.pipeline import run_pipeline
     from theory.tables import write_table
-    cfg = load_config({**CONFIGS, DIRECT: DIRECT_CONFIG}[world]).override({"world.labels": n})
+    cfg = load_config({**CONFIGS, **{w: v["config"] for w, v in PILOT_WORLDS.items()}}[world]).override(
+        {"world.labels": n})
     part = Path(part)
     rows = [pd.read_csv(part)] if part.is_file() else []
     done = set() if not rows else set(zip(rows[0]["arm"], rows[0]["teacher_labels"]))
@@ -225,48 +248,105 @@ def cmd_predict(a) -> int:
     return 0
 
 
-def cmd_predict_direct(a) -> int:
-    """The third world from its pilot alone: start states of its teacher + KL_0 from the pilot, the
-    student's calibrated state and every rate from the toy-arith posterior. Writes the scenario, the
-    predictions for every arm at N = 256 and the planner's recommendation."""
-    from budget_planner.planner import plan, predict_configs
-    from theory.calibrate import calibrate, fit_scenario
-    from theory.scenario import scenario_to_toml
+def main_fit(costs: bool):
+    """The toy-arith calibration (the cross-check's calibration subset); with `costs`, its problem
+    table also holds the self-distillation pilot's rows, so calibrate measures the stage costs."""
+    from theory.calibrate import SELF_DISTILL_MODELS, calibrate, fit_scenario
     from theory.tables import read_table
     cal = calibration_table()
     probs, kl = (read_table(OUT / "crosscheck_pilot_toy-arith" / f, k) for f, k in
                  (("problems.csv", "problems"), ("pilot_runs.csv", "runs")))
-    fit = fit_scenario(calibrate(pd.concat([cal, kl], ignore_index=True), probs, benchmark="toy_test",
-                                 name="toy-arith", group_size=8, seed=0))
-    pdir = OUT / f"crosscheck_pilot_{DIRECT}"
-    probs_d, kl_d = read_table(pdir / "problems.csv", "problems"), read_table(pdir / "pilot_runs.csv", "runs")
-    scn = calibrate(kl_d, probs_d, benchmark="toy_test", name=DIRECT, group_size=8, seed=0, rates_from=fit,
-                    same_models={"student": "student"})  # the same student checkpoint as toy-arith
-    (ROOT / "budget_planner" / "scenarios" / f"{DIRECT}.toml").write_text(
-        "# Calibrated by scripts/crosscheck_toy.py predict-direct (docs/results/direct_teacher_preregistration.md).\n"
-        "# Regenerate, do not edit by hand.\n" + scenario_to_toml(scn))
-    cfgs = direct_configs()
-    df = predict_configs(scn, [(arm, n, tl) for _, arm, n, tl in cfgs], n_seeds=len(DIRECT_SEEDS), level=LEVEL)
-    df.insert(0, "world", DIRECT)
-    df["set"] = "heldout"
+    if costs:
+        sd = read_table(SELF_DISTILL_PILOT / "problems.csv", "problems")
+        probs = pd.concat([probs, sd[sd["model"].isin(SELF_DISTILL_MODELS)]], ignore_index=True)
+    scn = calibrate(pd.concat([cal, kl], ignore_index=True), probs, benchmark="toy_test",
+                    name="toy-arith-costs" if costs else "toy-arith", group_size=8, seed=0)
+    return cal, fit_scenario(scn)
+
+
+def world_scenario(world: str, fit):
+    """A world from its pilot: teacher + KL_0 measured; rates, costs and the student (same checkpoint)
+    from the toy-arith posterior."""
+    from theory.calibrate import calibrate
+    from theory.tables import read_table
+    pdir = OUT / f"crosscheck_pilot_{world}"
+    probs, kl = read_table(pdir / "problems.csv", "problems"), read_table(pdir / "pilot_runs.csv", "runs")
+    return calibrate(kl, probs, benchmark="toy_test", name=world, group_size=8, seed=0, rates_from=fit,
+                     same_models={"student": "student"})
+
+
+PRED_COLS = ["world", "arm", "labels", "teacher_labels", "student_labels", "set", "pred_mean", "pred_lo",
+             "pred_hi", "level", "naive_mean"]
+
+
+def predict_frame(scn, world: str, cfgs, cal, n_seeds: int, set_name: str = "heldout") -> pd.DataFrame:
+    from budget_planner.planner import predict_configs
+    df = predict_configs(scn, [(arm, n, tl) for _, arm, n, tl in cfgs], n_seeds=n_seeds, level=LEVEL)
+    df.insert(0, "world", world)
+    df["set"] = set_name
     df["naive_mean"] = naive_predictions(cal, cfgs)
-    cols = ["world", "arm", "labels", "teacher_labels", "student_labels", "set", "pred_mean", "pred_lo",
-            "pred_hi", "level", "naive_mean"]
-    _write_predictions(df[cols], OUT / "direct_teacher_predictions.csv", a.force)
-    print(df[cols].round(2).to_string())
+    return df[PRED_COLS]
+
+
+def cmd_predict_world(a) -> int:
+    """A world predicted from its pilot alone: writes its scenario, the predictions for every arm at
+    N = 256 (+ the recommended stage-3 split) and the planner's recommendation."""
+    from budget_planner.planner import plan
+    from theory.scenario import scenario_to_toml
+    world = a.world
+    spec = PILOT_WORLDS[world]
+    cal, fit = main_fit(spec["costs"])
+    scn = world_scenario(world, fit)
+    (ROOT / "budget_planner" / "scenarios" / f"{world}.toml").write_text(
+        f"# Calibrated by scripts/crosscheck_toy.py predict-world --world {world}\n"
+        f"# (docs/results/{spec['stem']}_preregistration.md). Regenerate, do not edit by hand.\n"
+        + scenario_to_toml(scn))
     p = plan(scn, labels=DIRECT_N)
     rec = p.recommendation
-    text = (f"planner recommendation for {DIRECT} at N = {DIRECT_N}: {rec.arm} (p_best {rec.p_best:.2f}), "
+    text = (f"planner recommendation for {world} at N = {DIRECT_N}: {rec.arm} (p_best {rec.p_best:.2f}), "
             f"{rec.teacher_labels} teacher / {rec.student_labels} student labels\n")
-    rec_path = OUT / ("direct_teacher_recommendation.txt" if a.force or not (OUT / "direct_teacher_recommendation.txt").exists()
-                      else "direct_teacher_recommendation.rerun.txt")
-    rec_path.write_text(text + p.to_frame().round(2).to_string() + "\n")
+    rec_file = OUT / f"{spec['stem']}_recommendation.txt"
+    if rec_file.exists() and not a.force:
+        rec_file = rec_file.with_suffix(".rerun.txt")
+    rec_file.write_text(text + p.to_frame().round(2).to_string() + "\n")
     print(text + p.to_frame().round(2).to_string())
+    df = predict_frame(scn, world, world_configs(world), cal, len(DIRECT_SEEDS))
+    _write_predictions(df, OUT / f"{spec['stem']}_predictions.csv", a.force)
+    print(df.round(2).to_string())
+    return 0
+
+
+def cmd_posthoc_costs(a) -> int:
+    """NOT pre-registered: the amended planner (stage costs from the self-distillation pilot) re-predicts
+    the configurations of the cross-check and of the third world, whose runs were already seen."""
+    cal, fit = main_fit(costs=True)
+    print(fit.parameters()[["input", "prior", "map", "lo", "hi"]].round(3).to_string())
+    from theory.calibrate import calibrate
+    from theory.tables import read_table
+    from reference.config import load_config
+    frames = []
+    main = fit.scenario
+    pdir = OUT / "crosscheck_pilot_toy-arith-cf"
+    cf = calibrate(read_table(pdir / "pilot_runs.csv", "runs"), read_table(pdir / "problems.csv", "problems"),
+                   benchmark="toy_test", name="toy-arith-cf-costs", group_size=8, seed=0, rates_from=fit,
+                   same_models={"student": "student", "teacher": "student"})
+    held = heldout_configs()
+    frames.append(predict_frame(main, "toy-arith", [c for c in held if c[0] == "toy-arith"], cal, len(HELD_SEEDS)))
+    frames.append(predict_frame(cf, "toy-arith-cf", [c for c in held if c[0] == "toy-arith-cf"], cal, len(HELD_SEEDS)))
+    frames.append(predict_frame(world_scenario(DIRECT, fit), DIRECT, world_configs(DIRECT), cal, len(DIRECT_SEEDS)))
+    pred = pd.concat(frames, ignore_index=True)
+    pred.to_csv(OUT / "posthoc_costs_predictions.csv", index=False, float_format="%.3f")
+    runs = pd.concat([pd.read_csv(OUT / "crosscheck_runs.csv"), pd.read_csv(OUT / "direct_teacher_runs.csv")],
+                     ignore_index=True)
+    runs.to_csv(WORK / "posthoc_runs.csv", index=False)
+    subprocess.run([sys.executable, "-m", "budget_planner.cli", "crosscheck", "--runs", str(WORK / "posthoc_runs.csv"),
+                    "--predictions", str(OUT / "posthoc_costs_predictions.csv"),
+                    "--json", str(OUT / "posthoc_costs_report.json")], check=True)
     return 0
 
 
 def cmd_pilots(a) -> int:
-    for world, cfg in {**CONFIGS, DIRECT: DIRECT_CONFIG}.items():
+    for world, cfg in {**CONFIGS, **{w: v["config"] for w, v in PILOT_WORLDS.items()}}.items():
         subprocess.run([sys.executable, "-m", "reference.cli", "pilot", "--config", str(cfg), "--k", "8",
                         "--problems", "200", "--split", "val", "--out", str(OUT / f"crosscheck_pilot_{world}"),
                         "--workdir", str(WORK / f"pilot_{world}")],
@@ -288,22 +368,25 @@ def cmd_report(a) -> int:
     return 0
 
 
-def cmd_report_direct(a) -> int:
+def cmd_report_world(a) -> int:
     from theory.crosscheck import crosscheck, format_crosscheck, read_predictions
     from theory.tables import read_table
-    runs_csv, pred_csv = OUT / "direct_teacher_runs.csv", OUT / "direct_teacher_predictions.csv"
+    stem = PILOT_WORLDS[a.world]["stem"]
+    runs_csv, pred_csv = OUT / f"{stem}_runs.csv", OUT / f"{stem}_predictions.csv"
     subprocess.run([sys.executable, "-m", "budget_planner.cli", "crosscheck", "--runs", str(runs_csv),
-                    "--predictions", str(pred_csv), "--json", str(OUT / "direct_teacher_report.json")], check=True)
+                    "--predictions", str(pred_csv), "--json", str(OUT / f"{stem}_report.json")], check=True)
     cc = crosscheck(read_table(runs_csv, "runs"), read_predictions(pred_csv))
-    cc.plot(OUT / "direct_teacher_crosscheck.png")
-    (OUT / "direct_teacher_report.txt").write_text(format_crosscheck(cc) + "\n")
+    cc.plot(OUT / f"{stem}_crosscheck.png")
+    (OUT / f"{stem}_report.txt").write_text(format_crosscheck(cc) + "\n")
     return 0
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["calibration-runs", "pilots", "predict", "heldout", "report",
-                                     "predict-direct", "runs-direct", "report-direct"])
+                                     "predict-world", "runs-world", "report-world", "posthoc-costs"])
+    ap.add_argument("--world", choices=sorted(PILOT_WORLDS), default=DIRECT,
+                    help="for the *-world steps (toy-arith-direct was run as predict-direct/runs-direct/report-direct)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--force", action="store_true", help="overwrite committed predictions (the pre-registration)")
     a = ap.parse_args(argv)
@@ -313,11 +396,11 @@ def main(argv=None) -> int:
     if a.step == "heldout":
         run_configs(heldout_configs(), HELD_SEEDS, OUT / "crosscheck_runs.csv", a.jobs)
         return 0
-    if a.step == "runs-direct":
-        run_configs(direct_configs(), DIRECT_SEEDS, OUT / "direct_teacher_runs.csv", a.jobs)
+    if a.step == "runs-world":
+        run_configs(world_configs(a.world), DIRECT_SEEDS, OUT / f"{PILOT_WORLDS[a.world]['stem']}_runs.csv", a.jobs)
         return 0
-    return {"pilots": cmd_pilots, "predict": cmd_predict, "report": cmd_report,
-            "predict-direct": cmd_predict_direct, "report-direct": cmd_report_direct}[a.step](a)
+    return {"pilots": cmd_pilots, "predict": cmd_predict, "report": cmd_report, "predict-world": cmd_predict_world,
+            "report-world": cmd_report_world, "posthoc-costs": cmd_posthoc_costs}[a.step](a)
 
 
 if __name__ == "__main__":
