@@ -5,7 +5,7 @@
                          [--split test|val] [--workdir DIR] [--out CSV] [--dry-run [--json]]
   reference-pipeline table --seeds K --out DIR [--config PATH] [--arms all] [--jobs 2]
   reference-pipeline pilot --config PATH|name --out DIR [--k 8] [--problems 200] [--split val]
-                           [--seed 0] [--models student,teacher] [--workdir DIR]
+                           [--seed 0] [--models student,teacher] [--self-distill] [--workdir DIR]
 
 Errors print one line `error: <msg>` and exit 2. Work already done stays in --workdir (stage
 checkpoints, per-run results), so rerunning the same command resumes.
@@ -172,7 +172,8 @@ def cmd_pilot(a) -> int:
     from reference.config import load_config
     from reference.pilot import PilotConfig, parse_models
     cfg = load_config(a.config)
-    pc = PilotConfig(k=a.k, problems=a.problems, split=a.split, seed=a.seed, models=parse_models(a.models))
+    pc = PilotConfig(k=a.k, problems=a.problems, split=a.split, seed=a.seed, models=parse_models(a.models),
+                     self_distill=a.self_distill)
     _quiet()
     from reference.pilot import format_pilot, run_pilot
     res = run_pilot(cfg, pc, a.out, workdir=a.workdir)
@@ -197,6 +198,8 @@ def _pilot_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", help="probe split: val (default), test or labeled")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default="student,teacher", help="student, teacher or both")
+    p.add_argument("--self-distill", action="store_true",
+                   help="also run FKL warmup then OPD with teacher = a copy of the base student, sampling after each")
     p.add_argument("--workdir", default=DEFAULT_WORKDIR + "/pilot", help="finished parts, for resuming")
     return p
 

@@ -14,6 +14,14 @@
                                          the FKL warmup's sampling (what the warmup sees)
     pilot.json      all of the above, the parameters and per-part timings
 
+Self-distillation (`self_distill=True`, needs the student): the per-stage cost of the bridge with no
+teacher signal at all. The frozen teacher is an exact copy of the student's BASE weights, a second
+copy is trained by the config's bridge stages exactly as reference.pipeline runs them (_run_stage:
+reference.stages.fkl_warmup, then reference.stages.opd, with [fkl]/[opd], the world's unlabeled
+prompts and build_models' StageContext), and the probe is sampled as for the base student after FKL
+(model "self_distill_fkl_warmup") and after FKL then OPD ("self_distill_opd"). Their accuracy minus the
+base student's is the stage cost the planner lacks (docs/log.md, the third world's entry).
+
 One code path for the toy world and Qwen3: models are built by reference.pipeline.build_models (toy
 assets or hub ids / local directories), rollouts go through the config's Rollout backend, the KL
 through reference.rollout.completion_logits and reference.losses as the OPD / FKL stages compute it.
@@ -39,6 +47,8 @@ from reference.config import Config, load_config
 from theory.errors import InputError
 
 MODELS = ("student", "teacher")
+# self-distillation: problem-table model name -> the bridge stages run on the student copy before sampling
+SELF_DISTILL_STAGES = {"self_distill_fkl_warmup": ("fkl_warmup",), "self_distill_opd": ("fkl_warmup", "opd")}
 SPLITS = ("val", "test", "labeled")  # labeled problems (the budget N) are allowed but are not a probe set
 PILOT_ARM = "raw_teacher_bridge"  # the run-table convention for base-model pilot rows (calibrate.simulate_pilot)
 
@@ -52,6 +62,7 @@ class PilotConfig:
     split: str = "val"
     seed: int = 0
     models: tuple[str, ...] = MODELS
+    self_distill: bool = False  # also run the bridge stages with teacher = the student's copy (module doc)
 
     def __post_init__(self) -> None:
         for name in ("k", "problems", "seed"):
@@ -71,6 +82,10 @@ class PilotConfig:
             raise InputError(f"pilot: unknown model {unknown[0]!r}; use student and/or teacher")
         if len(set(self.models)) != len(self.models):
             raise InputError(f"pilot: model listed twice in {','.join(self.models)!r}")
+        if not isinstance(self.self_distill, bool):
+            raise InputError(f"pilot: self_distill must be true or false, got {self.self_distill!r}")
+        if self.self_distill and "student" not in self.models:
+            raise InputError("pilot: --self-distill needs the student in --models (its teacher is the student's copy)")
 
 
 def parse_models(spec: str) -> tuple[str, ...]:
@@ -146,12 +161,19 @@ class PilotResult:
     def to_frame(self) -> pd.DataFrame:
         return self.summary.copy()
 
+    self_distill: dict[str, dict] = field(default_factory=dict)  # stage -> steps, tokens, seconds, first/last log
+
     def to_dict(self) -> dict:
-        return {"config": self.config, "world": self.world,
-                "pilot": {"k": self.pilot.k, "problems": self.pilot.problems, "split": self.pilot.split,
-                          "seed": self.pilot.seed, "models": list(self.pilot.models)},
-                "summary": self.summary.to_dict("records"), "pass_at_k": self.pass_at_k.to_dict("records"),
-                "kl": self.kl, "parts": self.parts, "seconds": self.seconds}
+        pilot = {"k": self.pilot.k, "problems": self.pilot.problems, "split": self.pilot.split,
+                 "seed": self.pilot.seed, "models": list(self.pilot.models)}
+        if self.pilot.self_distill:  # only then: a pilot without the flag writes the fields it always wrote
+            pilot["self_distill"] = True
+        d = {"config": self.config, "world": self.world, "pilot": pilot,
+             "summary": self.summary.to_dict("records"), "pass_at_k": self.pass_at_k.to_dict("records"),
+             "kl": self.kl, "parts": self.parts, "seconds": self.seconds}
+        if self.pilot.self_distill:
+            d["self_distill_stages"] = self.self_distill
+        return d
 
 
 # ------------------------------------------------------------------------------------------------
@@ -232,6 +254,25 @@ def mean_token_kl(sampler, scorer_student, scorer_teacher, prompts: list[str], c
     return {"value": total / max(count, 1.0), "tokens": int(count), "sequences": len(prompts)}
 
 
+def self_distill_pair(student):
+    """(frozen teacher, trainable student): two exact copies of `student`'s current (base) weights, so
+    every KL between them is 0 before training. `student` itself is left untouched."""
+    import copy
+
+    teacher = copy.deepcopy(student)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher, copy.deepcopy(student)
+
+
+def _stage_weights_key(cfg: Config, pc: PilotConfig, stages: tuple[str, ...]) -> str:
+    # the trained copy depends on the world (prompts), the student (the copy and the teacher), the
+    # stage sections, the engine and the seed; not on [eval], the probe or the teacher section
+    h = cfg.section_hash(("world", "student", "fkl", "opd", "engine"),
+                         extra={"seed": pc.seed, "self_distill": list(stages)})
+    return f"self_distill_{'_'.join(stages)}_{h}"
+
+
 def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
               workdir: str | Path | None = None, progress=print) -> PilotResult:
     """Measure `pc` on the base models of `config`; write the tables into `out` (see module doc)."""
@@ -287,6 +328,9 @@ def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
             return res.problems.assign(model=role)
         tables.append(cached_part(f"samples_{role}", "csv", sample, _write_csv_atomic,
                                   lambda p: pd.read_csv(p, dtype={"problem_id": str, "model": str})))
+    sd_info: dict[str, dict] = {}
+    if pc.self_distill:
+        tables += _self_distill_parts(cfg, pc, models, world, probe, work, cached_part, sd_info, log)
     problems = validate_problems(pd.concat(tables, ignore_index=True))
 
     kl: dict[str, dict] = {}
@@ -315,7 +359,8 @@ def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
     for metric, v in kl.items():
         summ[metric] = float(v["value"])
     res = PilotResult(config=cfg.source, world=cfg.world.name, pilot=pc, problems=problems, pass_at_k=pak,
-                      summary=summ, runs=runs, kl=kl, parts=parts, seconds=time.perf_counter() - t_start)
+                      summary=summ, runs=runs, kl=kl, parts=parts, seconds=time.perf_counter() - t_start,
+                      self_distill=sd_info)
     from theory.tables import write_table
     write_table(problems, out / "problems.csv", "problems")
     _write_csv_atomic(pak, out / "pass_at_k.csv")
@@ -328,11 +373,12 @@ def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
 
 def format_pilot(res: PilotResult) -> str:
     pc = res.pilot
-    lines = [f"pilot: {res.config} ({res.world}), split {pc.split}, {len(res.problems) // len(pc.models)} problems, "
-             f"k = {pc.k}, seed {pc.seed}",
-             f"{'model':<8} {'acc(avg@k)':>10} {'compl.':>7} {'acc|compl':>9} {'pass@1':>7} {f'pass@{pc.k}':>7}"]
+    w = max(8, *(len(m) for m in res.summary["model"]))  # 8 = the base models' column, as before
+    lines = [f"pilot: {res.config} ({res.world}), split {pc.split}, "
+             f"{len(res.problems) // res.problems['model'].nunique()} problems, k = {pc.k}, seed {pc.seed}",
+             f"{'model':<{w}} {'acc(avg@k)':>10} {'compl.':>7} {'acc|compl':>9} {'pass@1':>7} {f'pass@{pc.k}':>7}"]
     for r in res.summary.itertuples():
-        lines.append(f"{r.model:<8} {r.accuracy:10.1f} {r.compliance:7.1f} {r.accuracy_given_compliance:9.1f} "
+        lines.append(f"{r.model:<{w}} {r.accuracy:10.1f} {r.compliance:7.1f} {r.accuracy_given_compliance:9.1f} "
                      f"{r.pass_at_1:7.1f} {r.pass_at_k:7.1f}")
     curve = res.pass_at_k.pivot(index="k", columns="model", values="pass_at_k")
     lines.append("pass@k (%): " + "; ".join(
@@ -341,6 +387,68 @@ def format_pilot(res: PilotResult) -> str:
         lines.append(f"{metric} = {v['value']:.4f} nats/token ({v['tokens']} tokens, {v['sequences']} rollouts)")
     if not res.kl:
         lines.append("KL not measured (needs both models): no pilot_runs.csv")
+    for stage, info in res.self_distill.items():
+        first, last = info.get("first") or {}, info.get("last") or {}
+        kl_name = "forward_kl" if "forward_kl" in last else "kl_to_teacher"
+        lines.append(f"self-distill {stage}: {info['steps']} steps, {info['seconds']:.1f} s"
+                     + (" (loaded)" if info.get("cached") else "")
+                     + (f", {kl_name} {first.get(kl_name, float('nan')):.4f} -> {last.get(kl_name, float('nan')):.4f}"
+                        if last else ""))
     fresh = sum(1 for p in res.parts.values() if not p["cached"])
     lines.append(f"wall {res.seconds:.1f} s ({fresh} part(s) computed, {len(res.parts) - fresh} loaded)")
     return "\n".join(lines)
+
+
+def _self_distill_parts(cfg: Config, pc: PilotConfig, models, world, probe, work: Path, cached_part,
+                        sd_info: dict, log) -> list[pd.DataFrame]:
+    """The self-distillation models' problem tables (see the module doc). Samples are cached parts like
+    the base models'; the trained copy after each stage is cached too (reference.checkpoint, keyed by
+    _stage_weights_key), so a rerun that lacks only the OPD samples does not retrain FKL. Training is
+    skipped entirely when every sample part is already done."""
+    from reference import checkpoint as ckpt
+    from reference.evaluate import evaluate
+    from reference.pipeline import Models, _run_stage, _seed_from
+    from theory.arms import Stage
+
+    teacher, student = self_distill_pair(models.student)
+    m = Models(student=student, teacher=teacher, ctx=models.ctx, tokenizer=models.tokenizer)
+    state: tuple[str, ...] = ()  # stages already applied to `student`
+
+    def advance(stages: tuple[str, ...]) -> None:
+        nonlocal state
+        for i in range(len(state), len(stages)):
+            done = stages[: i + 1]
+            wdir = work / _stage_weights_key(cfg, pc, done)
+            if (wdir / "meta.json").is_file():
+                meta = ckpt.load_weights(student, wdir)
+                sd_info[done[-1]] = dict(meta["result"], cached=True)
+                log(f"  self-distill {done[-1]}: weights loaded from {wdir}")
+            else:
+                name = f"self_distill/{'/'.join(done)}"
+                # torch (sampling) and data order seeded from --seed and the stage prefix, as the
+                # pipeline seeds a stage from its key; the caller's RNG state is left as it was
+                with _seeded(cfg.engine.device, _part_seed(pc.seed, name)):
+                    result = _run_stage(Stage(done[-1]), cfg, m, world, {}, _seed_from(f"pilot/{pc.seed}/{name}/data"),
+                                        None)
+                info = {"steps": result.steps, "tokens": result.tokens, "seconds": result.seconds,
+                        "first": result.log[0] if result.log else {}, "last": result.log[-1] if result.log else {}}
+                ckpt.save_weights(student, wdir, {"self_distill": list(done), "seed": pc.seed,
+                                                  "config_hash": cfg.hash(), "result": info, "log": list(result.log)})
+                sd_info[done[-1]] = dict(info, cached=False)
+                log(f"  self-distill {done[-1]}: {result.seconds:.1f} s")
+            state = done
+        student.eval()
+
+    tables = []
+    for name, stages in SELF_DISTILL_STAGES.items():
+        def sample(name=name, stages=stages):
+            advance(stages)
+            res = evaluate(student, probe, models.ctx, cfg.eval, k=pc.k, greedy=False)  # as the base student
+            return res.problems.assign(model=name)
+        tables.append(cached_part(f"samples_{name}", "csv", sample, _write_csv_atomic,
+                                  lambda p: pd.read_csv(p, dtype={"problem_id": str, "model": str})))
+    for i, stage in enumerate(SELF_DISTILL_STAGES["self_distill_opd"]):  # stages a rerun never needed to touch
+        wdir = work / _stage_weights_key(cfg, pc, SELF_DISTILL_STAGES["self_distill_opd"][: i + 1])
+        if stage not in sd_info and (wdir / "meta.json").is_file():
+            sd_info[stage] = dict(ckpt.read_meta(wdir)["result"], cached=True)
+    return tables

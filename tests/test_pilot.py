@@ -120,6 +120,7 @@ def test_student_only_writes_no_kl(tmp_path):
     (["--problems", "101"], "exceeds the 100 problems"),  # toy_short has 100 val problems
     (["--split", "train"], "split must be one of"),
     (["--seed", "1.5"], "--seed"),
+    (["--self-distill", "--models", "teacher"], "--self-distill needs the student"),
 ])
 def test_cli_bad_flags_one_line(flags, needle, tmp_path, capsys):
     rc = cli.main(["pilot", "--config", "toy_short", "--out", str(tmp_path / "o"), "--workdir", str(tmp_path / "w"),
@@ -143,3 +144,123 @@ def test_cli_prints_and_writes(main_pilot, capsys):
     assert "4 loaded" in text  # the module fixture's parts, not recomputed
     assert "kl0_per_token" in text and "pass@4" in text and "wall" in text
     assert Path(out / "pilot.json").is_file()
+
+
+# ---------- self-distillation: the bridge stages with teacher = the student's own copy ----------
+
+SD_MODELS = ["self_distill_fkl_warmup", "self_distill_opd"]
+
+
+@pytest.fixture(scope="module")
+def sd_pilot(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pilot_sd")
+    res = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), out, progress=None)
+    return res, out
+
+
+def test_self_distill_adds_two_models_that_validate(sd_pilot, main_pilot):
+    from theory.tables import validate_problems
+
+    res, out = sd_pilot
+    problems = validate_problems(read_table(out / "problems.csv", "problems"))
+    assert list(problems["model"].unique()) == ["student", "teacher", *SD_MODELS]
+    for model in SD_MODELS:
+        g = problems[problems["model"] == model]
+        assert len(g) == N_PROBLEMS and (g["k"] == K).all()
+        assert ((0 <= g["correct"]) & (g["correct"] <= K) & (g["compliant"] <= K)).all()
+    assert set(pd.read_csv(out / "summary.csv")["model"]) == {"student", "teacher", *SD_MODELS}
+    # the base parts are the same measurement with or without the flag (the copies never touch the student)
+    base = read_table(main_pilot[1] / "problems.csv", "problems")
+    pd.testing.assert_frame_equal(problems[problems["model"].isin(["student", "teacher"])].reset_index(drop=True),
+                                  base)
+    # both stages ran the config's schedule and were recorded
+    assert [res.self_distill[s]["steps"] for s in ("fkl_warmup", "opd")] == [20, 20]
+
+
+def test_self_distill_teacher_is_an_exact_copy(sd_pilot):
+    import torch
+
+    from reference.config import load_config
+    from reference.pipeline import build_models, build_world
+
+    cfg = load_config("toy_short")
+    models = build_models(cfg, need_teacher=False)
+    teacher, trainable = pl.self_distill_pair(models.student)
+    base = models.student.state_dict()
+    for name, w in teacher.state_dict().items():
+        assert torch.equal(w, base[name]) and torch.equal(trainable.state_dict()[name], base[name])
+    assert not any(p.requires_grad for p in teacher.parameters())
+    prompts = [p.prompt for p in build_world(cfg, models.tokenizer).val[:6]]
+    kl = pl.mean_token_kl(trainable, trainable, teacher, prompts, models.ctx, temperature=1.0,
+                          max_new_tokens=20, direction="reverse", batch=6)
+    assert kl["tokens"] > 0 and kl["value"] == 0.0
+    # and inside the run: the warmup's own KL before its first update is exactly 0, then training moves it
+    fkl = sd_pilot[0].self_distill["fkl_warmup"]
+    assert fkl["first"]["forward_kl"] == 0.0 and fkl["last"]["forward_kl"] > 0.0
+
+
+def test_self_distill_rerun_resumes_without_recomputing(sd_pilot, monkeypatch):
+    res, out = sd_pilot
+    before = {f: (out / f).read_text() for f in ("problems.csv", "pass_at_k.csv", "summary.csv")}
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed a finished part")
+    monkeypatch.setattr("reference.evaluate.evaluate", boom)
+    monkeypatch.setattr("reference.pipeline._run_stage", boom)
+    monkeypatch.setattr(pl, "mean_token_kl", boom)
+    again = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), out,
+                         progress=None)
+    assert all(p["cached"] for p in again.parts.values()) and len(again.parts) == 6
+    assert {f: (out / f).read_text() for f in before} == before
+    assert set(again.self_distill) == {"fkl_warmup", "opd"}  # stage records come from the cached weights
+
+
+def test_self_distill_partial_rerun_loads_the_warmup_weights(sd_pilot, monkeypatch, tmp_path):
+    import shutil
+
+    import reference.pipeline as pipeline
+
+    _, out = sd_pilot
+    work = tmp_path / "work"
+    shutil.copytree(out / ".work", work)
+    opd_samples = next(work.glob("samples_self_distill_opd_*.csv"))
+    expected = opd_samples.read_text()
+    opd_samples.unlink()
+    shutil.rmtree(next(work.glob("self_distill_fkl_warmup_opd_*")))  # the trained-after-OPD weights
+    ran = []
+    real = pipeline._run_stage
+
+    def counting(stage, *a, **k):
+        ran.append(stage.value)
+        return real(stage, *a, **k)
+    monkeypatch.setattr(pipeline, "_run_stage", counting)
+    again = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), tmp_path / "o",
+                         workdir=work, progress=None)
+    assert ran == ["opd"]  # FKL came from its cached weights
+    assert [p for p, v in again.parts.items() if not v["cached"]] == ["samples_self_distill_opd"]
+    assert opd_samples.read_text() == expected  # same numbers as the uninterrupted run
+
+
+def test_without_the_flag_outputs_are_unchanged(sd_pilot, main_pilot, tmp_path):
+    import json
+
+    _, sd_out = sd_pilot
+    _, main_out = main_pilot
+    # same workdir as the self-distill run (base parts shared), no flag: the base pilot's files exactly
+    res = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS), tmp_path, workdir=sd_out / ".work",
+                       progress=None)
+    assert all(p["cached"] for p in res.parts.values()) and len(res.parts) == 4
+    for f in ("problems.csv", "pass_at_k.csv", "summary.csv", "pilot_runs.csv"):
+        assert (tmp_path / f).read_bytes() == (main_out / f).read_bytes(), f
+    d = json.loads((tmp_path / "pilot.json").read_text())
+    assert "self_distill" not in d["pilot"] and "self_distill_stages" not in d
+    assert "self_distill" not in pl.format_pilot(res) and "student  " in pl.format_pilot(res)
+
+
+def test_cli_self_distill_prints_the_new_models(sd_pilot, capsys):
+    _, out = sd_pilot
+    assert cli.main(["pilot", "--config", "toy_short", "--k", str(K), "--problems", str(N_PROBLEMS),
+                     "--self-distill", "--out", str(out), "--workdir", str(out / ".work")]) == 0
+    text = capsys.readouterr().out
+    assert "6 loaded" in text and "self_distill_fkl_warmup" in text and "self_distill_opd" in text
+    assert "self-distill opd: 20 steps" in text
