@@ -36,8 +36,10 @@ DIRECT, COMPLIANT = "toy-arith-direct", "toy-arith-compliant"
 PILOT_WORLDS = {
     # costs=False: the planner as it was at the third world's pre-registration (no stage costs)
     DIRECT: {"config": ROOT / "configs" / "toy_direct_teacher.toml", "stem": "direct_teacher", "costs": False},
-    # costs=True: amended with the per-stage costs of the self-distillation pilot (fourth world)
-    COMPLIANT: {"config": ROOT / "configs" / "toy_compliant_teacher.toml", "stem": "compliant_teacher", "costs": True},
+    # the fourth world: calibrated on the third world's measured runs + pilot + the self-distillation
+    # pilot (stage costs), then predicted from its own pilot (another teacher, same student)
+    COMPLIANT: {"config": ROOT / "configs" / "toy_compliant_teacher.toml", "stem": "compliant_teacher", "costs": True,
+                "calibrate_on": DIRECT},
 }
 DIRECT_CONFIG = PILOT_WORLDS[DIRECT]["config"]
 DIRECT_SEEDS = tuple(range(0, 5))
@@ -264,6 +266,22 @@ def main_fit(costs: bool):
     return cal, fit_scenario(scn)
 
 
+def world_fit(world: str, costs: bool):
+    """Calibration on a pilot world's measured runs (all its configurations), its pilot and, with
+    `costs`, the self-distillation pilot. The naive predictor's 'calibration' is then these runs."""
+    from theory.calibrate import SELF_DISTILL_MODELS, calibrate, fit_scenario
+    from theory.tables import read_table
+    runs = read_table(OUT / f"{PILOT_WORLDS[world]['stem']}_runs.csv", "runs")
+    pdir = OUT / f"crosscheck_pilot_{world}"
+    probs, kl = read_table(pdir / "problems.csv", "problems"), read_table(pdir / "pilot_runs.csv", "runs")
+    if costs:
+        sd = read_table(SELF_DISTILL_PILOT / "problems.csv", "problems")
+        probs = pd.concat([probs, sd[sd["model"].isin(SELF_DISTILL_MODELS)]], ignore_index=True)
+    scn = calibrate(pd.concat([runs, kl], ignore_index=True), probs, benchmark="toy_test",
+                    name=f"{world}-calibrated", group_size=8, seed=0)
+    return runs, fit_scenario(scn)
+
+
 def world_scenario(world: str, fit):
     """A world from its pilot: teacher + KL_0 measured; rates, costs and the student (same checkpoint)
     from the toy-arith posterior."""
@@ -279,13 +297,28 @@ PRED_COLS = ["world", "arm", "labels", "teacher_labels", "student_labels", "set"
              "pred_hi", "level", "naive_mean"]
 
 
-def predict_frame(scn, world: str, cfgs, cal, n_seeds: int, set_name: str = "heldout") -> pd.DataFrame:
+def predict_frame(scn, world: str, cfgs, cal, n_seeds: int, set_name: str = "heldout", naive=None) -> pd.DataFrame:
     from budget_planner.planner import predict_configs
     df = predict_configs(scn, [(arm, n, tl) for _, arm, n, tl in cfgs], n_seeds=n_seeds, level=LEVEL)
     df.insert(0, "world", world)
     df["set"] = set_name
-    df["naive_mean"] = naive_predictions(cal, cfgs)
+    df["naive_mean"] = (naive or naive_predictions)(cal, cfgs)
     return df[PRED_COLS]
+
+
+def same_config_naive(runs: pd.DataFrame, cfgs) -> list[float]:
+    """Naive predictor for a world calibrated on another world's runs: 'the teacher does not matter' —
+    the other world's measured mean of the same arm at the same teacher share (nearest share)."""
+    from theory.arms import ARMS
+    acc = runs[(runs["metric"] == "accuracy") & (runs["split"] == "test")]
+    out = []
+    for _w, arm, n, tl in cfgs:
+        g = acc[acc["arm"] == arm]
+        t = ARMS[arm].labels(n, tl).teacher
+        shares = g["teacher_labels"].unique()
+        best = min(shares, key=lambda x: abs(x - t))
+        out.append(float(g[g["teacher_labels"] == best]["value"].mean()))
+    return out
 
 
 def cmd_predict_world(a) -> int:
@@ -295,7 +328,12 @@ def cmd_predict_world(a) -> int:
     from theory.scenario import scenario_to_toml
     world = a.world
     spec = PILOT_WORLDS[world]
-    cal, fit = main_fit(spec["costs"])
+    if spec.get("calibrate_on"):
+        cal, fit = world_fit(spec["calibrate_on"], costs=spec["costs"])
+    else:
+        cal, fit = main_fit(spec["costs"])
+    print(fit.parameters()[["input", "prior", "map", "lo", "hi", "shrink"]].round(3).to_string())
+    print("fit warnings:", *fit.warnings, sep="\n  ")
     scn = world_scenario(world, fit)
     (ROOT / "budget_planner" / "scenarios" / f"{world}.toml").write_text(
         f"# Calibrated by scripts/crosscheck_toy.py predict-world --world {world}\n"
@@ -310,7 +348,9 @@ def cmd_predict_world(a) -> int:
         rec_file = rec_file.with_suffix(".rerun.txt")
     rec_file.write_text(text + p.to_frame().round(2).to_string() + "\n")
     print(text + p.to_frame().round(2).to_string())
-    df = predict_frame(scn, world, world_configs(world), cal, len(DIRECT_SEEDS))
+    cfgs = world_configs(world)
+    df = predict_frame(scn, world, cfgs, cal, len(DIRECT_SEEDS),
+                       naive=same_config_naive if spec.get("calibrate_on") else None)
     _write_predictions(df, OUT / f"{spec['stem']}_predictions.csv", a.force)
     print(df.round(2).to_string())
     return 0

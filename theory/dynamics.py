@@ -171,14 +171,18 @@ def bridge_movement(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
 def stage_cost(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
     """Ability logits the bridge stages cost by themselves, whatever the teacher (optimiser drift;
     measured by a self-distillation pilot: the stages run with teacher = the student's own copy).
-    A replay of r OPD passes costs r times one pass."""
+    The pilot runs OPD *after* the warmup, so cost_opd (often negative: OPD repairs part of the
+    warmup's drift) is counted only after a warmup; OPD without one has no measured cost (0).
+    A replay of r OPD passes after a warmup counts r times cost_opd."""
     c = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
+    warmed = False
     for stage in stages:
         if stage is Stage.FKL_WARMUP:
             c = c + rates.cost_fkl
-        elif stage is Stage.OPD:
+            warmed = True
+        elif stage is Stage.OPD and warmed:
             c = c + rates.cost_opd
-        elif stage is Stage.REPLAY_OPD:
+        elif stage is Stage.REPLAY_OPD and warmed:
             c = c + rates.cost_opd * np.asarray(replay_ratio, dtype=float)
     return c
 
