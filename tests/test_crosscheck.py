@@ -238,11 +238,12 @@ def test_committed_crosscheck_report_recomputes_from_committed_tables():
     from theory.crosscheck import read_predictions
     from theory.tables import read_table
     res = Path(__file__).resolve().parent.parent / "docs" / "results"
-    for stem in ("crosscheck", "direct_teacher"):
-        runs, preds, rep = (res / f"{stem}_runs.csv", res / f"{stem}_predictions.csv", res / f"{stem}_report.json")
-        if stem == "direct_teacher" and not rep.is_file():
-            continue  # that study's runs are committed together with its report
+    posthoc_runs = pd.concat([read_table(res / f"{s}_runs.csv", "runs") for s in ("crosscheck", "direct_teacher")],
+                             ignore_index=True)
+    for stem in ("crosscheck", "direct_teacher", "compliant_teacher", "posthoc_costs"):
+        preds, rep = res / f"{stem}_predictions.csv", res / f"{stem}_report.json"
+        runs = posthoc_runs if stem == "posthoc_costs" else read_table(res / f"{stem}_runs.csv", "runs")
         want = json.loads(rep.read_text())
-        got = crosscheck(read_table(runs, "runs"), read_predictions(preds)).to_dict()
+        got = crosscheck(runs, read_predictions(preds)).to_dict()
         for k in ("mae", "mae_over_se", "coverage", "mean_interval_width", "kendall_tau", "split_regret", "naive_mae"):
             assert got[k] == pytest.approx(want[k], nan_ok=True), (stem, k)
