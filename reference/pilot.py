@@ -10,6 +10,8 @@
                     kl0_per_token        mean per-token KL(student || teacher), full vocabulary, on
                                          student rollouts at the OPD stage's sampling (what OPD sees
                                          at its start)
+                    kl0_compliant_per_token  the same on the protocol-following student rollouts only
+                                         (the style gap without protocol habits; theory: kl0_style)
                     kl_forward_per_token mean per-token KL(teacher || student) on teacher rollouts at
                                          the FKL warmup's sampling (what the warmup sees)
     pilot.json      all of the above, the parameters and per-part timings
@@ -223,11 +225,13 @@ def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
 
 
 def mean_token_kl(sampler, scorer_student, scorer_teacher, prompts: list[str], ctx, *, temperature: float,
-                  max_new_tokens: int, direction: str, batch: int) -> dict:
+                  max_new_tokens: int, direction: str, batch: int, only_compliant: bool = False) -> dict:
     """Mean per-token KL over all completion tokens (EOS included, as OPD's mask) of one rollout per
     prompt drawn from `sampler`. direction "reverse": KL(student || teacher) (losses.reverse_kl_BT,
     the OPD loss); "forward": KL(teacher || student) (losses.forward_kl_BT, the FKL warmup loss).
     Returns {"value", "tokens", "sequences"}; scoring goes in micro-batches of ctx.micro_batch rows.
+    `only_compliant`: average over the rollouts that follow the answer protocol only (ctx.is_compliant),
+    so a protocol habit the teacher lacks (e.g. the student's `ANS` answers) does not count as a style gap.
     """
     import torch
 
@@ -235,7 +239,7 @@ def mean_token_kl(sampler, scorer_student, scorer_teacher, prompts: list[str], c
     from reference.rollout import RolloutBatch, completion_logits
 
     kl_fn = {"reverse": losses.reverse_kl_BT, "forward": losses.forward_kl_BT}[direction]
-    total, count = 0.0, 0.0
+    total, count, kept = 0.0, 0.0, 0
     with torch.no_grad():
         for i in range(0, len(prompts), batch):
             ro = ctx.rollout.generate(sampler, prompts[i:i + batch], n=1, temperature=temperature,
@@ -249,9 +253,17 @@ def mean_token_kl(sampler, scorer_student, scorer_teacher, prompts: list[str], c
                 s_logits = completion_logits(scorer_student, sub, ctx.vocab_size)
                 t_logits = completion_logits(scorer_teacher, sub, ctx.vocab_size)
                 kl_BT = kl_fn(s_logits, t_logits)
-                total += float((kl_BT * sub.mask_BT).sum())
-                count += float(sub.mask_BT.sum())
-    return {"value": total / max(count, 1.0), "tokens": int(count), "sequences": len(prompts)}
+                mask_BT = sub.mask_BT
+                if only_compliant:
+                    keep_B = torch.tensor([bool(ctx.is_compliant(t)) for t in sub.texts], device=mask_BT.device)
+                    mask_BT = mask_BT * keep_B[:, None].to(mask_BT.dtype)
+                    kept += int(keep_B.sum())
+                total += float((kl_BT * mask_BT).sum())
+                count += float(mask_BT.sum())
+    out = {"value": total / max(count, 1.0), "tokens": int(count), "sequences": len(prompts)}
+    if only_compliant:
+        out["compliant_sequences"] = kept
+    return out
 
 
 def self_distill_pair(student):
@@ -341,11 +353,14 @@ def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
         specs = {
             "kl0_per_token": (models.student, "reverse", cfg.opd.temperature, cfg.opd.max_new_tokens),
             "kl_forward_per_token": (models.teacher, "forward", cfg.fkl.temperature, cfg.fkl.max_new_tokens),
+            # the style part of KL_0: the same reverse KL on protocol-following student rollouts only
+            "kl0_compliant_per_token": (models.student, "reverse", cfg.opd.temperature, cfg.opd.max_new_tokens),
         }
         for metric, (sampler, direction, temp, max_new) in specs.items():
-            def measure(sampler=sampler, direction=direction, temp=temp, max_new=max_new):
+            def measure(sampler=sampler, direction=direction, temp=temp, max_new=max_new, metric=metric):
                 return mean_token_kl(sampler, models.student, models.teacher, prompts, models.ctx,
-                                     temperature=temp, max_new_tokens=max_new, direction=direction, batch=batch)
+                                     temperature=temp, max_new_tokens=max_new, direction=direction, batch=batch,
+                                     only_compliant=metric == "kl0_compliant_per_token")
             kl[metric] = cached_part(metric, "json", measure,
                                      lambda v, p: _write_text_atomic(p, json.dumps(v)),
                                      lambda p: json.loads(p.read_text()))

@@ -374,14 +374,20 @@ def cmd_posthoc_costs(a) -> int:
     frames.append(predict_frame(main, "toy-arith", [c for c in held if c[0] == "toy-arith"], cal, len(HELD_SEEDS)))
     frames.append(predict_frame(cf, "toy-arith-cf", [c for c in held if c[0] == "toy-arith-cf"], cal, len(HELD_SEEDS)))
     frames.append(predict_frame(world_scenario(DIRECT, fit), DIRECT, world_configs(DIRECT), cal, len(DIRECT_SEEDS)))
+    stems = ["crosscheck", "direct_teacher"]
+    if a.step == "posthoc-style":  # + the fourth world from the third world's calibration
+        cal3, fit3 = world_fit(DIRECT, costs=True)
+        frames.append(predict_frame(world_scenario(COMPLIANT, fit3), COMPLIANT, world_configs(COMPLIANT), cal3,
+                                    len(DIRECT_SEEDS), naive=same_config_naive))
+        stems.append("compliant_teacher")
+    name = "posthoc_costs" if a.step == "posthoc-costs" else "posthoc_style"
     pred = pd.concat(frames, ignore_index=True)
-    pred.to_csv(OUT / "posthoc_costs_predictions.csv", index=False, float_format="%.3f")
-    runs = pd.concat([pd.read_csv(OUT / "crosscheck_runs.csv"), pd.read_csv(OUT / "direct_teacher_runs.csv")],
-                     ignore_index=True)
-    runs.to_csv(WORK / "posthoc_runs.csv", index=False)
-    subprocess.run([sys.executable, "-m", "budget_planner.cli", "crosscheck", "--runs", str(WORK / "posthoc_runs.csv"),
-                    "--predictions", str(OUT / "posthoc_costs_predictions.csv"),
-                    "--json", str(OUT / "posthoc_costs_report.json")], check=True)
+    pred.to_csv(OUT / f"{name}_predictions.csv", index=False, float_format="%.3f")
+    runs = pd.concat([pd.read_csv(OUT / f"{st}_runs.csv") for st in stems], ignore_index=True)
+    runs.to_csv(WORK / f"{name}_runs.csv", index=False)
+    subprocess.run([sys.executable, "-m", "budget_planner.cli", "crosscheck", "--runs", str(WORK / f"{name}_runs.csv"),
+                    "--predictions", str(OUT / f"{name}_predictions.csv"),
+                    "--json", str(OUT / f"{name}_report.json")], check=True)
     return 0
 
 
@@ -424,7 +430,8 @@ def cmd_report_world(a) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["calibration-runs", "pilots", "predict", "heldout", "report",
-                                     "predict-world", "runs-world", "report-world", "posthoc-costs"])
+                                     "predict-world", "runs-world", "report-world", "posthoc-costs",
+                                     "posthoc-style"])
     ap.add_argument("--world", choices=sorted(PILOT_WORLDS), default=DIRECT,
                     help="for the *-world steps (toy-arith-direct was run as predict-direct/runs-direct/report-direct)")
     ap.add_argument("--jobs", type=int, default=2)
@@ -440,7 +447,8 @@ def main(argv=None) -> int:
         run_configs(world_configs(a.world), DIRECT_SEEDS, OUT / f"{PILOT_WORLDS[a.world]['stem']}_runs.csv", a.jobs)
         return 0
     return {"pilots": cmd_pilots, "predict": cmd_predict, "report": cmd_report, "predict-world": cmd_predict_world,
-            "report-world": cmd_report_world, "posthoc-costs": cmd_posthoc_costs}[a.step](a)
+            "report-world": cmd_report_world, "posthoc-costs": cmd_posthoc_costs,
+            "posthoc-style": cmd_posthoc_costs}[a.step](a)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ def test_tables_validate_and_calibrate_reads_them(main_pilot):
     assert sorted(problems["model"].unique()) == ["student", "teacher"]
     assert len(problems) == 2 * N_PROBLEMS and (problems["k"] == K).all()
     pilot_runs = read_table(out / "pilot_runs.csv", "runs")
-    assert set(pilot_runs["metric"]) == {"kl0_per_token", "kl_forward_per_token"}
+    assert set(pilot_runs["metric"]) == {"kl0_per_token", "kl_forward_per_token", "kl0_compliant_per_token"}
     assert (pilot_runs["split"] == "probe").all() and (pilot_runs["arm"] == "raw_teacher_bridge").all()
     # a small measured run table beside the pilot's rows, as a user would give calibrate
     rows = [{"arm": arm, "seed": s, "world": "toy-arith", "teacher_labels": t, "student_labels": n - t,
@@ -90,6 +90,10 @@ def test_kl_is_zero_with_a_copied_teacher_and_positive_otherwise(main_pilot, tmp
     assert cf.kl["kl0_per_token"]["tokens"] > 0
     assert abs(cf.kl["kl0_per_token"]["value"]) < 1e-6
     assert abs(cf.kl["kl_forward_per_token"]["value"]) < 1e-6
+    assert abs(cf.kl["kl0_compliant_per_token"]["value"]) < 1e-6
+    # the style part averages over protocol-following rollouts only
+    c = res.kl["kl0_compliant_per_token"]
+    assert 0 < c["compliant_sequences"] <= c["sequences"] and c["tokens"] > 0
 
 
 def test_rerun_resumes_without_recomputing(main_pilot, tmp_path, monkeypatch):
@@ -101,7 +105,7 @@ def test_rerun_resumes_without_recomputing(main_pilot, tmp_path, monkeypatch):
     monkeypatch.setattr("reference.evaluate.evaluate", boom)
     monkeypatch.setattr(pl, "mean_token_kl", boom)
     again = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS), out, progress=None)
-    assert all(p["cached"] for p in again.parts.values()) and len(again.parts) == 4
+    assert all(p["cached"] for p in again.parts.values()) and len(again.parts) == 5
     assert {f: (out / f).read_text() for f in before} == before
 
 
@@ -141,7 +145,7 @@ def test_cli_prints_and_writes(main_pilot, capsys):
     assert cli.main(["pilot", "--config", "toy_short", "--k", str(K), "--problems", str(N_PROBLEMS),
                      "--out", str(out), "--workdir", str(out / ".work")]) == 0
     text = capsys.readouterr().out
-    assert "4 loaded" in text  # the module fixture's parts, not recomputed
+    assert "5 loaded" in text  # the module fixture's parts, not recomputed
     assert "kl0_per_token" in text and "pass@4" in text and "wall" in text
     assert Path(out / "pilot.json").is_file()
 
@@ -210,7 +214,7 @@ def test_self_distill_rerun_resumes_without_recomputing(sd_pilot, monkeypatch):
     monkeypatch.setattr(pl, "mean_token_kl", boom)
     again = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), out,
                          progress=None)
-    assert all(p["cached"] for p in again.parts.values()) and len(again.parts) == 6
+    assert all(p["cached"] for p in again.parts.values()) and len(again.parts) == 7
     assert {f: (out / f).read_text() for f in before} == before
     assert set(again.self_distill) == {"fkl_warmup", "opd"}  # stage records come from the cached weights
 
@@ -249,7 +253,7 @@ def test_without_the_flag_outputs_are_unchanged(sd_pilot, main_pilot, tmp_path):
     # same workdir as the self-distill run (base parts shared), no flag: the base pilot's files exactly
     res = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS), tmp_path, workdir=sd_out / ".work",
                        progress=None)
-    assert all(p["cached"] for p in res.parts.values()) and len(res.parts) == 4
+    assert all(p["cached"] for p in res.parts.values()) and len(res.parts) == 5
     for f in ("problems.csv", "pass_at_k.csv", "summary.csv", "pilot_runs.csv"):
         assert (tmp_path / f).read_bytes() == (main_out / f).read_bytes(), f
     d = json.loads((tmp_path / "pilot.json").read_text())
@@ -262,5 +266,5 @@ def test_cli_self_distill_prints_the_new_models(sd_pilot, capsys):
     assert cli.main(["pilot", "--config", "toy_short", "--k", str(K), "--problems", str(N_PROBLEMS),
                      "--self-distill", "--out", str(out), "--workdir", str(out / ".work")]) == 0
     text = capsys.readouterr().out
-    assert "6 loaded" in text and "self_distill_fkl_warmup" in text and "self_distill_opd" in text
+    assert "7 loaded" in text and "self_distill_fkl_warmup" in text and "self_distill_opd" in text
     assert "self-distill opd: 20 steps" in text

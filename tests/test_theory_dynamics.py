@@ -133,3 +133,19 @@ def test_stage_cost_adds_per_stage_and_scales_with_replay():
     assert acc == pytest.approx(lowered)
     assert predict_arm(make_world(theta_t=0.5, c_t=0.9, kl0=1e-9), ARMS["raw_teacher_bridge"], 1000)[0, 0] == \
         pytest.approx(w.accuracy(w.student)[0, 0])
+
+
+def test_style_displacement_uses_the_style_part_of_kl0_when_given():
+    base = dict(kl0=2.0, gamma=0.5)
+    w_all = make_world(**base)  # no kl0_style: the whole KL_0 displaces
+    w_style = make_world(**base, kl0_style=0.2)
+    w_same = make_world(**base, kl0_style=2.0)
+    arm = ARMS["rl_teacher_bridge"]
+    assert predict_arm(w_same, arm, 1000) == pytest.approx(predict_arm(w_all, arm, 1000))
+    assert predict_arm(w_style, arm, 1000)[0, 0] > predict_arm(w_all, arm, 1000)[0, 0]
+    # the trust region (tau) still sees the whole KL_0: no_fkl's gain is unchanged when gamma = 0
+    g0 = dict(kl0=2.0, gamma=0.0)
+    assert predict_arm(make_world(**g0, kl0_style=0.2), ARMS["no_fkl"], 1000) == pytest.approx(
+        predict_arm(make_world(**g0), ARMS["no_fkl"], 1000))
+    # a split sweep (expand) keeps an absent kl0_style absent
+    assert w_all.expand().rates.kl0_style is None

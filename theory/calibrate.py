@@ -89,6 +89,7 @@ def build_world(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[st
     rates = Rates(kappa=vals["rates.kappa"], rho=vals["rates.rho"], phi_w=vals["rates.phi_w"],
                   phi_o=vals["rates.phi_o"], kl_c=vals["rates.kl_c"], kl0=vals["inputs.kl0"],
                   gamma=vals.get("rates.gamma", 0.0), cost_fkl=vals.get("rates.cost_fkl", 0.0),
+                  kl0_style=vals.get("inputs.kl0_style"),
                   cost_opd=vals.get("rates.cost_opd", 0.0),
                   k_explore=vals["inputs.k_explore"], group_size=vals["inputs.group_size"])
     return World(benchmarks=bench, train=bench.index(scn.train_benchmark), s_d_B=s_d_B,
@@ -484,6 +485,10 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
 
     if rates_from is not None:
         notes.append(f"rates, k_explore and eval_se borrowed from scenario {rates_from.scenario.name!r}'s posterior")
+    kls = runs[runs["metric"] == "kl0_compliant_per_token"]
+    kl0_style = ({"value": max(float(kls["value"].mean()), 1e-6), "tag": "measured",
+                  "source": f"mean of {len(kls)} run-table row(s) with metric kl0_compliant_per_token"}
+                 if len(kls) else None)
     meas = irt_measurements(fit, problems)
 
     same_models = dict(same_models or {})
@@ -519,6 +524,7 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
                 "value": float(group_size), "tag": "assumed", "sd": 0.5,
                 "why": "RLVR raises pass@1 toward pass@k with k of the order of the group size (Yue et al. 2504.13837)"}),
             "kl0": kl0,
+            **({"kl0_style": kl0_style} if kl0_style else {}),
         },
         "rates": {**{k: borrowed.get(f"rates.{k}", {"value": v, "tag": "assumed", "sd": sd, "why": why})
                      for k, (v, sd, why) in _PILOT_PRIORS.items()},

@@ -19,7 +19,9 @@ Bridge toward a teacher (theta_T, c_T): a fraction tau of the gap is closed     
     full: tau = 1 - (1-phi_w)(1 - phi_o e^{-KL_0 (1-phi_w)/KL_c});  no_fkl: phi_o e^{-KL_0/KL_c};
     no_opd: tau = phi_w.
 Student after the bridge                                                         -> `transfer`
-    theta -> theta_S + rho tau (theta_T - theta_S) - gamma m KL_0 - sum_stages cost_stage
+    theta -> theta_S + rho tau (theta_T - theta_S) - gamma m KL_style - sum_stages cost_stage
+    (KL_style: KL_0 measured on protocol-following rollouts when given, else KL_0: a protocol habit the
+    teacher lacks is transferred through compliance c, not paid as a style gap)
     c     -> c_S + tau (c_T - c_S)                   (a raw teacher's protocol habits are copied: C1)
     rho: absorption ceiling of the student.  Style displacement (optional rate gamma, default 0 = the
     original theory): every bridge stage moves the student's *distribution* toward the teacher's
@@ -73,6 +75,7 @@ class Rates:
     gamma: np.ndarray | float = 0.0  # style displacement, ability logits per nat of KL_0 crossed (0 = off)
     cost_fkl: np.ndarray | float = 0.0  # ability logits an FKL warmup costs whatever the teacher (0 = off)
     cost_opd: np.ndarray | float = 0.0  # ability logits one OPD pass costs whatever the teacher (0 = off)
+    kl0_style: np.ndarray | float | None = None  # KL_0 on protocol-following rollouts (displacement); None = kl0
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,8 @@ class World:
     def expand(self) -> "World":
         """Insert a split axis: rates R -> R + (1,), policies R + (B,) -> R + (1, B)."""
         r = self.rates
-        rates = Rates(**{k: np.asarray(getattr(r, k), dtype=float)[..., None] for k in r.__dataclass_fields__})
+        rates = Rates(**{k: None if getattr(r, k) is None else np.asarray(getattr(r, k), dtype=float)[..., None]
+                         for k in r.__dataclass_fields__})
         pol = lambda p: Policy(np.asarray(p.theta_B)[..., None, :], np.asarray(p.c_B)[..., None, :])  # noqa: E731
         return replace(self, rates=rates, student=pol(self.student), teacher=pol(self.teacher),
                        s_d_B=np.asarray(self.s_d_B)[..., None, :])
@@ -232,7 +236,7 @@ def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None) -> np.ndarr
         tau = bridge_tau(r, bridge, replay_ratio)
         disp = 0.0
         if np.any(np.asarray(r.gamma) != 0.0):
-            disp = r.gamma * bridge_movement(r, bridge, replay_ratio) * r.kl0
+            disp = r.gamma * bridge_movement(r, bridge, replay_ratio) * (r.kl0 if r.kl0_style is None else r.kl0_style)
         if np.any(np.asarray(r.cost_fkl) != 0.0) or np.any(np.asarray(r.cost_opd) != 0.0):
             disp = disp + stage_cost(r, bridge, replay_ratio)
         student = transfer(student, teacher, tau, r.rho, disp)

@@ -47,6 +47,8 @@ SCALARS = {  # [inputs] name -> (kind, required)
     "group_size": ("positive", True),  # G of the GRPO groups
     "k_explore": ("positive", True),  # k of the exploration ceiling pass@k
     "kl0": ("positive", True),  # teacher-student per-token KL before the bridge, nats
+    # the style part of KL_0 (on protocol-following rollouts): what displaces ability; absent = kl0
+    "kl0_style": ("positive", False),
 }
 MAX_DRAWS = 20_000
 UNFITTED = frozenset({"inputs.budget"})
@@ -296,6 +298,8 @@ def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None =
         raise InputError(f"inputs: unknown field {sorted(unknown)[0]!r}")
     for k, (kind, req) in SCALARS.items():
         if k not in inp:
+            if not req:
+                continue
             raise InputError(f"inputs: missing field {k!r}")
         inputs.append(parse_tagged(inp[k], f"inputs.{k}", kind))
     g = next(t for t in inputs if t.path == "inputs.group_size").value
@@ -501,7 +505,8 @@ def scenario_to_toml(scn: Scenario) -> str:
            f"train_benchmark = {_toml_value(scn.train_benchmark)}", f"seed = {scn.seed}", f"draws = {scn.draws}", ""]
     out.append("[inputs]")
     for k in SCALARS:
-        out.append(f"{k} = {_toml_value(_tagged_dict(by[f'inputs.{k}']))}")
+        if f"inputs.{k}" in by:
+            out.append(f"{k} = {_toml_value(_tagged_dict(by[f'inputs.{k}']))}")
     out += ["", "[rates]"]
     for k in [*RATES, *(k for k in OPTIONAL_RATES if f"rates.{k}" in by)]:
         out.append(f"{k} = {_toml_value(_tagged_dict(by[f'rates.{k}']))}")
