@@ -238,11 +238,13 @@ def test_committed_crosscheck_report_recomputes_from_committed_tables():
     from theory.crosscheck import read_predictions
     from theory.tables import read_table
     res = Path(__file__).resolve().parent.parent / "docs" / "results"
-    posthoc_runs = pd.concat([read_table(res / f"{s}_runs.csv", "runs") for s in ("crosscheck", "direct_teacher")],
-                             ignore_index=True)
-    for stem in ("crosscheck", "direct_teacher", "compliant_teacher", "posthoc_costs"):
+    def runs_of(*stems):
+        return pd.concat([read_table(res / f"{s}_runs.csv", "runs") for s in stems], ignore_index=True)
+    posthoc = {"posthoc_costs": ("crosscheck", "direct_teacher"),
+               "posthoc_style": ("crosscheck", "direct_teacher", "compliant_teacher")}
+    for stem in ("crosscheck", "direct_teacher", "compliant_teacher", *posthoc):
         preds, rep = res / f"{stem}_predictions.csv", res / f"{stem}_report.json"
-        runs = posthoc_runs if stem == "posthoc_costs" else read_table(res / f"{stem}_runs.csv", "runs")
+        runs = runs_of(*posthoc.get(stem, (stem,)))
         want = json.loads(rep.read_text())
         got = crosscheck(runs, read_predictions(preds)).to_dict()
         for k in ("mae", "mae_over_se", "coverage", "mean_interval_width", "kendall_tau", "split_regret", "naive_mae"):
