@@ -204,17 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
+    from theory.errors import cli_exit
+
+    def body() -> int:
         args = build_parser().parse_args(argv)
         if args.cmd is None:
             raise InputError("give a command: plan, calibrate, scenarios, explain or crosscheck")
         if getattr(args, "labels", None) is not None:
             args.labels = _labels(args.labels)
         return args.func(args)
-    except InputError as e:
-        msg = " ".join(str(e).split())
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
+    try:
+        return cli_exit(body)
     except BrokenPipeError:
         return 0
 

@@ -238,20 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    ap = build_parser()
-    try:
-        a = ap.parse_args(sys.argv[1:] if argv is None else list(argv))
+    from theory.errors import cli_exit
+
+    def body() -> int:
+        a = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
         if a.cmd == "run":
             if not a.dry_run and not a.arm:
                 raise InputError("--arm is required (one of theory.arms.ARMS)")
             return cmd_run(a)
         return {"demo": cmd_demo, "table": cmd_table, "pilot": cmd_pilot}[a.cmd](a)
-    except InputError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted (finished stages and pilot parts are kept; rerun to resume)", file=sys.stderr)
-        return 2
+    return cli_exit(body, interrupted="error: interrupted (finished stages and pilot parts are kept; rerun to resume)")
 
 
 if __name__ == "__main__":

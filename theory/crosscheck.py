@@ -40,9 +40,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from theory.arms import ARMS, ARM_NAMES
+from theory.arms import ARMS
 from theory.errors import InputError
-from theory.tables import _check_columns
+from theory.tables import check_percent, check_table
 
 PRED_COLUMNS: dict[str, str] = {
     "world": "str",
@@ -71,24 +71,10 @@ def _row_name(r) -> str:
 def validate_predictions(df: pd.DataFrame) -> pd.DataFrame:
     """Check a predictions table and return it normalised. Raises InputError (one line)."""
     what = "predictions"
-    out = _check_columns(df, PRED_COLUMNS, what)
-    if out.empty:
-        raise InputError(f"{what}: no rows")
-    unknown = sorted(set(out["arm"]) - set(ARM_NAMES))
-    if unknown:
-        raise InputError(f"{what}: column 'arm' has unknown arm {unknown[0]!r}")
-    bad_set = sorted(set(out["set"]) - set(SETS))
-    if bad_set:
-        raise InputError(f"{what}: column 'set' has {bad_set[0]!r}; use one of {', '.join(SETS)}")
-    for col in ("labels", "teacher_labels", "student_labels"):
-        if (out[col] < 0).any():
-            raise InputError(f"{what}: column {col!r} must be >= 0")
+    out = check_table(df, PRED_COLUMNS, what, choices={"set": SETS},
+                      nonnegative=("labels", "teacher_labels", "student_labels"))
     for col in ("pred_mean", "pred_lo", "pred_hi", "naive_mean"):
-        v = out[col]
-        if ((v < 0) | (v > 100)).any():
-            raise InputError(f"{what}: column {col!r} has a value outside [0, 100] (accuracy is in percent)")
-        if len(v) >= 2 and v.max() <= 1.0 and v.between(0, 1, inclusive="neither").any():
-            raise InputError(f"{what}: column {col!r} looks like fractions (all <= 1); accuracy is in percent (0-100)")
+        check_percent(out[col], what, f"column {col!r}")
     bad = out[out["pred_lo"] > out["pred_hi"]]
     if len(bad):
         raise InputError(f"{what}: pred_lo > pred_hi for {_row_name(bad.iloc[0])}")

@@ -75,32 +75,45 @@ def _check_columns(df: pd.DataFrame, schema: dict[str, str], what: str) -> pd.Da
     return out
 
 
+def check_table(df: pd.DataFrame, schema: dict[str, str], what: str, *, choices: dict[str, tuple] | None = None,
+                nonnegative: tuple[str, ...] = ()) -> pd.DataFrame:
+    """The checks every table shares: schema columns and dtypes, at least one row, registry arm names
+    in an 'arm' column, each column of `choices` within its values, `nonnegative` columns >= 0.
+    Returns the normalised table; raises InputError (one line naming the column)."""
+    out = _check_columns(df, schema, what)
+    if out.empty:
+        raise InputError(f"{what}: no rows")
+    if "arm" in schema:
+        unknown = sorted(set(out["arm"]) - set(ARM_NAMES))
+        if unknown:
+            raise InputError(f"{what}: column 'arm' has unknown arm {unknown[0]!r}")
+    for col, allowed in (choices or {}).items():
+        bad = sorted(set(out[col]) - set(allowed))
+        if bad:
+            raise InputError(f"{what}: column {col!r} has {bad[0]!r}; use one of {', '.join(allowed)}")
+    for col in nonnegative:
+        if (out[col] < 0).any():
+            raise InputError(f"{what}: column {col!r} must be >= 0")
+    return out
+
+
+def check_percent(v: pd.Series, what: str, subject: str) -> None:
+    """Accuracy-like values are percent: inside [0, 100], and not all fractions (a table written in
+    [0, 1] by mistake). `subject` names them in the message, e.g. "column 'pred_mean'"."""
+    if ((v < 0) | (v > 100)).any():
+        raise InputError(f"{what}: {subject} has a value outside [0, 100] (accuracy is in percent)")
+    if len(v) >= 2 and v.max() <= 1.0 and v.between(0, 1, inclusive="neither").any():
+        raise InputError(f"{what}: {subject} looks like fractions (all <= 1); accuracy is in percent (0-100)")
+
+
 def validate_runs(df: pd.DataFrame) -> pd.DataFrame:
     """Check a run table and return it normalised (schema columns, dtypes). Raises InputError."""
     what = "run table"
-    out = _check_columns(df, RUN_COLUMNS, what)
-    if out.empty:
-        raise InputError(f"{what}: no rows")
-    unknown = sorted(set(out["arm"]) - set(ARM_NAMES))
-    if unknown:
-        raise InputError(f"{what}: column 'arm' has unknown arm {unknown[0]!r}")
-    bad_split = sorted(set(out["split"]) - set(SPLITS))
-    if bad_split:
-        raise InputError(f"{what}: column 'split' has {bad_split[0]!r}; use one of {', '.join(SPLITS)}")
-    for col in ("teacher_labels", "student_labels", "compute_tokens"):
-        if (out[col] < 0).any():
-            raise InputError(f"{what}: column {col!r} must be >= 0")
+    out = check_table(df, RUN_COLUMNS, what, choices={"split": SPLITS},
+                      nonnegative=("teacher_labels", "student_labels", "compute_tokens"))
     pct = out[out["metric"].isin(PERCENT_METRICS)]
-    if len(pct):
-        v = pct["value"]
-        if ((v < 0) | (v > 100)).any():
-            raise InputError(f"{what}: column 'value' has a percent metric outside [0, 100]")
-        for metric, grp in pct.groupby("metric"):
-            g = grp["value"]
-            if len(g) >= 2 and g.max() <= 1.0 and (g.between(0, 1, inclusive="neither")).any():
-                raise InputError(
-                    f"{what}: column 'value' for metric {metric!r} looks like fractions (all <= 1); "
-                    "accuracy is in percent (0-100)")
+    for metric, grp in pct.groupby("metric"):
+        check_percent(grp["value"], what, f"column 'value' for percent metric {metric!r}")
     dup = out.duplicated(subset=["arm", "seed", "world", "teacher_labels", "student_labels", "split", "metric"])
     if dup.any():
         row = out[dup].iloc[0]
@@ -113,14 +126,10 @@ def validate_runs(df: pd.DataFrame) -> pd.DataFrame:
 def validate_problems(df: pd.DataFrame) -> pd.DataFrame:
     """Check a per-problem table and return it normalised. Raises InputError."""
     what = "problem table"
-    out = _check_columns(df, PROBLEM_COLUMNS, what)
-    if out.empty:
-        raise InputError(f"{what}: no rows")
+    out = check_table(df, PROBLEM_COLUMNS, what, nonnegative=("correct", "compliant"))
     if (out["k"] < 1).any():
         raise InputError(f"{what}: column 'k' must be >= 1")
     for col in ("correct", "compliant"):
-        if (out[col] < 0).any():
-            raise InputError(f"{what}: column {col!r} must be >= 0")
         if (out[col] > out["k"]).any():
             raise InputError(f"{what}: column {col!r} exceeds k")
     if (out["correct"] > out["compliant"]).any():

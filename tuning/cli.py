@@ -212,45 +212,45 @@ def _print_status(handle, name) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from theory.errors import cli_exit
+
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # -h, or a flag error already printed as one line
         return int(e.code or 0)
-    try:
-        if args.cmd == "status":
-            _print_status(_open(args), args.study)
-            return 0
-        if args.cmd == "report":
-            from tuning.report import build_report, evaluate, write_report
+    return cli_exit(lambda: _dispatch(args, argv), interrupted="interrupted: running slots were handed back; "
+                    "`matched-tuning resume` continues", interrupted_code=130)
 
-            handle = _open(args)
-            if not args.no_eval:
-                evaluate(handle, args.study, jobs=args.jobs, log=_log)
-            rep = build_report(handle, args.study)
-            command = args.command or "matched-tuning " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
-            paths = write_report(rep, args.out, command=command)
-            cols = ["arm", "trials", "pruned", "failed", "compute", "best_score", "eval_mean", "eval_ci_low",
-                    "eval_ci_high"]
-            print(rep.summary[cols].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
-            if len(rep.comparisons):
-                print(rep.comparisons.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-            print(f"wrote {', '.join(str(p) for p in paths.values())}")
-            return 0
-        from tuning.harness import create_or_check, load_protocol
+
+def _dispatch(args, argv) -> int:
+    if args.cmd == "status":
+        _print_status(_open(args), args.study)
+        return 0
+    if args.cmd == "report":
+        from tuning.report import build_report, evaluate, write_report
 
         handle = _open(args)
-        stored = load_protocol(handle, args.study) if args.cmd == "resume" else None
-        protocol, source = _protocol_from_args(args, stored)
-        create_or_check(handle, args.study, protocol)
-        _run_workers(args, handle, source)
-        _print_status(handle, args.study)
+        if not args.no_eval:
+            evaluate(handle, args.study, jobs=args.jobs, log=_log)
+        rep = build_report(handle, args.study)
+        command = args.command or "matched-tuning " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+        paths = write_report(rep, args.out, command=command)
+        cols = ["arm", "trials", "pruned", "failed", "compute", "best_score", "eval_mean", "eval_ci_low",
+                "eval_ci_high"]
+        print(rep.summary[cols].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+        if len(rep.comparisons):
+            print(rep.comparisons.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        print(f"wrote {', '.join(str(p) for p in paths.values())}")
         return 0
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: running slots were handed back; `matched-tuning resume` continues", file=sys.stderr)
-        return 130
+    from tuning.harness import create_or_check, load_protocol
+
+    handle = _open(args)
+    stored = load_protocol(handle, args.study) if args.cmd == "resume" else None
+    protocol, source = _protocol_from_args(args, stored)
+    create_or_check(handle, args.study, protocol)
+    _run_workers(args, handle, source)
+    _print_status(handle, args.study)
+    return 0
 
 
 if __name__ == "__main__":
