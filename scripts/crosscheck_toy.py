@@ -198,28 +198,9 @@ def _write_predictions(df: pd.DataFrame, path: Path, force: bool) -> None:
 
 
 def cmd_predict(a) -> int:
-    from budget_planner.planner import predict_configs
-    from theory.calibrate import calibrate, fit_scenario
     from theory.scenario import scenario_to_toml
-    from theory.tables import read_table
-    cal = calibration_table()
-    pilots = {w: (read_table(OUT / f"crosscheck_pilot_{w}" / "problems.csv", "problems"),
-                  read_table(OUT / f"crosscheck_pilot_{w}" / "pilot_runs.csv", "runs")) for w in CONFIGS}
-    probs, kl = pilots["toy-arith"]
-    scn = calibrate(pd.concat([cal, kl], ignore_index=True), probs, benchmark="toy_test", name="toy-arith",
-                    group_size=8, seed=0)
-    fit = fit_scenario(scn)
-    probs_cf, kl_cf = pilots["toy-arith-cf"]
-    # the same checkpoints carry their calibrated start state over: the counterfactual's student is
-    # toy-arith's student, and its teacher is a copy of that student (read from the configs)
-    from reference.config import load_config
-    cfg_main, cfg_cf = load_config(CONFIGS["toy-arith"]), load_config(CONFIGS["toy-arith-cf"])
-    main_assets = {"student": cfg_main.student.asset, "teacher": cfg_main.teacher.asset}
-    same = {role: src for role in ("student", "teacher") for src, asset in main_assets.items()
-            if getattr(cfg_cf, role).asset == asset}
-    print("counterfactual models that are toy-arith checkpoints:", same)
-    scn_cf = calibrate(kl_cf, probs_cf, benchmark="toy_test", name="toy-arith-cf", group_size=8, seed=0,
-                       rates_from=fit, same_models=same)
+    cal, fit = main_fit(costs=False)
+    scn, scn_cf = fit.scenario, cf_scenario(fit, "toy-arith-cf")
     sc_dir = ROOT / "budget_planner" / "scenarios"
     for s in (scn, scn_cf):
         (sc_dir / f"{s.name}.toml").write_text(
@@ -232,35 +213,49 @@ def cmd_predict(a) -> int:
     frames = []
     cal_cfgs = [("toy-arith", arm, n, None) for arm in CAL_ARMS for n in (*CAL_BUDGETS_NEW, CAL_BUDGET_COMMITTED)]
     for cfgs, kind in ((cal_cfgs, "calibration"), (heldout_configs(), "heldout")):
-        for world, s in (("toy-arith", scn), ("toy-arith-cf", scn_cf)):
+        for world, sc in (("toy-arith", scn), ("toy-arith-cf", scn_cf)):
             mine = [c for c in cfgs if c[0] == world]
-            if not mine:
-                continue
-            n_seeds = len(CAL_SEEDS) if kind == "heldout" else len(CAL_SEEDS)
-            df = predict_configs(s, [(arm, n, tl) for _, arm, n, tl in mine], n_seeds=n_seeds, level=LEVEL)
-            df.insert(0, "world", world)
-            df["set"] = kind
-            df["naive_mean"] = naive_predictions(cal, mine)
-            frames.append(df)
+            if mine:  # intervals for a 5-seed mean in both sets (as pre-registered)
+                frames.append(predict_frame(sc, world, mine, cal, len(CAL_SEEDS), set_name=kind))
     pred = pd.concat(frames, ignore_index=True)
-    cols = ["world", "arm", "labels", "teacher_labels", "student_labels", "set", "pred_mean", "pred_lo",
-            "pred_hi", "level", "naive_mean"]
-    _write_predictions(pred[cols], OUT / "crosscheck_predictions.csv", a.force)
-    print(pred[cols].round(2).to_string())
+    _write_predictions(pred, OUT / "crosscheck_predictions.csv", a.force)
+    print(pred.round(2).to_string())
     return 0
+
+
+def pilot_tables(pilot_dir: Path, costs: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(problem table, pilot run rows) of a pilot; with `costs`, the problem table also holds the
+    self-distillation pilot's rows, so calibrate measures the stage costs."""
+    from theory.calibrate import SELF_DISTILL_MODELS
+    from theory.tables import read_table
+    probs, kl = read_table(pilot_dir / "problems.csv", "problems"), read_table(pilot_dir / "pilot_runs.csv", "runs")
+    if costs:
+        sd = read_table(SELF_DISTILL_PILOT / "problems.csv", "problems")
+        probs = pd.concat([probs, sd[sd["model"].isin(SELF_DISTILL_MODELS)]], ignore_index=True)
+    return probs, kl
+
+
+def cf_scenario(fit, name: str):
+    """The counterfactual world from its pilot; its models are toy-arith checkpoints (read from the
+    configs' asset names), so they keep their calibrated start states."""
+    from reference.config import load_config
+    from theory.calibrate import calibrate
+    cfg_main, cfg_cf = load_config(CONFIGS["toy-arith"]), load_config(CONFIGS["toy-arith-cf"])
+    main_assets = {"student": cfg_main.student.asset, "teacher": cfg_main.teacher.asset}
+    same = {role: src for role in ("student", "teacher") for src, asset in main_assets.items()
+            if getattr(cfg_cf, role).asset == asset}
+    print("counterfactual models that are toy-arith checkpoints:", same)
+    probs, kl = pilot_tables(OUT / "crosscheck_pilot_toy-arith-cf", costs=False)
+    return calibrate(kl, probs, benchmark="toy_test", name=name, group_size=8, seed=0, rates_from=fit,
+                     same_models=same)
 
 
 def main_fit(costs: bool):
     """The toy-arith calibration (the cross-check's calibration subset); with `costs`, its problem
     table also holds the self-distillation pilot's rows, so calibrate measures the stage costs."""
-    from theory.calibrate import SELF_DISTILL_MODELS, calibrate, fit_scenario
-    from theory.tables import read_table
+    from theory.calibrate import calibrate, fit_scenario
     cal = calibration_table()
-    probs, kl = (read_table(OUT / "crosscheck_pilot_toy-arith" / f, k) for f, k in
-                 (("problems.csv", "problems"), ("pilot_runs.csv", "runs")))
-    if costs:
-        sd = read_table(SELF_DISTILL_PILOT / "problems.csv", "problems")
-        probs = pd.concat([probs, sd[sd["model"].isin(SELF_DISTILL_MODELS)]], ignore_index=True)
+    probs, kl = pilot_tables(OUT / "crosscheck_pilot_toy-arith", costs)
     scn = calibrate(pd.concat([cal, kl], ignore_index=True), probs, benchmark="toy_test",
                     name="toy-arith-costs" if costs else "toy-arith", group_size=8, seed=0)
     return cal, fit_scenario(scn)
@@ -269,14 +264,10 @@ def main_fit(costs: bool):
 def world_fit(world: str, costs: bool):
     """Calibration on a pilot world's measured runs (all its configurations), its pilot and, with
     `costs`, the self-distillation pilot. The naive predictor's 'calibration' is then these runs."""
-    from theory.calibrate import SELF_DISTILL_MODELS, calibrate, fit_scenario
+    from theory.calibrate import calibrate, fit_scenario
     from theory.tables import read_table
     runs = read_table(OUT / f"{PILOT_WORLDS[world]['stem']}_runs.csv", "runs")
-    pdir = OUT / f"crosscheck_pilot_{world}"
-    probs, kl = read_table(pdir / "problems.csv", "problems"), read_table(pdir / "pilot_runs.csv", "runs")
-    if costs:
-        sd = read_table(SELF_DISTILL_PILOT / "problems.csv", "problems")
-        probs = pd.concat([probs, sd[sd["model"].isin(SELF_DISTILL_MODELS)]], ignore_index=True)
+    probs, kl = pilot_tables(OUT / f"crosscheck_pilot_{world}", costs)
     scn = calibrate(pd.concat([runs, kl], ignore_index=True), probs, benchmark="toy_test",
                     name=f"{world}-calibrated", group_size=8, seed=0)
     return runs, fit_scenario(scn)
@@ -286,9 +277,7 @@ def world_scenario(world: str, fit):
     """A world from its pilot: teacher + KL_0 measured; rates, costs and the student (same checkpoint)
     from the toy-arith posterior."""
     from theory.calibrate import calibrate
-    from theory.tables import read_table
-    pdir = OUT / f"crosscheck_pilot_{world}"
-    probs, kl = read_table(pdir / "problems.csv", "problems"), read_table(pdir / "pilot_runs.csv", "runs")
+    probs, kl = pilot_tables(OUT / f"crosscheck_pilot_{world}", costs=False)
     return calibrate(kl, probs, benchmark="toy_test", name=world, group_size=8, seed=0, rates_from=fit,
                      same_models={"student": "student"})
 
@@ -361,15 +350,8 @@ def cmd_posthoc_costs(a) -> int:
     the configurations of the cross-check and of the third world, whose runs were already seen."""
     cal, fit = main_fit(costs=True)
     print(fit.parameters()[["input", "prior", "map", "lo", "hi"]].round(3).to_string())
-    from theory.calibrate import calibrate
-    from theory.tables import read_table
-    from reference.config import load_config
     frames = []
-    main = fit.scenario
-    pdir = OUT / "crosscheck_pilot_toy-arith-cf"
-    cf = calibrate(read_table(pdir / "pilot_runs.csv", "runs"), read_table(pdir / "problems.csv", "problems"),
-                   benchmark="toy_test", name="toy-arith-cf-costs", group_size=8, seed=0, rates_from=fit,
-                   same_models={"student": "student", "teacher": "student"})
+    main, cf = fit.scenario, cf_scenario(fit, "toy-arith-cf-costs")
     held = heldout_configs()
     frames.append(predict_frame(main, "toy-arith", [c for c in held if c[0] == "toy-arith"], cal, len(HELD_SEEDS)))
     frames.append(predict_frame(cf, "toy-arith-cf", [c for c in held if c[0] == "toy-arith-cf"], cal, len(HELD_SEEDS)))
@@ -385,10 +367,7 @@ def cmd_posthoc_costs(a) -> int:
     pred.to_csv(OUT / f"{name}_predictions.csv", index=False, float_format="%.3f")
     runs = pd.concat([pd.read_csv(OUT / f"{st}_runs.csv") for st in stems], ignore_index=True)
     runs.to_csv(WORK / f"{name}_runs.csv", index=False)
-    subprocess.run([sys.executable, "-m", "budget_planner.cli", "crosscheck", "--runs", str(WORK / f"{name}_runs.csv"),
-                    "--predictions", str(OUT / f"{name}_predictions.csv"),
-                    "--json", str(OUT / f"{name}_report.json")], check=True)
-    return 0
+    return _report(WORK / f"{name}_runs.csv", OUT / f"{name}_predictions.csv", name, figures=False)
 
 
 def cmd_pilots(a) -> int:
@@ -400,31 +379,29 @@ def cmd_pilots(a) -> int:
     return 0
 
 
-def cmd_report(a) -> int:
+def _report(runs_csv: Path, pred_csv: Path, stem: str, *, figures: bool = True) -> int:
+    """The committed tables through the user-facing command (prints the table, writes <stem>_report.json);
+    with `figures`, also the predicted-vs-measured figure and the text report."""
     from theory.crosscheck import crosscheck, format_crosscheck, read_predictions
     from theory.tables import read_table
-    runs_csv, pred_csv = OUT / "crosscheck_runs.csv", OUT / "crosscheck_predictions.csv"
-    # the committed tables through the user-facing command (prints the table, writes the JSON)
     subprocess.run([sys.executable, "-m", "budget_planner.cli", "crosscheck", "--runs", str(runs_csv),
-                    "--predictions", str(pred_csv), "--json", str(OUT / "crosscheck_report.json")], check=True)
-    cc = crosscheck(read_table(runs_csv, "runs"), read_predictions(pred_csv))
-    cc.plot(OUT / "crosscheck.png")
-    (OUT / "crosscheck_report.txt").write_text(format_crosscheck(cc) + "\n")
-    print("wrote", OUT / "crosscheck.png", OUT / "crosscheck_report.txt")
+                    "--predictions", str(pred_csv), "--json", str(OUT / f"{stem}_report.json")], check=True)
+    if figures:
+        cc = crosscheck(read_table(runs_csv, "runs"), read_predictions(pred_csv))
+        png = OUT / ("crosscheck.png" if stem == "crosscheck" else f"{stem}_crosscheck.png")
+        cc.plot(png)
+        (OUT / f"{stem}_report.txt").write_text(format_crosscheck(cc) + "\n")
+        print("wrote", png, OUT / f"{stem}_report.txt")
     return 0
+
+
+def cmd_report(a) -> int:
+    return _report(OUT / "crosscheck_runs.csv", OUT / "crosscheck_predictions.csv", "crosscheck")
 
 
 def cmd_report_world(a) -> int:
-    from theory.crosscheck import crosscheck, format_crosscheck, read_predictions
-    from theory.tables import read_table
     stem = PILOT_WORLDS[a.world]["stem"]
-    runs_csv, pred_csv = OUT / f"{stem}_runs.csv", OUT / f"{stem}_predictions.csv"
-    subprocess.run([sys.executable, "-m", "budget_planner.cli", "crosscheck", "--runs", str(runs_csv),
-                    "--predictions", str(pred_csv), "--json", str(OUT / f"{stem}_report.json")], check=True)
-    cc = crosscheck(read_table(runs_csv, "runs"), read_predictions(pred_csv))
-    cc.plot(OUT / f"{stem}_crosscheck.png")
-    (OUT / f"{stem}_report.txt").write_text(format_crosscheck(cc) + "\n")
-    return 0
+    return _report(OUT / f"{stem}_runs.csv", OUT / f"{stem}_predictions.csv", stem)
 
 
 def main(argv=None) -> int:
