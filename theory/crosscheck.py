@@ -42,7 +42,7 @@ from scipy import stats
 
 from theory.arms import ARMS
 from theory.errors import InputError
-from theory.tables import check_percent, check_table
+from theory.tables import check_percent, check_table, read_csv_checked
 
 PRED_COLUMNS: dict[str, str] = {
     "world": "str",
@@ -99,14 +99,7 @@ def validate_predictions(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"predictions: no such file {str(p)!r}")
-    try:
-        df = pd.read_csv(p)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"predictions {str(p)!r}: malformed CSV ({str(e).splitlines()[0]})") from None
-    return validate_predictions(df)
+    return read_csv_checked(path, "predictions", validate_predictions)
 
 
 # ------------------------------------------------------------------------------------------------

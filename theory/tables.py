@@ -148,17 +148,21 @@ def _validator(kind: str):
     return VALIDATORS[kind]
 
 
-def read_table(path: str | Path, kind: str) -> pd.DataFrame:
-    """Read a CSV run ('runs') or problem ('problems') table through the validator."""
-    validate = _validator(kind)
+def read_csv_checked(path: str | Path, what: str, validate) -> pd.DataFrame:
+    """Read a CSV file through `validate`; a missing or malformed file is one InputError line naming it."""
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{kind} table: no such file {str(p)!r}")
+        raise InputError(f"{what}: no such file {str(p)!r}")
     try:
         df = pd.read_csv(p)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{kind} table {str(p)!r}: malformed CSV ({str(e).splitlines()[0]})") from None
+        raise InputError(f"{what} {str(p)!r}: malformed CSV ({str(e).splitlines()[0]})") from None
     return validate(df)
+
+
+def read_table(path: str | Path, kind: str) -> pd.DataFrame:
+    """Read a CSV run ('runs') or problem ('problems') table through the validator."""
+    return read_csv_checked(path, f"{kind} table", _validator(kind))
 
 
 def write_table(df: pd.DataFrame, path: str | Path, kind: str) -> Path:
