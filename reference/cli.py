@@ -1,4 +1,4 @@
-"""`reference-pipeline`: demo | run | table | pilot.
+"""`reference-pipeline`: demo | run | table | pilot | gate.
 
   reference-pipeline demo [--workdir DIR]                      every arm, one seed, short schedule
   reference-pipeline run --arm A --seed S --config PATH [--teacher-labels T | --student-labels S]
@@ -6,6 +6,8 @@
   reference-pipeline table --seeds K --out DIR [--config PATH] [--arms all] [--jobs 2]
   reference-pipeline pilot --config PATH|name --out DIR [--k 8] [--problems 200] [--split val]
                            [--seed 0] [--models student,teacher] [--self-distill] [--workdir DIR]
+  reference-pipeline gate --config PATH|name [--seeds 3] [--steps 50] [--problems 200] [--jobs 1]
+                          [--json PATH] [--record [CSV]]      stability gate: exit 0 pass, 1 fail, 2 bad input
 
 Errors print one line `error: <msg>` and exit 2. Work already done stays in --workdir (stage
 checkpoints, per-run results), so rerunning the same command resumes.
@@ -60,6 +62,10 @@ def cmd_run(a) -> int:
         out = dry_run(cfg, arm=get_arm(a.arm).name) if a.arm else dry_run(cfg)
         print(json.dumps(out, indent=1, default=str) if a.json else format_dry_run(out))
         return 0
+    from reference.gate import gate_status
+    status = gate_status(cfg, a.workdir)
+    print(f"stability gate for this config (hash {cfg.hash()}): {status}"
+          + ("" if status == "passed" else f" - run `reference-pipeline gate --config {cfg.source}`"))
     _quiet()
     from reference.pipeline import run_pipeline
     res = run_pipeline(cfg, a.arm, a.seed, workdir=a.workdir, teacher_labels=tl, split=a.split, progress=True)
@@ -183,6 +189,30 @@ def cmd_pilot(a) -> int:
     return 0
 
 
+def cmd_gate(a) -> int:
+    from reference.config import load_config
+    cfg = load_config(a.config)
+    for flag, path in (("--json", a.json), ("--record", a.record)):
+        if path and not Path(path).parent.exists():
+            raise InputError(f"{flag}: directory {str(Path(path).parent)!r} does not exist")
+    _quiet()
+    from reference import gate
+    res = gate.run_gate(cfg, seeds=a.seeds, steps=a.steps, problems=a.problems, jobs=a.jobs,
+                        progress=lambda m: print("  " + m, flush=True))
+    print(gate.format_gate(res))
+    saved = gate.save(res, a.workdir)
+    if a.json:
+        tmp = Path(a.json).with_suffix(".tmp")
+        tmp.write_text(json.dumps(res.to_dict(), indent=1))
+        tmp.replace(a.json)
+        print(f"wrote {a.json}")
+    if a.record:
+        gate.record(res, Path(a.record))
+        print(f"recorded in {a.record}")
+    print(f"saved {saved}")
+    return 0 if res.passed else 1
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """A bad flag or value is one `error:` line (InputError), not a usage dump (subparsers inherit it)."""
 
@@ -234,6 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workdir")
     t.add_argument("--prefix", default="toy_ablation")
     _pilot_args(sub.add_parser("pilot", help="base-model pilot: problem table, pass@k, KL_0 -> planner"))
+    g = sub.add_parser("gate", help="stability gate: identical-teacher no-ops, the bridge moves, GRPO learns")
+    g.add_argument("--config", required=True, help="config path or name in configs/")
+    g.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 (default 3)")
+    g.add_argument("--steps", type=int, default=50, help="first steps of each stage's schedule (default 50)")
+    g.add_argument("--problems", type=int, default=200, help="test problems for the no-op accuracy check (0 = all)")
+    g.add_argument("--jobs", type=int, default=1, help="processes (one seed each; default 1)")
+    g.add_argument("--json", help="write {config, passed, checks: [...]} here")
+    g.add_argument("--record", nargs="?", const="docs/results/stability_gates.csv",
+                   help="replace this config's rows in the gate table (default docs/results/stability_gates.csv)")
+    g.add_argument("--workdir", default=DEFAULT_WORKDIR, help="gate results by config hash go to WORKDIR/gates/")
     return ap
 
 
@@ -246,7 +286,7 @@ def main(argv=None) -> int:
             if not a.dry_run and not a.arm:
                 raise InputError("--arm is required (one of theory.arms.ARMS)")
             return cmd_run(a)
-        return {"demo": cmd_demo, "table": cmd_table, "pilot": cmd_pilot}[a.cmd](a)
+        return {"demo": cmd_demo, "table": cmd_table, "pilot": cmd_pilot, "gate": cmd_gate}[a.cmd](a)
     return cli_exit(body, interrupted="error: interrupted (finished stages and pilot parts are kept; rerun to resume)")
 
 

@@ -38,6 +38,17 @@ def _check_pos(section: str, obj: Any, names: tuple[str, ...], *, allow_zero: bo
             raise InputError(f"{section}.{name} must be {'>= 0' if allow_zero else '> 0'}, got {v!r}")
 
 
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def _check_schedule(section: str, obj: Any) -> None:
+    if obj.schedule not in SCHEDULES:
+        raise InputError(f"{section}.schedule must be one of {', '.join(SCHEDULES)}, got {obj.schedule!r}")
+    w = obj.warmup
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0.0 <= w < 1.0:
+        raise InputError(f"{section}.warmup must be a fraction of the stage's steps in [0, 1), got {w!r}")
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     """The task and its disjoint splits.
@@ -145,8 +156,11 @@ class GRPOConfig:
     temperature: float = 1.0
     max_new_tokens: int = 48
     grad_clip: float = 1.0
+    warmup: float = 0.0  # linear learning-rate warmup over this fraction of the stage's steps
+    schedule: str = "constant"  # after warmup: "constant", "cosine" (to 0 at the last step) or "linear"
 
     def __post_init__(self) -> None:
+        _check_schedule("grpo", self)
         _check_pos("grpo", self, ("lr", "group_size", "prompts_per_step", "epochs", "temperature",
                                   "max_new_tokens", "grad_clip"))
         _check_pos("grpo", self, ("teacher_lr", "clip_low", "clip_high", "kl_coef"), allow_zero=True)
@@ -169,8 +183,11 @@ class FKLConfig:
     temperature: float = 1.0
     max_new_tokens: int = 48
     grad_clip: float = 1.0
+    warmup: float = 0.0  # linear learning-rate warmup over this fraction of the stage's steps
+    schedule: str = "constant"  # after warmup: "constant", "cosine" (to 0 at the last step) or "linear"
 
     def __post_init__(self) -> None:
+        _check_schedule("fkl", self)
         _check_pos("fkl", self, ("lr", "steps", "prompts_per_step", "temperature", "max_new_tokens", "grad_clip"))
 
 
@@ -185,8 +202,11 @@ class OPDConfig:
     max_new_tokens: int = 48
     estimator: str = "full"  # full-vocabulary reverse KL, or "sampled" (per-token log-ratio as reward)
     grad_clip: float = 1.0
+    warmup: float = 0.0  # linear learning-rate warmup over this fraction of the stage's steps
+    schedule: str = "constant"  # after warmup: "constant", "cosine" (to 0 at the last step) or "linear"
 
     def __post_init__(self) -> None:
+        _check_schedule("opd", self)
         _check_pos("opd", self, ("lr", "steps", "prompts_per_step", "temperature", "max_new_tokens", "grad_clip"))
         if self.estimator not in ("full", "sampled"):
             raise InputError(f"opd.estimator must be 'full' or 'sampled', got {self.estimator!r}")
@@ -205,6 +225,7 @@ class EvalConfig:
     curve_every: int = 0  # steps between validation points inside a stage; 0 -> stage ends only
     curve_problems: int = 100
     batch: int = 256
+    also_t1: bool = False  # also report avg@k at T = 1 (no top-p/top-k) as `accuracy_t1`, beside the headline
 
     def __post_init__(self) -> None:
         _check_pos("eval", self, ("k", "temperature", "top_p", "max_new_tokens", "curve_problems", "batch"))
@@ -264,10 +285,10 @@ class Config:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
     def hash(self) -> str:
-        return _digest(self.to_dict())
+        return _digest(_hashed(self.to_dict()))
 
     def section_hash(self, names: tuple[str, ...], extra: dict | None = None) -> str:
-        d = self.to_dict()
+        d = _hashed(self.to_dict())
         return _digest({"sections": {n: d[n] for n in names}, "extra": extra or {}})
 
     def override(self, values: dict[str, Any]) -> "Config":
@@ -279,6 +300,21 @@ class Config:
                 raise InputError(f"override {key!r}: use 'section.field' with a section in {', '.join(SECTIONS)}")
             d[section][name] = value
         return from_dict(d, source=self.source)
+
+
+# Fields added after results were committed, with the value that reproduces the older protocol. At that
+# value a field is left out of the hashes, so stage keys, the torch seeds derived from them, and hence
+# the committed legacy tables (configs/legacy/) keep their numbers.
+_HASH_NEUTRAL: dict[tuple[str, str], Any] = {
+    **{(sec, "warmup"): 0.0 for sec in ("grpo", "fkl", "opd")},
+    **{(sec, "schedule"): "constant" for sec in ("grpo", "fkl", "opd")},
+    ("eval", "also_t1"): False,
+}
+
+
+def _hashed(d: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {sec: {k: v for k, v in fields_.items() if _HASH_NEUTRAL.get((sec, k), object()) != v}
+            for sec, fields_ in d.items()}
 
 
 def _digest(obj: Any) -> str:

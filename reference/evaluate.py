@@ -28,16 +28,19 @@ class EvalResult:
         return pd.DataFrame({"metric": list(self.metrics), "value": list(self.metrics.values())})
 
 
-def _sample(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, greedy: bool):
+def _sample(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, greedy: bool, *,
+            temperature: float | None = None, top_p: float | None = None, top_k: int | None = None):
     correct = np.zeros((len(problems), k), dtype=bool)
     compliant = np.zeros((len(problems), k), dtype=bool)
     lengths = []
     step = max(1, cfg.batch // k)
     for i in range(0, len(problems), step):
         chunk = problems[i:i + step]
-        ro = ctx.rollout.generate(model, [p.prompt for p in chunk], n=k, temperature=cfg.temperature,
-                                  top_p=cfg.top_p, top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                                  greedy=greedy)
+        ro = ctx.rollout.generate(model, [p.prompt for p in chunk], n=k,
+                                  temperature=cfg.temperature if temperature is None else temperature,
+                                  top_p=cfg.top_p if top_p is None else top_p,
+                                  top_k=cfg.top_k if top_k is None else top_k,
+                                  max_new_tokens=cfg.max_new_tokens, greedy=greedy)
         golds = [p.gold for p in chunk for _ in range(k)]
         r = np.asarray(ctx.score_batch(list(ro.texts), golds), dtype=float).reshape(len(chunk), k)
         c = np.asarray([ctx.is_compliant(t) for t in ro.texts]).reshape(len(chunk), k)
@@ -49,7 +52,9 @@ def _sample(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, greedy:
 
 @torch.no_grad()
 def evaluate(model, problems: tuple[Problem, ...], ctx: StageContext, cfg: EvalConfig, *,
-             k: int | None = None, greedy: bool | None = None) -> EvalResult:
+             k: int | None = None, greedy: bool | None = None, extras: bool = True) -> EvalResult:
+    """Headline avg@k at cfg.temperature/top_p/top_k; with `extras`, the configured side columns
+    (greedy, and avg@k at T = 1 when `also_t1`). Curves pass greedy=False, extras=False."""
     k = cfg.k if k is None else k
     correct, compliant, mean_len = _sample(model, problems, ctx, cfg, k, greedy=False)
     n_compliant = compliant.sum()
@@ -64,6 +69,9 @@ def evaluate(model, problems: tuple[Problem, ...], ctx: StageContext, cfg: EvalC
     if cfg.greedy if greedy is None else greedy:
         g_correct, _, _ = _sample(model, problems, ctx, cfg, 1, greedy=True)
         metrics["accuracy_greedy"] = 100.0 * g_correct.mean()
+    if extras and cfg.also_t1:  # T = 1 avg@k of a tiny model mostly measures its entropy: a side column
+        t1_correct, _, _ = _sample(model, problems, ctx, cfg, k, greedy=False, temperature=1.0, top_p=1.0, top_k=0)
+        metrics["accuracy_t1"] = 100.0 * t1_correct.mean()
     table = pd.DataFrame({"model": "", "problem_id": [p.pid for p in problems], "k": k,
                           "correct": correct.sum(1), "compliant": compliant.sum(1)})
     # accuracy by difficulty (number of terms): the graded part of the world

@@ -57,12 +57,64 @@ def k3_kl_BT(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1.0
 
 
-def grpo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, clip_low=0.2, clip_high=0.28, loss="token_mean",
-              ref_logp_BT=None, kl_coef=0.0) -> torch.Tensor:
+def _norm_or_count(mask_BT: torch.Tensor, norm) -> torch.Tensor:
+    return mask_BT.sum().clamp(min=1.0) if norm is None else norm
+
+
+def grpo_token_mean_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, clip_low=0.2, clip_high=0.28,
+                         ref_logp_BT=None, kl_coef=0.0, norm=None) -> torch.Tensor:
+    """DAPO's GRPO loss: the clipped surrogate (+ beta k3 KL) summed over tokens / `norm`.
+
+    `norm` is the batch's token count (default: this chunk's `mask_BT.sum()`, i.e. the token mean);
+    the trainer passes the whole batch's (global) count when it splits a batch into micro-batches or
+    ranks, so the chunks' losses sum to the batch loss.
+    """
     per_tok = clipped_policy_loss_BT(logp_BT, old_logp_BT, adv_B, clip_low=clip_low, clip_high=clip_high)
     if kl_coef > 0 and ref_logp_BT is not None:
         per_tok = per_tok + kl_coef * k3_kl_BT(logp_BT, ref_logp_BT)
-    return masked_mean(per_tok, mask_BT) if loss == "token_mean" else seq_mean(per_tok, mask_BT)
+    return (per_tok * mask_BT).sum() / _norm_or_count(mask_BT, norm)
+
+
+def grpo_seq_mean_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, clip_low=0.2, clip_high=0.28,
+                       ref_logp_BT=None, kl_coef=0.0, norm=None) -> torch.Tensor:
+    """Original GRPO's normaliser: each sequence's token mean, summed over sequences / `norm`
+    (default: this chunk's sequence count, i.e. the mean over sequences)."""
+    per_tok = clipped_policy_loss_BT(logp_BT, old_logp_BT, adv_B, clip_low=clip_low, clip_high=clip_high)
+    if kl_coef > 0 and ref_logp_BT is not None:
+        per_tok = per_tok + kl_coef * k3_kl_BT(logp_BT, ref_logp_BT)
+    per_seq = (per_tok * mask_BT).sum(-1) / mask_BT.sum(-1).clamp(min=1.0)
+    n = torch.tensor(float(mask_BT.shape[0]), device=mask_BT.device) if norm is None else norm
+    return per_seq.sum() / n
+
+
+GRPO_LOSSES = {"token_mean": grpo_token_mean_loss, "seq_mean": grpo_seq_mean_loss}
+
+
+def grpo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, clip_low=0.2, clip_high=0.28, loss="token_mean",
+              ref_logp_BT=None, kl_coef=0.0) -> torch.Tensor:
+    """The GRPO loss named by `loss` (a convenience for callers holding the config's string)."""
+    return GRPO_LOSSES[loss](logp_BT, old_logp_BT, adv_B, mask_BT, clip_low=clip_low, clip_high=clip_high,
+                             ref_logp_BT=ref_logp_BT, kl_coef=kl_coef)
+
+
+def fkl_loss(student_logits_BTV, teacher_logits_BTV, mask_BT, *, norm=None) -> torch.Tensor:
+    """Stage 2a: token-summed KL(p_T || p_S) / `norm` (default: the token mean of this chunk)."""
+    return (forward_kl_BT(student_logits_BTV, teacher_logits_BTV) * mask_BT).sum() / _norm_or_count(mask_BT, norm)
+
+
+def opd_full_loss(student_logits_BTV, teacher_logits_BTV, completion_BT, mask_BT, *, norm=None) -> torch.Tensor:
+    """Stage 2b, exact: token-summed full-vocabulary KL(p_S || p_T) / `norm`, differentiated directly."""
+    return (reverse_kl_BT(student_logits_BTV, teacher_logits_BTV) * mask_BT).sum() / _norm_or_count(mask_BT, norm)
+
+
+def opd_sampled_loss(student_logits_BTV, teacher_logits_BTV, completion_BT, mask_BT, *, norm=None) -> torch.Tensor:
+    """Stage 2b, sampled-token estimator (REINFORCE on the per-token log-ratio of the sampled token)."""
+    s_lp = token_logp_BT(student_logits_BTV, completion_BT)
+    t_lp = token_logp_BT(teacher_logits_BTV, completion_BT)
+    return (sampled_reverse_kl_loss_BT(s_lp, t_lp) * mask_BT).sum() / _norm_or_count(mask_BT, norm)
+
+
+OPD_LOSSES = {"full": opd_full_loss, "sampled": opd_sampled_loss}
 
 
 def forward_kl_BT(student_logits_BTV: torch.Tensor, teacher_logits_BTV: torch.Tensor) -> torch.Tensor:

@@ -238,7 +238,7 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
         # forked RNG: a validation point never changes the training stream (eval is not in the stage key)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed_from(f"curve/{tag}"))
-            return evaluate(model, curve_set, ctx, cfg.eval, greedy=False).metrics
+            return evaluate(model, curve_set, ctx, cfg.eval, greedy=False, extras=False).metrics
 
     done_steps = 0  # student training steps so far: the x-axis of `report` (monotone for a pruner)
 

@@ -1,8 +1,13 @@
-"""The four stages, one implementation each. Teacher GRPO and student GRPO are the same `grpo` call.
+"""The four stages on one training loop. Teacher GRPO and student GRPO are the same `grpo` call.
 
-Each stage takes models, prompts and its frozen config section, trains in place, and returns a
-`StageResult` with its per-step log and the tokens it processed. Randomness: the caller seeds torch
-once per stage (generation samples through torch's RNG) and passes `seed` for data order.
+Every stage is `train_loop`: sampler -> a pure loss from `reference.losses` -> clipped optimizer
+step under a learning-rate schedule (linear warmup, then constant / cosine / linear decay). A stage
+only says what one step samples and which loss it scores (`StepWork`). Training forward passes
+divide the logits by the stage's sampling temperature, so the log-probabilities that are trained
+are those of the distribution the rollouts came from (at T != 1 GRPO is otherwise biased and OPD
+off-policy). Each stage returns a `StageResult` with its per-step log and the tokens it processed.
+Randomness: the caller seeds torch once per stage (generation samples through torch's RNG) and
+passes `seed` for data order.
 
 Stage map (arXiv 2605.12483, abstract): (1) `grpo` on the teacher with labels, (2a) `fkl_warmup`,
 (2b) `opd`, (3) `grpo` on the student with held-out labels. `opd` with a step count matched to stage
@@ -77,6 +82,21 @@ def grpo_steps(n_labels: int, cfg: GRPOConfig) -> int:
     return max(1, math.ceil(cfg.epochs * n_labels / cfg.prompts_per_step))
 
 
+def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
+    """Multiplier of the base learning rate at `step` (0-based) of a `total`-step stage: linear warmup
+    over the first ceil(warmup * total) steps (from 1/w to 1), then constant, cosine or linear decay
+    toward 0 (never reaching it: the last step still moves)."""
+    w = math.ceil(warmup * total) if warmup > 0 else 0
+    if step < w:
+        return (step + 1) / w
+    if schedule == "constant":
+        return 1.0
+    frac = (step - w + 1) / max(1, total - w + 1)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * frac))
+    return 1.0 - frac  # linear
+
+
 def _optimizer(model, lr: float):
     params = [p for p in model.parameters() if p.requires_grad]
     # fused AdamW (one kernel per step, as the bare-PyTorch anchor) on CUDA only; the CPU keeps the
@@ -97,6 +117,12 @@ def _prepare(model, lr: float, ctx: StageContext):
     if ctx.engine is None:
         return model, opt
     return ctx.engine.accelerator.prepare(model, opt)
+
+
+def train_logits(model, batch: RolloutBatch, ctx: StageContext, temperature: float) -> torch.Tensor:
+    """Completion logits of a training (or scoring) forward pass at the rollouts' sampling temperature."""
+    logits = completion_logits(model, batch, ctx.vocab_size)
+    return logits if temperature == 1.0 else logits / temperature
 
 
 def _all_tokens(tokens: int, ctx: StageContext) -> int:
@@ -170,24 +196,80 @@ def _step(net, opt, grad_clip: float, ctx: StageContext) -> float:
     return float(gnorm)
 
 
+@dataclass
+class StepWork:
+    """What one step of a stage sampled and how to score it.
+
+    `loss(sub, sl)` is the pure loss of rows `sl` of `rollout` (None: no signal, skip the update);
+    `after()` adds entries to the step's log once the update is done; `train_tokens` is what the
+    update costs in the compute account (added only when an update happens).
+    """
+
+    rollout: RolloutBatch
+    entry: dict
+    tokens: int  # sampling and scoring that happen whether or not the step updates
+    loss: Callable[[RolloutBatch, slice], torch.Tensor] | None = None
+    loss_name: str = "loss"
+    train_tokens: int = 0
+    after: Callable[[], dict] | None = None
+
+
+def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step: Callable, ctx: StageContext,
+               name: str, progress: Progress | None = None, limit: int | None = None) -> StageResult:
+    """The one training loop of every stage.
+
+    For each batch of item indices: `make_step(step, idx, net)` samples and returns a `StepWork`;
+    its loss is backpropagated over micro-batches, the gradient clipped to `grad_clip`, and AdamW
+    steps at lr * lr_factor(step). `steps` sizes the schedule; `limit` stops after that many steps
+    of it (the stability gate runs the first steps of the configured schedule).
+    """
+    t0 = time.perf_counter()
+    net, opt = _prepare(model, lr, ctx)
+    run = steps if limit is None else min(steps, limit)
+    log: list[dict] = []
+    tokens = 0
+    for step, idx in enumerate(batches):
+        if step >= run:
+            break
+        factor = lr_factor(step, steps, schedule_cfg.warmup, schedule_cfg.schedule)
+        for group in opt.param_groups:
+            group["lr"] = lr * factor
+        work = make_step(step, idx, net)
+        entry = dict(work.entry)
+        tokens += work.tokens
+        if work.loss is not None:
+            loss = _global_sum(_backward(net, work.rollout, ctx, work.loss), ctx)
+            if _distributed(ctx):
+                loss = loss / ctx.engine.world_size  # the ranks' shares sum to world x the global loss
+            entry["grad_norm"] = _step(net, opt, schedule_cfg.grad_clip, ctx)
+            entry[work.loss_name] = loss.item()
+            entry["lr"] = lr * factor
+            tokens += work.train_tokens
+        if work.after is not None:
+            entry.update(work.after())
+        log.append(entry)
+        if progress:
+            progress(step + 1, run, entry)
+    _release(ctx)
+    return StageResult(name, run, _all_tokens(tokens, ctx), time.perf_counter() - t0, tuple(log))
+
+
 def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageContext, *, role: str, seed: int,
-         ref=None, progress: Progress | None = None, name: str = "grpo") -> StageResult:
-    """GRPO with group-normalised advantages and a clipped ratio (DAPO token-mean by default).
+         ref=None, progress: Progress | None = None, name: str = "grpo", limit: int | None = None) -> StageResult:
+    """GRPO with group-normalised advantages and a clipped ratio (`losses.GRPO_LOSSES[cfg.loss]`).
 
     One policy update per rollout batch, so old_logp is the detached current log-prob: the ratio is 1
     in value but carries the policy gradient; clipping matters once several updates reuse a batch.
     `ref` (optional frozen model) adds the k3 KL penalty with weight cfg.kl_coef.
     """
-    t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     steps = grpo_steps(len(problems), cfg)
-    net, opt = _prepare(policy, cfg.lr_for(role), ctx)
-    log: list[dict] = []
-    tokens = 0
-    P, G = min(cfg.prompts_per_step, max(1, len(problems))), cfg.group_size
-    for step, idx in enumerate(_batches(len(problems), P, steps, rng)):
+    P, G, T = min(cfg.prompts_per_step, max(1, len(problems))), cfg.group_size, cfg.temperature
+    loss_fn = losses.GRPO_LOSSES[cfg.loss]
+
+    def make_step(step: int, idx: list[int], net) -> StepWork:
         batch = [problems[i] for i in _my_shard(idx, ctx)]
-        ro = ctx.rollout.generate(policy, [p.prompt for p in batch], n=G, temperature=cfg.temperature,
+        ro = ctx.rollout.generate(policy, [p.prompt for p in batch], n=G, temperature=T,
                                   max_new_tokens=cfg.max_new_tokens)
         golds = [p.gold for p in batch for _ in range(G)]
         rewards_PG = torch.tensor(ctx.score_batch(list(ro.texts), golds), dtype=torch.float32).view(len(batch), G)
@@ -197,126 +279,108 @@ def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageConte
                  "zero_signal_fraction": losses.zero_signal_fraction(rewards_PG),
                  "length": float(ro.lengths_B.float().mean()),
                  "compliance": float(np.mean([ctx.is_compliant(t) for t in ro.texts]))}
-        tokens += ro.tokens
+        work = StepWork(ro, entry, tokens=ro.tokens, train_tokens=ro.tokens)
         signal = (adv_B != 0).any()
         if _distributed(ctx):  # every rank must take part in the backward when any rank has signal
             signal = _global_sum(signal.float().to(ctx.engine.device), ctx) > 0
-        if bool(signal):
-            # rewards are scored on the host; the advantages go where the log-probs are (CUDA on a GPU)
-            adv_dev_B = adv_B.to(ro.mask_BT.device)
-            if cfg.loss == "token_mean":
-                norm = _norm(ro.mask_BT.sum(), ctx)
-            else:
-                norm = _norm(torch.tensor(float(ro.mask_BT.shape[0]), device=ro.mask_BT.device), ctx)
+        if not bool(signal):
+            return work
+        # rewards are scored on the host; the advantages go where the log-probs are (CUDA on a GPU)
+        adv_dev_B = adv_B.to(ro.mask_BT.device)
+        count = ro.mask_BT.sum() if cfg.loss == "token_mean" else torch.tensor(float(ro.mask_BT.shape[0]),
+                                                                              device=ro.mask_BT.device)
+        norm = _norm(count, ctx)
 
-            def chunk_loss(sub: RolloutBatch, sl: slice) -> torch.Tensor:
-                nonlocal tokens
-                logp_BT = losses.token_logp_BT(completion_logits(net, sub, ctx.vocab_size), sub.completion_BT)
-                per_tok = losses.clipped_policy_loss_BT(logp_BT, logp_BT.detach(), adv_dev_B[sl],
-                                                        clip_low=cfg.clip_low, clip_high=cfg.clip_high)
-                if ref is not None and cfg.kl_coef > 0:
-                    with torch.no_grad():
-                        ref_logp = losses.token_logp_BT(completion_logits(ref, sub, ctx.vocab_size),
-                                                        sub.completion_BT)
-                    per_tok = per_tok + cfg.kl_coef * losses.k3_kl_BT(logp_BT, ref_logp)
-                    tokens += sub.tokens
-                if cfg.loss == "token_mean":  # DAPO: the (global) token mean
-                    return (per_tok * sub.mask_BT).sum() / norm
-                per_seq = (per_tok * sub.mask_BT).sum(-1) / sub.mask_BT.sum(-1).clamp(min=1.0)
-                return per_seq.sum() / norm
+        def chunk_loss(sub: RolloutBatch, sl: slice) -> torch.Tensor:
+            logp_BT = losses.token_logp_BT(train_logits(net, sub, ctx, T), sub.completion_BT)
+            ref_logp = None
+            if ref is not None and cfg.kl_coef > 0:
+                with torch.no_grad():
+                    ref_logp = losses.token_logp_BT(train_logits(ref, sub, ctx, T), sub.completion_BT)
+                work.train_tokens += sub.tokens
+            return loss_fn(logp_BT, logp_BT.detach(), adv_dev_B[sl], sub.mask_BT, clip_low=cfg.clip_low,
+                           clip_high=cfg.clip_high, ref_logp_BT=ref_logp, kl_coef=cfg.kl_coef, norm=norm)
 
-            loss = _global_sum(_backward(net, ro, ctx, chunk_loss), ctx)
-            if _distributed(ctx):
-                loss = loss / ctx.engine.world_size  # the ranks' shares sum to world x the global loss
-            entry["grad_norm"] = _step(net, opt, cfg.grad_clip, ctx)
-            entry["loss"] = loss.item()
-            tokens += ro.tokens
-        log.append(entry)
-        if progress:
-            progress(step + 1, steps, entry)
-    _release(ctx)
-    return StageResult(name, steps, _all_tokens(tokens, ctx), time.perf_counter() - t0, tuple(log))
+        work.loss = chunk_loss
+        return work
+
+    return train_loop(policy, lr=cfg.lr_for(role), schedule_cfg=cfg, steps=steps,
+                      batches=_batches(len(problems), P, steps, rng), make_step=make_step, ctx=ctx, name=name,
+                      progress=progress, limit=limit)
 
 
 def fkl_warmup(student, teacher, prompts: tuple[Problem, ...], cfg: FKLConfig, ctx: StageContext, *, seed: int,
-               progress: Progress | None = None, name: str = "fkl_warmup") -> StageResult:
-    """Stage 2a: on teacher rollouts, minimise KL(p_T || p_S) over the full vocabulary at every token."""
-    t0 = time.perf_counter()
+               progress: Progress | None = None, name: str = "fkl_warmup", limit: int | None = None) -> StageResult:
+    """Stage 2a: on teacher rollouts, minimise KL(p_T || p_S) over the full vocabulary at every token
+    (`losses.fkl_loss`). Logged `forward_kl` is the batch's per-token KL before the step."""
     rng = np.random.default_rng(seed)
-    net, opt = _prepare(student, cfg.lr, ctx)
-    log, tokens = [], 0
-    for step, idx in enumerate(_batches(len(prompts), cfg.prompts_per_step, cfg.steps, rng)):
+    T = cfg.temperature
+
+    def make_step(step: int, idx: list[int], net) -> StepWork:
         ro = ctx.rollout.generate(teacher, [prompts[i].prompt for i in _my_shard(idx, ctx)], n=1,
-                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+                                  temperature=T, max_new_tokens=cfg.max_new_tokens)
         norm = _norm(ro.mask_BT.sum(), ctx)
 
         def chunk_loss(sub: RolloutBatch, sl: slice) -> torch.Tensor:
             with torch.no_grad():
-                t_logits = completion_logits(teacher, sub, ctx.vocab_size)
-            s_logits = completion_logits(net, sub, ctx.vocab_size)
-            return (losses.forward_kl_BT(s_logits, t_logits) * sub.mask_BT).sum() / norm
+                t_logits = train_logits(teacher, sub, ctx, T)
+            return losses.fkl_loss(train_logits(net, sub, ctx, T), t_logits, sub.mask_BT, norm=norm)
 
-        loss = _global_sum(_backward(net, ro, ctx, chunk_loss), ctx)
-        if _distributed(ctx):
-            loss = loss / ctx.engine.world_size  # the ranks' shares sum to world x the global mean
-        gnorm = _step(net, opt, cfg.grad_clip, ctx)
-        tokens += 3 * ro.tokens  # teacher rollout, teacher scoring, student training
-        entry = {"step": step, "forward_kl": loss.item(), "grad_norm": gnorm,
-                 "length": float(ro.lengths_B.float().mean())}
-        log.append(entry)
-        if progress:
-            progress(step + 1, cfg.steps, entry)
-    _release(ctx)
-    return StageResult(name, cfg.steps, _all_tokens(tokens, ctx), time.perf_counter() - t0, tuple(log))
+        # teacher rollout, teacher scoring, student training
+        return StepWork(ro, {"step": step, "length": float(ro.lengths_B.float().mean())}, tokens=0,
+                        loss=chunk_loss, loss_name="forward_kl", train_tokens=3 * ro.tokens)
+
+    return train_loop(student, lr=cfg.lr, schedule_cfg=cfg, steps=cfg.steps,
+                      batches=_batches(len(prompts), cfg.prompts_per_step, cfg.steps, rng), make_step=make_step,
+                      ctx=ctx, name=name, progress=progress, limit=limit)
 
 
 def opd(student, teacher, prompts: tuple[Problem, ...], cfg: OPDConfig, ctx: StageContext, *, seed: int,
         steps: int | None = None, prompts_per_step: int | None = None, progress: Progress | None = None,
-        name: str = "opd") -> StageResult:
+        name: str = "opd", limit: int | None = None) -> StageResult:
     """Stage 2b: the student samples, the frozen teacher scores every token, reverse KL(p_S || p_T).
 
-    estimator="full": exact full-vocabulary reverse KL per position (differentiated directly);
-    "sampled": REINFORCE on the per-token log-ratio of the sampled token. The full per-token KL is
-    logged either way. `steps`/`prompts_per_step` override the config (the replay control).
+    The loss is `losses.OPD_LOSSES[cfg.estimator]`: "full" = exact full-vocabulary reverse KL per
+    position (differentiated directly); "sampled" = REINFORCE on the per-token log-ratio of the
+    sampled token. The full per-token KL is logged either way (`kl_to_teacher`, before the step).
+    `steps`/`prompts_per_step` override the config (the replay control).
     """
-    t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     steps = cfg.steps if steps is None else steps
     per_step = cfg.prompts_per_step if prompts_per_step is None else prompts_per_step
-    net, opt = _prepare(student, cfg.lr, ctx)
-    log, tokens = [], 0
-    for step, idx in enumerate(_batches(len(prompts), per_step, steps, rng)):
+    T = cfg.temperature
+    loss_fn = losses.OPD_LOSSES[cfg.estimator]
+
+    def make_step(step: int, idx: list[int], net) -> StepWork:
         ro = ctx.rollout.generate(student, [prompts[i].prompt for i in _my_shard(idx, ctx)], n=1,
-                                  temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens)
+                                  temperature=T, max_new_tokens=cfg.max_new_tokens)
         norm = _norm(ro.mask_BT.sum(), ctx)
-        kl_sum = []
+        kl_sum: list[torch.Tensor] = []
 
         def chunk_loss(sub: RolloutBatch, sl: slice) -> torch.Tensor:
             with torch.no_grad():
-                t_logits = completion_logits(teacher, sub, ctx.vocab_size)
-            s_logits = completion_logits(net, sub, ctx.vocab_size)
-            rkl_BT = losses.reverse_kl_BT(s_logits, t_logits)
-            kl_sum.append((rkl_BT.detach() * sub.mask_BT).sum())
-            if cfg.estimator == "full":
-                per_tok = rkl_BT
+                t_logits = train_logits(teacher, sub, ctx, T)
+            s_logits = train_logits(net, sub, ctx, T)
+            loss = loss_fn(s_logits, t_logits, sub.completion_BT, sub.mask_BT, norm=norm)
+            if cfg.estimator == "full":  # the loss is the token-summed KL / norm: no second pass
+                kl_sum.append(loss.detach() * norm)
             else:
-                s_lp = losses.token_logp_BT(s_logits, sub.completion_BT)
-                t_lp = losses.token_logp_BT(t_logits, sub.completion_BT)
-                per_tok = losses.sampled_reverse_kl_loss_BT(s_lp, t_lp)
-            return (per_tok * sub.mask_BT).sum() / norm
+                with torch.no_grad():
+                    kl_sum.append((losses.reverse_kl_BT(s_logits.detach(), t_logits) * sub.mask_BT).sum())
+            return loss
 
-        _backward(net, ro, ctx, chunk_loss)
-        gnorm = _step(net, opt, cfg.grad_clip, ctx)
-        tokens += 3 * ro.tokens  # student rollout, teacher scoring, student training
-        kl = _global_sum(sum(kl_sum[1:], kl_sum[0]), ctx) / _norm(ro.mask_BT.sum(), ctx)
-        if _distributed(ctx):
-            kl = kl / ctx.engine.world_size
+        def after() -> dict:
+            kl = _global_sum(sum(kl_sum[1:], kl_sum[0]), ctx) / _norm(ro.mask_BT.sum(), ctx)
+            if _distributed(ctx):
+                kl = kl / ctx.engine.world_size
+            return {"kl_to_teacher": float(kl)}
+
         # compliance of the student's own samples (a pure function of the texts: no RNG, no numbers move)
-        entry = {"step": step, "kl_to_teacher": float(kl), "grad_norm": gnorm,
-                 "length": float(ro.lengths_B.float().mean()),
+        entry = {"step": step, "length": float(ro.lengths_B.float().mean()),
                  "compliance": float(np.mean([ctx.is_compliant(t) for t in ro.texts]))}
-        log.append(entry)
-        if progress:
-            progress(step + 1, steps, entry)
-    _release(ctx)
-    return StageResult(name, steps, _all_tokens(tokens, ctx), time.perf_counter() - t0, tuple(log))
+        # student rollout, teacher scoring, student training
+        return StepWork(ro, entry, tokens=0, loss=chunk_loss, train_tokens=3 * ro.tokens, after=after)
+
+    return train_loop(student, lr=cfg.lr, schedule_cfg=cfg, steps=steps,
+                      batches=_batches(len(prompts), per_step, steps, rng), make_step=make_step, ctx=ctx,
+                      name=name, progress=progress, limit=limit)

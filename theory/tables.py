@@ -31,7 +31,7 @@ RUN_COLUMNS: dict[str, str] = {
 SPLITS = ("train", "val", "test", "probe")
 # Metrics reported in percent; any other metric name is free-form (e.g. "kl_to_teacher" in nats).
 PERCENT_METRICS = frozenset({
-    "accuracy", "accuracy_greedy", "compliance", "accuracy_given_compliance", "pass_at_k",
+    "accuracy", "accuracy_greedy", "accuracy_t1", "compliance", "accuracy_given_compliance", "pass_at_k",
     "reward", "pass_rate", "zero_signal_fraction",
 })
 
