@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from theory.cliutil import require_extra
 from theory.errors import InputError
 
 DEFAULT_WORKDIR = ".s2d_runs"
@@ -242,6 +243,7 @@ def main(argv=None) -> int:
 
     def body() -> int:
         a = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+        require_extra("reference-pipeline", "reference")  # after parsing, so -h/--version work without it
         if a.cmd == "run":
             if not a.dry_run and not a.arm:
                 raise InputError("--arm is required (one of theory.arms.ARMS)")

@@ -20,6 +20,7 @@ import shlex
 import sys
 import time
 
+from theory.cliutil import require_extra
 from theory.errors import InputError
 
 DEFAULT_STORAGE = "sqlite:///matched_tuning.db"
@@ -223,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, argv) -> int:
+    require_extra("matched-tuning", "tuning")
+    if args.cmd == "run" and args.arm_source == "reference":  # before the storage is created
+        require_extra("matched-tuning run --arm-source reference", "reference")
     if args.cmd == "status":
         _print_status(_open(args), args.study)
         return 0

@@ -1,0 +1,95 @@
+"""The three console scripts at their edges: the extras check in an environment that lacks them,
+help on every flag, `--version`, `python -m`, and output paths checked before any work.
+
+A missing extra is simulated in a subprocess by `sys.modules[name] = None` (import fails, find_spec
+finds nothing), so nothing is uninstalled."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TORCH_SIDE = ["torch", "transformers", "trl", "math_verify", "accelerate", "peft", "datasets"]
+
+_WRAPPER = """
+import sys
+for name in {hide!r}:
+    sys.modules[name] = None
+from {module} import main
+sys.exit(main({argv!r}))
+"""
+
+
+def run_hidden(module: str, argv: list[str], hide: list[str], cwd=ROOT) -> subprocess.CompletedProcess:
+    code = _WRAPPER.format(hide=hide, module=module, argv=argv)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env=_env())
+
+
+def _env():
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def one_error_line(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr[-2000:]
+    return lines[0]
+
+
+# -- extras ----------------------------------------------------------------------------------------------
+
+REFERENCE_LINE = 'pip install -c constraints.txt -e ".[reference]"'
+
+
+@pytest.mark.parametrize("argv", [
+    ["demo"],
+    ["run", "--arm", "direct_grpo"],
+    ["run", "--dry-run", "--config", "paper-qwen3-math"],
+    ["table", "--seeds", "1", "--out", "OUT"],
+    ["pilot", "--config", "toy", "--out", "OUT"],
+])
+def test_reference_pipeline_without_torch_names_the_install(argv, tmp_path):
+    argv = [a.replace("OUT", str(tmp_path / "o")) for a in argv]
+    line = one_error_line(run_hidden("reference.cli", argv, TORCH_SIDE))
+    assert line == ("error: reference-pipeline needs the reference extra (torch, transformers, trl, math_verify, "
+                    f"accelerate, peft, datasets not installed): {REFERENCE_LINE}")
+    assert not (tmp_path / "o").exists()  # nothing was started
+
+
+def test_help_works_without_the_extra():
+    r = run_hidden("reference.cli", ["demo", "--help"], TORCH_SIDE)
+    assert r.returncode == 0 and "--workdir" in r.stdout
+
+
+def test_matched_tuning_without_optuna_or_torch(tmp_path):
+    db = tmp_path / "s.db"
+    base = ["run", "--arms", "direct_grpo", "--trials", "1", "--storage", f"sqlite:///{db}"]
+    line = one_error_line(run_hidden("tuning.cli", base, ["optuna"]))
+    assert line == ('error: matched-tuning needs the tuning extra (optuna not installed): '
+                    'pip install -c constraints.txt -e ".[tuning]"')
+    line = one_error_line(run_hidden("tuning.cli", base, TORCH_SIDE))  # default arm source: reference
+    assert line.startswith("error: matched-tuning run --arm-source reference needs the reference extra (torch,")
+    assert line.endswith(REFERENCE_LINE)
+    assert not db.exists()  # refused before the storage was created
+    for cmd in (["status", "--study", "x", "--storage", f"sqlite:///{db}"],
+                ["report", "--study", "x", "--storage", f"sqlite:///{db}", "--out", str(tmp_path / "r")]):
+        assert "optuna not installed" in one_error_line(run_hidden("tuning.cli", cmd, ["optuna"]))
+
+
+def test_synthetic_tuning_needs_no_torch(tmp_path):
+    argv = ["run", "--arms", "direct_grpo", "--trials", "1", "--storage", f"sqlite:///{tmp_path}/s.db",
+            "--arm-source", "synthetic", "--labels", "64", "--eval-seeds", "2"]
+    r = run_hidden("tuning.cli", argv, TORCH_SIDE)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "direct_grpo" in r.stdout
+
+
+def test_planner_runs_without_torch_and_optuna():
+    r = run_hidden("budget_planner.cli", ["plan", "--scenario", "paper-qwen3-math"], TORCH_SIDE + ["optuna"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "recommended:" in r.stdout
