@@ -61,9 +61,13 @@ def test_reference_pipeline_without_torch_names_the_install(argv, tmp_path):
     assert not (tmp_path / "o").exists()  # nothing was started
 
 
-def test_help_works_without_the_extra():
+def test_help_and_version_work_without_the_extra():
     r = run_hidden("reference.cli", ["demo", "--help"], TORCH_SIDE)
     assert r.returncode == 0 and "--workdir" in r.stdout
+    r = run_hidden("reference.cli", ["--version"], TORCH_SIDE)
+    assert r.returncode == 0 and r.stdout.startswith("reference-pipeline ")
+    r = run_hidden("tuning.cli", ["run", "--help"], ["optuna", *TORCH_SIDE])
+    assert r.returncode == 0 and "--eval-seeds" in r.stdout
 
 
 def test_matched_tuning_without_optuna_or_torch(tmp_path):
@@ -93,3 +97,82 @@ def test_planner_runs_without_torch_and_optuna():
     r = run_hidden("budget_planner.cli", ["plan", "--scenario", "paper-qwen3-math"], TORCH_SIDE + ["optuna"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert "recommended:" in r.stdout
+
+
+# -- help, examples, --version, python -m -----------------------------------------------------------------
+
+CLIS = {"budget-planner": "budget_planner", "reference-pipeline": "reference", "matched-tuning": "tuning"}
+
+
+def _parsers():
+    """(label, parser) for every CLI and every subcommand, found by walking argparse's tree, so a
+    subcommand added later is covered without editing this test."""
+    import argparse
+    import importlib
+
+    out = []
+    for prog, pkg in CLIS.items():
+        stack = [(prog, importlib.import_module(f"{pkg}.cli").build_parser())]
+        while stack:
+            label, parser = stack.pop()
+            out.append((label, parser))
+            for action in parser._actions:
+                if isinstance(action, argparse._SubParsersAction):
+                    stack += [(f"{label} {name}", sub) for name, sub in action.choices.items()]
+    return out
+
+
+PARSERS = _parsers()
+
+
+def test_the_walk_found_every_known_subcommand():
+    labels = {label for label, _ in PARSERS}
+    assert {"budget-planner plan", "budget-planner crosscheck", "reference-pipeline demo", "reference-pipeline pilot",
+            "matched-tuning run", "matched-tuning report"} <= labels
+
+
+@pytest.mark.parametrize("label, parser", PARSERS, ids=[label for label, _ in PARSERS])
+def test_every_option_has_help_and_every_subcommand_an_example(label, parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            continue
+        name = "/".join(action.option_strings) or action.dest
+        assert action.help and action.help.strip() and action.help != argparse.SUPPRESS, f"{label} {name}"
+    text = parser.format_help()  # formats every %(default)s: a stray % would raise here
+    assert "example" in (parser.epilog or ""), f"{label}: no example in its epilog"
+    assert label.split()[0] in parser.epilog, label
+    # defaults are shown: every option with a real default says what it is
+    for action in parser._actions:
+        d = action.default
+        if action.option_strings and not action.required and not any(d is v for v in (None, False, argparse.SUPPRESS)):
+            assert "default" in (action.help or "").lower() or f"(default: {d})" in " ".join(text.split()), \
+                f"{label} {action.option_strings[0]}"
+
+
+@pytest.mark.parametrize("prog, pkg", CLIS.items())
+def test_version_and_python_m(prog, pkg):
+    from importlib.metadata import version
+
+    r = subprocess.run([sys.executable, "-m", pkg, "--version"], capture_output=True, text=True, cwd=ROOT,
+                       env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"{prog} {version('sparse2dense')}"
+    r = subprocess.run([sys.executable, "-m", pkg, "--help"], capture_output=True, text=True, cwd=ROOT,
+                       env=_env(), timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith(f"usage: {prog} ")
+
+
+def test_version_falls_back_to_pyproject(monkeypatch):
+    import importlib.metadata
+    import tomllib
+
+    from theory.cliutil import version_string
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert version_string("budget-planner") == f"budget-planner {expected}"

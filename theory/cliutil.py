@@ -119,6 +119,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         if ("default" in text.lower() or not action.option_strings or action.required
-                or action.default in (None, False, argparse.SUPPRESS)):
+                or any(action.default is v for v in (None, False, argparse.SUPPRESS))):  # `is`: 0 == False
             return text
         return text + " (default: %(default)s)"
