@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from theory.cliutil import HelpFormatter, version_string
+from theory.cliutil import HelpFormatter, output_file, version_string
 from theory.errors import InputError
 
 
@@ -186,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scenario", required=True, help="preset name (see `scenarios`) or path to a scenario TOML")
     sp.add_argument("--labels", type=str, default=None, help="label budget N (default: the scenario's)")
     sp.add_argument("--benchmark", default=None, help="benchmark to plan for (default: the scenario's target)")
-    sp.add_argument("--json", default=None, metavar="PATH", help="write the plan as JSON here")
-    sp.add_argument("--plot", default=None, metavar="PATH",
+    sp.add_argument("--json", default=None, type=output_file, metavar="PATH", help="write the plan as JSON here")
+    sp.add_argument("--plot", default=None, type=output_file, metavar="PATH",
                     help="write a PNG with accuracy vs split and vs N")
     sp.set_defaults(func=cmd_plan)
     sc = sub.add_parser("scenarios", help="list the preset scenarios", description="List the preset scenarios.",
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "  budget-planner plan --scenario my.toml")
     ca.add_argument("--runs", required=True, help="run table CSV (theory.tables schema)")
     ca.add_argument("--problems", required=True, help="problem table CSV (theory.tables schema)")
-    ca.add_argument("--out", required=True, metavar="PATH", help="scenario TOML to write")
+    ca.add_argument("--out", required=True, type=output_file, metavar="PATH", help="scenario TOML to write")
     ca.add_argument("--student", default="student", help="student's name in the problem table")
     ca.add_argument("--teacher", default="teacher", help="teacher's name in the problem table")
     ca.add_argument("--benchmark", default="pilot", help="name of the probe benchmark")
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--runs", required=True, help="run table CSV (rows metric accuracy, split test)")
     cc.add_argument("--predictions", required=True, help="predictions CSV (theory.crosscheck.PRED_COLUMNS)")
     cc.add_argument("--set", default="heldout", help="which predictions to score: heldout or calibration")
-    cc.add_argument("--json", default=None, metavar="PATH", help="write every figure as JSON here")
+    cc.add_argument("--json", default=None, type=output_file, metavar="PATH", help="write every figure as JSON here")
     cc.set_defaults(func=cmd_crosscheck)
     return p
 

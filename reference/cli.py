@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from theory.cliutil import HelpFormatter, require_extra, version_string
+from theory.cliutil import HelpFormatter, output_dir, output_file, require_extra, version_string
 from theory.errors import InputError
 
 DEFAULT_WORKDIR = ".s2d_runs"
@@ -198,7 +198,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _pilot_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="config path or name in configs/")
-    p.add_argument("--out", required=True, help="directory for problems.csv, pass_at_k.csv, pilot_runs.csv")
+    p.add_argument("--out", required=True, type=output_dir, help="directory for problems.csv, pass_at_k.csv, pilot_runs.csv")
     p.add_argument("--k", type=int, default=8, help="samples per problem")
     p.add_argument("--problems", type=int, default=200, help="probe problems (first of the split; 0 = all)")
     p.add_argument("--split", default="val", help="probe split: val (default), test or labeled")
@@ -206,7 +206,7 @@ def _pilot_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--models", default="student,teacher", help="student, teacher or both")
     p.add_argument("--self-distill", action="store_true",
                    help="also run FKL warmup then OPD with teacher = a copy of the base student, sampling after each")
-    p.add_argument("--workdir", default=DEFAULT_WORKDIR + "/pilot", help="finished parts, for resuming")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR + "/pilot", type=output_dir, help="finished parts, for resuming")
     return p
 
 
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example:\n  reference-pipeline demo --seed 1 --workdir /tmp/s2d_demo")
     d.add_argument("--config", default="toy_short", help="config path or name in configs/")
     d.add_argument("--seed", type=int, default=0, help="seed of every arm")
-    d.add_argument("--workdir", default=DEFAULT_WORKDIR + "/demo",
+    d.add_argument("--workdir", default=DEFAULT_WORKDIR + "/demo", type=output_dir,
                    help="stage checkpoints and per-run results; rerunning resumes from them")
     d.add_argument("--no-progress", action="store_true", help="no per-stage progress bars")
     r = sub.add_parser("run", help="one arm, one seed",
@@ -237,9 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--student-labels", type=int,
                    help="labels for student GRPO, the rest go to the teacher (split arms only)")
     r.add_argument("--split", default="test", choices=["test", "val"], help="evaluation split")
-    r.add_argument("--workdir", default=DEFAULT_WORKDIR,
+    r.add_argument("--workdir", default=DEFAULT_WORKDIR, type=output_dir,
                    help="stage checkpoints and per-run results; rerunning resumes from them")
-    r.add_argument("--out", help="append the run's rows to this run-table CSV")
+    r.add_argument("--out", type=output_file, help="append the run's rows to this run-table CSV")
     r.add_argument("--dry-run", action="store_true", help="print the real-scale plan (reference.dryrun)")
     r.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     t = sub.add_parser("table", help="every arm over K seeds -> run table",
@@ -247,12 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example:\n  reference-pipeline table --seeds 10 --out docs/results --jobs 2")
     t.add_argument("--seeds", type=int, required=True, help="number of seeds K")
     t.add_argument("--first-seed", type=int, default=0, help="seeds are FIRST_SEED .. FIRST_SEED+K-1")
-    t.add_argument("--out", required=True, help="directory for the run table, curves and stage times")
+    t.add_argument("--out", required=True, type=output_dir, help="directory for the run table, curves and stage times")
     t.add_argument("--config", default="toy", help="config path or name in configs/")
     t.add_argument("--arms", default="all", help="comma-separated arm names, or all")
     t.add_argument("--jobs", type=int, default=2, help="worker processes (each runs whole seeds)")
     t.add_argument("--split", default="test", choices=["test", "val"], help="evaluation split")
-    t.add_argument("--workdir", help="stage checkpoints and per-run results (default: OUT/work)")
+    t.add_argument("--workdir", type=output_dir, help="stage checkpoints and per-run results (default: OUT/work)")
     t.add_argument("--prefix", default="toy_ablation", help="file-name prefix of the CSVs written to --out")
     _pilot_args(sub.add_parser(
         "pilot", help="base-model pilot: problem table, pass@k, KL_0 -> planner",

@@ -176,3 +176,38 @@ def test_version_falls_back_to_pyproject(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", not_installed)
     expected = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert version_string("budget-planner") == f"budget-planner {expected}"
+
+
+# -- output paths fail before any work ------------------------------------------------------------------
+
+BAD_OUTPUTS = [
+    # (module, argv; MISSING = a directory that does not exist, FILE = an existing file, DIR = a directory)
+    ("budget_planner", ["plan", "--scenario", "paper-qwen3-math", "--plot", "MISSING/p.png"], "--plot"),
+    ("budget_planner", ["plan", "--scenario", "paper-qwen3-math", "--json", "MISSING/p.json"], "--json"),
+    ("budget_planner", ["plan", "--scenario", "paper-qwen3-math", "--json", "DIR"], "--json"),
+    ("budget_planner", ["calibrate", "--runs", "docs/examples/pilot_runs.csv", "--problems",
+                        "docs/examples/pilot_problems.csv", "--out", "MISSING/s.toml"], "--out"),
+    ("budget_planner", ["crosscheck", "--runs", "docs/results/crosscheck_runs.csv", "--predictions",
+                        "docs/results/crosscheck_predictions.csv", "--json", "MISSING/cc.json"], "--json"),
+    ("reference", ["run", "--arm", "direct_grpo", "--out", "MISSING/runs.csv"], "--out"),
+    ("reference", ["run", "--arm", "direct_grpo", "--workdir", "FILE"], "--workdir"),
+    ("reference", ["demo", "--workdir", "FILE/sub"], "--workdir"),
+    ("reference", ["table", "--seeds", "1", "--out", "FILE"], "--out"),
+    ("reference", ["pilot", "--config", "toy", "--out", "FILE/sub"], "--out"),
+    ("tuning", ["report", "--study", "s", "--storage", "sqlite:///DIR/s.db", "--out", "FILE"], "--out"),
+]
+
+
+@pytest.mark.parametrize("pkg, argv, flag", BAD_OUTPUTS, ids=[f"{m} {a[0]} {f}" for m, a, f in BAD_OUTPUTS])
+def test_bad_output_path_fails_in_one_line_before_any_work(pkg, argv, flag, tmp_path):
+    (tmp_path / "file").write_text("keep me")
+    (tmp_path / "dir").mkdir()
+    subst = {"MISSING": str(tmp_path / "missing"), "FILE": str(tmp_path / "file"), "DIR": str(tmp_path / "dir")}
+    argv = [next((a.replace(k, v) for k, v in subst.items() if k in a), a) for a in argv]
+    r = subprocess.run([sys.executable, "-m", pkg, *argv], capture_output=True, text=True, cwd=ROOT, env=_env(),
+                       timeout=300)
+    line = one_error_line(r)
+    assert line.startswith(f"error: argument {flag}: "), line
+    assert r.stdout == ""  # nothing was computed or printed first (the plan used to print, then fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file"]  # nothing created
+    assert (tmp_path / "file").read_text() == "keep me" and not any((tmp_path / "dir").iterdir())

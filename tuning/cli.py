@@ -21,7 +21,7 @@ import shlex
 import sys
 import time
 
-from theory.cliutil import HelpFormatter, require_extra, version_string
+from theory.cliutil import HelpFormatter, output_dir, require_extra, version_string
 from theory.errors import InputError
 
 DEFAULT_STORAGE = "sqlite:///matched_tuning.db"
@@ -128,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog="example:\n  matched-tuning report --study toy --storage sqlite:///study.db "
                                 "--out docs/results")
     _add_storage(rep, study_required=True)
-    rep.add_argument("--out", required=True, help="output directory")
+    rep.add_argument("--out", required=True, type=output_dir, help="output directory (created if missing)")
     rep.add_argument("--jobs", type=_positive_int("--jobs"), default=1, help="parallel evaluation processes")
     rep.add_argument("--no-eval", action="store_true", help="report what is stored; run no evaluation")
     rep.add_argument("--command", default=None, help="the regenerating command to print in the report "
