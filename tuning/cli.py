@@ -210,7 +210,50 @@ def _worker_main(url: str, name: str, heartbeat: int, grace: int, max_retry: int
     handle = open_storage(url, heartbeat_s=heartbeat, grace_s=grace, max_retry=max_retry)
     protocol = load_protocol(handle, name)
     source = load_arm_source(protocol.arm_source, protocol.arm_options)
-    run_worker(handle, name, source, max_trials=max_trials, log=_log)
+    run_worker(handle, name, source, max_trials=max_trials, log=_progress_log(handle, name))
+
+
+_TRIAL_LINE = re.compile(r"^\S+ slot \d+ \(trial #\d+\): ")  # run_worker's line for a finished trial
+
+
+def _progress_log(handle, name: str):
+    """This process's log plus, after each trial it finishes, one line of study-wide progress (all
+    workers): trials finished of the budget, an ETA from this process's pace, each arm's best so far."""
+    import optuna
+
+    from tuning.harness import _load, arm_study_name, load_protocol, slot_trials
+
+    protocol = load_protocol(handle, name)
+    total = protocol.trials_per_arm * len(protocol.arms)
+
+    def finished_and_best():
+        done, best = 0, {}
+        for arm in protocol.arms:
+            latest, _, _ = slot_trials(_load(handle, arm_study_name(name, arm)))
+            states = [t.state for t in latest.values()]
+            done += sum(st.is_finished() for st in states)
+            vals = [t.value for t in latest.values() if t.state == optuna.trial.TrialState.COMPLETE]
+            best[arm] = max(vals) if vals else None
+        return done, best
+
+    start_done, t0 = finished_and_best()[0], time.monotonic()
+
+    def log(msg: str) -> None:
+        _log(msg)
+        if not _TRIAL_LINE.match(msg):
+            return
+        try:
+            done, best = finished_and_best()
+        except Exception:  # noqa: BLE001 -- progress is a courtesy; it must never stop a worker
+            return
+        eta = ""
+        if 0 < done - start_done and done < total:
+            left = (time.monotonic() - t0) / (done - start_done) * (total - done)
+            eta = f", ETA {int(left // 60)}m{int(left % 60):02d}s"
+        best_txt = ", ".join(f"{a} {v:.2f}%" if v is not None else f"{a} -" for a, v in best.items())
+        _log(f"progress: {done}/{total} trials ({100 * done / total:.0f}%){eta}; best so far: {best_txt}")
+
+    return log
 
 
 def _run_workers(args, handle, source) -> None:
@@ -223,7 +266,7 @@ def _run_workers(args, handle, source) -> None:
     for p in procs:
         p.start()
     try:
-        run_worker(handle, args.study, source, max_trials=args.max_trials, log=_log)
+        run_worker(handle, args.study, source, max_trials=args.max_trials, log=_progress_log(handle, args.study))
     finally:
         for p in procs:
             p.join()
@@ -264,7 +307,7 @@ def _dispatch(args, argv) -> int:
         _print_status(_open(args), args.study)
         return 0
     if args.cmd == "report":
-        from tuning.report import build_report, evaluate, write_report
+        from tuning.report import build_report, evaluate, verdict, write_report
 
         handle = _open(args)
         if not args.no_eval:
@@ -278,6 +321,7 @@ def _dispatch(args, argv) -> int:
         if len(rep.comparisons):
             print(rep.comparisons.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
+        print(verdict(rep))
         return 0
     from tuning.harness import create_or_check, load_protocol
 
