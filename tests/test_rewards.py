@@ -294,8 +294,11 @@ HOSTILE = [
 ]
 
 
+@pytest.mark.slow  # ~12 s: five items hang until their worker is killed
 def test_hostile_corpus_scores_zero_within_twice_the_timeout(pool):
-    timeout_s = 1.5
+    # 2 s leaves room for the ~0.5 s restart of a killed worker on a loaded 2-core machine
+    # (benchmarks/bench_rewards.py measured 1.41x at 1.5 s under load 2.6)
+    timeout_s = 2.0
     score("\\boxed{\\frac{2}{4}}", "\\frac12", pool=pool)  # the module pool is warm, as in a run
     for completion, gold in HOSTILE:
         t0 = time.monotonic()
