@@ -13,10 +13,15 @@ import os
 import sys
 from pathlib import Path
 
+from theory.cliutil import HelpFormatter, output_file, version_string
 from theory.errors import InputError
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # subparsers are built by this class too: defaults in help
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, exit 2, no usage dump
         raise InputError(message)
 
@@ -168,37 +173,58 @@ def _json_default(v):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="budget-planner", description="Where should scarce verifiable labels go?")
-    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
-    sp = sub.add_parser("plan", help="predict every arm and recommend an allocation")
-    sp.add_argument("--scenario", required=True, help="preset name or path to a scenario TOML")
+    p = _Parser(prog="budget-planner", description="Where should scarce verifiable labels go?",
+                epilog="example:\n  budget-planner plan --scenario paper-qwen3-math --labels 5000\n"
+                       "run `budget-planner COMMAND -h` for a command's flags")
+    p.add_argument("--version", action="version", version=version_string("budget-planner"))
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser, metavar="COMMAND")
+    sp = sub.add_parser("plan", help="predict every arm and recommend an allocation",
+                        description="Predict every arm's accuracy with a 95% interval and recommend where\n"
+                                    "the labels go.",
+                        epilog="example:\n  budget-planner plan --scenario paper-qwen3-math --labels 5000 "
+                               "--json plan.json --plot plan.png")
+    sp.add_argument("--scenario", required=True, help="preset name (see `scenarios`) or path to a scenario TOML")
     sp.add_argument("--labels", type=str, default=None, help="label budget N (default: the scenario's)")
     sp.add_argument("--benchmark", default=None, help="benchmark to plan for (default: the scenario's target)")
-    sp.add_argument("--json", default=None, help="write the plan as JSON here")
-    sp.add_argument("--plot", default=None, help="write a PNG with accuracy vs split and vs N")
+    sp.add_argument("--json", default=None, type=output_file, metavar="PATH", help="write the plan as JSON here")
+    sp.add_argument("--plot", default=None, type=output_file, metavar="PATH",
+                    help="write a PNG with accuracy vs split and vs N")
     sp.set_defaults(func=cmd_plan)
-    sc = sub.add_parser("scenarios", help="list the preset scenarios")
+    sc = sub.add_parser("scenarios", help="list the preset scenarios", description="List the preset scenarios.",
+                        epilog="example:\n  budget-planner scenarios")
     sc.set_defaults(func=cmd_scenarios)
-    se = sub.add_parser("explain", help="informativeness, C1/C2 checks and every input with its tag")
-    se.add_argument("--scenario", required=True)
-    se.add_argument("--labels", type=str, default=None)
-    se.add_argument("--benchmark", default=None)
+    se = sub.add_parser("explain", help="informativeness, C1/C2 checks and every input with its tag",
+                        description="Informativeness per model, the C1/C2 conditions, and every input\n"
+                                    "with its tag (measured/published/assumed) and source.",
+                        epilog="example:\n  budget-planner explain --scenario weak-teacher")
+    se.add_argument("--scenario", required=True, help="preset name (see `scenarios`) or path to a scenario TOML")
+    se.add_argument("--labels", type=str, default=None, help="label budget N (default: the scenario's)")
+    se.add_argument("--benchmark", default=None, help="benchmark to explain (default: the scenario's target)")
     se.set_defaults(func=cmd_explain)
-    ca = sub.add_parser("calibrate", help="build a scenario from a pilot's run and problem tables")
+    ca = sub.add_parser("calibrate", help="build a scenario from a pilot's run and problem tables",
+                        description="Fit a scenario TOML from a pilot's run table and per-problem table\n"
+                                    "(`reference-pipeline pilot` writes both).",
+                        epilog="example:\n  budget-planner calibrate --runs docs/examples/pilot_runs.csv "
+                               "--problems docs/examples/pilot_problems.csv --out my.toml\n"
+                               "  budget-planner plan --scenario my.toml")
     ca.add_argument("--runs", required=True, help="run table CSV (theory.tables schema)")
     ca.add_argument("--problems", required=True, help="problem table CSV (theory.tables schema)")
-    ca.add_argument("--out", required=True, help="scenario TOML to write")
+    ca.add_argument("--out", required=True, type=output_file, metavar="PATH", help="scenario TOML to write")
     ca.add_argument("--student", default="student", help="student's name in the problem table")
     ca.add_argument("--teacher", default="teacher", help="teacher's name in the problem table")
     ca.add_argument("--benchmark", default="pilot", help="name of the probe benchmark")
     ca.add_argument("--name", default="pilot", help="scenario name")
     ca.add_argument("--split", default="test", help="run-table split to calibrate on")
     ca.set_defaults(func=cmd_calibrate)
-    cc = sub.add_parser("crosscheck", help="committed predictions vs measured runs: MAE, coverage, tau, regret")
+    cc = sub.add_parser("crosscheck", help="committed predictions vs measured runs: MAE, coverage, tau, regret",
+                        description="Score committed predictions against measured runs: MAE, interval\n"
+                                    "coverage, Kendall tau, split regret.",
+                        epilog="example:\n  budget-planner crosscheck --runs docs/results/crosscheck_runs.csv "
+                               "--predictions docs/results/crosscheck_predictions.csv --json cc.json")
     cc.add_argument("--runs", required=True, help="run table CSV (rows metric accuracy, split test)")
     cc.add_argument("--predictions", required=True, help="predictions CSV (theory.crosscheck.PRED_COLUMNS)")
     cc.add_argument("--set", default="heldout", help="which predictions to score: heldout or calibration")
-    cc.add_argument("--json", default=None, help="write every figure as JSON here")
+    cc.add_argument("--json", default=None, type=output_file, metavar="PATH", help="write every figure as JSON here")
     cc.set_defaults(func=cmd_crosscheck)
     return p
 

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from theory.cliutil import HelpFormatter, output_dir, output_file, require_extra, version_string
 from theory.errors import InputError
 
 DEFAULT_WORKDIR = ".s2d_runs"
@@ -192,9 +193,6 @@ def cmd_pilot(a) -> int:
 def cmd_gate(a) -> int:
     from reference.config import load_config
     cfg = load_config(a.config)
-    for flag, path in (("--json", a.json), ("--record", a.record)):
-        if path and not Path(path).parent.exists():
-            raise InputError(f"{flag}: directory {str(Path(path).parent)!r} does not exist")
     _quiet()
     from reference import gate
     res = gate.run_gate(cfg, seeds=a.seeds, steps=a.steps, problems=a.problems, jobs=a.jobs,
@@ -214,7 +212,12 @@ def cmd_gate(a) -> int:
 
 
 class _OneLineParser(argparse.ArgumentParser):
-    """A bad flag or value is one `error:` line (InputError), not a usage dump (subparsers inherit it)."""
+    """A bad flag or value is one `error:` line (InputError), not a usage dump (subparsers inherit it,
+    and with it help that shows each flag's default and keeps the examples as written)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise InputError(message)
@@ -222,58 +225,87 @@ class _OneLineParser(argparse.ArgumentParser):
 
 def _pilot_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="config path or name in configs/")
-    p.add_argument("--out", required=True, help="directory for problems.csv, pass_at_k.csv, pilot_runs.csv")
+    p.add_argument("--out", required=True, type=output_dir, help="directory for problems.csv, pass_at_k.csv, pilot_runs.csv")
     p.add_argument("--k", type=int, default=8, help="samples per problem")
     p.add_argument("--problems", type=int, default=200, help="probe problems (first of the split; 0 = all)")
     p.add_argument("--split", default="val", help="probe split: val (default), test or labeled")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--models", default="student,teacher", help="student, teacher or both")
     p.add_argument("--self-distill", action="store_true",
                    help="also run FKL warmup then OPD with teacher = a copy of the base student, sampling after each")
-    p.add_argument("--workdir", default=DEFAULT_WORKDIR + "/pilot", help="finished parts, for resuming")
+    p.add_argument("--workdir", default=DEFAULT_WORKDIR + "/pilot", type=output_dir, help="finished parts, for resuming")
     return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _OneLineParser(prog="reference-pipeline", description="Sparse-to-dense reference pipeline.")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    d = sub.add_parser("demo", help="every arm, one seed, the short schedule")
-    d.add_argument("--config", default="toy_short")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--workdir", default=DEFAULT_WORKDIR + "/demo")
-    d.add_argument("--no-progress", action="store_true")
-    r = sub.add_parser("run", help="one arm, one seed")
-    r.add_argument("--arm")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--config", default="toy")
-    r.add_argument("--teacher-labels", type=int)
-    r.add_argument("--student-labels", type=int)
-    r.add_argument("--split", default="test", choices=["test", "val"])
-    r.add_argument("--workdir", default=DEFAULT_WORKDIR)
-    r.add_argument("--out", help="append the run's rows to this run-table CSV")
+    ap = _OneLineParser(prog="reference-pipeline", description="Sparse-to-dense reference pipeline.",
+                        epilog="example:\n  reference-pipeline demo\nrun `reference-pipeline COMMAND -h` for a "
+                               "command's flags")
+    ap.add_argument("--version", action="version", version=version_string("reference-pipeline"))
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    d = sub.add_parser("demo", help="every arm, one seed, the short schedule",
+                       description="Every arm, one seed, the short toy schedule; prints one row per arm.",
+                       epilog="example:\n  reference-pipeline demo --seed 1 --workdir /tmp/s2d_demo")
+    d.add_argument("--config", default="toy_short", help="config path or name in configs/")
+    d.add_argument("--seed", type=int, default=0, help="seed of every arm")
+    d.add_argument("--workdir", default=DEFAULT_WORKDIR + "/demo", type=output_dir,
+                   help="stage checkpoints and per-run results; rerunning resumes from them")
+    d.add_argument("--no-progress", action="store_true", help="no per-stage progress bars")
+    r = sub.add_parser("run", help="one arm, one seed",
+                       description="One arm, one seed; or, with --dry-run, the real-scale plan without a GPU.",
+                       epilog="examples:\n  reference-pipeline run --arm rl_teacher_bridge --seed 0 --config toy\n"
+                              "  reference-pipeline run --config paper-qwen3-math --dry-run --json")
+    r.add_argument("--arm", help="arm name from theory.arms (required unless --dry-run)")
+    r.add_argument("--seed", type=int, default=0, help="run seed")
+    r.add_argument("--config", default="toy", help="config path or name in configs/")
+    r.add_argument("--teacher-labels", type=int,
+                   help="labels for the teacher's GRPO, the rest go to student GRPO (split arms only; "
+                        "default: the arm's split)")
+    r.add_argument("--student-labels", type=int,
+                   help="labels for student GRPO, the rest go to the teacher (split arms only)")
+    r.add_argument("--split", default="test", choices=["test", "val"], help="evaluation split")
+    r.add_argument("--workdir", default=DEFAULT_WORKDIR, type=output_dir,
+                   help="stage checkpoints and per-run results; rerunning resumes from them")
+    r.add_argument("--out", type=output_file, help="append the run's rows to this run-table CSV")
     r.add_argument("--dry-run", action="store_true", help="print the real-scale plan (reference.dryrun)")
-    r.add_argument("--json", action="store_true")
-    t = sub.add_parser("table", help="every arm over K seeds -> run table")
-    t.add_argument("--seeds", type=int, required=True)
-    t.add_argument("--first-seed", type=int, default=0)
-    t.add_argument("--out", required=True)
-    t.add_argument("--config", default="toy")
-    t.add_argument("--arms", default="all")
-    t.add_argument("--jobs", type=int, default=2)
-    t.add_argument("--split", default="test", choices=["test", "val"])
-    t.add_argument("--workdir")
-    t.add_argument("--prefix", default="toy_ablation")
-    _pilot_args(sub.add_parser("pilot", help="base-model pilot: problem table, pass@k, KL_0 -> planner"))
-    g = sub.add_parser("gate", help="stability gate: identical-teacher no-ops, the bridge moves, GRPO learns")
+    r.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    t = sub.add_parser("table", help="every arm over K seeds -> run table",
+                       description="Every arm over K seeds, one process per seed -> run table CSV.",
+                       epilog="example:\n  reference-pipeline table --seeds 10 --out docs/results --jobs 2")
+    t.add_argument("--seeds", type=int, required=True, help="number of seeds K")
+    t.add_argument("--first-seed", type=int, default=0, help="seeds are FIRST_SEED .. FIRST_SEED+K-1")
+    t.add_argument("--out", required=True, type=output_dir, help="directory for the run table, curves and stage times")
+    t.add_argument("--config", default="toy", help="config path or name in configs/")
+    t.add_argument("--arms", default="all", help="comma-separated arm names, or all")
+    t.add_argument("--jobs", type=int, default=2, help="worker processes (each runs whole seeds)")
+    t.add_argument("--split", default="test", choices=["test", "val"], help="evaluation split")
+    t.add_argument("--workdir", type=output_dir, help="stage checkpoints and per-run results (default: OUT/work)")
+    t.add_argument("--prefix", default="toy_ablation", help="file-name prefix of the CSVs written to --out")
+    _pilot_args(sub.add_parser(
+        "pilot", help="base-model pilot: problem table, pass@k, KL_0 -> planner",
+        description="Sample the base models on probe problems and write the tables\n"
+                    "`budget-planner calibrate` reads.",
+        epilog="example:\n  reference-pipeline pilot --config toy --k 8 --problems 200 --out pilot/\n"
+               "then: budget-planner calibrate --problems pilot/problems.csv --runs RUNS.csv --out my.toml\n"
+               "(RUNS.csv: your measured runs plus pilot/pilot_runs.csv; see docs/reference.md)"))
+    g = sub.add_parser("gate", help="stability gate: identical-teacher no-ops, the bridge moves, GRPO learns",
+                       description="Stability gate of a config: FKL/OPD with an identical teacher do nothing, "
+                                   "FKL/OPD toward the RL teacher move the student, student and teacher GRPO "
+                                   "raise their training reward. Exit 0 all pass, 1 a check failed, 2 bad input.",
+                       epilog="examples:\n  reference-pipeline gate --config configs/toy.toml --json gate.json\n"
+                              "  reference-pipeline gate --config toy_short --seeds 3 --jobs 2 --record")
     g.add_argument("--config", required=True, help="config path or name in configs/")
-    g.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1 (default 3)")
-    g.add_argument("--steps", type=int, default=50, help="first steps of each stage's schedule (default 50)")
+    g.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1")
+    g.add_argument("--steps", type=int, default=50,
+                   help="first steps of each stage's schedule for the no-op and GRPO checks (>= 20)")
     g.add_argument("--problems", type=int, default=200, help="test problems for the no-op accuracy check (0 = all)")
-    g.add_argument("--jobs", type=int, default=1, help="processes (one seed each; default 1)")
-    g.add_argument("--json", help="write {config, passed, checks: [...]} here")
-    g.add_argument("--record", nargs="?", const="docs/results/stability_gates.csv",
-                   help="replace this config's rows in the gate table (default docs/results/stability_gates.csv)")
-    g.add_argument("--workdir", default=DEFAULT_WORKDIR, help="gate results by config hash go to WORKDIR/gates/")
+    g.add_argument("--jobs", type=int, default=1, help="processes (one seed each)")
+    g.add_argument("--json", type=output_file, help="write {config, passed, checks: [...]} here")
+    g.add_argument("--record", nargs="?", const="docs/results/stability_gates.csv", type=output_file,
+                   help="replace this config's rows in the gate table (docs/results/stability_gates.csv when "
+                        "given without a path)")
+    g.add_argument("--workdir", default=DEFAULT_WORKDIR, type=output_dir,
+                   help="gate results keyed by config hash go to WORKDIR/gates/ (read by `run`)")
     return ap
 
 
@@ -282,6 +314,7 @@ def main(argv=None) -> int:
 
     def body() -> int:
         a = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+        require_extra("reference-pipeline", "reference")  # after parsing, so -h/--version work without it
         if a.cmd == "run":
             if not a.dry_run and not a.arm:
                 raise InputError("--arm is required (one of theory.arms.ARMS)")

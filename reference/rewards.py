@@ -6,18 +6,31 @@ One reward for both scales (toy arithmetic and Qwen3 on MATH/AIME):
    are literal braces and do not count). A completion whose last box is cut off (unbalanced) has no
    answer: a truncated generation never scores.
 2. When the gold is a plain number (``46``, ``-3``, ``0.5``, ``10{,}000``) the prediction must be a
-   numeric literal too. math-verify alone accepts ``12+34`` for 46 (it evaluates expressions), which
-   would reward a policy for echoing the question (science.md). Light, common decorations are
-   stripped first: ``x = ``, ``^\\circ``, ``\\%``, a trailing ``\\text{...}`` unit, digit grouping.
-3. Integer gold + integer-literal prediction is decided exactly in-process (the toy world scores
-   thousands of completions per step; a test checks it agrees with math-verify).
-4. Everything else (fractions, radicals, tuples, intervals, sets, text answers, decimals) goes to
-   math-verify's ``verify(gold, pred)`` — gold first, it is not symmetric — on a persistent pool of
+   *number* too: a decimal literal (``46``, ``46.0``, ``0.50``, ``10,000``) or a fraction in lowest
+   terms (``\\frac{1}{2}``, ``\\dfrac12``, ``-\\frac{1}{2}``, ``1/2``), compared exactly with the
+   gold. math-verify alone accepts ``12+34`` for 46 (it evaluates expressions), which would reward a
+   policy for echoing the question (science.md), so expressions are refused -- and so is an
+   unreduced fraction such as ``\\frac{92}{2}``, which is a division, not a number in its final form.
+   Light, common decorations are stripped first: ``x = ``, ``^\\circ``, ``\\%``, a trailing
+   ``\\text{...}`` unit, digit grouping, one pair of outer braces.
+3. Number against numeric gold is decided exactly in-process (canonical digit strings, so a
+   200,000-digit literal costs microseconds and never reaches ``int()``'s 4300-digit limit; fractions
+   via ``fractions.Fraction``). The toy world scores thousands of completions per step and needs no
+   worker for them. Deliberate deviation: math-verify rounds floats to 6 places (it accepts
+   ``0.5000001`` for ``0.5``); this comparison is exact. A test checks it otherwise agrees.
+4. Everything else (fractions, radicals, tuples, intervals, sets, text answers) goes to
+   math-verify's ``verify(gold, pred)`` -- gold first, it is not symmetric -- on a persistent pool of
    worker processes. math-verify's own timeout uses ``signal.alarm`` (fails off the main thread) and
-   some inputs hang anyway, so the parent enforces the timeout: a worker that overruns is killed,
-   the item scores 0.0, and a fresh worker is forked. Each item gets ``timeout_s`` of worker time, so
-   ``score`` returns within about ``timeout_s`` (+ a few ms) whatever the text; ``score_batch``
-   spreads items over the workers and every item is bounded the same way.
+   some inputs hang anyway (``9^{9^{9^{9}}}`` makes sympy build a 369-million-digit integer), so the
+   parent enforces the timeout: a worker that overruns is killed, the item scores 0.0, and a fresh
+   worker is started. Each item gets ``timeout_s`` of worker time, so ``score`` returns within about
+   ``timeout_s`` plus one worker start (~0.5 s) whatever the text; ``score_batch`` spreads items over
+   the workers and every item is bounded the same way.
+5. No exception leaves ``score``/``score_batch`` because of what a completion or gold says: an answer
+   longer than ``MAX_ANSWER_CHARS`` is not checked (scores 0.0), a non-string completion scores 0.0,
+   an integer gold is read as its decimal string, and any failure while deciding scores 0.0. What
+   still raises is misuse of the API (lengths that differ, ``timeout_s <= 0``) and an environment
+   where the workers cannot start at all (one RuntimeError naming the cause, not silent zeros).
 
 The pool is created lazily on first use (plain `python` subprocesses over pipes; start-up is not
 charged to any item's timeout) and shut down at interpreter exit. A worker that dies before it is
@@ -37,6 +50,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import lru_cache
 from multiprocessing.connection import Connection, wait
 
@@ -48,9 +62,15 @@ __all__ = [
     "normalize_gold",
     "RewardPool",
     "default_pool",
+    "MAX_ANSWER_CHARS",
 ]
 
 _BOXED = "\\boxed"
+# No real final answer is this long (MATH-style answers run to tens of characters); longer boxes are
+# junk or hostile, and checking them would only ship megabytes to a worker that times out.
+MAX_ANSWER_CHARS = 2000
+# Fractions are compared through Python ints; keep them far below int()'s 4300-digit limit.
+_MAX_FRACTION_DIGITS = 1000
 
 
 # --------------------------------------------------------------------------------------------------
@@ -109,7 +129,6 @@ def is_compliant(completion: str) -> bool:
 # Numeric literals
 # --------------------------------------------------------------------------------------------------
 
-_INT_RE = re.compile(r"[+-]?\d+")
 _DEC_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _GROUPED_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?")
 _UNIT_TAIL_RE = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}$")
@@ -117,10 +136,17 @@ _VAR_PREFIX_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*")
 
 
 def _strip_math(s: str) -> str:
-    s = s.strip()
-    while len(s) >= 2 and s[0] == "$" and s[-1] == "$":
-        s = s[1:-1].strip()
-    return s
+    """Drop surrounding ``$`` pairs and whitespace (index walk: linear even for a million ``$``)."""
+    i, j = 0, len(s)
+    while True:
+        while i < j and s[i].isspace():
+            i += 1
+        while j > i and s[j - 1].isspace():
+            j -= 1
+        if j - i >= 2 and s[i] == "$" and s[j - 1] == "$":
+            i, j = i + 1, j - 1
+        else:
+            return s[i:j]
 
 
 def _numeric_gold(gold: str) -> str | None:
@@ -129,8 +155,8 @@ def _numeric_gold(gold: str) -> str | None:
     return g if _DEC_RE.fullmatch(g) else None
 
 
-def _numeric_literal(pred: str) -> str | None:
-    """The prediction as a numeric literal after stripping decorations, or None if it is not one."""
+def _undecorate(pred: str) -> str:
+    """``pred`` without the decorations a correct numeric answer may carry (see the module doc)."""
     p = _strip_math(pred)
     p = _VAR_PREFIX_RE.sub("", p)
     p = _UNIT_TAIL_RE.sub("", p).strip()
@@ -140,9 +166,70 @@ def _numeric_literal(pred: str) -> str | None:
         if p.startswith(deco):
             p = p[len(deco) :]
     p = p.replace("{,}", "").replace("\\,", "").replace("\\!", "").replace(" ", "")
+    if len(p) >= 2 and p[0] == "{" and p[-1] == "}" and "{" not in p[1:-1] and "}" not in p[1:-1]:
+        p = p[1:-1]  # `{0.5}`; only a flat group, so `{1}{2}` is not mistaken for one
     if _GROUPED_RE.fullmatch(p):
         p = p.replace(",", "")
-    return p if _DEC_RE.fullmatch(p) else None
+    return p
+
+
+def _canonical_decimal(lit: str) -> str:
+    """``-007.50`` -> ``-7.5``; ``-0`` -> ``0.``: equal numbers get equal strings, in linear time."""
+    sign = "-" if lit[0] == "-" else ""
+    body = lit.lstrip("+-")
+    whole, _, frac = body.partition(".")
+    whole, frac = whole.lstrip("0") or "0", frac.rstrip("0")
+    if whole == "0" and not frac:
+        sign = ""
+    return f"{sign}{whole}.{frac}"
+
+
+def _decimal_fraction(canonical: str) -> Fraction | None:
+    """The exact value of a canonical decimal string, or None when it is too long to convert."""
+    sign, body = (-1, canonical[1:]) if canonical[0] == "-" else (1, canonical)
+    whole, _, frac = body.partition(".")
+    if len(whole) + len(frac) > _MAX_FRACTION_DIGITS:
+        return None
+    return sign * Fraction(int(whole + frac), 10 ** len(frac))
+
+
+_FRAC_RES = (
+    re.compile(r"([+-]?)\\[dt]?frac(?:\{([+-]?)(\d+)\}|()(\d))(?:\{(\d+)\}|(\d))"),  # \frac{1}{2}, \frac12
+    re.compile(r"([+-]?)()(\d+)()()/(\d+)()"),  # 1/2
+)
+
+
+def _lowest_terms_fraction(p: str) -> Fraction | None:
+    """The value of a fraction written in lowest terms with denominator >= 2, else None."""
+    for rx in _FRAC_RES:
+        m = rx.fullmatch(p)
+        if m is None:
+            continue
+        outer, inner, num_a, _, num_b, den_a, den_b = m.groups()
+        inner = inner or ""
+        if outer and inner:
+            return None  # `-\frac{-1}{2}`: a sign game, not a number in final form
+        num, den = num_a or num_b, den_a or den_b
+        if len(num) > _MAX_FRACTION_DIGITS or len(den) > _MAX_FRACTION_DIGITS:
+            return None
+        n, d = int(num), int(den)
+        if d < 2 or math.gcd(n, d) != 1:
+            return None  # `\frac{92}{2}`, `\frac{46}{1}`, `\frac{0}{5}`: a division, not a final number
+        return Fraction(-n if "-" in (outer + inner) else n, d)
+    return None
+
+
+def _numeric_match(num_gold: str, pred: str) -> bool:
+    """Is ``pred`` a number (decimal literal or lowest-terms fraction) equal to the numeric gold?"""
+    p = _undecorate(pred)
+    gold = _canonical_decimal(num_gold)
+    if _DEC_RE.fullmatch(p):
+        return _canonical_decimal(p) == gold
+    frac = _lowest_terms_fraction(p)
+    if frac is None:
+        return False  # e.g. `12+34` for 46: not a final numeric answer
+    gold_value = _decimal_fraction(gold)
+    return gold_value is not None and frac == gold_value
 
 
 @dataclass(frozen=True)
@@ -164,20 +251,29 @@ def normalize_gold(gold: str) -> str:
 
 
 def _decide(completion: str, gold: str) -> _Decision:
+    """Score in-process when possible, else name the math-verify job; never raises on content."""
+    try:
+        return _decide_unguarded(completion, gold)
+    except Exception:  # noqa: BLE001 -- a reward must not end a training run over one odd completion
+        return _Decision(0.0)
+
+
+def _decide_unguarded(completion: str, gold: str) -> _Decision:
+    if not isinstance(completion, str):
+        return _Decision(0.0)
+    if isinstance(gold, int) and not isinstance(gold, bool):
+        gold = str(gold)  # datasets often store integer answers as ints
+    if not isinstance(gold, str):
+        return _Decision(0.0)
     pred = extract_boxed(completion)
-    if not pred:
+    if not pred or len(pred) > MAX_ANSWER_CHARS:
         return _Decision(0.0)
     gold = normalize_gold(gold)
     if not gold:
         return _Decision(0.0)
     num_gold = _numeric_gold(gold)
     if num_gold is not None:
-        lit = _numeric_literal(pred)
-        if lit is None:
-            return _Decision(0.0)  # e.g. `12+34` for 46: not a final numeric answer
-        if _INT_RE.fullmatch(num_gold) and _INT_RE.fullmatch(lit):
-            return _Decision(float(int(num_gold) == int(lit)))  # exact fast path
-        return _Decision(None, (num_gold, lit))
+        return _Decision(float(_numeric_match(num_gold, pred)))
     return _Decision(None, (gold, pred))
 
 
@@ -413,7 +509,11 @@ def score_batch(
     timeout_s: float = 5.0,
     pool: RewardPool | None = None,
 ) -> list[float]:
-    """1.0/0.0 per (completion, gold). Each math-verify check is bounded by ``timeout_s``."""
+    """1.0/0.0 per (completion, gold). Each math-verify check is bounded by ``timeout_s``.
+
+    Whatever the completions or golds contain, this returns scores (0.0 for anything it cannot
+    check) rather than raising; see the module docstring, point 5, for what still raises.
+    """
     if len(completions) != len(golds):
         raise ValueError(
             f"score_batch: {len(completions)} completions but {len(golds)} golds"

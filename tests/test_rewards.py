@@ -77,6 +77,66 @@ def test_numeric_gold_requires_literal(pool, pred, expected):
     assert score(f"... so \\boxed{{{pred}}}", "46", pool=pool) == expected
 
 
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        ("\\frac{1}{2}", "0.5", 1.0),
+        ("0.50", "0.5", 1.0),
+        (".5", "0.5", 1.0),
+        ("\\dfrac12", "0.5", 1.0),
+        ("\\tfrac{1}{2}", "0.5", 1.0),
+        ("$\\frac{1}{2}$", "0.5", 1.0),
+        ("{0.5}", "0.5", 1.0),
+        ("1/2", "0.5", 1.0),
+        ("-\\frac{1}{2}", "-0.5", 1.0),
+        ("\\frac{-1}{2}", "-0.5", 1.0),
+        ("\\frac{3}{8}", "0.375", 1.0),
+        ("x = \\frac{5}{4}", "1.25", 1.0),
+        ("0046.000", "46", 1.0),
+        ("-0", "0", 1.0),
+        ("9" * 1500, "9" * 1500, 1.0),  # long literals compare exactly, no int() on the way
+        ("\\frac{1}{2}", "-0.5", 0.0),
+        ("\\frac{1}{3}", "0.333", 0.0),  # close is not equal
+        ("0.5000001", "0.5", 0.0),  # exact: math-verify's 6-place rounding would accept this
+        ("\\frac{2}{4}", "0.5", 0.0),  # unreduced: a division, not a final number
+        ("\\frac{46}{1}", "46", 0.0),
+        ("-\\frac{-1}{2}", "0.5", 0.0),
+        ("\\frac{1}{2}+0", "0.5", 0.0),
+        ("1-\\frac{1}{2}", "0.5", 0.0),
+        ("2^{-1}", "0.5", 0.0),
+        ("\\sqrt{2116}", "46", 0.0),
+        ("46^{1}", "46", 0.0),
+    ],
+)
+def test_numeric_gold_accepts_equal_numbers_not_expressions(pred, gold, expected):
+    # decided in-process: a pool that cannot start proves no worker was needed
+    assert score(f"so \\boxed{{{pred}}}", gold, pool=RewardPool(workers=1, startup_timeout_s=0.01)) == expected
+
+
+def test_numbers_agree_with_math_verify():
+    # Lowest-terms fractions with terminating decimals, decimals with trailing zeros, and near misses
+    # (off by 1e-3, far above math-verify's 6-place rounding): our exact rule agrees with the library.
+    from fractions import Fraction
+
+    from math_verify import parse, verify
+
+    rng = random.Random(1)
+    pairs = []
+    for _ in range(60):
+        q = rng.choice([2, 4, 5, 8, 10, 16, 20, 25, 40])
+        p = rng.randint(-50, 50)
+        f = Fraction(p, q)
+        if f.denominator < 2:
+            continue
+        gold = format(float(f), "f").rstrip("0")
+        frac = f"\\frac{{{f.numerator}}}{{{f.denominator}}}"
+        pairs += [(gold, frac), (gold, gold + "00"), (format(float(f) + 1e-3, ".4f"), frac)]
+    for gold, pred in pairs:
+        ours = score(f"\\boxed{{{pred}}}", gold)
+        theirs = verify(parse(f"${gold}$"), parse(f"${pred}$"))
+        assert ours == float(theirs), (gold, pred)
+
+
 def test_unevaluated_expression_is_what_math_verify_accepts():
     # The reason for the literal rule: confirm the library behaviour it guards against.
     from math_verify import parse, verify
@@ -89,7 +149,7 @@ def test_grouped_and_decimal_numbers(pool):
     assert score("\\boxed{10000}", "10{,}000", pool=pool) == 1.0
     assert score("\\boxed{0.50}", "0.5", pool=pool) == 1.0
     assert score("\\boxed{0.6}", "0.5", pool=pool) == 0.0
-    assert score("\\boxed{\\frac{1}{2}}", "0.5", pool=pool) == 0.0  # a number gold wants a literal
+    assert score("\\boxed{\\frac{1}{2}}", "0.5", pool=pool) == 1.0  # an equal number in another form
     assert score("\\boxed{-3}", "-3", pool=pool) == 1.0
 
 
@@ -204,3 +264,49 @@ def test_works_from_a_script_on_stdin(tmp_path):
     code = "from reference.rewards import score\nprint(score('\\\\boxed{\\\\frac24}', '\\\\frac12'))\n"
     out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert out.stdout.strip() == "1.0", out.stderr[-2000:]
+
+
+# -- hostile input: never an exception, always 0, each item within 2x its timeout -------------------------
+
+TOWER = "9^{9^{9^{9}}}"  # sympy evaluates it to a 369-million-digit integer: hangs inside C code
+HOSTILE = [
+    # (completion, gold)
+    (f"\\boxed{{{TOWER}}}", "2\\sqrt{3}"),  # hangs in a worker: killed at the timeout
+    (f"\\boxed{{{TOWER}}}", "46"),  # numeric gold: refused in-process, no worker
+    ("1", TOWER),  # a hostile gold is bounded the same way
+    ("\\boxed{1}", TOWER),
+    ("\\boxed{(10^{10^{10}})!}", "\\pi"),
+    ("\\boxed{" + "\\sqrt{" * 200 + "2" + "}" * 200 + "}", "2\\sqrt{3}"),
+    ("\\boxed{" + "9" * 200_000 + "}", "46"),  # used to raise ValueError from int()
+    ("\\boxed{" + "9" * 200_000 + "}", "\\frac{1}{2}"),
+    ("\\boxed{" + "{" * 100_000 + "1" + "}" * 100_000 + "}", "46"),  # deep braces
+    ("\\boxed{" + "{" * 100_000 + "1" + "}" * 100_000 + "}", "x+1"),
+    ("\\boxed{" + "{" * 400 + "x" + "}" * 400 + "}", "x+1"),  # under the length cap: a worker sees it
+    ("x" * 1_000_000 + "\\boxed{46", "46"),  # 1 MB, last box cut off
+    ("\\boxed{" + "$" * 1_000_000 + "}", "46"),
+    ("\\boxed{" + "\\" * 1_000_000 + "}", "46"),
+    ("\\boxed{" + "1+" * 500_000 + "1}", "46"),
+    ("\\boxed{\x00\ud800\ufffd}", "\\frac{1}{2}"),  # NUL, a lone surrogate
+    (None, "46"),
+    (b"\\boxed{46}", "46"),
+    ("\\boxed{46}", None),
+    ("\\boxed{46}", 47),
+]
+
+
+@pytest.mark.slow  # ~12 s: five items hang until their worker is killed
+def test_hostile_corpus_scores_zero_within_twice_the_timeout(pool):
+    # 2 s leaves room for the ~0.5 s restart of a killed worker on a loaded 2-core machine
+    # (benchmarks/bench_rewards.py measured 1.41x at 1.5 s under load 2.6)
+    timeout_s = 2.0
+    score("\\boxed{\\frac{2}{4}}", "\\frac12", pool=pool)  # the module pool is warm, as in a run
+    for completion, gold in HOSTILE:
+        t0 = time.monotonic()
+        got = score(completion, gold, timeout_s=timeout_s, pool=pool)
+        elapsed = time.monotonic() - t0
+        assert got == 0.0, (repr(completion)[:60], gold)
+        # the bound the issue sets; it includes re-starting a killed worker
+        assert elapsed <= 2 * timeout_s, (repr(completion)[:60], gold, elapsed)
+    assert score_batch([c for c, _ in HOSTILE[:4]], [g for _, g in HOSTILE[:4]], timeout_s=0.5, pool=pool) == [0.0] * 4
+    assert score("\\boxed{\\frac{3}{6}}", "\\frac12", pool=pool) == 1.0  # the pool still works
+    assert score("\\boxed{46}", 46, pool=pool) == 1.0  # an integer gold is read as its digits

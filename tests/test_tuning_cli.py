@@ -104,3 +104,49 @@ def test_status_prints_counts(tmp_path, capsys):
     assert main(["status", "--study", "st", "--storage", url]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("direct_grpo")][0]
     assert line.split()[1:] == ["2", "2", "0", "0", "0", "0", "0"]
+
+
+def test_run_logs_progress_with_best_so_far_and_report_ends_with_a_verdict(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["run", "--arms", "direct_grpo,rl_teacher_bridge", "--trials", "2", "--storage", url,
+                 "--study", "v", *SYN]) == 0
+    progress = [ln.split("] ", 1)[1] for ln in capsys.readouterr().err.splitlines() if "] progress: " in ln]
+    assert [p.split(" trials")[0] for p in progress] == [f"progress: {k}/4" for k in range(1, 5)]
+    assert progress[-1].startswith("progress: 4/4 trials (100%); best so far: direct_grpo ")
+    assert "ETA" in progress[0] and "ETA" not in progress[-1]
+    # best so far equals the best stored trial of each arm
+    report_dir = tmp_path / "r"
+    assert main(["report", "--study", "v", "--storage", url, "--out", str(report_dir)]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    df = pd.read_csv(report_dir / "fairness_report.csv")
+    for arm, best in zip(df["arm"], df["best_score"]):
+        assert f"{arm} {best:.2f}%" in progress[-1]
+    lead = df.sort_values("eval_mean").iloc[-1]
+    assert last.startswith("verdict: ") and f"{lead['arm']} {lead['eval_mean']:.1f}%" in last
+    assert ("beats" in last) != ("no clear winner" in last)
+
+
+def test_verdict_reads_the_paired_interval():
+    import numpy as np
+
+    from tuning.report import paired_comparisons, verdict
+
+    def rep(acc_a, acc_b, improving=(False, False)):
+        seeds = range(len(acc_a))
+        evals = pd.DataFrame([{"arm": "a", "seed": s, "accuracy": x} for s, x in zip(seeds, acc_a)]
+                             + [{"arm": "b", "seed": s, "accuracy": x} for s, x in zip(seeds, acc_b)])
+        summary = pd.DataFrame({"arm": ["a", "b"], "eval_mean": [np.mean(acc_a), np.mean(acc_b)],
+                                "eval_ci_low": [min(acc_a), min(acc_b)], "eval_ci_high": [max(acc_a), max(acc_b)],
+                                "still_improving": list(improving)})
+        cmp = paired_comparisons(evals, ["a", "b"], np.random.default_rng(0))
+        return type("Rep", (), {"summary": summary, "evals": evals, "comparisons": cmp})()
+
+    clear = verdict(rep([20.0, 21, 22, 23], [30.0, 31, 33, 32]))
+    assert clear.startswith("verdict: b 31.5% [30.0, 33.0] beats a 21.5% by +10.0 points")
+    assert clear.endswith("over 4 paired seeds; no arm was still improving")
+    tie = verdict(rep([20.0, 25, 22, 23], [21.0, 22, 24, 22], improving=(True, False)))
+    assert tie.startswith("verdict: no clear winner: ") and "includes 0" in tie
+    assert tie.endswith("still improving at the end of the budget: a (more trials could change this)")
+    empty = rep([20.0], [21.0])
+    empty.summary["eval_mean"] = np.nan
+    assert verdict(empty).startswith("verdict: no evaluation")

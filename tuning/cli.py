@@ -16,10 +16,12 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import shlex
 import sys
 import time
 
+from theory.cliutil import HelpFormatter, output_dir, require_extra, version_string
 from theory.errors import InputError
 
 DEFAULT_STORAGE = "sqlite:///matched_tuning.db"
@@ -44,7 +46,8 @@ def _positive_int(name):
 def _add_storage(p: argparse.ArgumentParser, study_required: bool) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE,
                    help="sqlite:///f.db (default), journal:///f.log (several local processes), postgresql://...")
-    p.add_argument("--study", required=study_required, default=None if study_required else "matched")
+    p.add_argument("--study", required=study_required, default=None if study_required else "matched",
+                   help="study name in the storage")
 
 
 def _add_worker(p: argparse.ArgumentParser) -> None:
@@ -59,15 +62,19 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
 
 def _add_rules(p: argparse.ArgumentParser, resume: bool) -> None:
     # resume: every rule defaults to None = "as stored"; a flag that is given is compared with the store
-    p.add_argument("--arms", required=not resume, default=None)
+    first = len(p._actions)
+    p.add_argument("--arms", required=not resume, default=None,
+                   help="comma-separated arm names from theory.arms")
     p.add_argument("--trials", type=_positive_int("--trials"), required=not resume, default=None,
                    help="finished trials per arm (complete + pruned + failed)")
     p.add_argument("--labels", type=int, default=None, help="label budget N (default: the arm source's)")
-    p.add_argument("--teacher-labels", type=int, default=None)
+    p.add_argument("--teacher-labels", type=int, default=None,
+                   help="labels for the teacher's GRPO in split arms (default: the arm source's split)")
     p.add_argument("--compute-cap", type=int, default=None, help="per-trial compute cap in tokens")
     p.add_argument("--time-limit", type=float, default=None if resume else 3600.0, help="per-trial seconds")
     p.add_argument("--seed", type=int, default=None if resume else 0, help="tuning seed base")
-    p.add_argument("--eval-seeds", type=int, default=None if resume else 10)
+    p.add_argument("--eval-seeds", type=int, default=None if resume else 10,
+                   help="fresh seeds for the final evaluation of each arm's best config (not used in tuning)")
     p.add_argument("--startup-trials", type=int, default=None, help="TPE random start-up trials")
     p.add_argument("--pruner", choices=["median", "none"], default=None if resume else "none",
                    help="none (default) or median; see docs/tuning.md on pruning and report schedules")
@@ -75,32 +82,59 @@ def _add_rules(p: argparse.ArgumentParser, resume: bool) -> None:
                    help="reference | synthetic | module:function")
     p.add_argument("--config", default=None, help="reference arms: config TOML")
     p.add_argument("--arm-options", default=None, help="JSON options for the arm source")
+    if resume:  # the help says so, instead of run's defaults
+        for action in p._actions[first:]:
+            action.help = re.sub(r"\s*\(default[^)]*\)", "", action.help) + " (default: as stored)"
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # subparsers are built by this class too: defaults in help
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # one line, like every other bad input (argparse prints usage too)
         print(f"error: {message} (see {self.prog} -h)", file=sys.stderr)
         sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="matched-tuning", description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="create (or join) a matched study and run trials")
+    ap = _Parser(prog="matched-tuning", description=__doc__.split("\n\n")[0],
+                 epilog="example:\n  matched-tuning run --arms direct_grpo,rl_teacher_bridge --trials 8 "
+                        "--storage sqlite:///study.db --study toy\nrun `matched-tuning COMMAND -h` for a command's "
+                        "flags")
+    ap.add_argument("--version", action="version", version=version_string("matched-tuning"))
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="create (or join) a matched study and run trials",
+                         description="Create (or join) a matched study and run its trials; start the same command\n"
+                                     "on more processes or hosts against one storage to add workers.",
+                         epilog="examples:\n  matched-tuning run --arms direct_grpo,rl_teacher_bridge --trials 8 "
+                                "--storage sqlite:///study.db --study toy\n"
+                                "  matched-tuning run --arms direct_grpo,rl_teacher_bridge --trials 4 "
+                                "--arm-source synthetic --labels 64   # no torch needed")
     _add_storage(run, study_required=False)
     _add_rules(run, resume=False)
     _add_worker(run)
-    res = sub.add_parser("resume", help="continue a study; refuses if a given rule differs from the stored one")
+    res = sub.add_parser("resume", help="continue a study; refuses if a given rule differs from the stored one",
+                         description="Continue a study with its stored rules; a rule given on the command line\n"
+                                     "must equal the stored one (every rule defaults to the stored value).",
+                         epilog="example:\n  matched-tuning resume --study toy --storage sqlite:///study.db "
+                                "--workers 2")
     _add_storage(res, study_required=True)
     _add_rules(res, resume=True)
     _add_worker(res)
-    rep = sub.add_parser("report", help="final evaluation on fresh seeds + fairness report")
+    rep = sub.add_parser("report", help="final evaluation on fresh seeds + fairness report",
+                         description="Evaluate each arm's best config on the fresh evaluation seeds, then write\n"
+                                     "the fairness report (CSV, Markdown, figures).",
+                         epilog="example:\n  matched-tuning report --study toy --storage sqlite:///study.db "
+                                "--out docs/results")
     _add_storage(rep, study_required=True)
-    rep.add_argument("--out", required=True, help="output directory")
+    rep.add_argument("--out", required=True, type=output_dir, help="output directory (created if missing)")
     rep.add_argument("--jobs", type=_positive_int("--jobs"), default=1, help="parallel evaluation processes")
     rep.add_argument("--no-eval", action="store_true", help="report what is stored; run no evaluation")
-    rep.add_argument("--command", default=None, help="the regenerating command to print in the report")
-    st = sub.add_parser("status", help="per-arm trial counts")
+    rep.add_argument("--command", default=None, help="the regenerating command to print in the report "
+                     "(default: this command line)")
+    st = sub.add_parser("status", help="per-arm trial counts", description="Per-arm trial counts of a study.",
+                        epilog="example:\n  matched-tuning status --study toy --storage sqlite:///study.db")
     _add_storage(st, study_required=True)
     return ap
 
@@ -176,7 +210,50 @@ def _worker_main(url: str, name: str, heartbeat: int, grace: int, max_retry: int
     handle = open_storage(url, heartbeat_s=heartbeat, grace_s=grace, max_retry=max_retry)
     protocol = load_protocol(handle, name)
     source = load_arm_source(protocol.arm_source, protocol.arm_options)
-    run_worker(handle, name, source, max_trials=max_trials, log=_log)
+    run_worker(handle, name, source, max_trials=max_trials, log=_progress_log(handle, name))
+
+
+_TRIAL_LINE = re.compile(r"^\S+ slot \d+ \(trial #\d+\): ")  # run_worker's line for a finished trial
+
+
+def _progress_log(handle, name: str):
+    """This process's log plus, after each trial it finishes, one line of study-wide progress (all
+    workers): trials finished of the budget, an ETA from this process's pace, each arm's best so far."""
+    import optuna
+
+    from tuning.harness import _load, arm_study_name, load_protocol, slot_trials
+
+    protocol = load_protocol(handle, name)
+    total = protocol.trials_per_arm * len(protocol.arms)
+
+    def finished_and_best():
+        done, best = 0, {}
+        for arm in protocol.arms:
+            latest, _, _ = slot_trials(_load(handle, arm_study_name(name, arm)))
+            states = [t.state for t in latest.values()]
+            done += sum(st.is_finished() for st in states)
+            vals = [t.value for t in latest.values() if t.state == optuna.trial.TrialState.COMPLETE]
+            best[arm] = max(vals) if vals else None
+        return done, best
+
+    start_done, t0 = finished_and_best()[0], time.monotonic()
+
+    def log(msg: str) -> None:
+        _log(msg)
+        if not _TRIAL_LINE.match(msg):
+            return
+        try:
+            done, best = finished_and_best()
+        except Exception:  # noqa: BLE001 -- progress is a courtesy; it must never stop a worker
+            return
+        eta = ""
+        if 0 < done - start_done and done < total:
+            left = (time.monotonic() - t0) / (done - start_done) * (total - done)
+            eta = f", ETA {int(left // 60)}m{int(left % 60):02d}s"
+        best_txt = ", ".join(f"{a} {v:.2f}%" if v is not None else f"{a} -" for a, v in best.items())
+        _log(f"progress: {done}/{total} trials ({100 * done / total:.0f}%){eta}; best so far: {best_txt}")
+
+    return log
 
 
 def _run_workers(args, handle, source) -> None:
@@ -189,7 +266,7 @@ def _run_workers(args, handle, source) -> None:
     for p in procs:
         p.start()
     try:
-        run_worker(handle, args.study, source, max_trials=args.max_trials, log=_log)
+        run_worker(handle, args.study, source, max_trials=args.max_trials, log=_progress_log(handle, args.study))
     finally:
         for p in procs:
             p.join()
@@ -223,11 +300,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, argv) -> int:
+    require_extra("matched-tuning", "tuning")
+    if args.cmd == "run" and args.arm_source == "reference":  # before the storage is created
+        require_extra("matched-tuning run --arm-source reference", "reference")
     if args.cmd == "status":
         _print_status(_open(args), args.study)
         return 0
     if args.cmd == "report":
-        from tuning.report import build_report, evaluate, write_report
+        from tuning.report import build_report, evaluate, verdict, write_report
 
         handle = _open(args)
         if not args.no_eval:
@@ -241,6 +321,7 @@ def _dispatch(args, argv) -> int:
         if len(rep.comparisons):
             print(rep.comparisons.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
+        print(verdict(rep))
         return 0
     from tuning.harness import create_or_check, load_protocol
 

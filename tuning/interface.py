@@ -192,6 +192,9 @@ def load_arm_source(name: str, options: Mapping[str, Any] | None = None) -> ArmS
         arms = SyntheticArms(**options)
         return ArmSource(name, arms, arms.param_space())
     if name == "reference":
+        from theory.cliutil import require_extra
+
+        require_extra("arm source 'reference'", "reference")
         from tuning.reference_arms import ReferenceArms
 
         arms = ReferenceArms(**options)

@@ -616,3 +616,44 @@ def plot_fairness(rep, title: str | None = None):
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return fig
+
+
+def verdict(rep, *, seed: int = 0) -> str:
+    """One line a reader can act on: the two best arms on the fresh evaluation seeds, their paired
+    difference with a bootstrap 95% interval, whether that interval excludes 0, and which arms were
+    still improving when their tuning budget ran out (a larger budget could change the answer)."""
+    s = rep.summary.dropna(subset=["eval_mean"]).sort_values("eval_mean", ascending=False)
+    if s.empty:
+        return "verdict: no evaluation on fresh seeds yet (run `report` without --no-eval)"
+    lead = s.iloc[0]
+    lead_txt = f"{lead['arm']} {lead['eval_mean']:.1f}% [{lead['eval_ci_low']:.1f}, {lead['eval_ci_high']:.1f}]"
+    improving = [a for a, v in zip(rep.summary["arm"], rep.summary["still_improving"]) if bool(v)]
+    tail = (f"; still improving at the end of the budget: {', '.join(improving)} (more trials could change this)"
+            if improving else "; no arm was still improving")
+    if len(s) == 1:
+        return f"verdict: only {lead_txt} was evaluated" + tail
+    second = s.iloc[1]
+    cmp = rep.comparisons
+    same = cmp[(cmp["baseline"] == second["arm"]) & (cmp["arm"] == lead["arm"])] if len(cmp) else cmp
+    flip = cmp[(cmp["baseline"] == lead["arm"]) & (cmp["arm"] == second["arm"])] if len(cmp) else cmp
+    if len(same) or len(flip):  # the report's own interval, so the two never disagree
+        c = (same if len(same) else flip).iloc[0]
+        sign = 1 if len(same) else -1
+        lo, hi = sorted((sign * c["diff_ci_low"], sign * c["diff_ci_high"]))
+        d, n_seeds = stats.Interval(sign * c["mean_diff"], lo, hi), int(c["seeds"])
+    else:
+        ev = rep.evals
+        a = ev[ev["arm"] == second["arm"]].set_index("seed")["accuracy"]
+        b = ev[ev["arm"] == lead["arm"]].set_index("seed")["accuracy"]
+        seeds = sorted(set(a.index) & set(b.index))
+        if not seeds:
+            return f"verdict: {lead_txt} leads {second['arm']} {second['eval_mean']:.1f}%, but no shared seeds" + tail
+        d = stats.paired_difference(a.loc[seeds].to_numpy(), b.loc[seeds].to_numpy(), np.random.default_rng(seed))
+        n_seeds = len(seeds)
+    diff = f"{d.estimate:+.1f} points [{d.low:+.1f}, {d.high:+.1f}] over {n_seeds} paired seeds"
+    if d.low > 0:
+        head = f"verdict: {lead_txt} beats {second['arm']} {second['eval_mean']:.1f}% by {diff}"
+    else:
+        head = (f"verdict: no clear winner: {lead_txt} vs {second['arm']} {second['eval_mean']:.1f}%, "
+                f"difference {diff} includes 0")
+    return head + tail
