@@ -105,21 +105,21 @@ NOTEBOOKS = {
         ("code", "live.compute_matched.round(2)"),
     ],
     "03_ablation_demo.ipynb": [
-        ("md", "# 03 — The toy pipeline, stage by stage\n\nThe reference pipeline runs three arms on the toy "
-               "world from the committed base checkpoints (`reference/assets/`): direct GRPO on the student; "
-               "the RL-teacher bridge (GRPO on the teacher → forward-KL warmup → on-policy distillation); and "
-               "the bridge followed by GRPO on the student with held-out labels (stage 3, labels split 50/50). "
-               "The schedule is `configs/toy_notebook.toml`: the world and base models of `toy_short.toml` "
-               "with half its steps, so it runs in well under a minute. One seed of a short schedule is a demo "
-               "of the machinery, not a result: the committed 10-seed table (full schedule, `configs/toy.toml`) "
-               "is shown at the end."),
+        ("md", "# 03 — The toy pipeline, stage by stage\n\nThe reference pipeline runs two arms on the toy "
+               "world from the committed base checkpoints (`reference/assets/`): direct GRPO on the student, and "
+               "the RL-teacher bridge (GRPO on the teacher → forward-KL warmup → on-policy distillation). "
+               "The schedule is `configs/toy_notebook.toml`: the stable protocol of `configs/toy.toml` (every "
+               "stage warms up and decays; it passes the stability gate, `docs/results/stability_gates.csv`) "
+               "with validation points inside the stages; about two minutes on one core. One seed is a demo "
+               "of the machinery, not a result: the committed 10-seed table (`configs/toy.toml`) is shown at "
+               "the end."),
         ("code", "from pathlib import Path\nimport tempfile\n\nimport pandas as pd\n\n"
                  "from reference.config import load_config\nfrom reference.curves import (committed_summary, final_table, "
                  "plot_final, plot_stage_curves,\n                              plot_stage_points, stage_logs)\n"
                  "from reference.pipeline import run_pipeline\nfrom theory.tables import read_table\n\n"
                  "RESULTS = Path('..') / 'docs' / 'results'\n"
                  "cfg = load_config('toy_notebook')\nworkdir = Path(tempfile.mkdtemp(prefix='s2d_nb03_'))"),
-        ("code", "ARMS = ['direct_grpo', 'rl_teacher_bridge', 'rl_teacher_bridge_stage3']\n"
+        ("code", "ARMS = ['direct_grpo', 'rl_teacher_bridge']\n"
                  "results = [run_pipeline(cfg, arm, seed=0, workdir=workdir, progress=False) for arm in ARMS]\n"
                  "final_table(results).round(2)"),
         ("md", "## Per-step curves of every stage\n\nRead back from the stage checkpoints (each stage logs "
@@ -129,21 +129,20 @@ NOTEBOOKS = {
                "GRPO stages do not run the teacher); the share of rollouts in the verifiable answer format."),
         ("code", "logs = pd.concat([stage_logs(cfg, r.arm, r.seed, workdir) for r in results], ignore_index=True)\n"
                  "plot_stage_curves(logs);"),
-        ("md", "What to look for: a stage-3 GRPO whose groups are all zero-signal cannot move the student "
+        ("md", "What to look for: a GRPO stage whose groups are all zero-signal cannot move its model "
                "(no gradient), whatever its label budget; compliance shows whether the student kept the "
                "answer format through the bridge (C1); the KL rows show how far the student is from the "
                "teacher it is distilled from (C2)."),
         ("md", "## Validation after each stage\n\nSampled validation accuracy and compliance of the model a stage "
                "trained (`eval.curve_problems` problems). Solid: this run. Dashed: the committed 10-seed study "
-               "(`docs/results/toy_ablation_curves.csv`, full schedule: 5x the FKL/OPD steps and 6x the GRPO "
-               "epochs of this notebook), whose bridge students do reach the answer format, but not the arithmetic."),
+               "(`docs/results/toy_ablation_curves.csv`, the same schedule)."),
         ("code", "plot_stage_points(results, committed=pd.read_csv(RESULTS / 'toy_ablation_curves.csv'));"),
         ("md", "## Final test metrics beside the committed 10-seed study\n\nDots: this notebook (one seed, "
-               "short schedule). Diamonds: `docs/results/toy_ablation.csv` (10 seeds, full schedule; mean and "
+               "smaller test split). Diamonds: `docs/results/toy_ablation.csv` (10 seeds; mean and "
                "bootstrap 95% CI over seeds), all seven arms."),
         ("code", "committed = committed_summary(read_table(RESULTS / 'toy_ablation.csv', 'runs'))\n"
-                 "plot_final(final_table(results), committed, label='this notebook (1 seed, short schedule)',\n"
-                 "           committed_label='committed (10 seeds, full schedule)');"),
+                 "plot_final(final_table(results), committed, label='this notebook (1 seed)',\n"
+                 "           committed_label='committed (10 seeds)');"),
         ("md", "The committed paired comparisons (same seed, bootstrap 95% CI) with the prediction each "
                "was registered with (docs/log.md):"),
         ("code", "summary = pd.read_csv(RESULTS / 'toy_ablation_summary.csv')\n"

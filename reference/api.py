@@ -30,25 +30,29 @@ from theory.errors import InputError
 
 DEFAULT_CONFIG = "toy_short"  # the tuning schedule (one arm ~20-40 s on one core)
 
+# One range for every learning rate (issue 10): down to 1e-6, so the stable region (1e-5 - 1e-4 on the
+# toy models; the paper's GRPO used 1e-6 at 1.7B) lies well inside, and up to 1e-3, where the old
+# protocol's overshoot lives. A shared name has this one range in every arm (tests check it).
+LR_RANGE = {"type": "float", "low": 1e-6, "high": 1e-3, "log": True}
 SHARED: dict[str, dict[str, Any]] = {
-    "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+    "lr": LR_RANGE,
     "group_size": {"type": "categorical", "choices": [4, 8, 16]},
     "temperature": {"type": "float", "low": 0.7, "high": 1.2, "log": False},
 }
-# One learning rate per stage that trains (the config's tuned defaults differ 10x across stages:
-# GRPO 1e-4, FKL 1e-3, OPD 3e-4), so each arm searches exactly the rates its stages read and its
-# default configuration is a point of its space (docs/tuning.md, "Search space").
+# One learning rate per stage that trains, each with the same range, so each arm searches exactly the
+# rates its stages read and its default configuration is a point of its space (docs/tuning.md).
 STAGE_PARAMS: dict[Stage, dict[str, dict[str, Any]]] = {
-    Stage.TEACHER_GRPO: {"teacher_lr": {"type": "float", "low": 3e-5, "high": 1e-3, "log": True},
+    Stage.TEACHER_GRPO: {"teacher_lr": LR_RANGE,
                          "grpo_epochs": {"type": "float", "low": 1.0, "high": 6.0, "log": False}},
     Stage.STUDENT_GRPO: {"lr": SHARED["lr"],
                          "grpo_epochs": {"type": "float", "low": 1.0, "high": 6.0, "log": False}},
-    Stage.FKL_WARMUP: {"fkl_lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-                       "fkl_steps": {"type": "int", "low": 10, "high": 120, "log": False}},
-    Stage.OPD: {"opd_lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-                "opd_steps": {"type": "int", "low": 10, "high": 120, "log": False}},
-    Stage.REPLAY_OPD: {"opd_lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True}},
+    Stage.FKL_WARMUP: {"fkl_lr": LR_RANGE,
+                       "fkl_steps": {"type": "int", "low": 40, "high": 400, "log": False}},
+    Stage.OPD: {"opd_lr": LR_RANGE,
+                "opd_steps": {"type": "int", "low": 40, "high": 400, "log": False}},
+    Stage.REPLAY_OPD: {"opd_lr": LR_RANGE},
 }
+LENGTH_PARAMS = ("grpo_epochs", "fkl_steps", "opd_steps")  # what `scale_compute` stretches
 
 
 def _space(arm) -> dict[str, dict[str, Any]]:
@@ -83,6 +87,22 @@ def param_space(config: str | Path | Config | None = None) -> dict[str, dict[str
     cfg = load_config(config if config is not None else DEFAULT_CONFIG) if not isinstance(config, Config) else config
     return {arm: {name: dict(spec, default=param_defaults(arm, cfg)[name]) for name, spec in space.items()}
             for arm, space in PARAM_SPACE.items()}
+
+
+def scale_compute(arm: str, params: dict[str, Any], factor: float,
+                  config: str | Path | Config = DEFAULT_CONFIG) -> dict[str, Any]:
+    """`params` with every stage length the arm searches (GRPO epochs, FKL/OPD steps) multiplied by
+    `factor`: the compute-matched view gives a cheaper arm's best configuration the training tokens
+    of a dearer one. The result may leave the search range (it is an evaluation, not a trial)."""
+    if not (isinstance(factor, (int, float)) and factor > 0 and factor == factor):
+        raise InputError(f"compute factor must be > 0, got {factor!r}")
+    defaults = param_defaults(arm, config)
+    out = dict(params)
+    for name in LENGTH_PARAMS:
+        if name in PARAM_SPACE[get_arm(arm).name]:
+            base = out.get(name, defaults[name])
+            out[name] = max(1, round(base * factor)) if name.endswith("_steps") else float(base) * factor
+    return out
 
 
 @dataclass(frozen=True)

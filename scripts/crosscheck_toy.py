@@ -29,16 +29,18 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results"
 WORK = Path("/work/s2d_crosscheck")  # stage checkpoints (not committed; reruns resume from them)
-CONFIGS = {"toy-arith": ROOT / "configs" / "toy.toml", "toy-arith-cf": ROOT / "configs" / "toy_counterfactual.toml"}
+# the old protocol configs: this cross-check ran under them (configs/legacy/)
+CONFIGS = {"toy-arith": ROOT / "configs" / "legacy" / "toy.toml",
+           "toy-arith-cf": ROOT / "configs" / "legacy" / "toy_counterfactual.toml"}
 # worlds predicted from their pilot alone (docs/results/<stem>_preregistration.md): every arm at N = 256
 # and stage 3 at the split the planner recommends, seeds 0-4
 DIRECT, COMPLIANT = "toy-arith-direct", "toy-arith-compliant"
 PILOT_WORLDS = {
     # costs=False: the planner as it was at the third world's pre-registration (no stage costs)
-    DIRECT: {"config": ROOT / "configs" / "toy_direct_teacher.toml", "stem": "direct_teacher", "costs": False},
+    DIRECT: {"config": ROOT / "configs" / "legacy" / "toy_direct_teacher.toml", "stem": "direct_teacher", "costs": False},
     # the fourth world: calibrated on the third world's measured runs + pilot + the self-distillation
     # pilot (stage costs), then predicted from its own pilot (another teacher, same student)
-    COMPLIANT: {"config": ROOT / "configs" / "toy_compliant_teacher.toml", "stem": "compliant_teacher", "costs": True,
+    COMPLIANT: {"config": ROOT / "configs" / "legacy" / "toy_compliant_teacher.toml", "stem": "compliant_teacher", "costs": True,
                 "calibrate_on": DIRECT},
 }
 DIRECT_CONFIG = PILOT_WORLDS[DIRECT]["config"]
@@ -48,7 +50,7 @@ SELF_DISTILL_PILOT = OUT / "crosscheck_pilot_selfdistill"  # the toy.toml schedu
 
 # ---- the design (pre-registered; see docs/results/crosscheck_preregistration.md) -------------------
 CAL_SEEDS = tuple(range(0, 5))  # new calibration runs at N = 64
-CAL_COMMITTED_SEEDS = tuple(range(0, 10))  # the committed N = 256 table (docs/results/toy_ablation.csv)
+CAL_COMMITTED_SEEDS = tuple(range(0, 10))  # the committed N = 256 table (docs/results/legacy/toy_ablation.csv)
 HELD_SEEDS = tuple(range(10, 15))  # fresh seeds for every held-out run
 CAL_ARMS = ("direct_grpo", "rl_teacher_bridge")
 CAL_BUDGETS_NEW = (64,)
@@ -153,7 +155,7 @@ def run_configs(configs, seeds, out_csv: Path, jobs: int) -> pd.DataFrame:
 def calibration_table() -> pd.DataFrame:
     """The declared calibration subset: N=256 rows of the committed table + the new N=64 runs."""
     from theory.tables import read_table
-    old = read_table(OUT / "toy_ablation.csv", "runs")
+    old = read_table(OUT / "legacy" / "toy_ablation.csv", "runs")
     old = old[old["arm"].isin(CAL_ARMS) & old["seed"].isin(CAL_COMMITTED_SEEDS) & (old["split"] == "test")]
     new = read_table(OUT / "crosscheck_calibration_runs.csv", "runs")
     return pd.concat([old, new], ignore_index=True)

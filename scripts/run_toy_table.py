@@ -1,11 +1,14 @@
-"""Run the pre-registered toy ablation table (and the counterfactual world), then summarise it.
+"""Run the toy worlds' tables under the gated protocol (issue 10), then summarise them.
 
-    flock /tmp/s2d_heavy.lock python scripts/run_toy_table.py --seeds 10 --jobs 2
-    python scripts/run_toy_table.py --analyze-only          # rebuild summary + figure from the CSVs
+    python scripts/run_toy_table.py --world toy --seeds 10 --jobs 2      # the pre-registered world
+    python scripts/run_toy_table.py --world counterfactual --seeds 5      # also: direct, compliant
+    python scripts/run_toy_table.py --analyze-only                        # summaries + figures from the CSVs
 
-Writes docs/results/toy_ablation.csv (run-table schema), toy_ablation_{curves,stage_times}.csv,
-toy_summary.md / toy_summary.csv (paired per-seed differences, bootstrap 95% intervals, probability
-of improvement) and toy_ablation.png; the same with prefix toy_counterfactual for the second world.
+Each world writes docs/results/<prefix>.csv (run-table schema), <prefix>_{curves,stage_times}.csv,
+<prefix>_summary.md / .csv (paired per-seed differences, bootstrap 95% intervals, probability of
+improvement, the reading against the prediction) and <prefix>.png. Work resumes from
+/tmp/s2d_stable/<world> (kill it anywhere and rerun). The old protocol's tables are in
+docs/results/legacy/ (configs/legacy/).
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ COMPARISONS = [
 ]
 # the counterfactual world predicts the claim's sign flips (RL bridge <= direct)
 PREDICTED_OVERRIDE = {("toy_counterfactual", "rl_teacher_bridge", "direct_grpo"): -1}
+
+# world -> (config, table prefix, arms): the counterfactual runs the three arms its prediction is about
+WORLDS = {
+    "toy": ("toy", "toy_ablation", "all"),
+    "counterfactual": ("toy_counterfactual", "toy_counterfactual", "direct_grpo,raw_teacher_bridge,rl_teacher_bridge"),
+    "direct": ("toy_direct_teacher", "toy_direct_teacher", "all"),
+    "compliant": ("toy_compliant_teacher", "toy_compliant_teacher", "all"),
+}
 
 
 def reading(lo: float, hi: float, sign: int) -> str:
@@ -155,26 +166,23 @@ def figure(df: pd.DataFrame, comp: pd.DataFrame, prefix: str) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--world", choices=sorted(WORLDS), action="append",
+                    help="world(s) to run (repeatable; default: none, with --analyze-only all present)")
     ap.add_argument("--seeds", type=int, default=10)
-    ap.add_argument("--cf-seeds", type=int, default=10)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--analyze-only", action="store_true")
-    ap.add_argument("--skip-counterfactual", action="store_true")
-    ap.add_argument("--cf-arms", default="direct_grpo,raw_teacher_bridge,rl_teacher_bridge")
     args = ap.parse_args(argv)
     from reference.cli import main as cli
     if not args.analyze_only:
-        rc = cli(["table", "--seeds", str(args.seeds), "--out", str(OUT), "--config", "toy", "--jobs", str(args.jobs),
-                  "--workdir", "/tmp/s2d_toy_table", "--prefix", "toy_ablation"])
-        if rc:
-            return rc
-        if not args.skip_counterfactual:
-            rc = cli(["table", "--seeds", str(args.cf_seeds), "--out", str(OUT), "--config", "toy_counterfactual",
-                      "--jobs", str(args.jobs), "--arms", args.cf_arms, "--workdir", "/tmp/s2d_toy_cf",
-                      "--prefix", "toy_counterfactual"])
+        for world in args.world or []:
+            config, prefix, arms = WORLDS[world]
+            rc = cli(["table", "--seeds", str(args.seeds), "--out", str(OUT), "--config", config,
+                      "--jobs", str(args.jobs), "--arms", arms, "--workdir", f"/tmp/s2d_stable/{world}",
+                      "--prefix", prefix])
             if rc:
                 return rc
-    for prefix in ("toy_ablation", "toy_counterfactual", "toy_exploratory_longbridge"):
+    todo = [WORLDS[w][1] for w in args.world] if args.world else [w[1] for w in WORLDS.values()]
+    for prefix in todo:
         if (OUT / f"{prefix}.csv").exists():
             print(summarise(prefix))
     return 0

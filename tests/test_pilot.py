@@ -15,6 +15,10 @@ from reference import pilot as pl
 from theory.errors import InputError
 from theory.tables import read_table
 
+# The pilot's mechanics on the old short schedule (20-step bridge stages, configs/legacy/): seconds, not
+# the minutes of the gated schedule; what is tested here does not depend on the learning rates.
+SHORT = "legacy/toy_short"
+
 K, N_PROBLEMS = 4, 12
 
 
@@ -46,7 +50,7 @@ def test_summary_by_hand():
 @pytest.fixture(scope="module")
 def main_pilot(tmp_path_factory):
     out = tmp_path_factory.mktemp("pilot_main")
-    res = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS), out, progress=None)
+    res = pl.run_pilot(SHORT, pl.PilotConfig(k=K, problems=N_PROBLEMS), out, progress=None)
     return res, out
 
 
@@ -104,13 +108,13 @@ def test_rerun_resumes_without_recomputing(main_pilot, tmp_path, monkeypatch):
         raise AssertionError("recomputed a finished part")
     monkeypatch.setattr("reference.evaluate.evaluate", boom)
     monkeypatch.setattr(pl, "mean_token_kl", boom)
-    again = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS), out, progress=None)
+    again = pl.run_pilot(SHORT, pl.PilotConfig(k=K, problems=N_PROBLEMS), out, progress=None)
     assert all(p["cached"] for p in again.parts.values()) and len(again.parts) == 5
     assert {f: (out / f).read_text() for f in before} == before
 
 
 def test_student_only_writes_no_kl(tmp_path):
-    res = pl.run_pilot("toy_short", pl.PilotConfig(k=2, problems=4, models=("student",)), tmp_path, progress=None)
+    res = pl.run_pilot(SHORT, pl.PilotConfig(k=2, problems=4, models=("student",)), tmp_path, progress=None)
     assert res.runs is None and not (tmp_path / "pilot_runs.csv").exists()
     assert set(read_table(tmp_path / "problems.csv", "problems")["model"]) == {"student"}
 
@@ -121,13 +125,13 @@ def test_student_only_writes_no_kl(tmp_path):
     (["--k", "0"], "k must be >= 1"),
     (["--k", "abc"], "--k"),
     (["--models", "student,critic"], "unknown model 'critic'"),
-    (["--problems", "101"], "exceeds the 100 problems"),  # toy_short has 100 val problems
+    (["--problems", "101"], "exceeds the 100 problems"),  # the short config has 100 val problems
     (["--split", "train"], "split must be one of"),
     (["--seed", "1.5"], "--seed"),
     (["--self-distill", "--models", "teacher"], "--self-distill needs the student"),
 ])
 def test_cli_bad_flags_one_line(flags, needle, tmp_path, capsys):
-    rc = cli.main(["pilot", "--config", "toy_short", "--out", str(tmp_path / "o"), "--workdir", str(tmp_path / "w"),
+    rc = cli.main(["pilot", "--config", SHORT, "--out", str(tmp_path / "o"), "--workdir", str(tmp_path / "w"),
                    *flags])
     err = capsys.readouterr().err
     assert rc == 2
@@ -142,7 +146,7 @@ def test_cli_missing_config_one_line(tmp_path, capsys):
 
 def test_cli_prints_and_writes(main_pilot, capsys):
     _, out = main_pilot  # finished parts: the CLI only loads and writes
-    assert cli.main(["pilot", "--config", "toy_short", "--k", str(K), "--problems", str(N_PROBLEMS),
+    assert cli.main(["pilot", "--config", SHORT, "--k", str(K), "--problems", str(N_PROBLEMS),
                      "--out", str(out), "--workdir", str(out / ".work")]) == 0
     text = capsys.readouterr().out
     assert "5 loaded" in text  # the module fixture's parts, not recomputed
@@ -158,7 +162,7 @@ SD_MODELS = ["self_distill_fkl_warmup", "self_distill_opd"]
 @pytest.fixture(scope="module")
 def sd_pilot(tmp_path_factory):
     out = tmp_path_factory.mktemp("pilot_sd")
-    res = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), out, progress=None)
+    res = pl.run_pilot(SHORT, pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), out, progress=None)
     return res, out
 
 
@@ -187,7 +191,7 @@ def test_self_distill_teacher_is_an_exact_copy(sd_pilot):
     from reference.config import load_config
     from reference.pipeline import build_models, build_world
 
-    cfg = load_config("toy_short")
+    cfg = load_config(SHORT)
     models = build_models(cfg, need_teacher=False)
     teacher, trainable = pl.self_distill_pair(models.student)
     base = models.student.state_dict()
@@ -212,7 +216,7 @@ def test_self_distill_rerun_resumes_without_recomputing(sd_pilot, monkeypatch):
     monkeypatch.setattr("reference.evaluate.evaluate", boom)
     monkeypatch.setattr("reference.pipeline._run_stage", boom)
     monkeypatch.setattr(pl, "mean_token_kl", boom)
-    again = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), out,
+    again = pl.run_pilot(SHORT, pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), out,
                          progress=None)
     assert all(p["cached"] for p in again.parts.values()) and len(again.parts) == 7
     assert {f: (out / f).read_text() for f in before} == before
@@ -238,7 +242,7 @@ def test_self_distill_partial_rerun_loads_the_warmup_weights(sd_pilot, monkeypat
         ran.append(stage.value)
         return real(stage, *a, **k)
     monkeypatch.setattr(pipeline, "_run_stage", counting)
-    again = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), tmp_path / "o",
+    again = pl.run_pilot(SHORT, pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), tmp_path / "o",
                          workdir=work, progress=None)
     assert ran == ["opd"]  # FKL came from its cached weights
     assert [p for p, v in again.parts.items() if not v["cached"]] == ["samples_self_distill_opd"]
@@ -251,7 +255,7 @@ def test_without_the_flag_outputs_are_unchanged(sd_pilot, main_pilot, tmp_path):
     _, sd_out = sd_pilot
     _, main_out = main_pilot
     # same workdir as the self-distill run (base parts shared), no flag: the base pilot's files exactly
-    res = pl.run_pilot("toy_short", pl.PilotConfig(k=K, problems=N_PROBLEMS), tmp_path, workdir=sd_out / ".work",
+    res = pl.run_pilot(SHORT, pl.PilotConfig(k=K, problems=N_PROBLEMS), tmp_path, workdir=sd_out / ".work",
                        progress=None)
     assert all(p["cached"] for p in res.parts.values()) and len(res.parts) == 5
     for f in ("problems.csv", "pass_at_k.csv", "summary.csv", "pilot_runs.csv"):
@@ -263,7 +267,7 @@ def test_without_the_flag_outputs_are_unchanged(sd_pilot, main_pilot, tmp_path):
 
 def test_cli_self_distill_prints_the_new_models(sd_pilot, capsys):
     _, out = sd_pilot
-    assert cli.main(["pilot", "--config", "toy_short", "--k", str(K), "--problems", str(N_PROBLEMS),
+    assert cli.main(["pilot", "--config", SHORT, "--k", str(K), "--problems", str(N_PROBLEMS),
                      "--self-distill", "--out", str(out), "--workdir", str(out / ".work")]) == 0
     text = capsys.readouterr().out
     assert "7 loaded" in text and "self_distill_fkl_warmup" in text and "self_distill_opd" in text

@@ -150,3 +150,28 @@ def test_verdict_reads_the_paired_interval():
     empty = rep([20.0], [21.0])
     empty.summary["eval_mean"] = np.nan
     assert verdict(empty).startswith("verdict: no evaluation")
+
+
+def test_compute_matched_view_stretches_the_cheaper_arm_to_equal_tokens(tmp_path, capsys):
+    """The report's second view re-runs the cheaper arm's best configuration with longer stages until
+    its per-run tokens lie within 5% of the dearer arm's, and compares on the same evaluation seeds."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    assert main(["run", "--arms", "direct_grpo,rl_teacher_bridge", "--trials", "2", "--storage", url,
+                 "--study", "cm", *SYN]) == 0
+    out = tmp_path / "r"
+    assert main(["report", "--study", "cm", "--storage", url, "--out", str(out)]) == 0
+    label = pd.read_csv(out / "fairness_report_evals.csv").groupby("arm")["compute_tokens"].mean()
+    assert label["rl_teacher_bridge"] > 1.5 * label["direct_grpo"]  # the bridge is dearer per run
+    cm = pd.read_csv(out / "fairness_report_evals_compute.csv")
+    tokens = cm.groupby("arm")["compute_tokens"].mean()
+    assert abs(tokens["direct_grpo"] / tokens["rl_teacher_bridge"] - 1) <= 0.05
+    assert set(cm.groupby("arm")["seed"].apply(tuple).map(len)) == {10}
+    factor = cm[cm.arm == "direct_grpo"]["factor"].iloc[0]
+    assert factor > 1.5 and (cm[cm.arm == "rl_teacher_bridge"]["factor"] == 1.0).all()
+    md = (out / "fairness_report.md").read_text()
+    assert "## Compute-matched comparison (same per-run training tokens" in md and f"×{factor:.2f}" in md
+    assert "| dims |" in md.replace("| arm | dims |", "| dims |")
+    # a second report resumes: nothing is re-run
+    capsys.readouterr()
+    assert main(["report", "--study", "cm", "--storage", url, "--out", str(out)]) == 0
+    assert "compute-matched eval" not in capsys.readouterr().err

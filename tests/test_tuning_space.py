@@ -15,6 +15,7 @@ from reference import api, pipeline  # noqa: E402
 from reference import stages as st  # noqa: E402
 from reference.config import load_config  # noqa: E402
 from theory.arms import get_arm  # noqa: E402
+from theory.errors import InputError  # noqa: E402
 
 CONFIG = "toy_short"
 
@@ -113,8 +114,7 @@ def test_defaults_are_the_configs_values_and_lie_in_range():
 
 
 def test_lr_does_not_leak_into_the_teacher_when_teacher_lr_is_left_at_same_as_lr():
-    cfg = load_config(CONFIG)
-    assert cfg.grpo.teacher_lr == 0.0  # "same as lr" in the shipped config
+    cfg = load_config(CONFIG).override({"grpo.teacher_lr": 0.0})  # 0 = "same as lr"
     c = api.apply_params(cfg, "rl_teacher_bridge_stage3", {"lr": 2e-3})
     assert c.grpo.lr == 2e-3 and c.grpo.lr_for("teacher") == cfg.grpo.lr_for("teacher")
 
@@ -143,3 +143,27 @@ def test_the_tuner_enqueues_the_defaults_as_slot_zero(tmp_path):
         fixed = [t.system_attrs.get("fixed_params", {}) for t in waiting]  # what enqueue_trial stored
         assert fixed[0] == defaults
         assert all(f == {} for f in fixed[1:])  # the rest are sampled when claimed
+
+
+def test_every_learning_rate_searches_one_range_reaching_the_stable_region():
+    """Issue 10: the old ranges started at 1e-4, above the stages' stable rates; now every rate of every
+    arm shares one log range down to 1e-6, and each config default lies inside it (not in its outer 10%)."""
+    import math
+    specs = {(a, n): s for a, sp in api.PARAM_SPACE.items() for n, s in sp.items() if n.endswith("lr")}
+    assert specs and all(s == api.LR_RANGE for s in specs.values())
+    assert api.LR_RANGE["low"] <= 1e-6 and api.LR_RANGE["log"]
+    full = api.param_space(CONFIG)
+    lo, hi = math.log(api.LR_RANGE["low"]), math.log(api.LR_RANGE["high"])
+    for (arm, name) in specs:
+        pos = (math.log(full[arm][name]["default"]) - lo) / (hi - lo)
+        assert 0.1 < pos < 0.9, (arm, name, pos)
+
+
+def test_scale_compute_stretches_exactly_the_stage_lengths_an_arm_searches():
+    p = api.scale_compute("direct_grpo", {"lr": 1e-4, "grpo_epochs": 2.0}, 2.5, CONFIG)
+    assert p == {"lr": 1e-4, "grpo_epochs": 5.0}
+    b = api.scale_compute("rl_teacher_bridge", {"fkl_steps": 100}, 2.0, CONFIG)
+    cfg = load_config(CONFIG)
+    assert b["fkl_steps"] == 200 and b["opd_steps"] == 2 * cfg.opd.steps and b["grpo_epochs"] == 2 * cfg.grpo.epochs
+    with pytest.raises(InputError):
+        api.scale_compute("direct_grpo", {}, 0.0, CONFIG)

@@ -350,9 +350,12 @@ def irt_measurements(fit: irt.IRTFit, problems: pd.DataFrame) -> dict:
         a = float(np.clip(irt.ability_accuracy(theta, fit.s_d), 1e-5, 1 - 1e-5))
         a_sd = float(abs(special.logit(np.clip(hi, 1e-5, 1 - 1e-5)) - special.logit(np.clip(lo, 1e-5, 1 - 1e-5))) / 2)
         n_k = float(problems.loc[problems["model"] == m, "k"].sum())
-        c_ = float(np.clip(c, 1e-4, 1 - 1e-4))
+        # a pilot where every sample complied (or none did) measures a rate within half a sample of
+        # the edge, not exactly 0 or 1 (a probability given with an sd must lie inside (0, 1))
+        edge = 0.5 / max(n_k, 1.0)
+        c_ = float(np.clip(c, edge, 1 - edge))
         c_sd = float(np.sqrt(c_ * (1 - c_) / n_k) / (c_ * (1 - c_)))
-        out[m] = ((100 * a, float(np.clip(a_sd, 1e-3, 10))), (float(np.clip(c, 0.0, 1.0)), float(np.clip(c_sd, 1e-3, 10))))
+        out[m] = ((100 * a, float(np.clip(a_sd, 1e-3, 10))), (c_, float(np.clip(c_sd, 1e-3, 10))))
     return out
 
 

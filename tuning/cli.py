@@ -307,11 +307,12 @@ def _dispatch(args, argv) -> int:
         _print_status(_open(args), args.study)
         return 0
     if args.cmd == "report":
-        from tuning.report import build_report, evaluate, verdict, write_report
+        from tuning.report import build_report, evaluate, evaluate_compute_matched, verdict, write_report
 
         handle = _open(args)
         if not args.no_eval:
             evaluate(handle, args.study, jobs=args.jobs, log=_log)
+            evaluate_compute_matched(handle, args.study, jobs=args.jobs, log=_log)
         rep = build_report(handle, args.study)
         command = args.command or "matched-tuning " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
         paths = write_report(rep, args.out, command=command)
@@ -319,7 +320,11 @@ def _dispatch(args, argv) -> int:
                 "eval_ci_high"]
         print(rep.summary[cols].to_string(index=False, float_format=lambda x: f"{x:.2f}"))
         if len(rep.comparisons):
+            print("label-matched:")
             print(rep.comparisons.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        if rep.comparisons_compute is not None and len(rep.comparisons_compute):
+            print("compute-matched (equal per-run training tokens):")
+            print(rep.comparisons_compute.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         print(f"wrote {', '.join(str(p) for p in paths.values())}")
         print(verdict(rep))
         return 0

@@ -41,6 +41,11 @@ class ReferenceArms:
             raise InputError(f"{self.api_module}.PARAM_SPACE is missing or not a mapping")
         return space
 
+    def scale_compute(self, arm: str, params: dict, factor: float) -> dict:
+        """The arm's stage lengths stretched by `factor` (reference.api.scale_compute)."""
+        kwargs = {} if self.config is None else {"config": self.config}
+        return self.api().scale_compute(arm, dict(params), factor, **kwargs)
+
     def default_labels(self) -> int | None:
         fn = getattr(self.api(), "default_labels", None)
         return int(fn(self.config)) if callable(fn) else None

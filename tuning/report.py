@@ -34,6 +34,9 @@ from tuning.protocol import Protocol
 from tuning.storage import StorageHandle
 
 EVAL_PREFIX = "eval:"
+EVALC_PREFIX = "evalc:"  # compute-matched final evaluation (the cheaper arm stretched to the dearest's tokens)
+EVALC_PLAN = "evalc_plan"
+COMPUTE_TOL = 0.05  # compute-matched: each arm's per-run training tokens within +-5% of the dearest arm's
 CSV_COLUMNS = ["arm", "trials", "pruned", "failed", "compute", "best_score", "eval_mean", "eval_ci_low",
                "eval_ci_high"]
 
@@ -112,6 +115,85 @@ def evaluate(handle: StorageHandle, name: str, source: ArmSource | None = None, 
     return len(todo)
 
 
+def _run_jobs(protocol: Protocol, jobs_: list[tuple], n_workers: int, on_done) -> None:
+    """Run (arm, params, seed, tag) evaluations, in a spawn pool when n_workers > 1; on_done(tag, acc, tokens)."""
+    budget = protocol.budget
+    opts = dict(protocol.arm_options)
+    if n_workers <= 1 or len(jobs_) <= 1:
+        for arm, params, seed, tag in jobs_:
+            on_done(tag, *_eval_one(protocol.arm_source, opts, arm, params, budget, seed))
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_child) as pool:
+        futures = {pool.submit(_eval_one, protocol.arm_source, opts, arm, params, budget, seed): tag
+                   for arm, params, seed, tag in jobs_}
+        for fut in as_completed(futures):
+            on_done(futures[fut], *fut.result())
+
+
+def evaluate_compute_matched(handle: StorageHandle, name: str, source: ArmSource | None = None, *, jobs: int = 1,
+                             log: Callable[[str], None] | None = None) -> int:
+    """The compute-matched view: every arm whose final configuration trains on fewer tokens than the
+    dearest arm's is re-evaluated with its stage lengths stretched (the source's `scale_compute`) until
+    its per-run tokens lie within +-5% of the dearest arm's; stored as `evalc:<seed>`. Resumable like
+    `evaluate`. Returns how many runs were made (0 when the source cannot scale compute)."""
+    protocol = check_matched(handle, name)
+    if source is None:
+        source = load_arm_source(protocol.arm_source, dict(protocol.arm_options))
+    scale = getattr(source.fn, "scale_compute", None)
+    if not callable(scale):
+        return 0
+    _SOURCE_CACHE[(protocol.arm_source, json.dumps(dict(protocol.arm_options), sort_keys=True))] = source
+    studies = {arm: _load(handle, arm_study_name(name, arm)) for arm in protocol.arms}
+    cost = {}
+    for arm, study in studies.items():
+        best = best_trial(study)
+        ev = [study.user_attrs.get(f"{EVAL_PREFIX}{s}") for s in protocol.eval_seeds]
+        if best is None or any(e is None or e.get("trial") != best.number for e in ev):
+            return 0  # the label-matched evaluations come first
+        cost[arm] = (best, float(np.mean([e["compute_tokens"] for e in ev])))
+    target = max(c for _, c in cost.values())
+    runs = 0
+    for arm, (best, own) in cost.items():
+        if own >= (1 - COMPUTE_TOL) * target:
+            continue  # the dearest arm (or one within tolerance) keeps its label-matched runs
+        study = studies[arm]
+        plan = study.user_attrs.get(EVALC_PLAN)
+        if plan is None or plan.get("trial") != best.number or plan.get("target") != target:
+            # calibrate the stretch on the first evaluation seed: tokens are close to linear in stage length
+            factor = target / own
+            for _ in range(3):
+                seed = protocol.eval_seeds[0]
+                acc, tokens = _eval_one(protocol.arm_source, dict(protocol.arm_options), arm,
+                                        scale(arm, dict(best.params), factor), protocol.budget, seed)
+                runs += 1
+                if abs(tokens / target - 1) <= COMPUTE_TOL:
+                    break
+                factor *= target / tokens
+            plan = {"trial": best.number, "target": target, "factor": factor}
+            study.set_user_attr(EVALC_PLAN, plan)
+            study.set_user_attr(f"{EVALC_PREFIX}{seed}", {"trial": best.number, "factor": factor, "accuracy": acc,
+                                                          "compute_tokens": tokens, "split": SPLITS_EVAL})
+            if log:
+                log(f"compute-matched {arm}: stage lengths x{factor:.2f} -> {tokens:,} tokens per run "
+                    f"(target {target:,.0f})")
+        params = scale(arm, dict(best.params), plan["factor"])
+        todo = []
+        for seed in protocol.eval_seeds:
+            done = study.user_attrs.get(f"{EVALC_PREFIX}{seed}")
+            if done is None or done.get("trial") != best.number or done.get("factor") != plan["factor"]:
+                todo.append((arm, params, seed, seed))
+
+        def on_done(seed, acc, tokens, _study=study, _arm=arm, _plan=plan, _n=best.number):
+            _study.set_user_attr(f"{EVALC_PREFIX}{seed}", {"trial": _n, "factor": _plan["factor"], "accuracy": acc,
+                                                           "compute_tokens": tokens, "split": SPLITS_EVAL})
+            if log:
+                log(f"compute-matched eval {_arm} x{_plan['factor']:.2f} seed {seed}: {acc:.2f}% ({tokens:,} tokens)")
+        _run_jobs(protocol, todo, jobs, on_done)
+        runs += len(todo)
+    return runs
+
+
 def _fail_reason(t: optuna.trial.FrozenTrial, retried_from: dict[int, int]) -> str | None:
     if t.state != TrialState.FAIL:
         return None
@@ -166,7 +248,9 @@ class FairnessReport:
     evals: pd.DataFrame  # arm, seed, accuracy, compute_tokens
     curves: pd.DataFrame  # arm, n_trials, expected_best, std, best_so_far
     comparisons: pd.DataFrame  # label-matched: paired differences vs the first arm
-    compute_matched: pd.DataFrame
+    compute_matched: pd.DataFrame  # equal *tuning* compute (validation, expected best)
+    evals_compute: pd.DataFrame = None  # arm, seed, accuracy, compute_tokens, factor (equal per-run training tokens)
+    comparisons_compute: pd.DataFrame = None  # compute-matched: paired differences vs the first arm
 
     def to_frame(self) -> pd.DataFrame:
         return self.summary
@@ -175,7 +259,9 @@ class FairnessReport:
         return {"name": self.name, "protocol": self.protocol.to_dict(),
                 "summary": self.summary.to_dict(orient="records"),
                 "comparisons": self.comparisons.to_dict(orient="records"),
-                "compute_matched": self.compute_matched.to_dict(orient="records")}
+                "compute_matched": self.compute_matched.to_dict(orient="records"),
+                "comparisons_compute_matched": ([] if self.comparisons_compute is None
+                                                else self.comparisons_compute.to_dict(orient="records"))}
 
 
 def build_report(handle: StorageHandle, name: str, *, seed: int = 0) -> FairnessReport:
@@ -220,10 +306,51 @@ def build_report(handle: StorageHandle, name: str, *, seed: int = 0) -> Fairness
             "teacher_labels": acct["teacher"], "student_labels": acct["student"], "unused_labels": acct["unused"],
         })
     summary = pd.DataFrame(rows)
+    summary["dims"] = [len(protocol.search_space[a]) for a in summary["arm"]]
+    summary["lr_position"] = [_lr_positions(protocol.search_space[a], json.loads(bp) if bp else {})
+                              for a, bp in zip(summary["arm"], summary["best_params"])]
     evals = pd.DataFrame(eval_rows, columns=["arm", "seed", "accuracy", "compute_tokens"])
     comparisons = _comparisons(protocol, evals, rng)
+    evals_c = _compute_matched_evals(handle, name, protocol, evals)
+    comp_c = paired_comparisons(evals_c, protocol.arms, rng) if len(evals_c) else None
     return FairnessReport(name, protocol, summary, trials, evals, pd.DataFrame(curve_rows), comparisons,
-                          _compute_matched(summary, counted))
+                          _compute_matched(summary, counted), evals_c, comp_c)
+
+
+def _lr_positions(space: dict, params: dict) -> str:
+    """Each learning rate's place in its log range (0 = low end, 1 = high end): 'name=0.42; ...'.
+    A best rate in the outer 10% at either end means the range may cut off the optimum."""
+    out = []
+    for name, spec in sorted(space.items()):
+        if name.endswith("lr") and name in params and spec.get("log"):
+            lo, hi = np.log(spec["low"]), np.log(spec["high"])
+            out.append(f"{name}={(np.log(params[name]) - lo) / (hi - lo):.2f}")
+    return "; ".join(out)
+
+
+def _compute_matched_evals(handle: StorageHandle, name: str, protocol: Protocol, evals: pd.DataFrame) -> pd.DataFrame:
+    """Per arm and evaluation seed at equal per-run training tokens: the stretched runs where one was
+    made (`evalc:<seed>`), the label-matched run for the dearest arm. Empty when none was made."""
+    cols = ["arm", "seed", "accuracy", "compute_tokens", "factor"]
+    rows = []
+    any_stretched = False
+    for arm in protocol.arms:
+        study = _load(handle, arm_study_name(name, arm))
+        best = best_trial(study)
+        plan = study.user_attrs.get(EVALC_PLAN)
+        stretched = plan is not None and best is not None and plan.get("trial") == best.number
+        for s in protocol.eval_seeds:
+            e = study.user_attrs.get(f"{EVALC_PREFIX}{s}") if stretched else None
+            if e is not None and e.get("factor") == plan["factor"]:
+                any_stretched = True
+                rows.append({"arm": arm, "seed": s, "accuracy": e["accuracy"], "compute_tokens": e["compute_tokens"],
+                             "factor": e["factor"]})
+            elif not stretched:
+                ev = evals[(evals["arm"] == arm) & (evals["seed"] == s)]
+                if len(ev):
+                    rows.append({"arm": arm, "seed": s, "accuracy": float(ev["accuracy"].iloc[0]),
+                                 "compute_tokens": float(ev["compute_tokens"].iloc[0]), "factor": 1.0})
+    return pd.DataFrame(rows if any_stretched else [], columns=cols)
 
 
 def _comparisons(protocol: Protocol, evals: pd.DataFrame, rng) -> pd.DataFrame:
@@ -322,16 +449,21 @@ def to_markdown(rep: FairnessReport, command: str | None = None, figures: list[s
                                      if defaults_first
                                      else "sampled like the others (the arms declare no complete defaults)."), "",
         "## Per arm", "",
-        _table(rep.summary, ["arm", "trials", "complete", "pruned", "failed", "retried", "compute",
-                             "compute_per_trial", "best_score", "still_improving", "eval_n", "eval_mean",
-                             "eval_ci_low", "eval_ci_high", "eval_iqm"]), "",
+        _table(rep.summary, ["arm", "dims"] * ("dims" in rep.summary) + ["trials", "complete", "pruned", "failed",
+                             "retried", "compute", "compute_per_trial", "best_score", "still_improving", "eval_n",
+                             "eval_mean", "eval_ci_low", "eval_ci_high", "eval_iqm"]
+               if "dims" in rep.summary else ["arm", "trials", "complete", "pruned", "failed", "retried", "compute",
+                                              "compute_per_trial", "best_score", "still_improving", "eval_n",
+                                              "eval_mean", "eval_ci_low", "eval_ci_high", "eval_iqm"]), "",
+        "`dims` = the number of hyperparameters the arm searched (its search space's dimension).", "",
         "Accuracy in percent; compute in tokens (rollout + training + teacher scoring). `compute` is the "
         "whole tuning spend of the arm; `retried` counts attempts lost with a killed worker and re-run "
         "(not trials). `still_improving`: the best-so-far rose in the last quarter of the trials.", "",
         "Best parameters:", "",
     ]
     for _, r in rep.summary.iterrows():
-        out.append(f"- {r['arm']} (trial #{r['best_trial']}): `{r['best_params']}`")
+        pos = f" — learning rates' place in their log range: {r['lr_position']}" if r.get("lr_position") else ""
+        out.append(f"- {r['arm']} (trial #{r['best_trial']}): `{r['best_params']}`{pos}")
     out += ["", "## Label-matched comparison (same N labels; test split, evaluation seeds)", ""]
     if len(rep.comparisons):
         out.append(_table(rep.comparisons, ["baseline", "arm", "seeds", "mean_diff", "diff_ci_low",
@@ -343,7 +475,20 @@ def to_markdown(rep: FairnessReport, command: str | None = None, figures: list[s
                 + " tokens."]
     else:
         out.append("No evaluations yet (run `matched-tuning report`, which evaluates before reporting).")
-    out += ["", "## Compute-matched comparison (validation, expected best at equal tuning compute)", ""]
+    out += ["", "## Compute-matched comparison (same per-run training tokens ±5%; test split, evaluation seeds)", ""]
+    if rep.comparisons_compute is not None and len(rep.comparisons_compute):
+        ev = rep.evals_compute
+        per = ev.groupby("arm", sort=False).agg(tokens=("compute_tokens", "mean"), factor=("factor", "first"),
+                                                 mean=("accuracy", "mean")).reset_index()
+        out.append(_table(rep.comparisons_compute, ["baseline", "arm", "seeds", "mean_diff", "diff_ci_low",
+                                                    "diff_ci_high", "p_improvement", "p_ci_low", "p_ci_high"]))
+        out += ["", "Each cheaper arm's best configuration re-run with its stage lengths (GRPO epochs, FKL/OPD "
+                "steps) stretched until its per-run tokens match the dearest arm's: "
+                + "; ".join(f"{r['arm']} ×{r['factor']:.2f} → {r['tokens']:,.0f} tokens, {r['mean']:.2f}%"
+                            for _, r in per.iterrows()) + "."]
+    else:
+        out.append("Not available (the arm source cannot scale compute, or `report` ran with --no-eval).")
+    out += ["", "## Equal tuning compute (validation, expected best)", ""]
     if len(rep.compute_matched):
         out.append(_table(rep.compute_matched, ["arm", "tokens_per_trial", "matched_tokens",
                                                 "trials_affordable", "expected_best_at_matched"]))
@@ -429,6 +574,9 @@ def write_report(rep: FairnessReport, out_dir: str | Path, command: str | None =
     # so a reader of the committed files (load_report, notebook 02) can recompute them
     rep.evals.to_csv(out / "fairness_report_evals.csv", index=False)
     written["evals"] = out / "fairness_report_evals.csv"
+    if rep.evals_compute is not None and len(rep.evals_compute):
+        rep.evals_compute.to_csv(out / "fairness_report_evals_compute.csv", index=False)
+        written["evals_compute"] = out / "fairness_report_evals_compute.csv"
     return written
 
 

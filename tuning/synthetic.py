@@ -40,6 +40,7 @@ STAGE_PARAMS = {
 PEAK = {"direct_grpo": 62.0, "raw_teacher_bridge": 48.0, "rl_teacher_bridge": 66.0, "no_fkl": 63.0,
         "no_opd": 58.0, "rl_teacher_bridge_stage3": 67.0, "replay_control": 65.0}
 N_PROBLEMS = {"val": 200, "test": 500}
+STRETCH = "_compute_stretch"  # the compute-matched view's stage-length multiplier (not a searched param)
 
 
 def _unit(spec: dict, value: float) -> float:
@@ -64,6 +65,10 @@ class SyntheticArms:
         self.calls_log = calls_log
         self.faults = {str(k): str(v) for k, v in (faults or {}).items()}
         self.noise = float(noise)
+
+    def scale_compute(self, arm: str, params: dict, factor: float) -> dict:
+        """The compute-matched view's stretch: the stand-in's tokens grow by `factor` (accuracy unchanged)."""
+        return dict(params, **{STRETCH: float(params.get(STRETCH, 1.0)) * factor})
 
     def default_labels(self) -> int:
         return 256
@@ -91,6 +96,8 @@ class SyntheticArms:
         if split not in N_PROBLEMS:
             raise InputError(f"split must be 'val' or 'test', got {split!r}")
         space = self.param_space()[arm]
+        params = dict(params)
+        stretch = float(params.pop(STRETCH, 1.0))  # set only by scale_compute (the compute-matched view)
         unknown = sorted(set(params) - set(space))
         if unknown:
             raise InputError(f"arm {arm}: unknown param {unknown[0]!r}")
@@ -128,6 +135,6 @@ class SyntheticArms:
             final = float("nan")
         cost = ComputeModel(group_size=int(params.get("group_size", 8)), prompt_tokens=16,
                             response_tokens=24, bridge_prompts=512)
-        tokens = reg.total_compute_tokens(budget.labels, cost, budget.teacher_labels)
+        tokens = stretch * reg.total_compute_tokens(budget.labels, cost, budget.teacher_labels)
         return ArmResult(accuracy=final, compute_tokens=int(tokens), split=split,
                          metrics={"steps": float(step)})
