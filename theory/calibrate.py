@@ -75,6 +75,7 @@ def build_world(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[st
 
     def policy(role: str) -> Policy:
         th, cs = [], []
+        us, has_u = [], False
         for i, b in enumerate(bench):
             base = f"{role}.benchmarks.{b}"
             c = vals.get(f"{base}.compliance", vals.get(f"{role}.compliance"))
@@ -82,15 +83,23 @@ def build_world(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[st
                 ability = vals[f"{base}.accuracy_given_compliance"] / 100.0
             else:
                 ability = vals[f"{base}.accuracy"] / (100.0 * c)
+            u = vals.get(f"{base}.ceiling")
+            if u is not None:
+                # ability within reach: the start accuracy is u x E_d[sigmoid(theta - d)]; a draw whose
+                # ceiling falls below the start is held just above it
+                has_u = True
+                u = np.maximum(u / 100.0, ability / 0.999)
+                ability = ability / u
+            us.append(np.ones_like(np.asarray(ability, dtype=float)) if u is None else u)
             th.append(irt.solve_theta(ability, s_d_B[..., i]))
             cs.append(c)
-        return Policy(np.stack(th, -1), np.stack(cs, -1))
+        return Policy(np.stack(th, -1), np.stack(cs, -1), np.stack(us, -1) if has_u else 1.0)
 
     rates = Rates(kappa=vals["rates.kappa"], rho=vals["rates.rho"], phi_w=vals["rates.phi_w"],
                   phi_o=vals["rates.phi_o"], kl_c=vals["rates.kl_c"], kl0=vals["inputs.kl0"],
                   gamma=vals.get("rates.gamma", 0.0), cost_fkl=vals.get("rates.cost_fkl", 0.0),
                   kl0_style=vals.get("inputs.kl0_style"),
-                  cost_opd=vals.get("rates.cost_opd", 0.0),
+                  cost_opd=vals.get("rates.cost_opd", 0.0), kappa_ratio=vals.get("rates.kappa_ratio", 1.0),
                   k_explore=vals["inputs.k_explore"], group_size=vals["inputs.group_size"])
     return World(benchmarks=bench, train=bench.index(scn.train_benchmark), s_d_B=s_d_B,
                  student=policy("student"), teacher=policy("teacher"), rates=rates, compute=scn.compute)
@@ -237,7 +246,10 @@ def _fit(scn: Scenario) -> Fit:
     mu = np.array([float(to_z(t)) for t in fitted])
     sd = np.array([t.sd for t in fitted])
     y = np.array([o.value for o in scn.observations])
-    se = np.array([o.se for o in scn.observations])
+    # an observation is f + structural error + its measurement noise (docs/theory.md section 9)
+    from theory.discrepancy import discrepancy_sd
+    sd_delta = discrepancy_sd(scn)[0]
+    se = np.sqrt(np.array([o.se for o in scn.observations]) ** 2 + sd_delta**2)
     warnings: list[str] = []
 
     n_obs = len(y)
