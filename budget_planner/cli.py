@@ -44,16 +44,47 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, p)
 
 
+def _tokens(n: int) -> str:
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
 def _fmt_plan(pl) -> str:
     lines = [f"scenario {pl.scenario}: {pl.benchmark} accuracy (%) with N = {pl.labels} labels",
-             f"{'arm':<26} {'accuracy':>8}  {'95% interval':>15}  {'p_best':>6}  {'teacher/student labels':>22}"
-             f"  {'+acc per 1k labels':>18}"]
+             f"{'arm':<26} {'accuracy':>8}  {'95% interval':>15}  {'p_best':>7}  {'teacher/student labels':>22}"
+             f"  {'+acc per 1k labels':>18}  {'train tokens':>12}"]
     for a in pl.arms:
-        lines.append(f"{a.arm:<26} {a.accuracy:8.1f}  [{a.lo:5.1f}, {a.hi:5.1f}]  {a.p_best:6.2f}  "
-                     f"{a.teacher_labels:>10}/{a.student_labels:<11}  {a.marginal_per_1k:18.2f}")
+        pb = "control" if a.p_best is None else f"{a.p_best:7.2f}"
+        lines.append(f"{a.arm:<26} {a.accuracy:8.1f}  [{a.lo:5.1f}, {a.hi:5.1f}]  {pb:>7}  "
+                     f"{a.teacher_labels:>10}/{a.student_labels:<11}  {a.marginal_per_1k:18.2f}  "
+                     f"{_tokens(a.compute_tokens):>12}")
     r = pl.recommendation
     lines.append(f"recommended: {r.arm} (p_best {r.p_best:.2f}) with {r.teacher_labels} teacher / "
                  f"{r.student_labels} student labels")
+    if r.runner_up is not None:
+        lines.append(f"runner-up: {r.runner_up}; gap (recommended - runner-up) {r.gap_mean:+.1f} points, "
+                     f"90% interval [{r.gap_lo:+.1f}, {r.gap_hi:+.1f}]")
+        if r.separable:
+            lines.append("separable: the gap interval excludes 0")
+        else:
+            tok = {a.arm: a.compute_tokens for a in pl.arms}
+            if tok[r.arm] == tok[r.runner_up]:
+                cost = f"both cost {_tokens(tok[r.arm])} training tokens"
+            else:
+                other = r.runner_up if r.cheaper == r.arm else r.arm
+                cost = (f"the cheaper is {r.cheaper} ({_tokens(tok[r.cheaper])} vs {_tokens(tok[other])} "
+                        "training tokens)")
+            lines.append(f"toss-up: {r.arm} and {r.runner_up} cannot be told apart (the gap interval contains 0); "
+                         f"{cost}")
+    if pl.ceiling is not None:
+        c = pl.ceiling
+        lines.append(f"ceiling: student on {pl.benchmark} {c['map']:.1f}% given compliance, 95% "
+                     f"[{c['ci'][0]:.1f}, {c['ci'][1]:.1f}] ({c['tag']} {c['stated']:.0f})")
+    u = pl.uncertainty
+    lines.append(f"uncertainty: structural error sd {u['discrepancy_sd']:.1f} points, measurement sd "
+                 f"{u['measurement_sd']:.1f} points, {u['effective_draws']:.0f} effective of {u['draws']} draws")
     n_assumed = sum(1 for i in pl.inputs if i["tag"] == "assumed")
     lines.append(f"inputs: {len(pl.inputs)} ({n_assumed} assumed, {pl.n_fitted} fitted); "
                  "`explain` lists them with sources")
@@ -80,12 +111,18 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _clean(text: str) -> str:
+    """A description without empty fields: 'a; ; b;' -> 'a; b'."""
+    parts = [p.strip() for p in text.split(";")]
+    return "; ".join(p for p in parts if p).replace("''s ", "'s ")
+
+
 def cmd_scenarios(args) -> int:
     from theory.scenario import load_scenario, preset_names
 
     for name in preset_names():
         scn = load_scenario(name)
-        print(f"{name:<24} {scn.description}")
+        print(f"{name:<24} {_clean(scn.description) or '(no description)'}")
     return 0
 
 
