@@ -194,7 +194,18 @@ IS_WIDEN = 1.1  # proposal sd / Laplace sd: slightly heavier than the target; wi
 # many prior-only directions (1.5 gave an ESS of 41/4096 on paper-qwen3-math, 1.1 gives ~10x more)
 
 
-def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3) -> tuple[np.ndarray, float]:
+def _named_normals(names, n: int, seed: int, round_: int) -> np.ndarray:
+    """(n, P) standard normals, column i drawn from a generator keyed by (seed, names[i], round): common
+    random numbers, so fixing or freeing one input leaves every other input's proposal draws as they
+    were (an interval then changes by what the input does, not by Monte-Carlo reshuffling)."""
+    import zlib
+    cols = [np.random.default_rng([int(seed), zlib.crc32(str(nm).encode()), round_]).standard_normal(n)
+            for nm in names]
+    return np.stack(cols, -1) if cols else np.zeros((n, 0))
+
+
+def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3, names=None,
+                         seed: int = 0) -> tuple[np.ndarray, float]:
     """Posterior draws by adaptive importance sampling, then systematic resampling to n_keep.
 
     Round 0 proposes from the Laplace Gaussian N(z_MAP, IS_WIDEN^2 Cov); weights are
@@ -209,9 +220,10 @@ def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3)
     """
     P = len(z_map)
     mean, C = z_map, cov * IS_WIDEN**2
-    for _ in range(rounds):
+    for round_ in range(rounds):
         L = np.linalg.cholesky(C + 1e-10 * np.eye(P))
-        eps = rng.standard_normal((IS_FACTOR * n_keep, P))
+        eps = (rng.standard_normal((IS_FACTOR * n_keep, P)) if names is None
+               else _named_normals(names, IS_FACTOR * n_keep, seed, round_))
         z = mean[None, :] + eps @ L.T
         logw = -0.5 * np.sum(resid_R(z) ** 2, -1) + 0.5 * np.sum(eps**2, -1)
         logw = np.where(np.isfinite(logw), logw, -np.inf)
@@ -302,7 +314,7 @@ def _fit(scn: Scenario) -> Fit:
     rng = np.random.default_rng(scn.seed)
     ess = float("nan")
     if len(names):
-        z_draws, ess = _importance_resample(resid_R, z_map, cov, scn.draws, rng)
+        z_draws, ess = _importance_resample(resid_R, z_map, cov, scn.draws, rng, names=names, seed=scn.seed)
         if ess < scn.draws / 4:
             warnings.append(f"importance resampling kept an effective {ess:.0f} of {IS_FACTOR * scn.draws} "
                             "proposal draws: intervals are approximate")
@@ -319,6 +331,7 @@ def _fit(scn: Scenario) -> Fit:
 # calibrate(run_table, problem_table) -> Scenario: a scenario from a user's pilot
 # ------------------------------------------------------------------------------------------------
 
+CEILING_PRIOR = 97.0  # percent given compliance, prior mean of a pilot's accuracy ceiling (sd 1 logit)
 _PILOT_PRIORS = {  # generic priors for a pilot without stated ones (wide; tagged assumed)
     "kappa": (0.1, 1.5, "generic wide prior: GRPO moves pass@1 part of the way to pass@k per 1000 labels"),
     "rho": (0.6, 1.0, "generic prior: a smaller student absorbs a good part, not all, of a teacher's ability gap"),
@@ -523,11 +536,14 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
         (a, a_sd), (c, c_sd) = meas[name_]
         return {"name": name_, "benchmarks": {benchmark: {
             "accuracy_given_compliance": {"value": a, "tag": "measured", "sd": a_sd, "source": src},
-            "compliance": {"value": c, "tag": "measured", "sd": c_sd, "source": src}}}}
+            "compliance": {"value": c, "tag": "measured", "sd": c_sd, "source": src},
+            "ceiling": {"value": float(max(CEILING_PRIOR, (a + 100.0) / 2.0)), "tag": "assumed", "sd": 1.0,
+                        "why": "generic wide prior: a few problems are mislabeled or beyond the model whatever "
+                               "it is trained on; a pilot does not measure it"}}}}
 
     doc = {
         "name": name,
-        "description": f"calibrated from a pilot ({len(observations)} observations); " + "; ".join(notes),
+        "description": "; ".join([f"calibrated from a pilot ({len(observations)} observations)", *notes]),
         "target_benchmark": benchmark, "train_benchmark": benchmark, "seed": seed, "draws": 256,
         "inputs": {
             "budget": {"value": int(budget), "tag": "measured", "source": budget_src},
