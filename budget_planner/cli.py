@@ -59,7 +59,7 @@ def _fmt_plan(pl) -> str:
         pb = "control" if a.p_best is None else f"{a.p_best:7.2f}"
         lines.append(f"{a.arm:<26} {a.accuracy:8.1f}  [{a.lo:5.1f}, {a.hi:5.1f}]  {pb:>7}  "
                      f"{a.teacher_labels:>10}/{a.student_labels:<11}  {a.marginal_per_1k:18.2f}  "
-                     f"{_tokens(a.compute_tokens):>12}")
+                     f"{_tokens(a.compute_tokens):>12}" + (f"  = {a.same_as} here" if a.same_as else ""))
     r = pl.recommendation
     lines.append(f"recommended: {r.arm} (p_best {r.p_best:.2f}) with {r.teacher_labels} teacher / "
                  f"{r.student_labels} student labels")
@@ -154,6 +154,12 @@ def cmd_explain(args) -> int:
         else:
             print(f"  {row['input']:<52} {row['tag']:<9} {row['prior']:.4g}  ({row['note']})")
     print(f"  {'compute':<52} {scn.compute_tag:<9} {scn.compute}  ({scn.compute_note})")
+    from budget_planner.planner import split_sensitivity
+    sens = split_sensitivity(scn, pl.labels, benchmark=args.benchmark)
+    share = lambda k: f"{sens[k]['teacher_labels']} teacher labels ({100 * sens[k]['teacher_share']:.0f}%)"  # noqa: E731
+    print(f"\nsplit sensitivity (rl_teacher_bridge_stage3, N = {pl.labels}): best split {share('as_fitted')}; "
+          f"if teacher/student GRPO efficiency kappa_T/kappa_S doubles: {share('ratio_x2')}; "
+          f"if it halves: {share('ratio_x0.5')}")
     print("\nin-sample fit:")
     print(fit.residuals()[["arm", "benchmark", "labels", "observed", "predicted", "lo", "hi"]]
           .to_string(index=False, float_format=lambda v: f"{v:.1f}"))

@@ -55,6 +55,7 @@ class ArmPrediction:
     marginal_per_1k: float  # d accuracy / d label x 1000 (percent points per 1000 more labels)
     control: bool = False
     compute_tokens: int = 0  # training tokens (rollouts + training + teacher scoring), theory.arms.ComputeModel
+    same_as: str | None = None  # at this budget the arm runs the same experiment as this earlier arm
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,7 @@ class Plan:
             "labels": self.labels,
             "arms": {a.arm: {"accuracy": a.accuracy, "ci": [a.lo, a.hi], "p_best": a.p_best, "control": a.control,
                              "teacher_labels": a.teacher_labels, "student_labels": a.student_labels,
-                             "compute_tokens": a.compute_tokens,
+                             "compute_tokens": a.compute_tokens, "same_as": a.same_as,
                              "marginal_per_1k_labels": a.marginal_per_1k} for a in self.arms},
             "recommendation": {"arm": r.arm, "p_best": r.p_best, "teacher_labels": r.teacher_labels,
                                "student_labels": r.student_labels, "runner_up": r.runner_up,
@@ -214,8 +215,9 @@ class _Setup:
             return np.zeros(self.draws)
         return self._rng("delta", key).standard_normal(self.draws) * self.sd_delta
 
-    def eps(self, name: str, acc_D: np.ndarray) -> np.ndarray:
-        """Measurement noise of one evaluation of `name` (shape of acc_D, first axis D)."""
+    def eps(self, name, acc_D: np.ndarray) -> np.ndarray:
+        """Measurement noise of one evaluation (shape of acc_D, first axis D); `name` identifies the run:
+        in a plan, the effective configuration (two arms that are the same experiment are one run)."""
         scn = self.fit.scenario
         se_D = self.vals[f"benchmarks.{self.bench}.eval_se"][1:]
         n_p = scn.get(f"benchmarks.{self.bench}.n_problems").value if scn.has(
@@ -225,10 +227,11 @@ class _Setup:
         z = self._rng("eps", name).standard_normal(acc_D.shape[0])
         return z.reshape(z.shape + (1,) * (acc_D.ndim - 1)) * se
 
-    def predictive(self, name: str, key: tuple, acc_D: np.ndarray) -> np.ndarray:
-        """Draws of a measured accuracy: model draw + structural error + measurement noise."""
+    def predictive(self, key: tuple, acc_D: np.ndarray) -> np.ndarray:
+        """Draws of a measured accuracy of the experiment `key`: model draw + structural error +
+        measurement noise."""
         d = self.delta(key)
-        return acc_D + d.reshape(d.shape + (1,) * (acc_D.ndim - 1)) + self.eps(name, acc_D)
+        return acc_D + d.reshape(d.shape + (1,) * (acc_D.ndim - 1)) + self.eps(key, acc_D)
 
 
 def _setup(scn: Scenario, benchmark: str | None) -> _Setup:
@@ -346,15 +349,23 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
         point[name] = curves[name][:, s_best] if arm.splits_labels else predict_arm(world, arm, n)[..., b]
         accts[name] = arm.labels(n, t_best if arm.splits_labels else None)
         keys[name] = config_key(arm, accts[name])
-        pred[name] = st.predictive(name, keys[name], point[name][1:])
+        pred[name] = st.predictive(keys[name], point[name][1:])
 
+    # decisions are between experiments: arms that run the same stages on the same labels (e.g. the
+    # RL-teacher bridge with 0 labels is the raw-teacher bridge) are one choice, named by the first of
+    # them in the registry; controls are never candidates
     cands = [a for a in names if not ARMS[a].control]
-    pred_DC = np.stack([pred[a] for a in cands], -1)
-    p_best_C = _p_best(pred_DC, st.n_eff)
-    mean_C = pred_DC.mean(0)
-    order = list(np.lexsort((-mean_C, -p_best_C)))
-    rec_name = cands[order[0]]
-    ru_name = cands[order[1]] if len(cands) > 1 else None
+    exps: list[str] = []  # representative arm of each distinct experiment, registry order
+    for a in cands:
+        if all(keys[e] != keys[a] for e in exps):
+            exps.append(a)
+    rep = {a: next(e for e in exps if keys[e] == keys[a]) for a in names if keys[a] in {keys[e] for e in exps}}
+    pred_DE = np.stack([pred[e] for e in exps], -1)
+    p_best_E = _p_best(pred_DE, st.n_eff)
+    order = list(np.lexsort((-pred_DE.mean(0), -p_best_E)))
+    rec_name = exps[order[0]]
+    ru_name = exps[order[1]] if len(exps) > 1 else None
+    p_of = {e: float(p_best_E[i]) for i, e in enumerate(exps)}
 
     # marginal value of more labels at the same teacher share, MAP model (a backward step at the maximum)
     h = max(1, int(round(0.01 * n)))
@@ -368,12 +379,13 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
         tl_h = int(round((t_best / n if n else frac_S[s_best]) * (n + h))) if arm.splits_labels else None
         a_h = predict_arm(map_world, arm, n + h, tl_h)[..., b][0]
         lo, hi = _interval(pred[name])
-        pb = float(p_best_C[cands.index(name)]) if name in cands else None
+        pb = p_of[rep[name]] if name in cands else None
         preds.append(ArmPrediction(
             arm=name, accuracy=float(point[name][0]), lo=float(lo), hi=float(hi), p_best=pb,
             teacher_labels=acct.teacher, student_labels=acct.student,
             marginal_per_1k=float((a_h - point[name][0]) / h * 1000.0), control=arm.control,
-            compute_tokens=int(arm.total_compute_tokens(n, compute, t_best if arm.splits_labels else None))))
+            compute_tokens=int(arm.total_compute_tokens(n, compute, t_best if arm.splits_labels else None)),
+            same_as=rep.get(name) if rep.get(name, name) != name else None))
     by = {p.arm: p for p in preds}
 
     gap_lo = gap_hi = gap_mean = 0.0
@@ -397,8 +409,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
         pred_DS = np.empty_like(c[1:])
         for j, t in enumerate(tl_S):
             key = config_key(arm, arm.labels(n, int(t)))
-            pred_DS[:, j] = c[1:, j] + st.delta(key)
-        pred_DS = pred_DS + st.eps(name, c[1:])
+            pred_DS[:, j] = c[1:, j] + st.delta(key) + st.eps(key, c[1:, j])
         lo, hi = _interval(pred_DS)
         split_curves.append((name, tuple(map(float, c[0])), tuple(map(float, lo)), tuple(map(float, hi))))
 
@@ -457,7 +468,8 @@ def _config_pred(st: _Setup, arm_name: str, n: int, tl, n_seeds: int = 1):
     acct = arm.labels(n, tl)
     acc_R = predict_arm(st.world, arm, n, tl)[..., st.b]
     key = config_key(arm, acct)
-    pred_D = acc_R[1:] + st.delta(key) + st.eps(f"{arm_name}/{n}/{tl}", acc_R[1:]) / np.sqrt(n_seeds)
+    # a separate run per configuration asked for: its own measurement noise
+    pred_D = acc_R[1:] + st.delta(key) + st.eps((key, arm_name, n, tl), acc_R[1:]) / np.sqrt(n_seeds)
     return arm, n, acct, acc_R, pred_D
 
 
@@ -550,7 +562,7 @@ def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: flo
         for name, arm in ARMS.items():
             tl = int(round(teacher_fraction * n)) if arm.splits_labels else None
             acc = predict_arm(st.world, arm, n, tl)[..., st.b]
-            pred = st.predictive(name, config_key(arm, arm.labels(n, tl)), acc[1:])
+            pred = st.predictive(config_key(arm, arm.labels(n, tl)), acc[1:])
             lo, hi = _interval(pred)
             rows.append({"labels": n, "arm": name, "accuracy": float(acc[0]), "lo": float(lo), "hi": float(hi)})
     return pd.DataFrame(rows)
