@@ -97,8 +97,12 @@ def cmd_plan(args) -> int:
     from budget_planner.planner import plan
     from theory.scenario import load_scenario
 
+    from budget_planner import fitcache
+
     scn = load_scenario(args.scenario)
+    fitcache.warm(scn)
     pl = plan(scn, labels=args.labels, benchmark=args.benchmark)
+    fitcache.store(scn)
     print(_fmt_plan(pl))
     if args.json:
         _write_atomic(args.json, json.dumps(pl.to_dict(), indent=2))

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from theory import irt
 from theory.arms import ARMS, MAX_LABELS, Arm, check_budget
@@ -34,6 +33,9 @@ from theory.informativeness import (
     signal_size_avg,
 )
 from theory.scenario import Scenario, load_scenario
+from theory._lazy import LazyModule
+
+pd = LazyModule("pandas")
 
 SCHEMA_VERSION = 2  # 2: control arms, recommendation runner_up/gap/separable, ceiling, extrapolation
 SPLIT_STEP = 0.01

@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
 
 
+@pytest.fixture(autouse=True)
+def _private_fit_cache(tmp_path_factory, monkeypatch):
+    """The CLI caches calibrations on disk (budget_planner/fitcache.py): keep the tests' out of $HOME."""
+    monkeypatch.setenv("SPARSE2DENSE_CACHE", str(tmp_path_factory.getbasetemp() / "fitcache"))
+
+
 def run_subprocess(*args):
     """The real entry point in a fresh interpreter (used where import-time behaviour matters)."""
     return subprocess.run([sys.executable, "-m", "budget_planner.cli", *args], capture_output=True, text=True,
@@ -124,3 +130,40 @@ def test_theory_and_planner_never_import_torch():
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_fit_cache_round_trip_gives_the_same_plan(tmp_path, monkeypatch):
+    from budget_planner import fitcache
+    from theory.calibrate import _CACHE
+    from theory.scenario import load_scenario
+    monkeypatch.setenv("SPARSE2DENSE_CACHE", str(tmp_path))
+    first = run("plan", "--scenario", "weak-teacher", "--labels", "3000")
+    assert first.returncode == 0 and len(list(tmp_path.glob("fit-*.npz"))) == 1
+    scn = load_scenario("weak-teacher")
+    _CACHE.pop(scn.key(), None)
+    assert fitcache.warm(scn)  # read back from disk, not recalibrated
+    again = run("plan", "--scenario", "weak-teacher", "--labels", "3000")
+    assert again.stdout == first.stdout
+    # a damaged cache file is ignored: the plan recalibrates
+    for f in tmp_path.glob("fit-*.npz"):
+        f.write_bytes(b"not a cache")
+    _CACHE.pop(scn.key(), None)
+    assert not fitcache.warm(scn)
+    assert run("plan", "--scenario", "weak-teacher", "--labels", "3000").stdout == first.stdout
+    monkeypatch.setenv("SPARSE2DENSE_CACHE", "off")
+    assert fitcache.cache_dir() is None
+
+
+def test_maximum_budget_and_next_step_of_the_cli():
+    r = run("plan", "--scenario", "paper-qwen3-math", "--labels", "10000000")
+    assert r.returncode == 0, r.stderr
+    assert "exceeds the dataset" in r.stdout and "extrapolation" in r.stdout
+    r = run("plan", "--scenario", "paper-qwen3-math", "--labels", "100000")
+    assert "exceeds the dataset's 17000 distinct problems" in r.stdout
+    assert_one_line_error(run("plan", "--scenario", "paper-qwen3-math", "--labels", "10000001"), "maximum")
+
+
+def test_toss_up_names_the_cheaper_arm():
+    r = run("plan", "--scenario", "paper-qwen3-math", "--labels", "0")
+    assert r.returncode == 0
+    assert "toss-up:" in r.stdout and ("the cheaper is" in r.stdout or "both cost" in r.stdout)

@@ -20,14 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-from scipy import optimize, special
+from scipy import special
 
 from theory import irt
 from theory.arms import ARMS, Stage
 from theory.dynamics import Policy, Rates, World, predict_arm
 from theory.errors import InputError
 from theory.scenario import Scenario, Tagged
+from theory._lazy import LazyModule
+
+pd = LazyModule("pandas")
+optimize = LazyModule("scipy.optimize")
 
 _EPS = 1e-6
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
-from scipy import optimize
 
 from theory.arms import Arm, LabelAccount, Stage, Teacher
+from theory._lazy import LazyModule
+
+pd = LazyModule("pandas")
+optimize = LazyModule("scipy.optimize")
 
 # Learned by `python scripts/loo_audit.py` on paper-qwen3-math (leave-one-out over its 10 published
 # numbers; docs/theory.md section 9). The default for scenarios that do not state `inputs.discrepancy_sd`.
