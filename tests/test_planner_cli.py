@@ -167,3 +167,18 @@ def test_toss_up_names_the_cheaper_arm():
     r = run("plan", "--scenario", "paper-qwen3-math", "--labels", "0")
     assert r.returncode == 0
     assert "toss-up:" in r.stdout and ("the cheaper is" in r.stdout or "both cost" in r.stdout)
+
+
+def test_calibrate_from_another_stack_worked_example(tmp_path):
+    """docs/examples/other_stack: the CSV template a foreign training stack fills in, end to end."""
+    ex = EXAMPLES / "other_stack"
+    out = tmp_path / "my.toml"
+    r = run("calibrate", "--runs", str(ex / "runs.csv"), "--problems", str(ex / "problems.csv"),
+            "--student", "my-0.5b", "--teacher", "my-3b", "--benchmark", "my_eval", "--name", "my-stack",
+            "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "4 observations" in r.stdout
+    r = run("plan", "--scenario", str(out), "--labels", "4000")
+    assert r.returncode == 0, r.stderr
+    assert "outside the calibrated range [500, 2000]" in r.stdout
+    assert "recommended:" in r.stdout and "runner-up:" in r.stdout
