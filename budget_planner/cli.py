@@ -93,6 +93,20 @@ def _fmt_plan(pl) -> str:
     return "\n".join(lines)
 
 
+def _fmt_next(nx: dict) -> str:
+    lines = [f"what to measure next: expected regret of deciding now {nx['expected_regret']:.2f} points "
+             "(expected reduction per pilot measurement; tokens generated + trained)",
+             f"  {'measurement':<26} {'pilot tokens':>12} {'regret reduction':>16} {'per 1e9 tokens':>14}  what"]
+    for r in nx["rows"]:
+        lines.append(f"  {r['measurement']:<26} {_tokens(r['cost_tokens']):>12} {r['regret_reduction']:16.3f} "
+                     f"{r['per_1e9_tokens']:14.3f}  {r['description']}")
+    if nx["best"] is None:
+        lines.append("measure next: nothing listed is expected to change the decision")
+    else:
+        lines.append(f"measure next: {nx['best']}")
+    return "\n".join(lines)
+
+
 def cmd_plan(args) -> int:
     from budget_planner.planner import plan
     from theory.scenario import load_scenario
@@ -104,8 +118,14 @@ def cmd_plan(args) -> int:
     pl = plan(scn, labels=args.labels, benchmark=args.benchmark)
     fitcache.store(scn)
     print(_fmt_plan(pl))
+    out = pl.to_dict()
+    if args.next:
+        from budget_planner.nextstep import next_measurement
+        nx = next_measurement(scn, pl.labels, benchmark=args.benchmark)
+        print(_fmt_next(nx))
+        out["next"] = nx
     if args.json:
-        _write_atomic(args.json, json.dumps(pl.to_dict(), indent=2))
+        _write_atomic(args.json, json.dumps(out, indent=2))
         print(f"wrote {args.json}")
     if args.plot:
         if Path(args.plot).parent and not Path(args.plot).parent.exists():
@@ -223,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--benchmark", default=None, help="benchmark to plan for (default: the scenario's target)")
     sp.add_argument("--json", default=None, help="write the plan as JSON here")
     sp.add_argument("--plot", default=None, help="write a PNG with accuracy vs split and vs N")
+    sp.add_argument("--next", action="store_true",
+                    help="rank the pilot measurements by expected reduction in decision regret per pilot token")
     sp.set_defaults(func=cmd_plan)
     sc = sub.add_parser("scenarios", help="list the preset scenarios")
     sc.set_defaults(func=cmd_scenarios)

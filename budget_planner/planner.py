@@ -573,3 +573,4 @@ def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: flo
 def arms_used() -> dict[str, Arm]:
     """The registry the planner evaluates (a test checks it is `theory.arms.ARMS` itself)."""
     return ARMS
+

@@ -182,3 +182,12 @@ def test_calibrate_from_another_stack_worked_example(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "outside the calibrated range [500, 2000]" in r.stdout
     assert "recommended:" in r.stdout and "runner-up:" in r.stdout
+
+
+def test_plan_next_prints_and_writes_the_measurement_ranking(tmp_path):
+    out = tmp_path / "p.json"
+    r = run("plan", "--scenario", "weak-teacher", "--next", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "what to measure next" in r.stdout and "measure next:" in r.stdout
+    d = json.loads(out.read_text())
+    assert d["next"]["rows"] and d["next"]["best"] in {row["measurement"] for row in d["next"]["rows"]}
