@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from theory.discrepancy import audit, discrepancy_sd
+from theory.discrepancy import audit, discrepancy_sd, learn_sd, sd_upper
 from theory.errors import InputError
 from theory.scenario import load_scenario
 
@@ -46,6 +46,9 @@ def main(argv=None) -> int:
                   f"{r.predicted:.1f} | [{r.lo90:.1f}, {r.hi90:.1f}] | {r.residual:+.1f} | {r.z:+.2f} |")
     else:
         print(t.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    v = table["se"] ** 2 + table["var"]
+    print(f"sigma_delta from these residuals: ML {learn_sd(table['residual'], v, estimate='ml'):.2f}, posterior mean "
+          f"{learn_sd(table['residual'], v):.2f}, 90% upper {sd_upper(table['residual'], v):.2f} points")
     print(f"mean |residual| {table['residual'].abs().mean():.2f} points, RMS {np.sqrt((table['residual']**2).mean()):.2f}; "
           f"{int(inside.sum())} of {len(table)} inside their 90% LOO interval; mean z^2 {np.mean(table['z']**2):.2f}")
 

@@ -155,7 +155,6 @@ def audit(scn, rounds: int = 3) -> tuple[float, pd.DataFrame]:
         s = with_sd(scn, sd, "leave-one-out fixed point")
         table = leave_one_out(s)
         new = learn_sd(table["residual"], table["se"] ** 2 + table["var"])
-        print(f"  sigma_delta {sd:.2f} -> {new:.2f} (ML {learn_sd(table['residual'], table['se']**2 + table['var'], estimate='ml'):.2f})")
         if abs(new - sd) < 0.05:
             sd = new
             break
