@@ -121,12 +121,17 @@ def test_calibrate_bad_tables(tmp_path):
 
 
 def test_theory_and_planner_never_import_torch():
-    code = ("import sys, theory, theory.irt, theory.dynamics, theory.calibrate, theory.informativeness, "
-            "theory.scenario, budget_planner, budget_planner.cli\n"
+    code = ("import importlib, pkgutil, sys, theory, budget_planner\n"
+            "for pkg in (theory, budget_planner):\n"
+            "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+            "        importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
             "from budget_planner import plan\n"
+            "from budget_planner.nextstep import next_measurement\n"
             "p = plan('paper-qwen3-math', labels=3000)\n"
+            "next_measurement('weak-teacher', 3000)\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "assert 'seaborn' not in sys.modules, 'seaborn imported outside plot()'\n"
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported outside plot()'\n"
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
