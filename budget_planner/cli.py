@@ -74,8 +74,10 @@ def _fmt_plan(pl) -> str:
                 cost = f"both cost {_tokens(tok[r.arm])} training tokens"
             else:
                 other = r.runner_up if r.cheaper == r.arm else r.arm
-                cost = (f"the cheaper is {r.cheaper} ({_tokens(tok[r.cheaper])} vs {_tokens(tok[other])} "
-                        "training tokens)")
+                a, b = _tokens(tok[r.cheaper]), _tokens(tok[other])
+                if a == b:  # too close for the short form
+                    a, b = f"{tok[r.cheaper]:,}", f"{tok[other]:,}"
+                cost = f"the cheaper is {r.cheaper} ({a} vs {b} training tokens)"
             lines.append(f"toss-up: {r.arm} and {r.runner_up} cannot be told apart (the gap interval contains 0); "
                          f"{cost}")
     if pl.ceiling is not None:
