@@ -208,7 +208,7 @@ def _named_normals(names, n: int, seed: int, round_: int) -> np.ndarray:
 
 
 def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3, names=None,
-                         seed: int = 0) -> tuple[np.ndarray, float]:
+                         seed: int = 0) -> tuple[np.ndarray, float, int]:
     """Posterior draws by adaptive importance sampling, then systematic resampling to n_keep.
 
     Round 0 proposes from the Laplace Gaussian N(z_MAP, IS_WIDEN^2 Cov); weights are
@@ -219,17 +219,23 @@ def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3,
     Why not plain Laplace draws: the bridge's tau saturates (phi_o near 1), so the MAP sits where the
     Jacobian is flat; Gaussian draws then fall on the concave side and a quantity fitted to +-0.9
     points got a 10-point-wide interval. Weighting by the exact posterior repairs that.
-    Returns the draws and the ESS of the final weights.
+    The rounds' draws are pooled at the end when that raises the ESS (each is weighted against its own
+    proposal). Returns the draws, the ESS of the weights they were resampled with, and how many
+    proposal draws those weights cover.
     """
     P = len(z_map)
     mean, C = z_map, cov * IS_WIDEN**2
+    pool_z, pool_logw = [], []
     for round_ in range(rounds):
         L = np.linalg.cholesky(C + 1e-10 * np.eye(P))
         eps = (rng.standard_normal((IS_FACTOR * n_keep, P)) if names is None
                else _named_normals(names, IS_FACTOR * n_keep, seed, round_))
         z = mean[None, :] + eps @ L.T
-        logw = -0.5 * np.sum(resid_R(z) ** 2, -1) + 0.5 * np.sum(eps**2, -1)
+        # log target - log q (q's normalising constant kept, so rounds can be pooled)
+        logw = -0.5 * np.sum(resid_R(z) ** 2, -1) + 0.5 * np.sum(eps**2, -1) + np.sum(np.log(np.diag(L)))
         logw = np.where(np.isfinite(logw), logw, -np.inf)
+        pool_z.append(z)
+        pool_logw.append(logw)
         w = np.exp(logw - logw.max())
         w /= w.sum()
         ess = float(1.0 / np.sum(w**2))
@@ -238,9 +244,18 @@ def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3,
         mean = w @ z
         d = z - mean
         C = (d * w[:, None]).T @ d * IS_WIDEN**2 + 0.05 * cov  # keep a floor of the Laplace spread
+    if len(pool_z) > 1:
+        # every round's draws are properly weighted samples of the same posterior: pooling them keeps
+        # the work of the early rounds (used when it raises the effective sample size)
+        zz, lw = np.concatenate(pool_z), np.concatenate(pool_logw)
+        ww = np.exp(lw - lw.max())
+        ww /= ww.sum()
+        ess_pool = float(1.0 / np.sum(ww**2))
+        if ess_pool > ess:
+            z, w, ess = zz, ww, ess_pool
     u = (rng.random() + np.arange(n_keep)) / n_keep
     idx = np.minimum(np.searchsorted(np.cumsum(w), u), len(w) - 1)
-    return z[idx], ess
+    return z[idx], ess, len(w)
 
 
 def fit_scenario(scn: Scenario) -> Fit:
@@ -317,9 +332,10 @@ def _fit(scn: Scenario) -> Fit:
     rng = np.random.default_rng(scn.seed)
     ess = float("nan")
     if len(names):
-        z_draws, ess = _importance_resample(resid_R, z_map, cov, scn.draws, rng, names=names, seed=scn.seed)
+        z_draws, ess, n_prop = _importance_resample(resid_R, z_map, cov, scn.draws, rng, names=names,
+                                                    seed=scn.seed)
         if ess < scn.draws / 4:
-            warnings.append(f"importance resampling kept an effective {ess:.0f} of {IS_FACTOR * scn.draws} "
+            warnings.append(f"importance resampling kept an effective {ess:.0f} of {n_prop} "
                             "proposal draws: intervals are approximate")
     else:
         z_draws = np.zeros((scn.draws, 0))
