@@ -576,6 +576,10 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
         "rates": {**{k: borrowed.get(f"rates.{k}", {"value": v, "tag": "assumed", "sd": sd, "why": why})
                      for k, (v, sd, why) in _PILOT_PRIORS.items()},
                   **{k.split(".", 1)[1]: v for k, v in borrowed.items() if k in ("rates.cost_fkl", "rates.cost_opd")},
+                  "kappa_ratio": borrowed.get("rates.kappa_ratio", {
+                      "value": 1.0, "tag": "assumed", "sd": 0.5,
+                      "why": "teacher / student GRPO efficiency: tied at 1 (one recipe for both); observations "
+                             "of both GRPO stages can move it"}),
                   **stage_costs(fit, student, src)},
         "benchmarks": {benchmark: {"s_d": {"value": float(fit.s_d), "tag": "measured", "source": src,
                                            "sd": float(np.clip(fit.s_d_se / fit.s_d, 1e-3, 10))},
