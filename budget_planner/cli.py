@@ -110,10 +110,9 @@ def _fmt_next(nx: dict) -> str:
 
 
 def cmd_plan(args) -> int:
+    from budget_planner import fitcache
     from budget_planner.planner import plan
     from theory.scenario import load_scenario
-
-    from budget_planner import fitcache
 
     scn = load_scenario(args.scenario)
     fitcache.warm(scn)

@@ -14,8 +14,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from budget_planner.planner import ARMS, _setup, _Setup, best_split, check_budget, config_key, predict_arm
+from budget_planner.planner import ARMS, _Setup, _setup, best_split, check_budget, config_key, predict_arm
 from theory.scenario import Scenario, load_scenario
+
 PILOT_SHARE = 0.1  # a pilot run uses a tenth of the budget's labels (at least 100, at most the budget)
 
 
@@ -96,7 +97,8 @@ def _perturbation(key: tuple, bias: dict) -> float:
     if key == ():
         return 0.0
     stages = set(key[0])
-    return (bias["bridge"] if stages & _BRIDGE_STAGES else 0.0) + (bias["student_grpo"] if "student_grpo" in stages else 0.0)
+    shift = bias["bridge"] if stages & _BRIDGE_STAGES else 0.0
+    return shift + (bias["student_grpo"] if "student_grpo" in stages else 0.0)
 
 
 def simulate_worlds(scenario: Scenario | str, labels: int | None = None, *, n_worlds: int = 256,
@@ -125,8 +127,9 @@ def simulate_worlds(scenario: Scenario | str, labels: int | None = None, *, n_wo
     ms_b = pilot_measurements(belief, n)
     ms_t = {m.name: m for m in pilot_measurements(truth, n)}
     # true experiment values: the truth draw's model + its structural error (same experiments)
-    true_DA = np.stack([predict_arm(truth.world, ARMS[e], n, t_best if ARMS[e].splits_labels else None)[..., truth.b][1:]
-                        + truth.delta(keys[e]) for e in exps], -1)
+    true_DA = np.stack([
+        predict_arm(truth.world, ARMS[e], n, t_best if ARMS[e].splits_labels else None)[..., truth.b][1:]
+        + truth.delta(keys[e]) for e in exps], -1)
     pilot_keys = {}
     for m in ms_b:
         if m.name.endswith("_pilot"):
@@ -178,6 +181,7 @@ def simulate_worlds(scenario: Scenario | str, labels: int | None = None, *, n_wo
     return {"n_worlds": n_worlds, "budget_tokens": budget, "labels": n,
             "regret_none": float(np.mean(out["none"])), "regret_voi": float(np.mean(out["voi"])),
             "regret_random": float(np.mean(out["random"])), "diff_mean": float(diff.mean()),
-            "final_regret_voi": float(np.mean(out["final_voi"])), "final_regret_random": float(np.mean(out["final_random"])),
+            "final_regret_voi": float(np.mean(out["final_voi"])),
+            "final_regret_random": float(np.mean(out["final_random"])),
             "diff_ci": [float(lo), float(hi)], "diff_mean_perturbed": float(diff[pert].mean()) if pert.any() else None,
             "n_perturbed": int(pert.sum()), "first_voi": out["first_voi"], "first_random": out["first_random"]}

@@ -23,17 +23,21 @@ from pathlib import Path
 import numpy as np
 
 from theory import irt
+from theory._lazy import LazyModule
 from theory.arms import ARMS, MAX_LABELS, Arm, check_budget
 from theory.calibrate import Fit, build_world, fit_scenario, values_from_z
 from theory.discrepancy import config_key, discrepancy_sd, measurement_sd
 from theory.dynamics import predict_arm, predict_teacher
 from theory.errors import InputError
 from theory.informativeness import (
-    ConditionCheck, bits_per_label_avg, check_conditions, dense_nats_per_prompt, signal_fraction_avg,
+    ConditionCheck,
+    bits_per_label_avg,
+    check_conditions,
+    dense_nats_per_prompt,
+    signal_fraction_avg,
     signal_size_avg,
 )
 from theory.scenario import Scenario, load_scenario
-from theory._lazy import LazyModule
 
 pd = LazyModule("pandas")
 

@@ -140,9 +140,10 @@ _BAD = re.compile(r";\s*;|,\s*,|;\s*$|,\s*$|\(\s*\)|''s|:\s*$|\|\s*\|")
 
 
 def test_no_empty_fields_or_doubled_separators():
-    from budget_planner.cli import _fmt_plan, main
     import contextlib
     import io
+
+    from budget_planner.cli import _fmt_plan, main
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["scenarios"]) == 0

@@ -23,11 +23,11 @@ import numpy as np
 from scipy import special
 
 from theory import irt
+from theory._lazy import LazyModule
 from theory.arms import ARMS, Stage
 from theory.dynamics import Policy, Rates, World, predict_arm
 from theory.errors import InputError
 from theory.scenario import Scenario, Tagged
-from theory._lazy import LazyModule
 
 pd = LazyModule("pandas")
 optimize = LazyModule("scipy.optimize")

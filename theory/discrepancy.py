@@ -21,8 +21,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from theory.arms import Arm, LabelAccount, Stage, Teacher
 from theory._lazy import LazyModule
+from theory.arms import Arm, LabelAccount, Stage, Teacher
 
 pd = LazyModule("pandas")
 optimize = LazyModule("scipy.optimize")

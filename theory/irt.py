@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import special
 
-from theory.errors import InputError
 from theory._lazy import LazyModule
+from theory.errors import InputError
 
 pd = LazyModule("pandas")
 optimize = LazyModule("scipy.optimize")
