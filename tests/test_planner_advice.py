@@ -152,3 +152,26 @@ def test_no_empty_fields_or_doubled_separators():
             out.write(_fmt_plan(plan(name, labels=n)) + "\n")
     for line in out.getvalue().splitlines():
         assert not _BAD.search(line), line
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (("ceiling = { value = 92.0,", "ceiling = { value = 70.0,"), "must lie above the model's start"),
+    (("ceiling = { value = 92.0,", "ceiling = { value = 100.0,"), "strictly inside (0, 100)"),
+    (("kappa_ratio = { value = 1.0,", "kappa_ratio = { value = -1.0,"), "must be > 0"),
+    (('n_problems = { value = 500,', 'n_problems = { value = 500.5,'), "whole number"),
+])
+def test_bad_new_inputs_are_one_line_errors(tmp_path, edit, needle):
+    import contextlib
+    import io
+    from pathlib import Path
+
+    from budget_planner.cli import main
+    text = (Path(__file__).resolve().parent.parent / "budget_planner/scenarios/paper-qwen3-math.toml").read_text()
+    assert edit[0] in text
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace(edit[0], edit[1], 1))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["plan", "--scenario", str(bad), "--next"])
+    lines = err.getvalue().strip().splitlines()
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
