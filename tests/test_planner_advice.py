@@ -127,7 +127,7 @@ def test_kappa_ratio_sensitivity_moves_the_split():
 
 
 def test_plan_json_has_schema_and_decision_fields():
-    d = json.loads(json.dumps(plan("paper-qwen3-math").to_dict()))
+    d = json.loads(json.dumps(plan("paper-qwen3-math").to_dict(), allow_nan=False))
     assert d["schema_version"] == SCHEMA_VERSION
     r = d["recommendation"]
     assert {"arm", "p_best", "teacher_labels", "student_labels", "runner_up", "gap", "separable",
