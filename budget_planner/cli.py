@@ -49,16 +49,49 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, p)
 
 
+def _tokens(n: int) -> str:
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
 def _fmt_plan(pl) -> str:
     lines = [f"scenario {pl.scenario}: {pl.benchmark} accuracy (%) with N = {pl.labels} labels",
-             f"{'arm':<26} {'accuracy':>8}  {'95% interval':>15}  {'p_best':>6}  {'teacher/student labels':>22}"
-             f"  {'+acc per 1k labels':>18}"]
+             f"{'arm':<26} {'accuracy':>8}  {'95% interval':>15}  {'p_best':>7}  {'teacher/student labels':>22}"
+             f"  {'+acc per 1k labels':>18}  {'train tokens':>12}"]
     for a in pl.arms:
-        lines.append(f"{a.arm:<26} {a.accuracy:8.1f}  [{a.lo:5.1f}, {a.hi:5.1f}]  {a.p_best:6.2f}  "
-                     f"{a.teacher_labels:>10}/{a.student_labels:<11}  {a.marginal_per_1k:18.2f}")
+        pb = "control" if a.p_best is None else f"{a.p_best:7.2f}"
+        lines.append(f"{a.arm:<26} {a.accuracy:8.1f}  [{a.lo:5.1f}, {a.hi:5.1f}]  {pb:>7}  "
+                     f"{a.teacher_labels:>10}/{a.student_labels:<11}  {a.marginal_per_1k:18.2f}  "
+                     f"{_tokens(a.compute_tokens):>12}" + (f"  = {a.same_as} here" if a.same_as else ""))
     r = pl.recommendation
     lines.append(f"recommended: {r.arm} (p_best {r.p_best:.2f}) with {r.teacher_labels} teacher / "
                  f"{r.student_labels} student labels")
+    if r.runner_up is not None:
+        lines.append(f"runner-up: {r.runner_up}; gap (recommended - runner-up) {r.gap_mean:+.1f} points, "
+                     f"90% interval [{r.gap_lo:+.1f}, {r.gap_hi:+.1f}]")
+        if r.separable:
+            lines.append("separable: the gap interval excludes 0")
+        else:
+            tok = {a.arm: a.compute_tokens for a in pl.arms}
+            if tok[r.arm] == tok[r.runner_up]:
+                cost = f"both cost {_tokens(tok[r.arm])} training tokens"
+            else:
+                other = r.runner_up if r.cheaper == r.arm else r.arm
+                a, b = _tokens(tok[r.cheaper]), _tokens(tok[other])
+                if a == b:  # too close for the short form
+                    a, b = f"{tok[r.cheaper]:,}", f"{tok[other]:,}"
+                cost = f"the cheaper is {r.cheaper} ({a} vs {b} training tokens)"
+            lines.append(f"toss-up: {r.arm} and {r.runner_up} cannot be told apart (the gap interval contains 0); "
+                         f"{cost}")
+    if pl.ceiling is not None:
+        c = pl.ceiling
+        lines.append(f"ceiling: student on {pl.benchmark} {c['map']:.1f}% given compliance, 95% "
+                     f"[{c['ci'][0]:.1f}, {c['ci'][1]:.1f}] ({c['tag']} {c['stated']:.0f})")
+    u = pl.uncertainty
+    lines.append(f"uncertainty: structural error sd {u['discrepancy_sd']:.1f} points, measurement sd "
+                 f"{u['measurement_sd']:.1f} points, {u['effective_draws']:.0f} effective of {u['draws']} draws")
     n_assumed = sum(1 for i in pl.inputs if i["tag"] == "assumed")
     lines.append(f"inputs: {len(pl.inputs)} ({n_assumed} assumed, {pl.n_fitted} fitted); "
                  "`explain` lists them with sources")
@@ -67,15 +100,38 @@ def _fmt_plan(pl) -> str:
     return "\n".join(lines)
 
 
+def _fmt_next(nx: dict) -> str:
+    lines = [f"what to measure next: expected regret of deciding now {nx['expected_regret']:.2f} points "
+             "(expected reduction per pilot measurement; tokens generated + trained)",
+             f"  {'measurement':<26} {'pilot tokens':>12} {'regret reduction':>16} {'per 1e9 tokens':>14}  what"]
+    for r in nx["rows"]:
+        lines.append(f"  {r['measurement']:<26} {_tokens(r['cost_tokens']):>12} {r['regret_reduction']:16.3f} "
+                     f"{r['per_1e9_tokens']:14.3f}  {r['description']}")
+    if nx["best"] is None:
+        lines.append("measure next: nothing listed is expected to change the decision")
+    else:
+        lines.append(f"measure next: {nx['best']}")
+    return "\n".join(lines)
+
+
 def cmd_plan(args) -> int:
+    from budget_planner import fitcache
     from budget_planner.planner import plan
     from theory.scenario import load_scenario
 
     scn = load_scenario(args.scenario)
+    fitcache.warm(scn)
     pl = plan(scn, labels=args.labels, benchmark=args.benchmark)
+    fitcache.store(scn)
     print(_fmt_plan(pl))
+    out = pl.to_dict()
+    if args.next:
+        from budget_planner.nextstep import next_measurement
+        nx = next_measurement(scn, pl.labels, benchmark=args.benchmark)
+        print(_fmt_next(nx))
+        out["next"] = nx
     if args.json:
-        _write_atomic(args.json, json.dumps(pl.to_dict(), indent=2))
+        _write_atomic(args.json, json.dumps(out, indent=2))
         print(f"wrote {args.json}")
     if args.plot:
         if Path(args.plot).parent and not Path(args.plot).parent.exists():
@@ -85,12 +141,18 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _clean(text: str) -> str:
+    """A description without empty fields: 'a; ; b;' -> 'a; b'."""
+    parts = [p.strip() for p in text.split(";")]
+    return "; ".join(p for p in parts if p).replace("''s ", "'s ")
+
+
 def cmd_scenarios(args) -> int:
     from theory.scenario import load_scenario, preset_names
 
     for name in preset_names():
         scn = load_scenario(name)
-        print(f"{name:<24} {scn.description}")
+        print(f"{name:<24} {_clean(scn.description) or '(no description)'}")
     return 0
 
 
@@ -122,6 +184,12 @@ def cmd_explain(args) -> int:
         else:
             print(f"  {row['input']:<52} {row['tag']:<9} {row['prior']:.4g}  ({row['note']})")
     print(f"  {'compute':<52} {scn.compute_tag:<9} {scn.compute}  ({scn.compute_note})")
+    from budget_planner.planner import split_sensitivity
+    sens = split_sensitivity(scn, pl.labels, benchmark=args.benchmark)
+    share = lambda k: f"{sens[k]['teacher_labels']} teacher labels ({100 * sens[k]['teacher_share']:.0f}%)"  # noqa: E731
+    print(f"\nsplit sensitivity (rl_teacher_bridge_stage3, N = {pl.labels}): best split {share('as_fitted')}; "
+          f"if teacher/student GRPO efficiency kappa_T/kappa_S doubles: {share('ratio_x2')}; "
+          f"if it halves: {share('ratio_x0.5')}")
     print("\nin-sample fit:")
     print(fit.residuals()[["arm", "benchmark", "labels", "observed", "predicted", "lo", "hi"]]
           .to_string(index=False, float_format=lambda v: f"{v:.1f}"))
@@ -189,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", default=None, type=output_file, metavar="PATH", help="write the plan as JSON here")
     sp.add_argument("--plot", default=None, type=output_file, metavar="PATH",
                     help="write a PNG with accuracy vs split and vs N")
+    sp.add_argument("--next", action="store_true",
+                    help="rank the pilot measurements by expected reduction in decision regret per pilot token")
     sp.set_defaults(func=cmd_plan)
     sc = sub.add_parser("scenarios", help="list the preset scenarios", description="List the preset scenarios.",
                         epilog="example:\n  budget-planner scenarios")

@@ -1,36 +1,52 @@
 """plan(scenario, labels=N) -> Plan: where the labels go, what accuracy to expect, how sure we are.
 
 Every arm comes from `theory.arms.ARMS` (the registry); the forward model is `theory.dynamics`, the
-uncertainty is the calibration's (`theory.calibrate.fit_scenario`, cached per scenario).
+parameter uncertainty is the calibration's (`theory.calibrate.fit_scenario`, cached per scenario).
 
-Point predictions are the MAP model's; intervals are 2.5-97.5% of the posterior draws plus the
-benchmark's evaluation noise (they cover a *measured* accuracy); decisions use the draws: p_best is
-the fraction of draws (noise-free) in which an arm is the best, the recommended arm maximises
-p_best, and the recommended split maximises the draw-mean accuracy of rl_teacher_bridge_stage3.
+Point predictions are the MAP model's. Everything else comes from one predictive distribution of a
+*measured* accuracy (docs/theory.md section 9): posterior draws of the model, plus a structural error
+delta (sd learned from leave-one-out residuals; shared by arms that run the same experiment), plus the
+measurement noise of the user's benchmark. Intervals are its 2.5-97.5% quantiles; p_best is the share of
+its draws in which a candidate arm measures best, estimated from the draws the posterior effectively
+rests on (`_p_best`); the recommendation states the runner-up, the gap (90% interval) and whether the
+two are separable. Control arms (`Arm.control`, e.g. replay_control) are predicted and shown, never
+recommended. The recommended split maximises the draw-mean accuracy of rl_teacher_bridge_stage3;
 replay_control is evaluated at that same split (its matched control).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import zlib
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from theory import irt
-from theory.arms import ARMS, Arm, check_budget
-from theory.calibrate import Fit, build_world, fit_scenario, measured_interval, values_from_z
-from theory.dynamics import grpo, predict_arm
+from theory._lazy import LazyModule
+from theory.arms import ARMS, MAX_LABELS, Arm, check_budget
+from theory.calibrate import Fit, build_world, fit_scenario, values_from_z
+from theory.discrepancy import config_key, discrepancy_sd, measurement_sd
+from theory.dynamics import predict_arm, predict_teacher
 from theory.errors import InputError
 from theory.informativeness import (
-    ConditionCheck, bits_per_label_avg, check_conditions, dense_nats_per_prompt, signal_fraction_avg,
+    ConditionCheck,
+    bits_per_label_avg,
+    check_conditions,
+    dense_nats_per_prompt,
+    signal_fraction_avg,
     signal_size_avg,
 )
 from theory.scenario import Scenario, load_scenario
 
+pd = LazyModule("pandas")
+
+SCHEMA_VERSION = 2  # 2: control arms, recommendation runner_up/gap/separable, ceiling, extrapolation
 SPLIT_STEP = 0.01
 STAGE3 = "rl_teacher_bridge_stage3"
+GAP_LEVEL = 0.9
+MIN_ESS = 50  # below this many effective posterior draws the plan warns (p_best is shrunk accordingly)
+COVER_FACTOR = 4  # an observation covers label counts within this factor (and the same zero pattern)
 
 
 @dataclass(frozen=True)
@@ -39,10 +55,13 @@ class ArmPrediction:
     accuracy: float  # percent, MAP model
     lo: float  # 95% predictive interval of a measured accuracy
     hi: float
-    p_best: float
+    p_best: float | None  # None for a control arm (never a candidate)
     teacher_labels: int
     student_labels: int
     marginal_per_1k: float  # d accuracy / d label x 1000 (percent points per 1000 more labels)
+    control: bool = False
+    compute_tokens: int = 0  # training tokens (rollouts + training + teacher scoring), theory.arms.ComputeModel
+    same_as: str | None = None  # at this budget the arm runs the same experiment as this earlier arm
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,13 @@ class Recommendation:
     p_best: float
     teacher_labels: int
     student_labels: int
+    runner_up: str | None = None
+    gap_mean: float = 0.0  # recommended minus runner-up, measured accuracy (points)
+    gap_lo: float = 0.0  # GAP_LEVEL predictive interval
+    gap_hi: float = 0.0
+    separable: bool = False  # the gap interval excludes 0
+    cheaper: str | None = None  # of recommended and runner-up, the one with fewer training tokens
+    extrapolation: bool = False  # no observation covers the recommended configuration
 
 
 @dataclass(frozen=True)
@@ -68,6 +94,8 @@ class Plan:
     warnings: tuple[str, ...]
     n_fitted: int = 0
     chi2: float = 0.0
+    ceiling: dict | None = None  # student's accuracy ceiling on the benchmark: map, ci (95%), stated
+    uncertainty: dict | None = None  # discrepancy sd and source, measurement sd, effective draws
     _scenario_obj: Scenario | None = field(default=None, repr=False, compare=False)
 
     def arm(self, name: str) -> ArmPrediction:
@@ -91,16 +119,23 @@ class Plan:
         return pd.DataFrame(list(self.informativeness))
 
     def to_dict(self) -> dict:
+        r = self.recommendation
         return {
+            "schema_version": SCHEMA_VERSION,
             "scenario": self.scenario,
             "benchmark": self.benchmark,
             "labels": self.labels,
-            "arms": {a.arm: {"accuracy": a.accuracy, "ci": [a.lo, a.hi], "p_best": a.p_best,
+            "arms": {a.arm: {"accuracy": a.accuracy, "ci": [a.lo, a.hi], "p_best": a.p_best, "control": a.control,
                              "teacher_labels": a.teacher_labels, "student_labels": a.student_labels,
+                             "compute_tokens": a.compute_tokens, "same_as": a.same_as,
                              "marginal_per_1k_labels": a.marginal_per_1k} for a in self.arms},
-            "recommendation": {"arm": self.recommendation.arm, "p_best": self.recommendation.p_best,
-                               "teacher_labels": self.recommendation.teacher_labels,
-                               "student_labels": self.recommendation.student_labels},
+            "recommendation": {"arm": r.arm, "p_best": r.p_best, "teacher_labels": r.teacher_labels,
+                               "student_labels": r.student_labels, "runner_up": r.runner_up,
+                               "gap": {"mean": r.gap_mean, "ci": [r.gap_lo, r.gap_hi], "level": GAP_LEVEL},
+                               "separable": r.separable, "cheaper_arm": r.cheaper,
+                               "extrapolation": r.extrapolation},
+            "ceiling": self.ceiling,
+            "uncertainty": self.uncertainty,
             "split_curves": {name: {"teacher_fraction": list(self.split_fractions), "accuracy": list(acc),
                                     "lo": list(lo), "hi": list(hi)} for name, acc, lo, hi in self.split_curves},
             "informativeness": list(self.informativeness),
@@ -160,20 +195,62 @@ def _draws_world(fit: Fit, bench: str):
     return build_world(scn, vals, (bench,)), vals
 
 
-def _noise(fit: Fit, vals, bench: str) -> np.ndarray:
-    rng = np.random.default_rng(fit.scenario.seed + 7)
-    se_D = vals[f"benchmarks.{bench}.eval_se"][1:]
-    return rng.standard_normal(se_D.shape) * se_D
+@dataclass(frozen=True)
+class _Setup:
+    fit: Fit
+    bench: str
+    world: object  # theory.dynamics.World, R = (1 + D,)
+    b: int  # benchmark index in world
+    vals: dict
+    sd_delta: float
+    sd_note: str
+    n_eff: float  # posterior draws the plan effectively rests on: min(D, ESS)
+
+    @property
+    def draws(self) -> int:
+        return len(self.fit.z_draws)
+
+    def _rng(self, *tags) -> np.random.Generator:
+        words = [int(self.fit.scenario.seed)] + [zlib.crc32(repr(t).encode()) for t in tags]
+        return np.random.default_rng(words)
+
+    def delta(self, key: tuple) -> np.ndarray:
+        """Structural error of one effective configuration, per draw (D,): common to every arm and split
+        with this key, stable whatever else the plan evaluates."""
+        if key == ():
+            return np.zeros(self.draws)
+        return self._rng("delta", key).standard_normal(self.draws) * self.sd_delta
+
+    def eps(self, name, acc_D: np.ndarray) -> np.ndarray:
+        """Measurement noise of one evaluation (shape of acc_D, first axis D); `name` identifies the run:
+        in a plan, the effective configuration (two arms that are the same experiment are one run)."""
+        scn = self.fit.scenario
+        se_D = self.vals[f"benchmarks.{self.bench}.eval_se"][1:]
+        n_p = scn.get(f"benchmarks.{self.bench}.n_problems").value if scn.has(
+            f"benchmarks.{self.bench}.n_problems") else None
+        k = scn.get(f"benchmarks.{self.bench}.samples").value if scn.has(f"benchmarks.{self.bench}.samples") else None
+        se = measurement_sd(se_D.reshape(se_D.shape + (1,) * (acc_D.ndim - 1)), acc_D, n_p, k)
+        z = self._rng("eps", name).standard_normal(acc_D.shape[0])
+        return z.reshape(z.shape + (1,) * (acc_D.ndim - 1)) * se
+
+    def predictive(self, key: tuple, acc_D: np.ndarray) -> np.ndarray:
+        """Draws of a measured accuracy of the experiment `key`: model draw + structural error +
+        measurement noise."""
+        d = self.delta(key)
+        return acc_D + d.reshape(d.shape + (1,) * (acc_D.ndim - 1)) + self.eps(key, acc_D)
 
 
-def _setup(scn: Scenario, benchmark: str | None):
-    """(fit, benchmark, draws world, benchmark index, evaluation noise per draw) for one scenario."""
+def _setup(scn: Scenario, benchmark: str | None) -> _Setup:
     bench = benchmark or scn.target_benchmark
     if bench not in scn.benchmarks:
         raise InputError(f"benchmark {bench!r} is not in scenario {scn.name} ({', '.join(scn.benchmarks)})")
     fit = fit_scenario(scn)
     world, vals = _draws_world(fit, bench)
-    return fit, bench, world, world.benchmarks.index(bench), _noise(fit, vals, bench)
+    sd, note = discrepancy_sd(scn)
+    D = len(fit.z_draws)
+    n_eff = float(D) if not np.isfinite(fit.ess) else float(min(D, fit.ess))
+    return _Setup(fit=fit, bench=bench, world=world, b=world.benchmarks.index(bench), vals=vals, sd_delta=sd,
+                  sd_note=note, n_eff=n_eff)
 
 
 def _split_labels(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -181,11 +258,87 @@ def _split_labels(n: int) -> tuple[np.ndarray, np.ndarray]:
     return frac, np.round(frac * n).astype(int)
 
 
+def _interval(pred_D, level: float = 0.95):
+    """Central interval over the draw axis (0) of a measured accuracy, kept inside [0, 100]."""
+    q = 100.0 * np.array([(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    lo, hi = np.percentile(pred_D, q, axis=0)
+    return np.clip(lo, 0.0, 100.0), np.clip(hi, 0.0, 100.0)
+
+
+def _p_best(pred_DA: np.ndarray, n_eff: float) -> np.ndarray:
+    """P(each column measures best). Ties share the credit. The share of draws is an estimate from
+    the n_eff draws the posterior effectively rests on: report its posterior mean under a uniform
+    Dirichlet prior over the K candidates, (count + 1) / (n_eff + K) -- with few effective draws no
+    arm can look certain (with 49 draws and 6 candidates at most 0.91)."""
+    is_best = pred_DA >= pred_DA.max(-1, keepdims=True) - 1e-9
+    share = (is_best / is_best.sum(-1, keepdims=True)).mean(0)
+    K = pred_DA.shape[-1]
+    return (share * n_eff + 1.0) / (n_eff + K)
+
+
+def _covered(scn: Scenario, arm: Arm, acct) -> bool:
+    """Is the configuration (arm's effective experiment at these label counts) within the data? An
+    observation covers it when it runs the same experiment (`config_key`) with each label count within
+    a factor COVER_FACTOR (zero where it is zero)."""
+    key = config_key(arm, acct)
+    for o in scn.observations:
+        n_o = scn.budget if o.labels is None else o.labels
+        oa = ARMS[o.arm]
+        acct_o = oa.labels(n_o, o.teacher_labels if oa.splits_labels else None)
+        if config_key(oa, acct_o) != key:
+            continue
+        ok = True
+        for x, y in ((acct.teacher, acct_o.teacher), (acct.student, acct_o.student)):
+            if (x == 0) != (y == 0) or (x and not 1 / COVER_FACTOR <= x / y <= COVER_FACTOR):
+                ok = False
+        if ok:
+            return True
+    return False
+
+
+def _ceiling(st: _Setup) -> dict | None:
+    """The student's accuracy ceiling on the benchmark (percent, given full compliance): MAP and 95%."""
+    scn = st.fit.scenario
+    path = f"student.benchmarks.{st.bench}.ceiling"
+    if not scn.has(path):
+        return None
+    u = np.asarray(st.world.student.u_B, dtype=float)[..., st.b] * 100.0
+    lo, hi = np.percentile(u[1:], [2.5, 97.5])
+    return {"map": float(u[0]), "ci": [float(lo), float(hi)], "stated": scn.get(path).value,
+            "tag": scn.get(path).tag}
+
+
+def best_split(st: _Setup, n: int, kappa_ratio_factor: float = 1.0) -> int:
+    """Teacher labels of the split maximising the draw-mean accuracy of rl_teacher_bridge_stage3;
+    `kappa_ratio_factor` scales teacher/student GRPO efficiency (for `explain`'s sensitivity line)."""
+    wide = st.world.expand()
+    if kappa_ratio_factor != 1.0:
+        r = wide.rates
+        wide = replace(wide, rates=replace(r, kappa_ratio=np.asarray(r.kappa_ratio, dtype=float) * kappa_ratio_factor))
+    frac_S, tl_S = _split_labels(n)
+    curve = predict_arm(wide, ARMS[STAGE3], n, tl_S)[..., st.b]
+    return int(tl_S[int(np.argmax(curve[1:].mean(0)))])
+
+
+def split_sensitivity(scenario: Scenario | str, labels: int | None = None, *, benchmark: str | None = None) -> dict:
+    """Recommended teacher share of rl_teacher_bridge_stage3 as stated, and if the teacher/student GRPO
+    efficiency ratio kappa_T/kappa_S were doubled or halved (every draw scaled)."""
+    scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    n = scn.budget if labels is None else check_budget(labels)
+    st = _setup(scn, benchmark)
+    out = {}
+    for name, f in (("as_fitted", 1.0), ("ratio_x2", 2.0), ("ratio_x0.5", 0.5)):
+        t = best_split(st, n, f)
+        out[name] = {"teacher_labels": t, "teacher_share": (t / n) if n else 0.0}
+    return out
+
+
 def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str | None = None) -> Plan:
     """Per-arm predictions at a budget of `labels` (default: the scenario's budget). Pure."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     n = scn.budget if labels is None else check_budget(labels)
-    fit, bench, world, b, noise_D = _setup(scn, benchmark)
+    st = _setup(scn, benchmark)
+    fit, bench, world, b = st.fit, st.bench, st.world, st.b
     wide = world.expand()
     frac_S, tl_S = _split_labels(n)
 
@@ -196,58 +349,145 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
             curves[name] = predict_arm(wide, arm, n, tl_S)[..., b]
     s_best = int(np.argmax(curves[STAGE3][1:].mean(0)))
     t_best = int(tl_S[s_best])
+    names = list(ARMS)
+    accts, keys, pred = {}, {}, {}
     for name, arm in ARMS.items():
         point[name] = curves[name][:, s_best] if arm.splits_labels else predict_arm(world, arm, n)[..., b]
+        accts[name] = arm.labels(n, t_best if arm.splits_labels else None)
+        keys[name] = config_key(arm, accts[name])
+        pred[name] = st.predictive(keys[name], point[name][1:])
 
-    names = list(ARMS)
-    acc_DA = np.stack([point[a][1:] for a in names], -1)
-    # ties (e.g. every bridge arm is the same arm at labels=0) share the credit equally
-    is_best_DA = acc_DA >= acc_DA.max(-1, keepdims=True) - 1e-9
-    p_best = (is_best_DA / is_best_DA.sum(-1, keepdims=True)).mean(0)
+    # decisions are between experiments: arms that run the same stages on the same labels (e.g. the
+    # RL-teacher bridge with 0 labels is the raw-teacher bridge) are one choice, named by the first of
+    # them in the registry; controls are never candidates
+    cands = [a for a in names if not ARMS[a].control]
+    exps: list[str] = []  # representative arm of each distinct experiment, registry order
+    for a in cands:
+        if all(keys[e] != keys[a] for e in exps):
+            exps.append(a)
+    rep = {a: next(e for e in exps if keys[e] == keys[a]) for a in names if keys[a] in {keys[e] for e in exps}}
+    pred_DE = np.stack([pred[e] for e in exps], -1)
+    p_best_E = _p_best(pred_DE, st.n_eff)
+    order = list(np.lexsort((-pred_DE.mean(0), -p_best_E)))
+    rec_name = exps[order[0]]
+    ru_name = exps[order[1]] if len(exps) > 1 else None
+    p_of = {e: float(p_best_E[i]) for i, e in enumerate(exps)}
 
-    # marginal value of more labels at the same teacher share, MAP model
+    # marginal value of more labels at the same teacher share, MAP model (a backward step at the maximum)
     h = max(1, int(round(0.01 * n)))
+    if n + h > MAX_LABELS:
+        h = -h
     map_world, map_vals = _map_world(fit, bench)
+    compute = scn.compute
     preds = []
-    for i, (name, arm) in enumerate(ARMS.items()):
-        tl = t_best if arm.splits_labels else None
-        acct = arm.labels(n, tl)
+    for name, arm in ARMS.items():
+        acct = accts[name]
         tl_h = int(round((t_best / n if n else frac_S[s_best]) * (n + h))) if arm.splits_labels else None
         a_h = predict_arm(map_world, arm, n + h, tl_h)[..., b][0]
-        lo, hi = measured_interval(point[name][1:] + noise_D)
+        lo, hi = _interval(pred[name])
+        pb = p_of[rep[name]] if name in cands else None
         preds.append(ArmPrediction(
-            arm=name, accuracy=float(point[name][0]), lo=float(lo), hi=float(hi), p_best=float(p_best[i]),
+            arm=name, accuracy=float(point[name][0]), lo=float(lo), hi=float(hi), p_best=pb,
             teacher_labels=acct.teacher, student_labels=acct.student,
-            marginal_per_1k=float((a_h - point[name][0]) / h * 1000.0)))
-    rec_i = int(np.lexsort((-acc_DA.mean(0), -p_best))[0])
-    rec_arm = ARMS[names[rec_i]]
-    rec = Recommendation(arm=names[rec_i], p_best=float(p_best[rec_i]), teacher_labels=preds[rec_i].teacher_labels,
-                         student_labels=preds[rec_i].student_labels)
+            marginal_per_1k=float((a_h - point[name][0]) / h * 1000.0), control=arm.control,
+            compute_tokens=int(arm.total_compute_tokens(n, compute, t_best if arm.splits_labels else None)),
+            same_as=rep.get(name) if rep.get(name, name) != name else None))
+    by = {p.arm: p for p in preds}
+
+    gap_lo = gap_hi = gap_mean = 0.0
+    cheaper = None
+    if ru_name is not None:
+        gap_D = pred[rec_name] - pred[ru_name]
+        gap_mean = float(gap_D.mean())
+        gap_lo, gap_hi = (float(x) for x in np.percentile(gap_D, [50 * (1 - GAP_LEVEL), 50 * (1 + GAP_LEVEL)]))
+        cheaper = min((rec_name, ru_name), key=lambda a: (by[a].compute_tokens, a != rec_name))
+    separable = ru_name is not None and (gap_lo > 0.0 or gap_hi < 0.0)
+    rec_arm = ARMS[rec_name]
+    extrapolation = not _covered(scn, rec_arm, accts[rec_name])
+    rec = Recommendation(arm=rec_name, p_best=by[rec_name].p_best, teacher_labels=by[rec_name].teacher_labels,
+                         student_labels=by[rec_name].student_labels, runner_up=ru_name, gap_mean=gap_mean,
+                         gap_lo=gap_lo, gap_hi=gap_hi, separable=bool(separable), cheaper=cheaper,
+                         extrapolation=bool(extrapolation))
 
     split_curves = []
     for name, c in curves.items():
-        lo, hi = measured_interval(c[1:] + noise_D[:, None])
+        arm = ARMS[name]
+        pred_DS = np.empty_like(c[1:])
+        for j, t in enumerate(tl_S):
+            key = config_key(arm, arm.labels(n, int(t)))
+            pred_DS[:, j] = c[1:, j] + st.delta(key) + st.eps(key, c[1:, j])
+        lo, hi = _interval(pred_DS)
         split_curves.append((name, tuple(map(float, c[0])), tuple(map(float, lo)), tuple(map(float, hi))))
 
     info, conds = informativeness(fit, n, bench, map_world, map_vals)
+    ceiling = _ceiling(st)
     warnings = list(fit.warnings)
+    if st.n_eff < MIN_ESS:
+        warnings.append(f"the posterior rests on an effective {st.n_eff:.0f} draws (< {MIN_ESS}): p_best is "
+                        f"estimated from {st.n_eff:.0f} draws (at most {(st.n_eff + 1) / (st.n_eff + len(cands)):.2f}) "
+                        "and intervals are approximate")
+    ds = scn.get("inputs.dataset_size").value if scn.has("inputs.dataset_size") else None
+    if ds is not None and n > ds:
+        warnings.append(f"labels={n} exceeds the dataset's {int(ds)} distinct problems: labels would repeat, "
+                        "which the model does not represent (it counts every label as new)")
     if fit.labels_range is not None:
         lo_n, hi_n = fit.labels_range
-        if not lo_n <= n <= hi_n:
+        if n > COVER_FACTOR * hi_n:
+            warnings.append(f"labels={n} is more than {COVER_FACTOR}x the largest calibrated budget ({hi_n}): "
+                            "far extrapolation of the GRPO curve; the accuracy ceiling bounds it, nothing else does")
+        elif not lo_n <= n <= hi_n:
             warnings.append(f"labels={n} is outside the calibrated range [{lo_n}, {hi_n}] of observed budgets: "
                             "the GRPO curve is extrapolated")
-    if rec_arm.splits_labels and rec.teacher_labels == 0:
-        warnings.append(f"the recommended {rec.arm} gives the teacher 0 labels: that is the raw-teacher bridge "
-                        "followed by student GRPO, which the paper did not run; stage-3 predictions are the "
-                        "model's least tested part (docs/theory.md, docs/log.md)")
+    if ceiling is None:
+        warnings.append(f"no accuracy ceiling stated for the student on {bench}: at large N predictions may "
+                        "approach 100% (add student.benchmarks.<B>.ceiling)")
+    if extrapolation:
+        what = f"{rec_name} with {rec.teacher_labels} teacher / {rec.student_labels} student labels"
+        extra = ""
+        if rec_arm.splits_labels and rec.teacher_labels == 0:
+            extra = " (0 teacher labels: the raw-teacher bridge followed by student GRPO, which the paper did not run)"
+        warnings.append(f"extrapolation: no observation covers {what}{extra}; the advice rests on the model's "
+                        "structure, not on data")
+    sd_m = float(np.median(measurement_sd(st.vals[f"benchmarks.{bench}.eval_se"][1:], point[rec_name][1:],
+                                          *(scn.get(f"benchmarks.{bench}.{k}").value
+                                            if scn.has(f"benchmarks.{bench}.{k}") else None
+                                            for k in ("n_problems", "samples")))))
+    uncertainty = {"discrepancy_sd": st.sd_delta, "discrepancy_source": st.sd_note, "measurement_sd": sd_m,
+                   "effective_draws": st.n_eff, "draws": st.draws}
     inputs = tuple({"input": t.path, "value": t.value, "tag": t.tag, "fitted": t.fitted, "note": t.note}
                    for t in scn.inputs) + (
         {"input": "compute", "value": None, "tag": scn.compute_tag, "fitted": False,
-         "note": scn.compute_note + " (fixed: enters only replay_control's compute ratio)"},)
+         "note": scn.compute_note + " (fixed: enters replay_control's compute ratio and the token counts)"},)
     return Plan(scenario=scn.name, benchmark=bench, labels=n, arms=tuple(preds), recommendation=rec,
                 split_fractions=tuple(map(float, frac_S)), split_curves=tuple(split_curves),
                 informativeness=tuple(info), conditions=tuple(conds), inputs=inputs,
-                warnings=tuple(warnings), n_fitted=len(fit.names), chi2=fit.chi2, _scenario_obj=scn)
+                warnings=tuple(warnings), n_fitted=len(fit.names), chi2=fit.chi2, ceiling=ceiling,
+                uncertainty=uncertainty, _scenario_obj=scn)
+
+
+def _config_pred(st: _Setup, arm_name: str, n: int, tl, n_seeds: int = 1):
+    arm = ARMS.get(arm_name)
+    if arm is None:
+        raise InputError(f"unknown arm {arm_name!r}; arms are {', '.join(ARMS)}")
+    n = check_budget(n)
+    tl = None if tl is None or not arm.splits_labels else int(tl)
+    acct = arm.labels(n, tl)
+    acc_R = predict_arm(st.world, arm, n, tl)[..., st.b]
+    key = config_key(arm, acct)
+    # a separate run per configuration asked for: its own measurement noise
+    pred_D = acc_R[1:] + st.delta(key) + st.eps((key, arm_name, n, tl), acc_R[1:]) / np.sqrt(n_seeds)
+    return arm, n, acct, acc_R, pred_D
+
+
+def predict_gap(scenario: Scenario | str, a, b, *, level: float = GAP_LEVEL, benchmark: str | None = None):
+    """(lo, mean, hi): predictive interval of measured(a) - measured(b), each an (arm, labels,
+    teacher_labels or None) configuration."""
+    scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
+    st = _setup(scn, benchmark)
+    pa, pb = _config_pred(st, *a)[-1], _config_pred(st, *b)[-1]
+    g = pa - pb
+    lo, hi = np.percentile(g, [50 * (1 - level), 50 * (1 + level)])
+    return float(lo), float(g.mean()), float(hi)
 
 
 def predict_configs(scenario: Scenario | str, configs, *, n_seeds: int = 1, level: float = 0.9,
@@ -257,26 +497,18 @@ def predict_configs(scenario: Scenario | str, configs, *, n_seeds: int = 1, leve
     `configs`: iterable of (arm, labels, teacher_labels or None). One row each: the registry's label
     account (teacher_labels/student_labels as a run table records them), `pred_mean` = the MAP
     prediction (what `plan` prints), and a central `level` predictive interval for the MEAN of
-    `n_seeds` runs: posterior draws plus evaluation noise of sd eval_se / sqrt(n_seeds).
+    `n_seeds` runs: posterior draws plus structural error plus measurement noise / sqrt(n_seeds).
     """
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     if not 0.0 < level < 1.0:
         raise InputError(f"level must lie in (0, 1), got {level!r}")
     if int(n_seeds) < 1:
         raise InputError(f"n_seeds must be >= 1, got {n_seeds!r}")
-    fit, bench, world, b, noise_D = _setup(scn, benchmark)
-    noise_D = noise_D / np.sqrt(int(n_seeds))
-    q = 100.0 * np.array([(1.0 - level) / 2.0, (1.0 + level) / 2.0])
+    st = _setup(scn, benchmark)
     rows = []
     for arm_name, n, tl in configs:
-        arm = ARMS.get(arm_name)
-        if arm is None:
-            raise InputError(f"unknown arm {arm_name!r}; arms are {', '.join(ARMS)}")
-        n = check_budget(n)
-        tl = None if tl is None or not arm.splits_labels else int(tl)
-        acct = arm.labels(n, tl)
-        acc_R = predict_arm(world, arm, n, tl)[..., b]
-        lo, hi = np.clip(np.percentile(acc_R[1:] + noise_D, q), 0.0, 100.0)
+        arm, n, acct, acc_R, pred_D = _config_pred(st, arm_name, n, tl, int(n_seeds))
+        lo, hi = _interval(pred_D, level)
         rows.append({"arm": arm.name, "labels": n, "teacher_labels": acct.teacher, "student_labels": acct.student,
                      "pred_mean": float(acc_R[0]), "pred_lo": float(lo), "pred_hi": float(hi), "level": level,
                      "n_seeds": int(n_seeds)})
@@ -299,7 +531,7 @@ def informativeness(fit: Fit, n: int, bench: str, world, vals) -> tuple[list[dic
     states = {
         f"{scn.student} (student, start)": world.student,
         f"{scn.teacher} (raw teacher)": world.teacher,
-        f"{scn.teacher} (RL teacher, {n} labels)": grpo(world, world.teacher, n),
+        f"{scn.teacher} (RL teacher, {n} labels)": predict_teacher(world, n),
     }
     rows = []
     for label, pol in states.items():
@@ -329,14 +561,15 @@ def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: flo
                  benchmark: str | None = None) -> pd.DataFrame:
     """Accuracy vs label budget N per arm (MAP point, 95% predictive band); split arms at a fixed share."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-    _, _, world, b, noise_D = _setup(scn, benchmark)
+    st = _setup(scn, benchmark)
     rows = []
     for n in labels_grid:
         n = check_budget(n)
         for name, arm in ARMS.items():
             tl = int(round(teacher_fraction * n)) if arm.splits_labels else None
-            acc = predict_arm(world, arm, n, tl)[..., b]
-            lo, hi = measured_interval(acc[1:] + noise_D)
+            acc = predict_arm(st.world, arm, n, tl)[..., st.b]
+            pred = st.predictive(config_key(arm, arm.labels(n, tl)), acc[1:])
+            lo, hi = _interval(pred)
             rows.append({"labels": n, "arm": name, "accuracy": float(acc[0]), "lo": float(lo), "hi": float(hi)})
     return pd.DataFrame(rows)
 
@@ -344,3 +577,4 @@ def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: flo
 def arms_used() -> dict[str, Arm]:
     """The registry the planner evaluates (a test checks it is `theory.arms.ARMS` itself)."""
     return ARMS
+

@@ -34,6 +34,9 @@ def main(argv=None) -> int:
     print("\nin-sample (fitted):")
     print(fit.residuals()[cols].to_string(index=False, float_format=fmt))
     hold = fit.residuals(holdout=True)
+    if not len(hold):
+        print("\nno [[holdout]] entries: the scenario fits every number it has; for out-of-sample residuals "
+              "see the leave-one-out audit, python scripts/loo_audit.py")
     if len(hold):
         print("\nout-of-sample (never fitted):")
         print(hold[cols].to_string(index=False, float_format=fmt))

@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"
 
 
+@pytest.fixture(autouse=True)
+def _private_fit_cache(tmp_path_factory, monkeypatch):
+    """The CLI caches calibrations on disk (budget_planner/fitcache.py): keep the tests' out of $HOME."""
+    monkeypatch.setenv("SPARSE2DENSE_CACHE", str(tmp_path_factory.getbasetemp() / "fitcache"))
+
+
 def run_subprocess(*args):
     """The real entry point in a fresh interpreter (used where import-time behaviour matters)."""
     return subprocess.run([sys.executable, "-m", "budget_planner.cli", *args], capture_output=True, text=True,
@@ -115,12 +121,78 @@ def test_calibrate_bad_tables(tmp_path):
 
 
 def test_theory_and_planner_never_import_torch():
-    code = ("import sys, theory, theory.irt, theory.dynamics, theory.calibrate, theory.informativeness, "
-            "theory.scenario, budget_planner, budget_planner.cli\n"
+    code = ("import importlib, pkgutil, sys, theory, budget_planner\n"
+            "for pkg in (theory, budget_planner):\n"
+            "    for m in pkgutil.iter_modules(pkg.__path__):\n"
+            "        importlib.import_module(f'{pkg.__name__}.{m.name}')\n"
             "from budget_planner import plan\n"
+            "from budget_planner.nextstep import next_measurement\n"
             "p = plan('paper-qwen3-math', labels=3000)\n"
+            "next_measurement('weak-teacher', 3000)\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "assert 'seaborn' not in sys.modules, 'seaborn imported outside plot()'\n"
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported outside plot()'\n"
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_fit_cache_round_trip_gives_the_same_plan(tmp_path, monkeypatch):
+    from budget_planner import fitcache
+    from theory.calibrate import _CACHE
+    from theory.scenario import load_scenario
+    monkeypatch.setenv("SPARSE2DENSE_CACHE", str(tmp_path))
+    first = run("plan", "--scenario", "weak-teacher", "--labels", "3000")
+    assert first.returncode == 0 and len(list(tmp_path.glob("fit-*.npz"))) == 1
+    scn = load_scenario("weak-teacher")
+    _CACHE.pop(scn.key(), None)
+    assert fitcache.warm(scn)  # read back from disk, not recalibrated
+    again = run("plan", "--scenario", "weak-teacher", "--labels", "3000")
+    assert again.stdout == first.stdout
+    # a damaged cache file is ignored: the plan recalibrates
+    for f in tmp_path.glob("fit-*.npz"):
+        f.write_bytes(b"not a cache")
+    _CACHE.pop(scn.key(), None)
+    assert not fitcache.warm(scn)
+    assert run("plan", "--scenario", "weak-teacher", "--labels", "3000").stdout == first.stdout
+    monkeypatch.setenv("SPARSE2DENSE_CACHE", "off")
+    assert fitcache.cache_dir() is None
+
+
+def test_maximum_budget_and_next_step_of_the_cli():
+    r = run("plan", "--scenario", "paper-qwen3-math", "--labels", "10000000")
+    assert r.returncode == 0, r.stderr
+    assert "exceeds the dataset" in r.stdout and "extrapolation" in r.stdout
+    r = run("plan", "--scenario", "paper-qwen3-math", "--labels", "100000")
+    assert "exceeds the dataset's 17000 distinct problems" in r.stdout
+    assert_one_line_error(run("plan", "--scenario", "paper-qwen3-math", "--labels", "10000001"), "maximum")
+
+
+def test_toss_up_names_the_cheaper_arm():
+    r = run("plan", "--scenario", "paper-qwen3-math", "--labels", "0")
+    assert r.returncode == 0
+    assert "toss-up:" in r.stdout and ("the cheaper is" in r.stdout or "both cost" in r.stdout)
+
+
+def test_calibrate_from_another_stack_worked_example(tmp_path):
+    """docs/examples/other_stack: the CSV template a foreign training stack fills in, end to end."""
+    ex = EXAMPLES / "other_stack"
+    out = tmp_path / "my.toml"
+    r = run("calibrate", "--runs", str(ex / "runs.csv"), "--problems", str(ex / "problems.csv"),
+            "--student", "my-0.5b", "--teacher", "my-3b", "--benchmark", "my_eval", "--name", "my-stack",
+            "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "4 observations" in r.stdout
+    r = run("plan", "--scenario", str(out), "--labels", "4000")
+    assert r.returncode == 0, r.stderr
+    assert "outside the calibrated range [500, 2000]" in r.stdout
+    assert "recommended:" in r.stdout and "runner-up:" in r.stdout
+
+
+def test_plan_next_prints_and_writes_the_measurement_ranking(tmp_path):
+    out = tmp_path / "p.json"
+    r = run("plan", "--scenario", "weak-teacher", "--next", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "what to measure next" in r.stdout and "measure next:" in r.stdout
+    d = json.loads(out.read_text())
+    assert d["next"]["rows"] and d["next"]["best"] in {row["measurement"] for row in d["next"]["rows"]}

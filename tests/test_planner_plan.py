@@ -25,7 +25,9 @@ def test_presets_exist():
 
 def test_paper_recommends_the_rl_teacher_workflow(paper):
     assert paper.recommendation.arm in ("rl_teacher_bridge", "rl_teacher_bridge_stage3")
-    assert paper.recommendation.p_best > 0.5
+    # with all ten published numbers fitted, the two RL-teacher arms are a toss-up between themselves
+    # (stage 3 at the half split measured 78.5 < the bridge's 79.3); together they are the likely best
+    assert paper.arm("rl_teacher_bridge").p_best + paper.arm("rl_teacher_bridge_stage3").p_best > 0.5
     ranked = paper.to_frame().set_index("arm")["accuracy"]
     assert ranked["raw_teacher_bridge"] < ranked["direct_grpo"] < ranked["rl_teacher_bridge"]
     acct = paper.recommendation
@@ -64,21 +66,26 @@ def test_split_curve_and_intervals(paper):
     for name, acc, lo, hi in paper.split_curves:
         assert np.all(np.array(lo) <= np.array(hi))
     for a in paper.arms:
-        assert a.lo < a.hi and 0 <= a.p_best <= 1
-    assert sum(a.p_best for a in paper.arms) == pytest.approx(1.0)
+        assert a.lo < a.hi
+        assert (a.p_best is None) == ARMS[a.arm].control and (a.p_best is None or 0 <= a.p_best <= 1)
+    # p_best is per experiment: arms that run the same experiment at this budget share it (same_as)
+    assert sum(a.p_best for a in paper.arms if a.p_best is not None and a.same_as is None) == pytest.approx(1.0)
     s3 = dict((n, acc) for n, acc, *_ in paper.split_curves)["rl_teacher_bridge_stage3"]
-    best = int(np.argmax(s3))
-    # the recommended split is the curve's best (decided on the draw mean; the MAP curve agrees here)
-    assert abs(paper.arm("rl_teacher_bridge_stage3").teacher_labels - round(paper.split_fractions[best] * paper.labels)) \
-        <= 0.05 * paper.labels
+    # the recommended split is decided on the draw mean; the MAP curve is flat near its top (10 fitted
+    # numbers), so the MAP curve at the recommended split is within 0.1 point of its maximum
+    rec = paper.arm("rl_teacher_bridge_stage3").teacher_labels
+    i = int(np.argmin(np.abs(np.array(paper.split_fractions) * paper.labels - rec)))
+    assert s3[i] >= max(s3) - 0.1
 
 
 def test_labels_zero_and_marginal_values():
     p = plan("paper-qwen3-math", labels=0)
     assert p.labels == 0
-    # with no labels the RL teacher is the raw teacher: identical predictions, shared p_best
+    # with no labels the RL teacher is the raw teacher: identical predictions; each arm is measured
+    # with its own evaluation noise, so p_best no longer splits exactly evenly (it did before the
+    # predictive distribution had measurement noise), and the plan calls the choice a toss-up
     assert p.arm("rl_teacher_bridge").accuracy == pytest.approx(p.arm("raw_teacher_bridge").accuracy)
-    assert p.arm("rl_teacher_bridge").p_best == pytest.approx(p.arm("raw_teacher_bridge").p_best)
+    assert not p.recommendation.separable and p.recommendation.gap_lo < 0 < p.recommendation.gap_hi
     assert p.arm("raw_teacher_bridge").marginal_per_1k == pytest.approx(0.0, abs=1e-9)
     assert p.arm("direct_grpo").marginal_per_1k > 0
 
@@ -86,7 +93,7 @@ def test_labels_zero_and_marginal_values():
 def test_more_labels_help_direct_grpo_and_budget_range_warning():
     small, big = plan("paper-qwen3-math", labels=2000), plan("paper-qwen3-math", labels=30000)
     assert small.arm("direct_grpo").accuracy < big.arm("direct_grpo").accuracy
-    assert any("outside the calibrated range [14000, 14000]" in w for w in small.warnings)
+    assert any("outside the calibrated range [7000, 14000]" in w for w in small.warnings)
     assert not any("outside the calibrated range" in w for w in plan("paper-qwen3-math").warnings)
 
 

@@ -149,3 +149,31 @@ def test_style_displacement_uses_the_style_part_of_kl0_when_given():
         predict_arm(make_world(**g0), ARMS["no_fkl"], 1000))
     # a split sweep (expand) keeps an absent kl0_style absent
     assert w_all.expand().rates.kl0_style is None
+
+
+def test_accuracy_ceiling_bounds_every_arm_and_scales_the_signal():
+    """u = share of the benchmark within reach: accuracy = 100 u c E[sigmoid], u = 1 is the original
+    theory, no arm can pass 100 u, and items out of reach give GRPO no signal."""
+    from dataclasses import replace
+    from theory.dynamics import grpo_rate
+    w = make_world()
+    capped = replace(w, student=replace(w.student, u_B=np.array([[0.9]])))
+    assert capped.accuracy(capped.student)[0, 0] == pytest.approx(0.9 * w.accuracy(w.student)[0, 0])
+    assert grpo_rate(capped, capped.student)[0] == pytest.approx(0.9 * grpo_rate(w, w.student)[0])
+    for arm in ARMS.values():
+        same = predict_arm(replace(w, student=replace(w.student, u_B=np.array([[1.0]]))), arm, 1000, 500 if arm.splits_labels else None)
+        assert same[0, 0] == pytest.approx(predict_arm(w, arm, 1000, 500 if arm.splits_labels else None)[0, 0])
+        huge = predict_arm(capped, arm, 10_000_000, 5_000_000 if arm.splits_labels else None)[0, 0]
+        assert huge < 90.0
+
+
+def test_kappa_ratio_moves_only_teacher_grpo():
+    base, fast_teacher = make_world(), make_world(kappa_ratio=2.0)
+    assert predict_arm(fast_teacher, ARMS["direct_grpo"], 3000)[0, 0] == pytest.approx(
+        predict_arm(base, ARMS["direct_grpo"], 3000)[0, 0])
+    assert predict_arm(fast_teacher, ARMS["rl_teacher_bridge"], 3000)[0, 0] > \
+        predict_arm(base, ARMS["rl_teacher_bridge"], 3000)[0, 0]
+    # kappa_ratio = 2 at n labels is kappa at 2n labels for the teacher
+    from theory.dynamics import predict_teacher
+    assert predict_teacher(fast_teacher, 1000).theta_B[0, 0] == pytest.approx(
+        grpo(base, base.teacher, 2000).theta_B[0, 0])

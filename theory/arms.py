@@ -100,6 +100,9 @@ class Arm:
     teacher: Teacher
     splits_labels: bool  # True when the labels are shared between teacher GRPO and student GRPO
     description: str
+    # A control exists to be compared with another arm (it holds back labels and spends their compute
+    # otherwise): the planner predicts and shows it but never recommends it.
+    control: bool = False
 
     def labels(self, n: int, teacher_labels: int | None = None) -> LabelAccount:
         """Label accounting for a budget of n. `teacher_labels` applies only to arms that split."""
@@ -189,12 +192,18 @@ ARMS: dict[str, Arm] = {
         Arm("rl_teacher_bridge_stage3", (S.TEACHER_GRPO, S.FKL_WARMUP, S.OPD, S.STUDENT_GRPO), Teacher.RL, True,
             "Labels split: teacher GRPO, bridge, then post-bridge student GRPO with the rest."),
         Arm("replay_control", (S.TEACHER_GRPO, S.FKL_WARMUP, S.OPD, S.REPLAY_OPD), Teacher.RL, True,
-            "Stage-3 control: same split, the student compute spent on more bridge steps; student labels unused."),
+            "Stage-3 control: same split, the student compute spent on more bridge steps; student labels unused.",
+            control=True),
     )
 }
 del S
 
 ARM_NAMES: tuple[str, ...] = tuple(ARMS)
+
+
+def candidate_arms() -> tuple[str, ...]:
+    """Arms a plan may recommend: every registry arm that is not a control."""
+    return tuple(name for name, arm in ARMS.items() if not arm.control)
 
 
 def get_arm(name: str) -> Arm:

@@ -20,14 +20,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-from scipy import optimize, special
+from scipy import special
 
 from theory import irt
+from theory._lazy import LazyModule
 from theory.arms import ARMS, Stage
 from theory.dynamics import Policy, Rates, World, predict_arm
 from theory.errors import InputError
 from theory.scenario import Scenario, Tagged
+
+pd = LazyModule("pandas")
+optimize = LazyModule("scipy.optimize")
 
 _EPS = 1e-6
 
@@ -75,6 +78,7 @@ def build_world(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[st
 
     def policy(role: str) -> Policy:
         th, cs = [], []
+        us, has_u = [], False
         for i, b in enumerate(bench):
             base = f"{role}.benchmarks.{b}"
             c = vals.get(f"{base}.compliance", vals.get(f"{role}.compliance"))
@@ -82,15 +86,23 @@ def build_world(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[st
                 ability = vals[f"{base}.accuracy_given_compliance"] / 100.0
             else:
                 ability = vals[f"{base}.accuracy"] / (100.0 * c)
+            u = vals.get(f"{base}.ceiling")
+            if u is not None:
+                # ability within reach: the start accuracy is u x E_d[sigmoid(theta - d)]; a draw whose
+                # ceiling falls below the start is held just above it
+                has_u = True
+                u = np.maximum(u / 100.0, ability / 0.999)
+                ability = ability / u
+            us.append(np.ones_like(np.asarray(ability, dtype=float)) if u is None else u)
             th.append(irt.solve_theta(ability, s_d_B[..., i]))
             cs.append(c)
-        return Policy(np.stack(th, -1), np.stack(cs, -1))
+        return Policy(np.stack(th, -1), np.stack(cs, -1), np.stack(us, -1) if has_u else 1.0)
 
     rates = Rates(kappa=vals["rates.kappa"], rho=vals["rates.rho"], phi_w=vals["rates.phi_w"],
                   phi_o=vals["rates.phi_o"], kl_c=vals["rates.kl_c"], kl0=vals["inputs.kl0"],
                   gamma=vals.get("rates.gamma", 0.0), cost_fkl=vals.get("rates.cost_fkl", 0.0),
                   kl0_style=vals.get("inputs.kl0_style"),
-                  cost_opd=vals.get("rates.cost_opd", 0.0),
+                  cost_opd=vals.get("rates.cost_opd", 0.0), kappa_ratio=vals.get("rates.kappa_ratio", 1.0),
                   k_explore=vals["inputs.k_explore"], group_size=vals["inputs.group_size"])
     return World(benchmarks=bench, train=bench.index(scn.train_benchmark), s_d_B=s_d_B,
                  student=policy("student"), teacher=policy("teacher"), rates=rates, compute=scn.compute)
@@ -185,7 +197,18 @@ IS_WIDEN = 1.1  # proposal sd / Laplace sd: slightly heavier than the target; wi
 # many prior-only directions (1.5 gave an ESS of 41/4096 on paper-qwen3-math, 1.1 gives ~10x more)
 
 
-def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3) -> tuple[np.ndarray, float]:
+def _named_normals(names, n: int, seed: int, round_: int) -> np.ndarray:
+    """(n, P) standard normals, column i drawn from a generator keyed by (seed, names[i], round): common
+    random numbers, so fixing or freeing one input leaves every other input's proposal draws as they
+    were (an interval then changes by what the input does, not by Monte-Carlo reshuffling)."""
+    import zlib
+    cols = [np.random.default_rng([int(seed), zlib.crc32(str(nm).encode()), round_]).standard_normal(n)
+            for nm in names]
+    return np.stack(cols, -1) if cols else np.zeros((n, 0))
+
+
+def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3, names=None,
+                         seed: int = 0) -> tuple[np.ndarray, float, int]:
     """Posterior draws by adaptive importance sampling, then systematic resampling to n_keep.
 
     Round 0 proposes from the Laplace Gaussian N(z_MAP, IS_WIDEN^2 Cov); weights are
@@ -196,16 +219,23 @@ def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3)
     Why not plain Laplace draws: the bridge's tau saturates (phi_o near 1), so the MAP sits where the
     Jacobian is flat; Gaussian draws then fall on the concave side and a quantity fitted to +-0.9
     points got a 10-point-wide interval. Weighting by the exact posterior repairs that.
-    Returns the draws and the ESS of the final weights.
+    The rounds' draws are pooled at the end when that raises the ESS (each is weighted against its own
+    proposal). Returns the draws, the ESS of the weights they were resampled with, and how many
+    proposal draws those weights cover.
     """
     P = len(z_map)
     mean, C = z_map, cov * IS_WIDEN**2
-    for _ in range(rounds):
+    pool_z, pool_logw = [], []
+    for round_ in range(rounds):
         L = np.linalg.cholesky(C + 1e-10 * np.eye(P))
-        eps = rng.standard_normal((IS_FACTOR * n_keep, P))
+        eps = (rng.standard_normal((IS_FACTOR * n_keep, P)) if names is None
+               else _named_normals(names, IS_FACTOR * n_keep, seed, round_))
         z = mean[None, :] + eps @ L.T
-        logw = -0.5 * np.sum(resid_R(z) ** 2, -1) + 0.5 * np.sum(eps**2, -1)
+        # log target - log q (q's normalising constant kept, so rounds can be pooled)
+        logw = -0.5 * np.sum(resid_R(z) ** 2, -1) + 0.5 * np.sum(eps**2, -1) + np.sum(np.log(np.diag(L)))
         logw = np.where(np.isfinite(logw), logw, -np.inf)
+        pool_z.append(z)
+        pool_logw.append(logw)
         w = np.exp(logw - logw.max())
         w /= w.sum()
         ess = float(1.0 / np.sum(w**2))
@@ -214,9 +244,18 @@ def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3)
         mean = w @ z
         d = z - mean
         C = (d * w[:, None]).T @ d * IS_WIDEN**2 + 0.05 * cov  # keep a floor of the Laplace spread
+    if len(pool_z) > 1:
+        # every round's draws are properly weighted samples of the same posterior: pooling them keeps
+        # the work of the early rounds (used when it raises the effective sample size)
+        zz, lw = np.concatenate(pool_z), np.concatenate(pool_logw)
+        ww = np.exp(lw - lw.max())
+        ww /= ww.sum()
+        ess_pool = float(1.0 / np.sum(ww**2))
+        if ess_pool > ess:
+            z, w, ess = zz, ww, ess_pool
     u = (rng.random() + np.arange(n_keep)) / n_keep
     idx = np.minimum(np.searchsorted(np.cumsum(w), u), len(w) - 1)
-    return z[idx], ess
+    return z[idx], ess, len(w)
 
 
 def fit_scenario(scn: Scenario) -> Fit:
@@ -237,7 +276,10 @@ def _fit(scn: Scenario) -> Fit:
     mu = np.array([float(to_z(t)) for t in fitted])
     sd = np.array([t.sd for t in fitted])
     y = np.array([o.value for o in scn.observations])
-    se = np.array([o.se for o in scn.observations])
+    # an observation is f + structural error + its measurement noise (docs/theory.md section 9)
+    from theory.discrepancy import discrepancy_sd
+    sd_delta = discrepancy_sd(scn)[0]
+    se = np.sqrt(np.array([o.se for o in scn.observations]) ** 2 + sd_delta**2)
     warnings: list[str] = []
 
     n_obs = len(y)
@@ -290,9 +332,10 @@ def _fit(scn: Scenario) -> Fit:
     rng = np.random.default_rng(scn.seed)
     ess = float("nan")
     if len(names):
-        z_draws, ess = _importance_resample(resid_R, z_map, cov, scn.draws, rng)
+        z_draws, ess, n_prop = _importance_resample(resid_R, z_map, cov, scn.draws, rng, names=names,
+                                                    seed=scn.seed)
         if ess < scn.draws / 4:
-            warnings.append(f"importance resampling kept an effective {ess:.0f} of {IS_FACTOR * scn.draws} "
+            warnings.append(f"importance resampling kept an effective {ess:.0f} of {n_prop} "
                             "proposal draws: intervals are approximate")
     else:
         z_draws = np.zeros((scn.draws, 0))
@@ -307,6 +350,7 @@ def _fit(scn: Scenario) -> Fit:
 # calibrate(run_table, problem_table) -> Scenario: a scenario from a user's pilot
 # ------------------------------------------------------------------------------------------------
 
+CEILING_PRIOR = 97.0  # percent given compliance, prior mean of a pilot's accuracy ceiling (sd 1 logit)
 _PILOT_PRIORS = {  # generic priors for a pilot without stated ones (wide; tagged assumed)
     "kappa": (0.1, 1.5, "generic wide prior: GRPO moves pass@1 part of the way to pass@k per 1000 labels"),
     "rho": (0.6, 1.0, "generic prior: a smaller student absorbs a good part, not all, of a teacher's ability gap"),
@@ -514,11 +558,14 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
         (a, a_sd), (c, c_sd) = meas[name_]
         return {"name": name_, "benchmarks": {benchmark: {
             "accuracy_given_compliance": {"value": a, "tag": "measured", "sd": a_sd, "source": src},
-            "compliance": {"value": c, "tag": "measured", "sd": c_sd, "source": src}}}}
+            "compliance": {"value": c, "tag": "measured", "sd": c_sd, "source": src},
+            "ceiling": {"value": float(max(CEILING_PRIOR, (a + 100.0) / 2.0)), "tag": "assumed", "sd": 1.0,
+                        "why": "generic wide prior: a few problems are mislabeled or beyond the model whatever "
+                               "it is trained on; a pilot does not measure it"}}}}
 
     doc = {
         "name": name,
-        "description": f"calibrated from a pilot ({len(observations)} observations); " + "; ".join(notes),
+        "description": "; ".join([f"calibrated from a pilot ({len(observations)} observations)", *notes]),
         "target_benchmark": benchmark, "train_benchmark": benchmark, "seed": seed, "draws": 256,
         "inputs": {
             "budget": {"value": int(budget), "tag": "measured", "source": budget_src},
@@ -532,6 +579,10 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
         "rates": {**{k: borrowed.get(f"rates.{k}", {"value": v, "tag": "assumed", "sd": sd, "why": why})
                      for k, (v, sd, why) in _PILOT_PRIORS.items()},
                   **{k.split(".", 1)[1]: v for k, v in borrowed.items() if k in ("rates.cost_fkl", "rates.cost_opd")},
+                  "kappa_ratio": borrowed.get("rates.kappa_ratio", {
+                      "value": 1.0, "tag": "assumed", "sd": 0.5,
+                      "why": "teacher / student GRPO efficiency: tied at 1 (one recipe for both); observations "
+                             "of both GRPO stages can move it"}),
                   **stage_costs(fit, student, src)},
         "benchmarks": {benchmark: {"s_d": {"value": float(fit.s_d), "tag": "measured", "source": src,
                                            "sd": float(np.clip(fit.s_d_se / fit.s_d, 1e-3, 10))},

@@ -58,6 +58,9 @@ N_REF = 1000.0  # labels: the unit in which kappa is a rate
 class Policy:
     theta_B: np.ndarray  # ability logit per benchmark, shape R + (B,)
     c_B: np.ndarray  # protocol compliance per benchmark, shape R + (B,)
+    # share of the benchmark within the model's reach (accuracy ceiling / 100): the rest is mislabeled
+    # or beyond the model whatever it is trained on; 1.0 = no ceiling (the original theory)
+    u_B: np.ndarray | float = 1.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ class Rates:
     cost_fkl: np.ndarray | float = 0.0  # ability logits an FKL warmup costs whatever the teacher (0 = off)
     cost_opd: np.ndarray | float = 0.0  # ability logits one OPD pass costs whatever the teacher (0 = off)
     kl0_style: np.ndarray | float | None = None  # KL_0 on protocol-following rollouts (displacement); None = kl0
+    # teacher GRPO efficiency / student GRPO efficiency (1 = one kappa for both, the original theory)
+    kappa_ratio: np.ndarray | float = 1.0
 
 
 @dataclass(frozen=True)
@@ -93,20 +98,23 @@ class World:
         r = self.rates
         rates = Rates(**{k: None if getattr(r, k) is None else np.asarray(getattr(r, k), dtype=float)[..., None]
                          for k in r.__dataclass_fields__})
-        pol = lambda p: Policy(np.asarray(p.theta_B)[..., None, :], np.asarray(p.c_B)[..., None, :])  # noqa: E731
+        pol = lambda p: Policy(np.asarray(p.theta_B)[..., None, :], np.asarray(p.c_B)[..., None, :],  # noqa: E731
+                               np.asarray(p.u_B, dtype=float)[..., None, :] if np.ndim(p.u_B) else p.u_B)
         return replace(self, rates=rates, student=pol(self.student), teacher=pol(self.teacher),
                        s_d_B=np.asarray(self.s_d_B)[..., None, :])
 
     def accuracy(self, policy: Policy) -> np.ndarray:
-        """Percent, shape broadcast(R + (B,))."""
-        return irt.accuracy(policy.theta_B, policy.c_B, self.s_d_B)
+        """Percent, shape broadcast(R + (B,)): 100 u c E_d[sigmoid(theta - d)] (items out of reach score 0)."""
+        return policy.u_B * irt.accuracy(policy.theta_B, policy.c_B, self.s_d_B)
 
 
 def grpo_rate(world: World, policy: Policy) -> np.ndarray:
-    """iota: mean signal fraction on the training benchmark at the start state."""
+    """iota: mean signal fraction on the training benchmark at the start state (items out of reach,
+    a share 1 - u, give none)."""
     t = world.train
-    return signal_fraction_avg(policy.theta_B[..., t], policy.c_B[..., t], world.s_d_B[..., t],
-                               world.rates.group_size)
+    u = np.asarray(policy.u_B, dtype=float)[..., t] if np.ndim(policy.u_B) else policy.u_B
+    return u * signal_fraction_avg(policy.theta_B[..., t], policy.c_B[..., t], world.s_d_B[..., t],
+                                   world.rates.group_size)
 
 
 def exploration_ceiling(world: World, policy: Policy) -> np.ndarray:
@@ -116,29 +124,40 @@ def exploration_ceiling(world: World, policy: Policy) -> np.ndarray:
     return irt.solve_theta(pk_B, world.s_d_B)
 
 
-def grpo_progress(world: World, policy: Policy, n) -> np.ndarray:
+def grpo_progress(world: World, policy: Policy, n, kappa=None) -> np.ndarray:
     """g(n) = 1 - exp(-kappa iota n / N_REF), shape broadcast(R, n)."""
     iota = grpo_rate(world, policy)
-    return -np.expm1(-world.rates.kappa * iota * np.asarray(n, dtype=float) / N_REF)
+    kappa = world.rates.kappa if kappa is None else kappa
+    return -np.expm1(-kappa * iota * np.asarray(n, dtype=float) / N_REF)
 
 
-def grpo(world: World, policy: Policy, n) -> Policy:
-    """GRPO with n labels (the same function for teacher and student).
+def grpo(world: World, policy: Policy, n, kappa=None) -> Policy:
+    """GRPO with n labels (the same function for teacher and student; `kappa` = this model's GRPO
+    efficiency, default the student's `rates.kappa`; see `teacher_kappa`).
 
     Same result as `grpo_progress` + `exploration_ceiling`, sharing one sigmoid pass between the
-    signal fraction and pass@k (this is the planner's hot loop).
+    signal fraction and pass@k (this is the planner's hot loop). Items out of reach (1 - u) give no
+    signal: iota is u times the reachable items' signal fraction.
     """
     r = world.rates
+    kappa = r.kappa if kappa is None else kappa
     sig_BK = irt.sigmoid(policy.theta_B[..., None] - world.s_d_B[..., None] * irt._X_K)
     t = world.train
     p_K = policy.c_B[..., t, None] * sig_BK[..., t, :]
     G = np.asarray(r.group_size, dtype=float)[..., None]
     iota = irt.expect_K(1.0 - np.power(p_K, G) - np.power(1.0 - p_K, G))
-    g = -np.expm1(-r.kappa * iota * np.asarray(n, dtype=float) / N_REF)[..., None]
+    if np.ndim(policy.u_B) or policy.u_B != 1.0:
+        iota = iota * np.asarray(policy.u_B, dtype=float)[..., t]
+    g = -np.expm1(-kappa * iota * np.asarray(n, dtype=float) / N_REF)[..., None]
     k = np.asarray(r.k_explore, dtype=float)[..., None, None]
     pk_B = irt.expect_K(1.0 - np.power(1.0 - sig_BK, k))
     ceil_B = irt.solve_theta(pk_B, world.s_d_B)
-    return Policy(policy.theta_B + (ceil_B - policy.theta_B) * g, policy.c_B + (1.0 - policy.c_B) * g)
+    return Policy(policy.theta_B + (ceil_B - policy.theta_B) * g, policy.c_B + (1.0 - policy.c_B) * g, policy.u_B)
+
+
+def teacher_kappa(rates: Rates):
+    """The teacher's GRPO efficiency: kappa x kappa_ratio (a larger model may learn more per label)."""
+    return rates.kappa * rates.kappa_ratio
 
 
 def opd_closes(rates: Rates, tau) -> np.ndarray:
@@ -198,7 +217,7 @@ def transfer(student: Policy, teacher: Policy, tau, rho, displacement=0.0) -> Po
     rho_ = np.asarray(rho, dtype=float)[..., None]
     d_ = np.asarray(displacement, dtype=float)[..., None]
     return Policy(student.theta_B + rho_ * tau_ * (teacher.theta_B - student.theta_B) - d_,
-                  student.c_B + tau_ * (teacher.c_B - student.c_B))
+                  student.c_B + tau_ * (teacher.c_B - student.c_B), student.u_B)
 
 
 _BRIDGE = (Stage.FKL_WARMUP, Stage.OPD, Stage.REPLAY_OPD)
@@ -225,7 +244,7 @@ def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None) -> np.ndarr
     t_lab, s_lab, held = label_arrays(arm, n, teacher_labels)
     teacher = world.teacher
     if Stage.TEACHER_GRPO in arm.stages:
-        teacher = grpo(world, teacher, t_lab)
+        teacher = grpo(world, teacher, t_lab, teacher_kappa(world.rates))
     # replay OPD is matched to the compute stage-3 GRPO would have spent on the held-back labels
     cost = world.compute
     replay_ratio = held * cost.grpo_tokens(1) / cost.opd_tokens()
@@ -247,4 +266,4 @@ def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None) -> np.ndarr
 
 def predict_teacher(world: World, n) -> Policy:
     """The RL teacher after stage-1 GRPO with n labels."""
-    return grpo(world, world.teacher, n)
+    return grpo(world, world.teacher, n, teacher_kappa(world.rates))

@@ -19,11 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-from scipy import optimize, special
+from scipy import special
 
+from theory._lazy import LazyModule
 from theory.errors import InputError
-from theory.tables import validate_problems
+
+pd = LazyModule("pandas")
+optimize = LazyModule("scipy.optimize")
 
 # Probabilists' Gauss-Hermite nodes: E_{z~N(0,1)}[f(z)] ~= sum_k w_k f(x_k). With 20 nodes accuracy
 # and pass@8 are within 0.02 percentage points of a 100-node rule for s_d <= 2 (0.25 at s_d = 3):
@@ -159,6 +161,8 @@ def fit_problems(problems: pd.DataFrame, *, models: list[str] | None = None) -> 
     `correct | compliant ~ Binomial(compliant, sigmoid(theta_m - d_i))`, d_i ~ N(0, s_d^2). Standard
     errors come from the inverse of a finite-difference Hessian of the negative log likelihood.
     """
+    from theory.tables import validate_problems
+
     df = validate_problems(problems)
     names = sorted(df["model"].unique()) if models is None else list(models)
     missing = [m for m in names if m not in set(df["model"])]

@@ -41,6 +41,9 @@ OPTIONAL_RATES = {
     "gamma": "positive",  # style displacement: ability logits lost per nat of KL_0 the student moves across
     "cost_fkl": "real",  # ability logits one FKL warmup costs by itself (self-distillation pilot)
     "cost_opd": "real",  # ability logits one OPD pass costs by itself (self-distillation pilot)
+    # teacher GRPO efficiency / student GRPO efficiency; absent = 1 (one kappa for both). Give it a prior
+    # around 1 (it ties the two) and let observations of both GRPO stages break the tie.
+    "kappa_ratio": "positive",
 }
 SCALARS = {  # [inputs] name -> (kind, required)
     "budget": ("positive", True),  # labels the observations were run with / the default plan budget
@@ -49,9 +52,17 @@ SCALARS = {  # [inputs] name -> (kind, required)
     "kl0": ("positive", True),  # teacher-student per-token KL before the bridge, nats
     # the style part of KL_0 (on protocol-following rollouts): what displaces ability; absent = kl0
     "kl0_style": ("positive", False),
+    # distinct labeled problems the scenario's dataset holds (a plan beyond it warns: labels repeat)
+    "dataset_size": ("positive", False),
+    # sd (accuracy points) of the model's structural error, learned from held-out residuals
+    # (docs/theory.md section 9); absent = theory.discrepancy.DEFAULT_SD
+    "discrepancy_sd": ("positive", False),
 }
 MAX_DRAWS = 20_000
-UNFITTED = frozenset({"inputs.budget"})
+# Listed, never fitted: units and sizes, and the discrepancy (learned from held-out residuals, not from
+# the in-sample fit it widens)
+UNFITTED = frozenset({"inputs.budget", "inputs.dataset_size", "inputs.discrepancy_sd"})
+UNFITTED_LEAVES = (".n_problems", ".samples")
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,8 @@ class Tagged:
         # Fitting both would leave one exactly flat direction; the budget is listed, not fitted.
         # A measured input that states `sd` (its standard error on the transformed scale, e.g. a
         # start state fitted from a pilot's problem table) is fitted too, its measurement the prior.
-        return (self.tag == "assumed" or self.has_se) and self.path not in UNFITTED
+        return ((self.tag == "assumed" or self.has_se) and self.path not in UNFITTED
+                and not self.path.endswith(UNFITTED_LEAVES))
 
 
 @dataclass(frozen=True)
@@ -271,7 +283,7 @@ def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None =
     for b in benchmarks:
         where = f"benchmarks.{b}"
         bd = _table(bench_doc, b, "benchmarks")
-        unknown = set(bd) - {"s_d", "eval_se", "problems"}
+        unknown = set(bd) - {"s_d", "eval_se", "problems", "n_problems", "samples"}
         if unknown:
             raise InputError(f"{where}: unknown field {sorted(unknown)[0]!r}")
         if "problems" in bd:
@@ -285,6 +297,12 @@ def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None =
         if "eval_se" not in bd:
             raise InputError(f"{where}: missing field 'eval_se' (seed-to-seed std of a measured accuracy, percent)")
         inputs.append(parse_tagged(bd["eval_se"], f"{where}.eval_se", "positive"))
+        for k in ("n_problems", "samples"):  # the user's evaluation: problems x samples per problem
+            if k in bd:
+                t = parse_tagged(bd[k], f"{where}.{k}", "positive")
+                if t.value != int(t.value):
+                    raise InputError(f"{where}.{k}.value: must be a whole number, got {t.value!r}")
+                inputs.append(t)
 
     target = doc.get("target_benchmark", benchmarks[0])
     train = doc.get("train_benchmark", target)
@@ -363,7 +381,7 @@ def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None =
             bd = mb[b]
             if not isinstance(bd, dict):
                 raise InputError(f"{where}: must be a table")
-            unknown = set(bd) - {"accuracy", "accuracy_given_compliance", "compliance"}
+            unknown = set(bd) - {"accuracy", "accuracy_given_compliance", "compliance", "ceiling"}
             if unknown:
                 raise InputError(f"{where}: unknown field {sorted(unknown)[0]!r}")
             has_a, has_g = "accuracy" in bd, "accuracy_given_compliance" in bd
@@ -371,6 +389,8 @@ def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None =
                 raise InputError(f"{where}: give exactly one of `accuracy` or `accuracy_given_compliance`")
             key = "accuracy" if has_a else "accuracy_given_compliance"
             inputs.append(parse_tagged(bd[key], f"{where}.{key}", "percent"))
+            if "ceiling" in bd:  # accuracy ceiling (%) given compliance: the share of items within reach
+                inputs.append(parse_tagged(bd["ceiling"], f"{where}.ceiling", "percent"))
             if "compliance" in bd:
                 inputs.append(parse_tagged(bd["compliance"], f"{where}.compliance", "probability"))
             elif "compliance" not in md:
@@ -392,6 +412,20 @@ def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None =
             if a.value >= 100 * c.value:
                 raise InputError(f"{role}.benchmarks.{b}.accuracy: {a.value} must be below 100 x compliance "
                                  f"({100 * c.value:.1f}); a non-compliant answer is never correct")
+        for b in benchmarks:
+            u = by_path.get(f"{role}.benchmarks.{b}.ceiling")
+            if u is None:
+                continue
+            a = by_path.get(f"{role}.benchmarks.{b}.accuracy_given_compliance")
+            if a is None:
+                a_ = by_path.get(f"{role}.benchmarks.{b}.accuracy")
+                c = by_path.get(f"{role}.benchmarks.{b}.compliance", by_path.get(f"{role}.compliance"))
+                a_value = a_.value / c.value
+            else:
+                a_value = a.value
+            if a_value >= u.value:
+                raise InputError(f"{role}.benchmarks.{b}.ceiling: {u.value} must lie above the model's start "
+                                 f"accuracy given compliance ({a_value:.1f})")
 
     obs_raw = doc.get("observations", [])
     hold_raw = doc.get("holdout", [])
@@ -515,8 +549,9 @@ def scenario_to_toml(scn: Scenario) -> str:
         out.append(f"{f.name} = {getattr(scn.compute, f.name)}")
     for b in scn.benchmarks:
         out += ["", f"[benchmarks.{_key(b)}]"]
-        for k in ("s_d", "eval_se"):
-            out.append(f"{k} = {_toml_value(_tagged_dict(by[f'benchmarks.{b}.{k}']))}")
+        for k in ("s_d", "eval_se", "n_problems", "samples"):
+            if f"benchmarks.{b}.{k}" in by:
+                out.append(f"{k} = {_toml_value(_tagged_dict(by[f'benchmarks.{b}.{k}']))}")
     for role, name in (("student", scn.student), ("teacher", scn.teacher)):
         out += ["", f"[{role}]", f"name = {_toml_value(name)}"]
         for k in ("params_b", "compliance"):
@@ -524,7 +559,7 @@ def scenario_to_toml(scn: Scenario) -> str:
                 out.append(f"{k} = {_toml_value(_tagged_dict(by[f'{role}.{k}']))}")
         for b in scn.benchmarks:
             out += ["", f"[{role}.benchmarks.{_key(b)}]"]
-            for k in ("accuracy", "accuracy_given_compliance", "compliance"):
+            for k in ("accuracy", "accuracy_given_compliance", "compliance", "ceiling"):
                 p = f"{role}.benchmarks.{b}.{k}"
                 if p in by:
                     out.append(f"{k} = {_toml_value(_tagged_dict(by[p]))}")
