@@ -57,22 +57,24 @@ NOTEBOOKS = {
                  "RESULTS = Path('..') / 'docs' / 'results'\n"
                  "COLS = ['arm', 'trials', 'complete', 'failed', 'compute', 'best_score', 'still_improving',\n"
                  "        'eval_n', 'eval_mean', 'eval_ci_low', 'eval_ci_high', 'eval_iqm']"),
-        ("md", "## 1. The committed study (reference arms, toy world)\n\n`docs/results/fairness_report*` holds "
-               "the matched study of `direct_grpo` against `rl_teacher_bridge` on the toy world (8 trials per "
-               "arm, 10 evaluation seeds; the command that regenerates it is at the top of "
-               "`fairness_report.md`). `load_report` reads the CSVs back and recomputes the tuning curves from "
-               "the per-trial table."),
+        ("md", "## 1. The committed study (reference arms, toy world, gated protocol)\n\n"
+               "`docs/results/fairness_report*` holds the matched study of `direct_grpo` against "
+               "`rl_teacher_bridge` on the toy world under the stable protocol (8 trials per arm, learning "
+               "rates searched down to 1e-6, fresh evaluation seeds; the command that regenerates it is at the "
+               "top of `fairness_report.md`; the old protocol's study is in `docs/results/legacy/`). "
+               "`load_report` reads the CSVs back and recomputes the tuning curves and the paired comparison "
+               "from the per-trial and per-seed tables."),
         ("code", "committed = load_report(RESULTS)\ncommitted.summary[COLS].round(2)"),
         ("md", "The checks below are recomputed from the committed tables (trial counts, the tuning seed "
                "of every slot, each arm's label account)."),
         ("code", "fairness_checks(committed)"),
         ("code", "plot_fairness(committed, title=f'committed study `{committed.name}` (reference arms, toy world)');"),
-        ("md", "Left: the expected best validation accuracy after n trials (±1 sd) and the best so far. "
-               "The curves do not cross, so the ordering does not depend on the tuning budget. Right: test "
-               "accuracy of each arm's best configuration over the 10 evaluation seeds (bootstrap 95% CI and "
-               "IQM). This report was written before the per-seed file `fairness_report_evals.csv` existed, "
-               "so its paired comparison is read from the report's Markdown (`matched-tuning report` now "
-               "writes the per-seed file, and `load_report` then recomputes the comparison):"),
+        ("md", "Left: the expected best validation accuracy after n trials (±1 sd) and the best so far; "
+               "where the curves cross, the ordering depends on the tuning budget. Right: test accuracy of "
+               "each arm's best configuration over the evaluation seeds (bootstrap 95% CI and IQM). The "
+               "report (below) gives both views: label-matched (the same N labels) and compute-matched (the "
+               "cheaper arm's stages stretched until both train on the same tokens per run, ±5%), with each "
+               "arm's number of searched dimensions and where its best learning rates sit in their range:"),
         ("code", "Markdown(filename=str(RESULTS / 'fairness_report.md'))"),
         ("md", "## 2. A matched study run here, end to end\n\nThe same calls the CLI makes "
                "(`matched-tuning run` then `matched-tuning report`): build the protocol, create the per-arm "
