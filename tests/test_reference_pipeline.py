@@ -40,7 +40,9 @@ def test_configs_in_repo_load_and_hash_stably():
     for name in ("toy", "toy_short", "toy_counterfactual"):
         cfg = load_config(name)
         assert cfg.hash() == load_config(name).hash()
-    assert load_config("toy").hash() != load_config("toy_short").hash()
+    # one gated schedule: toy_short is toy.toml's settings (comments are not hashed); the old protocol differs
+    assert load_config("toy").hash() == load_config("toy_short").hash()
+    assert load_config("toy").hash() != load_config("legacy/toy").hash()
 
 
 @pytest.mark.parametrize("raw,needle", [
