@@ -83,8 +83,8 @@ def summarise(prefix: str) -> str:
     lines = [f"# {prefix}: paired per-seed differences (test split, percent)", ""]
     lines.append("Per-arm mean (std over seeds):")
     lines.append("")
-    lines.append("| arm | accuracy avg@k | pass@k | compliance | acc given compliance | greedy |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| arm | accuracy avg@k | pass@k | compliance | acc given compliance | greedy | avg@k at T = 1 |")
+    lines.append("|---|---|---|---|---|---|---|")
     for arm in arms.index:
         def cell(m):
             try:
@@ -92,7 +92,7 @@ def summarise(prefix: str) -> str:
             except KeyError:
                 return "-"
         lines.append(f"| {arm} | {cell('accuracy')} | {cell('pass_at_k')} | {cell('compliance')} | "
-                     f"{cell('accuracy_given_compliance')} | {cell('accuracy_greedy')} |")
+                     f"{cell('accuracy_given_compliance')} | {cell('accuracy_greedy')} | {cell('accuracy_t1')} |")
     lines += ["", "Paired differences A - B (same seed); 95% bootstrap interval over seeds; "
               "P(improvement) = share of seeds with A > B (ties count half):", "",
               "| comparison | metric | seeds | mean A | mean B | A - B | 95% CI | P(A>B) | predicted | reading | per-seed A - B |",
