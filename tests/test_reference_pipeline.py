@@ -311,3 +311,23 @@ def test_run_arm_reports_val_accuracy_and_rejects_foreign_params(tmp_path):
         apply_params(tiny_config(), "no_fkl", {"lr": 2e-3})
     with pytest.raises(InputError, match="fkl_lr"):
         apply_params(tiny_config(), "no_fkl", {"fkl_lr": 1e-3})
+
+
+def test_demo_says_where_it_wrote_and_reads_the_result(tmp_path, capsys):
+    """The demo names its output folder first, counts arms as it goes, and ends with a table with
+    intervals, a legend line, one reading line, a run-table CSV and a figure."""
+    from reference import cli
+    cfg_path = tmp_path / "tiny.toml"
+    lines = []
+    for section, values in tiny_config().to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    cfg_path.write_text("\n".join(lines) + "\n")
+    work = tmp_path / "demo"
+    assert cli.main(["demo", "--config", str(cfg_path), "--workdir", str(work), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert f"results go to {work.resolve()}" in out.splitlines()[0]
+    assert "[arm 1 of 7 done" in out and "[arm 7 of 7 done" in out
+    assert "95% interval" in out and "acc = sampled avg@k" in out and "\nreading: best arm " in out
+    runs = validate_runs(pd.read_csv(work / "demo_results.csv"))
+    assert set(runs["arm"]) == set(ARMS) and (work / "demo.png").stat().st_size > 0
