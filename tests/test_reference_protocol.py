@@ -243,3 +243,18 @@ def test_gate_bad_input_is_one_line_exit_2(argv, needle, capsys):
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and needle in err[0]
+
+
+def test_committed_gate_table_is_current_and_the_headline_config_passes():
+    """docs/results/stability_gates.csv is keyed by config hash: every recorded config still hashes to
+    its recorded value (a changed config would need its gate rerun), and the configs the committed
+    tables come from passed every check."""
+    import pandas as pd
+    t = pd.read_csv(gate.RECORD)
+    assert {"config", "config_hash", "check", "value", "limit", "passed"} <= set(t.columns)
+    for config, rows in t.groupby("config"):
+        assert rows["config_hash"].nunique() == 1 and len(rows) == 10, config
+        assert load_config(config).hash() == rows["config_hash"].iloc[0], f"{config} changed since its gate ran"
+    for config in ("configs/toy.toml", "configs/toy_short.toml", "configs/toy_notebook.toml",
+                   "configs/toy_counterfactual.toml"):
+        assert gate.gate_status(load_config(config)) == "passed", config
