@@ -98,6 +98,12 @@ class Plan:
     uncertainty: dict | None = None  # discrepancy sd and source, measurement sd, effective draws
     _scenario_obj: Scenario | None = field(default=None, repr=False, compare=False)
 
+    def __repr__(self) -> str:  # the dataclass repr prints every split curve: thousands of numbers
+        r = self.recommendation
+        return (f"Plan(scenario={self.scenario!r}, benchmark={self.benchmark!r}, labels={self.labels}, "
+                f"recommended={r.arm!r} (p_best {r.p_best:.2f}, {r.teacher_labels} teacher / {r.student_labels} "
+                f"student labels), arms={len(self.arms)}, warnings={len(self.warnings)})")
+
     def arm(self, name: str) -> ArmPrediction:
         for a in self.arms:
             if a.arm == name:
