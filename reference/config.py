@@ -24,7 +24,9 @@ from typing import Any
 from theory.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+# configs/ in a checkout; in an installed wheel the copy shipped as package data (reference/configs is
+# a link to ../configs in the repository, so the two are one set of files)
+CONFIG_DIR = REPO_ROOT / "configs" if (REPO_ROOT / "configs").is_dir() else Path(__file__).resolve().parent / "configs"
 
 
 def _check_pos(section: str, obj: Any, names: tuple[str, ...], *, allow_zero: bool = False) -> None:
