@@ -56,21 +56,39 @@ def _tokens(n: int) -> str:
     return str(n)
 
 
+def _num(x: float, spec: str) -> str:
+    """format(x, spec) without a negative zero ('-0.00' reads '0.00')."""
+    from budget_planner.planner import _num as num
+    return num(x, spec)
+
+
+def _sig(x: float, width: float | None = None) -> str:
+    """A fitted value to the precision its 95% interval supports (about a tenth of the width), or 4
+    significant digits; integers print as integers ('14000', not '1.4e+04')."""
+    x = float(x)
+    if width is None or not math.isfinite(width) or width <= 0:
+        if x == int(x) and abs(x) < 1e15:
+            return str(int(x))
+        return f"{x:.4g}"
+    d = max(0, -math.floor(math.log10(width / 10.0)))
+    return _num(x, f".{d}f")
+
+
 def _fmt_plan(pl) -> str:
     lines = [f"scenario {pl.scenario}: {pl.benchmark} accuracy (%) with N = {pl.labels} labels",
              f"{'arm':<26} {'accuracy':>8}  {'95% interval':>15}  {'p_best':>7}  {'teacher/student labels':>22}"
              f"  {'+acc per 1k labels':>18}  {'train tokens':>12}"]
     for a in pl.arms:
         pb = "control" if a.p_best is None else f"{a.p_best:7.2f}"
-        lines.append(f"{a.arm:<26} {a.accuracy:8.1f}  [{a.lo:5.1f}, {a.hi:5.1f}]  {pb:>7}  "
-                     f"{a.teacher_labels:>10}/{a.student_labels:<11}  {a.marginal_per_1k:18.2f}  "
+        lines.append(f"{a.arm:<26} {_num(a.accuracy, '8.1f')}  [{_num(a.lo, '5.1f')}, {_num(a.hi, '5.1f')}]  {pb:>7}  "
+                     f"{a.teacher_labels:>10}/{a.student_labels:<11}  {_num(a.marginal_per_1k, '18.2f')}  "
                      f"{_tokens(a.compute_tokens):>12}" + (f"  = {a.same_as} here" if a.same_as else ""))
     r = pl.recommendation
     lines.append(f"recommended: {r.arm} (p_best {r.p_best:.2f}) with {r.teacher_labels} teacher / "
                  f"{r.student_labels} student labels")
     if r.runner_up is not None:
-        lines.append(f"runner-up: {r.runner_up}; gap (recommended - runner-up) {r.gap_mean:+.1f} points, "
-                     f"90% interval [{r.gap_lo:+.1f}, {r.gap_hi:+.1f}]")
+        lines.append(f"runner-up: {r.runner_up}; gap (recommended - runner-up) {_num(r.gap_mean, '+.1f')} points, "
+                     f"90% interval [{_num(r.gap_lo, '+.1f')}, {_num(r.gap_hi, '+.1f')}]")
         if r.separable:
             lines.append("separable: the gap interval excludes 0")
         else:
@@ -92,8 +110,9 @@ def _fmt_plan(pl) -> str:
     u = pl.uncertainty
     lines.append(f"uncertainty: structural error sd {u['discrepancy_sd']:.1f} points, measurement sd "
                  f"{u['measurement_sd']:.1f} points, {u['effective_draws']:.0f} effective of {u['draws']} draws")
-    n_assumed = sum(1 for i in pl.inputs if i["tag"] == "assumed")
-    lines.append(f"inputs: {len(pl.inputs)} ({n_assumed} assumed, {pl.n_fitted} fitted); "
+    by_tag = {t: sum(1 for i in pl.inputs if i["tag"] == t) for t in ("measured", "published", "assumed")}
+    tags = ", ".join(f"{k} {t}" for t, k in by_tag.items())
+    lines.append(f"inputs: {len(pl.inputs)} ({tags}); {pl.n_fitted} of them fitted to the observations; "
                  "`explain` lists them with sources")
     for w in pl.warnings:
         lines.append(f"warning: {w}")
@@ -101,12 +120,12 @@ def _fmt_plan(pl) -> str:
 
 
 def _fmt_next(nx: dict) -> str:
-    lines = [f"what to measure next: expected regret of deciding now {nx['expected_regret']:.2f} points "
+    lines = [f"what to measure next: expected regret of deciding now {_num(nx['expected_regret'], '.2f')} points "
              "(expected reduction per pilot measurement; tokens generated + trained)",
              f"  {'measurement':<26} {'pilot tokens':>12} {'regret reduction':>16} {'per 1e9 tokens':>14}  what"]
     for r in nx["rows"]:
-        lines.append(f"  {r['measurement']:<26} {_tokens(r['cost_tokens']):>12} {r['regret_reduction']:16.3f} "
-                     f"{r['per_1e9_tokens']:14.3f}  {r['description']}")
+        lines.append(f"  {r['measurement']:<26} {_tokens(r['cost_tokens']):>12} "
+                     f"{_num(r['regret_reduction'], '16.3f')} {_num(r['per_1e9_tokens'], '14.3f')}  {r['description']}")
     if nx["best"] is None:
         lines.append("measure next: nothing listed is expected to change the decision")
     else:
@@ -169,21 +188,29 @@ def cmd_explain(args) -> int:
     print(f"{'model':<40} {'acc%':>6} {'compl.':>6} {'signal frac':>11} {'signal size':>11} {'bits/label':>10}"
           f" {'KL_0 nats/tok':>13} {'dense nats/prompt':>17}")
     for r in pl.informativeness:
-        print(f"{r['model']:<40} {r['accuracy']:6.1f} {r['compliance']:6.3f} {r['signal_fraction']:11.3f} "
-              f"{r['signal_size']:11.3f} {r['bits_per_label']:10.2f} {r['kl0_nats_per_token']:13.3f} "
-              f"{r['dense_nats_per_prompt']:17.1f}")
+        print(f"{r['model']:<40} {_num(r['accuracy'], '6.1f')} {_num(r['compliance'], '6.3f')} "
+              f"{_num(r['signal_fraction'], '11.3f')} {_num(r['signal_size'], '11.3f')} "
+              f"{_num(r['bits_per_label'], '10.2f')} {_num(r['kl0_nats_per_token'], '13.3f')} "
+              f"{_num(r['dense_nats_per_prompt'], '17.1f')}")
     print("\nconditions (arXiv 2605.12483):")
     for c in pl.conditions:
         print("  " + c.explain())
     fit = fit_scenario(scn)
-    print("\ninputs (assumed inputs are fitted: prior -> MAP [95%]):")
+    print("\ninputs (assumed inputs are fitted: prior -> MAP [95%], to the precision the interval supports):")
+    rows = []
     for _, row in fit.parameters().iterrows():
         if row["fitted"]:
-            print(f"  {row['input']:<52} assumed   {row['prior']:.4g} -> {row['map']:.4g} "
-                  f"[{row['lo']:.4g}, {row['hi']:.4g}]  ({row['note']})")
+            w = float(row["hi"]) - float(row["lo"])
+            rows.append((row["input"], "assumed", _sig(row["prior"]), _sig(row["map"], w),
+                         f"[{_sig(row['lo'], w)}, {_sig(row['hi'], w)}]", row["note"]))
         else:
-            print(f"  {row['input']:<52} {row['tag']:<9} {row['prior']:.4g}  ({row['note']})")
-    print(f"  {'compute':<52} {scn.compute_tag:<9} {scn.compute}  ({scn.compute_note})")
+            rows.append((row["input"], row["tag"], _sig(row["prior"]), "", "", row["note"]))
+    wid = [max(len(r[i]) for r in rows) for i in range(5)]
+    print(f"  {'input':<{wid[0]}}  {'tag':<9}  {'prior':>{wid[2]}}    {'MAP':>{wid[3]}}  {'95%':<{wid[4]}}  source")
+    for name, tag, prior, mp, ci, note in rows:
+        arrow = "->" if mp else "  "
+        print(f"  {name:<{wid[0]}}  {tag:<9}  {prior:>{wid[2]}} {arrow} {mp:>{wid[3]}}  {ci:<{wid[4]}}  ({note})")
+    print(f"  {'compute':<{wid[0]}}  {scn.compute_tag:<9}  {scn.compute}  ({scn.compute_note})")
     from budget_planner.planner import split_sensitivity
     sens = split_sensitivity(scn, pl.labels, benchmark=args.benchmark)
     share = lambda k: f"{sens[k]['teacher_labels']} teacher labels ({100 * sens[k]['teacher_share']:.0f}%)"  # noqa: E731

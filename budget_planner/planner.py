@@ -98,6 +98,12 @@ class Plan:
     uncertainty: dict | None = None  # discrepancy sd and source, measurement sd, effective draws
     _scenario_obj: Scenario | None = field(default=None, repr=False, compare=False)
 
+    def __repr__(self) -> str:  # the dataclass repr prints every split curve: thousands of numbers
+        r = self.recommendation
+        return (f"Plan(scenario={self.scenario!r}, benchmark={self.benchmark!r}, labels={self.labels}, "
+                f"recommended={r.arm!r} (p_best {r.p_best:.2f}, {r.teacher_labels} teacher / {r.student_labels} "
+                f"student labels), arms={len(self.arms)}, warnings={len(self.warnings)})")
+
     def arm(self, name: str) -> ArmPrediction:
         for a in self.arms:
             if a.arm == name:
@@ -119,8 +125,10 @@ class Plan:
         return pd.DataFrame(list(self.informativeness))
 
     def to_dict(self) -> dict:
+        """JSON-ready; floats rounded to what they mean (accuracy points to 0.01, probabilities, shares
+        and KLs to 0.001); the inputs are kept as stated."""
         r = self.recommendation
-        return {
+        return _rounded({
             "schema_version": SCHEMA_VERSION,
             "scenario": self.scenario,
             "benchmark": self.benchmark,
@@ -143,43 +151,129 @@ class Plan:
             "inputs": list(self.inputs),
             "n_fitted": self.n_fitted,
             "warnings": list(self.warnings),
-        }
+        })
+
+    def _repr_html_(self) -> str:
+        """The plan's table for a notebook: every arm with its 95% interval, and the recommendation."""
+        from html import escape
+
+        r = self.recommendation
+        head = ("arm", "accuracy (%)", "95% interval", "p_best", "teacher / student labels", "train tokens")
+        rows = []
+        for a in self.arms:
+            pb = "control" if a.p_best is None else f"{a.p_best:.2f}"
+            style = ' style="font-weight:bold"' if a.arm == r.arm else ""
+            cells = (a.arm + (f" (= {a.same_as} here)" if a.same_as else ""), _num(a.accuracy, ".1f"),
+                     f"[{_num(a.lo, '.1f')}, {_num(a.hi, '.1f')}]", pb,
+                     f"{a.teacher_labels} / {a.student_labels}", f"{a.compute_tokens / 1e6:,.1f}M")
+            rows.append(f"<tr{style}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
+        verdict = (f"recommended: <b>{escape(r.arm)}</b> (p_best {r.p_best:.2f}) with {r.teacher_labels} teacher / "
+                   f"{r.student_labels} student labels")
+        if r.runner_up is not None:
+            verdict += (f"; runner-up {escape(r.runner_up)}, gap {_num(r.gap_mean, '+.1f')} points "
+                        f"({GAP_LEVEL:.0%} interval [{_num(r.gap_lo, '+.1f')}, {_num(r.gap_hi, '+.1f')}]"
+                        f"{', separable' if r.separable else ', a toss-up'})")
+        return (f"<table><caption>{escape(self.scenario)}: {escape(self.benchmark)} accuracy with N = "
+                f"{self.labels} labels (MAP; 95% predictive interval of a measured accuracy)</caption>"
+                "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
+                + "".join(rows) + f"</tbody></table><p>{verdict}</p>")
 
     def plot(self, path: str | Path | None = None, *, labels_grid=None):
-        """Two panels: accuracy vs teacher share of labels (with bands), accuracy vs budget N."""
+        """Two panels: accuracy vs teacher share of labels at the planned N, and accuracy vs budget N.
+        Lines are MAP predictions, bands 95% predictive intervals of a measured accuracy; the star marks
+        the recommendation, the dotted verticals the chosen split and the planned N."""
         import matplotlib
         if path is not None:
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         import seaborn as sns
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
 
         sns.set_theme(style="whitegrid")
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.8))
         pal = dict(zip(ARMS, sns.color_palette("tab10", len(ARMS))))
+        # arms that ignore the split are flat on the left panel and may sit at the same value: each gets
+        # its own dash pattern and marker, used on both panels
+        flat = [a.arm for a in self.arms if not ARMS[a.arm].splits_labels]
+        dashes = ["--", ":", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 2))]
+        markers = ["o", "s", "^", "D", "v"]
+        style = {name: {"ls": "-", "marker": None} for name in ARMS}
+        for i, name in enumerate(flat):
+            style[name] = {"ls": dashes[i % len(dashes)], "marker": markers[i % len(markers)]}
+        label = {name: name for name in ARMS}
+        for name, arm in ARMS.items():
+            if arm.control:
+                label[name] = f"{name} (control: stage 3's teacher labels, its student labels unused)"
+
+        r = self.recommendation
+        rec = self.arm(r.arm)
+        chosen = self.arm(STAGE3).teacher_labels / self.labels if self.labels else 0.0
+        x = np.asarray(self.split_fractions)
         for name, acc, lo, hi in self.split_curves:
-            ax1.plot(self.split_fractions, acc, label=name, color=pal[name])
-            ax1.fill_between(self.split_fractions, lo, hi, alpha=0.15, color=pal[name])
-        for a in self.arms:
-            if not ARMS[a.arm].splits_labels:
-                ax1.axhline(a.accuracy, ls="--", lw=1, color=pal[a.arm], label=a.arm)
-        ax1.set(xlabel="teacher share of labels", ylabel=f"{self.benchmark} accuracy (%)",
-                title=f"{self.scenario}: N = {self.labels} labels")
-        ax1.legend(fontsize=7)
+            ax1.plot(x, acc, color=pal[name], lw=2)
+            ax1.fill_between(x, lo, hi, alpha=0.15, color=pal[name], lw=0)
+        for i, name in enumerate(flat):
+            a = self.arm(name)
+            ax1.plot(x, np.full_like(x, a.accuracy), color=pal[name], ls=style[name]["ls"], lw=1.3,
+                     marker=style[name]["marker"], markevery=(4 + 9 * i, 25), ms=5)
+        ax1.axvline(chosen, color="0.3", ls=":", lw=1)
+        left = chosen > 0.2  # the note sits on the side of the line with room
+        ax1.annotate(f"chosen split\n{chosen:.0%} teacher", (chosen, 0.02), xycoords=("data", "axes fraction"),
+                     xytext=(-4 if left else 4, 0), textcoords="offset points", ha="right" if left else "left",
+                     va="bottom", fontsize=8, color="0.3")
+        rx = rec.teacher_labels / self.labels if self.labels else 0.0
+        for ax, xr in ((ax1, rx), (ax2, self.labels)):
+            ax.errorbar([xr], [rec.accuracy], yerr=[[rec.accuracy - rec.lo], [rec.hi - rec.accuracy]], fmt="*",
+                        ms=16, color=pal[r.arm], mec="black", mew=1, ecolor="black", capsize=4, zorder=5)
+        ax1.set(xlabel="teacher share of the labels (split arms only)", ylabel=f"{self.benchmark} accuracy (%)",
+                title=f"{self.scenario}: accuracy vs teacher share at N = {self.labels}")
         if self._scenario_obj is not None:
             grid = labels_grid if labels_grid is not None else budget_grid(self.labels)
-            frac = self.recommendation.teacher_labels / self.labels if self.labels else 0.5
-            curve = budget_curve(self._scenario_obj, grid, teacher_fraction=frac, benchmark=self.benchmark)
-            sns.lineplot(data=curve, x="labels", y="accuracy", hue="arm", palette=pal, ax=ax2)
-            for name, g in curve.groupby("arm"):
-                ax2.fill_between(g["labels"], g["lo"], g["hi"], alpha=0.1, color=pal[name])
-            ax2.set(xlabel="label budget N", ylabel=f"{self.benchmark} accuracy (%)",
-                    title=f"accuracy vs N (split arms at teacher share {frac:.2f})")
-            ax2.legend(fontsize=7)
-        fig.tight_layout()
+            curve = budget_curve(self._scenario_obj, grid, benchmark=self.benchmark)
+            for name, g in curve.groupby("arm", sort=False):
+                ax2.plot(g["labels"], g["accuracy"], color=pal[name], lw=2 if ARMS[name].splits_labels else 1.3,
+                         ls=style[name]["ls"], marker=style[name]["marker"] or ".", ms=5)
+                ax2.fill_between(g["labels"], g["lo"], g["hi"], alpha=0.08, color=pal[name], lw=0)
+        ax2.axvline(self.labels, color="0.3", ls=":", lw=1)
+        ax2.annotate(f"planned N = {self.labels}", (self.labels, 0.02), xycoords=("data", "axes fraction"),
+                     xytext=(-4, 0), textcoords="offset points", ha="right", va="bottom", fontsize=8, color="0.3")
+        ax2.set(xlabel="label budget N", ylabel=f"{self.benchmark} accuracy (%)",
+                title="accuracy vs label budget N (split arms at the best split for each N)")
+
+        handles = [Line2D([], [], color=pal[n], lw=2 if ARMS[n].splits_labels else 1.3, ls=style[n]["ls"],
+                          marker=style[n]["marker"], ms=5, label=label[n]) for n in ARMS]
+        handles += [Patch(color="0.6", alpha=0.4, label="95% predictive interval (band and error bar)"),
+                    Line2D([], [], ls="", marker="*", ms=14, color=pal[r.arm], mec="black",
+                           label=f"recommended: {r.arm}, {r.teacher_labels} teacher / {r.student_labels} student")]
+        fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
+        fig.tight_layout(rect=(0, 0.12, 1, 1))
         if path is not None:
             fig.savefig(path, dpi=120)
             plt.close(fig)
         return fig
+
+
+def _num(x: float, spec: str) -> str:
+    """format(x, spec) without a negative zero: -0.004 at '.2f' reads '0.00', not '-0.00'."""
+    s = format(x, spec)
+    return format(0.0, spec) if float(s) == 0.0 else s
+
+
+# decimals a JSON number keeps, by what it measures: accuracy points (and their sds) to 0.01, shares,
+# probabilities, KLs and bits to 0.001
+_POINTS = {"accuracy", "ci", "lo", "hi", "mean", "map", "teacher_accuracy", "student_accuracy", "discrepancy_sd",
+           "measurement_sd", "dense_nats_per_prompt"}
+
+
+def _rounded(obj, key: str | None = None):
+    if isinstance(obj, dict):
+        return {k: (v if k == "inputs" else _rounded(v, k)) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_rounded(v, key) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return round(float(obj), 2 if key in _POINTS else 3) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return obj
 
 
 def budget_grid(n: int) -> list[int]:
@@ -557,20 +651,28 @@ def informativeness(fit: Fit, n: int, bench: str, world, vals) -> tuple[list[dic
     return rows, conds
 
 
-def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: float = 0.5,
+def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: float | None = None,
                  benchmark: str | None = None) -> pd.DataFrame:
-    """Accuracy vs label budget N per arm (MAP point, 95% predictive band); split arms at a fixed share."""
+    """Accuracy vs label budget N per arm (MAP point, 95% predictive band). Split arms run at
+    `teacher_fraction` of the labels, or by default at the split `plan` would choose at each N (the one
+    maximising rl_teacher_bridge_stage3; replay_control is evaluated at the same split), as the plan's
+    figure shows them. Columns: labels, arm, teacher_labels, accuracy, lo, hi."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     st = _setup(scn, benchmark)
+    if teacher_fraction is not None and not (0.0 <= teacher_fraction <= 1.0):
+        raise InputError(f"teacher_fraction must be in [0, 1], got {teacher_fraction!r}")
     rows = []
     for n in labels_grid:
         n = check_budget(n)
+        t_split = best_split(st, n) if teacher_fraction is None else int(round(teacher_fraction * n))
         for name, arm in ARMS.items():
-            tl = int(round(teacher_fraction * n)) if arm.splits_labels else None
+            tl = t_split if arm.splits_labels else None
             acc = predict_arm(st.world, arm, n, tl)[..., st.b]
-            pred = st.predictive(config_key(arm, arm.labels(n, tl)), acc[1:])
+            acct = arm.labels(n, tl)
+            pred = st.predictive(config_key(arm, acct), acc[1:])
             lo, hi = _interval(pred)
-            rows.append({"labels": n, "arm": name, "accuracy": float(acc[0]), "lo": float(lo), "hi": float(hi)})
+            rows.append({"labels": n, "arm": name, "teacher_labels": int(acct.teacher), "accuracy": float(acc[0]),
+                         "lo": float(lo), "hi": float(hi)})
     return pd.DataFrame(rows)
 
 

@@ -1,10 +1,19 @@
 """Writes the three notebooks from the cell sources below (reviewable text, no hidden JSON edits).
 
-    python notebooks/build.py        # rewrite notebooks/*.ipynb (outputs cleared; CI executes them)
+    python notebooks/build.py            # rewrite the sources; a code cell whose source is unchanged
+                                         # keeps its committed outputs, a changed one loses them
+    python notebooks/build.py --execute  # rewrite and execute every notebook (from notebooks/, as the
+                                         # test does; notebook 03 trains the toy arms: a few minutes)
 
+The notebooks are committed executed, so a reader on a code host sees the tables and figures; the
+test re-executes them and compares the kinds of output of every cell (not pixels or numbers). Timing
+metadata, the kernel's language_info and stderr warnings are stripped, so a rerun changes only the
+outputs themselves.
 The notebooks import the packages and define no logic of their own.
 """
 
+import argparse
+import copy
 from pathlib import Path
 
 import nbformat
@@ -18,7 +27,7 @@ NOTEBOOKS = {
                "model I could train first: where do the labels go, and what accuracy should I expect? "
                "Scenario → plan → figures → what-if on N and on the teacher."),
         ("code", "from budget_planner import load_scenario, plan, preset_names\npreset_names()"),
-        ("code", "scn = load_scenario('paper-qwen3-math')\np = plan(scn)\np.to_frame()"),
+        ("code", "scn = load_scenario('paper-qwen3-math')\np = plan(scn)\np  # the same table as a DataFrame: p.to_frame()"),
         ("md", "The recommendation comes with the probability that it is the best arm under the calibrated "
                "uncertainty, and the warnings say which inputs are only priors."),
         ("code", "print(p.recommendation)\nprint(*p.warnings, sep='\\n')"),
@@ -154,7 +163,28 @@ NOTEBOOKS = {
 }
 
 
-def build() -> list[Path]:
+def _stable(nb):
+    """Drop what changes on every run but says nothing: timings, the kernel's version details, and
+    stderr (library warnings that name this machine's paths and depend on installed versions)."""
+    nb.metadata.pop("language_info", None)
+    nb.metadata.pop("widgets", None)
+    for c in nb.cells:
+        c.metadata.pop("execution", None)
+        if c.cell_type == "code":
+            c.outputs = [o for o in c.outputs if not (o.output_type == "stream" and o.name == "stderr")]
+    return nb
+
+
+def execute(nb, timeout: int = 900):
+    """Run a notebook top to bottom in a kernel of this interpreter, from notebooks/ (as the test does)."""
+    import nbclient
+
+    nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                            coalesce_streams=True, resources={"metadata": {"path": str(HERE)}}).execute()
+    return _stable(nb)
+
+
+def build(execute_them: bool = False) -> list[Path]:
     written = []
     for name, cells in NOTEBOOKS.items():
         # cell ids from the notebook name and position: rebuilding an unchanged notebook changes no byte
@@ -162,11 +192,23 @@ def build() -> list[Path]:
                                  for i, (kind, src) in enumerate(cells)])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         path = HERE / name
-        nbformat.write(nb, path)
+        if execute_them:
+            execute(nb)
+        elif path.exists():  # keep the outputs of code cells whose source did not change
+            old = {c.get("id"): c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"}
+            for c in nb.cells:
+                prev = old.get(c.get("id"))
+                if c.cell_type == "code" and prev is not None and prev.source == c.source:
+                    c.outputs = copy.deepcopy(prev.outputs)
+                    c.execution_count = prev.execution_count
+        nbformat.write(_stable(nb), path)
         written.append(path)
     return written
 
 
 if __name__ == "__main__":
-    for p in build():
+    ap = argparse.ArgumentParser(description="Write notebooks/*.ipynb from the sources in this file.")
+    ap.add_argument("--execute", action="store_true",
+                    help="also execute every notebook and store its outputs (commit them executed)")
+    for p in build(ap.parse_args().execute):
         print("wrote", p)

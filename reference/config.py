@@ -24,7 +24,9 @@ from typing import Any
 from theory.errors import InputError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
+# configs/ in a checkout; in an installed wheel the copy shipped as package data (reference/configs is
+# a link to ../configs in the repository, so the two are one set of files)
+CONFIG_DIR = REPO_ROOT / "configs" if (REPO_ROOT / "configs").is_dir() else Path(__file__).resolve().parent / "configs"
 
 
 def _check_pos(section: str, obj: Any, names: tuple[str, ...], *, allow_zero: bool = False) -> None:
@@ -247,9 +249,14 @@ class EngineConfig:
     gradient_checkpointing: bool = False
     lora_rank: int = 0  # >0: LoRA (peft) for teacher GRPO on small GPUs
     micro_batch: int = 0  # sequences per forward/backward chunk; 0 -> whole batch
+    tracker: str = ""  # "" off; "tensorboard" (or another accelerate tracker): per-step stage logs (reference.tracking)
+    tracker_dir: str = ""  # where a file-based tracker writes; "" -> <workdir>/tracking
 
     def __post_init__(self) -> None:
         _check_pos("engine", self, ("threads",))
+        from reference.tracking import TRACKERS
+        if self.tracker and self.tracker not in TRACKERS:
+            raise InputError(f"engine.tracker must be one of {', '.join(TRACKERS)} or \"\" (off), got {self.tracker!r}")
         _check_pos("engine", self, ("lora_rank", "micro_batch"), allow_zero=True)
         if self.rollout not in ("hf", "vllm"):
             raise InputError(f"engine.rollout must be 'hf' or 'vllm', got {self.rollout!r}")
@@ -309,11 +316,17 @@ _HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     **{(sec, "warmup"): 0.0 for sec in ("grpo", "fkl", "opd")},
     **{(sec, "schedule"): "constant" for sec in ("grpo", "fkl", "opd")},
     ("eval", "also_t1"): False,
+    ("engine", "tracker"): "",
+    ("engine", "tracker_dir"): "",
 }
+# Fields that only say where a run reports, never what it computes: left out of every hash and of the
+# resume check whatever their value (turning tracking on keeps the stage keys, seeds and numbers).
+_LOGGING_ONLY: frozenset[tuple[str, str]] = frozenset({("engine", "tracker"), ("engine", "tracker_dir")})
 
 
 def _hashed(d: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {sec: {k: v for k, v in fields_.items() if _HASH_NEUTRAL.get((sec, k), object()) != v}
+    return {sec: {k: v for k, v in fields_.items()
+                  if (sec, k) not in _LOGGING_ONLY and _HASH_NEUTRAL.get((sec, k), object()) != v}
             for sec, fields_ in d.items()}
 
 
@@ -394,11 +407,16 @@ def load_config(path: str | Path) -> Config:
 
 
 def diff_fields(old: dict[str, dict[str, Any]], new: dict[str, dict[str, Any]]) -> list[str]:
-    """'section.field' names whose values differ between two Config.to_dict() outputs."""
+    """'section.field' names whose values differ between two Config.to_dict() outputs. A field one
+    side lacks (written before the field existed) counts as its hash-neutral value; fields that only
+    say where a run reports (_LOGGING_ONLY) are not compared."""
     out = []
     for section in sorted(set(old) | set(new)):
         a, b = old.get(section, {}), new.get(section, {})
         for name in sorted(set(a) | set(b)):
-            if a.get(name) != b.get(name):
+            if (section, name) in _LOGGING_ONLY:
+                continue
+            missing = _HASH_NEUTRAL.get((section, name))
+            if a.get(name, missing) != b.get(name, missing):
                 out.append(f"{section}.{name}")
     return out

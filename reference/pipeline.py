@@ -27,6 +27,7 @@ import torch
 
 from reference import checkpoint as ckpt
 from reference import stages as st
+from reference import tracking as _tracking
 from reference.config import Config, diff_fields
 from reference.evaluate import EvalResult, evaluate
 from reference.rollout import HFRollout
@@ -203,6 +204,8 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
     arm = get_arm(arm) if isinstance(arm, str) else arm
     if split not in ("val", "test"):
         raise InputError(f"split must be 'val' or 'test', got {split!r}")
+    if cfg.engine.tracker:  # before any work: one line naming the install when the package is missing
+        _tracking.check_available(cfg.engine.tracker)
     torch.set_num_threads(cfg.engine.threads)
     acct = arm.labels(cfg.world.labels, teacher_labels)
     workdir = Path(workdir)
@@ -225,6 +228,17 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
     if result_path.is_file():  # finished before (same config, checked above): nothing to redo
         return _load_result(result_path)
 
+    tracker = _tracking.open_tracker(cfg, run_name, workdir) if main else None
+    try:
+        return _run_stages(cfg, arm, seed, acct, workdir, engine, main, rank, barrier, tracker, result_path,
+                           split, report, progress, stop_after)
+    finally:
+        if tracker is not None:
+            tracker.finish()
+
+
+def _run_stages(cfg, arm, seed, acct, workdir, engine, main, rank, barrier, tracker, result_path, split,
+                report, progress, stop_after) -> RunResult:
     need_teacher = arm.teacher.value != "none"
     models = build_models(cfg, need_teacher=need_teacher, engine=engine)
     world = build_world(cfg, models.tokenizer)
@@ -253,6 +267,8 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
         if (sdir / "meta.json").exists():
             meta = ckpt.load_weights(model, sdir)
             stage_log.append(dict(meta["result"], cached=True))
+            if tracker is not None:  # a resumed run still shows every stage
+                tracker.log_stage(stage.value, meta.get("log") or [])
         else:
             torch.manual_seed(_seed_from(key) + rank)  # ranks sample their shards independently; rank 0 as one process
             bar = _bar(progress and main, f"{arm.name} s{seed} {stage.value}")
@@ -269,7 +285,10 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
             if lora:  # teacher RL trains LoRA adapters only; merged back after the stage (plain weights)
                 from reference.engines import apply_lora
                 models.teacher = apply_lora(models.teacher, rank=cfg.engine.lora_rank)
-            result = _run_stage(stage, cfg, models, world, labeled, _seed_from(key + "/data"), bar, on_step)
+            on_entry = None if tracker is None else (
+                lambda step, entry, _name=stage.value: tracker.log_entry(_name, step, entry))
+            result = _run_stage(stage, cfg, models, world, labeled, _seed_from(key + "/data"), bar, on_step,
+                                on_entry)
             if lora:
                 models.teacher = model = models.teacher.merge_and_unload()
             if bar is not None:
@@ -302,6 +321,8 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
                       "curve": {}, "cached": False})
     res = RunResult(arm.name, seed, cfg.world.name, split, acct, compute, final.metrics, tuple(stage_log),
                     final.problems.assign(model=f"{arm.name}/s{seed}"))
+    if tracker is not None:
+        tracker.log_final(final.metrics)
     if main:
         tmp = result_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(res.to_dict(), indent=1, default=str))
@@ -334,8 +355,11 @@ def _bar(progress: bool, desc: str):
 
 
 def _run_stage(stage: Stage, cfg: Config, m: Models, world: World, labeled: dict, seed: int, bar,
-               on_step: Callable[[int, int], None] | None = None) -> st.StageResult:
+               on_step: Callable[[int, int], None] | None = None,
+               on_entry: Callable[[int, dict], None] | None = None) -> st.StageResult:
     def progress(step, total, entry):
+        if on_entry is not None:  # the experiment tracker: every per-step log entry of the stage
+            on_entry(step, entry)
         if on_step is not None:
             on_step(step, total)
         if bar is not None:

@@ -1,9 +1,10 @@
 """The notebooks and the package helpers they call.
 
-Tier 2 (fast): every notebook file is what notebooks/build.py writes (sources, outputs cleared); the
-report loader / fairness checks / tuning curves of tuning.report and the stage-log reader of
+Tier 2 (fast): every notebook file is what notebooks/build.py writes (the same sources), committed
+executed (outputs, at least one figure, no error); the report loader / fairness checks / tuning curves of tuning.report and the stage-log reader of
 reference.curves on a synthetic study and on tiny toy runs.
-Tier 3 (slow): every notebook executes top to bottom in a kernel of this interpreter and draws a figure.
+Tier 3 (slow): every notebook executes top to bottom in a kernel of this interpreter, draws a figure,
+and gives every cell the same kinds of output as the committed notebook (not the same pixels or numbers).
 """
 
 import importlib.util
@@ -35,8 +36,53 @@ def test_notebooks_exist_and_match_their_builder():
         nb = nbformat.read(path, as_version=4)
         want = [("md" if c.cell_type == "markdown" else "code", c.source) for c in nb.cells]
         assert want == list(mod.NOTEBOOKS[path.name]), f"{path.name} differs from build.py: run notebooks/build.py"
-        code = [c for c in nb.cells if c.cell_type == "code"]
-        assert not any(c.outputs or c.execution_count for c in code), f"{path.name}: commit it with outputs cleared"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_is_committed_executed_with_a_figure(path):
+    """A reader on a code host sees the outputs: every code cell ran, none failed, a figure is there."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    fix = "run `python notebooks/build.py --execute` and commit the notebooks"
+    assert all(c.execution_count for c in code), f"{path.name}: a code cell was not executed; {fix}"
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1)), f"{path.name}: run out of order; {fix}"
+    outputs = [o for c in code for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"], f"{path.name}: committed with an error; {fix}"
+    assert any("image/png" in o.get("data", {}) for o in outputs), f"{path.name}: no figure committed; {fix}"
+    assert all("execution" not in c.metadata for c in code) and "language_info" not in nb.metadata, \
+        f"{path.name}: timing metadata committed; {fix}"
+
+
+def output_kinds(cell) -> list[tuple]:
+    """The shape of a cell's output: each output's type and its MIME types (stream: its name), with
+    consecutive stream chunks merged. stderr is left out: warnings there depend on library versions."""
+    kinds: list[tuple] = []
+    for o in cell.get("outputs", []):
+        if o.output_type == "stream":
+            if o.name == "stderr":
+                continue
+            k = ("stream", o.name)
+            if kinds and kinds[-1] == k:
+                continue
+        elif o.output_type in ("display_data", "execute_result"):
+            k = (o.output_type, tuple(sorted(o.get("data", {}))))
+        else:
+            k = (o.output_type,)
+        kinds.append(k)
+    return kinds
+
+
+def test_output_kinds_reads_structure_not_values():
+    v4 = nbformat.v4
+    a = v4.new_code_cell("x", outputs=[v4.new_output("stream", name="stdout", text="1\n"),
+                                       v4.new_output("stream", name="stdout", text="2\n"),
+                                       v4.new_output("stream", name="stderr", text="warn\n"),
+                                       v4.new_output("display_data", data={"image/png": "AAA", "text/plain": "f"})])
+    b = v4.new_code_cell("x", outputs=[v4.new_output("stream", name="stdout", text="3\n"),
+                                       v4.new_output("display_data", data={"image/png": "BBB", "text/plain": "g"})])
+    assert output_kinds(a) == output_kinds(b) == [("stream", "stdout"), ("display_data", ("image/png", "text/plain"))]
+    c = v4.new_code_cell("x", outputs=[v4.new_output("execute_result", data={"text/plain": "1"}, execution_count=1)])
+    assert output_kinds(c) != output_kinds(b)
 
 
 # ---------- tuning.report: loading a written report, fairness checks, curves ----------
@@ -212,14 +258,23 @@ def test_stage_figures_have_no_empty_panel(tiny_runs):
 @pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_executes(path):
+    committed = nbformat.read(path, as_version=4)
     nb = nbformat.read(path, as_version=4)
+    for c in nb.cells:  # run from the sources alone
+        if c.cell_type == "code":
+            c.outputs, c.execution_count = [], None
     # a last cell added here (not in the file): the kernel must be this interpreter
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.prefix)"))
     # "python3" is the kernel of the running interpreter (jupyter_client maps `python` to sys.executable)
-    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", coalesce_streams=True,
                             resources={"metadata": {"path": str(NB_DIR)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
     errors = [f"{o.ename}: {o.evalue}" for o in outputs if o.output_type == "error"]
     assert not errors, errors
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure was drawn"
     assert nb.cells[-1].outputs[0]["text"].strip() == sys.prefix, "the kernel runs another environment"
+    for i, (old, new) in enumerate(zip(committed.cells, nb.cells)):
+        if old.cell_type == "code":
+            assert output_kinds(new) == output_kinds(old), (
+                f"{path.name} cell {i}: the committed notebook shows other kinds of output than a fresh run; "
+                "run `python notebooks/build.py --execute` and commit the notebooks")

@@ -196,3 +196,81 @@ def test_plan_next_prints_and_writes_the_measurement_ranking(tmp_path):
     assert "what to measure next" in r.stdout and "measure next:" in r.stdout
     d = json.loads(out.read_text())
     assert d["next"]["rows"] and d["next"]["best"] in {row["measurement"] for row in d["next"]["rows"]}
+
+
+# --- reading the output (issue 14 item 3) -------------------------------------------------------
+
+_NEG_ZERO = r"(?<![\d.])-0\.0+(?![\d])"
+
+
+def test_no_negative_zero_in_plan_text():
+    """weak-teacher at 300 labels has replay_control's marginal value at -0.002 per 1k labels:
+    it printed '-0.00'."""
+    import re
+    r = run("plan", "--scenario", "weak-teacher", "--labels", "300", "--next")
+    assert r.returncode == 0, r.stderr
+    assert "replay_control" in r.stdout
+    assert not re.search(_NEG_ZERO, r.stdout), r.stdout
+    from budget_planner.cli import _num
+    assert _num(-0.0021, ".2f") == "0.00" and _num(-0.0021, "+.1f") == "+0.0" and _num(-0.021, ".2f") == "-0.02"
+
+
+def test_plan_json_floats_are_rounded_to_what_they_mean(tmp_path):
+    import re
+    out = tmp_path / "p.json"
+    assert run("plan", "--scenario", "weak-teacher", "--labels", "300", "--json", str(out)).returncode == 0
+    text = out.read_text()
+    d = json.loads(text)
+
+    def floats(o, key=None):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                if k != "inputs":  # the stated inputs are kept as given (a learning rate may be 1e-6)
+                    yield from floats(v, k)
+        elif isinstance(o, list):
+            for v in o:
+                yield from floats(v, key)
+        elif isinstance(o, float):
+            yield key, o
+    assert not [(k, v) for k, v in floats(d) if "e" in repr(v)], "exponent noise such as 1.0e-13 in the JSON"
+
+    def decimals(v):
+        return len(repr(v).split(".")[1]) if "." in repr(v) else 0
+    for a in d["arms"].values():
+        assert decimals(a["accuracy"]) <= 2 and all(decimals(x) <= 2 for x in a["ci"])
+        assert a["p_best"] is None or decimals(a["p_best"]) <= 3
+        assert decimals(a["marginal_per_1k_labels"]) <= 3
+    assert decimals(d["recommendation"]["p_best"]) <= 3
+    for c in d["split_curves"].values():
+        assert all(decimals(x) <= 2 for x in c["accuracy"] + c["lo"] + c["hi"])
+    for row in d["informativeness"]:
+        assert all(decimals(v) <= 3 for v in row.values() if isinstance(v, float))
+    assert not re.search(r'(?<![\d.])-0\.0(?![\d])', text)
+    # the stated inputs are kept exactly as the scenario gives them
+    from theory.scenario import load_scenario
+    stated = {t.path: t.value for t in load_scenario("weak-teacher").inputs}
+    assert all(i["value"] == stated[i["input"]] for i in d["inputs"] if i["input"] in stated)
+
+
+def test_plan_counts_inputs_by_tag():
+    r = run("plan", "--scenario", "paper-qwen3-math")
+    line = next(x for x in r.stdout.splitlines() if x.startswith("inputs:"))
+    from theory.scenario import load_scenario
+    inputs = load_scenario("paper-qwen3-math").inputs
+    for tag in ("measured", "published", "assumed"):
+        n = sum(1 for t in inputs if t.tag == tag) + (tag == "assumed")  # + the compute model (assumed)
+        assert f"{n} {tag}" in line, line
+
+
+def test_explain_inputs_are_aligned_and_rounded_to_their_interval():
+    r = run("explain", "--scenario", "paper-qwen3-math")
+    assert r.returncode == 0, r.stderr
+    block = r.stdout.split("\ninputs (")[1].split("\n\n")[0].splitlines()[2:]
+    fitted = [x for x in block if " -> " in x]
+    assert len(fitted) >= 10
+    # the arrow, the MAP's last digit and the interval start at the same column on every fitted row
+    assert len({x.index(" -> ") for x in fitted}) == 1
+    assert len({x.index(" [") for x in fitted}) == 1
+    assert len({x.index(" (") for x in block if not x.lstrip().startswith("compute ")}) == 1
+    gs = next(x for x in fitted if "inputs.group_size" in x)
+    assert "7.96" not in gs and "-> " in gs and "8.0" in gs.split("->")[1], gs  # not '8 -> 7.969'

@@ -155,3 +155,48 @@ def test_scenario_with_a_problem_table_and_other_benchmark(tmp_path):
     assert aime.benchmark == "AIME24" and aime.arm("direct_grpo").accuracy < 40
     with pytest.raises(InputError, match="not in scenario"):
         plan("paper-qwen3-math", benchmark="GSM8K")
+
+
+def test_repr_html_is_a_table_with_every_arm(paper):
+    html = paper._repr_html_()
+    assert html.startswith("<table>") and "</table>" in html
+    body = html.split("<tbody>")[1].split("</tbody>")[0]
+    assert body.count("<tr") == len(paper.arms)
+    for a in paper.arms:
+        assert f"<td>{a.arm}" in body
+    assert "95%" in html and paper.recommendation.arm in html.split("</table>")[1]
+
+
+def test_budget_curve_default_is_the_split_the_plan_chooses(paper):
+    from budget_planner.planner import budget_curve
+    curve = budget_curve("paper-qwen3-math", [paper.labels])
+    stage3 = curve[curve["arm"] == "rl_teacher_bridge_stage3"].iloc[0]
+    assert stage3["teacher_labels"] == paper.arm("rl_teacher_bridge_stage3").teacher_labels
+    assert abs(stage3["accuracy"] - paper.arm("rl_teacher_bridge_stage3").accuracy) < 1e-9
+    half = budget_curve("paper-qwen3-math", [paper.labels], teacher_fraction=0.5)
+    assert half[half["arm"] == "rl_teacher_bridge_stage3"].iloc[0]["teacher_labels"] == paper.labels // 2
+
+
+def test_plot_marks_the_plan_and_keeps_the_legend_off_the_data():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    pl = plan("weak-teacher", labels=3000)  # recommends direct_grpo: 0 teacher labels
+    fig = pl.plot()
+    ax1, ax2 = fig.axes
+    try:
+        assert ax1.get_legend() is None and ax2.get_legend() is None and len(fig.legends) == 1
+        texts = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert any("95%" in t for t in texts) and any(t.startswith("recommended: direct_grpo") for t in texts)
+        assert any(t.startswith("replay_control (control") for t in texts)
+        assert "teacher share 0.00" not in ax2.get_title()
+        for ax, x in ((ax1, 0.0), (ax2, pl.labels)):  # the star at the recommendation
+            stars = [ln for ln in ax.get_lines() if ln.get_marker() == "*"]
+            assert stars and stars[0].get_xdata()[0] == x
+            assert stars[0].get_ydata()[0] == pytest.approx(pl.arm("direct_grpo").accuracy)
+        # no two flat lines share colour, dash pattern and marker
+        flat = [(ln.get_color(), str(ln.get_linestyle()), ln.get_marker()) for ln in ax1.get_lines()
+                if len(set(ln.get_ydata())) == 1 and len(ln.get_ydata()) > 2]
+        assert len(flat) == len(set((ls, m) for _, ls, m in flat)) == 5
+    finally:
+        plt.close(fig)
