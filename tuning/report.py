@@ -89,41 +89,34 @@ def evaluate(handle: StorageHandle, name: str, source: ArmSource | None = None, 
                 todo.append((arm, best.number, dict(best.params), seed))
     if not todo:
         return 0
-    budget = protocol.budget
+    if source is not None:
+        _cache_source(protocol, source)
 
-    def store(arm, number, seed, acc, tokens):
+    def store(tag, acc, tokens):
+        arm, number, seed = tag
         studies[arm].set_user_attr(f"{EVAL_PREFIX}{seed}", {"trial": number, "accuracy": acc,
                                                            "compute_tokens": tokens, "split": SPLITS_EVAL})
         if log:
             log(f"eval {arm} (trial #{number}) seed {seed}: {acc:.2f}% on {SPLITS_EVAL}")
 
-    if jobs <= 1:
-        if source is not None:
-            _SOURCE_CACHE[(protocol.arm_source, json.dumps(dict(protocol.arm_options), sort_keys=True))] = source
-        for arm, number, params, seed in todo:
-            acc, tokens = _eval_one(protocol.arm_source, dict(protocol.arm_options), arm, params, budget, seed)
-            store(arm, number, seed, acc, tokens)
-        return len(todo)
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per job: no forked torch threads
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init_child) as pool:
-        futures = {pool.submit(_eval_one, protocol.arm_source, dict(protocol.arm_options), arm, params,
-                               budget, seed): (arm, number, seed) for arm, number, params, seed in todo}
-        for fut in as_completed(futures):
-            arm, number, seed = futures[fut]
-            acc, tokens = fut.result()
-            store(arm, number, seed, acc, tokens)
+    _run_jobs(protocol, [(arm, params, seed, (arm, number, seed)) for arm, number, params, seed in todo], jobs, store)
     return len(todo)
+
+
+def _cache_source(protocol: Protocol, source: ArmSource) -> None:
+    """Let in-process evaluations reuse a loaded arm source (spawned workers load their own)."""
+    _SOURCE_CACHE[(protocol.arm_source, json.dumps(dict(protocol.arm_options), sort_keys=True))] = source
 
 
 def _run_jobs(protocol: Protocol, jobs_: list[tuple], n_workers: int, on_done) -> None:
     """Run (arm, params, seed, tag) evaluations, in a spawn pool when n_workers > 1; on_done(tag, acc, tokens)."""
     budget = protocol.budget
     opts = dict(protocol.arm_options)
-    if n_workers <= 1 or len(jobs_) <= 1:
+    if n_workers <= 1:
         for arm, params, seed, tag in jobs_:
             on_done(tag, *_eval_one(protocol.arm_source, opts, arm, params, budget, seed))
         return
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per job: no forked torch threads
     with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_child) as pool:
         futures = {pool.submit(_eval_one, protocol.arm_source, opts, arm, params, budget, seed): tag
                    for arm, params, seed, tag in jobs_}
@@ -143,7 +136,7 @@ def evaluate_compute_matched(handle: StorageHandle, name: str, source: ArmSource
     scale = getattr(source.fn, "scale_compute", None)
     if not callable(scale):
         return 0
-    _SOURCE_CACHE[(protocol.arm_source, json.dumps(dict(protocol.arm_options), sort_keys=True))] = source
+    _cache_source(protocol, source)
     studies = {arm: _load(handle, arm_study_name(name, arm)) for arm in protocol.arms}
     cost = {}
     for arm, study in studies.items():
@@ -161,9 +154,8 @@ def evaluate_compute_matched(handle: StorageHandle, name: str, source: ArmSource
         plan = study.user_attrs.get(EVALC_PLAN)
         if plan is None or plan.get("trial") != best.number or plan.get("target") != target:
             # calibrate the stretch on the first evaluation seed: tokens are close to linear in stage length
-            factor = target / own
+            factor, seed = target / own, protocol.eval_seeds[0]
             for _ in range(3):
-                seed = protocol.eval_seeds[0]
                 acc, tokens = _eval_one(protocol.arm_source, dict(protocol.arm_options), arm,
                                         scale(arm, dict(best.params), factor), protocol.budget, seed)
                 runs += 1
@@ -449,12 +441,9 @@ def to_markdown(rep: FairnessReport, command: str | None = None, figures: list[s
                                      if defaults_first
                                      else "sampled like the others (the arms declare no complete defaults)."), "",
         "## Per arm", "",
-        _table(rep.summary, ["arm", "dims"] * ("dims" in rep.summary) + ["trials", "complete", "pruned", "failed",
-                             "retried", "compute", "compute_per_trial", "best_score", "still_improving", "eval_n",
-                             "eval_mean", "eval_ci_low", "eval_ci_high", "eval_iqm"]
-               if "dims" in rep.summary else ["arm", "trials", "complete", "pruned", "failed", "retried", "compute",
-                                              "compute_per_trial", "best_score", "still_improving", "eval_n",
-                                              "eval_mean", "eval_ci_low", "eval_ci_high", "eval_iqm"]), "",
+        _table(rep.summary, ["arm", "dims", "trials", "complete", "pruned", "failed", "retried", "compute",
+                             "compute_per_trial", "best_score", "still_improving", "eval_n", "eval_mean",
+                             "eval_ci_low", "eval_ci_high", "eval_iqm"]), "",
         "`dims` = the number of hyperparameters the arm searched (its search space's dimension).", "",
         "Accuracy in percent; compute in tokens (rollout + training + teacher scoring). `compute` is the "
         "whole tuning spend of the arm; `retried` counts attempts lost with a killed worker and re-run "
