@@ -55,6 +55,7 @@ class Check:
     limit: float
     passed: bool
     detail: str = ""
+    op: str = "<="  # how value is compared with limit (for printing; `passed` already holds the verdict)
 
     def to_dict(self) -> dict:
         return {"check": self.check, "value": _r(self.value), "limit": self.limit, "passed": self.passed,
@@ -138,19 +139,17 @@ def gate_seed(cfg: Config, seed: int, *, steps: int = GATE_STEPS, problems: int 
         say(f"{name} {res.steps} steps in {time.perf_counter() - t0:.0f}s")
         return list(res.log)
 
+    def bridge(check: str, stage: str, student, towards, limit: int | None) -> list[float]:
+        """FKL warmup or OPD of `student` toward the frozen `towards`; returns its per-step KL."""
+        fn, scfg, key = {"fkl": (st.fkl_warmup, cfg.fkl, "forward_kl"), "opd": (st.opd, cfg.opd, "kl_to_teacher")}[stage]
+        log = run(f"{check}_{stage}", lambda s: fn(student, towards, world.unlabeled, scfg, ctx, seed=s, limit=limit))
+        return [e[key] for e in log]
+
     base_correct = correct(base, "noop")
     for stage in ("fkl", "opd"):
         student = copy.deepcopy(base)
-        same = frozen(base)
-        if stage == "fkl":
-            log = run("noop_fkl", lambda s: st.fkl_warmup(student, same, world.unlabeled, cfg.fkl, ctx, seed=s,
-                                                          limit=steps))
-            out["noop_fkl_kl"] = [e["forward_kl"] for e in log]
-        else:
-            log = run("noop_opd", lambda s: st.opd(student, same, world.unlabeled, cfg.opd, ctx, seed=s, limit=steps))
-            out["noop_opd_kl"] = [e["kl_to_teacher"] for e in log]
+        out[f"noop_{stage}_kl"] = bridge("noop", stage, student, frozen(base), steps)
         out[f"noop_{stage}_acc_change"] = (correct(student, "noop") - base_correct).tolist()
-        del student, same
 
     student = copy.deepcopy(base)
     log = run("student_grpo", lambda s: st.grpo(student, labeled, cfg.grpo, ctx, role="student", seed=s, limit=steps))
@@ -163,12 +162,8 @@ def gate_seed(cfg: Config, seed: int, *, steps: int = GATE_STEPS, problems: int 
 
     # the bridge stages toward the teacher the claim's arm distils from (the RL teacher just trained),
     # over their whole configured schedule: the question is whether the configured stage moves at all
-    student = copy.deepcopy(base)
-    log = run("move_fkl", lambda s: st.fkl_warmup(student, rl_teacher, world.unlabeled, cfg.fkl, ctx, seed=s))
-    out["move_fkl_kl"] = [e["forward_kl"] for e in log]
-    student = copy.deepcopy(base)
-    log = run("move_opd", lambda s: st.opd(student, rl_teacher, world.unlabeled, cfg.opd, ctx, seed=s))
-    out["move_opd_kl"] = [e["kl_to_teacher"] for e in log]
+    for stage in ("fkl", "opd"):
+        out[f"move_{stage}_kl"] = bridge("move", stage, copy.deepcopy(base), rl_teacher, None)
     return out
 
 
@@ -196,7 +191,7 @@ def _move_check(raws: list[dict], stage: str) -> Check:
     ok = math.isfinite(drop) and drop >= MOVE_MIN_DROP
     return Check(f"{stage}_kl_to_teacher_drop", drop, MOVE_MIN_DROP, ok,
                  "1 - mean(last tenth of the steps) / mean(first tenth) of the per-token KL to the RL teacher "
-                 "over the configured stage, per seed: " + " ".join(f"{x:.2f}" for x in drops))
+                 "over the configured stage, per seed: " + " ".join(f"{x:.2f}" for x in drops), op=">=")
 
 
 def _reward_checks(raws: list[dict], role: str) -> list[Check]:
@@ -204,8 +199,8 @@ def _reward_checks(raws: list[dict], role: str) -> list[Check]:
     n_steps = R.shape[1]
     if n_steps < 2 * WINDOW:
         msg = f"the stage has {n_steps} steps; the check needs >= {2 * WINDOW}"
-        return [Check(f"{role}_grpo_reward_rise", float("nan"), REWARD_Z, False, msg),
-                Check(f"{role}_grpo_no_dip", float("nan"), -REWARD_Z, False, msg)]
+        return [Check(f"{role}_grpo_reward_rise", float("nan"), REWARD_Z, False, msg, op=">"),
+                Check(f"{role}_grpo_no_dip", float("nan"), -REWARD_Z, False, msg, op=">=")]
 
     def z(a: np.ndarray, b: np.ndarray) -> float:
         se = math.sqrt(a.var(ddof=1) / a.size + b.var(ddof=1) / b.size)
@@ -219,10 +214,10 @@ def _reward_checks(raws: list[dict], role: str) -> list[Check]:
     worst = min(dips) if dips else 0.0
     return [Check(f"{role}_grpo_reward_rise", rise, REWARD_Z, rise > REWARD_Z,
                   f"train reward first {WINDOW} steps {first.mean():.3f} -> last {WINDOW} {last.mean():.3f} "
-                  f"(z, pooled over seeds)"),
+                  f"(z, pooled over seeds)", op=">"),
             Check(f"{role}_grpo_no_dip", worst, -REWARD_Z, worst >= -REWARD_Z,
                   "lowest z of a later 10-step block against the first: "
-                  + " ".join(f"{b.mean():.3f}" for b in blocks))]
+                  + " ".join(f"{b.mean():.3f}" for b in blocks), op=">=")]
 
 
 def checks_from(raws: list[dict]) -> tuple[Check, ...]:
@@ -280,8 +275,7 @@ def format_gate(res: GateResult) -> str:
              f"first {res.steps} steps of each stage, {res.seconds:.0f} s)",
              f"{'check':38s} {'value':>9s} {'limit':>7s}  result",]
     for c in res.checks:
-        op = ">=" if ("drop" in c.check or "no_dip" in c.check) else (">" if "rise" in c.check else "<=")
-        lines.append(f"{c.check:38s} {c.value:9.4g} {op}{c.limit:<6g}  {'pass' if c.passed else 'FAIL'}  {c.detail}")
+        lines.append(f"{c.check:38s} {c.value:9.4g} {c.op}{c.limit:<6g}  {'pass' if c.passed else 'FAIL'}  {c.detail}")
     lines.append("gate: " + ("PASSED" if res.passed else "FAILED"))
     return "\n".join(lines)
 

@@ -370,7 +370,7 @@ def opd(student, teacher, prompts: tuple[Problem, ...], cfg: OPDConfig, ctx: Sta
             return loss
 
         def after() -> dict:
-            kl = _global_sum(sum(kl_sum[1:], kl_sum[0]), ctx) / _norm(ro.mask_BT.sum(), ctx)
+            kl = _global_sum(sum(kl_sum[1:], kl_sum[0]), ctx) / norm  # the batch's normaliser, reduced once
             if _distributed(ctx):
                 kl = kl / ctx.engine.world_size
             return {"kl_to_teacher": float(kl)}

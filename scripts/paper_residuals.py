@@ -37,7 +37,7 @@ def main(argv=None) -> int:
     if not len(hold):
         print("\nno [[holdout]] entries: the scenario fits every number it has; for out-of-sample residuals "
               "see the leave-one-out audit, python scripts/loo_audit.py")
-    if len(hold):
+    else:
         print("\nout-of-sample (never fitted):")
         print(hold[cols].to_string(index=False, float_format=fmt))
         print(f"mean |residual| {hold['residual'].abs().mean():.2f} points; "
