@@ -316,8 +316,6 @@ _HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     **{(sec, "warmup"): 0.0 for sec in ("grpo", "fkl", "opd")},
     **{(sec, "schedule"): "constant" for sec in ("grpo", "fkl", "opd")},
     ("eval", "also_t1"): False,
-    ("engine", "tracker"): "",
-    ("engine", "tracker_dir"): "",
 }
 # Fields that only say where a run reports, never what it computes: left out of every hash and of the
 # resume check whatever their value (turning tracking on keeps the stage keys, seeds and numbers).

@@ -52,9 +52,10 @@ def _sample(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, greedy:
 
 @torch.no_grad()
 def evaluate(model, problems: tuple[Problem, ...], ctx: StageContext, cfg: EvalConfig, *,
-             k: int | None = None, greedy: bool | None = None, extras: bool = True) -> EvalResult:
+             k: int | None = None, extras: bool = True) -> EvalResult:
     """Headline avg@k at cfg.temperature/top_p/top_k; with `extras`, the configured side columns
-    (greedy, and avg@k at T = 1 when `also_t1`). Curves pass greedy=False, extras=False."""
+    (greedy accuracy when `greedy`, avg@k at T = 1 when `also_t1`). Curves, the pilot and the gate
+    pass extras=False."""
     k = cfg.k if k is None else k
     correct, compliant, mean_len = _sample(model, problems, ctx, cfg, k, greedy=False)
     n_compliant = compliant.sum()
@@ -66,7 +67,7 @@ def evaluate(model, problems: tuple[Problem, ...], ctx: StageContext, cfg: EvalC
         "length": mean_len,
         "k": float(k),
     }
-    if cfg.greedy if greedy is None else greedy:
+    if extras and cfg.greedy:
         g_correct, _, _ = _sample(model, problems, ctx, cfg, 1, greedy=True)
         metrics["accuracy_greedy"] = 100.0 * g_correct.mean()
     if extras and cfg.also_t1:  # T = 1 avg@k of a tiny model mostly measures its entropy: a side column

@@ -129,7 +129,7 @@ def gate_seed(cfg: Config, seed: int, *, steps: int = GATE_STEPS, problems: int 
         # gives a paired difference of exactly zero
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed_of("gate-eval", seed, tag))
-            res = evaluate(model, test, ctx, cfg.eval, greedy=False, extras=False)
+            res = evaluate(model, test, ctx, cfg.eval, extras=False)
         return res.problems["correct"].to_numpy(dtype=float) * 100.0 / res.problems["k"].to_numpy(dtype=float)
 
     def run(name: str, fn) -> list[dict]:

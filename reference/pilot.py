@@ -336,7 +336,7 @@ def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
     tables = []
     for role in pc.models:
         def sample(role=role):
-            res = evaluate(by_role[role], probe, models.ctx, cfg.eval, k=pc.k, greedy=False, extras=False)
+            res = evaluate(by_role[role], probe, models.ctx, cfg.eval, k=pc.k, extras=False)
             return res.problems.assign(model=role)
         tables.append(cached_part(f"samples_{role}", "csv", sample, _write_csv_atomic,
                                   lambda p: pd.read_csv(p, dtype={"problem_id": str, "model": str})))
@@ -458,7 +458,7 @@ def _self_distill_parts(cfg: Config, pc: PilotConfig, models, world, probe, work
     for name, stages in SELF_DISTILL_STAGES.items():
         def sample(name=name, stages=stages):
             advance(stages)
-            res = evaluate(student, probe, models.ctx, cfg.eval, k=pc.k, greedy=False, extras=False)  # as the base student
+            res = evaluate(student, probe, models.ctx, cfg.eval, k=pc.k, extras=False)  # as the base student
             return res.problems.assign(model=name)
         tables.append(cached_part(f"samples_{name}", "csv", sample, _write_csv_atomic,
                                   lambda p: pd.read_csv(p, dtype={"problem_id": str, "model": str})))

@@ -252,7 +252,7 @@ def _run_stages(cfg, arm, seed, acct, workdir, engine, main, rank, barrier, trac
         # forked RNG: a validation point never changes the training stream (eval is not in the stage key)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_seed_from(f"curve/{tag}"))
-            return evaluate(model, curve_set, ctx, cfg.eval, greedy=False, extras=False).metrics
+            return evaluate(model, curve_set, ctx, cfg.eval, extras=False).metrics
 
     done_steps = 0  # student training steps so far: the x-axis of `report` (monotone for a pruner)
 
