@@ -34,6 +34,16 @@ def tiny_config(**extra):
     return load_config("toy_short").override({**TINY, **extra})
 
 
+def write_config(cfg, path: Path) -> Path:
+    """`cfg` as a TOML file (JSON scalars are valid TOML values), for tests that go through the CLI."""
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 # ---------- config ----------
 
 def test_configs_in_repo_load_and_hash_stably():
@@ -227,11 +237,7 @@ def test_sigkill_then_restart_gives_the_same_numbers(tmp_path):
     from reference.pipeline import run_pipeline
     cfg_path = tmp_path / "tiny.toml"
     cfg = tiny_config(**{"opd.steps": 12})
-    lines = []
-    for section, values in cfg.to_dict().items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    cfg_path.write_text("\n".join(lines) + "\n")
+    write_config(cfg, cfg_path)
     ref = run_pipeline(cfg, "rl_teacher_bridge", 1, workdir=tmp_path / "a", progress=False)
 
     work = tmp_path / "b"
@@ -317,12 +323,7 @@ def test_demo_says_where_it_wrote_and_reads_the_result(tmp_path, capsys):
     """The demo names its output folder first, counts arms as it goes, and ends with a table with
     intervals, a legend line, one reading line, a run-table CSV and a figure."""
     from reference import cli
-    cfg_path = tmp_path / "tiny.toml"
-    lines = []
-    for section, values in tiny_config().to_dict().items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    cfg_path.write_text("\n".join(lines) + "\n")
+    cfg_path = write_config(tiny_config(), tmp_path / "tiny.toml")
     work = tmp_path / "demo"
     assert cli.main(["demo", "--config", str(cfg_path), "--workdir", str(work), "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -14,11 +14,7 @@ from reference.config import load_config
 from reference.rollout import completion_logits
 from theory.errors import InputError
 
-TINY = {"world.labels": 16, "world.val": 24, "world.test": 24, "world.unlabeled": 64,
-        "grpo.prompts_per_step": 4, "grpo.group_size": 4, "grpo.epochs": 0.5, "grpo.max_new_tokens": 24,
-        "fkl.steps": 2, "fkl.prompts_per_step": 4, "fkl.max_new_tokens": 24,
-        "opd.steps": 2, "opd.prompts_per_step": 4, "opd.max_new_tokens": 24,
-        "eval.k": 2, "eval.curve_problems": 8, "eval.max_new_tokens": 24, "eval.batch": 64}
+from test_reference_pipeline import TINY, write_config  # noqa: E402  (tests/ is on sys.path)
 
 
 def _models(cfg):
@@ -201,7 +197,7 @@ def test_gate_runs_end_to_end_and_writes_json(tmp_path):
     # rates far below the stable region: nothing moves, so the no-ops pass and the "moves" checks fail
     cfg = load_config("toy_short").override({**TINY, "grpo.epochs": 5.0, "fkl.steps": 20, "opd.steps": 20,
                                               "fkl.lr": 1e-7, "opd.lr": 1e-7, "grpo.lr": 1e-7, "grpo.teacher_lr": 1e-7})
-    cfg_path.write_text(_toml(cfg.to_dict()))
+    write_config(cfg, cfg_path)
     out = tmp_path / "g.json"
     rec = tmp_path / "gates.csv"
     rc = cli.main(["gate", "--config", str(cfg_path), "--seeds", "1", "--steps", "20", "--problems", "12",
@@ -221,15 +217,6 @@ def test_gate_runs_end_to_end_and_writes_json(tmp_path):
     assert gate.gate_status(load_config(cfg_path), None, table=rec) == "failed"
     assert gate.gate_status(load_config("toy_short").override({"world.labels": 7}), tmp_path / "w",
                             table=rec) == "not run"
-
-
-def _toml(d: dict) -> str:
-    lines = []
-    for sec, fields_ in d.items():
-        lines.append(f"[{sec}]")
-        for k, v in fields_.items():
-            lines.append(f"{k} = {json.dumps(v)}" if not isinstance(v, bool) else f"{k} = {str(v).lower()}")
-    return "\n".join(lines) + "\n"
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -14,15 +14,7 @@ from reference.config import diff_fields, load_config  # noqa: E402
 from reference.pipeline import _Stopped, run_pipeline, stage_key  # noqa: E402
 from theory.errors import InputError  # noqa: E402
 
-TINY = {"world.labels": 16, "world.val": 24, "world.test": 24, "world.unlabeled": 64,
-        "grpo.prompts_per_step": 4, "grpo.group_size": 4, "grpo.epochs": 0.5, "grpo.max_new_tokens": 32,
-        "fkl.steps": 2, "fkl.prompts_per_step": 4, "fkl.max_new_tokens": 32,
-        "opd.steps": 2, "opd.prompts_per_step": 4, "opd.max_new_tokens": 32,
-        "eval.k": 2, "eval.curve_problems": 8, "eval.max_new_tokens": 32, "eval.batch": 64}
-
-
-def tiny(**extra):
-    return load_config("toy_short").override({**TINY, **extra})
+from test_reference_pipeline import tiny_config as tiny  # noqa: E402  (tests/ is on sys.path)
 
 
 class FakeTracker:
