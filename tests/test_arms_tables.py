@@ -1,7 +1,9 @@
 """Tier 1: the shared vocabulary — arm registry label/compute accounting, the table of stages and the
 table validator."""
 
+import ast
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -96,6 +98,12 @@ def test_problem_table_rules():
 
 # ---------- the table of stages (issue 15): declared once, read by every layer ----------
 
+ROOT = Path(__file__).resolve().parents[1]
+# the layers that once kept their own per-stage if-chains or dicts
+CONSUMERS = ("theory/dynamics.py", "theory/discrepancy.py", "budget_planner/nextstep.py", "reference/pipeline.py",
+             "reference/api.py", "reference/dryrun.py", "reference/curves.py", "tuning/synthetic.py")
+
+
 def test_every_stage_any_arm_names_has_one_row():
     assert list(STAGES) == [Stage.TEACHER_GRPO, Stage.FKL_WARMUP, Stage.OPD, Stage.REPLAY_OPD, Stage.STUDENT_GRPO]
     assert {s for arm in ARMS.values() for s in arm.stages} <= set(STAGES)
@@ -127,3 +135,36 @@ def test_compute_and_labels_come_from_the_table():
     acct = get_arm("rl_teacher_bridge_stage3").labels(100, 30)
     assert stage_labels(Stage.STUDENT_GRPO, acct) == 70 and stage_labels(Stage.TEACHER_GRPO, acct) == 30
 
+
+def _stage_branches(path: Path) -> list[str]:
+    """Comparisons against a stage's name (`Stage.X`, or its string) and literal lists of stage names:
+    the per-stage if-chains the table replaces. Comparing a table fact (`spec.update == "opd"`) is fine."""
+    names, values = {s.name for s in Stage}, {s.value for s in Stage}
+    facts = set(StageSpec.__dataclass_fields__)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(isinstance(o, ast.Attribute) and o.attr in facts for o in operands):
+                continue
+            for o in operands:
+                for sub in ast.walk(o):
+                    if (isinstance(sub, ast.Attribute) and sub.attr in names and isinstance(sub.value, ast.Name)
+                            or isinstance(sub, ast.Constant) and sub.value in values):
+                        found.append(f"{path.name}:{node.lineno}")
+        elif isinstance(node, (ast.Set, ast.List, ast.Tuple)):
+            if sum(isinstance(e, ast.Constant) and e.value in values for e in node.elts) > 1:
+                found.append(f"{path.name}:{node.lineno} (a list of stage names)")
+    return found
+
+
+def test_no_consumer_branches_on_stage_names():
+    """Which model a stage trains, what it spends, how its tokens count: asked of STAGES, never re-decided."""
+    assert [hit for rel in CONSUMERS for hit in _stage_branches(ROOT / rel)] == []
+
+
+def test_the_branch_finder_finds_branches(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text("def f(stage, spec):\n    if stage is Stage.OPD: pass\n    if stage == 'opd': pass\n"
+                 "    if spec.update == 'opd': pass\n    BRIDGE = {'opd', 'fkl_warmup'}\n")
+    assert _stage_branches(p) == ["m.py:2", "m.py:3", "m.py:5 (a list of stage names)"]
