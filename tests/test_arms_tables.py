@@ -112,7 +112,8 @@ def test_every_stage_any_arm_names_has_one_row():
         assert spec.trains in (TEACHER, STUDENT) and spec.samples in (TEACHER, STUDENT)
         assert spec.update in ("grpo", "fkl", "opd") and spec.tokens in ("grpo", "fkl", "opd")
         assert spec.labels in (None, TEACHER, STUDENT, "held_back")
-        assert (spec.scorer is None) == (spec.update == "grpo")  # GRPO scores with the verifier, the bridge with the teacher
+        # GRPO is scored by the verifier, the bridge by the teacher
+        assert (spec.scorer is None) == (spec.update == "grpo")
 
 
 def test_the_table_says_what_the_paper_says():
