@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from budget_planner.planner import ARMS, _Setup, _setup, best_split, check_budget, config_key, predict_arm
+from theory.arms import STAGES, STUDENT, TEACHER
 from theory.scenario import Scenario, load_scenario
 
 PILOT_SHARE = 0.1  # a pilot run uses a tenth of the budget's labels (at least 100, at most the budget)
@@ -87,7 +88,8 @@ def next_measurement(scenario: Scenario | str, labels: int | None = None, *, ben
     return {"expected_regret": expected_regret(value_DA), "experiments": exps, "rows": rows, "best": best}
 
 
-_BRIDGE_STAGES = {"fkl_warmup", "opd", "replay_opd"}
+_BRIDGE_STAGES = {s.value for s, spec in STAGES.items() if spec.scorer == TEACHER}
+_STUDENT_GRPO_STAGES = {s.value for s, spec in STAGES.items() if spec.trains == STUDENT and spec.update == "grpo"}
 
 
 def _perturbation(key: tuple, bias: dict) -> float:
@@ -98,7 +100,7 @@ def _perturbation(key: tuple, bias: dict) -> float:
         return 0.0
     stages = set(key[0])
     shift = bias["bridge"] if stages & _BRIDGE_STAGES else 0.0
-    return shift + (bias["student_grpo"] if "student_grpo" in stages else 0.0)
+    return shift + (bias["student_grpo"] if stages & _STUDENT_GRPO_STAGES else 0.0)
 
 
 def simulate_worlds(scenario: Scenario | str, labels: int | None = None, *, n_worlds: int = 256,

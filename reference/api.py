@@ -25,7 +25,7 @@ import tempfile
 from typing import Any, Callable
 
 from reference.config import Config, load_config
-from theory.arms import ARMS, LabelAccount, Stage, get_arm
+from theory.arms import ARMS, STAGES, LabelAccount, Stage, get_arm
 from theory.errors import InputError
 
 DEFAULT_CONFIG = "toy_short"  # the tuning schedule (one arm ~20-40 s on one core)
@@ -57,7 +57,7 @@ LENGTH_PARAMS = ("grpo_epochs", "fkl_steps", "opd_steps")  # what `scale_compute
 
 def _space(arm) -> dict[str, dict[str, Any]]:
     out = {"temperature": SHARED["temperature"]}
-    if Stage.TEACHER_GRPO in arm.stages or Stage.STUDENT_GRPO in arm.stages:
+    if any(STAGES[s].update == "grpo" for s in arm.stages):
         out["group_size"] = SHARED["group_size"]
     for stage in arm.stages:
         out.update(STAGE_PARAMS[stage])
@@ -66,16 +66,12 @@ def _space(arm) -> dict[str, dict[str, Any]]:
 
 PARAM_SPACE: dict[str, dict[str, dict[str, Any]]] = {name: _space(arm) for name, arm in ARMS.items()}
 
-_STAGE_TEMPERATURE = {Stage.TEACHER_GRPO: "grpo", Stage.STUDENT_GRPO: "grpo", Stage.FKL_WARMUP: "fkl",
-                      Stage.OPD: "opd", Stage.REPLAY_OPD: "opd"}
-
-
 def param_defaults(arm: str, config: str | Path | Config = DEFAULT_CONFIG) -> dict[str, Any]:
     """Each declared name's value in `config` (what the arm runs with no params). A name without a
     single value (the arm's stages sample at different temperatures) maps to None."""
     a = get_arm(arm)
     cfg = config if isinstance(config, Config) else load_config(config)
-    temps = {getattr(cfg, _STAGE_TEMPERATURE[s]).temperature for s in a.stages}
+    temps = {getattr(cfg, STAGES[s].update).temperature for s in a.stages}  # the section of each stage
     values = {"lr": cfg.grpo.lr, "teacher_lr": cfg.grpo.lr_for("teacher"), "group_size": cfg.grpo.group_size,
               "grpo_epochs": cfg.grpo.epochs, "temperature": temps.pop() if len(temps) == 1 else None,
               "fkl_lr": cfg.fkl.lr, "fkl_steps": cfg.fkl.steps, "opd_lr": cfg.opd.lr, "opd_steps": cfg.opd.steps}
@@ -127,7 +123,7 @@ def apply_params(cfg: Config, arm: str, params: dict[str, Any]) -> Config:
             raise InputError(f"param {name!r} does not apply to arm {arm} (known: {', '.join(sorted(space))})")
         if name == "lr":
             over["grpo.lr"] = value
-            if "teacher_lr" not in params and Stage.TEACHER_GRPO in get_arm(arm).stages:
+            if "teacher_lr" not in params and "teacher_lr" in space:
                 # grpo.teacher_lr = 0 means "same as lr": pin the teacher's rate so lr stays the student's
                 over["grpo.teacher_lr"] = cfg.grpo.lr_for("teacher")
         elif name == "temperature":

@@ -21,8 +21,8 @@ import pandas as pd
 
 from reference import checkpoint as ckpt
 from reference.config import Config
-from reference.pipeline import RunResult, STUDENT, TEACHER, _stage_labels, stage_key
-from theory.arms import Arm, Stage, get_arm
+from reference.pipeline import RunResult, stage_key
+from theory.arms import STAGES, STUDENT, Arm, Stage, get_arm, stage_labels
 from theory.errors import InputError
 
 # metric -> axis label; the order is the row order of `plot_stage_curves`
@@ -34,8 +34,7 @@ STEP_METRICS = {
 }
 # the two stages that measure the student-teacher KL measure different directions on different samples
 KL_SOURCES = {"forward_kl": "forward KL(T||S), teacher samples", "kl_to_teacher": "reverse KL(S||T), student samples"}
-STAGE_ORDER = [s.value for s in (Stage.TEACHER_GRPO, Stage.FKL_WARMUP, Stage.OPD, Stage.REPLAY_OPD,
-                                 Stage.STUDENT_GRPO)]
+STAGE_ORDER = [s.value for s in STAGES]  # the table's order: stage 3 and its replay control last
 
 
 def stage_logs(cfg: Config, arm: str | Arm, seed: int, workdir: str | Path,
@@ -48,11 +47,11 @@ def stage_logs(cfg: Config, arm: str | Arm, seed: int, workdir: str | Path,
     prefix: list[tuple[str, int]] = []
     rows = []
     for i, stage in enumerate(arm.stages):
-        prefix.append((stage.value, _stage_labels(stage, acct)))
+        prefix.append((stage.value, stage_labels(stage, acct)))
         sdir = Path(workdir) / "stages" / stage_key(cfg, seed, prefix)
         if not (sdir / "meta.json").is_file():
             break  # the run stopped before this stage finished: return what exists
-        model = TEACHER if stage is Stage.TEACHER_GRPO else STUDENT
+        model = STAGES[stage].trains
         for entry in ckpt.read_meta(sdir).get("log", []):
             for metric, value in entry.items():
                 if metric != "step":
@@ -137,7 +136,7 @@ def plot_stage_curves(logs: pd.DataFrame, *, smooth: int = 1):
             for arm, g in d.groupby("arm", sort=False):
                 g = g.groupby("step")["value"].mean()
                 ax.plot(g.index, g.to_numpy(), "-o", ms=3, color=pal[arm], label=arm, lw=1.5)
-            model = "teacher" if stage == Stage.TEACHER_GRPO.value else "student"
+            model = STAGES[Stage(stage)].trains
             title = f"{stage} ({model})"
             if metric == "kl":
                 title += ": " + d["source"].iloc[0]

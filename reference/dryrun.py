@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from theory.arms import Stage
+from theory.arms import STAGES
 from theory.errors import InputError
 
 GiB = 1024**3
@@ -233,19 +233,14 @@ def dry_run(config, *, arm: str = "rl_teacher_bridge_stage3", seed: int = 0, gpu
                        for n in map(str, gpus)},
         }
 
-    g, f, o, e = cfg.grpo, cfg.fkl, cfg.opd, cfg.eval
-    table = {
-        Stage.TEACHER_GRPO: lambda: stage_entry("teacher_grpo", "teacher", None, "teacher", g.max_new_tokens,
-                                                g.prompts_per_step * g.group_size),
-        Stage.FKL_WARMUP: lambda: stage_entry("fkl_warmup", "student", "teacher", "teacher", f.max_new_tokens,
-                                              f.prompts_per_step),
-        Stage.OPD: lambda: stage_entry("opd", "student", "teacher", "student", o.max_new_tokens, o.prompts_per_step),
-        Stage.STUDENT_GRPO: lambda: stage_entry("student_grpo", "student", None, "student", g.max_new_tokens,
-                                                g.prompts_per_step * g.group_size),
-        Stage.REPLAY_OPD: lambda: stage_entry("replay_opd", "student", "teacher", "student", o.max_new_tokens,
-                                              o.prompts_per_step),
-    }
-    stages = [table[s]() for s in arm_obj.stages]
+    def from_table(stage) -> dict:
+        spec = STAGES[stage]
+        sec = getattr(cfg, spec.update)  # the stage's config section: grpo, fkl or opd
+        rollouts = sec.prompts_per_step * (sec.group_size if spec.update == "grpo" else 1)
+        return stage_entry(stage.value, spec.trains, spec.scorer, spec.samples, sec.max_new_tokens, rollouts)
+
+    e = cfg.eval
+    stages = [from_table(s) for s in arm_obj.stages]
     stages.append(stage_entry("eval", None, None, "student", e.max_new_tokens, e.batch))
     return {
         "config": cfg.source,

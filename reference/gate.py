@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from reference.config import REPO_ROOT, Config
+from reference.seeds import seed_from
 from theory.errors import InputError
 
 GATE_STEPS = 50
@@ -93,10 +93,6 @@ def _r(x: float) -> float:
     return float(f"{x:.4g}") if math.isfinite(x) else x
 
 
-def _seed_of(*parts) -> int:
-    return int(hashlib.sha256("/".join(map(str, parts)).encode()).hexdigest()[:8], 16)
-
-
 def gate_seed(cfg: Config, seed: int, *, steps: int = GATE_STEPS, problems: int = 200,
               progress: Callable[[str], None] | None = None) -> dict:
     """One seed of the gate: the raw measurements (per-step logs, paired per-problem accuracy changes)."""
@@ -128,14 +124,14 @@ def gate_seed(cfg: Config, seed: int, *, steps: int = GATE_STEPS, problems: int 
         # common random numbers: the same sampling seed before and after, so an unchanged model
         # gives a paired difference of exactly zero
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed_of("gate-eval", seed, tag))
+            torch.manual_seed(seed_from("gate-eval", seed, tag))
             res = evaluate(model, test, ctx, cfg.eval, extras=False)
         return res.problems["correct"].to_numpy(dtype=float) * 100.0 / res.problems["k"].to_numpy(dtype=float)
 
     def run(name: str, fn) -> list[dict]:
         t0 = time.perf_counter()
-        torch.manual_seed(_seed_of("gate", seed, name))
-        res = fn(_seed_of("gate-data", seed, name))
+        torch.manual_seed(seed_from("gate", seed, name))
+        res = fn(seed_from("gate-data", seed, name))
         say(f"{name} {res.steps} steps in {time.perf_counter() - t0:.0f}s")
         return list(res.log)
 

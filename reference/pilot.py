@@ -18,7 +18,7 @@
 
 Self-distillation (`self_distill=True`, needs the student): the per-stage cost of the bridge with no
 teacher signal at all. The frozen teacher is an exact copy of the student's BASE weights, a second
-copy is trained by the config's bridge stages exactly as reference.pipeline runs them (_run_stage:
+copy is trained by the config's bridge stages exactly as reference.pipeline runs them (run_stage:
 reference.stages.fkl_warmup, then reference.stages.opd, with [fkl]/[opd], the world's unlabeled
 prompts and build_models' StageContext), and the probe is sampled as for the base student after FKL
 (model "self_distill_fkl_warmup") and after FKL then OPD ("self_distill_opd"). Their accuracy minus the
@@ -37,7 +37,6 @@ a forked RNG, so a part gives the same numbers whether it runs alone or after th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import hashlib
 import json
 from pathlib import Path
 import time
@@ -46,6 +45,7 @@ import numpy as np
 import pandas as pd
 
 from reference.config import Config, load_config
+from reference.seeds import seed_from, seeded
 from theory.errors import InputError
 
 MODELS = ("student", "teacher")
@@ -190,24 +190,15 @@ def _part_key(cfg: Config, pc: PilotConfig, n_problems: int, part: str) -> str:
     return f"{part}_{h}"
 
 
-def _part_seed(seed: int, part: str) -> int:
-    return int(hashlib.sha256(f"pilot/{seed}/{part}".encode()).hexdigest()[:8], 16)
+def _part_name(seed: int, part: str) -> str:
+    """The name a part's seeds derive from (reference.seeds.seed_from)."""
+    return f"pilot/{seed}/{part}"
 
 
-def _seeded(device: str, seed: int):
-    """A forked torch RNG seeded for one part: the caller's global RNG state is left as it was."""
-    import torch
-
-    class _Ctx:
-        def __enter__(self):
-            devices = [torch.cuda.current_device()] if device.startswith("cuda") and torch.cuda.is_available() else []
-            self._fork = torch.random.fork_rng(devices=devices)
-            self._fork.__enter__()
-            torch.manual_seed(seed)
-
-        def __exit__(self, *exc):
-            return self._fork.__exit__(*exc)
-    return _Ctx()
+def _self_distill_record(model, result) -> dict:
+    """What a self-distillation stage's checkpoint records of its run."""
+    return {"steps": result.steps, "tokens": result.tokens, "seconds": result.seconds,
+            "first": result.log[0] if result.log else {}, "last": result.log[-1] if result.log else {}}
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
@@ -326,7 +317,7 @@ def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
             log(f"  {part}: loaded from {path}")
             return load(path)
         t0 = time.perf_counter()
-        with _seeded(cfg.engine.device, _part_seed(pc.seed, part)):
+        with seeded(cfg.engine.device, seed_from(_part_name(pc.seed, part))):
             value = compute()
         parts[part] = {"seconds": time.perf_counter() - t0, "cached": False}
         save(value, path)
@@ -422,7 +413,7 @@ def _self_distill_parts(cfg: Config, pc: PilotConfig, models, world, probe, work
     skipped entirely when every sample part is already done."""
     from reference import checkpoint as ckpt
     from reference.evaluate import evaluate
-    from reference.pipeline import Models, _run_stage, _seed_from
+    from reference.pipeline import Models, run_stage
     from theory.arms import Stage
 
     teacher, student = self_distill_pair(models.student)
@@ -434,23 +425,15 @@ def _self_distill_parts(cfg: Config, pc: PilotConfig, models, world, probe, work
         for i in range(len(state), len(stages)):
             done = stages[: i + 1]
             wdir = work / _stage_weights_key(cfg, pc, done)
-            if (wdir / "meta.json").is_file():
-                meta = ckpt.load_weights(student, wdir)
-                sd_info[done[-1]] = dict(meta["result"], cached=True)
-                log(f"  self-distill {done[-1]}: weights loaded from {wdir}")
-            else:
-                name = f"self_distill/{'/'.join(done)}"
-                # torch (sampling) and data order seeded from --seed and the stage prefix, as the
-                # pipeline seeds a stage from its key; the caller's RNG state is left as it was
-                with _seeded(cfg.engine.device, _part_seed(pc.seed, name)):
-                    result = _run_stage(Stage(done[-1]), cfg, m, world, {}, _seed_from(f"pilot/{pc.seed}/{name}/data"),
-                                        None)
-                info = {"steps": result.steps, "tokens": result.tokens, "seconds": result.seconds,
-                        "first": result.log[0] if result.log else {}, "last": result.log[-1] if result.log else {}}
-                ckpt.save_weights(student, wdir, {"self_distill": list(done), "seed": pc.seed,
-                                                  "config_hash": cfg.hash(), "result": info, "log": list(result.log)})
-                sd_info[done[-1]] = dict(info, cached=False)
-                log(f"  self-distill {done[-1]}: {result.seconds:.1f} s")
+            # torch (sampling) and data order seeded from --seed and the stage prefix, as the pipeline
+            # seeds a stage from its key; the caller's RNG state is left as it was
+            seed_key = _part_name(pc.seed, f"self_distill/{'/'.join(done)}")
+            run = run_stage(Stage(done[-1]), cfg, m, world, {}, wdir, seed_key,
+                            meta={"self_distill": list(done), "seed": pc.seed, "config_hash": cfg.hash()},
+                            describe=_self_distill_record)
+            sd_info[done[-1]] = dict(run.info, cached=run.cached)
+            log(f"  self-distill {done[-1]}: " + (f"weights loaded from {wdir}" if run.cached
+                                                  else f"{run.info['seconds']:.1f} s"))
             state = done
         student.eval()
 

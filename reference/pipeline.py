@@ -5,18 +5,19 @@
     student = opd(student, teacher)                # stage 2b  (dense, student rollouts)
     student = grpo(student, labels[n_T:])          # stage 3   (sparse reward on the student)
 
-`run_pipeline` walks `arm.stages` through `STAGES` (one entry per stage). Every finished stage is
-checkpointed atomically under `workdir/stages/<key>`, where key hashes the config, the seed and the
-stage prefix with its label counts: arms that share a prefix (e.g. the RL teacher) share the work, and
-a killed run resumes from its last finished stage with the same numbers (each stage reseeds torch
-from its key). `workdir/runs/<run>/manifest.json` holds the config a run started with; a restart with
-another config refuses and names the changed fields.
+`run_pipeline` walks `arm.stages`, reading each stage's facts (the model it trains, the labels that size
+it) from `theory.arms.STAGES`, and runs each through `run_stage`, the one cached-stage runner (the
+pilot's self-distillation uses it too). Every finished stage is checkpointed atomically under
+`workdir/stages/<key>`, where key hashes the config, the seed and the stage prefix with its label
+counts: arms that share a prefix (e.g. the RL teacher) share the work, and a killed run resumes from
+its last finished stage with the same numbers (each stage reseeds torch from its key).
+`workdir/runs/<run>/manifest.json` holds the config a run started with; a restart with another config
+refuses and names the changed fields.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import hashlib
 import json
 from pathlib import Path
 import time
@@ -31,11 +32,10 @@ from reference import tracking as _tracking
 from reference.config import Config, diff_fields
 from reference.evaluate import EvalResult, evaluate
 from reference.rollout import HFRollout
+from reference.seeds import seed_from, seeded
 from reference.world import World, make_world
-from theory.arms import Arm, LabelAccount, Stage, get_arm
+from theory.arms import STAGES, STUDENT, TEACHER, Arm, LabelAccount, Stage, get_arm, stage_labels
 from theory.errors import InputError
-
-STUDENT, TEACHER = "student", "teacher"
 
 
 @dataclass
@@ -112,20 +112,9 @@ def asset_spec(mcfg) -> dict:
     return {k: getattr(mcfg, k) for k in keys}
 
 
-def _label_slices(acct: LabelAccount) -> dict[str, slice]:
-    return {TEACHER: slice(0, acct.teacher), STUDENT: slice(acct.teacher, acct.teacher + acct.student)}
-
-
 def replay_steps(cfg: Config, student_labels: int) -> tuple[int, int]:
     """The replay control's OPD schedule: as many student rollouts as stage-3 GRPO would draw."""
     return st.grpo_steps(student_labels, cfg.grpo), cfg.grpo.prompts_per_step * cfg.grpo.group_size
-
-
-def _stage_labels(stage: Stage, acct: LabelAccount) -> int:
-    """Labels a stage spends; the replay control is sized by the labels held back from the teacher
-    (the ones stage-3 GRPO would have used), though it never reads them."""
-    return {Stage.TEACHER_GRPO: acct.teacher, Stage.STUDENT_GRPO: acct.student,
-            Stage.REPLAY_OPD: acct.total - acct.teacher}.get(stage, 0)
 
 
 def stage_key(cfg: Config, seed: int, prefix: list[tuple[str, int]]) -> str:
@@ -133,10 +122,6 @@ def stage_key(cfg: Config, seed: int, prefix: list[tuple[str, int]]) -> str:
     # fine to exclude; we hash everything except eval for safety and simplicity
     return cfg.section_hash(("world", "student", "teacher", "grpo", "fkl", "opd", "engine"),
                             extra={"seed": seed, "prefix": prefix})
-
-
-def _seed_from(key: str) -> int:
-    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
 
 
 @dataclass(frozen=True)
@@ -208,126 +193,173 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
         _tracking.check_available(cfg.engine.tracker)
     torch.set_num_threads(cfg.engine.threads)
     acct = arm.labels(cfg.world.labels, teacher_labels)
-    workdir = Path(workdir)
-    run_name = f"{arm.name}_s{seed}_t{acct.teacher}"
-    run_dir = workdir / "runs" / run_name
-    engine = make_engine(cfg)
-    # under accelerate every rank trains (its shard); rank 0 alone writes manifests, checkpoints, results
-    main = engine is None or engine.is_main
-    rank = 0 if engine is None else engine.rank
-
-    def barrier() -> None:
-        if engine is not None:
-            engine.accelerator.wait_for_everyone()
-
-    if main:
-        _check_manifest(run_dir, cfg, {"arm": arm.name, "seed": seed, "teacher_labels": acct.teacher,
-                                       "split": split})
-    barrier()
-    result_path = run_dir / f"result_{split}.json"
-    if result_path.is_file():  # finished before (same config, checked above): nothing to redo
-        return _load_result(result_path)
-
-    tracker = _tracking.open_tracker(cfg, run_name, workdir) if main else None
+    run = _open_run(cfg, arm, seed, acct, split, Path(workdir), progress)
+    if run.result_path.is_file():  # finished before (same config, checked above): nothing to redo
+        return _load_result(run.result_path)
+    run.open_tracker()
     try:
-        return _run_stages(cfg, arm, seed, acct, workdir, engine, main, rank, barrier, tracker, result_path,
-                           split, report, progress, stop_after)
+        models = build_models(cfg, need_teacher=arm.teacher.value != "none", engine=run.engine)
+        world = build_world(cfg, models.tokenizer)
+        labeled, curves = _labeled(cfg, world, acct), _Curves(cfg, world, models, report)
+        stage_log, prefix = [], []
+        for i, stage in enumerate(arm.stages):
+            prefix.append((stage.value, stage_labels(stage, acct)))
+            key = stage_key(cfg, seed, prefix)
+            on_step, describe = curves.hooks(stage, key)
+            done = run_stage(stage, cfg, models, world, labeled, run.workdir / "stages" / key, key,
+                             meta={"stage": stage.value, "prefix": prefix, "seed": seed, "config_hash": cfg.hash()},
+                             describe=describe, rank=run.rank, write=run.main, bar=run.bar_title(stage),
+                             on_step=on_step, on_entry=run.on_entry(stage))
+            stage_log.append(run.record(stage, done))
+            curves.stage_done(stage, done.info)
+            if stop_after is not None and i >= stop_after:
+                raise _Stopped(i)
+        return _final_eval(run, models, world, stage_log)
     finally:
-        if tracker is not None:
-            tracker.finish()
+        run.close_tracker()
 
 
-def _run_stages(cfg, arm, seed, acct, workdir, engine, main, rank, barrier, tracker, result_path, split,
-                report, progress, stop_after) -> RunResult:
-    need_teacher = arm.teacher.value != "none"
-    models = build_models(cfg, need_teacher=need_teacher, engine=engine)
-    world = build_world(cfg, models.tokenizer)
+@dataclass
+class _Run:
+    """Where a run lives and who it runs with: under accelerate every rank trains (its shard) and rank 0
+    alone writes manifests, checkpoints and results; the experiment tracker; the progress bars."""
+
+    cfg: Config
+    arm: Arm
+    seed: int
+    acct: LabelAccount
+    split: str
+    workdir: Path
+    engine: object  # None: one plain process
+    progress: bool
+    tracker: object = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.arm.name}_s{self.seed}_t{self.acct.teacher}"
+
+    @property
+    def main(self) -> bool:
+        return self.engine is None or self.engine.is_main
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.engine is None else self.engine.rank
+
+    @property
+    def result_path(self) -> Path:
+        return self.workdir / "runs" / self.name / f"result_{self.split}.json"
+
+    def barrier(self) -> None:
+        if self.engine is not None:
+            self.engine.accelerator.wait_for_everyone()
+
+    def open_tracker(self) -> None:
+        self.tracker = _tracking.open_tracker(self.cfg, self.name, self.workdir) if self.main else None
+
+    def close_tracker(self) -> None:
+        if self.tracker is not None:
+            self.tracker.finish()
+
+    def bar_title(self, stage: Stage) -> str | None:
+        return f"{self.arm.name} s{self.seed} {stage.value}" if self.progress and self.main else None
+
+    def on_entry(self, stage: Stage) -> Callable[[int, dict], None] | None:
+        """The tracker's hook for every per-step log entry of a stage (None without a tracker)."""
+        if self.tracker is None:
+            return None
+        return lambda step, entry: self.tracker.log_entry(stage.value, step, entry)
+
+    def record(self, stage: Stage, done: StageRun) -> dict:
+        """The stage's line of the run log. A resumed run still shows every stage to the tracker; after a
+        trained stage every rank waits until rank 0 has written its checkpoint."""
+        if done.cached and self.tracker is not None:
+            self.tracker.log_stage(stage.value, done.log)
+        if not done.cached:
+            self.barrier()
+        return dict(done.info, cached=done.cached)
+
+
+def _open_run(cfg: Config, arm: Arm, seed: int, acct: LabelAccount, split: str, workdir: Path,
+              progress: bool) -> _Run:
+    """The run's context, once rank 0 has checked (or written) its manifest."""
+    run = _Run(cfg, arm, seed, acct, split, workdir, make_engine(cfg), progress)
+    if run.main:
+        _check_manifest(workdir / "runs" / run.name, cfg, {"arm": arm.name, "seed": seed,
+                                                            "teacher_labels": acct.teacher, "split": split})
+    run.barrier()
+    return run
+
+
+def _labeled(cfg: Config, world: World, acct: LabelAccount) -> dict[str, tuple]:
+    """The labeled problems each model's GRPO reads: the teacher's share first, then the student's."""
     if cfg.world.labels > len(world.labeled):
         raise InputError(f"world.labels={cfg.world.labels} exceeds the {len(world.labeled)} labeled problems available")
-    labeled = {role: world.labeled[s] for role, s in _label_slices(acct).items()}
-    curve_set = world.val[: cfg.eval.curve_problems]
-    ctx = models.ctx
+    return {TEACHER: world.labeled[0:acct.teacher], STUDENT: world.labeled[acct.teacher:acct.teacher + acct.student]}
 
-    def curve_point(model, tag: str) -> dict:
+
+class _Curves:
+    """Validation points of a run: one after every stage (`eval.curve_problems` problems), and inside a
+    student stage every `eval.curve_every` steps; `report(step, accuracy)` sees the student's against
+    its training steps so far (monotone, for a pruner)."""
+
+    def __init__(self, cfg: Config, world: World, models: Models, report: Callable[[int, float], None] | None):
+        self.cfg, self.models, self.report = cfg, models, report
+        self.problems = world.val[: cfg.eval.curve_problems]
+        self.done_steps = 0
+
+    def point(self, model, tag: str) -> dict:
         # forked RNG: a validation point never changes the training stream (eval is not in the stage key)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_seed_from(f"curve/{tag}"))
-            return evaluate(model, curve_set, ctx, cfg.eval, extras=False).metrics
+            torch.manual_seed(seed_from(f"curve/{tag}"))
+            return evaluate(model, self.problems, self.models.ctx, self.cfg.eval, extras=False).metrics
 
-    done_steps = 0  # student training steps so far: the x-axis of `report` (monotone for a pruner)
+    def hooks(self, stage: Stage, key: str):
+        """(on_step, describe) for `run_stage`: the inner points of a student stage, and the stage's record."""
+        trains, inner, every = STAGES[stage].trains, [], self.cfg.eval.curve_every
 
-    stage_log: list[dict] = []
-    prefix: list[tuple[str, int]] = []
-    for i, stage in enumerate(arm.stages):
-        prefix.append((stage.value, _stage_labels(stage, acct)))
-        key = stage_key(cfg, seed, prefix)
-        sdir = workdir / "stages" / key
-        role = TEACHER if stage is Stage.TEACHER_GRPO else STUDENT
-        model = models.teacher if role == TEACHER else models.student
-        if (sdir / "meta.json").exists():
-            meta = ckpt.load_weights(model, sdir)
-            stage_log.append(dict(meta["result"], cached=True))
-            if tracker is not None:  # a resumed run still shows every stage
-                tracker.log_stage(stage.value, meta.get("log") or [])
-        else:
-            torch.manual_seed(_seed_from(key) + rank)  # ranks sample their shards independently; rank 0 as one process
-            bar = _bar(progress and main, f"{arm.name} s{seed} {stage.value}")
-            inner: list[dict] = []
+        def on_step(step: int, total: int) -> None:
+            if every and trains == STUDENT and step % every == 0 and step < total:
+                point = self.point(self.models.student, f"{key}/{step}")
+                inner.append({"step": step, "accuracy": point["accuracy"], "compliance": point["compliance"]})
+                if self.report is not None:
+                    self.report(self.done_steps + step, float(point["accuracy"]))
 
-            def on_step(step: int, total: int, _model=model, _key=key, _role=role) -> None:
-                every = cfg.eval.curve_every
-                if every and _role == STUDENT and step % every == 0 and step < total:
-                    point = curve_point(_model, f"{_key}/{step}")
-                    inner.append({"step": step, "accuracy": point["accuracy"], "compliance": point["compliance"]})
-                    if report is not None:
-                        report(done_steps + step, float(point["accuracy"]))
-            lora = role == TEACHER and cfg.engine.lora_rank > 0
-            if lora:  # teacher RL trains LoRA adapters only; merged back after the stage (plain weights)
-                from reference.engines import apply_lora
-                models.teacher = apply_lora(models.teacher, rank=cfg.engine.lora_rank)
-            on_entry = None if tracker is None else (
-                lambda step, entry, _name=stage.value: tracker.log_entry(_name, step, entry))
-            result = _run_stage(stage, cfg, models, world, labeled, _seed_from(key + "/data"), bar, on_step,
-                                on_entry)
-            if lora:
-                models.teacher = model = models.teacher.merge_and_unload()
-            if bar is not None:
-                bar.close()
-            info = {"name": stage.value, "model": role, "seconds": result.seconds, "tokens": result.tokens,
+        def describe(model, result: st.StageResult) -> dict:
+            return {"name": stage.value, "model": trains, "seconds": result.seconds, "tokens": result.tokens,
                     "steps": result.steps, "last": result.log[-1] if result.log else {},
-                    "curve": curve_point(model, key), "inner_curve": inner}
-            if main:
-                ckpt.save_weights(model, sdir, {"stage": stage.value, "prefix": prefix, "seed": seed,
-                                                "config_hash": cfg.hash(), "result": info,
-                                                "log": list(result.log)})
-            barrier()
-            stage_log.append(dict(info, cached=False))
-        if role == STUDENT:
-            done_steps += int(stage_log[-1]["steps"])
-            if report is not None:
-                report(done_steps, float(stage_log[-1]["curve"]["accuracy"]))
-        if stop_after is not None and i >= stop_after:
-            raise _Stopped(i)
+                    "curve": self.point(model, key), "inner_curve": inner}
+        return on_step, describe
 
+    def stage_done(self, stage: Stage, info: dict) -> None:
+        if STAGES[stage].trains == STUDENT:
+            self.done_steps += int(info["steps"])
+            if self.report is not None:
+                self.report(self.done_steps, float(info["curve"]["accuracy"]))
+
+
+def _final_eval(run: _Run, models: Models, world: World, stage_log: list[dict]) -> RunResult:
+    """The final student on the run's split; rank 0 writes the result."""
+    cfg, arm, seed, acct, split = run.cfg, run.arm, run.seed, run.acct, run.split
     t0 = time.perf_counter()
     # curve_every only adds validation points; it must not move the final evaluation's seed
     eval_hash = cfg.override({"eval.curve_every": 0}).hash()
-    torch.manual_seed(_seed_from(f"eval/{eval_hash}/{seed}/{arm.name}/{acct.teacher}/{split}"))
+    torch.manual_seed(seed_from(f"eval/{eval_hash}/{seed}/{arm.name}/{acct.teacher}/{split}"))
     problems = world.split(split)
-    final: EvalResult = evaluate(models.student, problems, ctx, cfg.eval)
+    final: EvalResult = evaluate(models.student, problems, models.ctx, cfg.eval)
     eval_s = time.perf_counter() - t0
     compute = sum(int(s["tokens"]) for s in stage_log)
-    stage_log.append({"name": "eval", "model": STUDENT, "seconds": eval_s, "tokens": 0, "steps": 0,
-                      "curve": {}, "cached": False})
+    stage_log = stage_log + [{"name": "eval", "model": STUDENT, "seconds": eval_s, "tokens": 0, "steps": 0,
+                              "curve": {}, "cached": False}]
     res = RunResult(arm.name, seed, cfg.world.name, split, acct, compute, final.metrics, tuple(stage_log),
                     final.problems.assign(model=f"{arm.name}/s{seed}"))
-    if tracker is not None:
-        tracker.log_final(final.metrics)
-    if main:
-        tmp = result_path.with_suffix(".tmp")
+    if run.tracker is not None:
+        run.tracker.log_final(final.metrics)
+    if run.main:
+        tmp = run.result_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(res.to_dict(), indent=1, default=str))
-        tmp.replace(result_path)
-    barrier()
+        tmp.replace(run.result_path)
+    run.barrier()
     return res
 
 
@@ -347,16 +379,57 @@ class _Stopped(Exception):
         self.stage_index = stage_index
 
 
-def _bar(progress: bool, desc: str):
-    if not progress:
+@dataclass(frozen=True)
+class StageRun:
+    """One finished stage: its record (as its checkpoint's meta.json keeps it under "result"), its
+    per-step log, and whether it was loaded from the checkpoint rather than trained now."""
+
+    info: dict
+    log: list
+    cached: bool
+
+
+def run_stage(stage: Stage, cfg: Config, models: Models, world: World, labeled: dict, directory: Path,
+              seed_key: str, *, meta: dict, describe: Callable[[torch.nn.Module, st.StageResult], dict],
+              rank: int = 0, write: bool = True, bar: str | None = None,
+              on_step: Callable[[int, int], None] | None = None,
+              on_entry: Callable[[int, dict], None] | None = None) -> StageRun:
+    """The one cached-stage runner (the pipeline's and the pilot's self-distillation's).
+
+    A finished checkpoint in `directory` is loaded into the model the stage trains. Otherwise the stage
+    trains in a forked torch RNG seeded from `seed_key` (+ `rank`: ranks sample their shards
+    independently, rank 0 as one process) with its data order seeded from `seed_key/data`, and, when
+    `write` (rank 0), its weights are saved atomically with `meta`, `describe(model, result)` as
+    "result" and the per-step log. `bar` titles a progress bar (None: no bar); `on_step(step, total)`
+    and `on_entry(step, log_entry)` see every step.
+    """
+    directory = Path(directory)
+    trains = STAGES[stage].trains
+    if (directory / "meta.json").exists():
+        saved = ckpt.load_weights(getattr(models, trains), directory)
+        return StageRun(saved["result"], saved.get("log") or [], cached=True)
+    with seeded(cfg.engine.device, seed_from(seed_key) + rank):
+        pbar = _bar(bar)
+        result = _train(stage, cfg, models, world, labeled, seed_from(seed_key, "data"),
+                        _progress(pbar, on_step, on_entry))
+        if pbar is not None:
+            pbar.close()
+        model = getattr(models, trains)
+        info = describe(model, result)
+    if write:
+        ckpt.save_weights(model, directory, dict(meta, result=info, log=list(result.log)))
+    return StageRun(info, list(result.log), cached=False)
+
+
+def _bar(desc: str | None):
+    if desc is None:
         return None
     from tqdm.auto import tqdm
     return tqdm(desc=desc, leave=False, dynamic_ncols=True)
 
 
-def _run_stage(stage: Stage, cfg: Config, m: Models, world: World, labeled: dict, seed: int, bar,
-               on_step: Callable[[int, int], None] | None = None,
-               on_entry: Callable[[int, dict], None] | None = None) -> st.StageResult:
+def _progress(bar, on_step: Callable[[int, int], None] | None, on_entry: Callable[[int, dict], None] | None):
+    """The stages' per-step callback: the tracker's hook, the caller's, then the progress bar."""
     def progress(step, total, entry):
         if on_entry is not None:  # the experiment tracker: every per-step log entry of the stage
             on_entry(step, entry)
@@ -368,19 +441,39 @@ def _run_stage(stage: Stage, cfg: Config, m: Models, world: World, labeled: dict
             keep = ("reward", "compliance", "forward_kl", "kl_to_teacher")
             bar.set_postfix({k: round(v, 3) for k, v in entry.items() if k in keep}, refresh=False)
             bar.refresh()
+    return progress
 
-    if stage is Stage.TEACHER_GRPO:
-        return st.grpo(m.teacher, labeled[TEACHER], cfg.grpo, m.ctx, role=TEACHER, seed=seed, progress=progress,
+
+def _train(stage: Stage, cfg: Config, models: Models, world: World, labeled: dict, seed: int,
+           progress) -> st.StageResult:
+    """`train_stage`; teacher RL under `engine.lora_rank` > 0 trains LoRA adapters only, merged back
+    after the stage (the checkpoint holds plain weights)."""
+    lora = STAGES[stage].trains == TEACHER and cfg.engine.lora_rank > 0
+    if lora:
+        from reference.engines import apply_lora
+        models.teacher = apply_lora(models.teacher, rank=cfg.engine.lora_rank)
+    result = train_stage(stage, cfg, models, world, labeled, seed, progress)
+    if lora:
+        models.teacher = models.teacher.merge_and_unload()
+    return result
+
+
+def train_stage(stage: Stage, cfg: Config, m: Models, world: World, labeled: dict, seed: int,
+                progress: Callable[[int, int, dict], None] | None = None) -> st.StageResult:
+    """Train, in place, the model `stage` updates by its update rule (theory.arms.STAGES): GRPO on the
+    labels of that model's share, the forward-KL warmup or OPD on the world's unlabeled prompts with
+    the teacher scoring. The replay control draws as many student rollouts as stage-3 GRPO would have
+    drawn on the held-back labels (`replay_steps`)."""
+    spec = STAGES[stage]
+    model = getattr(m, spec.trains)
+    if spec.update == "grpo":
+        return st.grpo(model, labeled[spec.labels], cfg.grpo, m.ctx, role=spec.trains, seed=seed, progress=progress,
                        name=stage.value)
-    if stage is Stage.STUDENT_GRPO:
-        return st.grpo(m.student, labeled[STUDENT], cfg.grpo, m.ctx, role=STUDENT, seed=seed, progress=progress,
-                       name=stage.value)
-    if stage is Stage.FKL_WARMUP:
-        return st.fkl_warmup(m.student, m.teacher, world.unlabeled, cfg.fkl, m.ctx, seed=seed, progress=progress)
-    if stage is Stage.OPD:
-        return st.opd(m.student, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=seed, progress=progress)
-    if stage is Stage.REPLAY_OPD:
-        steps, per_step = replay_steps(cfg, cfg.world.labels - len(labeled[TEACHER]))
-        return st.opd(m.student, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=seed, steps=steps,
-                      prompts_per_step=per_step, progress=progress, name=stage.value)
-    raise InputError(f"unknown stage {stage!r}")
+    scorer = getattr(m, spec.scorer)
+    if spec.update == "fkl":
+        return st.fkl_warmup(model, scorer, world.unlabeled, cfg.fkl, m.ctx, seed=seed, progress=progress)
+    if spec.labels is None:
+        return st.opd(model, scorer, world.unlabeled, cfg.opd, m.ctx, seed=seed, progress=progress)
+    steps, per_step = replay_steps(cfg, cfg.world.labels - len(labeled[TEACHER]))
+    return st.opd(model, scorer, world.unlabeled, cfg.opd, m.ctx, seed=seed, steps=steps,
+                  prompts_per_step=per_step, progress=progress, name=stage.value)

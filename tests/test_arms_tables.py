@@ -1,11 +1,15 @@
-"""Tier 1: the shared vocabulary — arm registry label/compute accounting and the table validator."""
+"""Tier 1: the shared vocabulary — arm registry label/compute accounting, the table of stages and the
+table validator."""
 
+import ast
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from theory.arms import ARMS, ARM_NAMES, ComputeModel, Stage, check_budget, get_arm, parse_arms
+from theory.arms import (ARMS, ARM_NAMES, STAGES, STUDENT, TEACHER, ComputeModel, Stage, StageSpec, check_budget,
+                         get_arm, parse_arms, stage_labels)
 from theory.errors import InputError
 from theory.tables import validate_problems, validate_runs
 
@@ -90,3 +94,78 @@ def test_problem_table_rules():
         validate_problems(ok.assign(correct=[6, 0]))
     with pytest.raises(InputError, match="missing column 'k'"):
         validate_problems(ok.drop(columns="k"))
+
+
+# ---------- the table of stages (issue 15): declared once, read by every layer ----------
+
+ROOT = Path(__file__).resolve().parents[1]
+# the layers that once kept their own per-stage if-chains or dicts
+CONSUMERS = ("theory/dynamics.py", "theory/discrepancy.py", "budget_planner/nextstep.py", "reference/pipeline.py",
+             "reference/api.py", "reference/dryrun.py", "reference/curves.py", "tuning/synthetic.py")
+
+
+def test_every_stage_any_arm_names_has_one_row():
+    assert list(STAGES) == [Stage.TEACHER_GRPO, Stage.FKL_WARMUP, Stage.OPD, Stage.REPLAY_OPD, Stage.STUDENT_GRPO]
+    assert {s for arm in ARMS.values() for s in arm.stages} <= set(STAGES)
+    for spec in STAGES.values():
+        assert isinstance(spec, StageSpec)
+        assert spec.trains in (TEACHER, STUDENT) and spec.samples in (TEACHER, STUDENT)
+        assert spec.update in ("grpo", "fkl", "opd") and spec.tokens in ("grpo", "fkl", "opd")
+        assert spec.labels in (None, TEACHER, STUDENT, "held_back")
+        # GRPO is scored by the verifier, the bridge by the teacher
+        assert (spec.scorer is None) == (spec.update == "grpo")
+
+
+def test_the_table_says_what_the_paper_says():
+    t, w, o, r, s = (STAGES[x] for x in STAGES)
+    assert (t.trains, t.update, t.samples, t.labels) == (TEACHER, "grpo", TEACHER, TEACHER)  # (1)
+    assert (w.trains, w.update, w.samples, w.scorer) == (STUDENT, "fkl", TEACHER, TEACHER)  # (2a)
+    assert (o.trains, o.update, o.samples, o.scorer) == (STUDENT, "opd", STUDENT, TEACHER)  # (2b)
+    assert (s.trains, s.update, s.samples, s.labels) == (STUDENT, "grpo", STUDENT, STUDENT)  # (3)
+    # the control: OPD steps, priced as the GRPO the held-back labels would have bought
+    assert (r.update, r.labels, r.tokens) == ("opd", "held_back", "grpo")
+
+
+def test_compute_and_labels_come_from_the_table():
+    cost = ComputeModel()
+    acct = get_arm("replay_control").labels(100, 30)
+    assert [stage_labels(st, acct) for st in STAGES] == [30, 0, 0, 70, 0]
+    tokens = get_arm("replay_control").compute_tokens(100, cost, 30)
+    assert tokens == {"teacher_grpo": cost.grpo_tokens(30), "fkl_warmup": cost.fkl_tokens(),
+                      "opd": cost.opd_tokens(), "replay_opd": cost.grpo_tokens(70)}
+    acct = get_arm("rl_teacher_bridge_stage3").labels(100, 30)
+    assert stage_labels(Stage.STUDENT_GRPO, acct) == 70 and stage_labels(Stage.TEACHER_GRPO, acct) == 30
+
+
+def _stage_branches(path: Path) -> list[str]:
+    """Comparisons against a stage's name (`Stage.X`, or its string) and literal lists of stage names:
+    the per-stage if-chains the table replaces. Comparing a table fact (`spec.update == "opd"`) is fine."""
+    names, values = {s.name for s in Stage}, {s.value for s in Stage}
+    facts = set(StageSpec.__dataclass_fields__)
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(isinstance(o, ast.Attribute) and o.attr in facts for o in operands):
+                continue
+            for o in operands:
+                for sub in ast.walk(o):
+                    if (isinstance(sub, ast.Attribute) and sub.attr in names and isinstance(sub.value, ast.Name)
+                            or isinstance(sub, ast.Constant) and sub.value in values):
+                        found.append(f"{path.name}:{node.lineno}")
+        elif isinstance(node, (ast.Set, ast.List, ast.Tuple)):
+            if sum(isinstance(e, ast.Constant) and e.value in values for e in node.elts) > 1:
+                found.append(f"{path.name}:{node.lineno} (a list of stage names)")
+    return found
+
+
+def test_no_consumer_branches_on_stage_names():
+    """Which model a stage trains, what it spends, how its tokens count: asked of STAGES, never re-decided."""
+    assert [hit for rel in CONSUMERS for hit in _stage_branches(ROOT / rel)] == []
+
+
+def test_the_branch_finder_finds_branches(tmp_path):
+    p = tmp_path / "m.py"
+    p.write_text("def f(stage, spec):\n    if stage is Stage.OPD: pass\n    if stage == 'opd': pass\n"
+                 "    if spec.update == 'opd': pass\n    BRIDGE = {'opd', 'fkl_warmup'}\n")
+    assert _stage_branches(p) == ["m.py:2", "m.py:3", "m.py:5 (a list of stage names)"]

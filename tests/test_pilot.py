@@ -214,7 +214,7 @@ def test_self_distill_rerun_resumes_without_recomputing(sd_pilot, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("recomputed a finished part")
     monkeypatch.setattr("reference.evaluate.evaluate", boom)
-    monkeypatch.setattr("reference.pipeline._run_stage", boom)
+    monkeypatch.setattr("reference.pipeline.train_stage", boom)
     monkeypatch.setattr(pl, "mean_token_kl", boom)
     again = pl.run_pilot(SHORT, pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), out,
                          progress=None)
@@ -236,17 +236,46 @@ def test_self_distill_partial_rerun_loads_the_warmup_weights(sd_pilot, monkeypat
     opd_samples.unlink()
     shutil.rmtree(next(work.glob("self_distill_fkl_warmup_opd_*")))  # the trained-after-OPD weights
     ran = []
-    real = pipeline._run_stage
+    real = pipeline.train_stage
 
     def counting(stage, *a, **k):
         ran.append(stage.value)
         return real(stage, *a, **k)
-    monkeypatch.setattr(pipeline, "_run_stage", counting)
+    monkeypatch.setattr(pipeline, "train_stage", counting)
     again = pl.run_pilot(SHORT, pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), tmp_path / "o",
                          workdir=work, progress=None)
     assert ran == ["opd"]  # FKL came from its cached weights
     assert [p for p, v in again.parts.items() if not v["cached"]] == ["samples_self_distill_opd"]
     assert opd_samples.read_text() == expected  # same numbers as the uninterrupted run
+
+
+def test_pilot_and_pipeline_share_one_cached_stage_runner(sd_pilot, monkeypatch, tmp_path):
+    """Checkpoint, resume and seeding of a stage live in pipeline.run_stage alone: the pilot's
+    self-distillation and the pipeline both go through it (issue 15)."""
+    import shutil
+
+    import reference.pipeline as pipeline
+    from test_reference_pipeline import tiny_config  # tests/ is on sys.path
+
+    calls = []
+    real = pipeline.run_stage
+
+    def spy(stage, *a, **k):
+        done = real(stage, *a, **k)
+        calls.append((stage.value, done.cached))
+        return done
+    monkeypatch.setattr(pipeline, "run_stage", spy)
+    _, out = sd_pilot
+    work = tmp_path / "work"
+    shutil.copytree(out / ".work", work)
+    next(work.glob("samples_self_distill_opd_*.csv")).unlink()
+    shutil.rmtree(next(work.glob("self_distill_fkl_warmup_opd_*")))
+    pl.run_pilot(SHORT, pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), tmp_path / "o",
+                 workdir=work, progress=None)
+    assert calls == [("fkl_warmup", True), ("opd", False)]
+    calls.clear()
+    pipeline.run_pipeline(tiny_config(), "raw_teacher_bridge", 0, workdir=tmp_path / "p", progress=False)
+    assert calls == [("fkl_warmup", False), ("opd", False)]
 
 
 def test_without_the_flag_outputs_are_unchanged(sd_pilot, main_pilot, tmp_path):

@@ -192,6 +192,35 @@ def test_stage_logs_carry_the_promised_metrics(arm_results):
     assert rep["result"]["steps"] == by_stage["student_grpo"]["result"]["steps"]
 
 
+def test_run_pipeline_reads_as_the_paper():
+    """The arm's stages as one short loop over the stage table (issue 15: at most 40 lines)."""
+    import inspect
+
+    from reference.pipeline import run_pipeline
+    assert len(inspect.getsource(run_pipeline).splitlines()) <= 40
+
+
+def test_each_stage_trains_the_model_the_table_names(monkeypatch):
+    """The pipeline's dispatch hands each stage the model theory.arms.STAGES says it trains (and the
+    teacher to the bridge stages); the curves draw the stages in the table's order."""
+    from types import SimpleNamespace
+
+    from reference import curves, pipeline
+    from reference import stages as st
+    from theory.arms import STAGES
+
+    seen = []
+    monkeypatch.setattr(st, "grpo", lambda policy, problems, cfg, ctx, **k: seen.append((policy, None)))
+    monkeypatch.setattr(st, "fkl_warmup", lambda student, teacher, *a, **k: seen.append((student, teacher)))
+    monkeypatch.setattr(st, "opd", lambda student, teacher, *a, **k: seen.append((student, teacher)))
+    models = SimpleNamespace(teacher="teacher", student="student", ctx=None)
+    labeled = {"teacher": (), "student": ()}
+    for stage, spec in STAGES.items():
+        pipeline.train_stage(stage, tiny_config(), models, SimpleNamespace(unlabeled=()), labeled, 0)
+        assert seen.pop() == (spec.trains, spec.scorer), stage
+    assert curves.STAGE_ORDER == [s.value for s in STAGES]
+
+
 def test_opd_lowers_the_kl_to_the_teacher():
     """OPD steps move a random-init student toward the frozen teacher (per-token reverse KL on its
     own samples). Deterministic on CPU (seeded), so the margin cannot flake."""

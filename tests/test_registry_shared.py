@@ -50,3 +50,19 @@ def test_no_package_keeps_its_own_arm_list():
             if len(named) > 2:
                 offenders[str(path.relative_to(ROOT))] = sorted(named)
     assert not offenders, f"arm names listed outside the registry: {offenders}"
+
+
+def test_no_module_imports_a_private_name_of_the_stage_modules():
+    """The stage table, the cached-stage runner and the seed helper are reached through public names
+    only (issue 15): nothing imports `_x` from theory.arms or the reference's pipeline, pilot, curves,
+    gate or seeds modules."""
+    owners = {"theory.arms", "reference.pipeline", "reference.pilot", "reference.curves", "reference.gate",
+              "reference.seeds"}
+    offenders = []
+    for pkg in ("theory", "budget_planner", "reference", "tuning", "scripts", "benchmarks"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module in owners:
+                    offenders += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                                  if a.name.startswith("_")]
+    assert not offenders, offenders

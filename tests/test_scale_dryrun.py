@@ -44,6 +44,18 @@ def test_stages_json_shape(paper_run):
     assert "Qwen/Qwen3-8B" in text and "8.191B" in text
 
 
+def test_each_stage_entry_is_its_row_of_the_stage_table(paper_run):
+    """Who trains, who scores, whose rollouts: read from theory.arms.STAGES, not decided here."""
+    from theory.arms import STAGES, Stage
+
+    m = paper_run["models"]
+    for s in paper_run["stages"][:-1]:
+        spec = STAGES[Stage(s["name"])]
+        assert s["trainable"] == spec.trains and s["model"] == m[spec.trains]["name"]
+        assert s["frozen"] == (m[spec.scorer]["name"] if spec.scorer else None)
+        assert s["sampler"] == m[spec.samples]["name"]
+
+
 def test_memory_model_components():
     s = Shape(2048, 28, 16, 8, 128, 6144, 151936, True, "test")
     full = memory_estimate(trained=(s, 1_720_574_976), frozen=None, tokens=8192, checkpointing=False, n_gpus=1, shard=False)

@@ -21,7 +21,7 @@ CONFIG = "toy_short"
 
 
 def stage_inputs(cfg, arm: str, monkeypatch) -> list[tuple]:
-    """What each stage of `arm` is handed by pipeline._run_stage: the stage's config with the learning
+    """What each stage of `arm` is handed by pipeline.train_stage: the stage's config with the learning
     rate resolved for its role, plus schedule overrides. Models and data are stand-ins: nothing runs."""
     calls: list[tuple] = []
 
@@ -41,7 +41,7 @@ def stage_inputs(cfg, arm: str, monkeypatch) -> list[tuple]:
     world = SimpleNamespace(unlabeled=())
     labeled = {pipeline.TEACHER: (), pipeline.STUDENT: ()}
     for stage in get_arm(arm).stages:
-        pipeline._run_stage(stage, cfg, models, world, labeled, 0, None)
+        pipeline.train_stage(stage, cfg, models, world, labeled, 0)
     return calls
 
 

@@ -8,6 +8,11 @@ Stages (arXiv 2605.12483, abstract): (1) GRPO on the teacher with the labels; (2
 the student on teacher rollouts; (2b) on-policy distillation (OPD) on student rollouts; (3) optional GRPO
 on the student with held-out labels. `replay_opd` is the matched control for stage 3: the same student
 compute spent on more bridge (OPD) steps instead of sparse-reward GRPO.
+
+`STAGES` holds the facts about each stage that every layer needs (which model it trains, with which
+update, on whose rollouts, scored by whom, which labels size it, how its tokens are priced); the
+dynamics, the pipeline, the dry run, the curves and the tuners read it instead of naming stages.
+Facts of one layer only (search ranges, for instance) stay in that layer, keyed by the stage.
 """
 
 from __future__ import annotations
@@ -25,6 +30,31 @@ class Stage(str, Enum):
     OPD = "opd"
     STUDENT_GRPO = "student_grpo"
     REPLAY_OPD = "replay_opd"
+
+
+TEACHER, STUDENT = "teacher", "student"
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What one stage does, in the terms every layer shares.
+
+    trains   the model whose weights the stage updates
+    update   the update rule, also the name of its config section: "grpo" (sparse reward on labels),
+             "fkl" (forward KL on teacher rollouts) or "opd" (reverse KL on student rollouts)
+    samples  whose rollouts it learns from
+    scorer   the frozen model that scores every token (the bridge's teacher); None for GRPO
+    labels   which share of the label account sizes it ("teacher", "student", or "held_back": the
+             labels stage-3 GRPO would have used, which the replay control never reads); None if none
+    tokens   how ComputeModel prices it: "grpo" (per label it is sized by), "fkl" or "opd" (per pass)
+    """
+
+    trains: str
+    update: str
+    samples: str
+    scorer: str | None
+    labels: str | None
+    tokens: str
 
 
 class Teacher(str, Enum):
@@ -92,6 +122,13 @@ class ComputeModel:
         seqs = self.bridge_prompts * self.bridge_samples
         return seqs * self.sequence_tokens * 3 * self.opd_epochs
 
+    def stage_tokens(self, stage: Stage, labels: int) -> int:
+        """Tokens `stage` processes when `labels` size it (see StageSpec.tokens)."""
+        pricing = STAGES[stage].tokens
+        if pricing == "grpo":
+            return self.grpo_tokens(labels)
+        return self.fkl_tokens() if pricing == "fkl" else self.opd_tokens()
+
 
 @dataclass(frozen=True)
 class Arm:
@@ -107,40 +144,28 @@ class Arm:
     def labels(self, n: int, teacher_labels: int | None = None) -> LabelAccount:
         """Label accounting for a budget of n. `teacher_labels` applies only to arms that split."""
         n = check_budget(n)
+        spends = {STAGES[s].labels for s in self.stages}
         if self.splits_labels:
             t = default_teacher_labels(n) if teacher_labels is None else int(teacher_labels)
             if not 0 <= t <= n:
                 raise InputError(f"teacher_labels={teacher_labels} must lie in [0, labels={n}]")
-            student = n - t if Stage.STUDENT_GRPO in self.stages else 0
+            student = n - t if STUDENT in spends else 0
             return LabelAccount(teacher=t, student=student, unused=n - t - student)
         if teacher_labels is not None and int(teacher_labels) != self._full_teacher(n):
             raise InputError(f"arm {self.name} does not split labels; drop teacher_labels")
-        if Stage.TEACHER_GRPO in self.stages:
+        if TEACHER in spends:
             return LabelAccount(teacher=n, student=0, unused=0)
-        if Stage.STUDENT_GRPO in self.stages:
+        if STUDENT in spends:
             return LabelAccount(teacher=0, student=n, unused=0)
         return LabelAccount(teacher=0, student=0, unused=n)
 
     def _full_teacher(self, n: int) -> int:
-        return n if Stage.TEACHER_GRPO in self.stages else 0
+        return n if any(STAGES[s].labels == TEACHER for s in self.stages) else 0
 
     def compute_tokens(self, n: int, cost: ComputeModel, teacher_labels: int | None = None) -> dict[str, int]:
         """Tokens processed per stage (rollout + training + teacher scoring) for a budget of n."""
         acct = self.labels(n, teacher_labels)
-        out: dict[str, int] = {}
-        for stage in self.stages:
-            if stage is Stage.TEACHER_GRPO:
-                out[stage.value] = cost.grpo_tokens(acct.teacher)
-            elif stage is Stage.STUDENT_GRPO:
-                out[stage.value] = cost.grpo_tokens(acct.student)
-            elif stage is Stage.FKL_WARMUP:
-                out[stage.value] = cost.fkl_tokens()
-            elif stage is Stage.OPD:
-                out[stage.value] = cost.opd_tokens()
-            elif stage is Stage.REPLAY_OPD:
-                # matched to what stage-3 GRPO would have spent on the labels held back
-                out[stage.value] = cost.grpo_tokens(n - acct.teacher)
-        return out
+        return {stage.value: cost.stage_tokens(stage, stage_labels(stage, acct)) for stage in self.stages}
 
     def total_compute_tokens(self, n: int, cost: ComputeModel, teacher_labels: int | None = None) -> int:
         return sum(self.compute_tokens(n, cost, teacher_labels).values())
@@ -176,6 +201,27 @@ def check_budget(n) -> int:
 
 
 S = Stage
+# The table of stages, in the order the curves draw them (stage 3 and its replay control last).
+STAGES: dict[Stage, StageSpec] = {
+    S.TEACHER_GRPO: StageSpec(trains=TEACHER, update="grpo", samples=TEACHER, scorer=None, labels=TEACHER,
+                              tokens="grpo"),
+    S.FKL_WARMUP: StageSpec(trains=STUDENT, update="fkl", samples=TEACHER, scorer=TEACHER, labels=None,
+                            tokens="fkl"),
+    S.OPD: StageSpec(trains=STUDENT, update="opd", samples=STUDENT, scorer=TEACHER, labels=None, tokens="opd"),
+    # the matched control for stage 3: OPD steps worth the GRPO compute of the held-back labels
+    S.REPLAY_OPD: StageSpec(trains=STUDENT, update="opd", samples=STUDENT, scorer=TEACHER, labels="held_back",
+                            tokens="grpo"),
+    S.STUDENT_GRPO: StageSpec(trains=STUDENT, update="grpo", samples=STUDENT, scorer=None, labels=STUDENT,
+                              tokens="grpo"),
+}
+
+
+def stage_labels(stage: Stage, acct: LabelAccount) -> int:
+    """Labels that size `stage` under the account `acct` (0 for a stage no labels size)."""
+    return {TEACHER: acct.teacher, STUDENT: acct.student, "held_back": acct.total - acct.teacher}.get(
+        STAGES[stage].labels, 0)
+
+
 ARMS: dict[str, Arm] = {
     a.name: a
     for a in (

@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from theory._lazy import LazyModule
-from theory.arms import Arm, LabelAccount, Stage, Teacher
+from theory.arms import STAGES, TEACHER, Arm, LabelAccount, Teacher, stage_labels
 
 pd = LazyModule("pandas")
 optimize = LazyModule("scipy.optimize")
@@ -46,19 +46,13 @@ def config_key(arm: Arm, acct: LabelAccount) -> tuple:
     """What an arm actually does with its labels: the stages that change something, the teacher it
     distils from. Arms with equal keys are the same experiment (e.g. at 0 labels the RL-teacher bridge
     is the raw-teacher bridge) and share one structural error; () = nothing trained (no error)."""
-    stages = []
-    for s in arm.stages:
-        if s is Stage.TEACHER_GRPO and acct.teacher == 0:
-            continue
-        if s is Stage.STUDENT_GRPO and acct.student == 0:
-            continue
-        if s is Stage.REPLAY_OPD and acct.student + acct.unused == 0:
-            continue
-        stages.append(s.value)
+    # a stage sized by labels does nothing when the account gives it none
+    kept = [s for s in arm.stages if STAGES[s].labels is None or stage_labels(s, acct) > 0]
+    stages = [s.value for s in kept]
     teacher = arm.teacher
     if teacher is Teacher.RL and acct.teacher == 0:
         teacher = Teacher.RAW
-    bridged = any(s in ("fkl_warmup", "opd", "replay_opd") for s in stages)
+    bridged = any(STAGES[s].scorer == TEACHER for s in kept)
     if not stages:
         return ()
     return (tuple(stages), teacher.value if bridged else "none")

@@ -48,7 +48,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from theory import irt
-from theory.arms import Arm, ComputeModel, Stage, Teacher
+from theory.arms import STAGES, STUDENT, TEACHER, Arm, ComputeModel, Teacher
 from theory.informativeness import signal_fraction_avg
 
 N_REF = 1000.0  # labels: the unit in which kappa is a rate
@@ -171,11 +171,12 @@ def _compose(rates: Rates, stages, replay_ratio, opd_fraction) -> np.ndarray:
     pass closes opd_fraction(closed so far), r replay passes close it r times."""
     f = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
     for stage in stages:
-        if stage is Stage.FKL_WARMUP:
+        spec = STAGES[stage]
+        if spec.update == "fkl":
             f = 1.0 - (1.0 - f) * (1.0 - rates.phi_w)
-        elif stage is Stage.OPD:
+        elif spec.update == "opd" and spec.labels is None:
             f = 1.0 - (1.0 - f) * (1.0 - opd_fraction(f))
-        elif stage is Stage.REPLAY_OPD:
+        elif spec.update == "opd":  # the replay control: sized by the held-back labels, r passes
             f = 1.0 - (1.0 - f) * np.power(1.0 - opd_fraction(f), replay_ratio)
     return f
 
@@ -200,12 +201,13 @@ def stage_cost(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
     c = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
     warmed = False
     for stage in stages:
-        if stage is Stage.FKL_WARMUP:
+        spec = STAGES[stage]
+        if spec.update == "fkl":
             c = c + rates.cost_fkl
             warmed = True
-        elif stage is Stage.OPD and warmed:
+        elif spec.update == "opd" and spec.labels is None and warmed:
             c = c + rates.cost_opd
-        elif stage is Stage.REPLAY_OPD and warmed:
+        elif spec.update == "opd" and warmed:  # the replay control: r passes
             c = c + rates.cost_opd * np.asarray(replay_ratio, dtype=float)
     return c
 
@@ -218,9 +220,6 @@ def transfer(student: Policy, teacher: Policy, tau, rho, displacement=0.0) -> Po
     d_ = np.asarray(displacement, dtype=float)[..., None]
     return Policy(student.theta_B + rho_ * tau_ * (teacher.theta_B - student.theta_B) - d_,
                   student.c_B + tau_ * (teacher.c_B - student.c_B), student.u_B)
-
-
-_BRIDGE = (Stage.FKL_WARMUP, Stage.OPD, Stage.REPLAY_OPD)
 
 
 def label_arrays(arm: Arm, n: int, teacher_labels=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -243,12 +242,12 @@ def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None) -> np.ndarr
     """
     t_lab, s_lab, held = label_arrays(arm, n, teacher_labels)
     teacher = world.teacher
-    if Stage.TEACHER_GRPO in arm.stages:
+    if any(STAGES[s].trains == TEACHER for s in arm.stages):  # stage 1: GRPO on the teacher
         teacher = grpo(world, teacher, t_lab, teacher_kappa(world.rates))
     # replay OPD is matched to the compute stage-3 GRPO would have spent on the held-back labels
     cost = world.compute
     replay_ratio = held * cost.grpo_tokens(1) / cost.opd_tokens()
-    bridge = [s for s in arm.stages if s in _BRIDGE]
+    bridge = [s for s in arm.stages if STAGES[s].scorer == TEACHER]  # the stages the teacher scores
     student = world.student
     if bridge and arm.teacher is not Teacher.NONE:
         r = world.rates
@@ -259,7 +258,7 @@ def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None) -> np.ndarr
         if np.any(np.asarray(r.cost_fkl) != 0.0) or np.any(np.asarray(r.cost_opd) != 0.0):
             disp = disp + stage_cost(r, bridge, replay_ratio)
         student = transfer(student, teacher, tau, r.rho, disp)
-    if Stage.STUDENT_GRPO in arm.stages:
+    if any(STAGES[s].trains == STUDENT and STAGES[s].update == "grpo" for s in arm.stages):  # stage 3
         student = grpo(world, student, s_lab)
     return world.accuracy(student)
 

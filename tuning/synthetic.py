@@ -31,6 +31,7 @@ SHARED_SPACE = {
     "group_size": {"kind": "int", "low": 2, "high": 16, "default": 8},
     "temperature": {"kind": "float", "low": 0.5, "high": 1.5, "default": 1.0},
 }
+# the stand-in's own search ranges, keyed by the stages of theory.arms.STAGES that have one
 STAGE_PARAMS = {
     Stage.TEACHER_GRPO: ("teacher_lr", {"kind": "float", "low": 1e-5, "high": 1e-3, "log": True, "default": 3e-4}),
     Stage.FKL_WARMUP: ("fkl_lr", {"kind": "float", "low": 1e-4, "high": 1e-2, "log": True, "default": 1e-3}),
