@@ -58,8 +58,8 @@ def _tokens(n: int) -> str:
 
 def _num(x: float, spec: str) -> str:
     """format(x, spec) without a negative zero ('-0.00' reads '0.00')."""
-    from budget_planner.planner import _num as num
-    return num(x, spec)
+    from budget_planner.planner import fmt_num
+    return fmt_num(x, spec)
 
 
 def _sig(x: float, width: float | None = None) -> str:

@@ -106,8 +106,8 @@ def _job(args) -> str:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch
     torch.set_num_threads(1)
-    from reference.cli import _quiet
-    _quiet()
+    from reference.models import quiet
+    quiet()
     from reference.config import load_config
     from reference.pipeline import run_pipeline
     from theory.tables import write_table

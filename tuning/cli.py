@@ -221,7 +221,7 @@ def _progress_log(handle, name: str):
     workers): trials finished of the budget, an ETA from this process's pace, each arm's best so far."""
     import optuna
 
-    from tuning.harness import _load, arm_study_name, load_protocol, slot_trials
+    from tuning.harness import load_study, arm_study_name, load_protocol, slot_trials
 
     protocol = load_protocol(handle, name)
     total = protocol.trials_per_arm * len(protocol.arms)
@@ -229,7 +229,7 @@ def _progress_log(handle, name: str):
     def finished_and_best():
         done, best = 0, {}
         for arm in protocol.arms:
-            latest, _, _ = slot_trials(_load(handle, arm_study_name(name, arm)))
+            latest, _, _ = slot_trials(load_study(handle, arm_study_name(name, arm)))
             states = [t.state for t in latest.values()]
             done += sum(st.is_finished() for st in states)
             vals = [t.value for t in latest.values() if t.state == optuna.trial.TrialState.COMPLETE]

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from theory.errors import InputError
 from tuning import stats
-from tuning.harness import (REASON_ATTR, SEED_ATTR, SLOT_ATTR, _load, arm_study_name, check_matched,
+from tuning.harness import (REASON_ATTR, SEED_ATTR, SLOT_ATTR, load_study, arm_study_name, check_matched,
                             slot_trials)
 from tuning.interface import SPLITS_EVAL, ArmSource, Budget, load_arm_source
 from tuning.protocol import Protocol
@@ -79,7 +79,7 @@ def evaluate(handle: StorageHandle, name: str, source: ArmSource | None = None, 
     todo = []
     studies = {}
     for arm in protocol.arms:
-        study = studies[arm] = _load(handle, arm_study_name(name, arm))
+        study = studies[arm] = load_study(handle, arm_study_name(name, arm))
         best = best_trial(study)
         if best is None:
             continue
@@ -137,7 +137,7 @@ def evaluate_compute_matched(handle: StorageHandle, name: str, source: ArmSource
     if not callable(scale):
         return 0
     _cache_source(protocol, source)
-    studies = {arm: _load(handle, arm_study_name(name, arm)) for arm in protocol.arms}
+    studies = {arm: load_study(handle, arm_study_name(name, arm)) for arm in protocol.arms}
     cost = {}
     for arm, study in studies.items():
         best = best_trial(study)
@@ -199,7 +199,7 @@ def _fail_reason(t: optuna.trial.FrozenTrial, retried_from: dict[int, int]) -> s
 def trials_frame(handle: StorageHandle, name: str, protocol: Protocol) -> pd.DataFrame:
     rows = []
     for arm in protocol.arms:
-        study = _load(handle, arm_study_name(name, arm))
+        study = load_study(handle, arm_study_name(name, arm))
         trials = study.get_trials(deepcopy=False)
         latest, _, _ = slot_trials(study)
         latest_ids = {t.number for t in latest.values()}
@@ -264,7 +264,7 @@ def build_report(handle: StorageHandle, name: str, *, seed: int = 0) -> Fairness
     counted["score"] = counted.apply(trial_score, axis=1)
     rows, curve_rows, eval_rows = [], [], []
     for arm in protocol.arms:
-        study = _load(handle, arm_study_name(name, arm))
+        study = load_study(handle, arm_study_name(name, arm))
         t = counted[counted["arm"] == arm].sort_values("number")
         best = best_trial(study)
         ev = []
@@ -327,7 +327,7 @@ def _compute_matched_evals(handle: StorageHandle, name: str, protocol: Protocol,
     rows = []
     any_stretched = False
     for arm in protocol.arms:
-        study = _load(handle, arm_study_name(name, arm))
+        study = load_study(handle, arm_study_name(name, arm))
         best = best_trial(study)
         plan = study.user_attrs.get(EVALC_PLAN)
         stretched = plan is not None and best is not None and plan.get("trial") == best.number
