@@ -269,7 +269,7 @@ def held_out_kl(student, teacher, batch, vocab_usable: int) -> float:
 
 def run(args) -> dict:
     from reference.config import OPDConfig, FKLConfig, load_config
-    from reference.engines import FixedRollout
+    from reference.rollout import FixedRollout
     from reference.models import freeze, logit_vocab_size
     from reference.rollout import HFRollout
     from reference import losses, stages as st
