@@ -15,7 +15,8 @@ from dataclasses import replace
 import numpy as np
 
 from budget_planner.planner import ARMS, PlanSetup, plan_setup, best_split, check_budget, config_key, predict_arm
-from theory.scenario import Scenario, load_scenario
+from budget_planner.presets import load_scenario
+from theory.scenario import Scenario
 
 PILOT_SHARE = 0.1  # a pilot run uses a tenth of the budget's labels (at least 100, at most the budget)
 

@@ -1,7 +1,7 @@
 """plan(scenario, labels=N) -> Plan: where the labels go, what accuracy to expect, how sure we are.
 
 Every arm comes from `theory.arms.ARMS` (the registry); the forward model is `theory.dynamics`, the
-parameter uncertainty is the calibration's (`theory.calibrate.fit_scenario`, cached per scenario).
+parameter uncertainty is the calibration's (`theory.fitting.fit_scenario`, cached per scenario).
 
 Point predictions are the MAP model's. Everything else comes from one predictive distribution of a
 *measured* accuracy (docs/theory.md section 9): posterior draws of the model, plus a structural error
@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from budget_planner.presets import load_scenario
 from theory import irt
 from theory._lazy import LazyModule
 from theory.arms import ARMS, MAX_LABELS, Arm, check_budget
-from theory.calibrate import Fit, build_world, fit_scenario, values_from_z
 from theory.discrepancy import config_key, discrepancy_sd, measurement_sd
 from theory.dynamics import predict_arm, predict_teacher
 from theory.errors import InputError
+from theory.fitting import Fit, build_world, fit_scenario, values_from_z
 from theory.informativeness import (
     ConditionCheck,
     bits_per_label_avg,
@@ -37,7 +38,7 @@ from theory.informativeness import (
     signal_fraction_avg,
     signal_size_avg,
 )
-from theory.scenario import Scenario, load_scenario
+from theory.scenario import Scenario
 
 pd = LazyModule("pandas")
 
