@@ -272,6 +272,11 @@ def test_naive_predictions_borrow_a_line_and_clip():
     cfgs = [(W, "no_fkl", 128, None), (W, "raw_teacher_bridge", 128, None), (W, "direct_grpo", 2**30, None),
             (W, "direct_grpo", 1, None)]
     assert naive_predictions(CAL, cfgs) == pytest.approx([42.0, 42.0, 100.0, 0.0])
+    # two teacher arms calibrated: which line an uncalibrated one borrows is ambiguous, refused
+    two = pd.concat([CAL, pd.DataFrame(run_rows(W, "no_opd", 64, 0, [30.0]))], ignore_index=True)
+    assert naive_predictions(two, [(W, "no_opd", 64, None)]) == pytest.approx([30.0])
+    with pytest.raises(InputError, match="borrow a line"):
+        naive_predictions(two, [(W, "no_fkl", 64, None)])
 
 
 def test_same_config_naive_takes_the_nearest_teacher_share():

@@ -381,10 +381,11 @@ def format_crosscheck(cc: CrossCheck) -> str:
 def naive_predictions(cal: pd.DataFrame, configs) -> list[float]:
     """The naive predictor (pre-registered, docs/results/crosscheck_preregistration.md): the same arm's
     calibration means, linear in log2 N (interpolated between the two calibrated budgets, extrapolated
-    beyond, clipped to [0, 100]); an arm without calibration runs takes rl_teacher_bridge's line if it
-    distils from a teacher, direct_grpo's otherwise. It ignores the world (it has no pilot): the
-    counterfactual gets the main world's lines. `cal`: a run table; `configs`: (world, arm, N,
-    teacher_labels) tuples; returns one percent per configuration."""
+    beyond, clipped to [0, 100]); an arm without calibration runs takes the line of the calibrated arm
+    that distils from a teacher if it does, of the one that does not otherwise (the pre-registration
+    calibrates exactly one of each: rl_teacher_bridge and direct_grpo). It ignores the world (it has no
+    pilot): the counterfactual gets the main world's lines. `cal`: a run table; `configs`: (world, arm,
+    N, teacher_labels) tuples; returns one percent per configuration."""
     acc = cal[(cal["metric"] == "accuracy") & (cal["split"] == "test")]
     n_of = lambda r: r["teacher_labels"] + r["student_labels"]  # noqa: E731  (both calibration arms use all N)
     acc = acc.assign(N=n_of(acc))
@@ -394,10 +395,16 @@ def naive_predictions(cal: pd.DataFrame, configs) -> list[float]:
         x, y = np.log2(m.index.to_numpy(float)), m.to_numpy()
         slope = (y[-1] - y[0]) / (x[-1] - x[0]) if len(x) > 1 else 0.0
         lines[arm] = (x[0], y[0], slope)
+    def distils(a: str) -> bool:
+        return ARMS[a].teacher is not Teacher.NONE
+
     out = []
     for _world, arm, n, _tl in configs:
-        src = arm if arm in lines else ("rl_teacher_bridge" if ARMS[arm].teacher is not Teacher.NONE else "direct_grpo")
-        x0, y0, slope = lines[src]
+        src = [arm] if arm in lines else [a for a in lines if distils(a) == distils(arm)]
+        if len(src) != 1:
+            raise InputError(f"naive predictor: {arm} has no calibration runs and the calibration holds "
+                             f"{len(src)} arms to borrow a line from ({', '.join(src) or 'none'}); it needs one")
+        x0, y0, slope = lines[src[0]]
         out.append(float(np.clip(y0 + slope * (np.log2(n) - x0), 0.0, 100.0)))
     return out
 
