@@ -32,7 +32,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     from budget_planner import load_scenario, plan
-    from theory.calibrate import _CACHE
+    from theory.fitting import _CACHE
     t_import = time.perf_counter() - t0
 
     scn = load_scenario(args.scenario)

@@ -22,8 +22,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    from reference.cli import _quiet
-    _quiet()
+    from reference.models import quiet
+    quiet()
     torch.set_num_threads(args.threads)
     from reference.config import load_config
     from reference.pipeline import run_pipeline

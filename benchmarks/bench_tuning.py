@@ -26,7 +26,7 @@ import uuid
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tuning.harness import create_or_check, run_worker  # noqa: E402
-from tuning.interface import load_arm_source  # noqa: E402
+from tuning.sources import load_arm_source  # noqa: E402
 from tuning.protocol import build_protocol  # noqa: E402
 from tuning.storage import open_storage  # noqa: E402
 

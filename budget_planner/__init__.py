@@ -8,7 +8,9 @@ Torch-free: depends on `theory` (numpy/scipy/pandas); seaborn is imported only b
 """
 
 from budget_planner.planner import Plan, budget_curve, plan
-from theory.calibrate import calibrate, fit_scenario
-from theory.scenario import Scenario, load_scenario, preset_names
+from budget_planner.presets import load_scenario, preset_names
+from theory.calibrate import calibrate
+from theory.fitting import fit_scenario
+from theory.scenario import Scenario
 
 __all__ = ["Plan", "Scenario", "budget_curve", "calibrate", "fit_scenario", "load_scenario", "plan", "preset_names"]

@@ -58,8 +58,8 @@ def _tokens(n: int) -> str:
 
 def _num(x: float, spec: str) -> str:
     """format(x, spec) without a negative zero ('-0.00' reads '0.00')."""
-    from budget_planner.planner import _num as num
-    return num(x, spec)
+    from budget_planner.planner import fmt_num
+    return fmt_num(x, spec)
 
 
 def _sig(x: float, width: float | None = None) -> str:
@@ -136,7 +136,7 @@ def _fmt_next(nx: dict) -> str:
 def cmd_plan(args) -> int:
     from budget_planner import fitcache
     from budget_planner.planner import plan
-    from theory.scenario import load_scenario
+    from budget_planner.presets import load_scenario
 
     scn = load_scenario(args.scenario)
     fitcache.warm(scn)
@@ -167,7 +167,7 @@ def _clean(text: str) -> str:
 
 
 def cmd_scenarios(args) -> int:
-    from theory.scenario import load_scenario, preset_names
+    from budget_planner.presets import load_scenario, preset_names
 
     for name in preset_names():
         scn = load_scenario(name)
@@ -177,8 +177,8 @@ def cmd_scenarios(args) -> int:
 
 def cmd_explain(args) -> int:
     from budget_planner.planner import plan
-    from theory.calibrate import fit_scenario
-    from theory.scenario import load_scenario
+    from theory.fitting import fit_scenario
+    from budget_planner.presets import load_scenario
 
     scn = load_scenario(args.scenario)
     pl = plan(scn, labels=args.labels, benchmark=args.benchmark)
@@ -236,7 +236,7 @@ def cmd_calibrate(args) -> int:
                     benchmark=args.benchmark, name=args.name, split=args.split)
     _write_atomic(args.out, scenario_to_toml(scn))
     print(f"wrote {args.out}: {scn.description}; {len(scn.fitted_inputs())} fitted inputs")
-    from theory.calibrate import fit_scenario
+    from theory.fitting import fit_scenario
     for w in fit_scenario(scn).warnings:
         print(f"warning: {w}")
     return 0

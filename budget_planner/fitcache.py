@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from theory import calibrate
+from theory import fitting
 
-_THEORY = Path(calibrate.__file__).resolve().parent
+_THEORY = Path(fitting.__file__).resolve().parent
 _VERSION: str | None = None
 
 
@@ -48,14 +48,14 @@ def _path(scn) -> Path | None:
 
 
 def warm(scn) -> bool:
-    """Put a cached fit of `scn` into theory.calibrate's in-memory cache; True if one was found."""
+    """Put a cached fit of `scn` into theory.fitting's in-memory cache; True if one was found."""
     p = _path(scn)
-    if p is None or scn.key() in calibrate._CACHE or not p.is_file():
+    if p is None or scn.key() in fitting._CACHE or not p.is_file():
         return False
     try:
         with np.load(p, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            fit = calibrate.Fit(scenario=scn, names=tuple(meta["names"]), z_map=z["z_map"], cov=z["cov"],
+            fit = fitting.Fit(scenario=scn, names=tuple(meta["names"]), z_map=z["z_map"], cov=z["cov"],
                                 z_draws=z["z_draws"], chi2=float(meta["chi2"]), warnings=tuple(meta["warnings"]),
                                 labels_range=None if meta["labels_range"] is None else tuple(meta["labels_range"]),
                                 ess=float(meta["ess"]))
@@ -63,14 +63,14 @@ def warm(scn) -> bool:
         return False
     if fit.names != tuple(t.path for t in scn.fitted_inputs()):
         return False
-    calibrate._CACHE[scn.key()] = fit
+    fitting._CACHE[scn.key()] = fit
     return True
 
 
 def store(scn) -> None:
     """Write the in-memory fit of `scn` to the cache (atomically; errors ignored)."""
     p = _path(scn)
-    fit = calibrate._CACHE.get(scn.key())
+    fit = fitting._CACHE.get(scn.key())
     if p is None or fit is None or p.is_file():
         return
     meta = {"names": list(fit.names), "chi2": fit.chi2, "warnings": list(fit.warnings),

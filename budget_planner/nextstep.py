@@ -14,14 +14,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from budget_planner.planner import ARMS, _Setup, _setup, best_split, check_budget, config_key, predict_arm
+from budget_planner.planner import ARMS, PlanSetup, plan_setup, best_split, check_budget, config_key, predict_arm
+from budget_planner.presets import load_scenario
 from theory.arms import STAGES, STUDENT, TEACHER
-from theory.scenario import Scenario, load_scenario
+from theory.scenario import Scenario
 
 PILOT_SHARE = 0.1  # a pilot run uses a tenth of the budget's labels (at least 100, at most the budget)
 
 
-def _candidate_values(st: _Setup, n: int) -> tuple[list[str], dict, np.ndarray]:
+def _candidate_values(st: PlanSetup, n: int) -> tuple[list[str], dict, np.ndarray]:
     """Distinct candidate experiments at budget n (split arms at the plan's split): representative arm
     names, their config keys, and value_DA = model draw + structural error (what each would reach)."""
     t_best = best_split(st, n)
@@ -40,7 +41,7 @@ def _candidate_values(st: _Setup, n: int) -> tuple[list[str], dict, np.ndarray]:
     return exps, keys, np.stack(cols, -1)
 
 
-def pilot_measurements(st: _Setup, n: int):
+def pilot_measurements(st: PlanSetup, n: int):
     """The measurements a pilot can take, each with its predicted outcome per draw and its token cost:
     the base student's and teacher's pass rates on the benchmark, KL_0, a short direct GRPO run and a
     short RL-teacher bridge run at a tenth of the budget (evaluated once)."""
@@ -81,7 +82,7 @@ def next_measurement(scenario: Scenario | str, labels: int | None = None, *, ben
 
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     n = scn.budget if labels is None else check_budget(labels)
-    st = _setup(scn, benchmark)
+    st = plan_setup(scn, benchmark)
     exps, _, value_DA = _candidate_values(st, n)
     rows = rank(value_DA, pilot_measurements(st, n), np.random.default_rng([scn.seed, 99, seed]))
     best = rows[0]["measurement"] if rows and rows[0]["regret_reduction"] > 0 else None
@@ -122,8 +123,8 @@ def simulate_worlds(scenario: Scenario | str, labels: int | None = None, *, n_wo
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     n = scn.budget if labels is None else check_budget(labels)
     draws = max(scn.draws, n_worlds)
-    belief = _setup(replace(scn, draws=draws), None)
-    truth = _setup(replace(scn, draws=draws, seed=scn.seed + 1000), None)
+    belief = plan_setup(replace(scn, draws=draws), None)
+    truth = plan_setup(replace(scn, draws=draws, seed=scn.seed + 1000), None)
     exps, keys, value_DA = _candidate_values(belief, n)
     t_best = best_split(belief, n)
     ms_b = pilot_measurements(belief, n)

@@ -1,7 +1,7 @@
 """plan(scenario, labels=N) -> Plan: where the labels go, what accuracy to expect, how sure we are.
 
 Every arm comes from `theory.arms.ARMS` (the registry); the forward model is `theory.dynamics`, the
-parameter uncertainty is the calibration's (`theory.calibrate.fit_scenario`, cached per scenario).
+parameter uncertainty is the calibration's (`theory.fitting.fit_scenario`, cached per scenario).
 
 Point predictions are the MAP model's. Everything else comes from one predictive distribution of a
 *measured* accuracy (docs/theory.md section 9): posterior draws of the model, plus a structural error
@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
+from budget_planner.presets import load_scenario
 from theory import irt
 from theory._lazy import LazyModule
 from theory.arms import ARMS, MAX_LABELS, Arm, check_budget
-from theory.calibrate import Fit, build_world, fit_scenario, values_from_z
 from theory.discrepancy import config_key, discrepancy_sd, measurement_sd
 from theory.dynamics import predict_arm, predict_teacher
 from theory.errors import InputError
+from theory.fitting import Fit, build_world, fit_scenario, values_from_z
 from theory.informativeness import (
     ConditionCheck,
     bits_per_label_avg,
@@ -37,7 +38,7 @@ from theory.informativeness import (
     signal_fraction_avg,
     signal_size_avg,
 )
-from theory.scenario import Scenario, load_scenario
+from theory.scenario import Scenario
 
 pd = LazyModule("pandas")
 
@@ -163,15 +164,15 @@ class Plan:
         for a in self.arms:
             pb = "control" if a.p_best is None else f"{a.p_best:.2f}"
             style = ' style="font-weight:bold"' if a.arm == r.arm else ""
-            cells = (a.arm + (f" (= {a.same_as} here)" if a.same_as else ""), _num(a.accuracy, ".1f"),
-                     f"[{_num(a.lo, '.1f')}, {_num(a.hi, '.1f')}]", pb,
+            cells = (a.arm + (f" (= {a.same_as} here)" if a.same_as else ""), fmt_num(a.accuracy, ".1f"),
+                     f"[{fmt_num(a.lo, '.1f')}, {fmt_num(a.hi, '.1f')}]", pb,
                      f"{a.teacher_labels} / {a.student_labels}", f"{a.compute_tokens / 1e6:,.1f}M")
             rows.append(f"<tr{style}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
         verdict = (f"recommended: <b>{escape(r.arm)}</b> (p_best {r.p_best:.2f}) with {r.teacher_labels} teacher / "
                    f"{r.student_labels} student labels")
         if r.runner_up is not None:
-            verdict += (f"; runner-up {escape(r.runner_up)}, gap {_num(r.gap_mean, '+.1f')} points "
-                        f"({GAP_LEVEL:.0%} interval [{_num(r.gap_lo, '+.1f')}, {_num(r.gap_hi, '+.1f')}]"
+            verdict += (f"; runner-up {escape(r.runner_up)}, gap {fmt_num(r.gap_mean, '+.1f')} points "
+                        f"({GAP_LEVEL:.0%} interval [{fmt_num(r.gap_lo, '+.1f')}, {fmt_num(r.gap_hi, '+.1f')}]"
                         f"{', separable' if r.separable else ', a toss-up'})")
         return (f"<table><caption>{escape(self.scenario)}: {escape(self.benchmark)} accuracy with N = "
                 f"{self.labels} labels (MAP; 95% predictive interval of a measured accuracy)</caption>"
@@ -254,7 +255,7 @@ class Plan:
         return fig
 
 
-def _num(x: float, spec: str) -> str:
+def fmt_num(x: float, spec: str) -> str:
     """format(x, spec) without a negative zero: -0.004 at '.2f' reads '0.00', not '-0.00'."""
     s = format(x, spec)
     return format(0.0, spec) if float(s) == 0.0 else s
@@ -290,7 +291,7 @@ def _draws_world(fit: Fit, bench: str):
 
 
 @dataclass(frozen=True)
-class _Setup:
+class PlanSetup:
     fit: Fit
     bench: str
     world: object  # theory.dynamics.World, R = (1 + D,)
@@ -334,7 +335,7 @@ class _Setup:
         return acc_D + d.reshape(d.shape + (1,) * (acc_D.ndim - 1)) + self.eps(key, acc_D)
 
 
-def _setup(scn: Scenario, benchmark: str | None) -> _Setup:
+def plan_setup(scn: Scenario, benchmark: str | None) -> PlanSetup:
     bench = benchmark or scn.target_benchmark
     if bench not in scn.benchmarks:
         raise InputError(f"benchmark {bench!r} is not in scenario {scn.name} ({', '.join(scn.benchmarks)})")
@@ -343,7 +344,7 @@ def _setup(scn: Scenario, benchmark: str | None) -> _Setup:
     sd, note = discrepancy_sd(scn)
     D = len(fit.z_draws)
     n_eff = float(D) if not np.isfinite(fit.ess) else float(min(D, fit.ess))
-    return _Setup(fit=fit, bench=bench, world=world, b=world.benchmarks.index(bench), vals=vals, sd_delta=sd,
+    return PlanSetup(fit=fit, bench=bench, world=world, b=world.benchmarks.index(bench), vals=vals, sd_delta=sd,
                   sd_note=note, n_eff=n_eff)
 
 
@@ -390,7 +391,7 @@ def _covered(scn: Scenario, arm: Arm, acct) -> bool:
     return False
 
 
-def _ceiling(st: _Setup) -> dict | None:
+def _ceiling(st: PlanSetup) -> dict | None:
     """The student's accuracy ceiling on the benchmark (percent, given full compliance): MAP and 95%."""
     scn = st.fit.scenario
     path = f"student.benchmarks.{st.bench}.ceiling"
@@ -402,7 +403,7 @@ def _ceiling(st: _Setup) -> dict | None:
             "tag": scn.get(path).tag}
 
 
-def best_split(st: _Setup, n: int, kappa_ratio_factor: float = 1.0) -> int:
+def best_split(st: PlanSetup, n: int, kappa_ratio_factor: float = 1.0) -> int:
     """Teacher labels of the split maximising the draw-mean accuracy of rl_teacher_bridge_stage3;
     `kappa_ratio_factor` scales teacher/student GRPO efficiency (for `explain`'s sensitivity line)."""
     wide = st.world.expand()
@@ -419,7 +420,7 @@ def split_sensitivity(scenario: Scenario | str, labels: int | None = None, *, be
     efficiency ratio kappa_T/kappa_S were doubled or halved (every draw scaled)."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     n = scn.budget if labels is None else check_budget(labels)
-    st = _setup(scn, benchmark)
+    st = plan_setup(scn, benchmark)
     out = {}
     for name, f in (("as_fitted", 1.0), ("ratio_x2", 2.0), ("ratio_x0.5", 0.5)):
         t = best_split(st, n, f)
@@ -431,7 +432,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
     """Per-arm predictions at a budget of `labels` (default: the scenario's budget). Pure."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     n = scn.budget if labels is None else check_budget(labels)
-    st = _setup(scn, benchmark)
+    st = plan_setup(scn, benchmark)
     fit, bench, world, b = st.fit, st.bench, st.world, st.b
     wide = world.expand()
     frac_S, tl_S = _split_labels(n)
@@ -559,7 +560,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
                 uncertainty=uncertainty, _scenario_obj=scn)
 
 
-def _config_pred(st: _Setup, arm_name: str, n: int, tl, n_seeds: int = 1):
+def _config_pred(st: PlanSetup, arm_name: str, n: int, tl, n_seeds: int = 1):
     arm = ARMS.get(arm_name)
     if arm is None:
         raise InputError(f"unknown arm {arm_name!r}; arms are {', '.join(ARMS)}")
@@ -577,7 +578,7 @@ def predict_gap(scenario: Scenario | str, a, b, *, level: float = GAP_LEVEL, ben
     """(lo, mean, hi): predictive interval of measured(a) - measured(b), each an (arm, labels,
     teacher_labels or None) configuration."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-    st = _setup(scn, benchmark)
+    st = plan_setup(scn, benchmark)
     pa, pb = _config_pred(st, *a)[-1], _config_pred(st, *b)[-1]
     g = pa - pb
     lo, hi = np.percentile(g, [50 * (1 - level), 50 * (1 + level)])
@@ -598,7 +599,7 @@ def predict_configs(scenario: Scenario | str, configs, *, n_seeds: int = 1, leve
         raise InputError(f"level must lie in (0, 1), got {level!r}")
     if int(n_seeds) < 1:
         raise InputError(f"n_seeds must be >= 1, got {n_seeds!r}")
-    st = _setup(scn, benchmark)
+    st = plan_setup(scn, benchmark)
     rows = []
     for arm_name, n, tl in configs:
         arm, n, acct, acc_R, pred_D = _config_pred(st, arm_name, n, tl, int(n_seeds))
@@ -658,7 +659,7 @@ def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: flo
     maximising rl_teacher_bridge_stage3; replay_control is evaluated at the same split), as the plan's
     figure shows them. Columns: labels, arm, teacher_labels, accuracy, lo, hi."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-    st = _setup(scn, benchmark)
+    st = plan_setup(scn, benchmark)
     if teacher_fraction is not None and not (0.0 <= teacher_fraction <= 1.0):
         raise InputError(f"teacher_fraction must be in [0, 1], got {teacher_fraction!r}")
     rows = []

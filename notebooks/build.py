@@ -59,9 +59,10 @@ NOTEBOOKS = {
                "`matched-tuning` uses, and shows both reports: fairness checks, tuning curves (expected best "
                "after n trials), bootstrap intervals, IQM, the paired difference and P(improvement)."),
         ("code", "from pathlib import Path\nimport tempfile\n\nimport pandas as pd\nfrom IPython.display import Markdown\n\n"
+                 "from tuning.evaluation import evaluate\nfrom tuning.figures import plot_fairness\n"
                  "from tuning.harness import check_matched, create_or_check, run_worker\n"
-                 "from tuning.interface import load_arm_source\nfrom tuning.protocol import build_protocol\n"
-                 "from tuning.report import build_report, evaluate, fairness_checks, load_report, plot_fairness\n"
+                 "from tuning.protocol import build_protocol\n"
+                 "from tuning.report import build_report, fairness_checks, load_report\nfrom tuning.sources import load_arm_source\n"
                  "from tuning.storage import open_storage\n\n"
                  "RESULTS = Path('..') / 'docs' / 'results'\n"
                  "COLS = ['arm', 'trials', 'complete', 'failed', 'compute', 'best_score', 'still_improving',\n"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,14 +25,6 @@ from theory.cliutil import HelpFormatter, output_dir, output_file, require_extra
 from theory.errors import InputError
 
 DEFAULT_WORKDIR = ".s2d_runs"
-
-
-def _quiet() -> None:
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    import warnings
-    warnings.filterwarnings("ignore")
-    from transformers.utils import logging
-    logging.set_verbosity_error()
 
 
 def resolve_teacher_labels(arm_name: str, n: int, teacher_labels: int | None, student_labels: int | None):
@@ -67,7 +58,8 @@ def cmd_run(a) -> int:
     status = gate_status(cfg, a.workdir)
     print(f"stability gate for this config (hash {cfg.hash()}): {status}"
           + ("" if status == "passed" else f" - run `reference-pipeline gate --config {cfg.source}`"))
-    _quiet()
+    from reference.models import quiet
+    quiet()
     from reference.pipeline import run_pipeline
     res = run_pipeline(cfg, a.arm, a.seed, workdir=a.workdir, teacher_labels=tl, split=a.split, progress=True)
     _print_run(res)
@@ -120,7 +112,8 @@ def _demo_figure(table, path: Path) -> None:
 
 
 def cmd_demo(a) -> int:
-    _quiet()
+    from reference.models import quiet
+    quiet()
     import pandas as pd
 
     from reference.config import load_config
@@ -169,7 +162,8 @@ def cmd_demo(a) -> int:
 def _table_worker(job) -> list[dict]:
     """One process per seed group: all arms of a seed run in one process so stage prefixes are shared."""
     config, seeds, arms, workdir, split = job
-    _quiet()
+    from reference.models import quiet
+    quiet()
     import torch
     torch.set_num_threads(1)
     from reference.config import load_config
@@ -235,7 +229,8 @@ def cmd_pilot(a) -> int:
     cfg = load_config(a.config)
     pc = PilotConfig(k=a.k, problems=a.problems, split=a.split, seed=a.seed, models=parse_models(a.models),
                      self_distill=a.self_distill)
-    _quiet()
+    from reference.models import quiet
+    quiet()
     from reference.pilot import format_pilot, run_pilot
     res = run_pilot(cfg, pc, a.out, workdir=a.workdir)
     print(format_pilot(res))
@@ -247,7 +242,8 @@ def cmd_pilot(a) -> int:
 def cmd_gate(a) -> int:
     from reference.config import load_config
     cfg = load_config(a.config)
-    _quiet()
+    from reference.models import quiet
+    quiet()
     from reference import gate
     res = gate.run_gate(cfg, seeds=a.seeds, steps=a.steps, problems=a.problems, jobs=a.jobs,
                         progress=lambda m: print("  " + m, flush=True))

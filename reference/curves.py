@@ -79,7 +79,7 @@ def final_table(results: list[RunResult], metrics=("accuracy", "pass_at_k", "com
 def committed_summary(runs: pd.DataFrame, metrics=("accuracy", "compliance"), *, seed: int = 0) -> pd.DataFrame:
     """Per arm and metric of a run table (e.g. docs/results/toy_ablation.csv): seeds, mean and a
     percentile-bootstrap 95% interval of the mean over seeds."""
-    from tuning.stats import mean_ci
+    from theory.stats import mean_ci
 
     rng = np.random.default_rng(seed)
     rows = []

@@ -229,8 +229,8 @@ def checks_from(raws: list[dict]) -> tuple[Check, ...]:
 
 def _worker(job) -> dict:
     cfg, seed, steps, problems = job
-    from reference.cli import _quiet
-    _quiet()
+    from reference.models import quiet
+    quiet()
     return gate_seed(cfg, seed, steps=steps, problems=problems, progress=lambda m: print("  " + m, flush=True))
 
 

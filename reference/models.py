@@ -27,6 +27,15 @@ from theory.errors import InputError
 QWEN3_VOCAB = 151936  # official padded config vocabulary of every Qwen3 dense checkpoint
 
 
+def quiet() -> None:
+    """Silence TRL's experimental notices, Python warnings and transformers' info logs (CLI runs and workers)."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import warnings
+    warnings.filterwarnings("ignore")
+    from transformers.utils import logging
+    logging.set_verbosity_error()
+
+
 def default_dtype(device: str | torch.device) -> torch.dtype:
     """bf16 on accelerators (the anchors and the paper's setting), fp32 on CPU (bf16 matmuls are slow there)."""
     return torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16

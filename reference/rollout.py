@@ -12,6 +12,7 @@ are left-padded to a common length L_p, completions right-padded to T with EOS k
 from __future__ import annotations
 
 from dataclasses import dataclass
+import hashlib
 from typing import Protocol
 
 import torch
@@ -91,6 +92,41 @@ class HFRollout:
         full_att = torch.cat([att, mask.long()], dim=1)
         texts = tuple(tok.batch_decode(comp, skip_special_tokens=True))
         return RolloutBatch(full, full_att, P, comp, mask, texts, n)
+
+
+class FixedRollout:
+    """A deterministic `Rollout`: each prompt's completions are fixed pseudo-random token strings seeded
+    by the prompt text, so every rank sees the same data per prompt. Full length, no EOS (what
+    scripts/gpu_check.py times); `varied_lengths=True` (scripts/ddp_parity.py) cuts each sample at a pseudo-random
+    EOS, so ranks hold different token counts (what the global token mean is for), and makes its text
+    the sum of its counted tokens, so `parity_reward` gives varied rewards."""
+
+    def __init__(self, tokenizer, vocab: int, eos_id: int, *, varied_lengths: bool = False):
+        self.tok, self.vocab, self.eos_id, self.varied = tokenizer, vocab, eos_id, varied_lengths
+
+    def generate(self, model, prompts, *, n, temperature, top_p=1.0, top_k=0, max_new_tokens, greedy=False):
+        enc = self.tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
+        ids = enc["input_ids"].repeat_interleave(n, 0)
+        att = enc["attention_mask"].repeat_interleave(n, 0)
+        comps, masks = [], []
+        for p in prompts:
+            g = torch.Generator().manual_seed(int(hashlib.sha1(p.encode()).hexdigest()[:8], 16))
+            c = torch.randint(0, self.vocab, (n, max_new_tokens), generator=g)
+            c = torch.where(c == self.eos_id, (c + 1) % self.vocab, c)
+            length = (torch.randint(1, max_new_tokens + 1, (n, 1), generator=g) if self.varied
+                      else torch.full((n, 1), max_new_tokens))
+            pos = torch.arange(max_new_tokens).unsqueeze(0)
+            if self.varied:
+                c = torch.where(pos == length - 1, torch.full_like(c, self.eos_id), c)  # EOS ends the sample
+                c = torch.where(pos >= length, torch.full_like(c, self.tok.pad_token_id), c)
+            comps.append(c)
+            masks.append((pos < length).float())
+        comp, mask = torch.cat(comps), torch.cat(masks)
+        texts = (tuple(str(int((c * m).sum())) for c, m in zip(comp, mask)) if self.varied
+                 else tuple("" for _ in comp))
+        device = next(model.parameters()).device
+        return RolloutBatch(torch.cat([ids, comp], 1).to(device), torch.cat([att, mask.long()], 1).to(device),
+                            ids.shape[1], comp.to(device), mask.to(device), texts, n)
 
 
 class _MaskPaddedVocab:

@@ -11,7 +11,7 @@ docs/results/crosscheck_preregistration.md).
     python scripts/crosscheck_toy.py predict-world --world toy-arith-direct     # (was: predict-direct)
     python scripts/crosscheck_toy.py posthoc-costs    # NOT pre-registered: re-prediction with stage costs
 
-Every step resumes: finished runs are cached in the work directory and their rows kept in per-job
+Every step resumes: finished runs are cached in the work directory (--workdir) and their rows kept in per-job
 CSVs, so rerunning a killed step redoes only the unfinished runs.
 """
 
@@ -28,7 +28,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "results"
-WORK = Path("/work/s2d_crosscheck")  # stage checkpoints (not committed; reruns resume from them)
+DEFAULT_WORK = Path(".s2d_runs") / "crosscheck"  # --workdir: stage checkpoints (not committed; reruns resume)
 # the old protocol configs: this cross-check ran under them (configs/legacy/)
 CONFIGS = {"toy-arith": ROOT / "configs" / "legacy" / "toy.toml",
            "toy-arith-cf": ROOT / "configs" / "legacy" / "toy_counterfactual.toml"}
@@ -101,13 +101,13 @@ def world_configs(world: str) -> list[tuple[str, str, int, int | None]]:
 # ---- running --------------------------------------------------------------------------------------
 def _job(args) -> str:
     """One process: every config of one (world, N, seed), in order, sharing one work directory."""
-    world, n, seed, items, part = args
+    world, n, seed, items, part, work = args
     import os
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch
     torch.set_num_threads(1)
-    from reference.cli import _quiet
-    _quiet()
+    from reference.models import quiet
+    quiet()
     from reference.config import load_config
     from reference.pipeline import run_pipeline
     from theory.tables import write_table
@@ -118,7 +118,7 @@ def _job(args) -> str:
     done = set() if not rows else set(zip(rows[0]["arm"], rows[0]["teacher_labels"]))
     for arm, tl in items:
         t0 = time.perf_counter()
-        res = run_pipeline(cfg, arm, seed, workdir=WORK / f"{world}_N{n}", teacher_labels=tl, progress=False)
+        res = run_pipeline(cfg, arm, seed, workdir=Path(work) / f"{world}_N{n}", teacher_labels=tl, progress=False)
         key = (arm, res.label_account.teacher)
         if key not in done:
             rows.append(res.to_frame())
@@ -129,18 +129,18 @@ def _job(args) -> str:
     return str(part)
 
 
-def run_configs(configs, seeds, out_csv: Path, jobs: int) -> pd.DataFrame:
+def run_configs(configs, seeds, out_csv: Path, jobs: int, work: Path) -> pd.DataFrame:
     import multiprocessing as mp
     from theory.tables import write_table
     groups: dict[tuple, list] = {}
     for world, arm, n, tl in configs:
         for seed in seeds:
             groups.setdefault((world, n, seed), []).append((arm, tl))
-    parts_dir = WORK / (out_csv.stem + "_parts")  # per-job CSVs: resume state, not results
+    parts_dir = work / (out_csv.stem + "_parts")  # per-job CSVs: resume state, not results
     parts_dir.mkdir(parents=True, exist_ok=True)
     # biggest budgets first: the pool ends with short jobs
     todo = sorted(groups.items(), key=lambda kv: (-kv[0][1] * len(kv[1]), kv[0]))
-    args = [(w, n, s, items, str(parts_dir / f"{w}_N{n}_s{s}.csv")) for (w, n, s), items in todo]
+    args = [(w, n, s, items, str(parts_dir / f"{w}_N{n}_s{s}.csv"), str(work)) for (w, n, s), items in todo]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(jobs) as pool:
         for i, p in enumerate(pool.imap_unordered(_job, args), 1):
@@ -162,30 +162,6 @@ def calibration_table() -> pd.DataFrame:
 
 
 # ---- predictions ----------------------------------------------------------------------------------
-def naive_predictions(cal: pd.DataFrame, configs) -> list[float]:
-    """The naive predictor (pre-registered): the same arm's calibration means, linear in log2 N
-    (interpolated between the two calibrated budgets, extrapolated beyond, clipped to [0, 100]);
-    an arm without calibration runs takes rl_teacher_bridge's line if it distils from a teacher,
-    direct_grpo's otherwise. It ignores the world (it has no pilot): the counterfactual gets the
-    main world's lines."""
-    from theory.arms import ARMS, Teacher
-    acc = cal[(cal["metric"] == "accuracy") & (cal["split"] == "test")]
-    n_of = lambda r: r["teacher_labels"] + r["student_labels"]  # noqa: E731  (both calibration arms use all N)
-    acc = acc.assign(N=n_of(acc))
-    lines = {}
-    for arm, g in acc.groupby("arm"):
-        m = g.groupby("N")["value"].mean()
-        x, y = np.log2(m.index.to_numpy(float)), m.to_numpy()
-        slope = (y[-1] - y[0]) / (x[-1] - x[0]) if len(x) > 1 else 0.0
-        lines[arm] = (x[0], y[0], slope)
-    out = []
-    for _world, arm, n, _tl in configs:
-        src = arm if arm in lines else ("rl_teacher_bridge" if ARMS[arm].teacher is not Teacher.NONE else "direct_grpo")
-        x0, y0, slope = lines[src]
-        out.append(float(np.clip(y0 + slope * (np.log2(n) - x0), 0.0, 100.0)))
-    return out
-
-
 def _write_predictions(df: pd.DataFrame, path: Path, force: bool) -> None:
     """Committed predictions are the pre-registration: a rerun writes beside them (<name>.rerun.csv)
     unless --force, and says how far the rerun moved."""
@@ -255,7 +231,8 @@ def cf_scenario(fit, name: str):
 def main_fit(costs: bool):
     """The toy-arith calibration (the cross-check's calibration subset); with `costs`, its problem
     table also holds the self-distillation pilot's rows, so calibrate measures the stage costs."""
-    from theory.calibrate import calibrate, fit_scenario
+    from theory.calibrate import calibrate
+    from theory.fitting import fit_scenario
     cal = calibration_table()
     probs, kl = pilot_tables(OUT / "crosscheck_pilot_toy-arith", costs)
     scn = calibrate(pd.concat([cal, kl], ignore_index=True), probs, benchmark="toy_test",
@@ -266,7 +243,8 @@ def main_fit(costs: bool):
 def world_fit(world: str, costs: bool):
     """Calibration on a pilot world's measured runs (all its configurations), its pilot and, with
     `costs`, the self-distillation pilot. The naive predictor's 'calibration' is then these runs."""
-    from theory.calibrate import calibrate, fit_scenario
+    from theory.calibrate import calibrate
+    from theory.fitting import fit_scenario
     from theory.tables import read_table
     runs = read_table(OUT / f"{PILOT_WORLDS[world]['stem']}_runs.csv", "runs")
     probs, kl = pilot_tables(OUT / f"crosscheck_pilot_{world}", costs)
@@ -290,6 +268,7 @@ PRED_COLS = ["world", "arm", "labels", "teacher_labels", "student_labels", "set"
 
 def predict_frame(scn, world: str, cfgs, cal, n_seeds: int, set_name: str = "heldout", naive=None) -> pd.DataFrame:
     from budget_planner.planner import predict_configs
+    from theory.crosscheck import naive_predictions
     df = predict_configs(scn, [(arm, n, tl) for _, arm, n, tl in cfgs], n_seeds=n_seeds, level=LEVEL)
     df.insert(0, "world", world)
     df["set"] = set_name
@@ -297,25 +276,11 @@ def predict_frame(scn, world: str, cfgs, cal, n_seeds: int, set_name: str = "hel
     return df[PRED_COLS]
 
 
-def same_config_naive(runs: pd.DataFrame, cfgs) -> list[float]:
-    """Naive predictor for a world calibrated on another world's runs: 'the teacher does not matter' —
-    the other world's measured mean of the same arm at the same teacher share (nearest share)."""
-    from theory.arms import ARMS
-    acc = runs[(runs["metric"] == "accuracy") & (runs["split"] == "test")]
-    out = []
-    for _w, arm, n, tl in cfgs:
-        g = acc[acc["arm"] == arm]
-        t = ARMS[arm].labels(n, tl).teacher
-        shares = g["teacher_labels"].unique()
-        best = min(shares, key=lambda x: abs(x - t))
-        out.append(float(g[g["teacher_labels"] == best]["value"].mean()))
-    return out
-
-
 def cmd_predict_world(a) -> int:
     """A world predicted from its pilot alone: writes its scenario, the predictions for every arm at
     N = 256 (+ the recommended stage-3 split) and the planner's recommendation."""
     from budget_planner.planner import plan
+    from theory.crosscheck import same_config_naive
     from theory.scenario import scenario_to_toml
     world = a.world
     spec = PILOT_WORLDS[world]
@@ -350,6 +315,7 @@ def cmd_predict_world(a) -> int:
 def cmd_posthoc_costs(a) -> int:
     """NOT pre-registered: the amended planner (stage costs from the self-distillation pilot) re-predicts
     the configurations of the cross-check and of the third world, whose runs were already seen."""
+    from theory.crosscheck import same_config_naive
     cal, fit = main_fit(costs=True)
     print(fit.parameters()[["input", "prior", "map", "lo", "hi"]].round(3).to_string())
     frames = []
@@ -368,15 +334,16 @@ def cmd_posthoc_costs(a) -> int:
     pred = pd.concat(frames, ignore_index=True)
     pred.to_csv(OUT / f"{name}_predictions.csv", index=False, float_format="%.3f")
     runs = pd.concat([pd.read_csv(OUT / f"{st}_runs.csv") for st in stems], ignore_index=True)
-    runs.to_csv(WORK / f"{name}_runs.csv", index=False)
-    return _report(WORK / f"{name}_runs.csv", OUT / f"{name}_predictions.csv", name, figures=False)
+    a.workdir.mkdir(parents=True, exist_ok=True)
+    runs.to_csv(a.workdir / f"{name}_runs.csv", index=False)
+    return _report(a.workdir / f"{name}_runs.csv", OUT / f"{name}_predictions.csv", name, figures=False)
 
 
 def cmd_pilots(a) -> int:
     for world, cfg in {**CONFIGS, **{w: v["config"] for w, v in PILOT_WORLDS.items()}}.items():
         subprocess.run([sys.executable, "-m", "reference.cli", "pilot", "--config", str(cfg), "--k", "8",
                         "--problems", "200", "--split", "val", "--out", str(OUT / f"crosscheck_pilot_{world}"),
-                        "--workdir", str(WORK / f"pilot_{world}")],
+                        "--workdir", str(a.workdir / f"pilot_{world}")],
                        check=True)
     return 0
 
@@ -414,16 +381,19 @@ def main(argv=None) -> int:
     ap.add_argument("--world", choices=sorted(PILOT_WORLDS), default=DIRECT,
                     help="for the *-world steps (toy-arith-direct was run as predict-direct/runs-direct/report-direct)")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=DEFAULT_WORK,
+                    help=f"stage checkpoints and resume state (default {DEFAULT_WORK}; the committed runs used /work/s2d_crosscheck)")
     ap.add_argument("--force", action="store_true", help="overwrite committed predictions (the pre-registration)")
     a = ap.parse_args(argv)
     if a.step == "calibration-runs":
-        run_configs(calibration_configs(), CAL_SEEDS, OUT / "crosscheck_calibration_runs.csv", a.jobs)
+        run_configs(calibration_configs(), CAL_SEEDS, OUT / "crosscheck_calibration_runs.csv", a.jobs, a.workdir)
         return 0
     if a.step == "heldout":
-        run_configs(heldout_configs(), HELD_SEEDS, OUT / "crosscheck_runs.csv", a.jobs)
+        run_configs(heldout_configs(), HELD_SEEDS, OUT / "crosscheck_runs.csv", a.jobs, a.workdir)
         return 0
     if a.step == "runs-world":
-        run_configs(world_configs(a.world), DIRECT_SEEDS, OUT / f"{PILOT_WORLDS[a.world]['stem']}_runs.csv", a.jobs)
+        run_configs(world_configs(a.world), DIRECT_SEEDS, OUT / f"{PILOT_WORLDS[a.world]['stem']}_runs.csv", a.jobs,
+                    a.workdir)
         return 0
     return {"pilots": cmd_pilots, "predict": cmd_predict, "report": cmd_report, "predict-world": cmd_predict_world,
             "report-world": cmd_report_world, "posthoc-costs": cmd_posthoc_costs,

@@ -25,6 +25,7 @@ vocabulary is padded to 151936, so padded logits are sliced off exactly as in a 
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass, field
 import gc
 import json
 import math
@@ -267,18 +268,51 @@ def held_out_kl(student, teacher, batch, vocab_usable: int) -> float:
     return float(losses.masked_mean(losses.reverse_kl_BT(s, t), batch.mask_BT))
 
 
-def run(args) -> dict:
-    from reference.config import OPDConfig, FKLConfig, load_config
-    from reference.engines import FixedRollout
-    from reference.models import freeze, logit_vocab_size
-    from reference.rollout import HFRollout
-    from reference import losses, stages as st
-    from reference.rollout import completion_logits
+# --------------------------------------------------------------------------------------------------
+# one run: the shared set-up, then one function per measurement (each fills its keys of `c.r`)
+# --------------------------------------------------------------------------------------------------
 
-    device = args.device
+
+@dataclass
+class Check:
+    """What the measurements share: shapes, the synthetic tokenizer, one prompt generator (drawn from in
+    the order the measurements run), the live models `m` and the results `r` (the JSON written by --out)."""
+
+    args: argparse.Namespace
+    device: str
+    dtype: torch.dtype
+    paper: object  # reference.config.Config of configs/paper-qwen3-math.toml
+    s_cfg: object  # student / teacher ModelConfig (the paper's shapes, or tiny ones)
+    t_cfg: object
+    n_tok: int  # tokenizer entries (Qwen3's 151669)
+    vocab: int  # the config's padded vocabulary (151936)
+    ft: dict  # batch x length of: the student fine-tune anchor,
+    ft8: dict  # the teacher fine-tune anchor (and teacher GRPO),
+    score: dict  # the scoring anchors,
+    gen: dict  # generation (batch, prompt and new tokens),
+    train: dict  # the stage steps,
+    opd_kl: dict  # the OPD-lowers-KL check
+    iters: int  # timed iterations per anchor
+    tok: object
+    rng: torch.Generator
+    t_start: float
+    r: dict = field(default_factory=dict)
+    m: dict = field(default_factory=dict)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def log(self, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t_start:6.1f}s] {msg}", flush=True)
+
+
+def setup(args) -> Check:
+    """Shapes (the paper's or --tiny), the tokenizer and the run's header in `r`."""
+    from reference.config import load_config
+
     t_start = time.perf_counter()
-    cuda = device.startswith("cuda")
-    dtype = torch.bfloat16 if cuda else torch.float32
+    cuda = args.device.startswith("cuda")
     paper = load_config(ROOT / "configs" / "paper-qwen3-math.toml")
     if args.tiny:
         from dataclasses import replace
@@ -308,163 +342,226 @@ def run(args) -> dict:
                "sizes": {"ft": f"{ft['B']}x{ft['T']}", "ft8": f"{ft8['B']}x{ft8['T']}",
                          "score": f"{score['B']}x{score['T']}", "gen": f"batch {gen['B']}, {gen['P']}+{gen['N']}",
                          "train": f"{train['B']}x{train['P'] + train['new']}"}}
-    log = lambda msg: print(f"[{time.perf_counter() - t_start:6.1f}s] {msg}", flush=True)  # noqa: E731
-    m: dict = {}  # live models
+    return Check(args=args, device=args.device, dtype=torch.bfloat16 if cuda else torch.float32, paper=paper,
+                 s_cfg=s_cfg, t_cfg=t_cfg, n_tok=n_tok, vocab=vocab, ft=ft, ft8=ft8, score=score, gen=gen, train=train,
+                 opd_kl=opd_kl, iters=iters, tok=tok, rng=rng, t_start=t_start, r=r)
 
-    def save():
-        r["wall_s"] = time.perf_counter() - t_start
-        if args.out:
-            Path(args.out).write_text(json.dumps(r, indent=2, default=float))
 
-    def section(name: str, fn) -> None:
-        """Run one part; an error (OOM, compile failure) is recorded, the rest still runs; skip past the budget."""
-        if args.skip and name in args.skip:
-            return
-        if time.perf_counter() - t_start > args.budget_s:
-            r[f"{name}_error"] = f"skipped: past the {args.budget_s:.0f} s budget"
-            log(f"{name}: skipped (time budget)")
-            return
-        try:
-            fn()
-        except Exception as e:  # noqa: BLE001 — one GPU run: record and go on
-            r[f"{name}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            log(f"{name}: FAILED {r[f'{name}_error']}")
-        for mod in m.values():
-            for p in mod.parameters():
-                p.grad = None
-        free(device)
-        save()
+def save(c: Check) -> None:
+    c.r["wall_s"] = time.perf_counter() - c.t_start
+    if c.args.out:
+        Path(c.args.out).write_text(json.dumps(c.r, indent=2, default=float))
 
-    def rewards():
-        r["rewards"] = rewards_check()
-        log(f"rewards: {r['rewards']}")
 
-    def anchors_student():
-        m["student"] = build_model(s_cfg, vocab, device, dtype, seed=1)
-        r["usable_vocab"] = logit_vocab_size(tok, m["student"].config)
-        assert r["usable_vocab"] == n_tok < vocab, "padded vocabulary must be sliced"
-        r["anchor_ft_1p7b_tok_s"], r["anchor_ft_1p7b_peak_gib"] = anchor_ft(m["student"], ft["B"], ft["T"], n_tok, device, iters)
-        log(f"anchor FT student {ft['B']}x{ft['T']}: {r['anchor_ft_1p7b_tok_s']:.0f} tok/s, peak {r['anchor_ft_1p7b_peak_gib']:.1f} GiB")
-        r["anchor_score_1p7b_tok_s"], _ = anchor_score(m["student"], score["B"], score["T"], n_tok, device, iters)
-        log(f"anchor scoring student {r['anchor_score_1p7b_tok_s']:.0f} tok/s")
+def section(c: Check, name: str, fn) -> None:
+    """Run one part; an error (OOM, compile failure) is recorded, the rest still runs; skip past the budget."""
+    if c.args.skip and name in c.args.skip:
+        return
+    if time.perf_counter() - c.t_start > c.args.budget_s:
+        c.r[f"{name}_error"] = f"skipped: past the {c.args.budget_s:.0f} s budget"
+        c.log(f"{name}: skipped (time budget)")
+        return
+    try:
+        fn(c)
+    except Exception as e:  # noqa: BLE001 — one GPU run: record and go on
+        c.r[f"{name}_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        c.log(f"{name}: FAILED {c.r[f'{name}_error']}")
+    for mod in c.m.values():
+        for p in mod.parameters():
+            p.grad = None
+    free(c.device)
+    save(c)
 
-    def anchor_gen():
-        r["anchor_gen_plain_b64_tok_s"] = anchor_generate(m["student"], gen["B"], gen["P"], gen["N"], n_tok, device)
-        log(f"anchor plain generate {r['anchor_gen_plain_b64_tok_s']:.0f} tok/s")
 
-    def rollouts():  # the reference interface, static KV cache on GPUs (compiled on first call)
-        ro = HFRollout(tok, static_cache=cuda)
-        prompts = [prompt_text(rng, n_tok, gen["P"]) for _ in range(gen["B"])]
-        torch.manual_seed(0)
+def measure_rewards(c: Check) -> None:
+    c.r["rewards"] = rewards_check()
+    c.log(f"rewards: {c.r['rewards']}")
+
+
+def measure_student_anchors(c: Check) -> None:
+    """Builds the student; its fine-tune and scoring anchors."""
+    from reference.models import logit_vocab_size
+
+    r, ft, score = c.r, c.ft, c.score
+    c.m["student"] = build_model(c.s_cfg, c.vocab, c.device, c.dtype, seed=1)
+    r["usable_vocab"] = logit_vocab_size(c.tok, c.m["student"].config)
+    assert r["usable_vocab"] == c.n_tok < c.vocab, "padded vocabulary must be sliced"
+    r["anchor_ft_1p7b_tok_s"], r["anchor_ft_1p7b_peak_gib"] = anchor_ft(c.m["student"], ft["B"], ft["T"], c.n_tok,
+                                                                        c.device, c.iters)
+    c.log(f"anchor FT student {ft['B']}x{ft['T']}: {r['anchor_ft_1p7b_tok_s']:.0f} tok/s, "
+          f"peak {r['anchor_ft_1p7b_peak_gib']:.1f} GiB")
+    r["anchor_score_1p7b_tok_s"], _ = anchor_score(c.m["student"], score["B"], score["T"], c.n_tok, c.device, c.iters)
+    c.log(f"anchor scoring student {r['anchor_score_1p7b_tok_s']:.0f} tok/s")
+
+
+def measure_anchor_generate(c: Check) -> None:
+    gen = c.gen
+    c.r["anchor_gen_plain_b64_tok_s"] = anchor_generate(c.m["student"], gen["B"], gen["P"], gen["N"], c.n_tok, c.device)
+    c.log(f"anchor plain generate {c.r['anchor_gen_plain_b64_tok_s']:.0f} tok/s")
+
+
+def measure_rollouts(c: Check) -> None:
+    """The reference interface, static KV cache on GPUs (compiled on first call)."""
+    from reference.rollout import HFRollout
+
+    r, gen = c.r, c.gen
+    ro = HFRollout(c.tok, static_cache=c.cuda)
+    prompts = [prompt_text(c.rng, c.n_tok, gen["P"]) for _ in range(gen["B"])]
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    ro.generate(c.m["student"], prompts, n=1, temperature=1.0, max_new_tokens=gen["N"])
+    sync(c.device)
+    r["rollout_first_call_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    b = ro.generate(c.m["student"], prompts, n=1, temperature=1.0, max_new_tokens=gen["N"])
+    sync(c.device)
+    r["rollout_tok_s"] = float(b.mask_BT.sum()) / (time.perf_counter() - t0)
+    r["rollout_backend"] = "hf-static-cache" if c.cuda else "hf"
+    c.log(f"rollout ({r['rollout_backend']}) {r['rollout_tok_s']:.0f} tok/s "
+          f"(first call {r['rollout_first_call_s']:.0f} s)")
+
+
+def measure_teacher_anchors(c: Check) -> None:
+    """Builds the teacher; its scoring anchor."""
+    r, score = c.r, c.score
+    c.m["teacher"] = build_model(c.t_cfg, c.vocab, c.device, c.dtype, seed=2)
+    r["anchor_score_8b_tok_s"], r["anchor_score_8b_peak_gib"] = anchor_score(c.m["teacher"], score["B"], score["T"],
+                                                                             c.n_tok, c.device, c.iters)
+    c.log(f"anchor scoring teacher {r['anchor_score_8b_tok_s']:.0f} tok/s")
+
+
+def measure_teacher_ft(c: Check) -> None:
+    r, ft8 = c.r, c.ft8
+    r["anchor_ft_8b_tok_s"], r["anchor_ft_8b_peak_gib"] = anchor_ft(c.m["teacher"], ft8["B"], ft8["T"], c.n_tok,
+                                                                    c.device, c.iters)
+    c.log(f"anchor FT teacher {ft8['B']}x{ft8['T']}: {r['anchor_ft_8b_tok_s']:.0f} tok/s, "
+          f"peak {r['anchor_ft_8b_peak_gib']:.1f} GiB")
+
+
+def measure_teacher_grpo(c: Check) -> None:
+    """The same grpo() as the student's."""
+    from reference.rollout import FixedRollout
+
+    r = c.r
+    ctx = make_ctx(c.tok, r["usable_vocab"], FixedRollout(c.tok, c.n_tok, c.tok.eos_token_id))
+    r["teacher_grpo_tok_s"], r["teacher_grpo_peak_gib"], _ = stage_grpo(
+        c.m["teacher"], ctx, problems(c.rng, 3, c.n_tok, c.train["P"]), group=c.ft8["B"],
+        new=c.ft8["T"] - c.train["P"], steps=2, lr=1e-6, device=c.device, role="teacher")
+    c.log(f"stage teacher GRPO {r['teacher_grpo_tok_s']:.0f} tok/s, peak {r['teacher_grpo_peak_gib']:.1f} GiB")
+
+
+def measure_ref_scoring(c: Check) -> None:
+    """completion_logits + token log-probs, as every stage scores."""
+    from reference import losses
+    from reference.models import freeze
+    from reference.rollout import FixedRollout, completion_logits
+
+    r, score, teacher = c.r, c.score, c.m["teacher"]
+    freeze(teacher)
+    fixed = FixedRollout(c.tok, c.n_tok, c.tok.eos_token_id)
+    sp = problems(c.rng, score["B"], c.n_tok, c.train["P"])
+    sb = fixed.generate(teacher, [p.prompt for p in sp], n=1, temperature=1.0,
+                        max_new_tokens=score["T"] - c.train["P"])
+
+    @torch.no_grad()
+    def once():
+        losses.token_logp_BT(completion_logits(teacher, sb, r["usable_vocab"]), sb.completion_BT)
+
+    r["teacher_scoring_tok_s"] = float(sb.attention_BL.sum()) / timed(once, warmup=1, iters=c.iters, device=c.device)
+    c.log(f"reference teacher scoring {r['teacher_scoring_tok_s']:.0f} tok/s")
+
+
+def measure_opd_lowers_kl(c: Check) -> None:
+    """On-policy samples for training, held-out prompts for the check."""
+    from reference import stages as st
+    from reference.config import OPDConfig
+    from reference.rollout import FixedRollout, HFRollout
+
+    r, opd_kl, n_tok = c.r, c.opd_kl, c.n_tok
+    student, teacher = c.m["student"], c.m["teacher"]
+    student.train()
+    ctx_hf = make_ctx(c.tok, r["usable_vocab"], HFRollout(c.tok, static_cache=False))
+    fixed = FixedRollout(c.tok, n_tok, c.tok.eos_token_id)
+    held = problems(c.rng, opd_kl["prompts"], n_tok, c.train["P"] // 4)
+    hb = fixed.generate(student, [p.prompt for p in held], n=1, temperature=1.0, max_new_tokens=opd_kl["new"])
+    r["opd_kl_before"] = held_out_kl(student, teacher, hb, r["usable_vocab"])
+    res = st.opd(student, teacher, problems(c.rng, opd_kl["prompts"] * 4, n_tok, c.train["P"] // 4),
+                 OPDConfig(lr=opd_kl["lr"], steps=opd_kl["steps"], prompts_per_step=opd_kl["prompts"],
+                           max_new_tokens=opd_kl["new"], temperature=1.0), ctx_hf, seed=0)
+    r["opd_kl_after"] = held_out_kl(student, teacher, hb, r["usable_vocab"])
+    r["opd_train_kl_log"] = [round(e["kl_to_teacher"], 4) for e in res.log]
+    c.log(f"OPD held-out KL {r['opd_kl_before']:.4f} -> {r['opd_kl_after']:.4f} over {opd_kl['steps']} steps")
+
+
+def measure_bridge(name: str, fn, cfg_cls):
+    """One FKL / OPD step at 8 x 1024, full-vocabulary KL (`fn`: reference.stages.fkl_warmup or .opd)."""
+    def go(c: Check) -> None:
+        from reference.rollout import FixedRollout
+
+        r, train = c.r, c.train
+        ctx = make_ctx(c.tok, r["usable_vocab"], FixedRollout(c.tok, c.n_tok, c.tok.eos_token_id))
+        big = problems(c.rng, train["B"], c.n_tok, train["P"])
+        mk = lambda steps: cfg_cls(lr=1e-6, steps=steps, prompts_per_step=train["B"],  # noqa: E731
+                                   max_new_tokens=train["new"])
+        fn(c.m["student"], c.m["teacher"], big, mk(1), ctx, seed=0)  # warm-up
+        reset_peak(c.device)
+        sync(c.device)
         t0 = time.perf_counter()
-        ro.generate(m["student"], prompts, n=1, temperature=1.0, max_new_tokens=gen["N"])
-        sync(device)
-        r["rollout_first_call_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        b = ro.generate(m["student"], prompts, n=1, temperature=1.0, max_new_tokens=gen["N"])
-        sync(device)
-        r["rollout_tok_s"] = float(b.mask_BT.sum()) / (time.perf_counter() - t0)
-        r["rollout_backend"] = "hf-static-cache" if cuda else "hf"
-        log(f"rollout ({r['rollout_backend']}) {r['rollout_tok_s']:.0f} tok/s (first call {r['rollout_first_call_s']:.0f} s)")
+        fn(c.m["student"], c.m["teacher"], big, mk(2), ctx, seed=1)
+        sync(c.device)
+        r[f"{name}_tok_s"] = 2 * train["B"] * (train["P"] + train["new"]) / (time.perf_counter() - t0)
+        r[f"{name}_peak_gib"] = peak_gib(c.device)
+        c.log(f"stage {name} {r[f'{name}_tok_s']:.0f} tok/s, peak {r[f'{name}_peak_gib']:.1f} GiB")
+    return go
 
-    def anchors_teacher():
-        m["teacher"] = build_model(t_cfg, vocab, device, dtype, seed=2)
-        r["anchor_score_8b_tok_s"], r["anchor_score_8b_peak_gib"] = anchor_score(m["teacher"], score["B"], score["T"], n_tok, device, iters)
-        log(f"anchor scoring teacher {r['anchor_score_8b_tok_s']:.0f} tok/s")
 
-    def teacher_ft():
-        r["anchor_ft_8b_tok_s"], r["anchor_ft_8b_peak_gib"] = anchor_ft(m["teacher"], ft8["B"], ft8["T"], n_tok, device, iters)
-        log(f"anchor FT teacher {ft8['B']}x{ft8['T']}: {r['anchor_ft_8b_tok_s']:.0f} tok/s, peak {r['anchor_ft_8b_peak_gib']:.1f} GiB")
+def measure_student_grpo(c: Check) -> None:
+    """Drops the teacher first (the student's GRPO runs alone)."""
+    from reference.rollout import FixedRollout
 
-    def teacher_grpo():  # the same grpo() as the student's
-        ctx = make_ctx(tok, r["usable_vocab"], FixedRollout(tok, n_tok, tok.eos_token_id))
-        r["teacher_grpo_tok_s"], r["teacher_grpo_peak_gib"], _ = stage_grpo(
-            m["teacher"], ctx, problems(rng, 3, n_tok, train["P"]), group=ft8["B"], new=ft8["T"] - train["P"],
-            steps=2, lr=1e-6, device=device, role="teacher")
-        log(f"stage teacher GRPO {r['teacher_grpo_tok_s']:.0f} tok/s, peak {r['teacher_grpo_peak_gib']:.1f} GiB")
+    r, train = c.r, c.train
+    c.m.pop("teacher", None)
+    free(c.device)
+    ctx = make_ctx(c.tok, r["usable_vocab"], FixedRollout(c.tok, c.n_tok, c.tok.eos_token_id))
+    r["student_grpo_tok_s"], r["student_grpo_peak_gib"], _ = stage_grpo(
+        c.m["student"], ctx, problems(c.rng, 4, c.n_tok, train["P"]), group=train["B"], new=train["new"], steps=3,
+        lr=1e-6, device=c.device, role="student")
+    c.log(f"stage student GRPO {r['student_grpo_tok_s']:.0f} tok/s, peak {r['student_grpo_peak_gib']:.1f} GiB")
 
-    def ref_scoring():  # completion_logits + token log-probs, as every stage scores
-        freeze(m["teacher"])
-        fixed = FixedRollout(tok, n_tok, tok.eos_token_id)
-        sp = problems(rng, score["B"], n_tok, train["P"])
-        sb = fixed.generate(m["teacher"], [p.prompt for p in sp], n=1, temperature=1.0,
-                            max_new_tokens=score["T"] - train["P"])
 
-        @torch.no_grad()
-        def once():
-            losses.token_logp_BT(completion_logits(m["teacher"], sb, r["usable_vocab"]), sb.completion_BT)
+def run(args) -> dict:
+    """Every measurement in order (the teacher's only when it could be built; rollouts last)."""
+    from reference import stages as st
+    from reference.config import FKLConfig, OPDConfig
 
-        r["teacher_scoring_tok_s"] = float(sb.attention_BL.sum()) / timed(once, warmup=1, iters=iters, device=device)
-        log(f"reference teacher scoring {r['teacher_scoring_tok_s']:.0f} tok/s")
-
-    def opd_lowers_kl():  # on-policy samples for training, held-out prompts for the check
-        student, teacher = m["student"], m["teacher"]
-        student.train()
-        ctx_hf = make_ctx(tok, r["usable_vocab"], HFRollout(tok, static_cache=False))
-        fixed = FixedRollout(tok, n_tok, tok.eos_token_id)
-        held = problems(rng, opd_kl["prompts"], n_tok, train["P"] // 4)
-        hb = fixed.generate(student, [p.prompt for p in held], n=1, temperature=1.0, max_new_tokens=opd_kl["new"])
-        r["opd_kl_before"] = held_out_kl(student, teacher, hb, r["usable_vocab"])
-        res = st.opd(student, teacher, problems(rng, opd_kl["prompts"] * 4, n_tok, train["P"] // 4),
-                     OPDConfig(lr=opd_kl["lr"], steps=opd_kl["steps"], prompts_per_step=opd_kl["prompts"],
-                               max_new_tokens=opd_kl["new"], temperature=1.0), ctx_hf, seed=0)
-        r["opd_kl_after"] = held_out_kl(student, teacher, hb, r["usable_vocab"])
-        r["opd_train_kl_log"] = [round(e["kl_to_teacher"], 4) for e in res.log]
-        log(f"OPD held-out KL {r['opd_kl_before']:.4f} -> {r['opd_kl_after']:.4f} over {opd_kl['steps']} steps")
-
-    def bridge(name, fn, cfg_cls):  # one FKL / OPD step at 8 x 1024, full-vocabulary KL
-        def go():
-            ctx = make_ctx(tok, r["usable_vocab"], FixedRollout(tok, n_tok, tok.eos_token_id))
-            big = problems(rng, train["B"], n_tok, train["P"])
-            mk = lambda steps: cfg_cls(lr=1e-6, steps=steps, prompts_per_step=train["B"],  # noqa: E731
-                                       max_new_tokens=train["new"])
-            fn(m["student"], m["teacher"], big, mk(1), ctx, seed=0)  # warm-up
-            reset_peak(device)
-            sync(device)
-            t0 = time.perf_counter()
-            fn(m["student"], m["teacher"], big, mk(2), ctx, seed=1)
-            sync(device)
-            r[f"{name}_tok_s"] = 2 * train["B"] * (train["P"] + train["new"]) / (time.perf_counter() - t0)
-            r[f"{name}_peak_gib"] = peak_gib(device)
-            log(f"stage {name} {r[f'{name}_tok_s']:.0f} tok/s, peak {r[f'{name}_peak_gib']:.1f} GiB")
-        return go
-
-    def student_grpo():
-        m.pop("teacher", None)
-        free(device)
-        ctx = make_ctx(tok, r["usable_vocab"], FixedRollout(tok, n_tok, tok.eos_token_id))
-        r["student_grpo_tok_s"], r["student_grpo_peak_gib"], _ = stage_grpo(
-            m["student"], ctx, problems(rng, 4, n_tok, train["P"]), group=train["B"], new=train["new"], steps=3,
-            lr=1e-6, device=device, role="student")
-        log(f"stage student GRPO {r['student_grpo_tok_s']:.0f} tok/s, peak {r['student_grpo_peak_gib']:.1f} GiB")
-
+    c = setup(args)
     # since 2026-11-26 (ENGINE) the stages run as committed: advantages on the policy's device,
     # fused AdamW on CUDA, gradients freed after the optimizer step; no workaround is patched in here
-    r["stages_as_committed"] = True
-    section("rewards", rewards)
-    section("anchors_student", anchors_student)
-    if "student" not in m:
-        raise SystemExit("error: could not build the student model: " + r.get("anchors_student_error", ""))
-    section("anchor_gen", anchor_gen)
-    section("teacher", anchors_teacher)
-    if "teacher" in m:
+    c.r["stages_as_committed"] = True
+    section(c, "rewards", measure_rewards)
+    section(c, "anchors_student", measure_student_anchors)
+    if "student" not in c.m:
+        raise SystemExit("error: could not build the student model: " + c.r.get("anchors_student_error", ""))
+    section(c, "anchor_gen", measure_anchor_generate)
+    section(c, "teacher", measure_teacher_anchors)
+    if "teacher" in c.m:
         if not args.skip_teacher_train:
-            section("anchor_ft_8b", teacher_ft)
-            section("teacher_grpo", teacher_grpo)
-        section("ref_scoring", ref_scoring)
-        section("opd_kl", opd_lowers_kl)
-        ckpt = paper.engine.gradient_checkpointing
-        r["bridge_gradient_checkpointing"] = ckpt
+            section(c, "anchor_ft_8b", measure_teacher_ft)
+            section(c, "teacher_grpo", measure_teacher_grpo)
+        section(c, "ref_scoring", measure_ref_scoring)
+        section(c, "opd_kl", measure_opd_lowers_kl)
+        ckpt = c.paper.engine.gradient_checkpointing
+        c.r["bridge_gradient_checkpointing"] = ckpt
         if ckpt:  # as the paper config runs the bridge stages (teacher + student share the GPU)
-            m["student"].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        section("fkl", bridge("fkl", st.fkl_warmup, FKLConfig))
-        section("opd", bridge("opd", st.opd, OPDConfig))
+            c.m["student"].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        section(c, "fkl", measure_bridge("fkl", st.fkl_warmup, FKLConfig))
+        section(c, "opd", measure_bridge("opd", st.opd, OPDConfig))
         if ckpt:
-            m["student"].gradient_checkpointing_disable()
-    section("student_grpo", student_grpo)
-    section("rollouts", rollouts)  # last: the static-cache compile is the slowest, least essential part
-    save()
-    return r
+            c.m["student"].gradient_checkpointing_disable()
+    section(c, "student_grpo", measure_student_grpo)
+    section(c, "rollouts", measure_rollouts)  # last: the static-cache compile is the slowest, least essential part
+    save(c)
+    return c.r
 
 
 def table(r: dict) -> str:

@@ -3,7 +3,7 @@
     python scripts/loo_audit.py [--scenario paper-qwen3-math] [--rounds 3] [--markdown]
 
 Learns the structural-error sd sigma_delta as the fixed point of "maximum likelihood of the LOO
-residuals, with fits that themselves use sigma_delta" (theory.discrepancy.audit), then prints the LOO
+residuals, with fits that themselves use sigma_delta" (theory.audit.audit), then prints the LOO
 table (MAP prediction, 90% predictive interval of a measurement, residual, z), the learned sigma_delta,
 the coverage of the 90% intervals, and the shipped preset's predictive interval for
 (stage-3 half split - RL bridge) next to the paper's -0.8. docs/theory.md section 9 holds its output.
@@ -14,9 +14,10 @@ import sys
 
 import numpy as np
 
-from theory.discrepancy import audit, discrepancy_sd, learn_sd, sd_upper
+from budget_planner.presets import load_scenario
+from theory.audit import audit
+from theory.discrepancy import discrepancy_sd, learn_sd, sd_upper
 from theory.errors import InputError
-from theory.scenario import load_scenario
 
 
 def main(argv=None) -> int:

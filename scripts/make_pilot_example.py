@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from theory.calibrate import simulate_pilot
-from theory.scenario import load_scenario
+from theory.scenario import read_scenario
 from theory.tables import write_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ CONFIGS = [("direct_grpo", n, None) for n in (250, 500, 1000, 2000)] + \
 
 
 def main() -> None:
-    truth = load_scenario(ROOT / "docs/examples/pilot_truth.toml")
+    truth = read_scenario(ROOT / "docs/examples/pilot_truth.toml")
     runs, problems = simulate_pilot(truth, CONFIGS, seeds=3, n_items=200, k=8, rng=np.random.default_rng(0))
     write_table(runs, ROOT / "docs/examples/pilot_runs.csv", "runs")
     write_table(problems, ROOT / "docs/examples/pilot_problems.csv", "problems")

@@ -12,9 +12,10 @@ import sys
 
 import pandas as pd
 
-from theory.calibrate import fit_scenario, predict_observations
+from budget_planner.presets import load_scenario
 from theory.errors import InputError
-from theory.scenario import Observation, load_scenario
+from theory.fitting import fit_scenario, predict_observations
+from theory.scenario import Observation
 
 
 def main(argv=None) -> int:

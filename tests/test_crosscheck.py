@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from budget_planner import cli
-from theory.crosscheck import crosscheck, kendall_tau_significant, split_regret, validate_predictions, winkler_score
+from theory.crosscheck import (crosscheck, kendall_tau_significant, naive_predictions, same_config_naive, split_regret,
+                               validate_predictions, winkler_score)
 from theory.errors import InputError
 
 W, N = "w", 100
@@ -249,3 +250,61 @@ def test_committed_crosscheck_report_recomputes_from_committed_tables():
         got = crosscheck(runs, read_predictions(preds)).to_dict()
         for k in ("mae", "mae_over_se", "coverage", "mean_interval_width", "kendall_tau", "split_regret", "naive_mae"):
             assert got[k] == pytest.approx(want[k], nan_ok=True), (stem, k)
+
+
+# ---------- the pre-registered naive predictors ----------
+
+# calibration means: direct_grpo 20 at N = 64, 30 at N = 256 (slope 5 points per doubling);
+# rl_teacher_bridge 40 and 44 (slope 2); a validation row that must be ignored
+CAL = pd.DataFrame(run_rows(W, "direct_grpo", 0, 64, [18.0, 22.0]) + run_rows(W, "direct_grpo", 0, 256, [30.0, 30.0])
+                   + run_rows(W, "rl_teacher_bridge", 64, 0, [40.0]) + run_rows(W, "rl_teacher_bridge", 256, 0, [44.0])
+                   + [{**run_rows(W, "direct_grpo", 0, 64, [99.0])[0], "split": "val"}])
+
+
+def test_naive_predictions_follow_each_arms_log2_line():
+    cfgs = [("any", "direct_grpo", 128, None), ("any", "direct_grpo", 512, None), ("any", "direct_grpo", 32, None),
+            ("any", "rl_teacher_bridge", 128, None)]
+    assert naive_predictions(CAL, cfgs) == pytest.approx([25.0, 35.0, 15.0, 42.0])
+
+
+def test_naive_predictions_borrow_a_line_and_clip():
+    # no calibration runs of its own: a teacher-distilling arm takes the RL bridge's line (raw teacher too)
+    cfgs = [(W, "no_fkl", 128, None), (W, "raw_teacher_bridge", 128, None), (W, "direct_grpo", 2**30, None),
+            (W, "direct_grpo", 1, None)]
+    assert naive_predictions(CAL, cfgs) == pytest.approx([42.0, 42.0, 100.0, 0.0])
+    # two teacher arms calibrated: which line an uncalibrated one borrows is ambiguous, refused
+    two = pd.concat([CAL, pd.DataFrame(run_rows(W, "no_opd", 64, 0, [30.0]))], ignore_index=True)
+    assert naive_predictions(two, [(W, "no_opd", 64, None)]) == pytest.approx([30.0])
+    with pytest.raises(InputError, match="borrow a line"):
+        naive_predictions(two, [(W, "no_fkl", 64, None)])
+
+
+def test_same_config_naive_takes_the_nearest_teacher_share():
+    runs = pd.DataFrame(run_rows(W, "rl_teacher_bridge_stage3", 64, 192, [50.0, 52.0])
+                        + run_rows(W, "rl_teacher_bridge_stage3", 192, 64, [60.0])
+                        + run_rows(W, "direct_grpo", 0, 256, [20.0, 24.0]))
+    cfgs = [("other", "rl_teacher_bridge_stage3", 256, 100), ("other", "rl_teacher_bridge_stage3", 256, 160),
+            ("other", "direct_grpo", 256, None)]
+    assert same_config_naive(runs, cfgs) == pytest.approx([51.0, 60.0, 22.0])
+
+
+def test_naive_predictors_reproduce_the_committed_naive_means():
+    """docs/results: the naive_mean column of the committed predictions is what these functions give
+    on the committed calibration runs (to the file's three decimals)."""
+    import numpy as np
+    from pathlib import Path
+    from theory.arms import ARMS
+    from theory.tables import read_table
+    res = Path(__file__).resolve().parent.parent / "docs" / "results"
+    old = read_table(res / "legacy" / "toy_ablation.csv", "runs")
+    old = old[old["arm"].isin(("direct_grpo", "rl_teacher_bridge")) & old["seed"].isin(range(10))
+              & (old["split"] == "test")]  # the declared calibration subset (scripts/crosscheck_toy.py)
+    cal = pd.concat([old, read_table(res / "crosscheck_calibration_runs.csv", "runs")], ignore_index=True)
+    for naive, runs, stem in ((naive_predictions, cal, "crosscheck"),
+                              (same_config_naive, read_table(res / "direct_teacher_runs.csv", "runs"),
+                               "compliant_teacher")):
+        pred = pd.read_csv(res / f"{stem}_predictions.csv")
+        cfgs = [(r.world, r.arm, int(r.labels), int(r.teacher_labels) if ARMS[r.arm].splits_labels else None)
+                for r in pred.itertuples()]
+        np.testing.assert_allclose(naive(runs, cfgs), pred["naive_mean"], atol=1.5e-3, err_msg=stem)
+

@@ -90,7 +90,8 @@ def test_output_kinds_reads_structure_not_values():
 @pytest.fixture(scope="module")
 def live_study(tmp_path_factory):
     from tuning.harness import check_matched, run_worker
-    from tuning.report import build_report, evaluate
+    from tuning.evaluation import evaluate
+    from tuning.report import build_report
     from tuning.testing import synthetic_study
 
     d = tmp_path_factory.mktemp("study")
@@ -169,7 +170,7 @@ def test_plot_fairness_draws_every_panel(live_study):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tuning.report import plot_fairness
+    from tuning.figures import plot_fairness
 
     _, _, rep = live_study
     fig = plot_fairness(rep)

@@ -10,8 +10,8 @@ import pytest
 
 from budget_planner.planner import SCHEMA_VERSION, plan, predict_gap, split_sensitivity
 from theory.arms import ARMS, MAX_LABELS, candidate_arms
-from theory.calibrate import _CACHE, fit_scenario
-from theory.scenario import load_scenario, preset_names
+from theory.fitting import _CACHE, fit_scenario
+from budget_planner.presets import load_scenario, preset_names
 
 BUDGETS = (0, 10, 100, 1000, 14000, 100000)
 

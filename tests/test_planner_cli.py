@@ -139,8 +139,8 @@ def test_theory_and_planner_never_import_torch():
 
 def test_fit_cache_round_trip_gives_the_same_plan(tmp_path, monkeypatch):
     from budget_planner import fitcache
-    from theory.calibrate import _CACHE
-    from theory.scenario import load_scenario
+    from theory.fitting import _CACHE
+    from budget_planner.presets import load_scenario
     monkeypatch.setenv("SPARSE2DENSE_CACHE", str(tmp_path))
     first = run("plan", "--scenario", "weak-teacher", "--labels", "3000")
     assert first.returncode == 0 and len(list(tmp_path.glob("fit-*.npz"))) == 1
@@ -247,7 +247,7 @@ def test_plan_json_floats_are_rounded_to_what_they_mean(tmp_path):
         assert all(decimals(v) <= 3 for v in row.values() if isinstance(v, float))
     assert not re.search(r'(?<![\d.])-0\.0(?![\d])', text)
     # the stated inputs are kept exactly as the scenario gives them
-    from theory.scenario import load_scenario
+    from budget_planner.presets import load_scenario
     stated = {t.path: t.value for t in load_scenario("weak-teacher").inputs}
     assert all(i["value"] == stated[i["input"]] for i in d["inputs"] if i["input"] in stated)
 
@@ -255,7 +255,7 @@ def test_plan_json_floats_are_rounded_to_what_they_mean(tmp_path):
 def test_plan_counts_inputs_by_tag():
     r = run("plan", "--scenario", "paper-qwen3-math")
     line = next(x for x in r.stdout.splitlines() if x.startswith("inputs:"))
-    from theory.scenario import load_scenario
+    from budget_planner.presets import load_scenario
     inputs = load_scenario("paper-qwen3-math").inputs
     for tag in ("measured", "published", "assumed"):
         n = sum(1 for t in inputs if t.tag == tag) + (tag == "assumed")  # + the compute model (assumed)

@@ -9,9 +9,9 @@ import pytest
 import budget_planner.planner as plan_mod
 from budget_planner import plan
 from theory.arms import ARMS
-from theory.calibrate import build_world, values_from_z
+from theory.fitting import build_world, values_from_z
 from theory.errors import InputError
-from theory.scenario import load_scenario, preset_names
+from budget_planner.presets import load_scenario, preset_names
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_plan_is_pure_and_repeatable(paper):
 
 def test_vectorised_world_matches_map_row():
     scn = load_scenario("paper-qwen3-math")
-    from theory.calibrate import fit_scenario
+    from theory.fitting import fit_scenario
     fit = fit_scenario(scn)
     z = np.vstack([fit.z_map, fit.z_draws[:3]])
     w = build_world(scn, values_from_z(scn, z))

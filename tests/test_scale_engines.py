@@ -39,7 +39,7 @@ def test_stage_steps_ddp_two_processes_match_one(pair):
     sequence (gradient accumulation) give the gradients of one process on the whole batch."""
     d, s, t = pair
     accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    base = ["-m", "reference.engines", "ddp-check", "--student", str(s), "--teacher", str(t), "--prompts", "4"]
+    base = [str(ROOT / "scripts" / "ddp_parity.py"), "--student", str(s), "--teacher", str(t), "--prompts", "4"]
     _run([sys.executable, *base, "--out", str(d / "one.pt")], ROOT)
     # --multi_gpu selects accelerate's torchrun launcher; on a CPU machine the processes use gloo
     _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",

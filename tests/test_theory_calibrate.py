@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from theory.calibrate import calibrate, fit_scenario, simulate_pilot
+from budget_planner.presets import load_scenario
+from theory.calibrate import calibrate, simulate_pilot
 from theory.errors import InputError
-from theory.scenario import load_scenario, loads_scenario, scenario_to_toml
+from theory.fitting import fit_scenario
+from theory.scenario import loads_scenario, scenario_to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -8,11 +8,12 @@ import optuna
 import pytest
 
 from theory.errors import InputError
+from tuning.evaluation import evaluate
 from tuning.harness import (TrialFailed, TrialTimeout, arm_status, check_matched, create_or_check, objective,
                             run_worker)
-from tuning.interface import ArmSource, Budget, load_arm_source, parse_space, shared_params
+from tuning.interface import ArmSource, Budget, parse_space, shared_params
 from tuning.protocol import build_protocol
-from tuning.report import evaluate
+from tuning.sources import load_arm_source
 from tuning.synthetic import SyntheticArms
 from tuning.testing import synthetic_study
 
@@ -153,7 +154,8 @@ def test_an_arm_scoring_the_wrong_split_is_a_failed_trial():
 
 
 def test_tuning_imports_no_torch():
-    code = ("import sys, tuning.cli, tuning.harness, tuning.report, tuning.reference_arms, tuning.synthetic; "
+    code = ("import sys, tuning.cli, tuning.evaluation, tuning.figures, tuning.harness, tuning.report, "
+            "tuning.reference_arms, tuning.sources, tuning.synthetic; "
             "assert 'torch' not in sys.modules, 'torch loaded'")
     subprocess.run([sys.executable, "-c", code], check=True)
 

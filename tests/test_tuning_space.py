@@ -125,7 +125,7 @@ def test_the_tuner_enqueues_the_defaults_as_slot_zero(tmp_path):
     Nothing is trained here: only the study is created."""
     import optuna
     from tuning.harness import arm_study_name, create_or_check
-    from tuning.interface import load_arm_source
+    from tuning.sources import load_arm_source
     from tuning.protocol import build_protocol
     from tuning.storage import open_storage
 

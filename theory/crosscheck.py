@@ -24,7 +24,8 @@ Figures over the configurations of one set (all accuracy in points):
                measured split's mean minus the measured mean at the split with the highest pred_mean
                (first such split by teacher_labels on a predicted tie); the mean over groups. None
                without such a group.
-The naive predictor gets the same figures (naive_*), so the theory has something to beat.
+The naive predictor gets the same figures (naive_*), so the theory has something to beat; the
+pre-registered naive predictors are `naive_predictions` and `same_config_naive` (end of this module).
 
 numpy / scipy / pandas only (theory never imports torch).
 """
@@ -40,7 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from theory.arms import ARMS
+from theory.arms import ARMS, Teacher
 from theory.errors import InputError
 from theory.tables import check_percent, check_table, read_csv_checked
 
@@ -373,3 +374,50 @@ def format_crosscheck(cc: CrossCheck) -> str:
     for w in cc.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
+
+
+# ---- the naive predictors the theory has to beat (pre-registered; scripts/crosscheck_toy.py) ---------
+
+def naive_predictions(cal: pd.DataFrame, configs) -> list[float]:
+    """The naive predictor (pre-registered, docs/results/crosscheck_preregistration.md): the same arm's
+    calibration means, linear in log2 N (interpolated between the two calibrated budgets, extrapolated
+    beyond, clipped to [0, 100]); an arm without calibration runs takes the line of the calibrated arm
+    that distils from a teacher if it does, of the one that does not otherwise (the pre-registration
+    calibrates exactly one of each: rl_teacher_bridge and direct_grpo). It ignores the world (it has no
+    pilot): the counterfactual gets the main world's lines. `cal`: a run table; `configs`: (world, arm,
+    N, teacher_labels) tuples; returns one percent per configuration."""
+    acc = cal[(cal["metric"] == "accuracy") & (cal["split"] == "test")]
+    n_of = lambda r: r["teacher_labels"] + r["student_labels"]  # noqa: E731  (both calibration arms use all N)
+    acc = acc.assign(N=n_of(acc))
+    lines = {}
+    for arm, g in acc.groupby("arm"):
+        m = g.groupby("N")["value"].mean()
+        x, y = np.log2(m.index.to_numpy(float)), m.to_numpy()
+        slope = (y[-1] - y[0]) / (x[-1] - x[0]) if len(x) > 1 else 0.0
+        lines[arm] = (x[0], y[0], slope)
+    def distils(a: str) -> bool:
+        return ARMS[a].teacher is not Teacher.NONE
+
+    out = []
+    for _world, arm, n, _tl in configs:
+        src = [arm] if arm in lines else [a for a in lines if distils(a) == distils(arm)]
+        if len(src) != 1:
+            raise InputError(f"naive predictor: {arm} has no calibration runs and the calibration holds "
+                             f"{len(src)} arms to borrow a line from ({', '.join(src) or 'none'}); it needs one")
+        x0, y0, slope = lines[src[0]]
+        out.append(float(np.clip(y0 + slope * (np.log2(n) - x0), 0.0, 100.0)))
+    return out
+
+
+def same_config_naive(runs: pd.DataFrame, cfgs) -> list[float]:
+    """Naive predictor for a world calibrated on another world's runs: 'the teacher does not matter' —
+    the other world's measured mean of the same arm at the same teacher share (nearest share)."""
+    acc = runs[(runs["metric"] == "accuracy") & (runs["split"] == "test")]
+    out = []
+    for _w, arm, n, tl in cfgs:
+        g = acc[acc["arm"] == arm]
+        t = ARMS[arm].labels(n, tl).teacher
+        shares = g["teacher_labels"].unique()
+        best = min(shares, key=lambda x: abs(x - t))
+        out.append(float(g[g["teacher_labels"] == best]["value"].mean()))
+    return out

@@ -9,10 +9,10 @@ A prediction of a *measured* accuracy of arm a in configuration x is (docs/theor
     eps ~ N(0, sigma_m^2),             sigma_m = max(eval_se, 100 sqrt(a (1 - a) / (I k)))  (`measurement_sd`)
 
 sigma_delta is learned from held-out residuals: leave one published number out, fit the rest, predict it
-(`leave_one_out`), and take the maximum-likelihood sigma_delta of r_j ~ N(0, se_j^2 + v_j + sigma_delta^2)
-(`learn_sd`; v_j = the posterior predictive variance of f). The same sigma_delta enters the calibration
-likelihood (an observation is f + delta + noise), so the learning is a fixed point (`audit`).
-numpy/scipy only.
+(`theory.audit.leave_one_out`), and take the maximum-likelihood sigma_delta of
+r_j ~ N(0, se_j^2 + v_j + sigma_delta^2) (`learn_sd`; v_j = the posterior predictive variance of f). The
+same sigma_delta enters the calibration likelihood (an observation is f + delta + noise), so the learning
+is a fixed point (`theory.audit.audit`). numpy/scipy only.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import numpy as np
 from theory._lazy import LazyModule
 from theory.arms import STAGES, TEACHER, Arm, LabelAccount, Teacher, stage_labels
 
-pd = LazyModule("pandas")
 optimize = LazyModule("scipy.optimize")
 
 # Learned by `python scripts/loo_audit.py` on paper-qwen3-math (leave-one-out over its 10 published
@@ -106,52 +105,3 @@ def with_sd(scn, sd: float, note: str):
     t = Tagged("inputs.discrepancy_sd", float(sd), "measured", note, "positive", 0.5)
     inputs = tuple(x for x in scn.inputs if x.path != "inputs.discrepancy_sd") + (t,)
     return replace(scn, inputs=inputs)
-
-
-def leave_one_out(scn, *, draws_rng_seed: int = 0) -> pd.DataFrame:
-    """Each observation predicted by a fit on all the others (same priors, same sigma_delta).
-
-    Columns: arm, benchmark, labels, teacher_labels, observed, se, predicted (MAP), mean (draw mean),
-    var (posterior predictive variance of f), lo90, hi90 (90% predictive interval of a measurement:
-    draws + structural error + evaluation noise), residual (observed - predicted), z.
-    """
-    from theory.calibrate import fit_scenario, predict_observations
-
-    obs = scn.observations
-    sd, _ = discrepancy_sd(scn)
-    rows = []
-    rng = np.random.default_rng(draws_rng_seed)
-    for j, o in enumerate(obs):
-        rest = replace(scn, observations=obs[:j] + obs[j + 1:], holdout=())
-        fit = fit_scenario(rest)
-        pm = float(predict_observations(rest, fit.z_map[None, :], (o,))[0, 0])
-        pd_D = predict_observations(rest, fit.z_draws, (o,))[:, 0]
-        vals = fit.draw_values()
-        se_m = measurement_sd(vals[f"benchmarks.{o.benchmark}.eval_se"], pd_D)
-        y_D = pd_D + rng.standard_normal(pd_D.shape) * sd + rng.standard_normal(pd_D.shape) * se_m
-        lo, hi = np.percentile(y_D, [5, 95])
-        var = float(np.var(pd_D))
-        rows.append({"arm": o.arm, "benchmark": o.benchmark,
-                     "labels": scn.budget if o.labels is None else o.labels,
-                     "teacher_labels": o.teacher_labels, "observed": o.value, "se": o.se, "predicted": pm,
-                     "mean": float(pd_D.mean()), "var": var, "lo90": float(lo), "hi90": float(hi),
-                     "residual": o.value - pm,
-                     "z": (o.value - pm) / np.sqrt(o.se**2 + var + sd**2)})
-    return pd.DataFrame(rows)
-
-
-def audit(scn, rounds: int = 3) -> tuple[float, pd.DataFrame]:
-    """Fixed point sigma_delta = learn_sd(LOO residuals of fits that use sigma_delta); returns the final
-    sigma_delta and the LOO table computed with it."""
-    sd = discrepancy_sd(scn)[0]
-    table = None
-    for _ in range(rounds):
-        s = with_sd(scn, sd, "leave-one-out fixed point")
-        table = leave_one_out(s)
-        new = learn_sd(table["residual"], table["se"] ** 2 + table["var"])
-        if abs(new - sd) < 0.05:
-            sd = new
-            break
-        sd = new
-    table = leave_one_out(with_sd(scn, sd, "leave-one-out fixed point"))
-    return sd, table

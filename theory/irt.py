@@ -234,3 +234,27 @@ def simulate_problems(theta_M, c_M, s_d: float, *, n_items: int, k: int, rng: np
         for i in range(n_items):
             rows.append((names[m], f"p{i:04d}", k, int(correct_I[i]), int(compliant_I[i])))
     return pd.DataFrame(rows, columns=["model", "problem_id", "k", "correct", "compliant"])
+
+
+def irt_measurements(fit: IRTFit, problems: pd.DataFrame) -> dict:
+    """model -> ((accuracy_given_compliance %, sd on logit scale), (compliance, sd on logit scale)).
+
+    The standard errors make these measured inputs fitted too, with their measurement as the prior
+    (a pilot of 200 problems pins a start state to ~1-2 points, not exactly).
+    """
+    out = {}
+    for m in fit.models:
+        theta, c = fit.get(m)
+        se = fit.theta_se[fit.models.index(m)]
+        se = se if np.isfinite(se) else 1.0
+        lo, hi = (ability_accuracy(theta + d, fit.s_d) for d in (-se, se))
+        a = float(np.clip(ability_accuracy(theta, fit.s_d), 1e-5, 1 - 1e-5))
+        a_sd = float(abs(special.logit(np.clip(hi, 1e-5, 1 - 1e-5)) - special.logit(np.clip(lo, 1e-5, 1 - 1e-5))) / 2)
+        n_k = float(problems.loc[problems["model"] == m, "k"].sum())
+        # a pilot where every sample complied (or none did) measures a rate within half a sample of
+        # the edge, not exactly 0 or 1 (a probability given with an sd must lie inside (0, 1))
+        edge = 0.5 / max(n_k, 1.0)
+        c_ = float(np.clip(c, edge, 1 - edge))
+        c_sd = float(np.sqrt(c_ * (1 - c_) / n_k) / (c_ * (1 - c_)))
+        out[m] = ((100 * a, float(np.clip(a_sd, 1e-3, 10))), (c_, float(np.clip(c_sd, 1e-3, 10))))
+    return out

@@ -1,6 +1,6 @@
 """Scenarios: every input of the planner, tagged measured | published | assumed, validated on load.
 
-A scenario is a TOML file (presets in budget_planner/scenarios/). Each numeric input is a table
+A scenario is a TOML file (`read_scenario`; the budget planner ships presets). Each numeric input is a table
 `{ value = ..., tag = "measured"|"published"|"assumed", why = "..." (or source = "..."), sd = ... }`.
 `sd` is the prior standard deviation of an assumed input on its transformed scale (logit for
 probabilities and percents, log for positive quantities, identity for logits); assumed inputs are
@@ -448,8 +448,7 @@ def _inputs_from_problems(bench: str, rel: str, names: dict, base_dir: Path | No
     """(theta, c, s_d) per model from a pilot problem table -> measured inputs with standard errors."""
     import numpy as np
 
-    from theory.calibrate import irt_measurements
-    from theory.irt import fit_problems
+    from theory.irt import fit_problems, irt_measurements
     from theory.tables import read_table
 
     p = Path(rel)
@@ -469,23 +468,11 @@ def _inputs_from_problems(bench: str, rel: str, names: dict, base_dir: Path | No
     return out
 
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "budget_planner" / "scenarios"
-
-
-def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
-
-
-def load_scenario(name_or_path: str | Path) -> Scenario:
-    """A preset name (see `preset_names()`) or a path to a TOML file."""
-    s = str(name_or_path)
-    p = Path(s)
-    if not (s.endswith(".toml") or p.is_file()):
-        p = PRESET_DIR / f"{s}.toml"
-        if not p.is_file():
-            raise InputError(f"unknown scenario {s!r}; presets: {', '.join(preset_names())} (or give a .toml path)")
+def read_scenario(path: str | Path) -> Scenario:
+    """A scenario from a TOML file; relative problem-table paths resolve from its directory."""
+    p = Path(path)
     if not p.is_file():
-        raise InputError(f"scenario file {s!r} not found")
+        raise InputError(f"scenario file {str(path)!r} not found")
     try:
         text = p.read_text(encoding="utf-8")
         doc = tomllib.loads(text)

@@ -163,7 +163,7 @@ def _options(args, stored: dict | None = None) -> dict:
 
 def _protocol_from_args(args, stored=None):
     """run: from flags. resume: the stored protocol with given flags substituted (then compared)."""
-    from tuning.interface import load_arm_source
+    from tuning.sources import load_arm_source
     from tuning.protocol import build_protocol
 
     def pick(flag, stored_value):
@@ -204,7 +204,7 @@ def _protocol_from_args(args, stored=None):
 def _worker_main(url: str, name: str, heartbeat: int, grace: int, max_retry: int, max_trials) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from tuning.harness import load_protocol, run_worker
-    from tuning.interface import load_arm_source
+    from tuning.sources import load_arm_source
     from tuning.storage import open_storage
 
     handle = open_storage(url, heartbeat_s=heartbeat, grace_s=grace, max_retry=max_retry)
@@ -221,7 +221,7 @@ def _progress_log(handle, name: str):
     workers): trials finished of the budget, an ETA from this process's pace, each arm's best so far."""
     import optuna
 
-    from tuning.harness import _load, arm_study_name, load_protocol, slot_trials
+    from tuning.harness import load_study, arm_study_name, load_protocol, slot_trials
 
     protocol = load_protocol(handle, name)
     total = protocol.trials_per_arm * len(protocol.arms)
@@ -229,7 +229,7 @@ def _progress_log(handle, name: str):
     def finished_and_best():
         done, best = 0, {}
         for arm in protocol.arms:
-            latest, _, _ = slot_trials(_load(handle, arm_study_name(name, arm)))
+            latest, _, _ = slot_trials(load_study(handle, arm_study_name(name, arm)))
             states = [t.state for t in latest.values()]
             done += sum(st.is_finished() for st in states)
             vals = [t.value for t in latest.values() if t.state == optuna.trial.TrialState.COMPLETE]
@@ -307,7 +307,8 @@ def _dispatch(args, argv) -> int:
         _print_status(_open(args), args.study)
         return 0
     if args.cmd == "report":
-        from tuning.report import build_report, evaluate, evaluate_compute_matched, verdict, write_report
+        from tuning.evaluation import evaluate, evaluate_compute_matched
+        from tuning.report import build_report, verdict, write_report
 
         handle = _open(args)
         if not args.no_eval:

@@ -52,7 +52,8 @@ def arm_study_name(name: str, arm: str) -> str:
     return f"{name}.{arm}"
 
 
-def _load(handle: StorageHandle, name: str) -> optuna.Study:
+def load_study(handle: StorageHandle, name: str) -> optuna.Study:
+    """The stored study `name` (Optuna raises KeyError when there is none)."""
     return optuna.load_study(study_name=name, storage=handle.storage)
 
 
@@ -63,7 +64,7 @@ def _study_names(handle: StorageHandle) -> set[str]:
 def load_protocol(handle: StorageHandle, name: str) -> Protocol:
     if name not in _study_names(handle):
         raise InputError(f"study {name!r} does not exist in storage {handle.url!r}")
-    stored = _wait_attr(_load(handle, name), PROTOCOL_ATTR)
+    stored = _wait_attr(load_study(handle, name), PROTOCOL_ATTR)
     if stored is None:
         raise InputError(f"study {name!r} is not a matched-tuning study (no {PROTOCOL_ATTR} attr)")
     return Protocol.from_dict(stored)
@@ -92,7 +93,7 @@ def create_or_check(handle: StorageHandle, name: str, protocol: Protocol) -> Non
         header = optuna.create_study(study_name=name, storage=handle.storage, direction="maximize")
         header.set_user_attr(PROTOCOL_ATTR, protocol.to_dict())
     except DuplicatedStudyError:
-        _check_same(_wait_attr(_load(handle, name), PROTOCOL_ATTR), protocol, f"study {name!r}")
+        _check_same(_wait_attr(load_study(handle, name), PROTOCOL_ATTR), protocol, f"study {name!r}")
     for arm in protocol.arms:
         _ensure_arm_study(handle, name, arm, protocol)
 
@@ -105,7 +106,7 @@ def _ensure_arm_study(handle: StorageHandle, name: str, arm: str, protocol: Prot
         study.set_user_attr("arm", arm)
         created = True
     except DuplicatedStudyError:
-        study = _load(handle, sname)
+        study = load_study(handle, sname)
         _check_same(_wait_attr(study, PROTOCOL_ATTR), protocol, f"arm study {sname!r}")
         created = False
     if not created and _wait_attr(study, READY_ATTR) is not None:
@@ -157,7 +158,7 @@ def slot_trials(study: optuna.Study) -> tuple[dict[int, optuna.trial.FrozenTrial
 
 
 def arm_status(handle: StorageHandle, name: str, arm: str) -> ArmStatus:
-    latest, retried, foreign = slot_trials(_load(handle, arm_study_name(name, arm)))
+    latest, retried, foreign = slot_trials(load_study(handle, arm_study_name(name, arm)))
     states = [t.state for t in latest.values()]
     return ArmStatus(arm, len(latest), states.count(TrialState.COMPLETE), states.count(TrialState.PRUNED),
                      states.count(TrialState.FAIL), states.count(TrialState.RUNNING),
@@ -174,7 +175,7 @@ def check_matched(handle: StorageHandle, name: str) -> Protocol:
         if sname not in names:
             problems.append(f"arm study {sname!r} is missing")
             continue
-        diffs = describe_differences(_load(handle, sname).user_attrs.get(PROTOCOL_ATTR) or {}, protocol.to_dict())
+        diffs = describe_differences(load_study(handle, sname).user_attrs.get(PROTOCOL_ATTR) or {}, protocol.to_dict())
         if diffs:
             problems.append(f"arm {arm} protocol differs from the header: {'; '.join(diffs)}")
             continue
@@ -374,7 +375,7 @@ def run_worker(handle: StorageHandle, name: str, source: ArmSource, *, max_trial
     """Claim and run slots until every arm's budget is finished (waiting for other workers' running
     trials, which finish or go stale and come back). Returns this worker's outcomes."""
     protocol = load_protocol(handle, name)
-    studies = {arm: _load(handle, arm_study_name(name, arm)) for arm in protocol.arms}
+    studies = {arm: load_study(handle, arm_study_name(name, arm)) for arm in protocol.arms}
     outcomes: list[TrialOutcome] = []
     while max_trials is None or len(outcomes) < max_trials:
         ran = False

@@ -12,18 +12,13 @@ raise (pruned, timed out) and the arm must let that exception propagate.
 
 A search space is declared per arm: {arm: {param: ParamSpec}}. A parameter that appears in more than
 one arm is "shared" and must have the identical range everywhere (checked on construction of the
-protocol). Sources of arms (`load_arm_source`):
-  - "synthetic"        a cheap seeded stand-in (tuning.synthetic) used by the tests;
-  - "reference"        the toy/Qwen3 reference pipeline (tuning.reference_arms; imports torch lazily);
-  - "module:function"  your own arm function; its search space is `PARAM_SPACE` in the same module
-                       (or a `param_space` attribute of the function).
+protocol). Where arms come from: tuning.sources (`load_arm_source`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-import importlib
 import math
 from typing import Any, Protocol
 
@@ -181,37 +176,3 @@ class ArmSource:
     name: str
     fn: ArmFn
     space: Mapping[str, Mapping[str, Any]]
-
-
-def load_arm_source(name: str, options: Mapping[str, Any] | None = None) -> ArmSource:
-    """Resolve 'synthetic', 'reference' or 'module:function' (see the module docstring)."""
-    options = dict(options or {})
-    if name == "synthetic":
-        from tuning.synthetic import SyntheticArms
-
-        arms = SyntheticArms(**options)
-        return ArmSource(name, arms, arms.param_space())
-    if name == "reference":
-        from theory.cliutil import require_extra
-
-        require_extra("arm source 'reference'", "reference")
-        from tuning.reference_arms import ReferenceArms
-
-        arms = ReferenceArms(**options)
-        return ArmSource(name, arms, arms.param_space())
-    if ":" not in name:
-        raise InputError(f"arm source must be 'synthetic', 'reference' or 'module:function', got {name!r}")
-    mod_name, fn_name = name.split(":", 1)
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise InputError(f"arm source {name!r}: cannot import {mod_name!r} ({e})") from None
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise InputError(f"arm source {name!r}: {mod_name} has no callable {fn_name!r}")
-    space = getattr(fn, "param_space", None) or getattr(mod, "PARAM_SPACE", None)
-    if not isinstance(space, Mapping):
-        raise InputError(f"arm source {name!r}: declare PARAM_SPACE = {{arm: {{param: spec}}}} in {mod_name}")
-    if options:
-        raise InputError(f"arm source {name!r} takes no options, got {sorted(options)}")
-    return ArmSource(name, fn, space)

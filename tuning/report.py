@@ -1,10 +1,10 @@
-"""Final evaluation and the fairness report.
+"""The fairness report: assembled from a matched study's trials and final evaluations, rendered, and
+read back.
 
-`evaluate` re-runs each arm's best configuration on the protocol's evaluation seeds (disjoint from the
-tuning seeds) on the test split, storing each result in the arm study as user attr `eval:<seed>` the
-moment it finishes, so an interrupted report resumes where it stopped. `build_report` refuses unless
-the study is matched (tuning.harness.check_matched), then assembles frames; `write_report` writes the
-CSV, Markdown and figures.
+`build_report` refuses unless the study is matched (tuning.harness.check_matched), then assembles frames
+(the final evaluations are `tuning.evaluation`'s); `write_report` writes the CSV, Markdown and figures
+(`tuning.figures`); `load_report` reads a written report back, `fairness_checks` checks the matching
+rules on it and `verdict` states the outcome in one line.
 
 Scores used by the tuning curves: a complete trial's validation accuracy; a pruned trial's last
 reported value (what the tuner saw); a failed trial 0% (it produced no usable model).
@@ -12,12 +12,8 @@ reported value (what the tuner saw); a failed trial 0% (it produced no usable mo
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 import json
-import multiprocessing
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,163 +23,14 @@ from optuna.trial import TrialState
 
 from theory.errors import InputError
 from tuning import stats
-from tuning.harness import (REASON_ATTR, SEED_ATTR, SLOT_ATTR, _load, arm_study_name, check_matched,
-                            slot_trials)
-from tuning.interface import SPLITS_EVAL, ArmSource, Budget, load_arm_source
+from tuning.evaluation import EVAL_PREFIX, EVALC_PLAN, EVALC_PREFIX, best_trial
+from tuning.figures import plot_report
+from tuning.harness import REASON_ATTR, SEED_ATTR, SLOT_ATTR, arm_study_name, check_matched, load_study, slot_trials
 from tuning.protocol import Protocol
 from tuning.storage import StorageHandle
 
-EVAL_PREFIX = "eval:"
-EVALC_PREFIX = "evalc:"  # compute-matched final evaluation (the cheaper arm stretched to the dearest's tokens)
-EVALC_PLAN = "evalc_plan"
-COMPUTE_TOL = 0.05  # compute-matched: each arm's per-run training tokens within +-5% of the dearest arm's
 CSV_COLUMNS = ["arm", "trials", "pruned", "failed", "compute", "best_score", "eval_mean", "eval_ci_low",
                "eval_ci_high"]
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    latest, _, _ = slot_trials(study)
-    done = [t for t in latest.values() if t.state == TrialState.COMPLETE and t.value is not None]
-    if not done:
-        return None
-    return max(done, key=lambda t: (t.value, -t.number))  # ties: the earlier trial
-
-
-_SOURCE_CACHE: dict = {}
-
-
-def _eval_one(source_name: str, options: dict, arm: str, params: dict, budget: Budget, seed: int) -> tuple[float, int]:
-    key = (source_name, json.dumps(options, sort_keys=True))
-    if key not in _SOURCE_CACHE:
-        _SOURCE_CACHE[key] = load_arm_source(source_name, options)
-    try:
-        res = _SOURCE_CACHE[key].fn(arm, params=params, budget=budget, seed=seed, split=SPLITS_EVAL, report=None)
-        acc = float(res.accuracy)
-    except Exception as e:  # one line for the CLI; evaluations stored so far are kept
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise InputError(f"evaluation of {arm} seed {seed} failed: {type(e).__name__}: {msg} "
-                         "(fix it and rerun report; finished evaluations are kept)") from None
-    if not np.isfinite(acc) or not 0 <= acc <= 100:
-        raise InputError(f"evaluation of {arm} seed {seed} returned accuracy {acc}")
-    return acc, int(res.compute_tokens)
-
-
-def _init_child() -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-def evaluate(handle: StorageHandle, name: str, source: ArmSource | None = None, *, jobs: int = 1,
-             log: Callable[[str], None] | None = None) -> int:
-    """Run the missing final evaluations; returns how many were run."""
-    protocol = check_matched(handle, name)
-    todo = []
-    studies = {}
-    for arm in protocol.arms:
-        study = studies[arm] = _load(handle, arm_study_name(name, arm))
-        best = best_trial(study)
-        if best is None:
-            continue
-        for seed in protocol.eval_seeds:
-            done = study.user_attrs.get(f"{EVAL_PREFIX}{seed}")
-            if done is None or done.get("trial") != best.number:
-                todo.append((arm, best.number, dict(best.params), seed))
-    if not todo:
-        return 0
-    if source is not None:
-        _cache_source(protocol, source)
-
-    def store(tag, acc, tokens):
-        arm, number, seed = tag
-        studies[arm].set_user_attr(f"{EVAL_PREFIX}{seed}", {"trial": number, "accuracy": acc,
-                                                           "compute_tokens": tokens, "split": SPLITS_EVAL})
-        if log:
-            log(f"eval {arm} (trial #{number}) seed {seed}: {acc:.2f}% on {SPLITS_EVAL}")
-
-    _run_jobs(protocol, [(arm, params, seed, (arm, number, seed)) for arm, number, params, seed in todo], jobs, store)
-    return len(todo)
-
-
-def _cache_source(protocol: Protocol, source: ArmSource) -> None:
-    """Let in-process evaluations reuse a loaded arm source (spawned workers load their own)."""
-    _SOURCE_CACHE[(protocol.arm_source, json.dumps(dict(protocol.arm_options), sort_keys=True))] = source
-
-
-def _run_jobs(protocol: Protocol, jobs_: list[tuple], n_workers: int, on_done) -> None:
-    """Run (arm, params, seed, tag) evaluations, in a spawn pool when n_workers > 1; on_done(tag, acc, tokens)."""
-    budget = protocol.budget
-    opts = dict(protocol.arm_options)
-    if n_workers <= 1:
-        for arm, params, seed, tag in jobs_:
-            on_done(tag, *_eval_one(protocol.arm_source, opts, arm, params, budget, seed))
-        return
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter per job: no forked torch threads
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=_init_child) as pool:
-        futures = {pool.submit(_eval_one, protocol.arm_source, opts, arm, params, budget, seed): tag
-                   for arm, params, seed, tag in jobs_}
-        for fut in as_completed(futures):
-            on_done(futures[fut], *fut.result())
-
-
-def evaluate_compute_matched(handle: StorageHandle, name: str, source: ArmSource | None = None, *, jobs: int = 1,
-                             log: Callable[[str], None] | None = None) -> int:
-    """The compute-matched view: every arm whose final configuration trains on fewer tokens than the
-    dearest arm's is re-evaluated with its stage lengths stretched (the source's `scale_compute`) until
-    its per-run tokens lie within +-5% of the dearest arm's; stored as `evalc:<seed>`. Resumable like
-    `evaluate`. Returns how many runs were made (0 when the source cannot scale compute)."""
-    protocol = check_matched(handle, name)
-    if source is None:
-        source = load_arm_source(protocol.arm_source, dict(protocol.arm_options))
-    scale = getattr(source.fn, "scale_compute", None)
-    if not callable(scale):
-        return 0
-    _cache_source(protocol, source)
-    studies = {arm: _load(handle, arm_study_name(name, arm)) for arm in protocol.arms}
-    cost = {}
-    for arm, study in studies.items():
-        best = best_trial(study)
-        ev = [study.user_attrs.get(f"{EVAL_PREFIX}{s}") for s in protocol.eval_seeds]
-        if best is None or any(e is None or e.get("trial") != best.number for e in ev):
-            return 0  # the label-matched evaluations come first
-        cost[arm] = (best, float(np.mean([e["compute_tokens"] for e in ev])))
-    target = max(c for _, c in cost.values())
-    runs = 0
-    for arm, (best, own) in cost.items():
-        if own >= (1 - COMPUTE_TOL) * target:
-            continue  # the dearest arm (or one within tolerance) keeps its label-matched runs
-        study = studies[arm]
-        plan = study.user_attrs.get(EVALC_PLAN)
-        if plan is None or plan.get("trial") != best.number or plan.get("target") != target:
-            # calibrate the stretch on the first evaluation seed: tokens are close to linear in stage length
-            factor, seed = target / own, protocol.eval_seeds[0]
-            for _ in range(3):
-                acc, tokens = _eval_one(protocol.arm_source, dict(protocol.arm_options), arm,
-                                        scale(arm, dict(best.params), factor), protocol.budget, seed)
-                runs += 1
-                if abs(tokens / target - 1) <= COMPUTE_TOL:
-                    break
-                factor *= target / tokens
-            plan = {"trial": best.number, "target": target, "factor": factor}
-            study.set_user_attr(EVALC_PLAN, plan)
-            study.set_user_attr(f"{EVALC_PREFIX}{seed}", {"trial": best.number, "factor": factor, "accuracy": acc,
-                                                          "compute_tokens": tokens, "split": SPLITS_EVAL})
-            if log:
-                log(f"compute-matched {arm}: stage lengths x{factor:.2f} -> {tokens:,} tokens per run "
-                    f"(target {target:,.0f})")
-        params = scale(arm, dict(best.params), plan["factor"])
-        todo = []
-        for seed in protocol.eval_seeds:
-            done = study.user_attrs.get(f"{EVALC_PREFIX}{seed}")
-            if done is None or done.get("trial") != best.number or done.get("factor") != plan["factor"]:
-                todo.append((arm, params, seed, seed))
-
-        def on_done(seed, acc, tokens, _study=study, _arm=arm, _plan=plan, _n=best.number):
-            _study.set_user_attr(f"{EVALC_PREFIX}{seed}", {"trial": _n, "factor": _plan["factor"], "accuracy": acc,
-                                                           "compute_tokens": tokens, "split": SPLITS_EVAL})
-            if log:
-                log(f"compute-matched eval {_arm} x{_plan['factor']:.2f} seed {seed}: {acc:.2f}% ({tokens:,} tokens)")
-        _run_jobs(protocol, todo, jobs, on_done)
-        runs += len(todo)
-    return runs
 
 
 def _fail_reason(t: optuna.trial.FrozenTrial, retried_from: dict[int, int]) -> str | None:
@@ -199,7 +46,7 @@ def _fail_reason(t: optuna.trial.FrozenTrial, retried_from: dict[int, int]) -> s
 def trials_frame(handle: StorageHandle, name: str, protocol: Protocol) -> pd.DataFrame:
     rows = []
     for arm in protocol.arms:
-        study = _load(handle, arm_study_name(name, arm))
+        study = load_study(handle, arm_study_name(name, arm))
         trials = study.get_trials(deepcopy=False)
         latest, _, _ = slot_trials(study)
         latest_ids = {t.number for t in latest.values()}
@@ -264,7 +111,7 @@ def build_report(handle: StorageHandle, name: str, *, seed: int = 0) -> Fairness
     counted["score"] = counted.apply(trial_score, axis=1)
     rows, curve_rows, eval_rows = [], [], []
     for arm in protocol.arms:
-        study = _load(handle, arm_study_name(name, arm))
+        study = load_study(handle, arm_study_name(name, arm))
         t = counted[counted["arm"] == arm].sort_values("number")
         best = best_trial(study)
         ev = []
@@ -327,7 +174,7 @@ def _compute_matched_evals(handle: StorageHandle, name: str, protocol: Protocol,
     rows = []
     any_stretched = False
     for arm in protocol.arms:
-        study = _load(handle, arm_study_name(name, arm))
+        study = load_study(handle, arm_study_name(name, arm))
         best = best_trial(study)
         plan = study.user_attrs.get(EVALC_PLAN)
         stretched = plan is not None and best is not None and plan.get("trial") == best.number
@@ -497,49 +344,6 @@ def to_markdown(rep: FairnessReport, command: str | None = None, figures: list[s
     return "\n".join(out) + "\n"
 
 
-def plot_report(rep: FairnessReport, out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="notebook")
-    paths = []
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    pal = dict(zip(rep.protocol.arms, sns.color_palette(n_colors=len(rep.protocol.arms))))
-    for arm, g in rep.curves.groupby("arm", sort=False):
-        ax.plot(g["n_trials"], g["expected_best"], color=pal[arm], label=f"{arm} (expected best)")
-        ax.fill_between(g["n_trials"], g["expected_best"] - g["std"], g["expected_best"] + g["std"],
-                        color=pal[arm], alpha=0.2)
-        ax.plot(g["n_trials"], g["best_so_far"], color=pal[arm], ls="--", lw=1, label=f"{arm} (best so far)")
-    ax.set_xlabel("trials")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("Tuning curves (Dodge et al. 2019 expected max, ±1 sd)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(out / "fairness_report_curves.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    if len(rep.evals):
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        sns.stripplot(data=rep.evals, x="accuracy", y="arm", hue="arm", palette=pal, ax=ax, alpha=0.6,
-                      legend=False)
-        s = rep.summary.set_index("arm")
-        for i, arm in enumerate(rep.protocol.arms):
-            if np.isfinite(s.loc[arm, "eval_mean"]):
-                ax.errorbar(s.loc[arm, "eval_mean"], i, xerr=[[s.loc[arm, "eval_mean"] - s.loc[arm, "eval_ci_low"]],
-                                                              [s.loc[arm, "eval_ci_high"] - s.loc[arm, "eval_mean"]]],
-                            fmt="o", color="black", capsize=4)
-        ax.set_xlabel("test accuracy (%) per evaluation seed; mean and bootstrap 95% CI")
-        ax.set_ylabel("")
-        fig.tight_layout()
-        paths.append(out / "fairness_report_eval.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
-    return paths
-
-
 def write_report(rep: FairnessReport, out_dir: str | Path, command: str | None = None,
                  figures: bool = True) -> dict[str, Path]:
     out = Path(out_dir)
@@ -569,7 +373,7 @@ def write_report(rep: FairnessReport, out_dir: str | Path, command: str | None =
     return written
 
 
-# ---- reading a written report back, the fairness checks, one figure (notebooks/02_fair_tuning_study) ----
+# ---- reading a written report back and the fairness checks (notebooks/02_fair_tuning_study) ----
 
 def tuning_curves(trials: pd.DataFrame) -> pd.DataFrame:
     """Per arm, from a trials frame (`trials_frame` or fairness_report_trials.csv): the expected best
@@ -693,66 +497,6 @@ def fairness_checks(rep, protocol: Protocol | None = None) -> pd.DataFrame:
             f"cap {cap if cap is not None else 'none'} tokens, limit {protocol.time_limit_s:g} s"
             + (f"; over: trials {list(over['number'])}" if len(over) else ""))
     return pd.DataFrame(rows, columns=["check", "ok", "detail"])
-
-
-def plot_fairness(rep, title: str | None = None):
-    """One figure of a matched study (a FairnessReport or LoadedReport): tuning curves (expected best
-    ±1 sd, best so far dashed); test accuracy per evaluation seed with the mean's bootstrap 95% CI
-    and the IQM; and, when per-seed results exist, each arm's paired difference from the first arm
-    with its CI, annotated with P(improvement). Returns the figure (the caller shows or saves it)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    arms = list(rep.summary["arm"])
-    pal = dict(zip(arms, sns.color_palette(n_colors=len(arms))))
-    has_cmp = len(rep.comparisons) > 0
-    fig, axes = plt.subplots(1, 3 if has_cmp else 2, figsize=(15.5 if has_cmp else 11, 3.9))
-    ax = axes[0]
-    for arm, g in rep.curves.groupby("arm", sort=False):
-        ax.plot(g["n_trials"], g["expected_best"], color=pal[arm], label=arm)
-        ax.fill_between(g["n_trials"], g["expected_best"] - g["std"], g["expected_best"] + g["std"],
-                        color=pal[arm], alpha=0.2)
-        ax.plot(g["n_trials"], g["best_so_far"], color=pal[arm], ls="--", lw=1)
-    ax.plot([], [], color="grey", label="expected best ±1 sd")
-    ax.plot([], [], color="grey", ls="--", lw=1, label="best so far (trial order)")
-    ax.set_xlabel("tuning trials")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("tuning curves (Dodge et al. expected max)", fontsize=10)
-    ax.legend(fontsize=7, loc="best")
-    ax = axes[1]
-    s = rep.summary.set_index("arm")
-    for i, arm in enumerate(arms):
-        e = rep.evals[rep.evals["arm"] == arm]
-        if len(e):
-            jitter = np.linspace(-0.15, 0.15, len(e))
-            ax.scatter(e["accuracy"], i + jitter, color=pal[arm], alpha=0.5, s=18)
-        m = s.loc[arm, "eval_mean"]
-        ax.errorbar(m, i, xerr=[[m - s.loc[arm, "eval_ci_low"]], [s.loc[arm, "eval_ci_high"] - m]], fmt="o",
-                    color="black", capsize=4, label="mean, bootstrap 95% CI" if i == 0 else None)
-        if "eval_iqm" in s.columns:
-            ax.plot(s.loc[arm, "eval_iqm"], i, "x", color="crimson", ms=9, mew=2, label="IQM" if i == 0 else None)
-    ax.set_yticks(range(len(arms)), arms)
-    ax.set_ylim(len(arms) - 0.5, -0.5)
-    ax.set_xlabel("test accuracy (%) per evaluation seed")
-    ax.set_title("final evaluation of each arm's best configuration", fontsize=10)
-    ax.legend(fontsize=7)
-    if has_cmp:
-        ax = axes[2]
-        c = rep.comparisons.reset_index(drop=True)
-        for i, r in c.iterrows():
-            ax.errorbar(r["mean_diff"], i, xerr=[[r["mean_diff"] - r["diff_ci_low"]], [r["diff_ci_high"] - r["mean_diff"]]],
-                        fmt="o", color=pal[r["arm"]], capsize=4)
-        ax.axvline(0, color="grey", lw=1)
-        ax.set_yticks(range(len(c)), [f"{r['arm']} − {r['baseline']}\nP(improvement) {r['p_improvement']:.2f} "
-                                      f"[{r['p_ci_low']:.2f}, {r['p_ci_high']:.2f}]" for _, r in c.iterrows()],
-                      fontsize=8)
-        ax.set_ylim(len(c) - 0.5, -0.5)
-        ax.set_xlabel("paired difference in test accuracy (points)")
-        ax.set_title("same evaluation seeds, bootstrap 95% CI", fontsize=10)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    return fig
 
 
 def verdict(rep, *, seed: int = 0) -> str:

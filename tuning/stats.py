@@ -6,20 +6,21 @@ improvement. numpy/scipy only; randomness passed in.
       E[max_n] = sum_i v_(i) * ((i/N)^n - ((i-1)/N)^n),
   and the band is +-1 standard deviation of that max (the paper's shading). It treats trials as i.i.d.
   draws from the tuning process; TPE trials are not quite, so the report also shows best-so-far.
-- Bootstrap intervals: percentile bootstrap over seeds (scipy.stats.bootstrap).
+- Bootstrap intervals: percentile bootstrap over seeds (theory.stats, shared with the reference's curves).
 - Probability of improvement (Agarwal et al. 2021, rliable): P(X > Y) + 0.5 P(X = Y) over all pairs
   of runs, X from arm A, Y from arm B.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 from theory.errors import InputError
+from theory.stats import Interval, mean_ci, paired_difference  # noqa: F401  (the report's statistics, in one place)
 
 
 @dataclass(frozen=True)
@@ -45,40 +46,6 @@ def expected_max_curve(scores, n_max: int | None = None) -> Curve:
     mean = p_nN @ v_N
     var = p_nN @ v_N**2 - mean**2
     return Curve(n, mean, np.sqrt(np.clip(var, 0.0, None)))
-
-
-@dataclass(frozen=True)
-class Interval:
-    estimate: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _bootstrap(data: tuple, statistic, rng: np.random.Generator, n_resamples: int, paired: bool) -> Interval:
-    est = float(statistic(*data))
-    if all(np.ptp(d) == 0 for d in data) or len(data[0]) < 2:
-        return Interval(est, est, est)  # no spread: the interval is the point (scipy would warn/NaN)
-    res = stats.bootstrap(data, statistic, n_resamples=n_resamples, confidence_level=0.95,
-                          method="percentile", paired=paired, vectorized=False, rng=rng)
-    return Interval(est, float(res.confidence_interval.low), float(res.confidence_interval.high))
-
-
-def mean_ci(x, rng: np.random.Generator, n_resamples: int = 5000) -> Interval:
-    x = np.asarray(x, dtype=float)
-    if x.size == 0:
-        raise InputError("mean_ci: no values")
-    return _bootstrap((x,), np.mean, rng, n_resamples, paired=False)
-
-
-def paired_difference(a, b, rng: np.random.Generator, n_resamples: int = 5000) -> Interval:
-    """Mean of b - a over seeds paired by index (the same evaluation seed for both arms)."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.shape != b.shape or a.size == 0:
-        raise InputError(f"paired_difference: need equal, non-empty seed lists, got {a.size} and {b.size}")
-    return _bootstrap((b - a,), np.mean, rng, n_resamples, paired=False)
 
 
 def probability_of_improvement(x, y) -> float:

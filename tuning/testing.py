@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from tuning.harness import create_or_check
-from tuning.interface import ArmSource, load_arm_source
+from tuning.interface import ArmSource
+from tuning.sources import load_arm_source
 from tuning.protocol import Protocol, build_protocol
 from tuning.storage import StorageHandle, open_storage
 
