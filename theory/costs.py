@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from theory.arms import Arm, ComputeModel, Stage
@@ -183,7 +183,9 @@ class CostTable:
     @classmethod
     def default(cls) -> CostTable:
         """The committed table when it is there (a source checkout), else the built-in defaults."""
-        return cls.from_csv(DEFAULT_TABLE) if DEFAULT_TABLE.is_file() else builtin_defaults()
+        if not DEFAULT_TABLE.is_file():
+            return builtin_defaults()
+        return replace(cls.from_csv(DEFAULT_TABLE), origin="docs/results/gpu_costs.csv")
 
     def row(self, stage: Stage, phase: str, gpus: int) -> CostRow:
         """The row for `gpus` GPUs or, failing that, the largest GPU count below it (scaled by `rate`)."""
