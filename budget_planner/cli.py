@@ -153,6 +153,8 @@ def _fmt_costs(gc: dict) -> str:
     eff = gc["parallel_efficiency"]
     scaling = "" if eff == 1.0 else f", parallel efficiency {eff:.2f} assumed"
     line = f"GPU-hours on {gc['gpus']} GPU(s) from {gc['table']}: {'; '.join(parts)}{scaling}"
+    if not gc["models_match"]:
+        line += f" (rates of {' / '.join(gc['table_models'])}, not this scenario's models)"
     if gc["budget_gpu_hours"] is not None:
         over = ", ".join(gc["infeasible"]) or "none"
         line += f"\nGPU-hour budget {gc['budget_gpu_hours']:g}: over budget (never recommended): {over}"

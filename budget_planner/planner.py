@@ -581,7 +581,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
                                             for k in ("n_problems", "samples")))))
     uncertainty = {"discrepancy_sd": st.sd_delta, "discrepancy_source": st.sd_note, "measurement_sd": sd_m,
                    "effective_draws": st.n_eff, "draws": st.draws}
-    gpu_costs = _gpu_costs(table, gpus, budget_h, costs_of, feasible, scn.compute)
+    gpu_costs = _gpu_costs(table, gpus, budget_h, costs_of, feasible, scn)
     inputs = tuple({"input": t.path, "value": t.value, "tag": t.tag, "fitted": t.fitted, "note": t.note}
                    for t in scn.inputs) + (
         {"input": "compute", "value": None, "tag": scn.compute_tag, "fitted": False,
@@ -603,11 +603,15 @@ def _check_gpu_hours(h) -> float:
     return f
 
 
-def _gpu_costs(table: CostTable, gpus: int, budget_h, costs_of, feasible, compute) -> dict:
+def _gpu_costs(table: CostTable, gpus: int, budget_h, costs_of, feasible, scn: Scenario) -> dict:
     """The cost side of a plan: what was assumed, what measured, and each arm's hours per stage."""
     stages = sorted({s for c in costs_of.values() for s in c.stage_tokens})
+    compute = scn.compute
+    models = table.models()
     return {
         "gpus": gpus, "table": table.origin, "budget_gpu_hours": budget_h,
+        # rates taken on other models than the scenario's price its tokens as if they were these models
+        "table_models": list(models), "models_match": scn.student in models and scn.teacher in models,
         "parallel_efficiency": parallel_efficiency(gpus), "parallel_efficiency_tag": "assumed",
         "parallel_efficiency_note": PARALLEL_EFFICIENCY_NOTE,
         "aggregate_tokens_per_s": {s: table.tokens_per_s(s, compute, gpus) for s in stages},  # all GPUs together

@@ -94,6 +94,7 @@ def test_every_arm_gets_gpu_hours_for_the_paper_scenario():
     gc = d["gpu_costs"]
     assert gc["gpus"] == 8 and gc["parallel_efficiency_tag"] == "assumed" and gc["budget_gpu_hours"] is None
     assert gc["table"] == "docs/results/gpu_costs.csv"
+    assert gc["models_match"] is True and gc["table_models"] == ["Qwen3-1.7B", "Qwen3-8B"]
     # the teacher's 8B GRPO is the dearest stage: the RL-teacher bridge costs more than direct GRPO
     assert d["arms"]["rl_teacher_bridge"]["gpu_hours"] > d["arms"]["direct_grpo"]["gpu_hours"]
 

@@ -152,7 +152,7 @@ class CostTable:
             key = (r.stage, r.phase, r.gpus)
             if key in seen:
                 raise InputError(f"{self.origin}: two rows for stage {r.stage.value}, phase {r.phase} on {r.gpus} "
-                                 "GPU(s); keep one (or filter by backend/engine)")
+                                 "GPU(s); keep one (CostTable.from_csv(path, backend=..., engine=...) filters)")
             seen.add(key)
 
     @classmethod
@@ -182,10 +182,15 @@ class CostTable:
 
     @classmethod
     def default(cls) -> CostTable:
-        """The committed table when it is there (a source checkout), else the built-in defaults."""
+        """The committed table's rows for the project's own loop (backend "reference") when the table is
+        there (a source checkout), else the built-in defaults."""
         if not DEFAULT_TABLE.is_file():
             return builtin_defaults()
-        return replace(cls.from_csv(DEFAULT_TABLE), origin="docs/results/gpu_costs.csv")
+        return replace(cls.from_csv(DEFAULT_TABLE, backend="reference"), origin="docs/results/gpu_costs.csv")
+
+    def models(self) -> tuple[str, ...]:
+        """Every model the rates were taken on ('Qwen3-1.7B + Qwen3-8B' names two)."""
+        return tuple(sorted({m.strip() for r in self.rows for m in r.model.split("+")}))
 
     def row(self, stage: Stage, phase: str, gpus: int) -> CostRow:
         """The row for `gpus` GPUs or, failing that, the largest GPU count below it (scaled by `rate`)."""
