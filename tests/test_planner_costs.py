@@ -74,8 +74,8 @@ def test_gpu_hours_is_tokens_over_throughput_by_hand():
     n = scn.budget
     tokens = arm.compute_tokens(n, scn.compute)["student_grpo"]
     assert tokens == n * 8 * (256 + 1024) * 2  # G = 8, 256 + 1024 tokens, one rollout + one training pass
-    # half the counted tokens are rollout passes at 9,553 tok/s, half training passes at 28,347 tok/s (one GPU)
-    seconds_1 = tokens / 2 / 9553 + tokens / 2 / 28347
+    # half the counted tokens are rollout passes at 9,553 tok/s, half training passes at 28,543 tok/s (one GPU)
+    seconds_1 = tokens / 2 / 9553 + tokens / 2 / 28543
     assert arm_cost(arm, n, scn.compute, table, gpus=1).gpu_hours == pytest.approx(seconds_1 / 3600)
     c8 = arm_cost(arm, n, scn.compute, table, gpus=8)
     assert c8.gpu_hours == pytest.approx(seconds_1 / 3600 / 0.9)  # assumed efficiency 0.9 on one node

@@ -258,13 +258,13 @@ def arm_cost(arm: Arm, n: int, cost: ComputeModel, table: CostTable | None = Non
 # all tagged assumed here since nothing was read: used where the table is absent (an installed wheel).
 _DEFAULT_RATES = {  # (stage, phase) -> (model, tokens/s on one GPU)
     ("teacher_grpo", "rollout"): ("Qwen3-8B", 7430.0),
-    ("teacher_grpo", "step"): ("Qwen3-8B", 6863.0),
+    ("teacher_grpo", "step"): ("Qwen3-8B", 6989.0),
     ("fkl_warmup", "rollout"): ("Qwen3-8B", 7430.0),
     ("fkl_warmup", "step"): ("Qwen3-1.7B + Qwen3-8B", 25202.0),
     ("opd", "rollout"): ("Qwen3-1.7B", 9553.0),
     ("opd", "step"): ("Qwen3-1.7B + Qwen3-8B", 24932.0),
     ("student_grpo", "rollout"): ("Qwen3-1.7B", 9553.0),
-    ("student_grpo", "step"): ("Qwen3-1.7B", 28347.0),
+    ("student_grpo", "step"): ("Qwen3-1.7B", 28543.0),
     ("replay_opd", "rollout"): ("Qwen3-1.7B", 9553.0),
     ("replay_opd", "step"): ("Qwen3-1.7B + Qwen3-8B", 24932.0),
 }
