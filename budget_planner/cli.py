@@ -148,8 +148,11 @@ def _fmt_costs(gc: dict) -> str:
     parts = []
     for phase in ("step", "rollout"):
         measured = [s for s, t in gc["tags"].items() if t[phase] == "measured"]
-        parts.append(f"{phase} rates " + ("measured" if len(measured) == len(gc["tags"]) else "assumed" if not measured
-                                          else f"measured for {', '.join(measured)}, else assumed"))
+        if len(measured) == len(gc["tags"]):
+            parts.append(f"{phase} rates measured")
+        else:
+            parts.append(f"{phase} rates " + (f"measured for {', '.join(measured)}, else assumed" if measured
+                                              else "assumed"))
     eff = gc["parallel_efficiency"]
     scaling = "" if eff == 1.0 else f", parallel efficiency {eff:.2f} assumed"
     line = f"GPU-hours on {gc['gpus']} GPU(s) from {gc['table']}: {'; '.join(parts)}{scaling}"

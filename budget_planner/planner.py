@@ -29,8 +29,8 @@ import numpy as np
 from theory import irt
 from theory._lazy import LazyModule
 from theory.arms import ARMS, MAX_LABELS, Arm, check_budget
-from theory.costs import DEFAULT_GPUS, PARALLEL_EFFICIENCY_NOTE, CostTable, arm_cost, check_gpus, parallel_efficiency
 from theory.calibrate import Fit, build_world, fit_scenario, values_from_z
+from theory.costs import DEFAULT_GPUS, PARALLEL_EFFICIENCY_NOTE, CostTable, arm_cost, check_gpus, parallel_efficiency
 from theory.discrepancy import config_key, discrepancy_sd, measurement_sd
 from theory.dynamics import predict_arm, predict_teacher
 from theory.errors import InputError

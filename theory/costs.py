@@ -2,7 +2,8 @@
 
 The unit is the one `theory.arms.ComputeModel` counts: one token through one model pass (a rollout
 pass, a teacher-scoring pass or a training pass each count the sequence's prompt + response tokens
-once). A stage's work has two phases, timed separately because their speeds differ by 3-4x:
+once). A stage's work has two phases, timed separately because their speeds differ (the 1.7B samples
+at a third of the rate it trains):
 
     rollout  sampling the sequences (the policy's for GRPO and OPD, the teacher's for the FKL warmup)
     step     everything after: the training pass, plus the frozen teacher's scoring pass (FKL, OPD)
@@ -11,11 +12,17 @@ Per counted token of a stage, `phase_passes` gives the passes of each phase (rea
 `ComputeModel` formulas; a test holds the two together). With per-phase rates r_p (compute tokens/s
 on one GPU, from `docs/results/gpu_costs.csv` or the built-in defaults) the stage's rate is
 
-    tokens_per_s(stage) = 1 / sum_p passes_p / r_p
+    tokens_per_s(stage) = 1 / (sum_p passes_p / r_p)
 
 and on G GPUs the aggregate rate is G * eff(G) * tokens_per_s(stage), eff the parallel efficiency
 (`PARALLEL_EFFICIENCY`, assumed). GPU-hours = sum over stages of tokens / (eff(G) * tokens_per_s) / 3600,
 wall hours = GPU-hours / G. Pure and torch-free; docs/scale.md "Scale-out plan" documents the table.
+
+Table columns (`COLUMNS`): stage, phase, model (the one sampled or trained; 'A + B' for a step that also
+runs frozen B), backend (whose loop: 'reference' = the project's own), engine (the sampler for a rollout
+row, e.g. hf_static_cache or vllm; the launcher/sharding for a step row, e.g. single, ddp, fsdp2), gpus
+(the row's tokens_per_s is for that many GPUs together), tokens_per_s (compute tokens, the unit above),
+peak_gib (empty when not recorded), tag (measured | assumed) and source (the run, or why assumed).
 """
 
 from __future__ import annotations
@@ -207,7 +214,7 @@ class CostTable:
         return r.tokens_per_s * (gpus / r.gpus) * parallel_efficiency(gpus) / parallel_efficiency(r.gpus)
 
     def tokens_per_s(self, stage: Stage, cost: ComputeModel, gpus: int = 1) -> float:
-        """A stage's aggregate rate in compute tokens/s on `gpus` GPUs: 1 / sum_p passes_p / r_p."""
+        """A stage's aggregate rate in compute tokens/s on `gpus` GPUs: 1 / (sum_p passes_p / r_p)."""
         return 1.0 / sum(k / self.rate(stage, ph, gpus) for ph, k in phase_passes(stage, cost).items())
 
     def tags(self, stage: Stage, gpus: int) -> dict[str, str]:
