@@ -194,3 +194,17 @@ def test_cli_json_has_gpu_hours_and_the_budget_option(tmp_path):
                          (("--costs", str(tmp_path / "missing.csv")), "not found")):
         rc, out, err = _cli("plan", "--scenario", PAPER, *args)
         assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_without_the_committed_table_the_builtin_defaults_price_the_same_hours_tagged_assumed(monkeypatch, tmp_path):
+    """An installed wheel has no docs/: the same rates, every one tagged assumed."""
+    import theory.costs as costs
+
+    scn = load_scenario(PAPER)
+    with_table = {name: arm_cost(arm, scn.budget, scn.compute).gpu_hours for name, arm in ARMS.items()}
+    monkeypatch.setattr(costs, "DEFAULT_TABLE", tmp_path / "absent.csv")
+    table = CostTable.default()
+    assert table.origin == "built-in defaults"
+    for name, arm in ARMS.items():
+        c = arm_cost(arm, scn.budget, scn.compute, table)
+        assert c.gpu_hours == pytest.approx(with_table[name]) and not c.measured
