@@ -40,6 +40,24 @@ def _labels(text: str) -> int:
         raise InputError(f"--labels: {e}") from None
 
 
+def _positive_int(text: str) -> int:
+    from theory.costs import check_gpus
+    try:
+        return check_gpus(float(text), "--gpus")
+    except (ValueError, InputError):
+        raise InputError(f"--gpus must be a positive whole number, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InputError(f"--gpu-hours must be a positive number, got {text!r}")
+    return value
+
+
 def _write_atomic(path: str, text: str) -> None:
     p = Path(path)
     if p.parent and not p.parent.exists():
@@ -77,12 +95,13 @@ def _sig(x: float, width: float | None = None) -> str:
 def _fmt_plan(pl) -> str:
     lines = [f"scenario {pl.scenario}: {pl.benchmark} accuracy (%) with N = {pl.labels} labels",
              f"{'arm':<26} {'accuracy':>8}  {'95% interval':>15}  {'p_best':>7}  {'teacher/student labels':>22}"
-             f"  {'+acc per 1k labels':>18}  {'train tokens':>12}"]
+             f"  {'+acc per 1k labels':>18}  {'train tokens':>12}  {'GPU-hours':>9}"]
     for a in pl.arms:
-        pb = "control" if a.p_best is None else f"{a.p_best:7.2f}"
+        pb = "control" if a.control else "over" if not a.feasible else f"{a.p_best:7.2f}"
         lines.append(f"{a.arm:<26} {_num(a.accuracy, '8.1f')}  [{_num(a.lo, '5.1f')}, {_num(a.hi, '5.1f')}]  {pb:>7}  "
                      f"{a.teacher_labels:>10}/{a.student_labels:<11}  {_num(a.marginal_per_1k, '18.2f')}  "
-                     f"{_tokens(a.compute_tokens):>12}" + (f"  = {a.same_as} here" if a.same_as else ""))
+                     f"{_tokens(a.compute_tokens):>12}  {_hours(a.gpu_hours):>9}"
+                     + (f"  = {a.same_as} here" if a.same_as else ""))
     r = pl.recommendation
     lines.append(f"recommended: {r.arm} (p_best {r.p_best:.2f}) with {r.teacher_labels} teacher / "
                  f"{r.student_labels} student labels")
@@ -103,6 +122,8 @@ def _fmt_plan(pl) -> str:
                 cost = f"the cheaper is {r.cheaper} ({a} vs {b} training tokens)"
             lines.append(f"toss-up: {r.arm} and {r.runner_up} cannot be told apart (the gap interval contains 0); "
                          f"{cost}")
+    if pl.gpu_costs is not None:
+        lines.append(_fmt_costs(pl.gpu_costs))
     if pl.ceiling is not None:
         c = pl.ceiling
         lines.append(f"ceiling: student on {pl.benchmark} {c['map']:.1f}% given compliance, 95% "
@@ -117,6 +138,30 @@ def _fmt_plan(pl) -> str:
     for w in pl.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
+
+
+def _hours(h: float) -> str:
+    return f"{h:,.0f}" if h >= 100 else f"{h:.1f}" if h >= 1 else f"{h:.2f}"
+
+
+def _fmt_costs(gc: dict) -> str:
+    parts = []
+    for phase in ("step", "rollout"):
+        measured = [s for s, t in gc["tags"].items() if t[phase] == "measured"]
+        if len(measured) == len(gc["tags"]):
+            parts.append(f"{phase} rates measured")
+        else:
+            parts.append(f"{phase} rates " + (f"measured for {', '.join(measured)}, else assumed" if measured
+                                              else "assumed"))
+    eff = gc["parallel_efficiency"]
+    scaling = "" if eff == 1.0 else f", parallel efficiency {eff:.2f} assumed"
+    line = f"GPU-hours on {gc['gpus']} GPU(s) from {gc['table']}: {'; '.join(parts)}{scaling}"
+    if not gc["models_match"]:
+        line += f" (rates of {' / '.join(gc['table_models'])}, not this scenario's models)"
+    if gc["budget_gpu_hours"] is not None:
+        over = ", ".join(gc["infeasible"]) or "none"
+        line += f"\nGPU-hour budget {gc['budget_gpu_hours']:g}: over budget (never recommended): {over}"
+    return line
 
 
 def _fmt_next(nx: dict) -> str:
@@ -140,7 +185,9 @@ def cmd_plan(args) -> int:
 
     scn = load_scenario(args.scenario)
     fitcache.warm(scn)
-    pl = plan(scn, labels=args.labels, benchmark=args.benchmark)
+    gpus = None if args.gpus is None else _positive_int(args.gpus)
+    budget = None if args.gpu_hours is None else _positive_float(args.gpu_hours)
+    pl = plan(scn, labels=args.labels, benchmark=args.benchmark, gpus=gpus, gpu_hours=budget, costs=args.costs)
     fitcache.store(scn)
     print(_fmt_plan(pl))
     out = pl.to_dict()
@@ -284,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", default=None, type=output_file, metavar="PATH", help="write the plan as JSON here")
     sp.add_argument("--plot", default=None, type=output_file, metavar="PATH",
                     help="write a PNG with accuracy vs split and vs N")
+    sp.add_argument("--gpus", type=str, default=None, metavar="G",
+                    help="GPUs the GPU-hours are priced on (default: 8, one node)")
+    sp.add_argument("--gpu-hours", type=str, default=None, metavar="H",
+                    help="GPU-hour budget: arms costing more are never recommended")
+    sp.add_argument("--costs", default=None, metavar="CSV",
+                    help="GPU cost table (default: docs/results/gpu_costs.csv, else built-in defaults)")
     sp.add_argument("--next", action="store_true",
                     help="rank the pilot measurements by expected reduction in decision regret per pilot token")
     sp.set_defaults(func=cmd_plan)

@@ -12,6 +12,10 @@ rests on (`_p_best`); the recommendation states the runner-up, the gap (90% inte
 two are separable. Control arms (`Arm.control`, e.g. replay_control) are predicted and shown, never
 recommended. The recommended split maximises the draw-mean accuracy of rl_teacher_bridge_stage3;
 replay_control is evaluated at that same split (its matched control).
+
+GPU-hours per arm come from `theory.costs` (each stage's `Arm.compute_tokens` over the throughput of its
+work, on `gpus` GPUs). With a GPU-hour budget, arms that cost more are infeasible: they are predicted and
+shown, and the recommendation (and p_best) is taken among the feasible candidates only.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from budget_planner.presets import load_scenario
 from theory import irt
 from theory._lazy import LazyModule
 from theory.arms import ARMS, MAX_LABELS, Arm, check_budget
+from theory.costs import DEFAULT_GPUS, PARALLEL_EFFICIENCY_NOTE, CostTable, arm_cost, check_gpus, parallel_efficiency
 from theory.discrepancy import config_key, discrepancy_sd, measurement_sd
 from theory.dynamics import predict_arm, predict_teacher
 from theory.errors import InputError
@@ -42,7 +47,8 @@ from theory.scenario import Scenario
 
 pd = LazyModule("pandas")
 
-SCHEMA_VERSION = 2  # 2: control arms, recommendation runner_up/gap/separable, ceiling, extrapolation
+SCHEMA_VERSION = 3  # 2: control arms, recommendation runner_up/gap/separable, ceiling, extrapolation;
+# 3: gpu_hours and feasible per arm, gpu_costs
 SPLIT_STEP = 0.01
 STAGE3 = "rl_teacher_bridge_stage3"
 GAP_LEVEL = 0.9
@@ -63,6 +69,8 @@ class ArmPrediction:
     control: bool = False
     compute_tokens: int = 0  # training tokens (rollouts + training + teacher scoring), theory.arms.ComputeModel
     same_as: str | None = None  # at this budget the arm runs the same experiment as this earlier arm
+    gpu_hours: float = 0.0  # GPU-hours on Plan.gpu_costs["gpus"] GPUs (theory.costs)
+    feasible: bool = True  # within the GPU-hour budget (always True without one)
 
 
 @dataclass(frozen=True)
@@ -97,6 +105,7 @@ class Plan:
     chi2: float = 0.0
     ceiling: dict | None = None  # student's accuracy ceiling on the benchmark: map, ci (95%), stated
     uncertainty: dict | None = None  # discrepancy sd and source, measurement sd, effective draws
+    gpu_costs: dict | None = None  # gpus, cost table, parallel efficiency, budget, per-stage hours and tags
     _scenario_obj: Scenario | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:  # the dataclass repr prints every split curve: thousands of numbers
@@ -137,7 +146,8 @@ class Plan:
             "arms": {a.arm: {"accuracy": a.accuracy, "ci": [a.lo, a.hi], "p_best": a.p_best, "control": a.control,
                              "teacher_labels": a.teacher_labels, "student_labels": a.student_labels,
                              "compute_tokens": a.compute_tokens, "same_as": a.same_as,
-                             "marginal_per_1k_labels": a.marginal_per_1k} for a in self.arms},
+                             "marginal_per_1k_labels": a.marginal_per_1k, "gpu_hours": a.gpu_hours,
+                             "feasible": a.feasible} for a in self.arms},
             "recommendation": {"arm": r.arm, "p_best": r.p_best, "teacher_labels": r.teacher_labels,
                                "student_labels": r.student_labels, "runner_up": r.runner_up,
                                "gap": {"mean": r.gap_mean, "ci": [r.gap_lo, r.gap_hi], "level": GAP_LEVEL},
@@ -145,6 +155,7 @@ class Plan:
                                "extrapolation": r.extrapolation},
             "ceiling": self.ceiling,
             "uncertainty": self.uncertainty,
+            "gpu_costs": self.gpu_costs,
             "split_curves": {name: {"teacher_fraction": list(self.split_fractions), "accuracy": list(acc),
                                     "lo": list(lo), "hi": list(hi)} for name, acc, lo, hi in self.split_curves},
             "informativeness": list(self.informativeness),
@@ -159,14 +170,16 @@ class Plan:
         from html import escape
 
         r = self.recommendation
-        head = ("arm", "accuracy (%)", "95% interval", "p_best", "teacher / student labels", "train tokens")
+        head = ("arm", "accuracy (%)", "95% interval", "p_best", "teacher / student labels", "train tokens",
+                "GPU-hours")
         rows = []
         for a in self.arms:
-            pb = "control" if a.p_best is None else f"{a.p_best:.2f}"
+            pb = "control" if a.control else "over budget" if not a.feasible else f"{a.p_best:.2f}"
             style = ' style="font-weight:bold"' if a.arm == r.arm else ""
             cells = (a.arm + (f" (= {a.same_as} here)" if a.same_as else ""), fmt_num(a.accuracy, ".1f"),
                      f"[{fmt_num(a.lo, '.1f')}, {fmt_num(a.hi, '.1f')}]", pb,
-                     f"{a.teacher_labels} / {a.student_labels}", f"{a.compute_tokens / 1e6:,.1f}M")
+                     f"{a.teacher_labels} / {a.student_labels}", f"{a.compute_tokens / 1e6:,.1f}M",
+                     f"{a.gpu_hours:,.1f}")
             rows.append(f"<tr{style}>" + "".join(f"<td>{escape(c)}</td>" for c in cells) + "</tr>")
         verdict = (f"recommended: <b>{escape(r.arm)}</b> (p_best {r.p_best:.2f}) with {r.teacher_labels} teacher / "
                    f"{r.student_labels} student labels")
@@ -428,10 +441,20 @@ def split_sensitivity(scenario: Scenario | str, labels: int | None = None, *, be
     return out
 
 
-def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str | None = None) -> Plan:
-    """Per-arm predictions at a budget of `labels` (default: the scenario's budget). Pure."""
+def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str | None = None,
+         gpus: int | None = None, gpu_hours: float | None = None, costs: CostTable | str | Path | None = None) -> Plan:
+    """Per-arm predictions at a budget of `labels` (default: the scenario's budget). Pure.
+
+    Every arm's GPU-hours on `gpus` GPUs (default `theory.costs.DEFAULT_GPUS`) come from `costs` (a
+    `CostTable`, a CSV path, or None: the committed docs/results/gpu_costs.csv, else built-in defaults).
+    With `gpu_hours`, arms costing more are infeasible and the recommendation is the best feasible arm;
+    an `InputError` says so when no candidate fits."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     n = scn.budget if labels is None else check_budget(labels)
+    gpus = DEFAULT_GPUS if gpus is None else check_gpus(gpus, "gpus")
+    budget_h = None if gpu_hours is None else _check_gpu_hours(gpu_hours)
+    table = (costs if isinstance(costs, CostTable) else CostTable.default() if costs is None
+             else CostTable.from_csv(costs))
     st = plan_setup(scn, benchmark)
     fit, bench, world, b = st.fit, st.bench, st.world, st.b
     wide = world.expand()
@@ -451,11 +474,20 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
         accts[name] = arm.labels(n, t_best if arm.splits_labels else None)
         keys[name] = config_key(arm, accts[name])
         pred[name] = st.predictive(keys[name], point[name][1:])
+    costs_of = {name: arm_cost(arm, n, scn.compute, table, gpus=gpus,
+                               teacher_labels=t_best if arm.splits_labels else None) for name, arm in ARMS.items()}
+    feasible = {name: budget_h is None or c.gpu_hours <= budget_h for name, c in costs_of.items()}
 
     # decisions are between experiments: arms that run the same stages on the same labels (e.g. the
     # RL-teacher bridge with 0 labels is the raw-teacher bridge) are one choice, named by the first of
     # them in the registry; controls are never candidates
     cands = [a for a in names if not ARMS[a].control]
+    if budget_h is not None:
+        if not any(feasible[a] for a in cands):
+            cheapest = min(cands, key=lambda a: costs_of[a].gpu_hours)
+            raise InputError(f"no arm fits {budget_h:g} GPU-hours on {gpus} GPU(s): the cheapest, {cheapest}, needs "
+                             f"{costs_of[cheapest].gpu_hours:.1f}; raise the GPU-hour budget or lower the labels")
+        cands = [a for a in cands if feasible[a]]
     exps: list[str] = []  # representative arm of each distinct experiment, registry order
     for a in cands:
         if all(keys[e] != keys[a] for e in exps):
@@ -486,7 +518,8 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
             teacher_labels=acct.teacher, student_labels=acct.student,
             marginal_per_1k=float((a_h - point[name][0]) / h * 1000.0), control=arm.control,
             compute_tokens=int(arm.total_compute_tokens(n, compute, t_best if arm.splits_labels else None)),
-            same_as=rep.get(name) if rep.get(name, name) != name else None))
+            same_as=rep.get(name) if rep.get(name, name) != name else None,
+            gpu_hours=costs_of[name].gpu_hours, feasible=feasible[name]))
     by = {p.arm: p for p in preds}
 
     gap_lo = gap_hi = gap_mean = 0.0
@@ -549,6 +582,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
                                             for k in ("n_problems", "samples")))))
     uncertainty = {"discrepancy_sd": st.sd_delta, "discrepancy_source": st.sd_note, "measurement_sd": sd_m,
                    "effective_draws": st.n_eff, "draws": st.draws}
+    gpu_costs = _gpu_costs(table, gpus, budget_h, costs_of, feasible, scn)
     inputs = tuple({"input": t.path, "value": t.value, "tag": t.tag, "fitted": t.fitted, "note": t.note}
                    for t in scn.inputs) + (
         {"input": "compute", "value": None, "tag": scn.compute_tag, "fitted": False,
@@ -557,7 +591,35 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
                 split_fractions=tuple(map(float, frac_S)), split_curves=tuple(split_curves),
                 informativeness=tuple(info), conditions=tuple(conds), inputs=inputs,
                 warnings=tuple(warnings), n_fitted=len(fit.names), chi2=fit.chi2, ceiling=ceiling,
-                uncertainty=uncertainty, _scenario_obj=scn)
+                uncertainty=uncertainty, gpu_costs=gpu_costs, _scenario_obj=scn)
+
+
+def _check_gpu_hours(h) -> float:
+    try:
+        f = float(h)
+    except (TypeError, ValueError):
+        raise InputError(f"gpu_hours must be a positive number, got {h!r}") from None
+    if isinstance(h, bool) or not (np.isfinite(f) and f > 0):
+        raise InputError(f"gpu_hours must be a positive number, got {h!r}")
+    return f
+
+
+def _gpu_costs(table: CostTable, gpus: int, budget_h, costs_of, feasible, scn: Scenario) -> dict:
+    """The cost side of a plan: what was assumed, what measured, and each arm's hours per stage."""
+    stages = sorted({s for c in costs_of.values() for s in c.stage_tokens})
+    compute = scn.compute
+    models = table.models()
+    return {
+        "gpus": gpus, "table": table.origin, "budget_gpu_hours": budget_h,
+        # rates taken on other models than the scenario's price its tokens as if they were these models
+        "table_models": list(models), "models_match": scn.student in models and scn.teacher in models,
+        "parallel_efficiency": parallel_efficiency(gpus), "parallel_efficiency_tag": "assumed",
+        "parallel_efficiency_note": PARALLEL_EFFICIENCY_NOTE,
+        "aggregate_tokens_per_s": {s: table.tokens_per_s(s, compute, gpus) for s in stages},  # all GPUs together
+        "tags": {s: table.tags(s, gpus) for s in stages},
+        "infeasible": [a for a, ok in feasible.items() if not ok],
+        "stage_gpu_hours": {a: dict(c.stage_gpu_hours) for a, c in costs_of.items()},
+    }
 
 
 def _config_pred(st: PlanSetup, arm_name: str, n: int, tl, n_seeds: int = 1):
