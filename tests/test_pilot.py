@@ -117,6 +117,7 @@ def test_rerun_resumes_without_recomputing(main_pilot, tmp_path, monkeypatch):
     assert {f: (out / f).read_text() for f in before} == before
 
 
+@pytest.mark.slow  # a pilot run (student only)
 def test_student_only_writes_no_kl(tmp_path):
     res = pl.run_pilot(SHORT, pl.PilotConfig(k=2, problems=4, models=("student",)), tmp_path, progress=None)
     assert res.runs is None and not (tmp_path / "pilot_runs.csv").exists()
