@@ -24,7 +24,7 @@ from test_rewards import HOSTILE  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--timeout", type=float, default=2.0, help="per-item timeout_s for the hostile corpus (the test uses 2.0)")
+    ap.add_argument("--timeout", type=float, default=2.0, help="per-item timeout_s for the hostile corpus")
     ap.add_argument("--n", type=int, default=2000, help="items for the throughput measurements")
     a = ap.parse_args()
     print(f"python {platform.python_version()} on {platform.machine()}")

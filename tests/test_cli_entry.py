@@ -85,6 +85,7 @@ def test_matched_tuning_without_optuna_or_torch(tmp_path):
         assert "optuna not installed" in one_error_line(run_hidden("tuning.cli", cmd, ["optuna"]))
 
 
+@pytest.mark.slow  # a synthetic study in a subprocess
 def test_synthetic_tuning_needs_no_torch(tmp_path):
     argv = ["run", "--arms", "direct_grpo", "--trials", "1", "--storage", f"sqlite:///{tmp_path}/s.db",
             "--arm-source", "synthetic", "--labels", "64", "--eval-seeds", "2"]

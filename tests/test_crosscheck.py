@@ -223,6 +223,7 @@ def test_identical_seeds_leave_mae_over_se_and_json_stays_valid(tmp_path):
     assert [c["abs_err_over_se"] for c in d["per_config"] if c["arm"] == "no_opd"] == [None]
 
 
+@pytest.mark.slow
 def test_plot_draws_one_point_per_configuration(tmp_path):
     fig = crosscheck(RUNS, PREDS).plot()
     ax = fig.axes[0]
@@ -233,6 +234,7 @@ def test_plot_draws_one_point_per_configuration(tmp_path):
     assert (tmp_path / "cc.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_committed_crosscheck_report_recomputes_from_committed_tables():
     """docs/results: the committed report is what the committed runs and predictions give today."""
     from pathlib import Path

@@ -1,8 +1,10 @@
 """The notebooks and the package helpers they call.
 
 Tier 2 (fast): every notebook file is what notebooks/build.py writes (the same sources), committed
-executed (outputs, at least one figure, no error); the report loader / fairness checks / tuning curves of tuning.report and the stage-log reader of
-reference.curves on a synthetic study and on tiny toy runs.
+executed (outputs, at least one figure, no error).
+Tier 2 (slow: a study and toy runs in module fixtures): the report loader / fairness checks / tuning
+curves of tuning.report and the stage-log reader of reference.curves on a synthetic study and on
+tiny toy runs.
 Tier 3 (slow): every notebook executes top to bottom in a kernel of this interpreter, draws a figure,
 and gives every cell the same kinds of output as the committed notebook (not the same pixels or numbers).
 """
@@ -101,6 +103,7 @@ def live_study(tmp_path_factory):
     return handle, check_matched(handle, "nb"), build_report(handle, "nb")
 
 
+@pytest.mark.slow  # the live_study fixture: a tuning study of a few trials
 def test_tuning_curves_from_the_trials_table_equal_the_reports(live_study):
     from tuning.report import tuning_curves
 
@@ -109,6 +112,7 @@ def test_tuning_curves_from_the_trials_table_equal_the_reports(live_study):
                                   rep.curves.reset_index(drop=True), check_dtype=False)
 
 
+@pytest.mark.slow
 def test_load_report_reads_back_what_write_report_wrote(live_study, tmp_path):
     from tuning.report import load_report, write_report
 
@@ -127,6 +131,7 @@ def test_load_report_reads_back_what_write_report_wrote(live_study, tmp_path):
     assert (back.comparisons["mean_diff"] <= back.comparisons["diff_ci_high"]).all()
 
 
+@pytest.mark.slow
 def test_load_report_without_per_seed_file_has_no_comparison(live_study, tmp_path):
     from tuning.report import load_report, write_report
 
@@ -145,6 +150,7 @@ def test_load_report_names_the_missing_file(tmp_path):
         load_report(tmp_path)
 
 
+@pytest.mark.slow
 def test_fairness_checks_pass_on_a_matched_study_and_fail_when_tampered(live_study):
     from tuning.report import fairness_checks
 
@@ -164,6 +170,7 @@ def test_fairness_checks_pass_on_a_matched_study_and_fail_when_tampered(live_stu
     assert bad["same label budget N (teacher + student + unused)"]
 
 
+@pytest.mark.slow
 def test_plot_fairness_draws_every_panel(live_study):
     import matplotlib
 
@@ -201,6 +208,7 @@ def tiny_runs(tmp_path_factory):
     return cfg, work, res
 
 
+@pytest.mark.slow  # the tiny_runs fixture: toy pipeline runs
 def test_stage_logs_hold_every_step_of_every_stage(tiny_runs):
     from reference.curves import stage_logs
 
@@ -224,6 +232,7 @@ def test_stage_logs_hold_every_step_of_every_stage(tiny_runs):
                     assert last[m] == pytest.approx(v), (s["name"], m)
 
 
+@pytest.mark.slow
 def test_stage_logs_of_a_run_that_never_ran(tiny_runs, tmp_path):
     from reference.curves import stage_logs
     from theory.errors import InputError
@@ -233,6 +242,7 @@ def test_stage_logs_of_a_run_that_never_ran(tiny_runs, tmp_path):
         stage_logs(cfg, "direct_grpo", 0, tmp_path)
 
 
+@pytest.mark.slow
 def test_stage_figures_have_no_empty_panel(tiny_runs):
     import matplotlib
 

@@ -54,6 +54,7 @@ def main_pilot(tmp_path_factory):
     return res, out
 
 
+@pytest.mark.slow  # the main_pilot fixture: a toy pilot (base models, rollouts, KL)
 def test_tables_validate_and_calibrate_reads_them(main_pilot):
     from theory.calibrate import calibrate
 
@@ -74,6 +75,7 @@ def test_tables_validate_and_calibrate_reads_them(main_pilot):
     assert kl0.tag == "measured" and kl0.value == pytest.approx(res.kl["kl0_per_token"]["value"])
 
 
+@pytest.mark.slow
 def test_pass_at_k_monotone_and_pass1_is_accuracy(main_pilot):
     res, out = main_pilot
     pak = pd.read_csv(out / "pass_at_k.csv")
@@ -87,6 +89,7 @@ def test_pass_at_k_monotone_and_pass1_is_accuracy(main_pilot):
         assert v[-1] == pytest.approx(summ.loc[summ["model"] == model, "pass_at_k"].item())
 
 
+@pytest.mark.slow
 def test_kl_is_zero_with_a_copied_teacher_and_positive_otherwise(main_pilot, tmp_path):
     res, _ = main_pilot
     assert res.kl["kl0_per_token"]["value"] > 0.1 and res.kl["kl_forward_per_token"]["value"] > 0.1
@@ -100,6 +103,7 @@ def test_kl_is_zero_with_a_copied_teacher_and_positive_otherwise(main_pilot, tmp
     assert 0 < c["compliant_sequences"] <= c["sequences"] and c["tokens"] > 0
 
 
+@pytest.mark.slow
 def test_rerun_resumes_without_recomputing(main_pilot, tmp_path, monkeypatch):
     res, out = main_pilot
     before = {f: (out / f).read_text() for f in ("problems.csv", "pass_at_k.csv", "pilot_runs.csv")}
@@ -113,6 +117,7 @@ def test_rerun_resumes_without_recomputing(main_pilot, tmp_path, monkeypatch):
     assert {f: (out / f).read_text() for f in before} == before
 
 
+@pytest.mark.slow  # a pilot run (student only)
 def test_student_only_writes_no_kl(tmp_path):
     res = pl.run_pilot(SHORT, pl.PilotConfig(k=2, problems=4, models=("student",)), tmp_path, progress=None)
     assert res.runs is None and not (tmp_path / "pilot_runs.csv").exists()
@@ -144,6 +149,7 @@ def test_cli_missing_config_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "no_such_config" in err
 
 
+@pytest.mark.slow
 def test_cli_prints_and_writes(main_pilot, capsys):
     _, out = main_pilot  # finished parts: the CLI only loads and writes
     assert cli.main(["pilot", "--config", SHORT, "--k", str(K), "--problems", str(N_PROBLEMS),
@@ -166,6 +172,7 @@ def sd_pilot(tmp_path_factory):
     return res, out
 
 
+@pytest.mark.slow  # the sd_pilot fixture: a self-distilled toy pilot
 def test_self_distill_adds_two_models_that_validate(sd_pilot, main_pilot):
     from theory.tables import validate_problems
 
@@ -185,6 +192,7 @@ def test_self_distill_adds_two_models_that_validate(sd_pilot, main_pilot):
     assert [res.self_distill[s]["steps"] for s in ("fkl_warmup", "opd")] == [20, 20]
 
 
+@pytest.mark.slow
 def test_self_distill_teacher_is_an_exact_copy(sd_pilot):
     import torch
 
@@ -207,6 +215,7 @@ def test_self_distill_teacher_is_an_exact_copy(sd_pilot):
     assert fkl["first"]["forward_kl"] == 0.0 and fkl["last"]["forward_kl"] > 0.0
 
 
+@pytest.mark.slow
 def test_self_distill_rerun_resumes_without_recomputing(sd_pilot, monkeypatch):
     res, out = sd_pilot
     before = {f: (out / f).read_text() for f in ("problems.csv", "pass_at_k.csv", "summary.csv")}
@@ -223,6 +232,7 @@ def test_self_distill_rerun_resumes_without_recomputing(sd_pilot, monkeypatch):
     assert set(again.self_distill) == {"fkl_warmup", "opd"}  # stage records come from the cached weights
 
 
+@pytest.mark.slow
 def test_self_distill_partial_rerun_loads_the_warmup_weights(sd_pilot, monkeypatch, tmp_path):
     import shutil
 
@@ -249,6 +259,7 @@ def test_self_distill_partial_rerun_loads_the_warmup_weights(sd_pilot, monkeypat
     assert opd_samples.read_text() == expected  # same numbers as the uninterrupted run
 
 
+@pytest.mark.slow
 def test_pilot_and_pipeline_share_one_cached_stage_runner(sd_pilot, monkeypatch, tmp_path):
     """Checkpoint, resume and seeding of a stage live in pipeline.run_stage alone: the pilot's
     self-distillation and the pipeline both go through it (issue 15)."""
@@ -278,6 +289,7 @@ def test_pilot_and_pipeline_share_one_cached_stage_runner(sd_pilot, monkeypatch,
     assert calls == [("fkl_warmup", False), ("opd", False)]
 
 
+@pytest.mark.slow
 def test_without_the_flag_outputs_are_unchanged(sd_pilot, main_pilot, tmp_path):
     import json
 
@@ -294,6 +306,7 @@ def test_without_the_flag_outputs_are_unchanged(sd_pilot, main_pilot, tmp_path):
     assert "self_distill" not in pl.format_pilot(res) and "student  " in pl.format_pilot(res)
 
 
+@pytest.mark.slow
 def test_cli_self_distill_prints_the_new_models(sd_pilot, capsys):
     _, out = sd_pilot
     assert cli.main(["pilot", "--config", SHORT, "--k", str(K), "--problems", str(N_PROBLEMS),

@@ -103,6 +103,7 @@ def _variant(scn, path, fitted, sd):
     return replace(scn, inputs=ins)
 
 
+@pytest.mark.slow  # six plans of 4096 draws per input
 @pytest.mark.parametrize("path", ["inputs.kl0", "rates.kappa"])
 def test_freeing_an_input_never_narrows_an_interval(path):
     """Fixed at v -> fitted with prior mean v: more uncertainty in, never less out, up to Monte-Carlo
@@ -139,6 +140,7 @@ def test_plan_json_has_schema_and_decision_fields():
 _BAD = re.compile(r";\s*;|,\s*,|;\s*$|,\s*$|\(\s*\)|''s|:\s*$|\|\s*\|")
 
 
+@pytest.mark.slow
 def test_no_empty_fields_or_doubled_separators():
     import contextlib
     import io

@@ -44,6 +44,7 @@ def assert_one_line_error(r, *needles):
         assert n in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_plan_prints_table_and_writes_json(tmp_path):
     out = tmp_path / "plan.json"
     r = run_subprocess("plan", "--scenario", "paper-qwen3-math", "--labels", "5000", "--json", str(out))
@@ -120,6 +121,7 @@ def test_calibrate_bad_tables(tmp_path):
     assert not (tmp_path / "o.toml").exists()  # nothing half-written
 
 
+@pytest.mark.slow  # subprocesses
 def test_theory_and_planner_never_import_torch():
     code = ("import importlib, pkgutil, sys, theory, budget_planner\n"
             "for pkg in (theory, budget_planner):\n"

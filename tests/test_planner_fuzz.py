@@ -5,6 +5,7 @@ import tomllib
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +14,7 @@ from theory.scenario import loads_scenario, parse_scenario
 from theory.tables import read_table, validate_problems, validate_runs
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # hypothesis runs hundreds of inputs per test
 PAPER = tomllib.loads((ROOT / "budget_planner/scenarios/paper-qwen3-math.toml").read_text())
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),

@@ -39,6 +39,7 @@ def test_next_names_a_measurement_with_its_cost_in_tokens():
     assert per == sorted(per, reverse=True) and all(r["cost_tokens"] > 0 for r in nx["rows"])
 
 
+@pytest.mark.slow  # 256 simulated worlds
 def test_measuring_what_next_names_beats_measuring_at_random_on_simulated_worlds():
     """256 worlds drawn from an independent calibration of weak-teacher (a preset whose decision is
     uncertain: expected regret ~1.6 points), half with structural perturbations the planner does not

@@ -40,6 +40,7 @@ def test_two_point_kl_matches_hand_computation():
     assert losses.reverse_kl_BT(s, t).item() == pytest.approx(rev, rel=1e-5)
 
 
+@pytest.mark.slow  # two 1500-step Adam fits
 def test_forward_kl_covers_modes_reverse_kl_seeks_one():
     """The limits that make 2a a coverage step and 2b a mode-seeking step: fit a one-bump student
     (a discretised Gaussian: location mu, width sigma) to a two-bump teacher on a grid of 41 tokens.
@@ -73,6 +74,7 @@ def test_constant_group_has_zero_advantage_and_counts_as_zero_signal():
     assert losses.zero_signal_fraction(r) == pytest.approx(2 / 3)
 
 
+@pytest.mark.slow
 def test_group_advantages_match_trl_normalisation():
     from trl.trainer.utils import nanstd
     r = torch.tensor([[1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0]])

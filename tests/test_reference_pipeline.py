@@ -156,6 +156,7 @@ def arm_results(tmp_path_factory):
     return cfg, work, {name: run_pipeline(cfg, name, 0, workdir=work, progress=False) for name in ARMS}
 
 
+@pytest.mark.slow  # the arm_results fixture: every arm on the toy
 def test_every_arm_runs_its_registry_stages_with_label_accounting(arm_results):
     cfg, _, results = arm_results
     n = cfg.world.labels
@@ -176,6 +177,7 @@ def test_every_arm_runs_its_registry_stages_with_label_accounting(arm_results):
     assert results["replay_control"].stages[2]["cached"]  # same split prefix as stage 3's arm
 
 
+@pytest.mark.slow
 def test_stage_logs_carry_the_promised_metrics(arm_results):
     _, work, _ = arm_results
     metas = [json.loads(p.read_text()) for p in (work / "stages").glob("*/meta.json")]
@@ -221,6 +223,7 @@ def test_each_stage_trains_the_model_the_table_names(monkeypatch):
     assert curves.STAGE_ORDER == [s.value for s in STAGES]
 
 
+@pytest.mark.slow
 def test_opd_lowers_the_kl_to_the_teacher():
     """OPD steps move a random-init student toward the frozen teacher (per-token reverse KL on its
     own samples). Deterministic on CPU (seeded), so the margin cannot flake."""
@@ -237,6 +240,7 @@ def test_opd_lowers_the_kl_to_the_teacher():
     assert sum(kl[-5:]) / 5 < 0.92 * sum(kl[:5]) / 5
 
 
+@pytest.mark.slow
 def test_changed_config_refuses_and_names_the_field(arm_results, tmp_path):
     from reference.pipeline import run_pipeline
     cfg, work, _ = arm_results
@@ -260,6 +264,7 @@ def _cli(*args, env=None, **kw):
                           env=env, timeout=300, **kw)
 
 
+@pytest.mark.slow  # two toy runs, one a killed subprocess
 def test_sigkill_then_restart_gives_the_same_numbers(tmp_path):
     """A run killed with SIGKILL after its first checkpoint resumes from it and ends with the numbers
     of an uninterrupted run (same seed, CPU). The killed run is a real `reference-pipeline` process."""
@@ -348,6 +353,7 @@ def test_run_arm_reports_val_accuracy_and_rejects_foreign_params(tmp_path):
         apply_params(tiny_config(), "no_fkl", {"fkl_lr": 1e-3})
 
 
+@pytest.mark.slow
 def test_demo_says_where_it_wrote_and_reads_the_result(tmp_path, capsys):
     """The demo names its output folder first, counts arms as it goes, and ends with a table with
     intervals, a legend line, one reading line, a run-table CSV and a figure."""

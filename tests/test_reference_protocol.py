@@ -191,6 +191,7 @@ def test_gate_reward_checks_catch_flat_and_collapsing_grpo():
 
 # ---------- the gate end to end (tiny) and its CLI ----------
 
+@pytest.mark.slow  # the gate's toy runs
 def test_gate_runs_end_to_end_and_writes_json(tmp_path):
     from reference import cli
     cfg_path = tmp_path / "tiny.toml"

@@ -73,6 +73,7 @@ def test_missing_package_is_one_line_before_any_work(monkeypatch, tmp_path):
     assert not any(tmp_path.iterdir()), "work was done before the tracker was checked"
 
 
+@pytest.mark.slow  # toy runs
 def test_every_stage_step_is_logged_under_its_name_and_numbers_do_not_change(fake, tmp_path):
     arm = "rl_teacher_bridge_stage3"  # teacher_grpo, fkl_warmup, opd, student_grpo
     plain = run_pipeline(tiny(), arm, 0, workdir=tmp_path / "plain", progress=False)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each test starts scripts/gpu_check.py, which imports torch and transformers
 
 
-@pytest.mark.slow
 def test_gpu_check_tiny_on_cpu(tmp_path):
     out = tmp_path / "gc.json"
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--tiny", "--device", "cpu",

@@ -170,6 +170,7 @@ def test_missing_column_and_bad_files_are_one_line(tmp_path):
     assert detect_schema(["question", "answer", "id"]) == "question"
 
 
+@pytest.mark.slow
 def test_unreachable_hub_is_one_line():
     code = (
         "from reference.data import load_problems\n"
@@ -192,6 +193,7 @@ def test_split_is_disjoint_and_seeded():
     assert not {p.uid for p in a.problems} & {p.uid for p in b.problems}
 
 
+@pytest.mark.slow
 def test_chat_prompts_thinking_off_and_rewards(tiny_dir):
     tok = load_tokenizer(tiny_dir)
     ps = load_problems(FIX / "math500.jsonl")

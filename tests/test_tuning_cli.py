@@ -14,6 +14,7 @@ from tuning.report import CSV_COLUMNS
 SYN = ["--arm-source", "synthetic", "--labels", "64", "--eval-seeds", "10"]
 
 
+@pytest.mark.slow  # a study end to end
 def test_run_then_report_writes_csv_markdown_and_figures(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
     assert main(["run", "--arms", "direct_grpo,rl_teacher_bridge", "--trials", "3", "--storage", url,
@@ -106,6 +107,7 @@ def test_status_prints_counts(tmp_path, capsys):
     assert line.split()[1:] == ["2", "2", "0", "0", "0", "0", "0"]
 
 
+@pytest.mark.slow
 def test_run_logs_progress_with_best_so_far_and_report_ends_with_a_verdict(tmp_path, capsys):
     url = f"sqlite:///{tmp_path}/s.db"
     assert main(["run", "--arms", "direct_grpo,rl_teacher_bridge", "--trials", "2", "--storage", url,
@@ -152,6 +154,7 @@ def test_verdict_reads_the_paired_interval():
     assert verdict(empty).startswith("verdict: no evaluation")
 
 
+@pytest.mark.slow
 def test_compute_matched_view_stretches_the_cheaper_arm_to_equal_tokens(tmp_path, capsys):
     """The report's second view re-runs the cheaper arm's best configuration with longer stages until
     its per-run tokens lie within 5% of the dearer arm's, and compares on the same evaluation seeds."""

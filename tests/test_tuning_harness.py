@@ -56,6 +56,7 @@ def test_compute_cap_fails_the_trial():
         objective(optuna.trial.FixedTrial(DIRECT), "direct_grpo", protocol, source, seed=0)
 
 
+@pytest.mark.slow
 def test_failures_count_against_the_budget_with_reasons(tmp_path):
     # tuning seeds are 0..5: slot 1 raises, slot 2 returns NaN, slot 3 overruns its time limit
     opts = {"faults": {"1": "raise", "2": "nan", "3": "slow"}}
@@ -74,6 +75,7 @@ def test_failures_count_against_the_budget_with_reasons(tmp_path):
     check_matched(handle, "f")  # failed trials are finished trials: the comparison is still matched
 
 
+@pytest.mark.slow
 def test_slot_zero_runs_the_declared_defaults_and_seeds_follow_slots(tmp_path):
     handle, protocol, source = synthetic_study(f"sqlite:///{tmp_path}/s.db", "d", trials=3)
     run_worker(handle, "d", source)
@@ -153,6 +155,7 @@ def test_an_arm_scoring_the_wrong_split_is_a_failed_trial():
         objective(optuna.trial.FixedTrial(DIRECT), "direct_grpo", protocol, source, seed=0)
 
 
+@pytest.mark.slow  # a subprocess
 def test_tuning_imports_no_torch():
     code = ("import sys, tuning.cli, tuning.evaluation, tuning.figures, tuning.harness, tuning.report, "
             "tuning.reference_arms, tuning.sources, tuning.synthetic; "

@@ -20,6 +20,7 @@ from tuning.testing import synthetic_study
 
 ARMS = ("direct_grpo", "rl_teacher_bridge")
 BACKENDS = ["journal", pytest.param("postgres", marks=pytest.mark.postgres)]
+pytestmark = pytest.mark.slow  # worker subprocesses, heartbeats and a grace period
 
 
 def _url(backend, tmp_path):

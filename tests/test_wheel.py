@@ -11,6 +11,7 @@ import sys
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 SOURCES = ("pyproject.toml", "README.md", "theory", "budget_planner", "reference", "tuning", "configs")
 
 
