@@ -8,6 +8,8 @@ weights; a mismatch (corruption) is one clear `InputError` line.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import json
 import os
@@ -120,3 +122,27 @@ def load_asset(model, name: str, expected_spec: dict | None = None) -> dict:
         raise InputError(f"base checkpoint {name!r} was built for another spec (differs in: "
                          f"{', '.join(changed)}); rerun scripts/pretrain_base.py")
     return load_weights(model, d)
+
+
+@contextlib.contextmanager
+def claim(directory: Path, enabled: bool = True):
+    """Hold an exclusive lock on the stage checkpoint `directory` while it is checked and written, so
+    two processes that need the same stage (the parallel demo, a resumed worker) train it once: the
+    second waits, then finds the checkpoint. A lock file beside the directory (`.<name>.lock`); POSIX
+    only (elsewhere, and for ranks that do not write, a no-op)."""
+    if not enabled:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.with_name(f".{directory.name}.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

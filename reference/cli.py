@@ -111,30 +111,67 @@ def _demo_figure(table, path: Path) -> None:
     plt.close(fig)
 
 
-def cmd_demo(a) -> int:
+def demo_order(names: list[str], labels: int) -> list[str]:
+    """Arms in the order two workers should take them: each next arm is the one that trains the most
+    stages no earlier arm trains (a stage is its prefix with label counts, as in the stage key), so the
+    shared trunks (the RL teacher, each bridge) start first and later arms find them cached."""
+    from theory.arms import ARMS, stage_labels
+
+    def prefixes(name: str) -> set[tuple]:
+        arm = ARMS[name]
+        acct = arm.labels(labels)
+        steps = [(s.value, stage_labels(s, acct)) for s in arm.stages]
+        return {tuple(steps[: i + 1]) for i in range(len(steps))}
+
+    left, seen, out = list(names), set(), []
+    while left:
+        best = max(left, key=lambda n: len(prefixes(n) - seen))  # ties: registry order
+        out.append(best)
+        seen |= prefixes(best)
+        left.remove(best)
+    return out
+
+
+def _demo_worker(job) -> tuple:
+    config, arm, seed, workdir = job
+    import torch
+    torch.set_num_threads(1)
+    from reference.config import load_config
     from reference.models import quiet
+    from reference.pipeline import run_pipeline
     quiet()
+    t0 = time.perf_counter()
+    res = run_pipeline(load_config(config), arm, seed, workdir=workdir, split="test", progress=False)
+    return res, time.perf_counter() - t0
+
+
+def cmd_demo(a) -> int:
+    import multiprocessing as mp
+
     import pandas as pd
 
     from reference.config import load_config
     from reference.gate import gate_status
-    from reference.pipeline import run_pipeline
     from theory.arms import ARMS
+    if a.jobs < 1:
+        raise InputError(f"--jobs must be >= 1, got {a.jobs}")
     cfg = load_config(a.config)
     out = Path(a.workdir)
-    print(f"demo: {len(ARMS)} arms, seed {a.seed}, config {cfg.source} (stability gate: {gate_status(cfg, out)}); "
-          f"checkpoints and results go to {out.resolve()}", flush=True)
+    order = demo_order(list(ARMS), cfg.world.labels)
+    print(f"demo: {len(ARMS)} arms, seed {a.seed}, {a.jobs} worker(s), config {cfg.source} (stability gate: "
+          f"{gate_status(cfg, out)}); checkpoints and results go to {out.resolve()}", flush=True)
     t0 = time.perf_counter()
-    rows, frames = [], []
-    for i, name in enumerate(ARMS, 1):
-        res = run_pipeline(cfg, name, a.seed, workdir=out, split="test", progress=not a.no_progress)
-        _print_run(res)
-        rows.append(res)
-        frames.append(res.to_frame())
-        spent = time.perf_counter() - t0
-        eta = spent / i * (len(ARMS) - i)
-        print(f"[arm {i} of {len(ARMS)} done, {spent:.0f} s so far" + (f", ~{eta:.0f} s left]" if i < len(ARMS) else "]"),
-              flush=True)
+    done: dict[str, object] = {}
+    jobs = [(cfg.source, name, a.seed, out) for name in order]
+    # one spawned worker per core; stages two arms share are trained once (the stage lock), the other waits
+    with mp.get_context("spawn").Pool(a.jobs) as pool:
+        for res, secs in pool.imap_unordered(_demo_worker, jobs):
+            done[res.arm] = res
+            spent = time.perf_counter() - t0
+            print(f"[{len(done)} of {len(ARMS)}] {res.arm}: {res.metrics['accuracy']:.1f}% in {secs:.0f} s "
+                  f"({spent:.0f} s so far)", flush=True)
+    rows = [done[name] for name in ARMS]
+    frames = [r.to_frame() for r in rows]
     table = pd.DataFrame([{"arm": r.arm, **dict(zip(("accuracy", "lo", "hi"), _problem_interval(r))),
                            "compliance": r.metrics["compliance"],
                            "acc_given_compliance": r.metrics["accuracy_given_compliance"],
@@ -300,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed of every arm")
     d.add_argument("--workdir", default=DEFAULT_WORKDIR + "/demo", type=output_dir,
                    help="stage checkpoints and per-run results; rerunning resumes from them")
-    d.add_argument("--no-progress", action="store_true", help="no per-stage progress bars")
+    d.add_argument("--jobs", type=int, default=2,
+                   help="worker processes (one core each); arms sharing a stage wait for it, never train it twice")
     r = sub.add_parser("run", help="one arm, one seed",
                        description="One arm, one seed; or, with --dry-run, the real-scale plan without a GPU.",
                        epilog="examples:\n  reference-pipeline run --arm rl_teacher_bridge --seed 0 --config toy\n"

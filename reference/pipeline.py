@@ -400,24 +400,26 @@ def run_stage(stage: Stage, cfg: Config, models: Models, world: World, labeled: 
     trains in a forked torch RNG seeded from `seed_key` (+ `rank`: ranks sample their shards
     independently, rank 0 as one process) with its data order seeded from `seed_key/data`, and, when
     `write` (rank 0), its weights are saved atomically with `meta`, `describe(model, result)` as
-    "result" and the per-step log. `bar` titles a progress bar (None: no bar); `on_step(step, total)`
+    "result" and the per-step log. A writer holds the stage's lock (`checkpoint.claim`) from the cache
+    check to the save, so processes sharing a workdir never train one stage twice. `bar` titles a progress bar (None: no bar); `on_step(step, total)`
     and `on_entry(step, log_entry)` see every step.
     """
     directory = Path(directory)
     trains = STAGES[stage].trains
-    if (directory / "meta.json").exists():
-        saved = ckpt.load_weights(getattr(models, trains), directory)
-        return StageRun(saved["result"], saved.get("log") or [], cached=True)
-    with seeded(cfg.engine.device, seed_from(seed_key) + rank):
-        pbar = _bar(bar)
-        result = _train(stage, cfg, models, world, labeled, seed_from(seed_key, "data"),
-                        _progress(pbar, on_step, on_entry))
-        if pbar is not None:
-            pbar.close()
-        model = getattr(models, trains)
-        info = describe(model, result)
-    if write:
-        ckpt.save_weights(model, directory, dict(meta, result=info, log=list(result.log)))
+    with ckpt.claim(directory, enabled=write):  # another process training this stage: wait, then load it
+        if (directory / "meta.json").exists():
+            saved = ckpt.load_weights(getattr(models, trains), directory)
+            return StageRun(saved["result"], saved.get("log") or [], cached=True)
+        with seeded(cfg.engine.device, seed_from(seed_key) + rank):
+            pbar = _bar(bar)
+            result = _train(stage, cfg, models, world, labeled, seed_from(seed_key, "data"),
+                            _progress(pbar, on_step, on_entry))
+            if pbar is not None:
+                pbar.close()
+            model = getattr(models, trains)
+            info = describe(model, result)
+        if write:
+            ckpt.save_weights(model, directory, dict(meta, result=info, log=list(result.log)))
     return StageRun(info, list(result.log), cached=False)
 
 

@@ -360,10 +360,61 @@ def test_demo_says_where_it_wrote_and_reads_the_result(tmp_path, capsys):
     from reference import cli
     cfg_path = write_config(tiny_config(), tmp_path / "tiny.toml")
     work = tmp_path / "demo"
-    assert cli.main(["demo", "--config", str(cfg_path), "--workdir", str(work), "--no-progress"]) == 0
+    assert cli.main(["demo", "--config", str(cfg_path), "--workdir", str(work)]) == 0
     out = capsys.readouterr().out
-    assert f"results go to {work.resolve()}" in out.splitlines()[0]
-    assert "[arm 1 of 7 done" in out and "[arm 7 of 7 done" in out
+    assert f"results go to {work.resolve()}" in out.splitlines()[0] and "2 worker(s)" in out.splitlines()[0]
+    assert "[1 of 7] " in out and "[7 of 7] " in out
     assert "95% interval" in out and "acc = sampled avg@k" in out and "\nreading: best arm " in out
     runs = validate_runs(pd.read_csv(work / "demo_results.csv"))
     assert set(runs["arm"]) == set(ARMS) and (work / "demo.png").stat().st_size > 0
+    # two workers sharing stages give the numbers one process gives
+    assert cli.main(["demo", "--config", str(cfg_path), "--workdir", str(tmp_path / "one"), "--jobs", "1"]) == 0
+    one = pd.read_csv(tmp_path / "one" / "demo_results.csv")
+    key = ["arm", "seed", "split", "metric"]
+    pd.testing.assert_frame_equal(runs.sort_values(key).reset_index(drop=True)[key + ["value"]],
+                                  one.sort_values(key).reset_index(drop=True)[key + ["value"]])
+
+
+def test_demo_order_starts_the_shared_trunks_first():
+    """Each arm in the demo's order trains the most stages no earlier arm trains: the RL teacher's
+    bridge and the split arms' bridge come before the arms that reuse them."""
+    from reference.cli import demo_order
+    order = demo_order(list(ARMS), 256)
+    assert sorted(order) == sorted(ARMS)
+    assert order.index("rl_teacher_bridge") < min(order.index(a) for a in ("no_fkl", "no_opd"))
+    assert order.index("rl_teacher_bridge_stage3") < order.index("replay_control")  # same split bridge
+    assert order[-1] == "no_opd"  # it trains nothing the full bridge does not
+
+
+def _hold(path, entered, release):
+    from reference.checkpoint import claim
+    with claim(path):
+        entered.set()
+        release.wait(30)
+
+
+def test_claim_makes_a_second_process_wait_for_the_stage(tmp_path):
+    import multiprocessing as mp
+
+    from reference.checkpoint import claim
+    ctx = mp.get_context("spawn")
+    entered, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold, args=(tmp_path / "stage", entered, release))
+    p.start()
+    try:
+        assert entered.wait(60)
+        import threading
+        got = threading.Event()
+        def take():
+            with claim(tmp_path / "stage"):
+                got.set()
+        t = threading.Thread(target=take, daemon=True)
+        t.start()
+        assert not got.wait(1.0)  # held by the other process
+        release.set()
+        assert got.wait(30)  # released: ours now
+    finally:
+        release.set()
+        p.join(30)
+    with claim(tmp_path / "other", enabled=False):  # ranks that do not write never lock
+        pass
