@@ -102,7 +102,10 @@ def scale_compute(arm: str, params: dict[str, Any], factor: float,
 
 
 @dataclass(frozen=True)
-class ArmResult:
+class ArmRun:
+    """What `run_arm` returns: one run of an arm, with its label account and stage logs (the tuner's
+    `tuning.interface.ArmResult` is built from it by `tuning.reference_arms`)."""
+
     accuracy: float  # percent on `split` (sampled avg@k)
     metrics: dict[str, float]
     compute_tokens: int
@@ -143,7 +146,7 @@ def apply_params(cfg: Config, arm: str, params: dict[str, Any]) -> Config:
 
 def run_arm(arm: str, *, params: dict, labels: int, seed: int, teacher_labels: int | None = None,
             config: str | Path = DEFAULT_CONFIG, split: str = "val",
-            report: Callable[[int, float], None] | None = None, workdir: Path | None = None) -> ArmResult:
+            report: Callable[[int, float], None] | None = None, workdir: Path | None = None) -> ArmRun:
     from reference.pipeline import run_pipeline
     base = config if isinstance(config, Config) else load_config(config)
     cfg = apply_params(base.override({"world.labels": labels}), arm, params)
@@ -156,5 +159,5 @@ def run_arm(arm: str, *, params: dict, labels: int, seed: int, teacher_labels: i
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return ArmResult(float(res.metrics["accuracy"]), {k: float(v) for k, v in res.metrics.items()},
+    return ArmRun(float(res.metrics["accuracy"]), {k: float(v) for k, v in res.metrics.items()},
                      int(res.compute_tokens), res.label_account, res.stages)
