@@ -36,7 +36,7 @@ def _candidate_values(st: PlanSetup, n: int) -> tuple[list[str], dict, np.ndarra
             continue
         keys[name] = key
         exps.append(name)
-        acc = predict_arm(st.world, arm, n, t_best if arm.splits_labels else None)[..., st.b][1:]
+        acc = predict_arm(st.setting, arm, n, t_best if arm.splits_labels else None)[..., st.b][1:]
         cols.append(acc + st.delta(key))
     return exps, keys, np.stack(cols, -1)
 
@@ -47,7 +47,7 @@ def pilot_measurements(st: PlanSetup, n: int):
     short RL-teacher bridge run at a tenth of the budget (evaluated once)."""
     from theory.voi import Measurement
 
-    scn, w, b = st.fit.scenario, st.world, st.b
+    scn, w, b = st.fit.scenario, st.setting, st.b
     cm = scn.compute
     bench = st.bench
     n_p = int(scn.get(f"benchmarks.{bench}.n_problems").value) if scn.has(f"benchmarks.{bench}.n_problems") else 500
@@ -131,7 +131,7 @@ def simulate_worlds(scenario: Scenario | str, labels: int | None = None, *, n_wo
     ms_t = {m.name: m for m in pilot_measurements(truth, n)}
     # true experiment values: the truth draw's model + its structural error (same experiments)
     true_DA = np.stack([
-        predict_arm(truth.world, ARMS[e], n, t_best if ARMS[e].splits_labels else None)[..., truth.b][1:]
+        predict_arm(truth.setting, ARMS[e], n, t_best if ARMS[e].splits_labels else None)[..., truth.b][1:]
         + truth.delta(keys[e]) for e in exps], -1)
     pilot_keys = {}
     for m in ms_b:

@@ -34,7 +34,7 @@ from theory.costs import DEFAULT_GPUS, PARALLEL_EFFICIENCY_NOTE, CostTable, arm_
 from theory.discrepancy import config_key, discrepancy_sd, measurement_sd
 from theory.dynamics import predict_arm, predict_teacher
 from theory.errors import InputError
-from theory.fitting import Fit, build_world, fit_scenario, values_from_z
+from theory.fitting import Fit, build_setting, fit_scenario, values_from_z
 from theory.informativeness import (
     ConditionCheck,
     bits_per_label_avg,
@@ -295,20 +295,20 @@ def budget_grid(n: int) -> list[int]:
     return sorted({int(round(top * f)) for f in np.linspace(0, 1, 9)})
 
 
-def _draws_world(fit: Fit, bench: str):
-    """World with R = (1 + D,): row 0 is the MAP, rows 1.. the posterior draws."""
+def _draws_setting(fit: Fit, bench: str):
+    """Setting with R = (1 + D,): row 0 is the MAP, rows 1.. the posterior draws."""
     scn = fit.scenario
     z = np.vstack([fit.z_map[None, :], fit.z_draws])
     vals = values_from_z(scn, z)
-    return build_world(scn, vals, (bench,)), vals
+    return build_setting(scn, vals, (bench,)), vals
 
 
 @dataclass(frozen=True)
 class PlanSetup:
     fit: Fit
     bench: str
-    world: object  # theory.dynamics.World, R = (1 + D,)
-    b: int  # benchmark index in world
+    setting: object  # theory.dynamics.Setting, R = (1 + D,)
+    b: int  # benchmark index in setting
     vals: dict
     sd_delta: float
     sd_note: str
@@ -353,11 +353,11 @@ def plan_setup(scn: Scenario, benchmark: str | None) -> PlanSetup:
     if bench not in scn.benchmarks:
         raise InputError(f"benchmark {bench!r} is not in scenario {scn.name} ({', '.join(scn.benchmarks)})")
     fit = fit_scenario(scn)
-    world, vals = _draws_world(fit, bench)
+    setting, vals = _draws_setting(fit, bench)
     sd, note = discrepancy_sd(scn)
     D = len(fit.z_draws)
     n_eff = float(D) if not np.isfinite(fit.ess) else float(min(D, fit.ess))
-    return PlanSetup(fit=fit, bench=bench, world=world, b=world.benchmarks.index(bench), vals=vals, sd_delta=sd,
+    return PlanSetup(fit=fit, bench=bench, setting=setting, b=setting.benchmarks.index(bench), vals=vals, sd_delta=sd,
                   sd_note=note, n_eff=n_eff)
 
 
@@ -410,7 +410,7 @@ def _ceiling(st: PlanSetup) -> dict | None:
     path = f"student.benchmarks.{st.bench}.ceiling"
     if not scn.has(path):
         return None
-    u = np.asarray(st.world.student.u_B, dtype=float)[..., st.b] * 100.0
+    u = np.asarray(st.setting.student.u_B, dtype=float)[..., st.b] * 100.0
     lo, hi = np.percentile(u[1:], [2.5, 97.5])
     return {"map": float(u[0]), "ci": [float(lo), float(hi)], "stated": scn.get(path).value,
             "tag": scn.get(path).tag}
@@ -419,7 +419,7 @@ def _ceiling(st: PlanSetup) -> dict | None:
 def best_split(st: PlanSetup, n: int, kappa_ratio_factor: float = 1.0) -> int:
     """Teacher labels of the split maximising the draw-mean accuracy of rl_teacher_bridge_stage3;
     `kappa_ratio_factor` scales teacher/student GRPO efficiency (for `explain`'s sensitivity line)."""
-    wide = st.world.expand()
+    wide = st.setting.expand()
     if kappa_ratio_factor != 1.0:
         r = wide.rates
         wide = replace(wide, rates=replace(r, kappa_ratio=np.asarray(r.kappa_ratio, dtype=float) * kappa_ratio_factor))
@@ -456,8 +456,8 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
     table = (costs if isinstance(costs, CostTable) else CostTable.default() if costs is None
              else CostTable.from_csv(costs))
     st = plan_setup(scn, benchmark)
-    fit, bench, world, b = st.fit, st.bench, st.world, st.b
-    wide = world.expand()
+    fit, bench, setting, b = st.fit, st.bench, st.setting, st.b
+    wide = setting.expand()
     frac_S, tl_S = _split_labels(n)
 
     curves: dict[str, np.ndarray] = {}  # arm -> (1 + D, S) for split arms
@@ -470,7 +470,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
     names = list(ARMS)
     accts, keys, pred = {}, {}, {}
     for name, arm in ARMS.items():
-        point[name] = curves[name][:, s_best] if arm.splits_labels else predict_arm(world, arm, n)[..., b]
+        point[name] = curves[name][:, s_best] if arm.splits_labels else predict_arm(setting, arm, n)[..., b]
         accts[name] = arm.labels(n, t_best if arm.splits_labels else None)
         keys[name] = config_key(arm, accts[name])
         pred[name] = st.predictive(keys[name], point[name][1:])
@@ -504,13 +504,13 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
     h = max(1, int(round(0.01 * n)))
     if n + h > MAX_LABELS:
         h = -h
-    map_world, map_vals = _map_world(fit, bench)
+    map_setting, map_vals = _map_setting(fit, bench)
     compute = scn.compute
     preds = []
     for name, arm in ARMS.items():
         acct = accts[name]
         tl_h = int(round((t_best / n if n else frac_S[s_best]) * (n + h))) if arm.splits_labels else None
-        a_h = predict_arm(map_world, arm, n + h, tl_h)[..., b][0]
+        a_h = predict_arm(map_setting, arm, n + h, tl_h)[..., b][0]
         lo, hi = _interval(pred[name])
         pb = p_of[rep[name]] if name in cands else None
         preds.append(ArmPrediction(
@@ -547,7 +547,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
         lo, hi = _interval(pred_DS)
         split_curves.append((name, tuple(map(float, c[0])), tuple(map(float, lo)), tuple(map(float, hi))))
 
-    info, conds = informativeness(fit, n, bench, map_world, map_vals)
+    info, conds = informativeness(fit, n, bench, map_setting, map_vals)
     ceiling = _ceiling(st)
     warnings = list(fit.warnings)
     if st.n_eff < MIN_ESS:
@@ -629,7 +629,7 @@ def _config_pred(st: PlanSetup, arm_name: str, n: int, tl, n_seeds: int = 1):
     n = check_budget(n)
     tl = None if tl is None or not arm.splits_labels else int(tl)
     acct = arm.labels(n, tl)
-    acc_R = predict_arm(st.world, arm, n, tl)[..., st.b]
+    acc_R = predict_arm(st.setting, arm, n, tl)[..., st.b]
     key = config_key(arm, acct)
     # a separate run per configuration asked for: its own measurement noise
     pred_D = acc_R[1:] + st.delta(key) + st.eps((key, arm_name, n, tl), acc_R[1:]) / np.sqrt(n_seeds)
@@ -672,27 +672,27 @@ def predict_configs(scenario: Scenario | str, configs, *, n_seeds: int = 1, leve
     return pd.DataFrame(rows)
 
 
-def _map_world(fit: Fit, bench: str):
+def _map_setting(fit: Fit, bench: str):
     vals = values_from_z(fit.scenario, fit.z_map[None, :])
-    return build_world(fit.scenario, vals, (bench,)), vals
+    return build_setting(fit.scenario, vals, (bench,)), vals
 
 
-def informativeness(fit: Fit, n: int, bench: str, world, vals) -> tuple[list[dict], list[ConditionCheck]]:
-    """Per model state of the MAP `world` (from `_map_world`): sparse informativeness of a label and
+def informativeness(fit: Fit, n: int, bench: str, setting, vals) -> tuple[list[dict], list[ConditionCheck]]:
+    """Per model state of the MAP `setting` (from `_map_setting`): sparse informativeness of a label and
     dense informativeness of a prompt."""
     scn = fit.scenario
-    b = world.benchmarks.index(bench)
+    b = setting.benchmarks.index(bench)
     G = scn.group_size
     kl0 = float(vals["inputs.kl0"][0])
     tokens = scn.compute.response_tokens
     states = {
-        f"{scn.student} (student, start)": world.student,
-        f"{scn.teacher} (raw teacher)": world.teacher,
-        f"{scn.teacher} (RL teacher, {n} labels)": predict_teacher(world, n),
+        f"{scn.student} (student, start)": setting.student,
+        f"{scn.teacher} (raw teacher)": setting.teacher,
+        f"{scn.teacher} (RL teacher, {n} labels)": predict_teacher(setting, n),
     }
     rows = []
     for label, pol in states.items():
-        th, c, sd = pol.theta_B[..., b], pol.c_B[..., b], world.s_d_B[..., b]
+        th, c, sd = pol.theta_B[..., b], pol.c_B[..., b], setting.s_d_B[..., b]
         rows.append({
             "model": label,
             "accuracy": float(irt.accuracy(th, c, sd)[0]),
@@ -730,7 +730,7 @@ def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: flo
         t_split = best_split(st, n) if teacher_fraction is None else int(round(teacher_fraction * n))
         for name, arm in ARMS.items():
             tl = t_split if arm.splits_labels else None
-            acc = predict_arm(st.world, arm, n, tl)[..., st.b]
+            acc = predict_arm(st.setting, arm, n, tl)[..., st.b]
             acct = arm.labels(n, tl)
             pred = st.predictive(config_key(arm, acct), acc[1:])
             lo, hi = _interval(pred)

@@ -59,7 +59,7 @@ NOTEBOOKS = {
                "`matched-tuning` uses, and shows both reports: fairness checks, tuning curves (expected best "
                "after n trials), bootstrap intervals, IQM, the paired difference and P(improvement)."),
         ("code", "from pathlib import Path\nimport tempfile\n\nimport pandas as pd\nfrom IPython.display import Markdown\n\n"
-                 "from tuning.evaluation import evaluate\nfrom tuning.figures import plot_fairness\n"
+                 "from tuning.evaluation import evaluate_label_matched\nfrom tuning.figures import plot_fairness\n"
                  "from tuning.harness import check_matched, create_or_check, run_worker\n"
                  "from tuning.protocol import build_protocol\n"
                  "from tuning.report import build_report, fairness_checks, load_report\nfrom tuning.sources import load_arm_source\n"
@@ -100,7 +100,7 @@ NOTEBOOKS = {
                  "handle = open_storage(f'sqlite:///{workdir}/study.db')\n"
                  "create_or_check(handle, 'demo', protocol)\n"
                  "outcomes = run_worker(handle, 'demo', source)\n"
-                 "evaluate(handle, 'demo', source)\n"
+                 "evaluate_label_matched(handle, 'demo', source)\n"
                  "live = build_report(handle, 'demo')\n"
                  "pd.DataFrame([vars(o) for o in outcomes]).groupby(['arm', 'state']).size()"),
         ("md", "`check_matched` refuses to compare a study that is not matched (it raises naming what is "

@@ -33,23 +33,23 @@ DEFAULT_CONFIG = "toy_short"  # the tuning schedule (one arm ~20-40 s on one cor
 # One range for every learning rate (issue 10): down to 1e-6, so the stable region (1e-5 - 1e-4 on the
 # toy models; the paper's GRPO used 1e-6 at 1.7B) lies well inside, and up to 1e-3, where the old
 # protocol's overshoot lives. A shared name has this one range in every arm (tests check it).
-LR_RANGE = {"type": "float", "low": 1e-6, "high": 1e-3, "log": True}
+LR_RANGE = {"kind": "float", "low": 1e-6, "high": 1e-3, "log": True}
 SHARED: dict[str, dict[str, Any]] = {
     "lr": LR_RANGE,
-    "group_size": {"type": "categorical", "choices": [4, 8, 16]},
-    "temperature": {"type": "float", "low": 0.7, "high": 1.2, "log": False},
+    "group_size": {"kind": "categorical", "choices": [4, 8, 16]},
+    "temperature": {"kind": "float", "low": 0.7, "high": 1.2, "log": False},
 }
 # One learning rate per stage that trains, each with the same range, so each arm searches exactly the
 # rates its stages read and its default configuration is a point of its space (docs/tuning.md).
 STAGE_PARAMS: dict[Stage, dict[str, dict[str, Any]]] = {
     Stage.TEACHER_GRPO: {"teacher_lr": LR_RANGE,
-                         "grpo_epochs": {"type": "float", "low": 1.0, "high": 6.0, "log": False}},
+                         "grpo_epochs": {"kind": "float", "low": 1.0, "high": 6.0, "log": False}},
     Stage.STUDENT_GRPO: {"lr": SHARED["lr"],
-                         "grpo_epochs": {"type": "float", "low": 1.0, "high": 6.0, "log": False}},
+                         "grpo_epochs": {"kind": "float", "low": 1.0, "high": 6.0, "log": False}},
     Stage.FKL_WARMUP: {"fkl_lr": LR_RANGE,
-                       "fkl_steps": {"type": "int", "low": 40, "high": 400, "log": False}},
+                       "fkl_steps": {"kind": "int", "low": 40, "high": 400, "log": False}},
     Stage.OPD: {"opd_lr": LR_RANGE,
-                "opd_steps": {"type": "int", "low": 40, "high": 400, "log": False}},
+                "opd_steps": {"kind": "int", "low": 40, "high": 400, "log": False}},
     Stage.REPLAY_OPD: {"opd_lr": LR_RANGE},
 }
 LENGTH_PARAMS = ("grpo_epochs", "fkl_steps", "opd_steps")  # what `scale_compute` stretches
@@ -102,7 +102,10 @@ def scale_compute(arm: str, params: dict[str, Any], factor: float,
 
 
 @dataclass(frozen=True)
-class ArmResult:
+class ArmRun:
+    """What `run_arm` returns: one run of an arm, with its label account and stage logs (the tuner's
+    `tuning.interface.ArmResult` is built from it by `tuning.reference_arms`)."""
+
     accuracy: float  # percent on `split` (sampled avg@k)
     metrics: dict[str, float]
     compute_tokens: int
@@ -143,7 +146,7 @@ def apply_params(cfg: Config, arm: str, params: dict[str, Any]) -> Config:
 
 def run_arm(arm: str, *, params: dict, labels: int, seed: int, teacher_labels: int | None = None,
             config: str | Path = DEFAULT_CONFIG, split: str = "val",
-            report: Callable[[int, float], None] | None = None, workdir: Path | None = None) -> ArmResult:
+            report: Callable[[int, float], None] | None = None, workdir: Path | None = None) -> ArmRun:
     from reference.pipeline import run_pipeline
     base = config if isinstance(config, Config) else load_config(config)
     cfg = apply_params(base.override({"world.labels": labels}), arm, params)
@@ -156,5 +159,5 @@ def run_arm(arm: str, *, params: dict, labels: int, seed: int, teacher_labels: i
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    return ArmResult(float(res.metrics["accuracy"]), {k: float(v) for k, v in res.metrics.items()},
+    return ArmRun(float(res.metrics["accuracy"]), {k: float(v) for k, v in res.metrics.items()},
                      int(res.compute_tokens), res.label_account, res.stages)

@@ -56,7 +56,10 @@ _DAPO_SUFFIX = re.compile(r"\n\nRemember to put your answer.*$", re.S)
 
 
 @dataclass(frozen=True)
-class Problem:
+class DatasetProblem:
+    """One problem as a dataset row gives it (question text, normalized gold); `load_world` turns it into
+    a `reference.world.Problem` (a chat-templated prompt) for the pipeline."""
+
     uid: str
     question: str
     gold: str  # normalized answer (what the reward compares against)
@@ -71,7 +74,7 @@ class Problem:
 class ProblemSet:
     name: str
     schema: str
-    problems: tuple[Problem, ...]
+    problems: tuple[DatasetProblem, ...]
     dropped: int = 0  # rows without a usable gold answer
     duplicates: int = 0  # rows whose question text repeated an earlier row
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -180,7 +183,7 @@ def _dapo_question(prompt: Any) -> str:
     return text.strip()
 
 
-def _row_to_problem(row: dict[str, Any], schema: str, i: int, name: str) -> Problem | None:
+def _row_to_problem(row: dict[str, Any], schema: str, i: int, name: str) -> DatasetProblem | None:
     if schema == "dapo":
         question = _dapo_question(row["prompt"])
         rm = row["reward_model"]
@@ -211,7 +214,7 @@ def _row_to_problem(row: dict[str, Any], schema: str, i: int, name: str) -> Prob
         return None
     if not uid or uid in ("nan", "None"):
         uid = f"{name}-{i}-{hashlib.sha1(question.encode()).hexdigest()[:8]}"
-    return Problem(uid=uid, question=question, gold=gold, source=name, level=level)
+    return DatasetProblem(uid=uid, question=question, gold=gold, source=name, level=level)
 
 
 def load_problems(
@@ -235,7 +238,7 @@ def load_problems(
     missing = [c for c in SCHEMAS[schema] if c not in cols]
     if missing:
         raise InputError(f"data {str(source)!r}: missing column {missing[0]!r} for schema {schema!r} (has {sorted(cols)})")
-    problems: list[Problem] = []
+    problems: list[DatasetProblem] = []
     seen: set[str] = set()
     dropped = dups = 0
     for i, row in enumerate(rows):
@@ -280,7 +283,7 @@ def split_problems(ps: ProblemSet, fraction: float, *, seed: int) -> tuple[Probl
 # --------------------------------------------------------------------------------------------------
 
 
-def chat_prompts(problems: Sequence[Problem], tokenizer, *, instruction: str = BOXED_INSTRUCTION) -> list[str]:
+def chat_prompts(problems: Sequence[DatasetProblem], tokenizer, *, instruction: str = BOXED_INSTRUCTION) -> list[str]:
     """Prompt strings from the tokenizer's chat template, thinking mode off."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise InputError("tokenizer has no chat template: use an instruct/chat checkpoint (e.g. Qwen/Qwen3-1.7B)")
@@ -293,7 +296,7 @@ def chat_prompts(problems: Sequence[Problem], tokenizer, *, instruction: str = B
 
 
 def score_completions(
-    problems: Sequence[Problem], completions: Sequence[str], *, group: int = 1, timeout_s: float = 5.0
+    problems: Sequence[DatasetProblem], completions: Sequence[str], *, group: int = 1, timeout_s: float = 5.0
 ) -> list[float]:
     """Rewards for `group` completions per problem (completions ordered problem-major)."""
     if len(completions) != len(problems) * group:
@@ -319,8 +322,7 @@ def load_world(wcfg, tokenizer):
     """
     import random
 
-    from reference.world import Problem as WorldProblem
-    from reference.world import World
+    from reference.world import Problem, World
 
     if tokenizer is None:
         raise InputError("a dataset world needs the student's tokenizer (for the chat template)")
@@ -342,7 +344,7 @@ def load_world(wcfg, tokenizer):
             if wcfg.max_prompt_tokens and len(tokenizer(prompt, add_special_tokens=False).input_ids) > wcfg.max_prompt_tokens:
                 continue
             level = re.sub(r"\D", "", p.level)
-            out.append(WorldProblem(pid=p.uid, prompt=prompt, gold=p.gold, terms=int(level) if level else 0))
+            out.append(Problem(pid=p.uid, prompt=prompt, gold=p.gold, terms=int(level) if level else 0))
             if cap and len(out) >= cap:
                 break
         return tuple(out)

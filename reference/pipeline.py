@@ -55,13 +55,13 @@ def build_world(cfg: Config, tokenizer=None) -> World:
     return data.load_world(cfg.world, tokenizer)
 
 
-def make_engine(cfg: Config):
+def engine_for(cfg: Config):
     """The accelerate engine when `engine.launcher = "accelerate"` (its launch config picks DDP / FSDP2 /
     ZeRO-3), None for one plain process (the toy world; the stages then run exactly as before)."""
     if cfg.engine.launcher != "accelerate":
         return None
-    from reference.engines import make_engine as _make
-    return _make(cpu=cfg.engine.device == "cpu")
+    from reference.engines import make_engine
+    return make_engine(cpu=cfg.engine.device == "cpu")
 
 
 def build_models(cfg: Config, *, need_teacher: bool, engine=None) -> Models:
@@ -283,7 +283,7 @@ class _Run:
 def _open_run(cfg: Config, arm: Arm, seed: int, acct: LabelAccount, split: str, workdir: Path,
               progress: bool) -> _Run:
     """The run's context, once rank 0 has checked (or written) its manifest."""
-    run = _Run(cfg, arm, seed, acct, split, workdir, make_engine(cfg), progress)
+    run = _Run(cfg, arm, seed, acct, split, workdir, engine_for(cfg), progress)
     if run.main:
         _check_manifest(workdir / "runs" / run.name, cfg, {"arm": arm.name, "seed": seed,
                                                             "teacher_labels": acct.teacher, "split": split})

@@ -2,7 +2,8 @@
 included), parsed with `ast`, so a lazy import cannot hide an arrow.
 
 theory (numpy/scipy/pandas only) <- budget_planner; reference (torch lives here); tuning knows reference
-only through `tuning/reference_arms.py`. No import circles, no private names taken from another module.
+only through `tuning/reference_arms.py`. No import circles, no private names taken from another module,
+and no public name defined twice with two meanings.
 """
 
 import ast
@@ -112,3 +113,28 @@ def test_no_private_name_imported_from_another_module():
     found = {(m, mod, n) for m in MODULES for mod, n in IMPORTS[m]
              if n and n.startswith("_") and not n.startswith("__") and mod != m}
     assert not found, f"private imports across modules: {sorted(found)}"
+
+
+# Public top-level names defined in more than one module on purpose: each entry is one concept.
+SAME_CONCEPT = {
+    # each package's command line: `<pkg>.cli.main` is its console script, `build_parser` its parser
+    "main": {"budget_planner.cli", "reference.cli", "tuning.cli"},
+    "build_parser": {"budget_planner.cli", "reference.cli", "tuning.cli"},
+    # the paper's GRPO stage, once as the theory's closed form and once as the stage the reference runs
+    "grpo": {"theory.dynamics", "reference.stages"},
+}
+
+
+def test_one_public_name_means_one_thing():
+    """No two modules define a public top-level class or function of the same name (a reader who meets
+    `World` or `evaluate` should not have to ask which one), SAME_CONCEPT aside."""
+    where: dict[str, set[str]] = {}
+    for mod, path in MODULES.items():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            defines = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            if defines and not node.name.startswith("_"):
+                where.setdefault(node.name, set()).add(mod)
+    clashes = {n: sorted(mods) for n, mods in where.items() if len(mods) > 1 and SAME_CONCEPT.get(n) != mods}
+    assert not clashes, f"one name, several meanings (rename one, or list a deliberate pair in SAME_CONCEPT): {clashes}"
+    stale = {name for name, mods in SAME_CONCEPT.items() if where.get(name) != mods}
+    assert not stale, f"SAME_CONCEPT entries that no longer match the code: {sorted(stale)}"

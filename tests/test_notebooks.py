@@ -92,14 +92,14 @@ def test_output_kinds_reads_structure_not_values():
 @pytest.fixture(scope="module")
 def live_study(tmp_path_factory):
     from tuning.harness import check_matched, run_worker
-    from tuning.evaluation import evaluate
+    from tuning.evaluation import evaluate_label_matched
     from tuning.report import build_report
     from tuning.testing import synthetic_study
 
     d = tmp_path_factory.mktemp("study")
     handle, _, source = synthetic_study(f"sqlite:///{d}/s.db", "nb", trials=5, eval_seeds=6)
     run_worker(handle, "nb", source)
-    evaluate(handle, "nb", source)
+    evaluate_label_matched(handle, "nb", source)
     return handle, check_matched(handle, "nb"), build_report(handle, "nb")
 
 

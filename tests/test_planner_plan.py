@@ -9,7 +9,7 @@ import pytest
 import budget_planner.planner as plan_mod
 from budget_planner import plan
 from theory.arms import ARMS
-from theory.fitting import build_world, values_from_z
+from theory.fitting import build_setting, values_from_z
 from theory.errors import InputError
 from budget_planner.presets import load_scenario, preset_names
 
@@ -125,8 +125,8 @@ def test_vectorised_world_matches_map_row():
     from theory.fitting import fit_scenario
     fit = fit_scenario(scn)
     z = np.vstack([fit.z_map, fit.z_draws[:3]])
-    w = build_world(scn, values_from_z(scn, z))
-    w1 = build_world(scn, values_from_z(scn, fit.z_map[None, :]))
+    w = build_setting(scn, values_from_z(scn, z))
+    w1 = build_setting(scn, values_from_z(scn, fit.z_map[None, :]))
     assert w.student.theta_B[0] == pytest.approx(w1.student.theta_B[0])
 
 

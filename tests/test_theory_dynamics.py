@@ -5,7 +5,7 @@ import pytest
 
 from theory.arms import ARMS, ComputeModel, Stage
 from theory.dynamics import (
-    Policy, Rates, World, bridge_tau, exploration_ceiling, grpo, grpo_progress, predict_arm, transfer,
+    Policy, Rates, Setting, bridge_tau, exploration_ceiling, grpo, grpo_progress, predict_arm, transfer,
 )
 from theory import irt
 
@@ -15,7 +15,7 @@ def make_world(theta_s=0.5, theta_t=1.5, c_s=0.9, c_t=0.85, **rates):
     r.update(rates)
     R = {k: np.array([v], dtype=float) for k, v in r.items()}
     pol = lambda th, c: Policy(np.array([[th]]), np.array([[c]]))  # noqa: E731
-    return World(benchmarks=("b",), train=0, s_d_B=np.array([[1.5]]), student=pol(theta_s, c_s),
+    return Setting(benchmarks=("b",), train=0, s_d_B=np.array([[1.5]]), student=pol(theta_s, c_s),
                  teacher=pol(theta_t, c_t), rates=Rates(**R), compute=ComputeModel())
 
 
@@ -66,7 +66,7 @@ def test_teacher_and_student_grpo_are_one_function():
     """Swapping the states swaps the results: nothing in grpo() knows who is the teacher."""
     w = make_world()
     a = grpo(w, w.teacher, 3000.0)
-    swapped = World(benchmarks=w.benchmarks, train=0, s_d_B=w.s_d_B, student=w.teacher, teacher=w.student,
+    swapped = Setting(benchmarks=w.benchmarks, train=0, s_d_B=w.s_d_B, student=w.teacher, teacher=w.student,
                     rates=w.rates, compute=w.compute)
     b = predict_arm(swapped, ARMS["direct_grpo"], 3000)
     assert b[0, 0] == pytest.approx(irt.accuracy(a.theta_B, a.c_B, 1.5)[0, 0])

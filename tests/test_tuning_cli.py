@@ -75,7 +75,7 @@ def test_the_installed_entry_point_prints_one_line_not_a_traceback(tmp_path):
 def test_reference_adapter_passes_the_budget_and_split(tmp_path, monkeypatch):
     (tmp_path / "fake_api.py").write_text(
         "from dataclasses import dataclass\n"
-        "PARAM_SPACE = {'direct_grpo': {'lr': {'type': 'float', 'low': 1e-4, 'high': 1e-2, 'log': True}}}\n"
+        "PARAM_SPACE = {'direct_grpo': {'lr': {'kind': 'float', 'low': 1e-4, 'high': 1e-2, 'log': True}}}\n"
         "CALLS = []\n"
         "@dataclass(frozen=True)\n"
         "class R:\n    accuracy: float\n    metrics: dict\n    compute_tokens: int\n    label_account: object = None\n"

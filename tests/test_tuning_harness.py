@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from theory.errors import InputError
-from tuning.evaluation import evaluate
+from tuning.evaluation import evaluate_label_matched
 from tuning.harness import (TrialFailed, TrialTimeout, arm_status, check_matched, create_or_check, objective,
                             run_worker)
 from tuning.interface import ArmSource, Budget, parse_space, shared_params
@@ -134,12 +134,12 @@ def test_no_trial_touches_the_test_split(tmp_path):
     assert len(tuning_calls) == 2 * 4
     assert {c["split"] for c in tuning_calls} == {"val"}
     assert all(c["first_problem"].startswith("val-") for c in tuning_calls)
-    assert evaluate(handle, "v", source) == 2 * 10
+    assert evaluate_label_matched(handle, "v", source) == 2 * 10
     eval_calls = [json.loads(line) for line in log.read_text().splitlines()][len(tuning_calls):]
     assert {c["split"] for c in eval_calls} == {"test"}
     assert {c["seed"] for c in eval_calls} == set(protocol.eval_seeds)
     assert not set(protocol.eval_seeds) & set(protocol.tuning_seeds)
-    assert evaluate(handle, "v", source) == 0  # stored evaluations are not re-run
+    assert evaluate_label_matched(handle, "v", source) == 0  # stored evaluations are not re-run
 
 
 def test_an_arm_scoring_the_wrong_split_is_a_failed_trial():

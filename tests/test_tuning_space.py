@@ -47,7 +47,7 @@ def stage_inputs(cfg, arm: str, monkeypatch) -> list[tuple]:
 
 def other_value(spec: dict, default):
     """A value of the range other than `default` (the far end of the range, or another choice)."""
-    if spec["type"] == "categorical":
+    if spec["kind"] == "categorical":
         return next(c for c in spec["choices"] if c != default)
     return spec["high"] if default != spec["high"] else spec["low"]
 
@@ -96,6 +96,18 @@ def test_shared_names_keep_one_range_and_lr_is_student_grpo_only():
     assert set(api.PARAM_SPACE["direct_grpo"]) == {"lr", "group_size", "grpo_epochs", "temperature"}
 
 
+def test_every_space_spells_its_specs_kind_and_type_is_still_read():
+    from tuning.interface import ParamSpec
+    from tuning.synthetic import SyntheticArms
+    for space in (api.PARAM_SPACE, SyntheticArms().param_space()):
+        specs = [spec for params in space.values() for spec in params.values()]
+        assert all("kind" in spec and "type" not in spec for spec in specs)
+    old = {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}  # an arm module written before issue 15
+    new = {"kind": "float", "low": 1e-4, "high": 1e-2, "log": True}
+    assert ParamSpec.parse(old, "a.lr") == ParamSpec.parse(new, "a.lr")
+    assert ParamSpec.parse(old, "a.lr").to_dict()["kind"] == "float"
+
+
 def test_defaults_are_the_configs_values_and_lie_in_range():
     cfg = load_config(CONFIG)
     full = api.param_space(CONFIG)
@@ -104,7 +116,7 @@ def test_defaults_are_the_configs_values_and_lie_in_range():
         assert None not in defaults.values(), arm
         for name, spec in space.items():
             d = spec["default"]
-            assert d in spec["choices"] if spec["type"] == "categorical" else spec["low"] <= d <= spec["high"]
+            assert d in spec["choices"] if spec["kind"] == "categorical" else spec["low"] <= d <= spec["high"]
         # running the defaults is running the config: same effective learning rates and schedules
         c = api.apply_params(cfg, arm, defaults)
         assert c.grpo.lr_for("teacher") == cfg.grpo.lr_for("teacher")

@@ -13,7 +13,7 @@ from theory import irt
 from theory._lazy import LazyModule
 from theory.arms import ARMS, Stage
 from theory.errors import InputError
-from theory.fitting import Fit, build_world, from_z, predict_observations, to_z, values_from_z
+from theory.fitting import Fit, build_setting, from_z, predict_observations, to_z, values_from_z
 from theory.scenario import Scenario
 
 pd = LazyModule("pandas")
@@ -251,8 +251,8 @@ def simulate_pilot(truth: Scenario, configs, *, seeds: int, n_items: int, k: int
     bench = benchmark or truth.target_benchmark
     z_true = np.array([float(to_z(t)) for t in truth.fitted_inputs()])
     vals = values_from_z(truth, z_true[None, :])
-    world_ = build_world(truth, vals, (bench,))
-    b = world_.benchmarks.index(bench)
+    setting = build_setting(truth, vals, (bench,))
+    b = setting.benchmarks.index(bench)
     obs = [Observation(arm=a, benchmark=bench, value=0.0, se=1.0, labels=n, teacher_labels=t, tag="measured",
                        note="simulated") for a, n, t in configs]
     mean_J = predict_observations(truth, z_true[None, :], obs)[0]
@@ -271,8 +271,8 @@ def simulate_pilot(truth: Scenario, configs, *, seeds: int, n_items: int, k: int
                      "compute_tokens": 0, "split": "probe", "metric": "kl0_per_token",
                      "value": truth.get("inputs.kl0").value})
     runs = pd.DataFrame(rows)
-    theta_M = [float(world_.student.theta_B[0, b]), float(world_.teacher.theta_B[0, b])]
-    c_M = [float(world_.student.c_B[0, b]), float(world_.teacher.c_B[0, b])]
-    problems = irt.simulate_problems(theta_M, c_M, float(world_.s_d_B[0, b]), n_items=n_items, k=k, rng=rng,
+    theta_M = [float(setting.student.theta_B[0, b]), float(setting.teacher.theta_B[0, b])]
+    c_M = [float(setting.student.c_B[0, b]), float(setting.teacher.c_B[0, b])]
+    problems = irt.simulate_problems(theta_M, c_M, float(setting.s_d_B[0, b]), n_items=n_items, k=k, rng=rng,
                                      models=[truth.student, truth.teacher])
     return runs, problems

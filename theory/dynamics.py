@@ -84,7 +84,12 @@ class Rates:
 
 
 @dataclass(frozen=True)
-class World:
+class Setting:
+    """What the dynamics act on: the benchmarks and their difficulty spread, the student's and the
+    teacher's start policies, the rates and the compute model (each array of shape R + ...). Built from
+    a scenario's input values by `theory.fitting.build_setting`. (Not a world of problems: that is
+    `reference.world.World`.)"""
+
     benchmarks: tuple[str, ...]
     train: int  # index of the benchmark that stands for the training distribution
     s_d_B: np.ndarray  # difficulty spread, shape R + (B,)
@@ -93,7 +98,7 @@ class World:
     rates: Rates
     compute: ComputeModel
 
-    def expand(self) -> "World":
+    def expand(self) -> "Setting":
         """Insert a split axis: rates R -> R + (1,), policies R + (B,) -> R + (1, B)."""
         r = self.rates
         rates = Rates(**{k: None if getattr(r, k) is None else np.asarray(getattr(r, k), dtype=float)[..., None]
@@ -108,30 +113,30 @@ class World:
         return policy.u_B * irt.accuracy(policy.theta_B, policy.c_B, self.s_d_B)
 
 
-def grpo_rate(world: World, policy: Policy) -> np.ndarray:
+def grpo_rate(setting: Setting, policy: Policy) -> np.ndarray:
     """iota: mean signal fraction on the training benchmark at the start state (items out of reach,
     a share 1 - u, give none)."""
-    t = world.train
+    t = setting.train
     u = np.asarray(policy.u_B, dtype=float)[..., t] if np.ndim(policy.u_B) else policy.u_B
-    return u * signal_fraction_avg(policy.theta_B[..., t], policy.c_B[..., t], world.s_d_B[..., t],
-                                   world.rates.group_size)
+    return u * signal_fraction_avg(policy.theta_B[..., t], policy.c_B[..., t], setting.s_d_B[..., t],
+                                   setting.rates.group_size)
 
 
-def exploration_ceiling(world: World, policy: Policy) -> np.ndarray:
+def exploration_ceiling(setting: Setting, policy: Policy) -> np.ndarray:
     """theta_ceil_B: the ability whose pass@1 (given compliance) equals the ability-only pass@k."""
-    k_B = np.asarray(world.rates.k_explore, dtype=float)[..., None]
-    pk_B = irt.pass_at_k(policy.theta_B, 1.0, world.s_d_B, k_B)
-    return irt.solve_theta(pk_B, world.s_d_B)
+    k_B = np.asarray(setting.rates.k_explore, dtype=float)[..., None]
+    pk_B = irt.pass_at_k(policy.theta_B, 1.0, setting.s_d_B, k_B)
+    return irt.solve_theta(pk_B, setting.s_d_B)
 
 
-def grpo_progress(world: World, policy: Policy, n, kappa=None) -> np.ndarray:
+def grpo_progress(setting: Setting, policy: Policy, n, kappa=None) -> np.ndarray:
     """g(n) = 1 - exp(-kappa iota n / N_REF), shape broadcast(R, n)."""
-    iota = grpo_rate(world, policy)
-    kappa = world.rates.kappa if kappa is None else kappa
+    iota = grpo_rate(setting, policy)
+    kappa = setting.rates.kappa if kappa is None else kappa
     return -np.expm1(-kappa * iota * np.asarray(n, dtype=float) / N_REF)
 
 
-def grpo(world: World, policy: Policy, n, kappa=None) -> Policy:
+def grpo(setting: Setting, policy: Policy, n, kappa=None) -> Policy:
     """GRPO with n labels (the same function for teacher and student; `kappa` = this model's GRPO
     efficiency, default the student's `rates.kappa`; see `teacher_kappa`).
 
@@ -139,10 +144,10 @@ def grpo(world: World, policy: Policy, n, kappa=None) -> Policy:
     signal fraction and pass@k (this is the planner's hot loop). Items out of reach (1 - u) give no
     signal: iota is u times the reachable items' signal fraction.
     """
-    r = world.rates
+    r = setting.rates
     kappa = r.kappa if kappa is None else kappa
-    sig_BK = irt.sigmoid(policy.theta_B[..., None] - world.s_d_B[..., None] * irt._X_K)
-    t = world.train
+    sig_BK = irt.sigmoid(policy.theta_B[..., None] - setting.s_d_B[..., None] * irt._X_K)
+    t = setting.train
     p_K = policy.c_B[..., t, None] * sig_BK[..., t, :]
     G = np.asarray(r.group_size, dtype=float)[..., None]
     iota = irt.expect_K(1.0 - np.power(p_K, G) - np.power(1.0 - p_K, G))
@@ -151,7 +156,7 @@ def grpo(world: World, policy: Policy, n, kappa=None) -> Policy:
     g = -np.expm1(-kappa * iota * np.asarray(n, dtype=float) / N_REF)[..., None]
     k = np.asarray(r.k_explore, dtype=float)[..., None, None]
     pk_B = irt.expect_K(1.0 - np.power(1.0 - sig_BK, k))
-    ceil_B = irt.solve_theta(pk_B, world.s_d_B)
+    ceil_B = irt.solve_theta(pk_B, setting.s_d_B)
     return Policy(policy.theta_B + (ceil_B - policy.theta_B) * g, policy.c_B + (1.0 - policy.c_B) * g, policy.u_B)
 
 
@@ -234,23 +239,23 @@ def label_arrays(arm: Arm, n: int, teacher_labels=None) -> tuple[np.ndarray, np.
     return teacher, student, held_back
 
 
-def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None) -> np.ndarray:
+def predict_arm(setting: Setting, arm: Arm, n: int, teacher_labels=None) -> np.ndarray:
     """Accuracy (percent) of `arm` with a budget of n labels, shape R [+ (S,)] + (B,).
 
-    `teacher_labels` may be an int or a 1-D array of splits; with an array, call on `world.expand()`
+    `teacher_labels` may be an int or a 1-D array of splits; with an array, call on `setting.expand()`
     so the split axis lines up (rates R + (1,)).
     """
     t_lab, s_lab, held = label_arrays(arm, n, teacher_labels)
-    teacher = world.teacher
+    teacher = setting.teacher
     if any(STAGES[s].trains == TEACHER for s in arm.stages):  # stage 1: GRPO on the teacher
-        teacher = grpo(world, teacher, t_lab, teacher_kappa(world.rates))
+        teacher = grpo(setting, teacher, t_lab, teacher_kappa(setting.rates))
     # replay OPD is matched to the compute stage-3 GRPO would have spent on the held-back labels
-    cost = world.compute
+    cost = setting.compute
     replay_ratio = held * cost.grpo_tokens(1) / cost.opd_tokens()
     bridge = [s for s in arm.stages if STAGES[s].scorer == TEACHER]  # the stages the teacher scores
-    student = world.student
+    student = setting.student
     if bridge and arm.teacher is not Teacher.NONE:
-        r = world.rates
+        r = setting.rates
         tau = bridge_tau(r, bridge, replay_ratio)
         disp = 0.0
         if np.any(np.asarray(r.gamma) != 0.0):
@@ -259,10 +264,10 @@ def predict_arm(world: World, arm: Arm, n: int, teacher_labels=None) -> np.ndarr
             disp = disp + stage_cost(r, bridge, replay_ratio)
         student = transfer(student, teacher, tau, r.rho, disp)
     if any(STAGES[s].trains == STUDENT and STAGES[s].update == "grpo" for s in arm.stages):  # stage 3
-        student = grpo(world, student, s_lab)
-    return world.accuracy(student)
+        student = grpo(setting, student, s_lab)
+    return setting.accuracy(student)
 
 
-def predict_teacher(world: World, n) -> Policy:
+def predict_teacher(setting: Setting, n) -> Policy:
     """The RL teacher after stage-1 GRPO with n labels."""
-    return grpo(world, world.teacher, n, teacher_kappa(world.rates))
+    return grpo(setting, setting.teacher, n, teacher_kappa(setting.rates))

@@ -25,7 +25,7 @@ from theory import irt
 from theory._lazy import LazyModule
 from theory.arms import ARMS
 from theory.discrepancy import discrepancy_sd
-from theory.dynamics import Policy, Rates, World, predict_arm
+from theory.dynamics import Policy, Rates, Setting, predict_arm
 from theory.scenario import Scenario, Tagged
 
 pd = LazyModule("pandas")
@@ -68,7 +68,7 @@ def values_from_z(scn: Scenario, z_RP: np.ndarray) -> dict[str, np.ndarray]:
     return vals
 
 
-def build_world(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[str, ...] | None = None) -> World:
+def build_setting(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[str, ...] | None = None) -> Setting:
     """Start states and rates from input values (shape R each)."""
     bench = tuple(benchmarks or scn.benchmarks)
     if scn.train_benchmark not in bench:
@@ -103,7 +103,7 @@ def build_world(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[st
                   kl0_style=vals.get("inputs.kl0_style"),
                   cost_opd=vals.get("rates.cost_opd", 0.0), kappa_ratio=vals.get("rates.kappa_ratio", 1.0),
                   k_explore=vals["inputs.k_explore"], group_size=vals["inputs.group_size"])
-    return World(benchmarks=bench, train=bench.index(scn.train_benchmark), s_d_B=s_d_B,
+    return Setting(benchmarks=bench, train=bench.index(scn.train_benchmark), s_d_B=s_d_B,
                  student=policy("student"), teacher=policy("teacher"), rates=rates, compute=scn.compute)
 
 
@@ -111,12 +111,12 @@ def predict_observations(scn: Scenario, z_RP: np.ndarray, observations=None) -> 
     """Model prediction (percent) of each observation, shape R + (J,)."""
     obs = scn.observations if observations is None else observations
     vals = values_from_z(scn, z_RP)
-    world = build_world(scn, vals)
+    setting = build_setting(scn, vals)
     out = []
     for o in obs:
         n = scn.budget if o.labels is None else o.labels
-        acc = predict_arm(world, ARMS[o.arm], n, o.teacher_labels)
-        out.append(acc[..., world.benchmarks.index(o.benchmark)])
+        acc = predict_arm(setting, ARMS[o.arm], n, o.teacher_labels)
+        out.append(acc[..., setting.benchmarks.index(o.benchmark)])
     return np.stack(out, -1) if out else np.zeros(z_RP.shape[:-1] + (0,))
 
 

@@ -307,12 +307,12 @@ def _dispatch(args, argv) -> int:
         _print_status(_open(args), args.study)
         return 0
     if args.cmd == "report":
-        from tuning.evaluation import evaluate, evaluate_compute_matched
+        from tuning.evaluation import evaluate_compute_matched, evaluate_label_matched
         from tuning.report import build_report, verdict, write_report
 
         handle = _open(args)
         if not args.no_eval:
-            evaluate(handle, args.study, jobs=args.jobs, log=_log)
+            evaluate_label_matched(handle, args.study, jobs=args.jobs, log=_log)
             evaluate_compute_matched(handle, args.study, jobs=args.jobs, log=_log)
         rep = build_report(handle, args.study)
         command = args.command or "matched-tuning " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))

@@ -1,9 +1,10 @@
 """Final evaluation of a matched study: each arm's best configuration re-run on the protocol's evaluation
 seeds (disjoint from the tuning seeds) on the test split.
 
-`evaluate` stores each result in the arm study as user attr `eval:<seed>` the moment it finishes, so an
-interrupted report resumes where it stopped; `evaluate_compute_matched` adds the compute-matched view
-(`evalc:<seed>`: cheaper arms stretched to the dearest arm's tokens per run).
+`evaluate_label_matched` (every arm at the same N labels) stores each result in the arm study as user
+attr `eval:<seed>` the moment it finishes, so an interrupted report resumes where it stopped;
+`evaluate_compute_matched` adds the compute-matched view (`evalc:<seed>`: cheaper arms stretched to the
+dearest arm's tokens per run).
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ def _init_child() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-def evaluate(handle: StorageHandle, name: str, source: ArmSource | None = None, *, jobs: int = 1,
-             log: Callable[[str], None] | None = None) -> int:
-    """Run the missing final evaluations; returns how many were run."""
+def evaluate_label_matched(handle: StorageHandle, name: str, source: ArmSource | None = None, *, jobs: int = 1,
+                           log: Callable[[str], None] | None = None) -> int:
+    """Run the missing label-matched final evaluations; returns how many were run."""
     protocol = check_matched(handle, name)
     todo = []
     studies = {}
@@ -119,7 +120,7 @@ def evaluate_compute_matched(handle: StorageHandle, name: str, source: ArmSource
     """The compute-matched view: every arm whose final configuration trains on fewer tokens than the
     dearest arm's is re-evaluated with its stage lengths stretched (the source's `scale_compute`) until
     its per-run tokens lie within +-5% of the dearest arm's; stored as `evalc:<seed>`. Resumable like
-    `evaluate`. Returns how many runs were made (0 when the source cannot scale compute)."""
+    `evaluate_label_matched`. Returns how many runs were made (0 when the source cannot scale compute)."""
     protocol = check_matched(handle, name)
     if source is None:
         source = load_arm_source(protocol.arm_source, dict(protocol.arm_options))

@@ -69,8 +69,10 @@ class ParamSpec:
 
     @classmethod
     def parse(cls, spec: Any, where: str) -> "ParamSpec":
-        """Accept a ParamSpec, a dict {kind|type, low, high, log, choices, default}, a tuple
-        (low, high[, "log"]) or a list of categorical choices."""
+        """Accept a ParamSpec, a dict {kind, low, high, log, choices, default}, a tuple
+        (low, high[, "log"]) or a list of categorical choices. `kind` is the one spelling (`to_dict`
+        writes it, every space in this repository uses it); `type`, the reference space's spelling before
+        issue 15, is still read so an arm module written against it keeps working."""
         try:
             if isinstance(spec, ParamSpec):
                 return spec
