@@ -128,8 +128,8 @@ def load_asset(model, name: str, expected_spec: dict | None = None) -> dict:
 def claim(directory: Path, enabled: bool = True):
     """Hold an exclusive lock on the stage checkpoint `directory` while it is checked and written, so
     two processes that need the same stage (the parallel demo, a resumed worker) train it once: the
-    second waits, then finds the checkpoint. A lock file beside the directory (`.<name>.lock`); POSIX
-    only (elsewhere, and for ranks that do not write, a no-op)."""
+    second waits, then finds the checkpoint. The lock file is `<parent>.locks/<name>.lock` (so listing the
+    checkpoints lists checkpoints only); POSIX only (elsewhere, and for ranks that do not write, a no-op)."""
     if not enabled:
         yield
         return
@@ -139,8 +139,9 @@ def claim(directory: Path, enabled: bool = True):
         yield
         return
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with open(directory.with_name(f".{directory.name}.lock"), "a") as fh:
+    locks = directory.parent.with_name(directory.parent.name + ".locks")  # beside, not among, the checkpoints
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{directory.name}.lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
