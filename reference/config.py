@@ -71,6 +71,9 @@ class WorldConfig:
     max_terms: int = 4
     max_operand: int = 20
     ops: str = "+-"
+    # problem families (world family of issue 11): comma-separated operator sets, e.g. "+,-,+-"; each
+    # problem draws a family uniformly, then its operators from that set ("" -> one family, `ops`)
+    families: str = ""
     # dataset kind (Qwen3 scale): read by reference.data
     train_path: str = ""
     test_path: str = ""
@@ -90,8 +93,17 @@ class WorldConfig:
                                  f"got {self.min_terms}/{self.max_terms}")
             if not self.ops or set(self.ops) - set("+-*"):
                 raise InputError(f"world.ops must be a non-empty subset of '+-*', got {self.ops!r}")
+            for fam in self.family_ops:
+                if not fam or set(fam) - set("+-*"):
+                    raise InputError(f"world.families must be comma-separated non-empty subsets of '+-*', "
+                                     f"got {self.families!r}")
         elif not self.train_path:
             raise InputError("world.train_path is required when world.kind = 'dataset'")
+
+    @property
+    def family_ops(self) -> tuple[str, ...]:
+        """The operator set of each problem family; () when the world has one family (`ops`)."""
+        return tuple(f.strip() for f in self.families.split(",")) if self.families.strip() else ()
 
 
 @dataclass(frozen=True)
@@ -100,9 +112,10 @@ class ModelConfig:
 
     For a spec, `asset` names a committed base checkpoint under reference/assets/ (pre-trained by
     scripts/pretrain_base.py with the `pretrain_*` fields); empty -> random init (tests).
-    `style` is how the base model's pre-training text writes a solution: "direct" (answer only) or
-    "steps" (running partial sums first); `protocol_break` is the fraction of pre-training answers in a
-    non-verifiable format ("ANS 16" instead of "\\boxed{16}").
+    `style` is how the base model's pre-training text writes a solution: "direct" (answer only),
+    "steps" (running partial sums first) or "mix" (steps with probability `steps_share`: one share, or
+    one per world family, comma-separated); `protocol_break` is the fraction of pre-training answers in
+    a non-verifiable format ("ANS 16" instead of "\\boxed{16}").
     """
 
     path: str = ""
@@ -118,6 +131,7 @@ class ModelConfig:
     dtype: str = "float32"
     style: str = "direct"
     protocol_break: float = 0.0
+    steps_share: str = ""  # style = "mix" only
     pretrain_steps: int = 2000
     pretrain_lr: float = 3e-3
     pretrain_batch: int = 64
@@ -130,12 +144,26 @@ class ModelConfig:
             raise InputError(f"model.heads={self.heads} must be a multiple of kv_heads={self.kv_heads}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise InputError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.style not in ("direct", "steps"):
-            raise InputError(f"model.style must be 'direct' or 'steps', got {self.style!r}")
+        if self.style not in ("direct", "steps", "mix"):
+            raise InputError(f"model.style must be 'direct', 'steps' or 'mix', got {self.style!r}")
+        if (self.style == "mix") != bool(self.steps_share.strip()):
+            raise InputError("model.steps_share is required with style = 'mix' and only then")
+        if self.style == "mix":
+            try:
+                shares = self.shares
+            except ValueError:
+                raise InputError(f"model.steps_share must be comma-separated numbers, got {self.steps_share!r}") from None
+            if not all(0.0 <= x <= 1.0 for x in shares):
+                raise InputError(f"model.steps_share values must lie in [0, 1], got {self.steps_share!r}")
         if not 0.0 <= self.protocol_break <= 1.0:
             raise InputError(f"model.protocol_break must lie in [0, 1], got {self.protocol_break!r}")
         if self.path and self.asset:
             raise InputError("model: give either path or asset, not both")
+
+    @property
+    def shares(self) -> tuple[float, ...]:
+        """Per-family probability of a step-by-step pre-training solution (style = "mix")."""
+        return tuple(float(x) for x in self.steps_share.split(","))
 
     @property
     def is_tiny(self) -> bool:
@@ -316,6 +344,9 @@ _HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     **{(sec, "warmup"): 0.0 for sec in ("grpo", "fkl", "opd")},
     **{(sec, "schedule"): "constant" for sec in ("grpo", "fkl", "opd")},
     ("eval", "also_t1"): False,
+    ("world", "families"): "",
+    ("student", "steps_share"): "",
+    ("teacher", "steps_share"): "",
 }
 # Fields that only say where a run reports, never what it computes: left out of every hash and of the
 # resume check whatever their value (turning tracking on keeps the stage keys, seeds and numbers).

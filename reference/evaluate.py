@@ -32,6 +32,7 @@ def _sample(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, greedy:
             temperature: float | None = None, top_p: float | None = None, top_k: int | None = None):
     correct = np.zeros((len(problems), k), dtype=bool)
     compliant = np.zeros((len(problems), k), dtype=bool)
+    steps = np.zeros((len(problems), k), dtype=bool)  # the completion wrote running sums ("a+b=c;")
     lengths = []
     step = max(1, cfg.batch // k)
     for i in range(0, len(problems), step):
@@ -46,8 +47,9 @@ def _sample(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, greedy:
         c = np.asarray([ctx.is_compliant(t) for t in ro.texts]).reshape(len(chunk), k)
         correct[i:i + len(chunk)] = r > 0
         compliant[i:i + len(chunk)] = c
+        steps[i:i + len(chunk)] = np.asarray(["=" in t for t in ro.texts]).reshape(len(chunk), k)
         lengths.extend(ro.lengths_B.tolist())
-    return correct, compliant, float(np.mean(lengths)) if lengths else 0.0
+    return correct, compliant, float(np.mean(lengths)) if lengths else 0.0, steps
 
 
 @torch.no_grad()
@@ -57,7 +59,7 @@ def evaluate(model, problems: tuple[Problem, ...], ctx: StageContext, cfg: EvalC
     (greedy accuracy when `greedy`, avg@k at T = 1 when `also_t1`). Curves, the pilot and the gate
     pass extras=False."""
     k = cfg.k if k is None else k
-    correct, compliant, mean_len = _sample(model, problems, ctx, cfg, k, greedy=False)
+    correct, compliant, mean_len, steps = _sample(model, problems, ctx, cfg, k, greedy=False)
     n_compliant = compliant.sum()
     metrics = {
         "accuracy": 100.0 * correct.mean(),  # avg@k
@@ -68,10 +70,10 @@ def evaluate(model, problems: tuple[Problem, ...], ctx: StageContext, cfg: EvalC
         "k": float(k),
     }
     if extras and cfg.greedy:
-        g_correct, _, _ = _sample(model, problems, ctx, cfg, 1, greedy=True)
+        g_correct, *_ = _sample(model, problems, ctx, cfg, 1, greedy=True)
         metrics["accuracy_greedy"] = 100.0 * g_correct.mean()
     if extras and cfg.also_t1:  # T = 1 avg@k of a tiny model mostly measures its entropy: a side column
-        t1_correct, _, _ = _sample(model, problems, ctx, cfg, k, greedy=False, temperature=1.0, top_p=1.0, top_k=0)
+        t1_correct, *_ = _sample(model, problems, ctx, cfg, k, greedy=False, temperature=1.0, top_p=1.0, top_k=0)
         metrics["accuracy_t1"] = 100.0 * t1_correct.mean()
     table = pd.DataFrame({"model": "", "problem_id": [p.pid for p in problems], "k": k,
                           "correct": correct.sum(1), "compliant": compliant.sum(1)})
@@ -79,4 +81,12 @@ def evaluate(model, problems: tuple[Problem, ...], ctx: StageContext, cfg: EvalC
     terms = np.asarray([p.terms for p in problems])
     for t in sorted(set(terms.tolist())):
         metrics[f"accuracy_terms{t}"] = 100.0 * correct[terms == t].mean()
+    fams = np.asarray([getattr(p, "family", -1) for p in problems])
+    if (fams >= 0).any():  # a world with problem families: the mode the model chose, and how it fared
+        metrics["steps_share"] = 100.0 * steps.mean()
+        metrics["accuracy_given_steps"] = 100.0 * correct[steps].mean() if steps.any() else 0.0
+        metrics["accuracy_given_direct"] = 100.0 * correct[~steps].mean() if (~steps).any() else 0.0
+        for f in sorted(set(fams.tolist())):
+            metrics[f"accuracy_family{f}"] = 100.0 * correct[fams == f].mean()
+            metrics[f"steps_share_family{f}"] = 100.0 * steps[fams == f].mean()
     return EvalResult(metrics, table)

@@ -109,7 +109,10 @@ def asset_spec(mcfg) -> dict:
     """The ModelConfig fields a base checkpoint depends on (architecture + pre-training recipe)."""
     keys = ("hidden", "layers", "heads", "kv_heads", "head_dim", "intermediate", "max_position", "tie_embeddings",
             "style", "protocol_break", "pretrain_steps", "pretrain_lr", "pretrain_batch", "init_seed")
-    return {k: getattr(mcfg, k) for k in keys}
+    spec = {k: getattr(mcfg, k) for k in keys}
+    if mcfg.style == "mix":  # only mixed-style assets carry it: older assets' specs stay as committed
+        spec["steps_share"] = mcfg.steps_share
+    return spec
 
 
 def replay_steps(cfg: Config, student_labels: int) -> tuple[int, int]:

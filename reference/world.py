@@ -6,6 +6,9 @@ reference.rewards). Two solution styles exist in pre-training text:
   direct: "\\boxed{16}"                       (the student's base style)
   steps:  "12+7=19;19-3=16;\\boxed{16}"        (the teacher's base style: running partial sums)
 and a protocol break replaces the final "\\boxed{16}" with "ANS16" (not verifiable -> reward 0).
+A base model of style "mix" saw steps in a share of its documents (per problem family when the world
+has `families`, each its own operator set): the step mode is a skill its base rarely uses, so reward
+can teach it to choose it (the world family of issue 11).
 
 Splits (labeled train = the budget N, val, unlabeled bridge prompts, test) are drawn without
 replacement from one stream of distinct expressions, so they are disjoint by construction and the
@@ -28,6 +31,7 @@ class Problem:
     prompt: str
     gold: str
     terms: int
+    family: int = -1  # index into world.families; -1 for a one-family world
 
 
 @dataclass(frozen=True)
@@ -47,11 +51,15 @@ class World:
         return {s: len(getattr(self, s)) for s in ("labeled", "val", "unlabeled", "test")}
 
 
-def _expression(rng: np.random.Generator, cfg: WorldConfig) -> tuple[list[int], list[str]]:
+def _expression(rng: np.random.Generator, cfg: WorldConfig) -> tuple[list[int], list[str], int]:
+    """Terms, operators and family index (-1: one-family world; its draws are as before families)."""
+    fams = cfg.family_ops
+    fam = int(rng.integers(0, len(fams))) if fams else -1
+    ops_set = fams[fam] if fams else cfg.ops
     n = int(rng.integers(cfg.min_terms, cfg.max_terms + 1))
     nums = [int(x) for x in rng.integers(0, cfg.max_operand + 1, size=n)]
-    ops = [cfg.ops[int(i)] for i in rng.integers(0, len(cfg.ops), size=n - 1)]
-    return nums, ops
+    ops = [ops_set[int(i)] for i in rng.integers(0, len(ops_set), size=n - 1)]
+    return nums, ops, fam
 
 
 def _text(nums: list[int], ops: list[str]) -> str:
@@ -93,13 +101,13 @@ def make_world(cfg: WorldConfig) -> World:
         if tries > 50 * need + 10_000:
             raise InputError(f"world: cannot draw {need} distinct problems with max_terms={cfg.max_terms}, "
                              f"max_operand={cfg.max_operand}; enlarge the problem space or shrink the splits")
-        nums, ops = _expression(rng, cfg)
+        nums, ops, fam = _expression(rng, cfg)
         text = _text(nums, ops)
         if text in seen:
             continue
         seen.add(text)
         value, _ = evaluate_left_to_right(nums, ops)
-        items.append(Problem(pid=f"p{len(items)}", prompt=text + "=", gold=str(value), terms=len(nums)))
+        items.append(Problem(pid=f"p{len(items)}", prompt=text + "=", gold=str(value), terms=len(nums), family=fam))
     # test first and labeled last: test/val do not move when the budget N changes, and a smaller
     # budget's labeled set is a prefix of a larger one's (nested budgets for budget sweeps)
     a = cfg.test
@@ -123,15 +131,23 @@ def check_disjoint(world: World) -> None:
 
 
 def pretraining_text(world: World, *, style: str, protocol_break: float, n: int,
-                     rng: np.random.Generator) -> list[str]:
-    """n documents "prompt+solution" on fresh expressions (never one from a split)."""
+                     rng: np.random.Generator, shares: tuple[float, ...] = ()) -> list[str]:
+    """n documents "prompt+solution" on fresh expressions (never one from a split). Style "mix" writes
+    steps with probability `shares[family]` (one share: every family alike)."""
     cfg = world.config
+    if style == "mix":
+        want = max(1, len(cfg.family_ops))
+        if len(shares) not in (1, want):
+            raise InputError(f"steps_share has {len(shares)} values; the world has {want} problem families")
     taken = {p.prompt for s in ("labeled", "val", "unlabeled", "test") for p in world.split(s)}
     out: list[str] = []
     while len(out) < n:
-        nums, ops = _expression(rng, cfg)
+        nums, ops, fam = _expression(rng, cfg)
         prompt = _text(nums, ops) + "="
         if prompt in taken:
             continue
-        out.append(prompt + solution(nums, ops, style, bool(rng.random() < protocol_break)))
+        s = style
+        if style == "mix":
+            s = "steps" if rng.random() < shares[fam if len(shares) > 1 else 0] else "direct"
+        out.append(prompt + solution(nums, ops, s, bool(rng.random() < protocol_break)))
     return out

@@ -102,6 +102,41 @@ def test_world_splits_are_disjoint_seeded_and_nested():
         assert eval(p.prompt[:-1]) == int(p.gold)  # '+'/'-' left to right = Python's evaluation
 
 
+def test_problem_families_and_a_mixed_style_base():
+    """World family (issue 11): each problem draws a family (its own operator set), and a "mix" base
+    writes steps in each family's share of its pre-training documents. A world without families draws
+    exactly as before, and the new fields stay out of every hash at their defaults."""
+    import numpy as np
+
+    from reference.world import pretraining_text
+    base = load_config("toy")
+    fam = base.override({"world.families": "+,-,+-", "world.min_terms": 4, "world.max_terms": 6})
+    w = make_world(fam.world)
+    assert {p.family for p in w.test} == {0, 1, 2}
+    for p in w.test:
+        body = p.prompt[:-1]
+        assert set(c for c in body if c in "+-") <= set(fam.world.family_ops[p.family])
+        assert eval(body) == int(p.gold)
+    assert {p.family for p in make_world(base.world).test} == {-1}
+    assert base.hash() == load_config("toy").override({"world.families": ""}).hash()
+    docs = pretraining_text(w, style="mix", protocol_break=0.0, n=3000, rng=np.random.default_rng(0),
+                            shares=(1.0, 0.5, 0.0))
+    by = {"+": [], "-": [], "+-": []}
+    for d in docs:
+        prompt = d.split("=")[0]
+        ops = "".join(sorted(set(c for c in prompt if c in "+-")))
+        by["+-" if ops == "+-" else ops].append("=" in d[len(prompt) + 1:])
+    # only family 2 ("+-", share 0) shows both operators; it can also draw one operator only, so it
+    # dilutes the one-operator buckets a little
+    assert not any(by["+-"]) and np.mean(by["+"]) > 0.9 and 0.35 < np.mean(by["-"]) < 0.55
+    with pytest.raises(InputError, match="steps_share"):
+        base.override({"student.style": "mix"})
+    with pytest.raises(InputError, match="families"):
+        pretraining_text(w, style="mix", protocol_break=0.0, n=1, rng=np.random.default_rng(0), shares=(0.1, 0.2))
+    with pytest.raises(InputError, match="world.families"):
+        base.override({"world.families": "+,/"})
+
+
 def test_overlapping_splits_are_refused():
     w = make_world(load_config("toy").world)
     bad = World(labeled=w.labeled, val=w.val, unlabeled=w.unlabeled, test=w.test[:5] + w.labeled[:1], config=w.config)
@@ -399,14 +434,14 @@ def test_claim_makes_a_second_process_wait_for_the_stage(tmp_path):
     from reference.checkpoint import claim
     ctx = mp.get_context("spawn")
     entered, release = ctx.Event(), ctx.Event()
-    p = ctx.Process(target=_hold, args=(tmp_path / "stage", entered, release))
+    p = ctx.Process(target=_hold, args=(tmp_path / "stages" / "s", entered, release))
     p.start()
     try:
         assert entered.wait(60)
         import threading
         got = threading.Event()
         def take():
-            with claim(tmp_path / "stage"):
+            with claim(tmp_path / "stages" / "s"):
                 got.set()
         t = threading.Thread(target=take, daemon=True)
         t.start()
@@ -416,5 +451,6 @@ def test_claim_makes_a_second_process_wait_for_the_stage(tmp_path):
     finally:
         release.set()
         p.join(30)
-    with claim(tmp_path / "other", enabled=False):  # ranks that do not write never lock
+    with claim(tmp_path / "stages" / "t", enabled=False):  # ranks that do not write never lock
         pass
+    assert [p.name for p in (tmp_path / "stages.locks").iterdir()] == ["s.lock"]  # beside the checkpoints
