@@ -116,3 +116,55 @@ def test_fsdp2_two_processes_kill_resume_match_one_process(tmp_path):
     back = torch.load(two / "roundtrip.pt")
     opd = sharded["opd"][0]
     assert back.keys() == opd.keys() and all(torch.equal(back[k], opd[k]) for k in opd)
+
+
+_EVAL = """
+import json, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[3], sys.argv[4]]
+import torch
+from test_reference_pipeline import tiny_config
+from reference.evaluate import evaluate
+from reference.pipeline import build_models, build_world, engine_for
+
+out, mode = Path(sys.argv[1]), sys.argv[2]
+# 18 problems, k 2, batch 8: chunks of 4 problems -> 5 chunks, one more on rank 0 than on rank 1
+cfg = tiny_config(**{"engine.launcher": "accelerate" if mode == "two" else "single", "eval.k": 2, "eval.batch": 8,
+                     "eval.greedy": True})
+engine = engine_for(cfg)
+models = build_models(cfg, need_teacher=False, engine=engine)
+problems = build_world(cfg, models.tokenizer).val[:18]
+rows = {}
+torch.manual_seed(7)
+res = evaluate(models.student, problems, models.ctx, cfg.eval, keyed=True)
+rows["replicated"] = {"metrics": res.metrics, "correct": res.problems["correct"].tolist(),
+                      "compliant": res.problems["compliant"].tolist()}
+if mode == "two":  # the same on a model sharded by FSDP2 (lockstep decoding, a padded round on rank 1)
+    from reference.engines import fsdp2_shard
+    fsdp2_shard(models.student, engine)
+    torch.manual_seed(7)
+    res = evaluate(models.student, problems, models.ctx, cfg.eval)  # keyed by default on 2 ranks
+    rows["sharded"] = {"metrics": res.metrics, "correct": res.problems["correct"].tolist(),
+                       "compliant": res.problems["compliant"].tolist()}
+rank = 0 if engine is None else engine.rank
+(out / f"eval_{mode}_rank{rank}.json").write_text(json.dumps(rows))
+"""
+
+
+@pytest.mark.slow
+def test_sharded_evaluation_matches_one_process(tmp_path):
+    """Problems split across 2 ranks (a chunk of problems per `generate` call, each chunk seeded by
+    its index), results gathered: the per-problem counts and every metric equal one process's,
+    on a replicated model and on an FSDP2-sharded one; both ranks end with the same result."""
+    script = tmp_path / "eval.py"
+    script.write_text(_EVAL)
+    args = [str(ROOT / "tests"), str(ROOT)]
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    _run([accelerate, "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "fsdp2.yaml"),
+          "--num_processes", "2", str(script), str(tmp_path), "two", *args])
+    _run([sys.executable, str(script), str(tmp_path), "one", *args])
+    one = json.loads((tmp_path / "eval_one_rank0.json").read_text())["replicated"]
+    r0, r1 = (json.loads((tmp_path / f"eval_two_rank{r}.json").read_text()) for r in (0, 1))
+    assert r0 == r1
+    assert r0["replicated"] == one and r0["sharded"] == one
+    assert sum(one["correct"]) > 0 and len(one["correct"]) == 18 and "accuracy_greedy" in one["metrics"]
