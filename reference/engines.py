@@ -81,6 +81,13 @@ def is_sharded(model) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def sharded_across_ranks(model) -> bool:
+    """A model sharded over several ranks: its forward passes are collectives, so ranks must run
+    the same number of them (generation decodes in lockstep)."""
+    import torch.distributed as dist
+    return is_sharded(model) and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def fsdp2_shard(model, engine: Engine):
     """Shard `model` in place with FSDP2: each decoder layer (FSDP_TRANSFORMER_CLS_TO_WRAP, else the
     model's `_no_split_modules`) is one unit, the root holds the rest (embeddings, norm, head).

@@ -65,7 +65,7 @@ def _sample_keyed(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, g
     One process through here (`keyed=True`, world size 1) gives the same numbers as N ranks; it is
     not the one-process stream of `_sample` (one RNG stream over the chunks in order), which keeps
     its numbers: the default path (no engine, or one process) never comes here."""
-    from reference.rollout import _sharded
+    from reference.engines import sharded_across_ranks
     from reference.seeds import seed_from
 
     engine = ctx.engine
@@ -74,7 +74,7 @@ def _sample_keyed(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, g
     step = max(1, cfg.batch // k)
     starts = list(range(0, len(problems), step))
     mine = [c for c in range(len(starts)) if c % world == rank]
-    rounds = -(-len(starts) // world) if _sharded(model) else len(mine)
+    rounds = -(-len(starts) // world) if sharded_across_ranks(model) else len(mine)
     on_gpu = next(model.parameters()).device.type == "cuda"
     devices = [torch.cuda.current_device()] if on_gpu else []
     done = {}

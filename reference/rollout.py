@@ -78,7 +78,8 @@ class HFRollout:
         if n_model > n_real:  # a padded vocabulary (Qwen3: 151936 > 151669): never sample a padding id
             from transformers import LogitsProcessorList
             kwargs["logits_processor"] = LogitsProcessorList([_MaskPaddedVocab(n_real)])
-        if _sharded(model):  # FSDP2: every decode step all-gathers, so ranks step together until all finish
+        from reference.engines import sharded_across_ranks
+        if sharded_across_ranks(model):  # FSDP2: every decode step all-gathers, so ranks step together until all finish
             kwargs["synced_gpus"] = True
         was_training = model.training
         model.eval()
@@ -94,13 +95,6 @@ class HFRollout:
         full_att = torch.cat([att, mask.long()], dim=1)
         texts = tuple(tok.batch_decode(comp, skip_special_tokens=True))
         return RolloutBatch(full, full_att, P, comp, mask, texts, n)
-
-
-def _sharded(model) -> bool:
-    """A model sharded over several ranks by FSDP2 (reference.engines.fsdp2_shard)."""
-    import torch.distributed as dist
-    from torch.distributed.fsdp import FSDPModule
-    return isinstance(model, FSDPModule) and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class FixedRollout:
