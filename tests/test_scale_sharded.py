@@ -168,3 +168,40 @@ def test_sharded_evaluation_matches_one_process(tmp_path):
     assert r0 == r1
     assert r0["replicated"] == one and r0["sharded"] == one
     assert sum(one["correct"]) > 0 and len(one["correct"]) == 18 and "accuracy_greedy" in one["metrics"]
+
+
+_PILOT = """
+import sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[3], sys.argv[4]]
+from test_reference_pipeline import tiny_config
+import reference.evaluate as ev
+from reference.pilot import PilotConfig, run_pilot
+
+out, mode = Path(sys.argv[1]), sys.argv[2]
+if mode == "one":  # one process through the rank-layout-free path the sharded pilot takes
+    plain = ev.evaluate
+    ev.evaluate = lambda *a, **kw: plain(*a, **{"keyed": True, **kw})
+cfg = tiny_config(**{"engine.launcher": "accelerate" if mode == "two" else "single", "eval.batch": 8})
+run_pilot(cfg, PilotConfig(k=2, problems=18), out / mode, progress=None)
+"""
+
+
+@pytest.mark.slow
+def test_sharded_pilot_matches_one_process(tmp_path):
+    """The pilot under 2 ranks: probe problems split across ranks and gathered; rank 0 writes. The
+    per-problem pass counts, the summary and the KL rows equal one process's."""
+    import pandas as pd
+
+    script = tmp_path / "pilot.py"
+    script.write_text(_PILOT)
+    args = [str(ROOT / "tests"), str(ROOT)]
+    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+          "no", "--dynamo_backend", "no", str(script), str(tmp_path), "two", *args])
+    _run([sys.executable, str(script), str(tmp_path), "one", *args])
+    for name in ("problems.csv", "summary.csv", "pilot_runs.csv"):
+        one, two = pd.read_csv(tmp_path / "one" / name), pd.read_csv(tmp_path / "two" / name)
+        pd.testing.assert_frame_equal(two, one)
+    problems = pd.read_csv(tmp_path / "one" / "problems.csv")
+    assert len(problems) == 2 * 18 and problems["correct"].sum() > 0
