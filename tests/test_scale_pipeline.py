@@ -74,7 +74,7 @@ def test_teacher_grpo_with_lora_checkpoints_merged_plain_weights(tmp_path, monke
     with pytest.raises(_Stopped):
         run_pipeline(cfg, "rl_teacher_bridge", 0, workdir=tmp_path / "work", split="test",
                      progress=False, stop_after=0)
-    (sdir,) = (tmp_path / "work" / "stages").iterdir()
+    (sdir,) = [d for d in (tmp_path / "work" / "stages").iterdir() if not d.name.startswith(".")]  # not the lock
     base = load_causal_lm(cfg.teacher.path)
     before = {k: v.clone() for k, v in base.state_dict().items()}
     meta = ckpt.load_weights(base, sdir)  # strict load: no peft keys left
@@ -124,7 +124,8 @@ def test_pipeline_under_accelerate_two_processes(tmp_path):
     rows = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("result_rank*.json"))]
     assert sorted(r["rank"] for r in rows) == [0, 1] and all(r["world"] == 2 for r in rows)
     assert rows[0]["tokens"] == rows[1]["tokens"] and all(t > 0 for t in rows[0]["tokens"][:3])
-    assert len(list((tmp_path / "work" / "stages").iterdir())) == 3  # teacher GRPO, FKL, OPD
+    stages = [d for d in (tmp_path / "work" / "stages").iterdir() if not d.name.startswith(".")]  # not the locks
+    assert len(stages) == 3  # teacher GRPO, FKL, OPD
     (run_dir,) = (tmp_path / "work" / "runs").iterdir()
     saved = json.loads((run_dir / "result_test.json").read_text())
     assert [s["tokens"] for s in saved["stages"]] == rows[0]["tokens"]
