@@ -68,6 +68,12 @@ def launch_sharding(world_size: int) -> str:
         raise InputError("ZeRO-3 stage checkpoints are not supported yet (DeepSpeed is not installed here): "
                          "launch with configs/accelerate/fsdp2.yaml instead")
     use_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if use_fsdp:
+        # transformers reads this flag in from_pretrained: with it, ranks > 0 skip loading the weights
+        # and wait for accelerate's prepare to broadcast rank 0's. We shard ourselves and keep the
+        # frozen scorer whole on every rank, so every rank loads the checkpoint itself (defensive: on
+        # this CPU both ranks loaded equal weights with the flag on too; GPUs not checked).
+        os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
     if use_fsdp and world_size > 1:
         if os.environ.get("FSDP_VERSION", "1") != "2":
             raise InputError("only FSDP version 2 (fully_shard) is supported: set fsdp_version: 2 in the accelerate config")
