@@ -13,7 +13,7 @@ the data order from it.
 import json
 import os
 from pathlib import Path
-import shutil
+from shutil import which
 import subprocess
 import sys
 
@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = which("accelerate") or str(Path(sys.executable).parent / "accelerate")
 
 _SCRIPT = """
 import json, sys
@@ -87,8 +88,7 @@ def test_fsdp2_two_processes_kill_resume_match_one_process(tmp_path):
     script = tmp_path / "sharded.py"
     script.write_text(_SCRIPT)
     args = [str(ROOT / "tests"), str(ROOT)]
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    launch = [accelerate, "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "fsdp2.yaml"),
+    launch = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "fsdp2.yaml"),
               "--num_processes", "2", str(script)]
     two = tmp_path / "two"
     _run([*launch, str(two), "first", *args])
@@ -159,8 +159,7 @@ def test_sharded_evaluation_matches_one_process(tmp_path):
     script = tmp_path / "eval.py"
     script.write_text(_EVAL)
     args = [str(ROOT / "tests"), str(ROOT)]
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    _run([accelerate, "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "fsdp2.yaml"),
+    _run([ACCELERATE, "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "fsdp2.yaml"),
           "--num_processes", "2", str(script), str(tmp_path), "two", *args])
     _run([sys.executable, str(script), str(tmp_path), "one", *args])
     one = json.loads((tmp_path / "eval_one_rank0.json").read_text())["replicated"]
@@ -196,8 +195,7 @@ def test_sharded_pilot_matches_one_process(tmp_path):
     script = tmp_path / "pilot.py"
     script.write_text(_PILOT)
     args = [str(ROOT / "tests"), str(ROOT)]
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
-    _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+    _run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
           "no", "--dynamo_backend", "no", str(script), str(tmp_path), "two", *args])
     _run([sys.executable, str(script), str(tmp_path), "one", *args])
     for name in ("problems.csv", "summary.csv", "pilot_runs.csv"):
