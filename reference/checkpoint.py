@@ -56,14 +56,16 @@ def tiny_qwen3(mcfg: ModelConfig, vocab_size: int, *, pad_id: int, eos_id: int):
     return model.to(getattr(torch, mcfg.dtype))
 
 
-def save_weights(model, directory: Path, meta: dict) -> None:
-    """Write weights + meta atomically into `directory` (tmp dir, fsync, rename)."""
+def save_weights(model, directory: Path, meta: dict, state: dict | None = None) -> None:
+    """Write weights + meta atomically into `directory` (tmp dir, fsync, rename). `state`: the full
+    state dict when the caller gathered it already (a sharded model: `engines.full_state_dict`)."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
-        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        state = model.state_dict() if state is None else state
+        state = {k: v.detach().contiguous().clone() for k, v in state.items()}
         save_file(state, str(tmp / WEIGHTS))
         meta = dict(meta, sha256=sha256_file(tmp / WEIGHTS))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=str))
@@ -89,7 +91,8 @@ def read_meta(directory: Path) -> dict:
 
 
 def load_weights(model, directory: Path) -> dict:
-    """Load weights saved by save_weights into `model`, after checking their sha256."""
+    """Load weights saved by save_weights into `model`, after checking their sha256. A model sharded
+    with FSDP2 loads the same file: every rank reads the full state dict and keeps its shard."""
     directory = Path(directory)
     meta = read_meta(directory)
     w = directory / WEIGHTS
@@ -99,7 +102,8 @@ def load_weights(model, directory: Path) -> dict:
         raise InputError(f"checkpoint {str(directory)!r} is corrupt (sha256 of {WEIGHTS} does not match meta.json)")
     try:
         state = load_file(str(w))
-        model.load_state_dict(state, strict=True)
+        from reference.engines import load_full_state_dict
+        load_full_state_dict(model, state)
     except Exception as e:  # safetensors / shape errors: one line, never a traceback
         raise InputError(f"checkpoint {str(directory)!r} does not fit the configured model "
                          f"({str(e).splitlines()[0][:160]})") from None

@@ -1,13 +1,15 @@
-"""`reference-pipeline`: demo | run | table | pilot | gate.
+"""`reference-pipeline`: demo | run | table | pilot | gate | export.
 
   reference-pipeline demo [--workdir DIR]                      every arm, one seed, short schedule
   reference-pipeline run --arm A --seed S --config PATH [--teacher-labels T | --student-labels S]
-                         [--split test|val] [--workdir DIR] [--out CSV] [--dry-run [--json]]
+                         [--split test|val] [--workdir DIR] [--out CSV] [--dry-run [--json]] [--export DIR]
   reference-pipeline table --seeds K --out DIR [--config PATH] [--arms all] [--jobs 2]
   reference-pipeline pilot --config PATH|name --out DIR [--k 8] [--problems 200] [--split val]
                            [--seed 0] [--models student,teacher] [--self-distill] [--workdir DIR]
   reference-pipeline gate --config PATH|name [--seeds 3] [--steps 50] [--problems 200] [--jobs 1]
                           [--json PATH] [--record [CSV]]      stability gate: exit 0 pass, 1 fail, 2 bad input
+  reference-pipeline export --arm A --seed S --config PATH --out DIR [--workdir DIR]
+                            the run's final student as a Hugging Face checkpoint (save_pretrained + tokenizer)
 
 Errors print one line `error: <msg>` and exit 2. Work already done stays in --workdir (stage
 checkpoints, per-run results), so rerunning the same command resumes.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -67,6 +70,23 @@ def cmd_run(a) -> int:
         from theory.tables import append_runs
         append_runs(res.to_frame(), a.out)
         print(f"appended to {a.out}")
+    if a.export and int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch: rank 0 exports
+        from reference.export import export_student
+        print(f"student exported to {export_student(cfg, a.arm, a.seed, workdir=a.workdir, out=a.export, teacher_labels=tl)}")
+    return 0
+
+
+def cmd_export(a) -> int:
+    from reference.config import load_config
+    from theory.arms import get_arm
+    cfg = load_config(a.config)
+    get_arm(a.arm)
+    tl = resolve_teacher_labels(a.arm, cfg.world.labels, a.teacher_labels, a.student_labels)
+    from reference.models import quiet
+    quiet()
+    from reference.export import export_student
+    out = export_student(cfg, a.arm, a.seed, workdir=a.workdir, out=a.out, teacher_labels=tl)
+    print(f"student exported to {out} (load with AutoModelForCausalLM.from_pretrained / AutoTokenizer.from_pretrained)")
     return 0
 
 
@@ -357,6 +377,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=output_file, help="append the run's rows to this run-table CSV")
     r.add_argument("--dry-run", action="store_true", help="print the real-scale plan (reference.dryrun)")
     r.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    r.add_argument("--export", type=output_dir,
+                   help="after the run, write the final student here as a Hugging Face checkpoint (save_pretrained)")
+    x = sub.add_parser("export", help="a run's final student -> Hugging Face checkpoint (save_pretrained + tokenizer)",
+                       description="Load the last student stage checkpoint of a run from --workdir and write it "
+                                   "with save_pretrained and its tokenizer (reference.export).",
+                       formatter_class=HelpFormatter,
+                       epilog="example:\n  reference-pipeline export --arm rl_teacher_bridge --seed 0 --config toy "
+                              "--out student_hf/")
+    x.add_argument("--arm", required=True, help="arm name from theory.arms")
+    x.add_argument("--seed", type=int, default=0, help="run seed")
+    x.add_argument("--config", default="toy", help="config path or name in configs/ (the run's)")
+    x.add_argument("--teacher-labels", type=int, help="as given to `run`")
+    x.add_argument("--student-labels", type=int, help="as given to `run`")
+    x.add_argument("--workdir", default=DEFAULT_WORKDIR, type=output_dir, help="the run's workdir")
+    x.add_argument("--out", required=True, type=output_dir, help="directory to write the Hugging Face checkpoint")
     t = sub.add_parser("table", help="every arm over K seeds -> run table",
                        description="Every arm over K seeds, one process per seed -> run table CSV.",
                        epilog="example:\n  reference-pipeline table --seeds 10 --out docs/results --jobs 2")
@@ -407,7 +442,8 @@ def main(argv=None) -> int:
             if not a.dry_run and not a.arm:
                 raise InputError("--arm is required (one of theory.arms.ARMS)")
             return cmd_run(a)
-        return {"demo": cmd_demo, "table": cmd_table, "pilot": cmd_pilot, "gate": cmd_gate}[a.cmd](a)
+        return {"demo": cmd_demo, "table": cmd_table, "pilot": cmd_pilot, "gate": cmd_gate,
+                "export": cmd_export}[a.cmd](a)
     return cli_exit(body, interrupted="error: interrupted (finished stages and pilot parts are kept; rerun to resume)")
 
 

@@ -9,7 +9,8 @@ Memory model (an analytic estimate, not a measurement; compared with the H100 an
 docs/scale.md). Per GPU, for a micro-batch of `tokens` = micro_batch x (max prompt + max new tokens):
 - trainable model, full fine-tune in bf16 with torch AdamW (state in the parameter dtype):
   weights + grads + 2 moments = 4 x 2 B/param; sharded over n GPUs by FSDP2 / ZeRO-3, replicated by DDP.
-- frozen teacher: 2 B/param (sharded likewise under FSDP2/ZeRO-3), no grads, no optimizer state.
+- frozen scorer: 2 B/param on every GPU (reference.engines shards only the model a stage trains; the
+  scorer is replicated), no grads, no optimizer state.
 - activations kept for backward: per token per layer (5h + 4·q + 3·kv + 4·i) elements in bf16
   without checkpointing (layer norms, q/k/v and their norms/rotary, attention out, SwiGLU); with
   checkpointing one h-vector per layer plus one layer's full set.
@@ -120,7 +121,7 @@ def memory_estimate(*, trained: tuple[Shape, int] | None, frozen: tuple[Shape, i
         out["logits"] = tokens * s.vocab * (dtype_bytes + 4 + 4) / GiB
     if frozen is not None:
         s, p = frozen
-        out["frozen_weights"] = dtype_bytes * p / div / GiB
+        out["frozen_weights"] = dtype_bytes * p / GiB  # replicated: only the trained model is sharded
         out["frozen_logits"] = tokens * s.vocab * (dtype_bytes + 4) / GiB
     out["total"] = sum(out.values())
     return {k: round(v, 2) for k, v in out.items()}
@@ -275,6 +276,11 @@ def format_dry_run(d: dict) -> str:
         mem += " " + " ".join(f"{s['rollout'][n]['concurrent_full_length_seqs_in_80gib']:>8d}" for n in gpus)
         trains = s["model"] if s["trainable"] else "(sampling only)"
         lines.append(f"  {s['name']:14s} {trains:20s} {str(s['frozen'] or '-'):16s} {s['params'] / 1e9:7.2f}B {mem}")
+    if eng["sharded_states"]:
+        lines.append("  GiB/GPU@n > 1: sharded (FSDP2): the trained model's weights, grads and AdamW moments / n;"
+                     " the frozen scorer whole on every GPU")
+    else:
+        lines.append("  GiB/GPU@n > 1: replicated (DDP): every GPU holds the whole trained model and its AdamW moments")
     lines.append("  GiB/GPU: training micro-step peak (analytic estimate); ! = over 80 GiB: lower engine.micro_batch,")
     lines.append("  enable gradient checkpointing, use LoRA (engine.lora_rank) or shard over more GPUs.")
     lines.append("  seqs: full-length sequences whose KV cache fits beside the resident training state (vLLM, 90% of 80 GiB).")

@@ -4,7 +4,10 @@ Nothing here is a distributed system of our own: `accelerate launch --config_fil
 configs/accelerate/{ddp,fsdp2,zero3}.yaml` starts the processes and picks the backend; this module
 only (1) wraps the trained model with `Accelerator.prepare`, (2) gives each rank its shard of the
 prompts, (3) offers the token-mean that stays exact when ranks hold different token counts, and
-(4) applies LoRA for teacher RL on small GPUs.
+(4) applies LoRA for teacher RL on small GPUs, and (5) under an FSDP2 launch shards the trained model
+with torch's `fully_shard` (one unit per decoder layer, as configs/accelerate/fsdp2.yaml says) and
+gathers / loads the full state dict a stage checkpoint holds, so a sharded stage writes the same
+checkpoint as one process.
 
 The stages (reference/stages.py) call these through `StageContext.engine`; the pipeline builds the
 engine when `engine.launcher = "accelerate"`. scripts/ddp_parity.py checks that N-process DDP through
@@ -14,6 +17,7 @@ this path matches one process (tests/test_scale_engines.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +31,10 @@ class Engine:
     accelerator: Any  # accelerate.Accelerator
     rank: int
     world_size: int
+    # "fsdp2": the trained model is sharded with torch `fully_shard` (parameters, gradients, AdamW
+    # moments); "none": replicated under DDP. Read from the launch (`accelerate launch` with
+    # configs/accelerate/fsdp2.yaml exports ACCELERATE_USE_FSDP / FSDP_VERSION=2).
+    sharding: str = "none"
 
     @property
     def is_main(self) -> bool:
@@ -44,7 +52,87 @@ def make_engine(*, cpu: bool | None = None, **kwargs: Any) -> Engine:
     if cpu is None:
         cpu = not torch.cuda.is_available()
     acc = Accelerator(cpu=cpu, **kwargs)
-    return Engine(acc, acc.process_index, acc.num_processes)
+    return Engine(acc, acc.process_index, acc.num_processes, launch_sharding(acc.num_processes))
+
+
+def launch_sharding(world_size: int) -> str:
+    """"fsdp2" when `accelerate launch` was given an FSDP version-2 config, else "none".
+
+    We shard with `fully_shard` ourselves rather than through `Accelerator.prepare`: accelerate only
+    applies FSDP on GPUs (on a CPU it falls back to DDP over gloo), and one code path on both is what
+    the 2-process CPU test can check. `Accelerator.prepare` leaves an already-sharded model as it is.
+    ZeRO-3 (DeepSpeed) would need DeepSpeed's own gather (`zero3_save_16bit_model`); DeepSpeed is not
+    installed here, so a ZeRO-3 launch is refused rather than silently saving one rank's shard.
+    """
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and world_size > 1:
+        raise InputError("ZeRO-3 stage checkpoints are not supported yet (DeepSpeed is not installed here): "
+                         "launch with configs/accelerate/fsdp2.yaml instead")
+    use_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if use_fsdp:
+        # transformers reads this flag in from_pretrained: with it, ranks > 0 skip loading the weights
+        # and wait for accelerate's prepare to broadcast rank 0's. We shard ourselves and keep the
+        # frozen scorer whole on every rank, so every rank loads the checkpoint itself (defensive: on
+        # this CPU both ranks loaded equal weights with the flag on too; GPUs not checked).
+        os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] = "false"
+    if use_fsdp and world_size > 1:
+        if os.environ.get("FSDP_VERSION", "1") != "2":
+            raise InputError("only FSDP version 2 (fully_shard) is supported: set fsdp_version: 2 in the accelerate config")
+        return "fsdp2"
+    return "none"
+
+
+def is_sharded(model) -> bool:
+    """True when `model` was sharded by `fully_shard` (its parameters are DTensors)."""
+    from torch.distributed.fsdp import FSDPModule
+    return isinstance(model, FSDPModule)
+
+
+def sharded_across_ranks(model) -> bool:
+    """A model sharded over several ranks: its forward passes are collectives, so ranks must run
+    the same number of them (generation decodes in lockstep)."""
+    import torch.distributed as dist
+    return is_sharded(model) and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def fsdp2_shard(model, engine: Engine):
+    """Shard `model` in place with FSDP2: each decoder layer (FSDP_TRANSFORMER_CLS_TO_WRAP, else the
+    model's `_no_split_modules`) is one unit, the root holds the rest (embeddings, norm, head).
+    Idempotent: a model sharded by an earlier stage is returned as it is."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if is_sharded(model):
+        return model
+    names = os.environ.get("FSDP_TRANSFORMER_CLS_TO_WRAP", "")
+    layer_names = {n.strip() for n in names.split(",") if n.strip()} or set(getattr(model, "_no_split_modules", ()) or ())
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true"
+    mesh = init_device_mesh(engine.device.type, (engine.world_size,))
+    units = [m for m in model.modules() if type(m).__name__ in layer_names]
+    if not units:
+        raise InputError(f"FSDP2: no module of class {sorted(layer_names)} in {type(model).__name__}; "
+                         "set fsdp_transformer_layer_cls_to_wrap in the accelerate config")
+    for m in units:
+        fully_shard(m, mesh=mesh, reshard_after_forward=reshard)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+    return model
+
+
+def full_state_dict(model) -> dict:
+    """The model's full (unsharded) state dict. Sharded: every rank must call this (it all-gathers);
+    rank 0 receives the tensors on the CPU, the other ranks an empty dict. Plain: `state_dict()`."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model, state: dict) -> None:
+    """Load a full state dict (every rank holds it) into `model`, sharded or not, strictly."""
+    if not is_sharded(model):
+        model.load_state_dict(state, strict=True)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
 
 
 def shard(items: Sequence, engine: Engine) -> list:

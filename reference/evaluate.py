@@ -29,7 +29,10 @@ class EvalResult:
 
 
 def _sample(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, greedy: bool, *,
-            temperature: float | None = None, top_p: float | None = None, top_k: int | None = None):
+            temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+            keyed: bool = False):
+    if keyed:
+        return _sample_keyed(model, problems, ctx, cfg, k, greedy, temperature=temperature, top_p=top_p, top_k=top_k)
     correct = np.zeros((len(problems), k), dtype=bool)
     compliant = np.zeros((len(problems), k), dtype=bool)
     steps = np.zeros((len(problems), k), dtype=bool)  # the completion wrote running sums ("a+b=c;")
@@ -52,14 +55,81 @@ def _sample(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, greedy:
     return correct, compliant, float(np.mean(lengths)) if lengths else 0.0, steps
 
 
+def _sample_keyed(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, greedy: bool, *,
+                  temperature: float | None, top_p: float | None, top_k: int | None):
+    """`_sample` with the problems split across ranks and the results gathered, identical for any
+    number of ranks: the problems are cut into the same fixed chunks of `batch // k` (what one
+    `generate` call sees), chunk c is sampled under its own seed `seed_from(base, c)` and goes to rank
+    c mod world size. `base` is drawn from torch's RNG, which every caller seeds identically on every
+    rank. Ranks then exchange their chunks (`all_gather_object`). A model sharded by FSDP2 decodes in
+    lockstep, so a rank short of a chunk samples its first one again and drops the result.
+
+    One process through here (`keyed=True`, world size 1) gives the same numbers as N ranks; it is
+    not the one-process stream of `_sample` (one RNG stream over the chunks in order), which keeps
+    its numbers: the default path (no engine, or one process) never comes here."""
+    from reference.engines import sharded_across_ranks
+    from reference.seeds import seed_from
+
+    engine = ctx.engine
+    rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
+    base = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    step = max(1, cfg.batch // k)
+    starts = list(range(0, len(problems), step))
+    mine = [c for c in range(len(starts)) if c % world == rank]
+    rounds = -(-len(starts) // world) if sharded_across_ranks(model) else len(mine)
+    on_gpu = next(model.parameters()).device.type == "cuda"
+    devices = [torch.cuda.current_device()] if on_gpu else []
+    done = {}
+    for j in range(rounds):
+        c = mine[j] if j < len(mine) else (mine[0] if mine else 0)
+        chunk = problems[starts[c]:starts[c] + step]
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed_from(base, c))
+            ro = ctx.rollout.generate(model, [p.prompt for p in chunk], n=k,
+                                      temperature=cfg.temperature if temperature is None else temperature,
+                                      top_p=cfg.top_p if top_p is None else top_p,
+                                      top_k=cfg.top_k if top_k is None else top_k,
+                                      max_new_tokens=cfg.max_new_tokens, greedy=greedy)
+        if j >= len(mine):
+            continue  # a lockstep round with no chunk of its own
+        golds = [p.gold for p in chunk for _ in range(k)]
+        r = np.asarray(ctx.score_batch(list(ro.texts), golds), dtype=float).reshape(len(chunk), k)
+        c_ok = np.asarray([ctx.is_compliant(t) for t in ro.texts]).reshape(len(chunk), k)
+        done[c] = (r > 0, c_ok, ro.lengths_B.tolist(),
+                   np.asarray(["=" in t for t in ro.texts]).reshape(len(chunk), k))
+    if world > 1:
+        import torch.distributed as dist
+        parts: list = [None] * world
+        dist.all_gather_object(parts, done)
+        done = {c: v for part in parts for c, v in part.items()}
+    correct = np.zeros((len(problems), k), dtype=bool)
+    compliant = np.zeros((len(problems), k), dtype=bool)
+    steps = np.zeros((len(problems), k), dtype=bool)
+    lengths = []
+    for c, start in enumerate(starts):
+        ok, comp, lens, st = done[c]
+        correct[start:start + len(ok)] = ok
+        compliant[start:start + len(ok)] = comp
+        steps[start:start + len(ok)] = st
+        lengths.extend(lens)
+    return correct, compliant, float(np.mean(lengths)) if lengths else 0.0, steps
+
+
 @torch.no_grad()
 def evaluate(model, problems: tuple[Problem, ...], ctx: StageContext, cfg: EvalConfig, *,
-             k: int | None = None, extras: bool = True) -> EvalResult:
+             k: int | None = None, extras: bool = True, keyed: bool | None = None) -> EvalResult:
     """Headline avg@k at cfg.temperature/top_p/top_k; with `extras`, the configured side columns
     (greedy accuracy when `greedy`, avg@k at T = 1 when `also_t1`). Curves, the pilot and the gate
-    pass extras=False."""
+    pass extras=False.
+
+    `keyed` (default: when `ctx.engine` has several ranks) splits the problems across ranks with a
+    seed per chunk of problems, so the numbers do not depend on the number of ranks (`_sample_keyed`);
+    otherwise one RNG stream in problem order, as always."""
     k = cfg.k if k is None else k
-    correct, compliant, mean_len, steps = _sample(model, problems, ctx, cfg, k, greedy=False)
+    if keyed is None:
+        keyed = ctx.engine is not None and ctx.engine.world_size > 1
+    kw = {"keyed": True} if keyed else {}
+    correct, compliant, mean_len, steps = _sample(model, problems, ctx, cfg, k, greedy=False, **kw)
     n_compliant = compliant.sum()
     metrics = {
         "accuracy": 100.0 * correct.mean(),  # avg@k
@@ -70,10 +140,10 @@ def evaluate(model, problems: tuple[Problem, ...], ctx: StageContext, cfg: EvalC
         "k": float(k),
     }
     if extras and cfg.greedy:
-        g_correct, *_ = _sample(model, problems, ctx, cfg, 1, greedy=True)
+        g_correct, *_ = _sample(model, problems, ctx, cfg, 1, greedy=True, **kw)
         metrics["accuracy_greedy"] = 100.0 * g_correct.mean()
     if extras and cfg.also_t1:  # T = 1 avg@k of a tiny model mostly measures its entropy: a side column
-        t1_correct, *_ = _sample(model, problems, ctx, cfg, k, greedy=False, temperature=1.0, top_p=1.0, top_k=0)
+        t1_correct, *_ = _sample(model, problems, ctx, cfg, k, greedy=False, temperature=1.0, top_p=1.0, top_k=0, **kw)
         metrics["accuracy_t1"] = 100.0 * t1_correct.mean()
     table = pd.DataFrame({"model": "", "problem_id": [p.pid for p in problems], "k": k,
                           "correct": correct.sum(1), "compliant": compliant.sum(1)})

@@ -28,6 +28,12 @@ One code path for the toy world and Qwen3: models are built by reference.pipelin
 assets or hub ids / local directories), rollouts go through the config's Rollout backend, the KL
 through reference.rollout.completion_logits and reference.losses as the OPD / FKL stages compute it.
 
+Sharded (`engine.launcher = "accelerate"` under `accelerate launch`): every rank builds the models,
+the probe problems are split across ranks by reference.evaluate (fixed chunks seeded by index, results
+gathered: the per-problem counts do not depend on the number of ranks), the self-distillation stages
+train on their shards, and rank 0 alone writes parts and tables (the others wait at a barrier).
+One plain process (`launcher = "single"`) runs exactly as before.
+
 Resume: each part (one model's samples, each KL) is saved under the work directory keyed by a hash
 of everything it depends on; a rerun loads finished parts instead of recomputing them. Outputs are
 written atomically (temp file + rename). Randomness: each part reseeds torch from (seed, part) inside
@@ -290,12 +296,19 @@ def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
     import torch
 
     from reference.evaluate import evaluate
-    from reference.pipeline import build_models, build_world
+    from reference.pipeline import build_models, build_world, engine_for
     from theory.tables import validate_problems, validate_runs
 
     torch.set_num_threads(cfg.engine.threads)
     both = set(pc.models) == set(MODELS)
-    models = build_models(cfg, need_teacher="teacher" in pc.models)
+    engine = engine_for(cfg)  # None: one plain process; else this rank's share of the probe
+    main = engine is None or engine.is_main
+
+    def barrier() -> None:
+        if engine is not None:
+            engine.accelerator.wait_for_everyone()
+
+    models = build_models(cfg, need_teacher="teacher" in pc.models, engine=engine)
     world = build_world(cfg, models.tokenizer)
     available = world.split(pc.split)
     if pc.problems > len(available):
@@ -320,8 +333,10 @@ def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
         with seeded(cfg.engine.device, seed_from(_part_name(pc.seed, part))):
             value = compute()
         parts[part] = {"seconds": time.perf_counter() - t0, "cached": False}
-        save(value, path)
-        log(f"  {part}: {parts[part]['seconds']:.1f} s")
+        if main:
+            save(value, path)
+            log(f"  {part}: {parts[part]['seconds']:.1f} s")
+        barrier()  # every rank sees the same parts as finished before it checks the next
         return value
 
     tables = []
@@ -333,7 +348,8 @@ def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
                                   lambda p: pd.read_csv(p, dtype={"problem_id": str, "model": str})))
     sd_info: dict[str, dict] = {}
     if pc.self_distill:
-        tables += _self_distill_parts(cfg, pc, models, world, probe, work, cached_part, sd_info, log)
+        tables += _self_distill_parts(cfg, pc, models, world, probe, work, cached_part, sd_info, log,
+                                      engine=engine)
     problems = validate_problems(pd.concat(tables, ignore_index=True))
 
     kl: dict[str, dict] = {}
@@ -368,12 +384,14 @@ def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
                       summary=summ, runs=runs, kl=kl, parts=parts, seconds=time.perf_counter() - t_start,
                       self_distill=sd_info)
     from theory.tables import write_table
-    write_table(problems, out / "problems.csv", "problems")
-    _write_csv_atomic(pak, out / "pass_at_k.csv")
-    _write_csv_atomic(summ, out / "summary.csv")
-    if runs is not None:
-        write_table(runs, out / "pilot_runs.csv", "runs")
-    _write_text_atomic(out / "pilot.json", json.dumps(res.to_dict(), indent=1, default=float))
+    if main:
+        write_table(problems, out / "problems.csv", "problems")
+        _write_csv_atomic(pak, out / "pass_at_k.csv")
+        _write_csv_atomic(summ, out / "summary.csv")
+        if runs is not None:
+            write_table(runs, out / "pilot_runs.csv", "runs")
+        _write_text_atomic(out / "pilot.json", json.dumps(res.to_dict(), indent=1, default=float))
+    barrier()
     return res
 
 
@@ -406,7 +424,7 @@ def format_pilot(res: PilotResult) -> str:
 
 
 def _self_distill_parts(cfg: Config, pc: PilotConfig, models, world, probe, work: Path, cached_part,
-                        sd_info: dict, log) -> list[pd.DataFrame]:
+                        sd_info: dict, log, engine=None) -> list[pd.DataFrame]:
     """The self-distillation models' problem tables (see the module doc). Samples are cached parts like
     the base models'; the trained copy after each stage is cached too (reference.checkpoint, keyed by
     _stage_weights_key), so a rerun that lacks only the OPD samples does not retrain FKL. Training is
@@ -428,9 +446,12 @@ def _self_distill_parts(cfg: Config, pc: PilotConfig, models, world, probe, work
             # torch (sampling) and data order seeded from --seed and the stage prefix, as the pipeline
             # seeds a stage from its key; the caller's RNG state is left as it was
             seed_key = _part_name(pc.seed, f"self_distill/{'/'.join(done)}")
+            extra = {} if engine is None else {"rank": engine.rank, "write": engine.is_main}
             run = run_stage(Stage(done[-1]), cfg, m, world, {}, wdir, seed_key,
                             meta={"self_distill": list(done), "seed": pc.seed, "config_hash": cfg.hash()},
-                            describe=_self_distill_record)
+                            describe=_self_distill_record, **extra)
+            if engine is not None:  # rank 0 has written the checkpoint before any rank checks the next
+                engine.accelerator.wait_for_everyone()
             sd_info[done[-1]] = dict(run.info, cached=run.cached)
             log(f"  self-distill {done[-1]}: " + (f"weights loaded from {wdir}" if run.cached
                                                   else f"{run.info['seconds']:.1f} s"))

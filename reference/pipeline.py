@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from reference import checkpoint as ckpt
+from reference import engines
 from reference import stages as st
 from reference import tracking as _tracking
 from reference.config import Config, diff_fields
@@ -421,8 +422,11 @@ def run_stage(stage: Stage, cfg: Config, models: Models, world: World, labeled: 
                 pbar.close()
             model = getattr(models, trains)
             info = describe(model, result)
+        # a model sharded by FSDP2: every rank takes part in the gather, rank 0 receives the full state
+        # dict and writes the same checkpoint one process writes
+        state = engines.full_state_dict(model) if engines.is_sharded(model) else None
         if write:
-            ckpt.save_weights(model, directory, dict(meta, result=info, log=list(result.log)))
+            ckpt.save_weights(model, directory, dict(meta, result=info, log=list(result.log)), state=state)
     return StageRun(info, list(result.log), cached=False)
 
 
@@ -454,6 +458,9 @@ def _train(stage: Stage, cfg: Config, models: Models, world: World, labeled: dic
     """`train_stage`; teacher RL under `engine.lora_rank` > 0 trains LoRA adapters only, merged back
     after the stage (the checkpoint holds plain weights)."""
     lora = STAGES[stage].trains == TEACHER and cfg.engine.lora_rank > 0
+    if lora and models.ctx.engine is not None and models.ctx.engine.sharding != "none":
+        raise InputError("engine.lora_rank > 0 under an FSDP2 launch is not supported (the adapters are merged "
+                         "after the stage): launch LoRA runs with configs/accelerate/ddp.yaml")
     if lora:
         from reference.engines import apply_lora
         models.teacher = apply_lora(models.teacher, rank=cfg.engine.lora_rank)

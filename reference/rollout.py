@@ -78,6 +78,9 @@ class HFRollout:
         if n_model > n_real:  # a padded vocabulary (Qwen3: 151936 > 151669): never sample a padding id
             from transformers import LogitsProcessorList
             kwargs["logits_processor"] = LogitsProcessorList([_MaskPaddedVocab(n_real)])
+        from reference.engines import sharded_across_ranks
+        if sharded_across_ranks(model):  # FSDP2: every decode step all-gathers, so ranks step together until all finish
+            kwargs["synced_gpus"] = True
         was_training = model.training
         model.eval()
         out = model.generate(input_ids=ids, attention_mask=att, **kwargs)

@@ -109,10 +109,20 @@ def _distributed(ctx: StageContext) -> bool:
     return ctx.engine is not None and ctx.engine.world_size > 1
 
 
+def _sharded(ctx: StageContext) -> bool:
+    """FSDP2 launch: the trained model is sharded in place (reference.engines.fsdp2_shard), reduces its
+    own gradients (averaged over ranks, as DDP) and is not wrapped by `Accelerator.prepare`."""
+    return _distributed(ctx) and getattr(ctx.engine, "sharding", "none") == "fsdp2"
+
+
 def _prepare(model, lr: float, ctx: StageContext):
     """(module to train through, optimizer): the model and its AdamW through `Accelerator.prepare`
     under an engine (FSDP2 needs both together), the plain pair otherwise. Sampling keeps using the
     unwrapped model (DDP's wrapper has no `generate`)."""
+    if _sharded(ctx):  # FSDP2: shard in place first, so AdamW's moments live on this rank's shards only
+        from reference.engines import fsdp2_shard
+        model = fsdp2_shard(model, ctx.engine)
+        return model, _optimizer(model, lr)
     opt = _optimizer(model, lr)
     if ctx.engine is None:
         return model, opt
@@ -176,7 +186,11 @@ def _backward(net, ro: RolloutBatch, ctx: StageContext, chunk_loss: Callable[[Ro
     for start in range(0, B, mb):
         sl = slice(start, start + mb)
         last = start + mb >= B
-        sync = nullcontext() if (last or ctx.engine is None) else ctx.engine.accelerator.no_sync(net)
+        if _sharded(ctx):  # FSDP2 has no no_sync(): it skips the reduce-scatter until the last chunk
+            net.set_requires_gradient_sync(last)
+            sync = nullcontext()
+        else:
+            sync = nullcontext() if (last or ctx.engine is None) else ctx.engine.accelerator.no_sync(net)
         with sync:
             loss = chunk_loss(ro if mb == B else _rows(ro, sl), sl)
             loss.backward()
@@ -189,6 +203,9 @@ def _step(net, opt, grad_clip: float, ctx: StageContext) -> float:
     the next forward, which is what kept the 8B teacher's GRPO 14 GiB above the anchor)."""
     if ctx.engine is None:
         gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    elif _sharded(ctx):  # DTensor gradients: torch computes the global norm across the shards
+        gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
     else:
         gnorm = ctx.engine.accelerator.clip_grad_norm_(net.parameters(), grad_clip)
     opt.step()

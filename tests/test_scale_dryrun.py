@@ -37,11 +37,24 @@ def test_stages_json_shape(paper_run):
         assert s["params"] > 1e9
     opd = paper_run["stages"][2]
     assert opd["model"] == "Qwen/Qwen3-1.7B" and opd["frozen"] == "Qwen/Qwen3-8B"
-    assert "accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8" in opd["launch"]["8"]
+    assert "accelerate launch --config_file configs/accelerate/fsdp2.yaml --num_processes 8" in opd["launch"]["8"]
     assert opd["launch"]["1"].startswith("reference-pipeline run --config")
     json.dumps(paper_run)  # the CLI's --json output must serialise
     text = format_dry_run(paper_run)
     assert "Qwen/Qwen3-8B" in text and "8.191B" in text
+
+
+def test_paper_config_launches_sharded(paper_run):
+    """fsdp2.yaml by default: on 8 GPUs each trained model's weights, grads and AdamW moments are split
+    8 ways (the frozen scorer stays whole), so the 8B teacher's GRPO fits where DDP's would not."""
+    assert paper_run["engine"]["sharded_states"]
+    grpo = paper_run["stages"][0]
+    one, eight = grpo["memory_breakdown_gib"]["1"], grpo["memory_breakdown_gib"]["8"]
+    assert eight["train_states"] == pytest.approx(one["train_states"] / 8, abs=0.02)
+    assert eight["total"] < one["total"] / 2
+    opd = paper_run["stages"][2]["memory_breakdown_gib"]
+    assert opd["8"]["frozen_weights"] == opd["1"]["frozen_weights"]
+    assert "sharded (FSDP2)" in format_dry_run(paper_run)
 
 
 def test_each_stage_entry_is_its_row_of_the_stage_table(paper_run):
