@@ -465,7 +465,11 @@ def train_stage(stage: Stage, cfg: Config, m: Models, world: World, labeled: dic
     """Train, in place, the model `stage` updates by its update rule (theory.arms.STAGES): GRPO on the
     labels of that model's share, the forward-KL warmup or OPD on the world's unlabeled prompts with
     the teacher scoring. The replay control draws as many student rollouts as stage-3 GRPO would have
-    drawn on the held-back labels (`replay_steps`)."""
+    drawn on the held-back labels (`replay_steps`). `engine.trainer = "trl"` runs the same dispatch on
+    TRL's trainers (reference.trl_backend)."""
+    if cfg.engine.trainer == "trl":
+        from reference import trl_backend
+        return trl_backend.train_stage(stage, cfg, m, world, labeled, seed, progress)
     spec = STAGES[stage]
     model = getattr(m, spec.trains)
     if spec.update == "grpo":
