@@ -101,7 +101,19 @@ OPD_BETA = {"full": 1.0}  # DistillationTrainer: beta 0 = forward KL, 1 = revers
 SECTIONS = {"grpo": GRPOConfig, "fkl": FKLConfig, "opd": OPDConfig}
 
 
+def _no_checkpointing() -> dict:
+    """Activation checkpointing off (some TRL configs default it on; transformers 5 renamed the field)."""
+    from transformers import TrainingArguments
+    names = TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {"gradient_checkpointing": False}
+
+
+_NO_CHECKPOINTING: dict = {}
+
+
 def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_clip: float) -> dict:
+    if not _NO_CHECKPOINTING:
+        _NO_CHECKPOINTING.update(_no_checkpointing())
     return dict(output_dir=out_dir, learning_rate=lr, max_steps=steps, per_device_train_batch_size=per_device,
                 max_grad_norm=grad_clip, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
                 report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True,
@@ -109,7 +121,7 @@ def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_c
                 optim=FIXED["optim"], adam_beta1=FIXED["adam_beta1"], adam_beta2=FIXED["adam_beta2"],
                 adam_epsilon=FIXED["adam_epsilon"], weight_decay=FIXED["weight_decay"],
                 gradient_accumulation_steps=FIXED["gradient_accumulation_steps"], seed=FIXED["seed"],
-                gradient_checkpointing=False, lr_scheduler_type="constant")
+                lr_scheduler_type="constant", **_NO_CHECKPOINTING)
 
 
 def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, out_dir: str):
@@ -277,6 +289,16 @@ class _Log:
         self.callback = Callback()
 
 
+def _quiet(trainer, use_cache: bool) -> None:
+    """The stage's progress bar and tracker show the log; the Trainer's own printer would repeat it.
+    TRL's constructors turn the model's KV cache off for training (`config.use_cache = False`); it is
+    put back here and turned off only while `_train` trains, so sampling and evaluation outside the
+    stage keep their cache (and their numbers)."""
+    from transformers.trainer_callback import PrinterCallback
+    trainer.remove_callback(PrinterCallback)
+    trainer.model.config.use_cache = use_cache
+
+
 def _prompt_dataset(problems, *, with_gold: bool):
     from datasets import Dataset
     rows = {"prompt": [p.prompt for p in problems]}
@@ -312,11 +334,13 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, tok, *, 
                          "the policy's path, which an in-memory model lacks; set kl_coef = 0 or trainer = \"reference\"")
     _set_eos(policy, tok)
     log = _Log("grpo", run, progress)
+    use_cache = policy.config.use_cache
     state = torch.get_rng_state()
     trainer = PinnedGRPO(model=policy, reward_funcs=[_reward(ctx)], args=args,
                          train_dataset=_prompt_dataset(problems, with_gold=True), processing_class=tok,
                          callbacks=[log.callback])
     torch.set_rng_state(state)
+    _quiet(trainer, use_cache)
     trainer._pin(ReferenceOrder(len(problems), P, run, seed, repeat=cfg.group_size), state,
                  _lr_of_step(cfg, steps))
     return trainer, log, run
@@ -343,11 +367,13 @@ def build_gkd(student, teacher, prompts, cfg: FKLConfig, tok, *, seed: int, out_
     _set_eos(student, tok)
     _set_eos(teacher, tok)
     log = _Log("fkl", run, progress)
+    use_cache = student.config.use_cache
     state = torch.get_rng_state()
     trainer = PinnedGKD(model=student, teacher_model=teacher, args=args, data_collator=_PromptCollator(tok),
                         train_dataset=_prompt_dataset(prompts, with_gold=False), processing_class=tok,
                         callbacks=[log.callback])
     torch.set_rng_state(state)
+    _quiet(trainer, use_cache)
     trainer._pin(ReferenceOrder(len(prompts), cfg.prompts_per_step, run, seed), state, _lr_of_step(cfg, cfg.steps))
     return trainer, log, run
 
@@ -363,11 +389,13 @@ def build_distillation(student, teacher, prompts, cfg: OPDConfig, tok, *, seed: 
     _set_eos(student, tok)
     _set_eos(teacher, tok)
     log = _Log("opd", run, progress)
+    use_cache = student.config.use_cache
     state = torch.get_rng_state()
     trainer = PinnedDistillation(model=student, teacher_model=teacher, args=args,
                                  train_dataset=_prompt_dataset(prompts, with_gold=False), processing_class=tok,
                                  callbacks=[log.callback])
     torch.set_rng_state(state)
+    _quiet(trainer, use_cache)
     trainer._pin(ReferenceOrder(len(prompts), per_step, run, seed), state, _lr_of_step(cfg, steps))
     return trainer, log, run
 
@@ -375,31 +403,73 @@ def build_distillation(student, teacher, prompts, cfg: OPDConfig, tok, *, seed: 
 def _train(name: str, built) -> st.StageResult:
     trainer, log, run = built
     t0 = time.perf_counter()
-    if run > 0:
-        trainer.train()
+    config = trainer.model.config
+    use_cache, config.use_cache = config.use_cache, False
+    try:
+        if run > 0:
+            trainer.train()
+    finally:
+        config.use_cache = use_cache
     return st.StageResult(name, run, trainer._tokens, time.perf_counter() - t0, tuple(log.entries))
+
+
+def _tokenizer(ctx: st.StageContext):
+    tok = getattr(ctx.rollout, "tok", None)
+    if tok is None:
+        raise InputError("trainer = \"trl\" needs the HF rollout's tokenizer (engine.rollout = \"hf\"); TRL's "
+                         "own vLLM generation is not wired yet")
+    if ctx.engine is not None:
+        raise InputError("trainer = \"trl\" runs as one process here (TRL's own accelerate launch is not wired "
+                         "yet); set engine.launcher = \"single\" or trainer = \"reference\"")
+    return tok
+
+
+# The three stage functions with the signatures of reference.stages (the gate and train_stage call either).
+
+def grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, *, role: str, seed: int, ref=None,
+         progress=None, name: str = "grpo", limit: int | None = None) -> st.StageResult:
+    with tempfile.TemporaryDirectory(prefix="trl_") as out:
+        return _train(name, build_grpo(policy, problems, cfg, ctx, _tokenizer(ctx), role=role, seed=seed,
+                                       out_dir=out, limit=limit, progress=progress))
+
+
+def fkl_warmup(student, teacher, prompts, cfg: FKLConfig, ctx: st.StageContext, *, seed: int, progress=None,
+               name: str = "fkl_warmup", limit: int | None = None) -> st.StageResult:
+    with tempfile.TemporaryDirectory(prefix="trl_") as out:
+        return _train(name, build_gkd(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed, out_dir=out,
+                                      limit=limit, progress=progress))
+
+
+def opd(student, teacher, prompts, cfg: OPDConfig, ctx: st.StageContext, *, seed: int, steps: int | None = None,
+        prompts_per_step: int | None = None, progress=None, name: str = "opd",
+        limit: int | None = None) -> st.StageResult:
+    with tempfile.TemporaryDirectory(prefix="trl_") as out:
+        return _train(name, build_distillation(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed,
+                                               out_dir=out, steps=steps, prompts_per_step=prompts_per_step,
+                                               limit=limit, progress=progress))
 
 
 def train_stage(stage, cfg, m, world, labeled: dict, seed: int, progress=None) -> st.StageResult:
     """`pipeline.train_stage` on TRL's trainers: the same dispatch on theory.arms.STAGES[stage].update."""
     from reference.pipeline import replay_steps
-    if m.ctx.engine is not None:
-        raise InputError("trainer = \"trl\" runs as one process here (TRL's own accelerate launch is not wired yet); "
-                         "set engine.launcher = \"single\" or trainer = \"reference\"")
     spec = STAGES[stage]
     model = getattr(m, spec.trains)
-    with tempfile.TemporaryDirectory(prefix="trl_") as out:
-        if spec.update == "grpo":
-            return _train(stage.value, build_grpo(model, labeled[spec.labels], cfg.grpo, m.ctx, m.tokenizer,
-                                                  role=spec.trains, seed=seed, out_dir=out, progress=progress))
-        scorer = getattr(m, spec.scorer)
-        if spec.update == "fkl":
-            return _train("fkl_warmup", build_gkd(model, scorer, world.unlabeled, cfg.fkl, m.tokenizer, seed=seed,
-                                                  out_dir=out, progress=progress))
-        if spec.labels is None:
-            return _train("opd", build_distillation(model, scorer, world.unlabeled, cfg.opd, m.tokenizer, seed=seed,
-                                                    out_dir=out, progress=progress))
-        steps, per_step = replay_steps(cfg, cfg.world.labels - len(labeled[TEACHER]))
-        return _train(stage.value, build_distillation(model, scorer, world.unlabeled, cfg.opd, m.tokenizer,
-                                                      seed=seed, out_dir=out, steps=steps, prompts_per_step=per_step,
-                                                      progress=progress))
+    if spec.update == "grpo":
+        return grpo(model, labeled[spec.labels], cfg.grpo, m.ctx, role=spec.trains, seed=seed, progress=progress,
+                    name=stage.value)
+    scorer = getattr(m, spec.scorer)
+    if spec.update == "fkl":
+        return fkl_warmup(model, scorer, world.unlabeled, cfg.fkl, m.ctx, seed=seed, progress=progress)
+    if spec.labels is None:
+        return opd(model, scorer, world.unlabeled, cfg.opd, m.ctx, seed=seed, progress=progress)
+    steps, per_step = replay_steps(cfg, cfg.world.labels - len(labeled[TEACHER]))
+    return opd(model, scorer, world.unlabeled, cfg.opd, m.ctx, seed=seed, steps=steps, prompts_per_step=per_step,
+               progress=progress, name=stage.value)
+
+
+def stage_functions(trainer: str):
+    """The module whose `grpo`, `fkl_warmup` and `opd` run the stages: reference.stages or this one."""
+    if trainer == "trl":
+        import sys
+        return sys.modules[__name__]
+    return st

@@ -30,7 +30,7 @@ def rel(a: float, b: float) -> float:
 def weights_rel(m1, m2) -> float:
     worst = 0.0
     for (n, a), (_, b) in zip(m1.named_parameters(), m2.named_parameters()):
-        worst = max(worst, float((a - b).abs().max() / b.abs().max().clamp(min=1e-12)))
+        worst = max(worst, float((a - b).detach().abs().max() / b.detach().abs().max().clamp(min=1e-12)))
     return worst
 
 
@@ -71,8 +71,9 @@ def run_stage(kind: str, cfg, m, world, steps: int, seed: int = 7) -> dict:
         worst = max(worst, d)
         print(f"{i:>4} {e[key]:>14.8f} {te[key]:>14.8f} {d:>9.2e} {e['grad_norm']:>10.5f} {te['grad_norm']:>10.5f}")
     w = weights_rel(ref_model, trl_model)
-    print(f"max rel. loss difference {worst:.2e}; final weights max |diff| / max |w| per tensor {w:.2e}")
-    return {"stage": kind, "loss_rel": worst, "weights_rel": w}
+    print(f"max rel. loss difference {worst:.2e}; final weights max |diff| / max |w| per tensor {w:.2e}; "
+          f"seconds reference {r.seconds:.1f}, TRL {t.seconds:.1f}")
+    return {"stage": kind, "loss_rel": worst, "weights_rel": w, "s_ref": r.seconds, "s_trl": t.seconds}
 
 
 def main() -> None:
@@ -88,7 +89,8 @@ def main() -> None:
     rows = [run_stage(k, cfg, m, world, a.steps) for k in a.stages.split(",")]
     print()
     for r in rows:
-        print(f"{r['stage']:>5}: loss rel {r['loss_rel']:.2e}  weights rel {r['weights_rel']:.2e}")
+        print(f"{r['stage']:>5}: loss rel {r['loss_rel']:.2e}  weights rel {r['weights_rel']:.2e}  "
+              f"seconds {r['s_ref']:.1f} reference / {r['s_trl']:.1f} TRL")
 
 
 if __name__ == "__main__":
