@@ -6,7 +6,8 @@
                                                                     every step; beta = 0: forward KL)
     OPD (2b)                -> trl.DistillationTrainer             (on-policy; beta = 1: reverse KL)
 
-Same arm registry (theory.arms.STAGES via `train_stage`), config, reward (reference.rewards scoring of
+Same arm registry (theory.arms.STAGES: `pipeline.train_stage` and the gate take their stage
+functions from `stage_functions(engine.trainer)`), config, reward (reference.rewards scoring of
 the world's answers), label split and stage checkpoints (`pipeline.run_stage` saves the trained model
 as before). `HYPERPARAMETERS` is the one table from this project's config fields to TRL's; the fields
 with no TRL counterpart are in `UNMAPPED` with the reason, and `FIXED` holds the values the reference
@@ -44,10 +45,8 @@ from torch.utils.data import Sampler
 
 from reference import stages as st
 from reference.config import FKLConfig, GRPOConfig, OPDConfig
-from theory.arms import STAGES, TEACHER
 from theory.errors import InputError
 
-TRAINERS = ("reference", "trl")
 
 # (section, field) -> the TRL argument it sets, and how. One row per reference config field of a stage.
 HYPERPARAMETERS: dict[tuple[str, str], str] = {
@@ -98,7 +97,7 @@ FIXED_GRPO: dict[str, Any] = {"scale_rewards": "group", "num_iterations": 1, "st
 FIXED_GKD: dict[str, Any] = {"lmbda": 0.0, "seq_kd": True, "beta": 0.0}
 GRPO_LOSS_TYPES = {"token_mean": "dapo", "seq_mean": "grpo"}
 OPD_BETA = {"full": 1.0}  # DistillationTrainer: beta 0 = forward KL, 1 = reverse KL
-SECTIONS = {"grpo": GRPOConfig, "fkl": FKLConfig, "opd": OPDConfig}
+STAGE_SECTIONS = {"grpo": GRPOConfig, "fkl": FKLConfig, "opd": OPDConfig}
 
 
 def _no_checkpointing() -> dict:
@@ -424,52 +423,39 @@ def _tokenizer(ctx: st.StageContext):
     return tok
 
 
-# The three stage functions with the signatures of reference.stages (the gate and train_stage call either).
+# The three stage functions with the signatures of reference.stages; `stage_functions` hands either set to
+# `pipeline.train_stage` and the gate, so the dispatch on theory.arms.STAGES stays in one place.
 
-def grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, *, role: str, seed: int, ref=None,
-         progress=None, name: str = "grpo", limit: int | None = None) -> st.StageResult:
+def trl_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, *, role: str, seed: int, ref=None,
+             progress=None, name: str = "grpo", limit: int | None = None) -> st.StageResult:
+    """`stages.grpo` on GRPOTrainer (`ref` unused: kl_coef > 0 is refused, see `build_grpo`)."""
     with tempfile.TemporaryDirectory(prefix="trl_") as out:
         return _train(name, build_grpo(policy, problems, cfg, ctx, _tokenizer(ctx), role=role, seed=seed,
                                        out_dir=out, limit=limit, progress=progress))
 
 
-def fkl_warmup(student, teacher, prompts, cfg: FKLConfig, ctx: st.StageContext, *, seed: int, progress=None,
-               name: str = "fkl_warmup", limit: int | None = None) -> st.StageResult:
+def trl_fkl_warmup(student, teacher, prompts, cfg: FKLConfig, ctx: st.StageContext, *, seed: int, progress=None,
+                   name: str = "fkl_warmup", limit: int | None = None) -> st.StageResult:
+    """`stages.fkl_warmup` on GKDTrainer (lmbda 0, seq_kd, beta 0)."""
     with tempfile.TemporaryDirectory(prefix="trl_") as out:
         return _train(name, build_gkd(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed, out_dir=out,
                                       limit=limit, progress=progress))
 
 
-def opd(student, teacher, prompts, cfg: OPDConfig, ctx: st.StageContext, *, seed: int, steps: int | None = None,
-        prompts_per_step: int | None = None, progress=None, name: str = "opd",
-        limit: int | None = None) -> st.StageResult:
+def trl_opd(student, teacher, prompts, cfg: OPDConfig, ctx: st.StageContext, *, seed: int, steps: int | None = None,
+            prompts_per_step: int | None = None, progress=None, name: str = "opd",
+            limit: int | None = None) -> st.StageResult:
+    """`stages.opd` on DistillationTrainer (beta 1)."""
     with tempfile.TemporaryDirectory(prefix="trl_") as out:
         return _train(name, build_distillation(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed,
                                                out_dir=out, steps=steps, prompts_per_step=prompts_per_step,
                                                limit=limit, progress=progress))
 
 
-def train_stage(stage, cfg, m, world, labeled: dict, seed: int, progress=None) -> st.StageResult:
-    """`pipeline.train_stage` on TRL's trainers: the same dispatch on theory.arms.STAGES[stage].update."""
-    from reference.pipeline import replay_steps
-    spec = STAGES[stage]
-    model = getattr(m, spec.trains)
-    if spec.update == "grpo":
-        return grpo(model, labeled[spec.labels], cfg.grpo, m.ctx, role=spec.trains, seed=seed, progress=progress,
-                    name=stage.value)
-    scorer = getattr(m, spec.scorer)
-    if spec.update == "fkl":
-        return fkl_warmup(model, scorer, world.unlabeled, cfg.fkl, m.ctx, seed=seed, progress=progress)
-    if spec.labels is None:
-        return opd(model, scorer, world.unlabeled, cfg.opd, m.ctx, seed=seed, progress=progress)
-    steps, per_step = replay_steps(cfg, cfg.world.labels - len(labeled[TEACHER]))
-    return opd(model, scorer, world.unlabeled, cfg.opd, m.ctx, seed=seed, steps=steps, prompts_per_step=per_step,
-               progress=progress, name=stage.value)
-
-
 def stage_functions(trainer: str):
-    """The module whose `grpo`, `fkl_warmup` and `opd` run the stages: reference.stages or this one."""
+    """What runs the stages under `engine.trainer`: an object with `grpo`, `fkl_warmup` and `opd` of
+    reference.stages' signatures (reference.stages itself, or TRL's trainers)."""
     if trainer == "trl":
-        import sys
-        return sys.modules[__name__]
+        from types import SimpleNamespace
+        return SimpleNamespace(grpo=trl_grpo, fkl_warmup=trl_fkl_warmup, opd=trl_opd)
     return st

@@ -27,11 +27,11 @@ from reference.pipeline import build_models, build_world  # noqa: E402
 
 
 def test_every_stage_field_is_mapped_or_declared_unmapped():
-    for section, cls in tb.SECTIONS.items():
+    for section, cls in tb.STAGE_SECTIONS.items():
         for f in fields(cls):
             key = (section, f.name)
             assert (key in tb.HYPERPARAMETERS) != (key in tb.UNMAPPED), f"{section}.{f.name}: map it or say why not"
-    assert set(tb.HYPERPARAMETERS) | set(tb.UNMAPPED) == {(s, f.name) for s, c in tb.SECTIONS.items() for f in fields(c)}
+    assert set(tb.HYPERPARAMETERS) | set(tb.UNMAPPED) == {(s, f.name) for s, c in tb.STAGE_SECTIONS.items() for f in fields(c)}
     print("\n".join(f"{s}.{n:18s} -> {v}" for (s, n), v in tb.HYPERPARAMETERS.items()))
 
 
@@ -210,13 +210,14 @@ def test_grpo_without_signal_makes_no_update_on_either_backend(tiny):
         with seeded("cpu", 11):
             return p, mod.grpo(p, problems, g, ctx_with_rewards(), role="student", seed=3, limit=limit)
 
-    (one, _), (two, log) = run(tb, 1), run(tb, 2)
+    trl = tb.stage_functions("trl")
+    (one, _), (two, log) = run(trl, 1), run(trl, 2)
     assert log.log[1]["zero_signal_fraction"] == 1.0 and log.log[1]["grad_norm"] == 0.0
     assert all(torch.equal(p, q) for p, q in zip(one.parameters(), two.parameters()))
-    (ref, ref_log), (trl, trl_log) = run(st, 3), run(tb, 3)
+    (ref, ref_log), (trl_model, trl_log) = run(st, 3), run(trl, 3)
     assert "loss" not in ref_log.log[1]
     assert [e["reward"] for e in trl_log.log] == [e["reward"] for e in ref_log.log]
-    _weights_close(ref, trl, 1e-3)
+    _weights_close(ref, trl_model, 1e-3)
 
 
 @pytest.mark.slow
@@ -233,7 +234,7 @@ def test_steps_from_the_same_start_agree_on_the_gated_toy_world(stage):
                                           seed=5, limit=20),
           "fkl": lambda mod, p: mod.fkl_warmup(p, m.teacher, world.unlabeled, cfg.fkl, m.ctx, seed=5, limit=20),
           "opd": lambda mod, p: mod.opd(p, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=5, limit=20)}[stage]
-    a, b, ra, rb = _steps_both(lambda p: fn(st, p), lambda p: fn(tb, p), m.student)
+    a, b, ra, rb = _steps_both(lambda p: fn(st, p), lambda p: fn(tb.stage_functions("trl"), p), m.student)
     key = {"grpo": "loss", "fkl": "forward_kl", "opd": "kl_to_teacher"}[stage]
     assert [e[key] for e in rb.log] == pytest.approx([e[key] for e in ra.log], rel=1e-3)
     assert [e["grad_norm"] for e in rb.log] == pytest.approx([e["grad_norm"] for e in ra.log], rel=1e-3)
