@@ -104,7 +104,8 @@ def _no_checkpointing() -> dict:
     """Activation checkpointing off (some TRL configs default it on; transformers 5 renamed the field)."""
     from transformers import TrainingArguments
     names = TrainingArguments.__dataclass_fields__
-    return {"activation_checkpointing": False} if "activation_checkpointing" in names else {"gradient_checkpointing": False}
+    name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {name: False}
 
 
 _NO_CHECKPOINTING: dict = {}
@@ -138,8 +139,8 @@ def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, 
 def gkd_args(cfg: FKLConfig, *, steps: int, out_dir: str):
     from trl.experimental.gkd import GKDConfig
     if cfg.temperature != 1.0:
-        raise InputError(f"fkl.temperature = {cfg.temperature}: the TRL backend's forward-KL warmup "
-                         "(GKDTrainer) computes its loss at temperature 1; set fkl.temperature = 1 or trainer = \"reference\"")
+        raise InputError(f"fkl.temperature = {cfg.temperature}: the TRL backend's forward-KL warmup (GKDTrainer) "
+                         "computes its loss at temperature 1; set fkl.temperature = 1 or trainer = \"reference\"")
     return GKDConfig(**_common_args(out_dir, lr=cfg.lr, steps=steps, per_device=cfg.prompts_per_step,
                                     grad_clip=cfg.grad_clip),
                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, disable_dropout=True,
@@ -220,7 +221,9 @@ def _trainer_classes():
             # the reference makes no update on a batch without signal (every group's rewards equal)
             batch = self._prepare_inputs(inputs)
             self._skip_update = not bool((batch["advantages"] != 0).any())
-            self._tokens += int(batch["prompt_mask"].sum() + batch["completion_mask"].sum()) * (1 if self._skip_update else 2)
+            # the compute account: the rollout, plus the update's forward/backward when there is one
+            rollout = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
+            self._tokens += rollout * (1 if self._skip_update else 2)
             return super().training_step(model, batch, num_items_in_batch)
 
         def _prepare_inputs(self, generation_batch):
@@ -329,8 +332,8 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, tok, *, 
     run = steps if limit is None else min(steps, limit)
     args = grpo_args(cfg, role=role, steps=run, prompts_per_step=P, out_dir=out_dir)
     if cfg.kl_coef > 0:
-        raise InputError("grpo.kl_coef > 0 under trainer = \"trl\": GRPOTrainer reloads the reference model from "
-                         "the policy's path, which an in-memory model lacks; set kl_coef = 0 or trainer = \"reference\"")
+        raise InputError("grpo.kl_coef > 0 under trainer = \"trl\": GRPOTrainer reloads the reference model from the "
+                         "policy's path, which an in-memory model lacks; set kl_coef = 0 or trainer = \"reference\"")
     _set_eos(policy, tok)
     log = _Log("grpo", run, progress)
     use_cache = policy.config.use_cache

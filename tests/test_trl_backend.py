@@ -24,6 +24,7 @@ from reference import stages as st  # noqa: E402
 from reference import trl_backend as tb  # noqa: E402
 from reference.config import Config, load_config  # noqa: E402
 from reference.pipeline import build_models, build_world  # noqa: E402
+from test_reference_pipeline import TINY, write_config  # noqa: E402  (tests/ is on sys.path)
 
 
 def test_every_stage_field_is_mapped_or_declared_unmapped():
@@ -31,7 +32,8 @@ def test_every_stage_field_is_mapped_or_declared_unmapped():
         for f in fields(cls):
             key = (section, f.name)
             assert (key in tb.HYPERPARAMETERS) != (key in tb.UNMAPPED), f"{section}.{f.name}: map it or say why not"
-    assert set(tb.HYPERPARAMETERS) | set(tb.UNMAPPED) == {(s, f.name) for s, c in tb.STAGE_SECTIONS.items() for f in fields(c)}
+    every = {(s, f.name) for s, c in tb.STAGE_SECTIONS.items() for f in fields(c)}
+    assert set(tb.HYPERPARAMETERS) | set(tb.UNMAPPED) == every
     print("\n".join(f"{s}.{n:18s} -> {v}" for (s, n), v in tb.HYPERPARAMETERS.items()))
 
 
@@ -64,8 +66,10 @@ def test_each_trainer_argument_carries_the_config_value(tmp_path):
     assert (g.learning_rate, g.num_generations, g.per_device_train_batch_size, g.max_steps) == (3e-5, 4, 12, 7)
     assert (g.epsilon, g.epsilon_high, g.loss_type, g.beta) == (0.15, 0.3, "grpo", 0.0)
     assert (g.temperature, g.max_completion_length, g.max_grad_norm) == (0.9, 11, 0.7)
-    assert (g.adam_beta1, g.adam_beta2, g.weight_decay, g.scale_rewards, g.steps_per_generation) == (0.9, 0.99, 0.0, "group", 1)
-    assert tb.grpo_args(cfg.grpo, role="student", steps=7, prompts_per_step=3, out_dir=str(tmp_path)).learning_rate == 2e-4
+    assert (g.adam_beta1, g.adam_beta2, g.weight_decay, g.scale_rewards) == (0.9, 0.99, 0.0, "group")
+    assert g.steps_per_generation == 1
+    student = tb.grpo_args(cfg.grpo, role="student", steps=7, prompts_per_step=3, out_dir=str(tmp_path))
+    assert student.learning_rate == 2e-4
     k = tb.gkd_args(cfg.fkl, steps=8, out_dir=str(tmp_path))
     assert (k.learning_rate, k.per_device_train_batch_size, k.max_new_tokens, k.max_grad_norm) == (4e-4, 5, 13, 0.6)
     assert (k.lmbda, k.seq_kd, k.beta, k.max_steps) == (0.0, True, 0.0, 8)
@@ -239,25 +243,10 @@ def test_steps_from_the_same_start_agree_on_the_gated_toy_world(stage):
     assert [e[key] for e in rb.log] == pytest.approx([e[key] for e in ra.log], rel=1e-3)
     assert [e["grad_norm"] for e in rb.log] == pytest.approx([e["grad_norm"] for e in ra.log], rel=1e-3)
     _weights_close(a, b, 1e-3)
+    assert ra.tokens == rb.tokens  # the same compute account
 
 
 # ---- the pipeline and the gate on the TRL backend -------------------------------------------------------
-
-TINY = {"world.labels": 16, "world.val": 24, "world.test": 24, "world.unlabeled": 64,
-        "grpo.prompts_per_step": 4, "grpo.group_size": 4, "grpo.epochs": 0.5, "grpo.max_new_tokens": 32,
-        "fkl.steps": 2, "fkl.prompts_per_step": 4, "fkl.max_new_tokens": 32,
-        "opd.steps": 2, "opd.prompts_per_step": 4, "opd.max_new_tokens": 32,
-        "eval.k": 2, "eval.curve_problems": 8, "eval.max_new_tokens": 32, "eval.batch": 64}
-
-
-def _write(cfg, path):
-    lines = []
-    for section, values in cfg.to_dict().items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
 
 def test_toy_trl_config_is_toy_short_on_trl_with_a_short_schedule():
     trl, short = load_config("toy_trl"), load_config("toy_short")
@@ -271,7 +260,7 @@ def test_rl_teacher_bridge_runs_end_to_end_on_trl(tmp_path, capsys):
     from reference import cli
     from reference.pipeline import stage_key
     cfg = load_config("toy_trl").override(TINY)
-    path = _write(cfg, tmp_path / "trl.toml")
+    path = write_config(cfg, tmp_path / "trl.toml")
     rc = cli.main(["run", "--arm", "rl_teacher_bridge", "--config", str(path), "--workdir", str(tmp_path / "w")])
     assert rc == 0
     out = capsys.readouterr().out
@@ -291,7 +280,7 @@ def test_gate_runs_on_both_backends_and_records_each(tmp_path):
     import pandas as pd
     from reference import cli
     cfg = load_config("toy_short").override({**TINY, "grpo.epochs": 5.0, "fkl.steps": 20, "opd.steps": 20})
-    path = _write(cfg, tmp_path / "tiny.toml")
+    path = write_config(cfg, tmp_path / "tiny.toml")
     rec = tmp_path / "gates.csv"
     for trainer in ("reference", "trl"):
         cli.main(["gate", "--config", str(path), "--trainer", trainer, "--seeds", "1", "--steps", "20",
