@@ -2,9 +2,9 @@
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python scripts/trl_agreement.py [--steps 20] [--config toy_short]
 
-Each stage starts from the same weights and the same seeded torch state; the reference runs
-`reference.stages`, the TRL path `reference.trl_backend` (GRPOTrainer / GKDTrainer /
-DistillationTrainer). Prints per step the two losses and grad norms, and at the end the largest
+Stages: student GRPO, FKL warmup and OPD (toward the base teacher), teacher GRPO. Each starts from
+the same weights and the same seeded torch state; the reference runs `reference.stages`, the TRL path
+`reference.trl_backend` (GRPOTrainer / GKDTrainer / DistillationTrainer). Prints per step the two losses and grad norms, and at the end the largest
 relative difference of the logged losses and of the final weights.
 """
 
@@ -35,18 +35,25 @@ def weights_rel(m1, m2) -> float:
 
 
 def run_stage(kind: str, cfg, m, world, steps: int, seed: int = 7) -> dict:
-    ref_model = copy.deepcopy(m.student)
-    trl_model = copy.deepcopy(m.student)
+    start = m.teacher if kind == "teacher_grpo" else m.student
+    ref_model = copy.deepcopy(start)
+    trl_model = copy.deepcopy(start)
     labeled = world.labeled[:cfg.world.labels]
+    trl = tb.stage_functions("trl")
     with seeded("cpu", 1234):
-        if kind == "grpo":
+        if kind == "teacher_grpo":
+            r = st.grpo(ref_model, labeled, cfg.grpo, m.ctx, role="teacher", seed=seed, limit=steps)
+        elif kind == "grpo":
             r = st.grpo(ref_model, labeled, cfg.grpo, m.ctx, role="student", seed=seed, limit=steps)
         elif kind == "fkl":
             r = st.fkl_warmup(ref_model, m.teacher, world.unlabeled, cfg.fkl, m.ctx, seed=seed, limit=steps)
         else:
             r = st.opd(ref_model, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=seed, limit=steps)
     with seeded("cpu", 1234), tempfile.TemporaryDirectory() as out:
-        if kind == "grpo":
+        if kind == "teacher_grpo":
+            b = None
+            t = trl.grpo(trl_model, labeled, cfg.grpo, m.ctx, role="teacher", seed=seed, limit=steps)
+        elif kind == "grpo":
             b = tb.build_grpo(trl_model, labeled, cfg.grpo, m.ctx, m.tokenizer, role="student", seed=seed,
                               out_dir=out, limit=steps)
         elif kind == "fkl":
@@ -55,8 +62,9 @@ def run_stage(kind: str, cfg, m, world, steps: int, seed: int = 7) -> dict:
         else:
             b = tb.build_distillation(trl_model, m.teacher, world.unlabeled, cfg.opd, m.tokenizer, seed=seed,
                                       out_dir=out, limit=steps)
-        t = tb._train(kind, b)
-    key = {"grpo": "loss", "fkl": "forward_kl", "opd": "loss"}[kind]
+        if b is not None:
+            t = tb._train(kind, b)
+    key = {"teacher_grpo": "loss", "grpo": "loss", "fkl": "forward_kl", "opd": "loss"}[kind]
     ref_log = [e for e in r.log if key in e]
     worst = 0.0
     print(f"\n== {kind}: {len(r.log)} reference steps ({len(ref_log)} updates), {len(t.log)} TRL steps")
@@ -80,7 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--config", default="toy_short")
-    ap.add_argument("--stages", default="grpo,fkl,opd")
+    ap.add_argument("--stages", default="grpo,fkl,opd,teacher_grpo")
     a = ap.parse_args()
     torch.set_num_threads(1)
     cfg = load_config(a.config)
