@@ -299,6 +299,8 @@ def cmd_pilot(a) -> int:
 def cmd_gate(a) -> int:
     from reference.config import load_config
     cfg = load_config(a.config)
+    if a.trainer:
+        cfg = cfg.override({"engine.trainer": a.trainer})
     from reference.models import quiet
     quiet()
     from reference import gate
@@ -418,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  reference-pipeline gate --config configs/toy.toml --json gate.json\n"
                               "  reference-pipeline gate --config toy_short --seeds 3 --jobs 2 --record")
     g.add_argument("--config", required=True, help="config path or name in configs/")
+    g.add_argument("--trainer", choices=["reference", "trl"],
+                   help="the stages' trainer (overrides the config's engine.trainer; recorded as the backend)")
     g.add_argument("--seeds", type=int, default=3, help="seeds 0..K-1")
     g.add_argument("--steps", type=int, default=50,
                    help="first steps of each stage's schedule for the no-op and GRPO checks (>= 20)")

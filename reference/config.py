@@ -279,6 +279,7 @@ class EngineConfig:
     micro_batch: int = 0  # sequences per forward/backward chunk; 0 -> whole batch
     tracker: str = ""  # "" off; "tensorboard" (or another accelerate tracker): per-step stage logs (reference.tracking)
     tracker_dir: str = ""  # where a file-based tracker writes; "" -> <workdir>/tracking
+    trainer: str = "reference"  # the stages' trainer: this project's loop, or "trl" (reference.trl_backend)
 
     def __post_init__(self) -> None:
         _check_pos("engine", self, ("threads",))
@@ -288,6 +289,8 @@ class EngineConfig:
         _check_pos("engine", self, ("lora_rank", "micro_batch"), allow_zero=True)
         if self.rollout not in ("hf", "vllm"):
             raise InputError(f"engine.rollout must be 'hf' or 'vllm', got {self.rollout!r}")
+        if self.trainer not in ("reference", "trl"):
+            raise InputError(f"engine.trainer must be 'reference' or 'trl', got {self.trainer!r}")
         if self.launcher not in ("single", "accelerate"):
             raise InputError(f"engine.launcher must be 'single' or 'accelerate', got {self.launcher!r}")
 
@@ -347,6 +350,7 @@ _HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("world", "families"): "",
     ("student", "steps_share"): "",
     ("teacher", "steps_share"): "",
+    ("engine", "trainer"): "reference",
 }
 # Fields that only say where a run reports, never what it computes: left out of every hash and of the
 # resume check whatever their value (turning tracking on keeps the stage keys, seeds and numbers).

@@ -98,7 +98,8 @@ def gate_seed(cfg: Config, seed: int, *, steps: int = GATE_STEPS, problems: int 
     """One seed of the gate: the raw measurements (per-step logs, paired per-problem accuracy changes)."""
     import torch
 
-    from reference import stages as st
+    from reference.trl_backend import stage_functions
+    st = stage_functions(cfg.engine.trainer)  # reference.stages, or TRL's trainers under engine.trainer = "trl"
     from reference.evaluate import evaluate
     from reference.pipeline import build_models, build_world
 
@@ -252,7 +253,7 @@ def run_gate(cfg: Config, *, seeds: int = 3, steps: int = GATE_STEPS, problems: 
         with mp.get_context("spawn").Pool(min(jobs, seeds)) as pool:
             raws = pool.map(_worker, [(cfg, s, steps, problems) for s in range(seeds)])
     return GateResult(config_name(cfg), cfg.hash(), seeds, steps, time.perf_counter() - t0,
-                      checks_from(raws), raw=tuple(raws))
+                      checks_from(raws), backend=cfg.engine.trainer, raw=tuple(raws))
 
 
 def config_name(cfg: Config) -> str:

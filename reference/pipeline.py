@@ -475,17 +475,20 @@ def train_stage(stage: Stage, cfg: Config, m: Models, world: World, labeled: dic
     """Train, in place, the model `stage` updates by its update rule (theory.arms.STAGES): GRPO on the
     labels of that model's share, the forward-KL warmup or OPD on the world's unlabeled prompts with
     the teacher scoring. The replay control draws as many student rollouts as stage-3 GRPO would have
-    drawn on the held-back labels (`replay_steps`)."""
+    drawn on the held-back labels (`replay_steps`). `engine.trainer = "trl"` runs the same dispatch on
+    TRL's trainers (reference.trl_backend.stage_functions)."""
+    from reference.trl_backend import stage_functions
+    run = stage_functions(cfg.engine.trainer)  # reference.stages, or TRL's trainers under trainer = "trl"
     spec = STAGES[stage]
     model = getattr(m, spec.trains)
     if spec.update == "grpo":
-        return st.grpo(model, labeled[spec.labels], cfg.grpo, m.ctx, role=spec.trains, seed=seed, progress=progress,
-                       name=stage.value)
+        return run.grpo(model, labeled[spec.labels], cfg.grpo, m.ctx, role=spec.trains, seed=seed,
+                        progress=progress, name=stage.value)
     scorer = getattr(m, spec.scorer)
     if spec.update == "fkl":
-        return st.fkl_warmup(model, scorer, world.unlabeled, cfg.fkl, m.ctx, seed=seed, progress=progress)
+        return run.fkl_warmup(model, scorer, world.unlabeled, cfg.fkl, m.ctx, seed=seed, progress=progress)
     if spec.labels is None:
-        return st.opd(model, scorer, world.unlabeled, cfg.opd, m.ctx, seed=seed, progress=progress)
+        return run.opd(model, scorer, world.unlabeled, cfg.opd, m.ctx, seed=seed, progress=progress)
     steps, per_step = replay_steps(cfg, cfg.world.labels - len(labeled[TEACHER]))
-    return st.opd(model, scorer, world.unlabeled, cfg.opd, m.ctx, seed=seed, steps=steps,
-                  prompts_per_step=per_step, progress=progress, name=stage.value)
+    return run.opd(model, scorer, world.unlabeled, cfg.opd, m.ctx, seed=seed, steps=steps,
+                   prompts_per_step=per_step, progress=progress, name=stage.value)

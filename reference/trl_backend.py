@@ -1,0 +1,464 @@
+"""The TRL backend (`[engine] trainer = "trl"`): every stage on the trainers labs already run.
+
+    teacher / student GRPO  -> trl.GRPOTrainer                     (loss_type "dapo" | "grpo")
+    forward-KL warmup (2a)  -> trl.experimental.gkd.GKDTrainer     (lmbda = 0: no student samples;
+                                                                    seq_kd = True: the teacher samples
+                                                                    every step; beta = 0: forward KL)
+    OPD (2b)                -> trl.DistillationTrainer             (on-policy; beta = 1: reverse KL)
+
+Same arm registry (theory.arms.STAGES: `pipeline.train_stage` and the gate take their stage
+functions from `stage_functions(engine.trainer)`), config, reward (reference.rewards scoring of
+the world's answers), label split and stage checkpoints (`pipeline.run_stage` saves the trained model
+as before). `HYPERPARAMETERS` is the one table from this project's config fields to TRL's; the fields
+with no TRL counterpart are in `UNMAPPED` with the reason, and `FIXED` holds the values the reference
+loop hard-codes (AdamW's betas, eps, weight decay), which are passed to TRL explicitly.
+
+Three things are pinned so that both backends compute the same numbers (tests/test_trl_backend.py):
+- data order: each trainer's sampler yields the reference's batches (`stages._batches`, seeded from
+  the stage key), each prompt repeated group-size times as TRL's own `RepeatSampler` does;
+- sampling: generation draws from one torch RNG stream of its own, started from the stage's seeded
+  state; the HF Trainer re-seeds torch at construction and its data loader draws from the global
+  generator, which would otherwise shift every sample;
+- schedule: the reference's `lr_factor` as a LambdaLR (HF's warmup starts at lr 0 and its cosine
+  reaches 0; the reference's first step moves and its last step still moves).
+And one behaviour: a GRPO batch without signal (every group's rewards equal) makes no optimizer step
+in the reference; TRL would step AdamW on its momentum, so the optimizer skips that step here too.
+
+Deviations: the forward-KL warmup and OPD have no micro-batch split of their own here (TRL's
+gradient accumulation sizes are left at 1); GKD computes its loss at temperature 1, so `fkl.temperature`
+must be 1 under TRL; `opd.estimator = "sampled"` has no TRL counterpart (DistillationTrainer is the
+exact full-vocabulary divergence). At Qwen3 scale TRL's losses run over the padded vocabulary columns
+(the reference slices them off; a trained model puts ~0 mass there).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+import math
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+from reference import stages as st
+from reference.config import FKLConfig, GRPOConfig, OPDConfig
+from theory.errors import InputError
+
+
+# (section, field) -> the TRL argument it sets, and how. One row per reference config field of a stage.
+HYPERPARAMETERS: dict[tuple[str, str], str] = {
+    ("grpo", "lr"): "GRPOConfig.learning_rate (student GRPO)",
+    ("grpo", "teacher_lr"): "GRPOConfig.learning_rate (teacher GRPO; 0 -> lr)",
+    ("grpo", "group_size"): "GRPOConfig.num_generations",
+    ("grpo", "prompts_per_step"): "GRPOConfig.per_device_train_batch_size = prompts_per_step * group_size "
+                                  "(TRL counts completions); generation_batch_size the same, steps_per_generation 1",
+    ("grpo", "epochs"): "GRPOConfig.max_steps = stages.grpo_steps(labels, cfg)",
+    ("grpo", "clip_low"): "GRPOConfig.epsilon",
+    ("grpo", "clip_high"): "GRPOConfig.epsilon_high",
+    ("grpo", "loss"): "GRPOConfig.loss_type: token_mean -> 'dapo', seq_mean -> 'grpo'",
+    ("grpo", "kl_coef"): "GRPOConfig.beta (k3 estimator, as TRL's)",
+    ("grpo", "temperature"): "GRPOConfig.temperature (sampling and the training forward's logits / T)",
+    ("grpo", "max_new_tokens"): "GRPOConfig.max_completion_length",
+    ("grpo", "grad_clip"): "GRPOConfig.max_grad_norm",
+    ("grpo", "warmup"): "the reference's lr_factor as the trainer's LambdaLR (warmup ratio)",
+    ("grpo", "schedule"): "the reference's lr_factor as the trainer's LambdaLR (constant / cosine / linear)",
+    ("fkl", "lr"): "GKDConfig.learning_rate",
+    ("fkl", "steps"): "GKDConfig.max_steps",
+    ("fkl", "prompts_per_step"): "GKDConfig.per_device_train_batch_size (one teacher sample per prompt)",
+    ("fkl", "temperature"): "GKDConfig.temperature (teacher sampling; must be 1: GKD's loss is at T = 1)",
+    ("fkl", "max_new_tokens"): "GKDConfig.max_new_tokens",
+    ("fkl", "grad_clip"): "GKDConfig.max_grad_norm",
+    ("fkl", "warmup"): "the reference's lr_factor as the trainer's LambdaLR (warmup ratio)",
+    ("fkl", "schedule"): "the reference's lr_factor as the trainer's LambdaLR",
+    ("opd", "lr"): "DistillationConfig.learning_rate",
+    ("opd", "steps"): "DistillationConfig.max_steps (the replay control: stage-3 GRPO's step count)",
+    ("opd", "prompts_per_step"): "DistillationConfig.per_device_train_batch_size (one student sample per prompt)",
+    ("opd", "temperature"): "DistillationConfig.temperature (sampling and the divergence's softmax)",
+    ("opd", "max_new_tokens"): "DistillationConfig.max_completion_length",
+    ("opd", "estimator"): "'full' -> DistillationConfig.beta = 1.0 (exact full-vocabulary reverse KL)",
+    ("opd", "grad_clip"): "DistillationConfig.max_grad_norm",
+    ("opd", "warmup"): "the reference's lr_factor as the trainer's LambdaLR (warmup ratio)",
+    ("opd", "schedule"): "the reference's lr_factor as the trainer's LambdaLR",
+}
+# Reference config fields of a stage section with no TRL argument, and why.
+UNMAPPED: dict[tuple[str, str], str] = {}
+# What the reference loop hard-codes, passed to every TRL config explicitly (stages._optimizer).
+FIXED: dict[str, Any] = {
+    "optim": "adamw_torch", "adam_beta1": 0.9, "adam_beta2": 0.99, "adam_epsilon": 1e-8, "weight_decay": 0.0,
+    "gradient_accumulation_steps": 1, "top_p": 1.0, "top_k": 0,  # stage sampling is plain temperature sampling
+    "seed": 0,  # unused for numbers: data order and sampling are the reference's (module docstring)
+}
+# fixed per trainer: the settings that make TRL's algorithm the reference's one
+FIXED_GRPO: dict[str, Any] = {"scale_rewards": "group", "num_iterations": 1, "steps_per_generation": 1,
+                              "importance_sampling_level": "token", "mask_truncated_completions": False}
+FIXED_GKD: dict[str, Any] = {"lmbda": 0.0, "seq_kd": True, "beta": 0.0}
+GRPO_LOSS_TYPES = {"token_mean": "dapo", "seq_mean": "grpo"}
+OPD_BETA = {"full": 1.0}  # DistillationTrainer: beta 0 = forward KL, 1 = reverse KL
+STAGE_SECTIONS = {"grpo": GRPOConfig, "fkl": FKLConfig, "opd": OPDConfig}
+
+
+def _no_checkpointing() -> dict:
+    """Activation checkpointing off (some TRL configs default it on; transformers 5 renamed the field)."""
+    from transformers import TrainingArguments
+    names = TrainingArguments.__dataclass_fields__
+    name = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {name: False}
+
+
+_NO_CHECKPOINTING: dict = {}
+
+
+def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_clip: float) -> dict:
+    if not _NO_CHECKPOINTING:
+        _NO_CHECKPOINTING.update(_no_checkpointing())
+    return dict(output_dir=out_dir, learning_rate=lr, max_steps=steps, per_device_train_batch_size=per_device,
+                max_grad_norm=grad_clip, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
+                report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True,
+                dataloader_num_workers=0, remove_unused_columns=False,
+                optim=FIXED["optim"], adam_beta1=FIXED["adam_beta1"], adam_beta2=FIXED["adam_beta2"],
+                adam_epsilon=FIXED["adam_epsilon"], weight_decay=FIXED["weight_decay"],
+                gradient_accumulation_steps=FIXED["gradient_accumulation_steps"], seed=FIXED["seed"],
+                lr_scheduler_type="constant", **_NO_CHECKPOINTING)
+
+
+def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, out_dir: str):
+    from trl import GRPOConfig as TRLGRPOConfig
+    G = cfg.group_size
+    return TRLGRPOConfig(**_common_args(out_dir, lr=cfg.lr_for(role), steps=steps, per_device=prompts_per_step * G,
+                                        grad_clip=cfg.grad_clip),
+                         num_generations=G, generation_batch_size=prompts_per_step * G,
+                         epsilon=cfg.clip_low, epsilon_high=cfg.clip_high, loss_type=GRPO_LOSS_TYPES[cfg.loss],
+                         beta=cfg.kl_coef, temperature=cfg.temperature, top_p=FIXED["top_p"], top_k=FIXED["top_k"],
+                         max_completion_length=cfg.max_new_tokens, disable_dropout=True, shuffle_dataset=False,
+                         **{k: v for k, v in FIXED_GRPO.items() if k != "steps_per_generation"})
+
+
+def gkd_args(cfg: FKLConfig, *, steps: int, out_dir: str):
+    from trl.experimental.gkd import GKDConfig
+    if cfg.temperature != 1.0:
+        raise InputError(f"fkl.temperature = {cfg.temperature}: the TRL backend's forward-KL warmup (GKDTrainer) "
+                         "computes its loss at temperature 1; set fkl.temperature = 1 or trainer = \"reference\"")
+    return GKDConfig(**_common_args(out_dir, lr=cfg.lr, steps=steps, per_device=cfg.prompts_per_step,
+                                    grad_clip=cfg.grad_clip),
+                     temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, disable_dropout=True,
+                     **FIXED_GKD)
+
+
+def distillation_args(cfg: OPDConfig, *, steps: int, prompts_per_step: int, out_dir: str):
+    from trl import DistillationConfig
+    if cfg.estimator not in OPD_BETA:
+        raise InputError(f"opd.estimator = {cfg.estimator!r} has no TRL counterpart (DistillationTrainer computes "
+                         "the exact full-vocabulary divergence); use estimator = \"full\" or trainer = \"reference\"")
+    return DistillationConfig(**_common_args(out_dir, lr=cfg.lr, steps=steps, per_device=prompts_per_step,
+                                             grad_clip=cfg.grad_clip),
+                              beta=OPD_BETA[cfg.estimator], temperature=cfg.temperature, top_p=FIXED["top_p"],
+                              top_k=FIXED["top_k"], max_completion_length=cfg.max_new_tokens, disable_dropout=True,
+                              shuffle_dataset=False)
+
+
+class ReferenceOrder(Sampler):
+    """The reference's batches (`stages._batches`), each index repeated `repeat` times in a row."""
+
+    def __init__(self, n_items: int, per_step: int, steps: int, seed: int, repeat: int = 1):
+        self.n_items, self.per_step, self.steps, self.seed, self.repeat = n_items, per_step, steps, seed, repeat
+
+    def __iter__(self):
+        for idx in st._batches(self.n_items, self.per_step, self.steps, np.random.default_rng(self.seed)):
+            for i in idx:
+                for _ in range(self.repeat):
+                    yield i
+
+    def __len__(self) -> int:
+        return self.per_step * self.steps * self.repeat
+
+
+class _Pinned:
+    """Mixin for the three trainers: the reference's data order, sampling RNG stream, lr schedule,
+    and a per-step log in the reference's keys."""
+
+    def _pin(self, order: ReferenceOrder, rng_state: torch.Tensor, lr_of_step: Callable[[int], float]):
+        self._order, self._rng_state, self._lr_of_step = order, rng_state, lr_of_step
+        self._tokens = 0
+
+    def _get_train_sampler(self, dataset=None):
+        return self._order
+
+    @contextmanager
+    def _sampling_stream(self):
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self._rng_state)
+        try:
+            yield
+        finally:
+            self._rng_state = torch.get_rng_state()
+            torch.set_rng_state(outer)
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            opt = self.optimizer if optimizer is None else optimizer
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_of_step)
+        return self.lr_scheduler
+
+
+def _lr_of_step(schedule_cfg, steps: int) -> Callable[[int], float]:
+    return lambda s: st.lr_factor(min(s, steps - 1), steps, schedule_cfg.warmup, schedule_cfg.schedule)
+
+
+def _trainer_classes():
+    """Subclasses defined on first use: importing TRL costs seconds and the reference backend never needs it."""
+    from trl import DistillationTrainer, GRPOTrainer
+    from trl.experimental.gkd import GKDTrainer
+
+    class PinnedGRPO(_Pinned, GRPOTrainer):
+        def _generate_single_turn(self, *args, **kwargs):
+            with self._sampling_stream():
+                return super()._generate_single_turn(*args, **kwargs)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            # the reference makes no update on a batch without signal (every group's rewards equal)
+            batch = self._prepare_inputs(inputs)
+            self._skip_update = not bool((batch["advantages"] != 0).any())
+            # the compute account: the rollout, plus the update's forward/backward when there is one
+            rollout = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
+            self._tokens += rollout * (1 if self._skip_update else 2)
+            return super().training_step(model, batch, num_items_in_batch)
+
+        def _prepare_inputs(self, generation_batch):
+            if isinstance(generation_batch, dict) and "advantages" in generation_batch:
+                return generation_batch  # already generated this step
+            return super()._prepare_inputs(generation_batch)
+
+        def create_optimizer(self, model=None):
+            opt = super().create_optimizer(model) if model is not None else super().create_optimizer()
+            step = opt.step
+
+            def guarded(*a, **k):
+                if getattr(self, "_skip_update", False):
+                    return None
+                return step(*a, **k)
+            opt.step = guarded
+            return opt
+
+    class PinnedGKD(_Pinned, GKDTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            with self._sampling_stream():
+                # with lmbda = 0 and seq_kd the parent samples the teacher once, then trains on it; the draw
+                # of python's `random` that picks the branch is not torch's stream
+                loss = super().training_step(model, inputs, num_items_in_batch)
+            self._tokens += 3 * int(inputs["attention_mask"].sum())
+            return loss
+
+    class PinnedDistillation(_Pinned, DistillationTrainer):
+        def _generate_single_turn(self, *args, **kwargs):
+            with self._sampling_stream():
+                return super()._generate_single_turn(*args, **kwargs)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            self._tokens += 3 * int(inputs["prompt_mask"].sum() + inputs["completion_mask"].sum())
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return PinnedGRPO, PinnedGKD, PinnedDistillation
+
+
+class _Log:
+    """A TrainerCallback collecting each step's log in the reference's keys, calling `progress`."""
+
+    RENAME = {"grpo": {"reward": "reward", "frac_reward_zero_std": "zero_signal_fraction", "loss": "loss",
+                       "grad_norm": "grad_norm", "learning_rate": "lr", "completions/mean_length": "length"},
+              "fkl": {"loss": "forward_kl", "grad_norm": "grad_norm", "learning_rate": "lr"},
+              "opd": {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "lr",
+                      "completions/mean_length": "length"}}
+
+    def __init__(self, kind: str, total: int, progress):
+        from transformers import TrainerCallback
+        self.kind, self.total, self.progress, self.entries = kind, total, progress, []
+        log = self
+
+        class Callback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if not logs or "train_runtime" in logs:
+                    return
+                entry = {"step": len(log.entries)}
+                entry.update({new: float(logs[old]) for old, new in log.RENAME[kind].items() if old in logs})
+                if kind == "opd" and "loss" in entry:  # beta = 1: the loss is the batch's reverse KL before the step
+                    entry["kl_to_teacher"] = entry["loss"]
+                log.entries.append(entry)
+                if log.progress:
+                    log.progress(len(log.entries), log.total, entry)
+        self.callback = Callback()
+
+
+def _quiet(trainer, use_cache: bool) -> None:
+    """The stage's progress bar and tracker show the log; the Trainer's own printer would repeat it.
+    TRL's constructors turn the model's KV cache off for training (`config.use_cache = False`); it is
+    put back here and turned off only while `_train` trains, so sampling and evaluation outside the
+    stage keep their cache (and their numbers)."""
+    from transformers.trainer_callback import PrinterCallback
+    trainer.remove_callback(PrinterCallback)
+    trainer.model.config.use_cache = use_cache
+
+
+def _prompt_dataset(problems, *, with_gold: bool):
+    from datasets import Dataset
+    rows = {"prompt": [p.prompt for p in problems]}
+    if with_gold:
+        rows["gold"] = [p.gold for p in problems]
+    return Dataset.from_dict(rows)
+
+
+def _reward(ctx: st.StageContext):
+    def correct(prompts, completions, gold, **_):
+        return [float(r) for r in ctx.score_batch(list(completions), list(gold))]
+    return correct
+
+
+def _set_eos(model, tok) -> None:
+    """TRL reads the stop token from the model's generation config (the toy models carry none)."""
+    gc = getattr(model, "generation_config", None)
+    if gc is not None:
+        gc.eos_token_id = tok.eos_token_id
+        gc.pad_token_id = tok.pad_token_id
+
+
+def build_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, tok, *, role: str, seed: int,
+               out_dir: str, ref=None, limit: int | None = None, progress=None):
+    """(trainer, log, steps): a GRPOTrainer pinned to the reference's order, stream and schedule."""
+    PinnedGRPO, _, _ = _trainer_classes()
+    steps = st.grpo_steps(len(problems), cfg)
+    P = min(cfg.prompts_per_step, max(1, len(problems)))
+    run = steps if limit is None else min(steps, limit)
+    args = grpo_args(cfg, role=role, steps=run, prompts_per_step=P, out_dir=out_dir)
+    if cfg.kl_coef > 0:
+        raise InputError("grpo.kl_coef > 0 under trainer = \"trl\": GRPOTrainer reloads the reference model from the "
+                         "policy's path, which an in-memory model lacks; set kl_coef = 0 or trainer = \"reference\"")
+    _set_eos(policy, tok)
+    log = _Log("grpo", run, progress)
+    use_cache = policy.config.use_cache
+    state = torch.get_rng_state()
+    trainer = PinnedGRPO(model=policy, reward_funcs=[_reward(ctx)], args=args,
+                         train_dataset=_prompt_dataset(problems, with_gold=True), processing_class=tok,
+                         callbacks=[log.callback])
+    torch.set_rng_state(state)
+    _quiet(trainer, use_cache)
+    trainer._pin(ReferenceOrder(len(problems), P, run, seed, repeat=cfg.group_size), state,
+                 _lr_of_step(cfg, steps))
+    return trainer, log, run
+
+
+class _PromptCollator:
+    """GKD's batch of prompts (left-padded): the teacher completes them inside the trainer (seq_kd)."""
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    def __call__(self, rows):
+        enc = self.tok([r["prompt"] for r in rows], return_tensors="pt", padding=True, add_special_tokens=False)
+        # no "labels" key: the HF Trainer would count the (all-masked) prompt labels as the loss normaliser
+        return {"prompts": enc["input_ids"], "prompt_attention_mask": enc["attention_mask"],
+                "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def build_gkd(student, teacher, prompts, cfg: FKLConfig, tok, *, seed: int, out_dir: str,
+              limit: int | None = None, progress=None):
+    _, PinnedGKD, _ = _trainer_classes()
+    run = cfg.steps if limit is None else min(cfg.steps, limit)
+    args = gkd_args(cfg, steps=run, out_dir=out_dir)
+    _set_eos(student, tok)
+    _set_eos(teacher, tok)
+    log = _Log("fkl", run, progress)
+    use_cache = student.config.use_cache
+    state = torch.get_rng_state()
+    trainer = PinnedGKD(model=student, teacher_model=teacher, args=args, data_collator=_PromptCollator(tok),
+                        train_dataset=_prompt_dataset(prompts, with_gold=False), processing_class=tok,
+                        callbacks=[log.callback])
+    torch.set_rng_state(state)
+    _quiet(trainer, use_cache)
+    trainer._pin(ReferenceOrder(len(prompts), cfg.prompts_per_step, run, seed), state, _lr_of_step(cfg, cfg.steps))
+    return trainer, log, run
+
+
+def build_distillation(student, teacher, prompts, cfg: OPDConfig, tok, *, seed: int, out_dir: str,
+                       steps: int | None = None, prompts_per_step: int | None = None, limit: int | None = None,
+                       progress=None):
+    _, _, PinnedDistillation = _trainer_classes()
+    steps = cfg.steps if steps is None else steps
+    per_step = cfg.prompts_per_step if prompts_per_step is None else prompts_per_step
+    run = steps if limit is None else min(steps, limit)
+    args = distillation_args(cfg, steps=run, prompts_per_step=per_step, out_dir=out_dir)
+    _set_eos(student, tok)
+    _set_eos(teacher, tok)
+    log = _Log("opd", run, progress)
+    use_cache = student.config.use_cache
+    state = torch.get_rng_state()
+    trainer = PinnedDistillation(model=student, teacher_model=teacher, args=args,
+                                 train_dataset=_prompt_dataset(prompts, with_gold=False), processing_class=tok,
+                                 callbacks=[log.callback])
+    torch.set_rng_state(state)
+    _quiet(trainer, use_cache)
+    trainer._pin(ReferenceOrder(len(prompts), per_step, run, seed), state, _lr_of_step(cfg, steps))
+    return trainer, log, run
+
+
+def _train(name: str, built) -> st.StageResult:
+    trainer, log, run = built
+    t0 = time.perf_counter()
+    config = trainer.model.config
+    use_cache, config.use_cache = config.use_cache, False
+    try:
+        if run > 0:
+            trainer.train()
+    finally:
+        config.use_cache = use_cache
+    return st.StageResult(name, run, trainer._tokens, time.perf_counter() - t0, tuple(log.entries))
+
+
+def _tokenizer(ctx: st.StageContext):
+    tok = getattr(ctx.rollout, "tok", None)
+    if tok is None:
+        raise InputError("trainer = \"trl\" needs the HF rollout's tokenizer (engine.rollout = \"hf\"); TRL's "
+                         "own vLLM generation is not wired yet")
+    if ctx.engine is not None:
+        raise InputError("trainer = \"trl\" runs as one process here (TRL's own accelerate launch is not wired "
+                         "yet); set engine.launcher = \"single\" or trainer = \"reference\"")
+    return tok
+
+
+# The three stage functions with the signatures of reference.stages; `stage_functions` hands either set to
+# `pipeline.train_stage` and the gate, so the dispatch on theory.arms.STAGES stays in one place.
+
+def trl_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, *, role: str, seed: int, ref=None,
+             progress=None, name: str = "grpo", limit: int | None = None) -> st.StageResult:
+    """`stages.grpo` on GRPOTrainer (`ref` unused: kl_coef > 0 is refused, see `build_grpo`)."""
+    with tempfile.TemporaryDirectory(prefix="trl_") as out:
+        return _train(name, build_grpo(policy, problems, cfg, ctx, _tokenizer(ctx), role=role, seed=seed,
+                                       out_dir=out, limit=limit, progress=progress))
+
+
+def trl_fkl_warmup(student, teacher, prompts, cfg: FKLConfig, ctx: st.StageContext, *, seed: int, progress=None,
+                   name: str = "fkl_warmup", limit: int | None = None) -> st.StageResult:
+    """`stages.fkl_warmup` on GKDTrainer (lmbda 0, seq_kd, beta 0)."""
+    with tempfile.TemporaryDirectory(prefix="trl_") as out:
+        return _train(name, build_gkd(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed, out_dir=out,
+                                      limit=limit, progress=progress))
+
+
+def trl_opd(student, teacher, prompts, cfg: OPDConfig, ctx: st.StageContext, *, seed: int, steps: int | None = None,
+            prompts_per_step: int | None = None, progress=None, name: str = "opd",
+            limit: int | None = None) -> st.StageResult:
+    """`stages.opd` on DistillationTrainer (beta 1)."""
+    with tempfile.TemporaryDirectory(prefix="trl_") as out:
+        return _train(name, build_distillation(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed,
+                                               out_dir=out, steps=steps, prompts_per_step=prompts_per_step,
+                                               limit=limit, progress=progress))
+
+
+def stage_functions(trainer: str):
+    """What runs the stages under `engine.trainer`: an object with `grpo`, `fkl_warmup` and `opd` of
+    reference.stages' signatures (reference.stages itself, or TRL's trainers)."""
+    if trainer == "trl":
+        from types import SimpleNamespace
+        return SimpleNamespace(grpo=trl_grpo, fkl_warmup=trl_fkl_warmup, opd=trl_opd)
+    return st
