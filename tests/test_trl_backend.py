@@ -249,7 +249,7 @@ def test_steps_from_the_same_start_agree_on_the_gated_toy_world(stage):
 # ---- the pipeline and the gate on the TRL backend -------------------------------------------------------
 
 def test_toy_trl_config_is_toy_short_on_trl_with_a_short_schedule():
-    trl, short = load_config("toy_trl"), load_config("toy_short")
+    trl, short = load_config("smoke/trl_short"), load_config("toy_short")
     assert trl.engine.trainer == "trl"
     assert (trl.world.seed, trl.student, trl.teacher) == (short.world.seed, short.student, short.teacher)
     assert trl.grpo.lr == short.grpo.lr and trl.opd.lr == short.opd.lr and trl.fkl.lr == short.fkl.lr
@@ -259,7 +259,7 @@ def test_toy_trl_config_is_toy_short_on_trl_with_a_short_schedule():
 def test_rl_teacher_bridge_runs_end_to_end_on_trl(tmp_path, capsys):
     from reference import cli
     from reference.pipeline import stage_key
-    cfg = load_config("toy_trl").override(TINY)
+    cfg = load_config("smoke/trl_short").override(TINY)
     path = write_config(cfg, tmp_path / "trl.toml")
     rc = cli.main(["run", "--arm", "rl_teacher_bridge", "--config", str(path), "--workdir", str(tmp_path / "w")])
     assert rc == 0
