@@ -237,8 +237,23 @@ def run(args) -> Costs:
         if trl is not None:
             new_trl = args.trl_new or train["new"]
 
-            def trl_stage(name, stage, model_name, call, tokens, anchor, anchor_name, what):
+            def estimate_s(layers: int) -> float:
+                """Two TRL steps, dominated by HF generate of `new_trl` tokens: per decode step, plain generate's
+                latency at the anchor (batch-independent at these sizes: launch-bound), x layers, x 1.5 for
+                the training passes and trainer overhead."""
+                plain = r.get("anchor_gen_plain_b64_tok_s")
+                if not plain:
+                    return 0.0
+                return 2 * new_trl * (gen["B"] / plain) * (layers / c.s_cfg.layers) * 1.5
+
+            def trl_stage(name, stage, model_name, call, tokens, anchor, anchor_name, what, layers=None):
                 def go():
+                    est = estimate_s(layers or c.s_cfg.layers)
+                    left = args.budget_s - (time.perf_counter() - c.t_start)
+                    if est > left:
+                        raise RuntimeError(f"skipped: TRL at these shapes needs ~{est:.0f} s (HF generate of "
+                                           f"{new_trl} tokens inside each step), {left:.0f} s of the budget left "
+                                           "(--budget-s, --trl-new, or --backends trl to run it alone)")
                     gc.reset_peak(c.device)
                     gc.sync(c.device)
                     t0 = time.perf_counter()
@@ -267,7 +282,7 @@ def run(args) -> Costs:
                 k.part("trl_teacher_grpo", trl_stage(
                     "trl_teacher_grpo", "teacher_grpo", k.T, trl_teacher,
                     2 * ft8["B"] * (train["P"] + new_trl), r.get("anchor_ft_8b_tok_s", float("nan")),
-                    "8B full fine-tune", f"GRPO 2 steps x {ft8['B']}x{train['P'] + new_trl}"))
+                    "8B full fine-tune", f"GRPO 2 steps x {ft8['B']}x{train['P'] + new_trl}", c.t_cfg.layers))
                 bp = gc.problems(c.rng, 2 * G, c.n_tok, train["P"])
                 for name, stage, fn, cls in (("trl_fkl", "fkl_warmup", trl.fkl_warmup, FKLConfig),
                                              ("trl_opd", "opd", trl.opd, OPDConfig)):
@@ -277,7 +292,8 @@ def run(args) -> Costs:
                         lambda fn=fn, cfg=cfg: fn(c.m["student"], c.m["teacher"], bp, cfg, ctx_hf(), seed=0),
                         2 * 2 * G * (train["P"] + new_trl), anchors_bridge(r) if "anchor_score_8b_tok_s" in r
                         else float("nan"), "8B scoring + 1.7B fine-tune, 2 passes",
-                        f"{stage} 2 steps x {G}x{train['P'] + new_trl}, full-vocabulary KL"))
+                        f"{stage} 2 steps x {G}x{train['P'] + new_trl}, full-vocabulary KL",
+                        c.t_cfg.layers if stage == "fkl_warmup" else c.s_cfg.layers + c.t_cfg.layers // 4))
             c.m.pop("teacher", None)
             gc.free(c.device)
             sp = gc.problems(c.rng, 2, c.n_tok, train["P"])
@@ -301,6 +317,8 @@ def main(argv=None) -> int:
     ap.add_argument("--trl-new", type=int, default=0, help="new tokens per TRL rollout (default: the stage shape's)")
     args = ap.parse_args(argv)
     args.skip = {x.strip() for x in args.skip.split(",") if x.strip()}
+    if "reference" not in args.backends.split(","):  # the anchors still run: every ratio needs them
+        args.skip |= {"rollouts", "evaluation", "teacher_grpo", "teacher_grpo_lora", "fkl", "opd", "opd16"}
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cpu" and not args.tiny:
