@@ -306,6 +306,33 @@ def run(args) -> Costs:
     return k
 
 
+def committed_rates() -> dict:
+    """(stage, phase) -> (tokens/s, tag) of the committed table's reference rows."""
+    path = ROOT / "docs" / "results" / "gpu_costs.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        return {(row["stage"], row["phase"]): (float(row["tokens_per_s"]), row["tag"])
+                for row in csv.DictReader(f) if row["backend"] == "reference"}
+
+
+def planner_check(path: Path) -> str:
+    """Can theory/costs.py read the written table per backend? (Two rows per stage, phase and GPU count
+    after the backend filter - e.g. teacher GRPO full and LoRA, or these rows appended beside the
+    committed ones - need an engine filter or one row dropped before the planner uses the file.)"""
+    from theory.costs import CostTable
+    from theory.errors import InputError
+
+    out = []
+    for backend in ("reference", "trl"):
+        try:
+            n = len(CostTable.from_csv(path, backend=backend).rows)
+            out.append(f"{backend}: {n} rows OK")
+        except InputError as e:
+            out.append(f"{backend}: {e}")
+    return "planner read-back (theory.costs.CostTable.from_csv per backend): " + "; ".join(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU run of the same code path)")
@@ -340,6 +367,15 @@ def main(argv=None) -> int:
               f"{row['tokens_per_s']:>9s} tok/s  peak {row['peak_gib'] or '-':>5s} GiB  {ratio}")
     if getattr(k, "extra_eval", None):
         print(f"  {k.extra_eval}")
+    committed = committed_rates()
+    if committed and not args.tiny:
+        print("vs the committed table (docs/results/gpu_costs.csv, backend reference):")
+        for row in k.rows:
+            old = committed.get((row["stage"], row["phase"]))
+            if old:
+                print(f"  {row['stage']:13s} {row['phase']:7s} {row['backend']:9s} {row['engine']:15s} "
+                      f"{float(row['tokens_per_s']) / old[0]:.2f}x the committed {old[0]:.0f} ({old[1]})")
+    print(planner_check(Path(args.out)))
     print("goals:" if k.goals else "goals: none evaluated")
     for g in k.goals:
         print(f"  {g}")
