@@ -125,7 +125,8 @@ def run(args) -> Costs:
         gc.measure_rollouts(c)
         per = (gen["P"] + gen["N"]) / gen["N"]  # counted: prompt + response per generated token
         for stage in ("student_grpo", "opd"):
-            k.append(stage, "rollout", k.S, "reference", "hf_static_cache" if c.cuda else "hf", r["rollout_tok_s"] * per,
+            engine = "hf_static_cache" if c.cuda else "hf"
+            k.append(stage, "rollout", k.S, "reference", engine, r["rollout_tok_s"] * per,
                      None, f"HFRollout batch {gen['B']}, {gen['P']} prompt + {gen['N']} new, generated "
                      f"{r['rollout_tok_s']:.0f} tok/s x {per:.2f} (prompt + response counted)",
                      r["anchor_gen_plain_b64_tok_s"] * per, "plain HF generate, same shapes")
@@ -146,7 +147,8 @@ def run(args) -> Costs:
         gc.sync(c.device)
         dt = time.perf_counter() - t0
         r["eval_tok_s"] = len(probs) * 4 * (gen["P"] + gen["N"]) / dt  # upper bound on lengths: counted as max
-        k.extra_eval = f"evaluation avg@4, {len(probs)} problems, {gen['P']}+{gen['N']}: {r['eval_tok_s']:.0f} tok/s (first call, compile included)"
+        k.extra_eval = (f"evaluation avg@4, {len(probs)} problems, {gen['P']}+{gen['N']}: {r['eval_tok_s']:.0f} tok/s "
+                        "(first call, compile included; every sample counted at full length)")
         c.log(k.extra_eval)
     k.part("evaluation", evaluation)
 
@@ -337,7 +339,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="tiny shapes (CPU run of the same code path)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    ap.add_argument("--out", default="", help="CSV appended to (default: $OUT/gpu_costs.csv or /tmp/gpu_costs_<date>.csv)")
+    ap.add_argument("--out", default="",
+                    help="CSV appended to (default: $OUT/gpu_costs.csv or /tmp/gpu_costs_<date>.csv)")
     ap.add_argument("--backends", default="reference,trl", help="comma-separated: reference, trl")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip (e.g. evaluation,opd16,trl_fkl)")
     ap.add_argument("--budget-s", type=float, default=270.0, help="skip parts that would start after this many seconds")
