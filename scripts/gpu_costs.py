@@ -25,15 +25,13 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as _dt
-import json
+from pathlib import Path
 import os
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT)]  # gpu_check, then the repo (reference, theory)
 
 import gpu_check as gc  # noqa: E402  (also sets up tomllib on Python 3.10)
 import torch  # noqa: E402
