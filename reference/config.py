@@ -132,6 +132,7 @@ class ModelConfig:
     style: str = "direct"
     protocol_break: float = 0.0
     steps_share: str = ""  # style = "mix" only
+    step_drills: float = 0.0  # share of pre-training documents that are bare running-sum chains (no prompt)
     pretrain_steps: int = 2000
     pretrain_lr: float = 3e-3
     pretrain_batch: int = 64
@@ -157,6 +158,8 @@ class ModelConfig:
                 raise InputError(f"model.steps_share values must lie in [0, 1], got {self.steps_share!r}")
         if not 0.0 <= self.protocol_break <= 1.0:
             raise InputError(f"model.protocol_break must lie in [0, 1], got {self.protocol_break!r}")
+        if not 0.0 <= self.step_drills < 1.0:
+            raise InputError(f"model.step_drills must lie in [0, 1), got {self.step_drills!r}")
         if self.path and self.asset:
             raise InputError("model: give either path or asset, not both")
 
@@ -350,6 +353,8 @@ _HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("world", "families"): "",
     ("student", "steps_share"): "",
     ("teacher", "steps_share"): "",
+    ("student", "step_drills"): 0.0,
+    ("teacher", "step_drills"): 0.0,
     ("engine", "trainer"): "reference",
 }
 # Fields that only say where a run reports, never what it computes: left out of every hash and of the

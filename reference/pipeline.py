@@ -113,6 +113,8 @@ def asset_spec(mcfg) -> dict:
     spec = {k: getattr(mcfg, k) for k in keys}
     if mcfg.style == "mix":  # only mixed-style assets carry it: older assets' specs stay as committed
         spec["steps_share"] = mcfg.steps_share
+    if mcfg.step_drills:
+        spec["step_drills"] = mcfg.step_drills
     return spec
 
 

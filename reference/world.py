@@ -131,9 +131,11 @@ def check_disjoint(world: World) -> None:
 
 
 def pretraining_text(world: World, *, style: str, protocol_break: float, n: int,
-                     rng: np.random.Generator, shares: tuple[float, ...] = ()) -> list[str]:
+                     rng: np.random.Generator, shares: tuple[float, ...] = (), drills: float = 0.0) -> list[str]:
     """n documents "prompt+solution" on fresh expressions (never one from a split). Style "mix" writes
-    steps with probability `shares[family]` (one share: every family alike)."""
+    steps with probability `shares[family]` (one share: every family alike). A share `drills` of the
+    documents are bare running-sum chains ("12+7=19;19-3=16;"): the step skill without a prompt, so it
+    is trained without teaching the model to choose the step mode after one."""
     cfg = world.config
     if style == "mix":
         want = max(1, len(cfg.family_ops))
@@ -145,6 +147,9 @@ def pretraining_text(world: World, *, style: str, protocol_break: float, n: int,
         nums, ops, fam = _expression(rng, cfg)
         prompt = _text(nums, ops) + "="
         if prompt in taken:
+            continue
+        if drills and rng.random() < drills:
+            out.append(";".join(evaluate_left_to_right(nums, ops)[1]) + ";")
             continue
         s = style
         if style == "mix":

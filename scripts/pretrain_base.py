@@ -47,7 +47,7 @@ def pretrain(cfg, role: str, *, log_every: int = 250) -> None:
         for step in range(mcfg.pretrain_steps):
             docs = pretraining_text(world, style=mcfg.style, protocol_break=mcfg.protocol_break,
                                     n=mcfg.pretrain_batch, rng=rng,
-                                    shares=mcfg.shares if mcfg.style == "mix" else ())
+                                    shares=mcfg.shares if mcfg.style == "mix" else (), drills=mcfg.step_drills)
             enc = tok([d + tok.eos_token for d in docs], return_tensors="pt", padding=True, add_special_tokens=False)
             labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
             out = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=labels)

@@ -129,6 +129,13 @@ def test_problem_families_and_a_mixed_style_base():
     # only family 2 ("+-", share 0) shows both operators; it can also draw one operator only, so it
     # dilutes the one-operator buckets a little
     assert not any(by["+-"]) and np.mean(by["+"]) > 0.9 and 0.35 < np.mean(by["-"]) < 0.55
+    drilled = pretraining_text(w, style="direct", protocol_break=0.0, n=400, rng=np.random.default_rng(1),
+                               drills=0.5)
+    bare = [d for d in drilled if "\\boxed" not in d]
+    assert 120 < len(bare) < 280 and all(d.endswith(";") and "=" in d for d in bare)
+    assert base.hash() == base.override({"student.step_drills": 0.0}).hash()
+    with pytest.raises(InputError, match="step_drills"):
+        base.override({"student.step_drills": 1.0})
     with pytest.raises(InputError, match="steps_share"):
         base.override({"student.style": "mix"})
     with pytest.raises(InputError, match="families"):
