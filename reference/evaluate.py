@@ -28,31 +28,48 @@ class EvalResult:
         return pd.DataFrame({"metric": list(self.metrics), "value": list(self.metrics.values())})
 
 
+def _sampling(cfg: EvalConfig, k: int, greedy: bool, temperature, top_p, top_k) -> dict:
+    return dict(n=k, temperature=cfg.temperature if temperature is None else temperature,
+                top_p=cfg.top_p if top_p is None else top_p, top_k=cfg.top_k if top_k is None else top_k,
+                max_new_tokens=cfg.max_new_tokens, greedy=greedy)
+
+
+def _score(ro, chunk, ctx: StageContext, k: int) -> tuple:
+    """Per completion of one generate call: correct, compliant, wrote running sums ("a+b=c;"); lengths."""
+    shape = (len(chunk), k)
+    golds = [p.gold for p in chunk for _ in range(k)]
+    correct = np.asarray(ctx.score_batch(list(ro.texts), golds), dtype=float).reshape(shape) > 0
+    compliant = np.asarray([ctx.is_compliant(t) for t in ro.texts]).reshape(shape)
+    steps = np.asarray(["=" in t for t in ro.texts]).reshape(shape)
+    return correct, compliant, steps, ro.lengths_B.tolist()
+
+
+def _assemble(scored: dict[int, tuple], starts: list[int], n: int, k: int):
+    """Chunk results (keyed by chunk index) -> per-problem arrays in problem order, and the mean length."""
+    correct, compliant, steps = (np.zeros((n, k), dtype=bool) for _ in range(3))
+    lengths = []
+    for c, start in enumerate(starts):
+        ok, comp, st, lens = scored[c]
+        correct[start:start + len(ok)] = ok
+        compliant[start:start + len(ok)] = comp
+        steps[start:start + len(ok)] = st
+        lengths.extend(lens)
+    return correct, compliant, float(np.mean(lengths)) if lengths else 0.0, steps
+
+
 def _sample(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, greedy: bool, *,
             temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
             keyed: bool = False):
     if keyed:
         return _sample_keyed(model, problems, ctx, cfg, k, greedy, temperature=temperature, top_p=top_p, top_k=top_k)
-    correct = np.zeros((len(problems), k), dtype=bool)
-    compliant = np.zeros((len(problems), k), dtype=bool)
-    steps = np.zeros((len(problems), k), dtype=bool)  # the completion wrote running sums ("a+b=c;")
-    lengths = []
+    sampling = _sampling(cfg, k, greedy, temperature, top_p, top_k)
     step = max(1, cfg.batch // k)
-    for i in range(0, len(problems), step):
-        chunk = problems[i:i + step]
-        ro = ctx.rollout.generate(model, [p.prompt for p in chunk], n=k,
-                                  temperature=cfg.temperature if temperature is None else temperature,
-                                  top_p=cfg.top_p if top_p is None else top_p,
-                                  top_k=cfg.top_k if top_k is None else top_k,
-                                  max_new_tokens=cfg.max_new_tokens, greedy=greedy)
-        golds = [p.gold for p in chunk for _ in range(k)]
-        r = np.asarray(ctx.score_batch(list(ro.texts), golds), dtype=float).reshape(len(chunk), k)
-        c = np.asarray([ctx.is_compliant(t) for t in ro.texts]).reshape(len(chunk), k)
-        correct[i:i + len(chunk)] = r > 0
-        compliant[i:i + len(chunk)] = c
-        steps[i:i + len(chunk)] = np.asarray(["=" in t for t in ro.texts]).reshape(len(chunk), k)
-        lengths.extend(ro.lengths_B.tolist())
-    return correct, compliant, float(np.mean(lengths)) if lengths else 0.0, steps
+    starts = list(range(0, len(problems), step))
+    scored = {}
+    for c, start in enumerate(starts):  # one RNG stream over the chunks in order
+        chunk = problems[start:start + step]
+        scored[c] = _score(ctx.rollout.generate(model, [p.prompt for p in chunk], **sampling), chunk, ctx, k)
+    return _assemble(scored, starts, len(problems), k)
 
 
 def _sample_keyed(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, greedy: bool, *,
@@ -73,46 +90,29 @@ def _sample_keyed(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, g
     engine = ctx.engine
     rank, world = (0, 1) if engine is None else (engine.rank, engine.world_size)
     base = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    sampling = _sampling(cfg, k, greedy, temperature, top_p, top_k)
     step = max(1, cfg.batch // k)
     starts = list(range(0, len(problems), step))
     mine = [c for c in range(len(starts)) if c % world == rank]
     rounds = -(-len(starts) // world) if sharded_across_ranks(model) else len(mine)
     on_gpu = next(model.parameters()).device.type == "cuda"
     devices = [torch.cuda.current_device()] if on_gpu else []
-    done = {}
+    scored = {}
     for j in range(rounds):
         c = mine[j] if j < len(mine) else (mine[0] if mine else 0)
         chunk = problems[starts[c]:starts[c] + step]
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed_from(base, c))
-            ro = ctx.rollout.generate(model, [p.prompt for p in chunk], n=k,
-                                      temperature=cfg.temperature if temperature is None else temperature,
-                                      top_p=cfg.top_p if top_p is None else top_p,
-                                      top_k=cfg.top_k if top_k is None else top_k,
-                                      max_new_tokens=cfg.max_new_tokens, greedy=greedy)
+            ro = ctx.rollout.generate(model, [p.prompt for p in chunk], **sampling)
         if j >= len(mine):
             continue  # a lockstep round with no chunk of its own
-        golds = [p.gold for p in chunk for _ in range(k)]
-        r = np.asarray(ctx.score_batch(list(ro.texts), golds), dtype=float).reshape(len(chunk), k)
-        c_ok = np.asarray([ctx.is_compliant(t) for t in ro.texts]).reshape(len(chunk), k)
-        done[c] = (r > 0, c_ok, ro.lengths_B.tolist(),
-                   np.asarray(["=" in t for t in ro.texts]).reshape(len(chunk), k))
+        scored[c] = _score(ro, chunk, ctx, k)
     if world > 1:
         import torch.distributed as dist
         parts: list = [None] * world
-        dist.all_gather_object(parts, done)
-        done = {c: v for part in parts for c, v in part.items()}
-    correct = np.zeros((len(problems), k), dtype=bool)
-    compliant = np.zeros((len(problems), k), dtype=bool)
-    steps = np.zeros((len(problems), k), dtype=bool)
-    lengths = []
-    for c, start in enumerate(starts):
-        ok, comp, lens, st = done[c]
-        correct[start:start + len(ok)] = ok
-        compliant[start:start + len(ok)] = comp
-        steps[start:start + len(ok)] = st
-        lengths.extend(lens)
-    return correct, compliant, float(np.mean(lengths)) if lengths else 0.0, steps
+        dist.all_gather_object(parts, scored)
+        scored = {c: v for part in parts for c, v in part.items()}
+    return _assemble(scored, starts, len(problems), k)
 
 
 @torch.no_grad()
