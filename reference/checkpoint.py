@@ -56,14 +56,29 @@ def tiny_qwen3(mcfg: ModelConfig, vocab_size: int, *, pad_id: int, eos_id: int):
     return model.to(getattr(torch, mcfg.dtype))
 
 
-def save_weights(model, directory: Path, meta: dict, state: dict | None = None) -> None:
-    """Write weights + meta atomically into `directory` (tmp dir, fsync, rename). `state`: the full
-    state dict when the caller gathered it already (a sharded model: `engines.full_state_dict`)."""
+@contextlib.contextmanager
+def atomic_directory(directory: Path):
+    """Yield a fresh temporary directory beside `directory`; when the block ends without an error it
+    replaces `directory` in one rename, otherwise it is removed. A reader sees the old directory or the
+    complete new one, never a half-written one."""
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
+        yield tmp
+        if directory.exists():
+            shutil.rmtree(directory)
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_weights(model, directory: Path, meta: dict, state: dict | None = None) -> None:
+    """Write weights + meta atomically into `directory` (tmp dir, fsync, rename). `state`: the full
+    state dict when the caller gathered it already (a sharded model: `engines.full_state_dict`)."""
+    with atomic_directory(directory) as tmp:
         state = model.state_dict() if state is None else state
         state = {k: v.detach().contiguous().clone() for k, v in state.items()}
         save_file(state, str(tmp / WEIGHTS))
@@ -72,12 +87,6 @@ def save_weights(model, directory: Path, meta: dict, state: dict | None = None) 
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if directory.exists():
-            shutil.rmtree(directory)
-        tmp.rename(directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def read_meta(directory: Path) -> dict:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-import shutil
-import uuid
 
 from reference import checkpoint as ckpt
 from reference.config import Config
@@ -71,19 +69,11 @@ def export_student(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Pat
     gen = model.generation_config
     gen.do_sample, gen.temperature, gen.top_p, gen.top_k = True, cfg.eval.temperature, cfg.eval.top_p, cfg.eval.top_k
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with ckpt.atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / EXPORT_META).write_text(json.dumps(
             {"arm": arm.name, "seed": seed, "stage": stage, "stage_key": key, "config_hash": cfg.hash(),
              "config": cfg.source, "stage_sha256": meta.get("sha256"), "teacher_labels": teacher_labels},
             indent=1, default=str))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
