@@ -122,25 +122,19 @@ def _parse_row(raw: dict, where: str) -> CostRow:
         raise InputError(f"{where}: phase must be one of {', '.join(PHASES)}, got {v['phase']!r}")
     if v["tag"] not in TAGS:
         raise InputError(f"{where}: tag must be one of {', '.join(TAGS)}, got {v['tag']!r}")
-    try:
-        gpus = float(v["gpus"])
-    except ValueError:
-        raise InputError(f"{where}: gpus must be a positive whole number, got {v['gpus']!r}") from None
-    gpus = check_gpus(gpus, f"{where}: gpus")
-    try:
-        rate = float(v["tokens_per_s"])
-    except ValueError:
-        raise InputError(f"{where}: tokens_per_s must be a number, got {v['tokens_per_s']!r}") from None
-    if not (math.isfinite(rate) and rate > 0):
-        raise InputError(f"{where}: tokens_per_s must be a positive finite number, got {v['tokens_per_s']!r}")
-    peak = None
-    if v["peak_gib"]:
+    def number(col: str, unparsable: str, bad: str | None = None) -> float:
+        """Column `col` as a float; `unparsable` / `bad` (not finite and positive) name what it must be."""
         try:
-            peak = float(v["peak_gib"])
+            x = float(v[col])
         except ValueError:
-            raise InputError(f"{where}: peak_gib must be a number or empty, got {v['peak_gib']!r}") from None
-        if not (math.isfinite(peak) and peak > 0):
-            raise InputError(f"{where}: peak_gib must be positive, got {v['peak_gib']!r}")
+            raise InputError(f"{where}: {col} must be {unparsable}, got {v[col]!r}") from None
+        if bad is not None and not (math.isfinite(x) and x > 0):
+            raise InputError(f"{where}: {col} must be {bad}, got {v[col]!r}")
+        return x
+
+    gpus = check_gpus(number("gpus", "a positive whole number"), f"{where}: gpus")
+    rate = number("tokens_per_s", "a number", "a positive finite number")
+    peak = number("peak_gib", "a number or empty", "positive") if v["peak_gib"] else None
     if not v["source"]:
         raise InputError(f"{where}: source must say where the figure comes from (or why it is assumed)")
     return CostRow(stage, v["phase"], v["model"], v["backend"], v["engine"], gpus, rate, peak, v["tag"], v["source"])
