@@ -133,7 +133,8 @@ def _recommended_column(df: pd.DataFrame, out: pd.DataFrame, what: str) -> np.nd
     bad = ~num.isin([0, 1])
     if bad.any():
         i = bad[bad].index[0]
-        raise InputError(f"{what}: column 'recommended' must be 0 or 1, got {raw[i]!r} for {_row_name(out.loc[i])}")
+        v = raw[i].item() if isinstance(raw[i], np.generic) else raw[i]
+        raise InputError(f"{what}: column 'recommended' must be 0 or 1, got {v!r} for {_row_name(out.loc[i])}")
     rec = num.astype("int64")
     many = out[rec == 1].groupby(["set", "world", "labels"]).size()
     if (many > 1).any():
