@@ -187,9 +187,14 @@ def test_cli_prints_and_writes_json(files, capsys):
     assert "direct_grpo" in text and "mae 2.33" in text and "kendall tau 1.00 over 2" in text
     d = json.loads(out.read_text())
     for key in ("mae", "mae_over_se", "coverage", "mean_interval_width", "kendall_tau", "split_regret", "naive_mae",
-                "n_configs", "n_significant_pairs", "interval_score", "level", "per_world", "per_config"):
+                "n_configs", "n_significant_pairs", "interval_score", "level", "per_world", "per_config",
+                "decision_regret", "crossover", "by_world"):
         assert key in d
     assert d["mae"] == pytest.approx(7 / 3) and d["split_regret"] is None and len(d["per_config"]) == 3
+    # no recommended column: no decision regret; one budget per arm: a measured d, never a crossover
+    assert d["decision_regret"] is None and d["crossover"][W]["measured"]["d"] == pytest.approx([32 - 11])
+    assert d["crossover"][W]["measured"]["crossovers"] == [] and d["by_world"][W]["mean_interval_width"] == pytest.approx(10.5 / 3)
+    assert "crossover w (rl_teacher_bridge - direct_grpo): predicted none; measured none" in text
 
 
 @pytest.mark.parametrize("change,needle", [

@@ -4,7 +4,9 @@ Inputs
   predictions  one row per configuration (PRED_COLUMNS): world, arm, labels (the budget N),
                teacher_labels, student_labels (the registry's LabelAccount, as the run table records
                it), set ("calibration" | "heldout"), pred_mean, pred_lo, pred_hi (percent), level (the
-               interval's nominal level, e.g. 0.9), naive_mean (a naive predictor, percent).
+               interval's nominal level, e.g. 0.9), naive_mean (a naive predictor, percent);
+               optional recommended (0/1; absent = all 0): the planner's pick, at most one row per
+               (set, world, labels).
   runs         a run table (theory.tables); rows with metric "accuracy" and split "test", one per seed.
 Join key: (world, arm, teacher_labels, student_labels).
 
@@ -24,6 +26,24 @@ Figures over the configurations of one set (all accuracy in points):
                measured split's mean minus the measured mean at the split with the highest pred_mean
                (first such split by teacher_labels on a predicted tie); the mean over groups. None
                without such a group.
+  decision_regret  per (world, labels) group with a recommended row: the best measured mean over the
+               group's measured configurations (predicted in this set and run; ties: first by arm,
+               teacher_labels) minus the recommended configuration's measured mean (points, >= 0);
+               mean and max over groups. A recommended configuration without runs is listed under
+               `unmeasured`, never dropped. None when no row is recommended.
+  crossover    per world, d(N) = rl_teacher_bridge - direct_grpo (BRIDGE_ARM - DIRECT_ARM).
+               predicted: d from pred_mean over every budget where both arms have a prediction in this
+               set (runs or not); measured: d from the measured means over the budgets where both arms
+               are measured (and predicted). A crossover lies between adjacent budgets (sorted) where d
+               changes sign, at the zero of d linearly interpolated in log2 N, reported as N = 2**x
+               (a d of exactly 0 between opposite signs: that budget); direction "bridge_wins_above" if
+               d goes from - to + as N grows, else "direct_wins_above". ratio = predicted / measured N
+               of the first crossovers when both exist, within_factor_2 = 1/2 <= ratio <= 2. Per
+               measured budget also the paired d: seeds run by both arms, mean of bridge - direct with
+               a 95% percentile bootstrap interval (theory.stats.paired_difference, 10000 resamples,
+               rng seed 0; >= 2 pairs) and whether it excludes 0.
+  by_world     per world: n_configs, mae, naive_mae, coverage, mean_interval_width, and the decision
+               regret's mean / max / groups (`per_world` keeps its original four keys).
 The naive predictor gets the same figures (naive_*), so the theory has something to beat; the
 pre-registered naive predictors are `naive_predictions` and `same_config_naive` (end of this module).
 
@@ -61,6 +81,10 @@ PRED_COLUMNS: dict[str, str] = {
 SETS = ("calibration", "heldout")
 KEY = ["world", "arm", "teacher_labels", "student_labels"]
 SPLIT_ARM = "rl_teacher_bridge_stage3"  # the arm whose teacher/student label split the planner recommends
+DIRECT_ARM = "direct_grpo"  # crossover: d(N) = BRIDGE_ARM - DIRECT_ARM
+BRIDGE_ARM = "rl_teacher_bridge"
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
 P_SIGNIFICANT = 0.05
 
 
@@ -96,7 +120,28 @@ def validate_predictions(df: pd.DataFrame) -> pd.DataFrame:
     dup = out.duplicated(subset=["set", "labels", *KEY])
     if dup.any():
         raise InputError(f"{what}: duplicate row for {_row_name(out[dup].iloc[0])} in set {out[dup].iloc[0]['set']!r}")
+    out["recommended"] = _recommended_column(df, out, what)
     return out.reset_index(drop=True)
+
+
+def _recommended_column(df: pd.DataFrame, out: pd.DataFrame, what: str) -> np.ndarray:
+    """The optional 0/1 column `recommended` (absent: all 0); at most one 1 per (set, world, labels)."""
+    if "recommended" not in df.columns:
+        return np.zeros(len(out), dtype="int64")
+    raw = pd.Series(df["recommended"].to_numpy(), index=out.index)
+    num = pd.to_numeric(raw, errors="coerce")
+    bad = ~num.isin([0, 1])
+    if bad.any():
+        i = bad[bad].index[0]
+        v = raw[i].item() if isinstance(raw[i], np.generic) else raw[i]
+        raise InputError(f"{what}: column 'recommended' must be 0 or 1, got {v!r} for {_row_name(out.loc[i])}")
+    rec = num.astype("int64")
+    many = out[rec == 1].groupby(["set", "world", "labels"]).size()
+    if (many > 1).any():
+        (set_, world, labels), n = next((k, v) for k, v in many.items() if v > 1)
+        raise InputError(f"{what}: {n} rows with recommended=1 for set {set_!r} world={world} labels={labels} "
+                         "(at most one per set, world and labels)")
+    return rec.to_numpy()
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
@@ -155,6 +200,106 @@ def split_regret(configs: pd.DataFrame, pred_col: str) -> tuple[float | None, li
     return (float(np.mean([p["regret"] for p in per])) if per else None), per
 
 
+def decision_regret(preds: pd.DataFrame, configs: pd.DataFrame) -> dict | None:
+    """The planner's pick against the measured best, per (world, labels) group with a recommended row
+    (module docstring). `preds`: one set's validated predictions; `configs`: its measured
+    configurations (crosscheck's per-config frame). None when no row is recommended."""
+    rec = preds[preds["recommended"] == 1]
+    if rec.empty:
+        return None
+    groups, unmeasured = [], []
+    for _, r in rec.sort_values(["world", "labels"], kind="stable").iterrows():
+        g = configs[(configs["world"] == r["world"]) & (configs["labels"] == r["labels"])]
+        mine = g[(g["arm"] == r["arm"]) & (g["teacher_labels"] == r["teacher_labels"])
+                 & (g["student_labels"] == r["student_labels"])]
+        if mine.empty:
+            unmeasured.append({"world": r["world"], "labels": int(r["labels"]), "arm": r["arm"],
+                               "teacher_labels": int(r["teacher_labels"])})
+            continue
+        g = g.sort_values(["arm", "teacher_labels"], kind="stable")
+        best = g.loc[g["meas_mean"].idxmax()]
+        got = float(mine["meas_mean"].iloc[0])
+        groups.append({"world": r["world"], "labels": int(r["labels"]), "recommended_arm": r["arm"],
+                       "recommended_teacher_labels": int(r["teacher_labels"]), "best_arm": best["arm"],
+                       "best_teacher_labels": int(best["teacher_labels"]), "recommended_mean": got,
+                       "best_mean": float(best["meas_mean"]), "regret": float(best["meas_mean"]) - got})
+    vals = [x["regret"] for x in groups]
+    return {"mean": float(np.mean(vals)) if vals else None, "max": float(np.max(vals)) if vals else None,
+            "groups": groups, "unmeasured": unmeasured}
+
+
+def sign_crossovers(budgets, d) -> list[dict]:
+    """Where d changes sign between adjacent budgets (sorted ascending): the zero of d linearly
+    interpolated in log2 N, as N; a d of exactly 0 between opposite signs is a crossover at that budget
+    (a run of zeros: its first budget). direction: "bridge_wins_above" for - to +, else "direct_wins_above"."""
+    n = np.asarray(budgets, dtype=float)
+    d = np.asarray(d, dtype=float)
+    order = np.argsort(n, kind="stable")
+    n, d = n[order], d[order]
+    out, prev = [], None  # prev: index of the last non-zero d
+    for i in range(len(d)):
+        if d[i] == 0:
+            continue
+        if prev is not None and np.sign(d[i]) != np.sign(d[prev]):
+            if i == prev + 1:
+                x0, x1 = np.log2(n[prev]), np.log2(n[i])
+                at = float(2.0 ** (x0 + (0.0 - d[prev]) * (x1 - x0) / (d[i] - d[prev])))
+            else:
+                at = float(n[prev + 1])  # the zeros in between: the first of them
+            out.append({"budget": at, "between": [int(n[prev]), int(n[i])],
+                        "direction": "bridge_wins_above" if d[i] > 0 else "direct_wins_above"})
+        prev = i
+    return out
+
+
+def crossover(preds: pd.DataFrame, configs: pd.DataFrame, seed_values: dict, *,
+              n_resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, dict]:
+    """Per world: where rl_teacher_bridge and direct_grpo swap places (module docstring). `preds`: one
+    set's validated predictions (every predicted budget); `configs`: its measured configurations;
+    `seed_values`: KEY tuple -> {seed: value}. Worlds without both arms predicted are left out."""
+    from theory.stats import paired_difference
+
+    out = {}
+    for world in sorted(preds["world"].unique()):
+        def curve(frame, col):
+            f = frame[frame["world"] == world]
+            a = f[f["arm"] == DIRECT_ARM].set_index("labels")[col]
+            b = f[f["arm"] == BRIDGE_ARM].set_index("labels")[col]
+            both = sorted(set(a.index) & set(b.index))
+            return both, [float(b[n] - a[n]) for n in both]
+
+        pn, pd_ = curve(preds, "pred_mean")
+        if not pn:
+            continue
+        mn, md = curve(configs, "meas_mean")
+        pc, mc = sign_crossovers(pn, pd_), sign_crossovers(mn, md)
+        ratio = pc[0]["budget"] / mc[0]["budget"] if pc and mc else None
+        paired = []
+        w = configs[configs["world"] == world]
+        for n in mn:
+            keys = [tuple(w[(w["arm"] == arm) & (w["labels"] == n)].iloc[0][c] for c in KEY)
+                    for arm in (DIRECT_ARM, BRIDGE_ARM)]
+            sa, sb = seed_values[keys[0]], seed_values[keys[1]]
+            common = sorted(set(sa) & set(sb))
+            row = {"labels": int(n), "n_pairs": len(common), "d": None, "lo": None, "hi": None,
+                   "excludes_zero": False, "winner": None}
+            if len(common) >= 2:
+                iv = paired_difference([sa[k] for k in common], [sb[k] for k in common],
+                                       np.random.default_rng(BOOTSTRAP_SEED), n_resamples=n_resamples)
+                excl = bool(iv.low > 0 or iv.high < 0)
+                row.update(d=iv.estimate, lo=iv.low, hi=iv.high, excludes_zero=excl,
+                           winner=(BRIDGE_ARM if iv.estimate > 0 else DIRECT_ARM) if excl else None)
+            paired.append(row)
+        out[str(world)] = {
+            "predicted": {"budgets": [int(x) for x in pn], "d": pd_, "crossovers": pc},
+            "measured": {"budgets": [int(x) for x in mn], "d": md, "crossovers": mc},
+            "ratio": ratio, "within_factor_2": (0.5 <= ratio <= 2.0) if ratio is not None else None,
+            "paired": paired,
+            "direct_wins_at": [p["labels"] for p in paired if p["winner"] == DIRECT_ARM],
+            "bridge_wins_at": [p["labels"] for p in paired if p["winner"] == BRIDGE_ARM]}
+    return out
+
+
 @dataclass(frozen=True)
 class CrossCheck:
     set_name: str
@@ -177,6 +322,9 @@ class CrossCheck:
     unmatched_predictions: tuple[str, ...]
     unpredicted_runs: int  # run configurations (accuracy, test) without a prediction in this set
     warnings: tuple[str, ...]
+    decision_regret: dict | None = None  # see decision_regret()
+    crossover: dict[str, dict] = field(default_factory=dict)  # world -> see crossover()
+    by_world: dict[str, dict] = field(default_factory=dict)  # world -> per_world's figures and more
 
     @property
     def n_configs(self) -> int:
@@ -247,7 +395,8 @@ class CrossCheck:
                 "naive_kendall_tau": self.naive_kendall_tau, "naive_split_regret": self.naive_split_regret,
                 "per_world": self.per_world, "per_config": _records(self.configs),
                 "unmatched_predictions": list(self.unmatched_predictions),
-                "unpredicted_runs": self.unpredicted_runs, "warnings": list(self.warnings)})
+                "unpredicted_runs": self.unpredicted_runs, "warnings": list(self.warnings),
+                "decision_regret": self.decision_regret, "crossover": self.crossover, "by_world": self.by_world})
 
 
 def _plain(v):
@@ -281,6 +430,7 @@ def crosscheck(runs: pd.DataFrame, predictions: pd.DataFrame, *, set_name: str =
         raise InputError(f"predictions: no rows in set {set_name!r}")
     acc = runs[(runs["metric"] == metric) & (runs["split"] == split)]
     seeds_by_key = {k: g.sort_values("seed")["value"].to_numpy(dtype=float) for k, g in acc.groupby(KEY)}
+    seed_values = {k: dict(zip(g["seed"].tolist(), g["value"].astype(float).tolist())) for k, g in acc.groupby(KEY)}
 
     rows, seeds, unmatched, notes = [], [], [], []
     for _, r in preds.iterrows():
@@ -329,6 +479,17 @@ def crosscheck(runs: pd.DataFrame, predictions: pd.DataFrame, *, set_name: str =
         per_world[str(world)] = {"n_configs": int(len(g)), "mae": float(g["err"].abs().mean()),
                                  "naive_mae": float(g["naive_err"].abs().mean()),
                                  "coverage": float(g["covered"].mean())}
+    dregret = decision_regret(preds, cfg)
+    by_world = {}
+    for world, g in cfg.groupby("world", sort=True):
+        mine = [x["regret"] for x in (dregret or {}).get("groups", []) if x["world"] == world]
+        by_world[str(world)] = {**per_world[str(world)],
+                                "mean_interval_width": float((g["pred_hi"] - g["pred_lo"]).mean()),
+                                "decision_regret_mean": float(np.mean(mine)) if mine else None,
+                                "decision_regret_max": float(np.max(mine)) if mine else None,
+                                "decision_regret_groups": len(mine),
+                                "decision_regret_unmeasured": sum(
+                                    1 for x in (dregret or {}).get("unmeasured", []) if x["world"] == world)}
     matched = set(map(tuple, cfg[KEY].to_numpy().tolist()))
     unpredicted = sum(1 for k in seeds_by_key if k not in matched)
     return CrossCheck(
@@ -341,7 +502,8 @@ def crosscheck(runs: pd.DataFrame, predictions: pd.DataFrame, *, set_name: str =
         naive_mae=float(np.abs(cfg["naive_err"]).mean()),
         naive_mae_over_se=_nanmean(np.abs(cfg["naive_err"]) / safe_se),
         naive_kendall_tau=naive_tau, naive_split_regret=naive_regret, per_world=per_world,
-        unmatched_predictions=tuple(unmatched), unpredicted_runs=unpredicted, warnings=tuple(notes))
+        unmatched_predictions=tuple(unmatched), unpredicted_runs=unpredicted, warnings=tuple(notes),
+        decision_regret=dregret, crossover=crossover(preds, cfg, seed_values), by_world=by_world)
 
 
 def format_crosscheck(cc: CrossCheck) -> str:
@@ -369,6 +531,24 @@ def format_crosscheck(cc: CrossCheck) -> str:
     for w, d in cc.per_world.items():
         lines.append(f"  {w}: {d['n_configs']} configs, mae {d['mae']:.2f}, naive mae {d['naive_mae']:.2f}, "
                      f"coverage {d['coverage']:.2f}")
+    dr = cc.decision_regret
+    if dr is not None:
+        lines.append(f"decision regret {f(dr['mean'])} mean, {f(dr['max'])} max points over {len(dr['groups'])} "
+                     f"group(s); {len(dr['unmeasured'])} recommended configuration(s) unmeasured")
+        for w, d in cc.by_world.items():
+            if d["decision_regret_groups"] or d["decision_regret_unmeasured"]:
+                lines.append(f"  {w}: decision regret {f(d['decision_regret_mean'])} mean, "
+                             f"{f(d['decision_regret_max'])} max; interval width {d['mean_interval_width']:.2f}")
+    for w, c in cc.crossover.items():
+        def at(cs):
+            return ", ".join(f"N={x['budget']:.0f} ({x['direction']})" for x in cs) or "none"
+        lines.append(f"crossover {w} ({BRIDGE_ARM} - {DIRECT_ARM}): predicted {at(c['predicted']['crossovers'])}; "
+                     f"measured {at(c['measured']['crossovers'])}; ratio {f(c['ratio'])}"
+                     + ("" if c["ratio"] is None else f" ({'within' if c['within_factor_2'] else 'outside'} 2x)"))
+        if c["paired"]:
+            lines.append("  measured paired d: " + ", ".join(
+                f"N={p['labels']} {f(p['d'], '+.1f')} [{f(p['lo'], '.1f')}, {f(p['hi'], '.1f')}]"
+                + ("*" if p["excludes_zero"] else "") for p in c["paired"]) + "  (* excludes 0)")
     if cc.unpredicted_runs:
         lines.append(f"{cc.unpredicted_runs} run configuration(s) without a prediction in this set: ignored")
     for w in cc.warnings:
