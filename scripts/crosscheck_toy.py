@@ -101,7 +101,7 @@ def world_configs(world: str) -> list[tuple[str, str, int, int | None]]:
 # ---- running --------------------------------------------------------------------------------------
 def _job(args) -> str:
     """One process: every config of one (world, N, seed), in order, sharing one work directory."""
-    world, n, seed, items, part, work = args
+    world, n, seed, items, part, work, config = args
     import os
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch
@@ -111,8 +111,7 @@ def _job(args) -> str:
     from reference.config import load_config
     from reference.pipeline import run_pipeline
     from theory.tables import write_table
-    cfg = load_config({**CONFIGS, **{w: v["config"] for w, v in PILOT_WORLDS.items()}}[world]).override(
-        {"world.labels": n})
+    cfg = load_config(config).override({"world.labels": n})
     part = Path(part)
     rows = [pd.read_csv(part)] if part.is_file() else []
     done = set() if not rows else set(zip(rows[0]["arm"], rows[0]["teacher_labels"]))
@@ -129,9 +128,13 @@ def _job(args) -> str:
     return str(part)
 
 
-def run_configs(configs, seeds, out_csv: Path, jobs: int, work: Path) -> pd.DataFrame:
+def run_configs(configs, seeds, out_csv: Path, jobs: int, work: Path, config_of: dict | None = None) -> pd.DataFrame:
+    """Run (world, arm, N, teacher_labels) configurations over `seeds`, one process per (world, N, seed);
+    `config_of` maps a world to its config file (default: this script's worlds). `out_csv` gets every
+    finished row of its parts directory, so several calls with the same `out_csv` accumulate."""
     import multiprocessing as mp
     from theory.tables import write_table
+    config_of = config_of or {**CONFIGS, **{w: v["config"] for w, v in PILOT_WORLDS.items()}}
     groups: dict[tuple, list] = {}
     for world, arm, n, tl in configs:
         for seed in seeds:
@@ -140,12 +143,13 @@ def run_configs(configs, seeds, out_csv: Path, jobs: int, work: Path) -> pd.Data
     parts_dir.mkdir(parents=True, exist_ok=True)
     # biggest budgets first: the pool ends with short jobs
     todo = sorted(groups.items(), key=lambda kv: (-kv[0][1] * len(kv[1]), kv[0]))
-    args = [(w, n, s, items, str(parts_dir / f"{w}_N{n}_s{s}.csv"), str(work)) for (w, n, s), items in todo]
+    args = [(w, n, s, items, str(parts_dir / f"{w}_N{n}_s{s}.csv"), str(work), str(config_of[w]))
+            for (w, n, s), items in todo]
     t0 = time.perf_counter()
     with mp.get_context("spawn").Pool(jobs) as pool:
         for i, p in enumerate(pool.imap_unordered(_job, args), 1):
             print(f"[{i}/{len(args)}] {Path(p).name} ({time.perf_counter() - t0:.0f}s)", flush=True)
-    df = pd.concat([pd.read_csv(a[4]) for a in args], ignore_index=True)
+    df = pd.concat([pd.read_csv(p) for p in sorted(parts_dir.glob("*.csv"))], ignore_index=True)
     write_table(df.sort_values(["world", "arm", "teacher_labels", "student_labels", "seed", "metric"]),
                 out_csv, "runs")
     print(f"wrote {out_csv} ({len(df)} rows, {time.perf_counter() - t0:.0f}s wall)")
