@@ -47,6 +47,7 @@ HELD_N = (64, 256, 1024)
 HELD_SEEDS = tuple(range(10, 15))
 SPLIT_N = 256  # the label split: rl_teacher_bridge_stage3 at half, in every world
 CURVE_N = (32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)  # the planner's dense curve
+EXTRA_N = (128, 512)  # measured besides HELD_N only to straddle a predicted crossover (measured_budgets)
 ABLATION_SEEDS = tuple(range(10, 20))
 LEVEL = 0.9
 PRED_CSV = OUT / "world_family_predictions.csv"
@@ -54,6 +55,7 @@ PREREG_JSON = OUT / "world_family_preregistration.json"
 RUNS_CSV = OUT / "world_family_runs.csv"
 CAL_CSV = OUT / "world_family_calibration_runs.csv"
 ABLATION_CSV = OUT / "paper_world_ablation.csv"
+SCENARIO_DIR = ROOT / "budget_planner" / "scenarios"  # the calibrated worlds, loadable by name
 
 
 def pilot_dir(world: str) -> Path:
@@ -166,9 +168,32 @@ def _git_head() -> tuple[str, bool]:
     return head, clean
 
 
+def _arm_configs(n: int) -> list[tuple[str, int, int | None]]:
+    """Every arm at budget n (the split arms at the half split)."""
+    from theory.arms import ARMS
+    return [(arm, n, n // 2 if ARMS[arm].splits_labels else None) for arm in ARMS]
+
+
+def measured_budgets(crossovers: list[dict]) -> list[int]:
+    """The held-out budgets of a world: HELD_N, plus EXTRA_N budgets where needed so that a predicted
+    crossover inside [min, max] of HELD_N has >= 2 measured budgets on each side (rule fixed before
+    the predictions were made)."""
+    out = set(HELD_N)
+    for c in crossovers:
+        x = c["budget"]
+        if not min(HELD_N) < x < max(HELD_N):
+            continue
+        for side in (lambda n: n < x, lambda n: n > x):
+            have = [n for n in out if side(n)]
+            extra = sorted((n for n in EXTRA_N if side(n) and n not in out), key=lambda n: abs(np.log2(n / x)))
+            while len(have) < 2 and extra:
+                have.append(extra.pop(0))
+                out.add(have[-1])
+    return sorted(out)
+
+
 def cmd_predict(a) -> int:
     from budget_planner.planner import plan, predict_configs
-    from theory.arms import ARMS
     from theory.crosscheck import naive_predictions, sign_crossovers
     from theory.scenario import scenario_to_toml
     head, clean = _git_head()
@@ -179,79 +204,90 @@ def cmd_predict(a) -> int:
     print(fit.parameters()[["input", "prior", "map", "lo", "hi", "shrink"]].round(3).to_string())
     print("fit warnings:", *fit.warnings, sep="\n  ")
     scenarios = {w: world_scenario(w, fit) for w in WORLDS}
-    sc_dir = ROOT / "budget_planner" / "scenarios"
     for w, scn in scenarios.items():
-        target = sc_dir / f"{w}.toml"
+        target = SCENARIO_DIR / f"{w}.toml"
         if target.exists() and not a.force:
             target = target.with_suffix(".rerun.toml")
         target.write_text(f"# Calibrated by scripts/world_family.py predict (issue 11 pre-registration).\n"
                           f"# Regenerate, do not edit by hand.\n" + scenario_to_toml(scn))
     prereg: dict = {"planner_commit": head, "level": LEVEL, "calibration": {
         "world": CAL_WORLD, "labels": list(CAL_N), "arms": list(HEADLINE), "seeds": list(CAL_SEEDS)},
-        "held_out": {"labels": list(HELD_N), "seeds": list(HELD_SEEDS)}, "worlds": {}}
-    # the dense curve and the recommendation at every measured budget
-    margins = {}
-    for w, scn in scenarios.items():
-        curve = predict_configs(scn, [(arm, n, None) for n in CURVE_N for arm in HEADLINE], n_seeds=len(HELD_SEEDS),
-                                level=LEVEL)
-        piv = curve.pivot(index="labels", columns="arm", values="pred_mean").loc[list(CURVE_N)]
+        "held_out": {"seeds": list(HELD_SEEDS), "split_labels": SPLIT_N}, "worlds": {}}
+    dense, margins = {}, {}
+    for w, scn in scenarios.items():  # every arm on the dense grid; the recommendation at every budget
+        df = predict_configs(scn, [c for n in CURVE_N for c in _arm_configs(n)], n_seeds=len(HELD_SEEDS), level=LEVEL)
+        dense[w] = df
+        piv = df.pivot_table(index="labels", columns="arm", values="pred_mean").loc[list(CURVE_N)]
         d = (piv["rl_teacher_bridge"] - piv["direct_grpo"]).to_numpy()
+        crossovers = sign_crossovers(list(CURVE_N), d)
         recs = {}
-        for n in HELD_N:
-            p = plan(scn, labels=n)
-            r = p.recommendation
+        for n in CURVE_N:
+            r = plan(scn, labels=n).recommendation
             recs[str(n)] = {"arm": r.arm, "teacher_labels": r.teacher_labels, "student_labels": r.student_labels,
                             "p_best": round(r.p_best, 3), "runner_up": r.runner_up, "gap": round(r.gap_mean, 2),
                             "gap_interval": [round(r.gap_lo, 2), round(r.gap_hi, 2)], "separable": r.separable}
+        budgets = measured_budgets(crossovers)
+        for n in budgets:
             margins[(w, n)] = float(piv.loc[n, "rl_teacher_bridge"] - piv.loc[n, "direct_grpo"])
         prereg["worlds"][w] = {
-            "config": str(WORLDS[w].relative_to(ROOT)),
-            "curve": {"labels": list(CURVE_N), "direct_grpo": piv["direct_grpo"].round(2).tolist(),
-                      "rl_teacher_bridge": piv["rl_teacher_bridge"].round(2).tolist()},
-            "predicted_crossovers": sign_crossovers(list(CURVE_N), d),
-            "recommendation": recs}
-    # the paper-like world: the (K, N) of the grid with the largest predicted bridge advantage
-    (pw, pn) = max(margins, key=margins.get)
+            "config": str(WORLDS[w].relative_to(ROOT)), "measured_budgets": budgets,
+            "curve": {"labels": list(CURVE_N), **{arm: piv[arm].round(2).tolist() for arm in piv.columns}},
+            "predicted_crossovers": crossovers, "recommendation": recs}
+    (pw, pn) = max(margins, key=margins.get)  # the paper-like world: the largest predicted bridge advantage
     prereg["paper_world"] = {"world": pw, "labels": pn, "seeds": list(ABLATION_SEEDS),
                              "predicted_margin": round(margins[(pw, pn)], 2),
-                             "rule": "argmax over the held-out grid of predicted rl_teacher_bridge - direct_grpo"}
+                             "rule": "argmax over the measured grid of predicted rl_teacher_bridge - direct_grpo"}
     frames = []
     for w, scn in scenarios.items():
-        cfgs = sorted(set(heldout_configs(w, prereg)), key=lambda c: (c[2], c[1], c[3] or 0))
-        df = predict_configs(scn, [(arm, n, tl) for _, arm, n, tl in cfgs], n_seeds=len(HELD_SEEDS), level=LEVEL)
+        budgets = prereg["worlds"][w]["measured_budgets"]
+        cfgs = [c for n in CURVE_N for c in _arm_configs(n)]
+        for n in budgets:  # a recommended split off the half split is predicted too
+            r = prereg["worlds"][w]["recommendation"][str(n)]
+            c = (r["arm"], n, r["teacher_labels"] if r["teacher_labels"] and r["student_labels"] else None)
+            if c not in cfgs:
+                cfgs.append(c)
+        # intervals for the mean over the seeds each configuration will have: the paper-like world's
+        # configurations at its budget get the ablation's seeds
+        abl = [c for c in cfgs if w == pw and c[1] == pn]
+        grid = [c for c in cfgs if c not in abl]
+        df = predict_configs(scn, grid, n_seeds=len(HELD_SEEDS), level=LEVEL)
+        if abl:
+            df = pd.concat([df, predict_configs(scn, abl, n_seeds=len(ABLATION_SEEDS), level=LEVEL)], ignore_index=True)
         df.insert(0, "world", w)
         df["set"] = "heldout"
-        df["naive_mean"] = naive_predictions(cal, cfgs)
-        recommended = {(int(n), r["arm"], r["teacher_labels"]) for n, r in prereg["worlds"][w]["recommendation"].items()}
-        df["recommended"] = [int((n, arm, t) in recommended) for n, arm, t in zip(df["labels"], df["arm"], df["teacher_labels"])]
+        df["naive_mean"] = naive_predictions(cal, [(w, arm, n, tl) for arm, n, tl in
+                                                   zip(df["arm"], df["labels"], df["teacher_labels"])])
+        rec = {(n, r["arm"], r["teacher_labels"]) for n, r in ((int(k), v) for k, v in prereg["worlds"][w]["recommendation"].items())
+               if n in budgets}
+        df["recommended"] = [int((n, arm, t) in rec) for n, arm, t in zip(df["labels"], df["arm"], df["teacher_labels"])]
         frames.append(df[[*PRED_COLS, "recommended"]])
-        if w == pw:  # the ablation's every arm at its own seed count
-            abl = [(w, arm, pn, pn // 2 if ARMS[arm].splits_labels else None) for arm in ARMS]
-            dfa = predict_configs(scn, [(arm, n, tl) for _, arm, n, tl in abl], n_seeds=len(ABLATION_SEEDS), level=LEVEL)
-            dfa.insert(0, "world", w)
-            dfa["set"] = "heldout"
-            dfa["naive_mean"] = naive_predictions(cal, abl)
-            prereg["paper_world"]["predictions"] = dfa[["arm", "teacher_labels", "pred_mean", "pred_lo", "pred_hi"]].round(2).to_dict("records")
-    pred = pd.concat(frames, ignore_index=True)
+    pred = pd.concat(frames, ignore_index=True).sort_values(["world", "labels", "arm", "teacher_labels"], kind="stable")
     _write_predictions(pred, PRED_CSV, a.force)
     target = PREREG_JSON if (not PREREG_JSON.exists() or a.force) else PREREG_JSON.with_suffix(".rerun.json")
     target.write_text(json.dumps(prereg, indent=1) + "\n")
     print("wrote", target)
-    print(pred.round(2).to_string())
-    print(json.dumps({w: {"crossovers": v["predicted_crossovers"], "rec": {n: (r["arm"], r["teacher_labels"]) for n, r in v["recommendation"].items()}}
-                      for w, v in prereg["worlds"].items()}, indent=1))
-    print("paper world:", prereg["paper_world"]["world"], prereg["paper_world"]["labels"])
+    for w, v in prereg["worlds"].items():
+        print(w, "measured budgets", v["measured_budgets"], "crossovers", v["predicted_crossovers"])
+        for n in v["measured_budgets"]:
+            r = v["recommendation"][str(n)]
+            print(f"   N={n}: {r['arm']} {r['teacher_labels']}/{r['student_labels']} p_best {r['p_best']}")
+    print("paper world:", prereg["paper_world"])
+    show = pred[pred.apply(lambda r: r["labels"] in prereg["worlds"][r["world"]]["measured_budgets"], axis=1)]
+    print(show.round(2).to_string())
     return 0
 
 
 def heldout_configs(world: str, prereg: dict) -> list[tuple[str, str, int, int | None]]:
-    """(world, arm, N, teacher_labels) of the held-out grid: the headline pair at every budget, the
-    planner's recommendation there (when it is another configuration), stage 3 at half at SPLIT_N."""
-    out = [(world, arm, n, None) for n in HELD_N for arm in HEADLINE]
+    """(world, arm, N, teacher_labels) of the held-out grid: the headline pair at every measured
+    budget, the planner's recommendation there (when it is another configuration), stage 3 at half
+    at SPLIT_N."""
+    spec = prereg["worlds"][world]
+    out = [(world, arm, n, None) for n in spec["measured_budgets"] for arm in HEADLINE]
     out.append((world, "rl_teacher_bridge_stage3", SPLIT_N, SPLIT_N // 2))
-    for n, r in prereg["worlds"][world]["recommendation"].items():
-        tl = r["teacher_labels"] if r["arm"] == "rl_teacher_bridge_stage3" or r["arm"] == "replay_control" else None
-        out.append((world, r["arm"], int(n), tl))
+    for n in spec["measured_budgets"]:
+        r = spec["recommendation"][str(n)]
+        split = r["teacher_labels"] if r["teacher_labels"] and r["student_labels"] else None
+        out.append((world, r["arm"], n, split))
     return list(dict.fromkeys(out))
 
 
@@ -281,16 +317,137 @@ def cmd_ablation(a) -> int:
     return 0
 
 
+def collect_curves(work: Path) -> pd.DataFrame:
+    """Per-stage validation curves of every finished family run, read from the run directories."""
+    rows = []
+    for path in sorted(work.glob("modes-k*_N*/runs/*/result_test.json")):
+        r = json.loads(path.read_text())
+        for i, stage in enumerate(r["stages"]):
+            for metric, value in (stage.get("curve") or {}).items():
+                rows.append({"world": r["world"], "arm": r["arm"], "seed": r["seed"],
+                             "teacher_labels": r["label_account"]["teacher"],
+                             "student_labels": r["label_account"]["student"], "stage_index": i,
+                             "stage": stage["name"], "model": stage["model"], "metric": metric, "value": value})
+    return pd.DataFrame(rows)
+
+
+def _slopes(curves: pd.DataFrame, world: str, arm: str, stage: str, labels_col: str) -> pd.Series:
+    """Per seed: least-squares slope of the val accuracy after `stage` against log2 N (points per doubling)."""
+    c = curves[(curves["world"] == world) & (curves["arm"] == arm) & (curves["stage"] == stage)
+               & (curves["metric"] == "accuracy") & (curves[labels_col] > 0)]
+    c = c[c[labels_col].isin(HELD_N)]
+    out = {}
+    for seed, g in c.groupby("seed"):
+        if g[labels_col].nunique() == len(HELD_N):
+            out[seed] = float(np.polyfit(np.log2(g[labels_col].to_numpy(float)), g["value"].to_numpy(float), 1)[0])
+    return pd.Series(out, dtype=float)
+
+
+def _paired(d: np.ndarray) -> dict:
+    """Mean of per-seed differences with its 95% percentile bootstrap interval (theory.stats)."""
+    from theory.stats import mean_ci
+    if len(d) < 2:
+        return {"n": int(len(d)), "mean": float(d.mean()) if len(d) else None, "lo": None, "hi": None, "excludes_zero": False}
+    r = mean_ci(d, np.random.default_rng(0), n_resamples=10_000)
+    return {"n": int(len(d)), "mean": r.estimate, "lo": r.low, "hi": r.high, "excludes_zero": bool(r.low > 0 or r.high < 0)}
+
+
+def family_findings(runs: pd.DataFrame, curves: pd.DataFrame) -> dict:
+    """Items 1, 2 and 4 of issue 11 from the held-out grid (paired by seed, 95% bootstrap)."""
+    acc = runs[(runs["split"] == "test")]
+    out: dict = {"labels_teach": {}, "teacher_vs_student_slope": {}, "crossover_in_K": {}}
+    lo_n, hi_n = min(HELD_N), max(HELD_N)
+    for w in WORLDS:
+        d = acc[(acc["world"] == w) & (acc["arm"] == "direct_grpo") & (acc["teacher_labels"] == 0)]
+        item = {}
+        for metric in ("accuracy", "accuracy_given_compliance", "accuracy_given_steps", "steps_share"):
+            wide = d[d["metric"] == metric].pivot_table(index="seed", columns="student_labels", values="value")
+            if lo_n in wide and hi_n in wide:
+                item[metric] = _paired((wide[hi_n] - wide[lo_n]).dropna().to_numpy())
+        out["labels_teach"][w] = item
+        t = _slopes(curves, w, "rl_teacher_bridge", "teacher_grpo", "teacher_labels")
+        s = _slopes(curves, w, "direct_grpo", "student_grpo", "student_labels")
+        both = t.index.intersection(s.index)
+        out["teacher_vs_student_slope"][w] = {"teacher_slope": float(t.mean()) if len(t) else None,
+                                              "student_slope": float(s.mean()) if len(s) else None,
+                                              "difference": _paired((t[both] - s[both]).to_numpy())}
+    for n in HELD_N:  # the bridge's advantage at each K, paired by seed
+        row = {}
+        for w in WORLDS:
+            a = acc[(acc["world"] == w) & (acc["metric"] == "accuracy")
+                    & (acc["teacher_labels"] + acc["student_labels"] == n)]
+            wide = a[a["arm"].isin(HEADLINE)].pivot_table(index="seed", columns="arm", values="value")
+            if set(HEADLINE) <= set(wide.columns):
+                row[w] = _paired((wide["rl_teacher_bridge"] - wide["direct_grpo"]).dropna().to_numpy())
+        out["crossover_in_K"][str(n)] = row
+    return out
+
+
+def family_figure(runs: pd.DataFrame, prereg: dict, report: dict, path: Path) -> None:
+    """Predicted (the committed dense curve) vs measured accuracy across N, one panel per K; the
+    predicted and measured crossovers marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    acc = runs[(runs["split"] == "test") & (runs["metric"] == "accuracy")]
+    fig, axes = plt.subplots(1, len(WORLDS), figsize=(5 * len(WORLDS), 4.2), sharey=True)
+    colors = {"direct_grpo": "tab:blue", "rl_teacher_bridge": "tab:red"}
+    for ax, w in zip(axes, WORLDS):
+        pw = prereg["worlds"][w]
+        for arm, col in colors.items():
+            ax.plot(pw["curve"]["labels"], pw["curve"][arm], color=col, lw=1.5, ls="--", label=f"{arm} predicted")
+            a = acc[(acc["world"] == w) & (acc["arm"] == arm)]
+            a = a.assign(N=a["teacher_labels"] + a["student_labels"])
+            m = a.groupby("N")["value"].agg(["mean", "std", "count"])
+            if len(m):
+                ci = 1.96 * m["std"].fillna(0) / np.sqrt(m["count"])
+                ax.errorbar(m.index, m["mean"], yerr=ci, fmt="o", color=col, capsize=3, label=f"{arm} measured")
+        for c in pw["predicted_crossovers"]:
+            ax.axvline(c["budget"], color="grey", ls="--", lw=1)
+        for c in (report.get("crossover", {}).get(w, {}).get("measured", {}) or {}).get("crossovers", []):
+            ax.axvline(c["budget"], color="black", lw=1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("labels N")
+        ax.set_title(f"{w} (K = 0.{w[-2:]})")
+    axes[0].set_ylabel("test accuracy avg@8 (%)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("world family: planner predictions (dashed, committed first) vs measured runs (95% CI); "
+                 "crossovers: grey dashed predicted, black measured", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def cmd_report(a) -> int:
-    runs = [p for p in (RUNS_CSV, ABLATION_CSV) if p.is_file()]
-    if not runs:
+    from theory.tables import read_table, write_table
+    prereg = _prereg()
+    if not RUNS_CSV.is_file():
         sys.exit(f"no runs yet ({RUNS_CSV.name})")
-    both = a.workdir / "world_family_all_runs.csv"
+    parts = [read_table(p, "runs") for p in (RUNS_CSV, ABLATION_CSV) if p.is_file()]
+    both = pd.concat(parts, ignore_index=True).drop_duplicates(
+        subset=["world", "arm", "teacher_labels", "student_labels", "seed", "metric", "split"])
     a.workdir.mkdir(parents=True, exist_ok=True)
-    pd.concat([pd.read_csv(p) for p in runs], ignore_index=True).drop_duplicates(
-        subset=["world", "arm", "teacher_labels", "student_labels", "seed", "metric", "split"]).to_csv(both, index=False)
-    return _cli("budget_planner.cli", "crosscheck", "--runs", str(both), "--predictions", str(PRED_CSV),
-                "--json", str(OUT / "world_family_report.json"))
+    write_table(both, a.workdir / "world_family_all_runs.csv", "runs")
+    rc = _cli("budget_planner.cli", "crosscheck", "--runs", str(a.workdir / "world_family_all_runs.csv"),
+              "--predictions", str(PRED_CSV), "--json", str(OUT / "world_family_report.json"))
+    if rc:
+        return rc
+    curves = collect_curves(a.workdir)
+    if len(curves):
+        curves.to_csv(OUT / "world_family_curves.csv", index=False, float_format="%.3f")
+    else:
+        curves = pd.read_csv(OUT / "world_family_curves.csv")
+    report = json.loads((OUT / "world_family_report.json").read_text())
+    report["family"] = family_findings(read_table(RUNS_CSV, "runs"), curves)
+    report["seeds_measured"] = sorted(int(s) for s in both["seed"].unique())
+    (OUT / "world_family_report.json").write_text(json.dumps(report, indent=1) + "\n")
+    family_figure(read_table(RUNS_CSV, "runs"), prereg, report, OUT / "world_family.png")
+    print(json.dumps(report["family"], indent=1))
+    if ABLATION_CSV.is_file():
+        from run_toy_table import summarise
+        print(summarise(ABLATION_CSV.stem))
+    print("wrote", OUT / "world_family_report.json", OUT / "world_family.png")
+    return 0
 
 
 STEPS = {"assets": cmd_assets, "gate": cmd_gate, "pilots": cmd_pilots, "calibration": cmd_calibration,
