@@ -9,6 +9,7 @@ world_family_preregistration.json (committed before the held-out runs).
     python scripts/world_family.py pilots        # base-model pilot (+ self-distillation) per world
     python scripts/world_family.py calibration   # calibration runs: K = 0.15, N = 128 and 512, direct + RL bridge
     python scripts/world_family.py predict       # the planner -> predictions (then COMMIT them)
+    python scripts/world_family.py paper-config  # configs/paper_world{,_notebook}.toml from the chosen (K, N)
     python scripts/world_family.py runs          # held-out grid, seed by seed
     python scripts/world_family.py ablation      # the paper-like world: every arm, 10 seeds
     python scripts/world_family.py report        # crosscheck per world and pooled, summary, figure
@@ -317,6 +318,27 @@ def cmd_ablation(a) -> int:
     return 0
 
 
+def cmd_paper_config(a) -> int:
+    """configs/paper_world.toml (and its notebook variant): the paper-like world the pre-registered rule
+    chose, at its budget, for `reference-pipeline demo` and notebook 03."""
+    import re
+    pw = _prereg()["paper_world"]
+    src = WORLDS[pw["world"]].read_text()
+    body = re.sub(r"(?m)^labels = \d+", f"labels = {int(pw['labels'])}", src[src.index("[world]"):], count=1)
+    head = (f"# THE PAPER-LIKE WORLD of the world family (issue 11): {WORLDS[pw['world']].relative_to(ROOT)} at "
+            f"N = {pw['labels']}, chosen\n# before any held-out run by the pre-registered rule (the largest predicted "
+            f"RL-bridge advantage; docs/results/\n# world_family_preregistration.json). Written by `python "
+            f"scripts/world_family.py paper-config`; do not edit by hand.\n")
+    (ROOT / "configs" / "paper_world.toml").write_text(head + body)
+    nb = re.sub(r"(?m)^curve_every = \d+", "curve_every = 50", body, count=1)
+    nb = re.sub(r"(?m)^curve_problems = \d+", "curve_problems = 50", nb, count=1)
+    (ROOT / "configs" / "paper_world_notebook.toml").write_text(
+        head.replace("THE PAPER-LIKE WORLD", "THE PAPER-LIKE WORLD, NOTEBOOK run (validation points inside the stages)")
+        + nb)
+    print("wrote configs/paper_world.toml and configs/paper_world_notebook.toml")
+    return 0
+
+
 def collect_curves(work: Path) -> pd.DataFrame:
     """Per-stage validation curves of every finished family run, read from the run directories."""
     rows = []
@@ -451,7 +473,8 @@ def cmd_report(a) -> int:
 
 
 STEPS = {"assets": cmd_assets, "gate": cmd_gate, "pilots": cmd_pilots, "calibration": cmd_calibration,
-         "predict": cmd_predict, "runs": cmd_runs, "ablation": cmd_ablation, "report": cmd_report}
+         "predict": cmd_predict, "paper-config": cmd_paper_config, "runs": cmd_runs, "ablation": cmd_ablation,
+         "report": cmd_report}
 
 
 def main(argv=None) -> int:
