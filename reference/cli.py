@@ -1,6 +1,6 @@
 """`reference-pipeline`: demo | run | table | pilot | gate | export.
 
-  reference-pipeline demo [--workdir DIR]                      every arm, one seed, short schedule
+  reference-pipeline demo [--workdir DIR]                      every arm, one seed, the paper-like world
   reference-pipeline run --arm A --seed S --config PATH [--teacher-labels T | --student-labels S]
                          [--split test|val] [--workdir DIR] [--out CSV] [--dry-run [--json]] [--export DIR]
   reference-pipeline table --seeds K --out DIR [--config PATH] [--arms all] [--jobs 2]
@@ -211,7 +211,7 @@ def cmd_demo(a) -> int:
     by = table.set_index("arm")["accuracy"]
     print(f"reading: best arm {best['arm']} at {best['accuracy']:.1f}% [{best['lo']:.1f}, {best['hi']:.1f}]; "
           f"RL-teacher bridge - direct GRPO = {by['rl_teacher_bridge'] - by['direct_grpo']:+.1f} points on one seed "
-          "(the 10-seed comparison: docs/results/toy_ablation_summary.md)")
+          "(the multi-seed comparison: docs/results/paper_world_ablation_summary.md)")
     print(f"demo: {len(rows)} arms, {time.perf_counter() - t0:.0f} s wall; wrote {csv} and {png}")
     return 0
 
@@ -352,10 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
                                "command's flags")
     ap.add_argument("--version", action="version", version=version_string("reference-pipeline"))
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
-    d = sub.add_parser("demo", help="every arm, one seed, the short schedule",
-                       description="Every arm, one seed, the short toy schedule; prints one row per arm.",
+    d = sub.add_parser("demo", help="every arm, one seed, the paper-like world",
+                       description="Every arm, one seed, in the paper-like world of the world family "
+                                   "(configs/paper_world.toml); prints one row per arm.",
                        epilog="example:\n  reference-pipeline demo --seed 1 --workdir /tmp/s2d_demo")
-    d.add_argument("--config", default="toy_short", help="config path or name in configs/")
+    d.add_argument("--config", default="paper_world",
+                   help="config path or name in configs/ (default: the world family's paper-like world; "
+                        "toy_short is the older, faster toy world)")
     d.add_argument("--seed", type=int, default=0, help="seed of every arm")
     d.add_argument("--workdir", default=DEFAULT_WORKDIR + "/demo", type=output_dir,
                    help="stage checkpoints and per-run results; rerunning resumes from them")

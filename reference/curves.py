@@ -221,3 +221,42 @@ def plot_final(table: pd.DataFrame, committed: pd.DataFrame | None = None, metri
     axes.flat[0].legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
+
+
+def plot_family(runs: pd.DataFrame, prereg: dict, report: dict | None = None,
+                arms=("direct_grpo", "rl_teacher_bridge")):
+    """The world family (issue 11): per world, the planner's committed prediction across the label
+    budget (dashed; `prereg` = docs/results/world_family_preregistration.json) against the measured
+    runs (`runs`, a run table; mean and 95% interval over seeds), with the predicted crossovers (grey
+    dashed) and, from a cross-check `report` (world_family_report.json), the measured ones (black)."""
+    import matplotlib.pyplot as plt
+
+    acc = runs[(runs["split"] == "test") & (runs["metric"] == "accuracy")]
+    worlds = list(prereg["worlds"])
+    fig, axes = plt.subplots(1, len(worlds), figsize=(4.8 * len(worlds), 4.0), sharey=True, squeeze=False)
+    colors = dict(zip(arms, ("tab:blue", "tab:red", "tab:green", "tab:purple")))
+    for ax, w in zip(axes.flat, worlds):
+        pw = prereg["worlds"][w]
+        for arm in arms:
+            ax.plot(pw["curve"]["labels"], pw["curve"][arm], color=colors[arm], lw=1.4, ls="--",
+                    label=f"{arm} (predicted)")
+            a = acc[(acc["world"] == w) & (acc["arm"] == arm)]
+            m = a.assign(N=a["teacher_labels"] + a["student_labels"]).groupby("N")["value"].agg(["mean", "std", "count"])
+            if len(m):
+                ci = 1.96 * m["std"].fillna(0.0) / np.sqrt(m["count"])
+                ax.errorbar(m.index, m["mean"], yerr=ci, fmt="o", color=colors[arm], capsize=3,
+                            label=f"{arm} (measured)")
+        for c in pw.get("predicted_crossovers", []):
+            ax.axvline(c["budget"], color="grey", ls="--", lw=1)
+        measured = ((report or {}).get("crossover", {}).get(w, {}).get("measured") or {}).get("crossovers", [])
+        for c in measured:
+            ax.axvline(c["budget"], color="black", lw=1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("labels N")
+        ax.set_title(w)
+    axes.flat[0].set_ylabel("test accuracy, avg@8 (%)")
+    axes.flat[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("planner prediction (committed before the runs) vs measured; crossovers: grey dashed "
+                 "predicted, black measured", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -340,13 +340,15 @@ def cmd_paper_config(a) -> int:
 
 
 def collect_curves(work: Path) -> pd.DataFrame:
-    """Per-stage validation curves of every finished family run, read from the run directories."""
+    """Per-stage validation curves of every finished family run, read from the run directories (N: the
+    budget of the run's work directory; raw_teacher_bridge uses no labels, so its label account cannot say)."""
     rows = []
     for path in sorted(work.glob("modes-k*_N*/runs/*/result_test.json")):
+        n = int(path.parents[2].name.rsplit("_N", 1)[1])  # the budget N of the run's work directory
         r = json.loads(path.read_text())
         for i, stage in enumerate(r["stages"]):
             for metric, value in (stage.get("curve") or {}).items():
-                rows.append({"world": r["world"], "arm": r["arm"], "seed": r["seed"],
+                rows.append({"world": r["world"], "N": n, "arm": r["arm"], "seed": r["seed"],
                              "teacher_labels": r["label_account"]["teacher"],
                              "student_labels": r["label_account"]["student"], "stage_index": i,
                              "stage": stage["name"], "model": stage["model"], "metric": metric, "value": value})
@@ -405,41 +407,6 @@ def family_findings(runs: pd.DataFrame, curves: pd.DataFrame) -> dict:
     return out
 
 
-def family_figure(runs: pd.DataFrame, prereg: dict, report: dict, path: Path) -> None:
-    """Predicted (the committed dense curve) vs measured accuracy across N, one panel per K; the
-    predicted and measured crossovers marked."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    acc = runs[(runs["split"] == "test") & (runs["metric"] == "accuracy")]
-    fig, axes = plt.subplots(1, len(WORLDS), figsize=(5 * len(WORLDS), 4.2), sharey=True)
-    colors = {"direct_grpo": "tab:blue", "rl_teacher_bridge": "tab:red"}
-    for ax, w in zip(axes, WORLDS):
-        pw = prereg["worlds"][w]
-        for arm, col in colors.items():
-            ax.plot(pw["curve"]["labels"], pw["curve"][arm], color=col, lw=1.5, ls="--", label=f"{arm} predicted")
-            a = acc[(acc["world"] == w) & (acc["arm"] == arm)]
-            a = a.assign(N=a["teacher_labels"] + a["student_labels"])
-            m = a.groupby("N")["value"].agg(["mean", "std", "count"])
-            if len(m):
-                ci = 1.96 * m["std"].fillna(0) / np.sqrt(m["count"])
-                ax.errorbar(m.index, m["mean"], yerr=ci, fmt="o", color=col, capsize=3, label=f"{arm} measured")
-        for c in pw["predicted_crossovers"]:
-            ax.axvline(c["budget"], color="grey", ls="--", lw=1)
-        for c in (report.get("crossover", {}).get(w, {}).get("measured", {}) or {}).get("crossovers", []):
-            ax.axvline(c["budget"], color="black", lw=1.2)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("labels N")
-        ax.set_title(f"{w} (K = 0.{w[-2:]})")
-    axes[0].set_ylabel("test accuracy avg@8 (%)")
-    axes[0].legend(fontsize=7)
-    fig.suptitle("world family: planner predictions (dashed, committed first) vs measured runs (95% CI); "
-                 "crossovers: grey dashed predicted, black measured", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def cmd_report(a) -> int:
     from theory.tables import read_table, write_table
     prereg = _prereg()
@@ -463,10 +430,18 @@ def cmd_report(a) -> int:
     report["family"] = family_findings(read_table(RUNS_CSV, "runs"), curves)
     report["seeds_measured"] = sorted(int(s) for s in both["seed"].unique())
     (OUT / "world_family_report.json").write_text(json.dumps(report, indent=1) + "\n")
-    family_figure(read_table(RUNS_CSV, "runs"), prereg, report, OUT / "world_family.png")
+    import matplotlib
+    matplotlib.use("Agg")
+    from reference.curves import plot_family
+    plot_family(read_table(RUNS_CSV, "runs"), prereg, report).savefig(OUT / "world_family.png", dpi=110)
     print(json.dumps(report["family"], indent=1))
-    if ABLATION_CSV.is_file():
+    if ABLATION_CSV.is_file():  # the paper-like world: its curves beside its table, then the paired summary
         from run_toy_table import summarise
+        pw = prereg["paper_world"]
+        c = curves[(curves["world"] == pw["world"]) & (curves["N"] == pw["labels"])
+                   & curves["seed"].isin(pw["seeds"])]
+        c.drop(columns=["N", "teacher_labels", "student_labels"]).to_csv(
+            OUT / f"{ABLATION_CSV.stem}_curves.csv", index=False, float_format="%.3f")
         print(summarise(ABLATION_CSV.stem))
     print("wrote", OUT / "world_family_report.json", OUT / "world_family.png")
     return 0

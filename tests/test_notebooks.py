@@ -289,3 +289,30 @@ def test_notebook_executes(path):
             assert output_kinds(new) == output_kinds(old), (
                 f"{path.name} cell {i}: the committed notebook shows other kinds of output than a fresh run; "
                 "run `python notebooks/build.py --execute` and commit the notebooks")
+
+
+def test_plot_family_draws_prediction_runs_and_both_crossovers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from reference.curves import plot_family
+
+    ns = [64, 256, 1024]
+    prereg = {"worlds": {w: {"curve": {"labels": ns, "direct_grpo": [10, 20, 30], "rl_teacher_bridge": [15, 20, 25]},
+                             "predicted_crossovers": [{"budget": 256.0}]} for w in ("a", "b")}}
+    rows = [{"arm": arm, "seed": s, "world": w, "teacher_labels": n if arm != "direct_grpo" else 0,
+             "student_labels": n if arm == "direct_grpo" else 0, "compute_tokens": 1, "split": "test",
+             "metric": "accuracy", "value": float(n % 97 + s)}
+            for w in ("a", "b") for arm in ("direct_grpo", "rl_teacher_bridge") for n in ns for s in (0, 1)]
+    report = {"crossover": {"a": {"measured": {"crossovers": [{"budget": 128.0}]}}}}
+    fig = plot_family(pd.DataFrame(rows), prereg, report)
+    assert len(fig.axes) == 2 and all(ax.has_data() and ax.get_xlabel() for ax in fig.axes)
+    vlines = [[ln for ln in ax.get_lines() if len(set(ln.get_xdata())) == 1] for ax in fig.axes]
+    assert [len(v) for v in vlines] == [2, 1]  # world a: predicted + measured crossover; b: predicted only
+    # every measured mean is drawn: 2 arms x 3 budgets per panel
+    pts = [c for c in fig.axes[0].containers]
+    assert sum(len(c.lines[0].get_xdata()) for c in pts) == 6
+    plt.close(fig)
