@@ -12,6 +12,7 @@ world_family_preregistration.json (committed before the held-out runs).
     python scripts/world_family.py paper-config  # configs/paper_world{,_notebook}.toml from the chosen (K, N)
     python scripts/world_family.py runs          # held-out grid, seed by seed
     python scripts/world_family.py ablation      # the paper-like world: every arm, 10 seeds
+    python scripts/world_family.py tuning        # matched tuning of the headline pair there (8 trials per arm)
     python scripts/world_family.py report        # crosscheck per world and pooled, summary, figure
     python scripts/world_family.py all           # every step in this order
 
@@ -318,6 +319,21 @@ def cmd_ablation(a) -> int:
     return 0
 
 
+def cmd_tuning(a) -> int:
+    """Matched tuning of the headline pair in the paper-like world (the stable search ranges, 8 trials
+    per arm, 5 fresh evaluation seeds), then its fairness report (label- and compute-matched views)."""
+    pw = _prereg()["paper_world"]
+    storage = f"sqlite:///{(a.workdir / 'paper_world_tuning.db').resolve()}"
+    common = ["--storage", storage, "--study", "paper_world"]
+    rc = _cli("tuning.cli", "run", "--arms", ",".join(HEADLINE), "--trials", "8", "--labels", str(pw["labels"]),
+              "--compute-cap", "8000000", "--time-limit", "2400", "--eval-seeds", "5", "--seed", "0",
+              "--arm-source", "reference", "--config", str(ROOT / "configs" / "paper_world.toml"),
+              "--workers", str(a.jobs), *common)
+    if rc:
+        return rc
+    return _cli("tuning.cli", "report", *common, "--out", str(OUT / "fairness_paper_world"), "--jobs", str(a.jobs))
+
+
 def cmd_paper_config(a) -> int:
     """configs/paper_world.toml (and its notebook variant): the paper-like world the pre-registered rule
     chose, at its budget, for `reference-pipeline demo` and notebook 03."""
@@ -449,7 +465,7 @@ def cmd_report(a) -> int:
 
 STEPS = {"assets": cmd_assets, "gate": cmd_gate, "pilots": cmd_pilots, "calibration": cmd_calibration,
          "predict": cmd_predict, "paper-config": cmd_paper_config, "runs": cmd_runs, "ablation": cmd_ablation,
-         "report": cmd_report}
+         "tuning": cmd_tuning, "report": cmd_report}
 
 
 def main(argv=None) -> int:
