@@ -314,8 +314,8 @@ def cmd_ablation(a) -> int:
     pw = _prereg()["paper_world"]
     w, n = pw["world"], int(pw["labels"])
     cfgs = [(w, arm, n, n // 2 if ARMS[arm].splits_labels else None) for arm in ARMS]
-    for seed in _seeds(a.seeds, ABLATION_SEEDS):
-        run_configs(cfgs, (seed,), ABLATION_CSV, a.jobs, a.workdir, config_of=WORLDS)
+    # one job per seed (every arm of a seed shares its stages), so all seeds go to the pool at once
+    run_configs(cfgs, _seeds(a.seeds, ABLATION_SEEDS), ABLATION_CSV, a.jobs, a.workdir, config_of=WORLDS)
     return 0
 
 
