@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from crosscheck_toy import PRED_COLS, _write_predictions, run_configs  # noqa: E402  (the same runner)
+# the same runner, repository root and results directory as the toy cross-check
+from crosscheck_toy import OUT, PRED_COLS, ROOT, _write_predictions, run_configs  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "docs" / "results"
 DEFAULT_WORK = Path(".s2d_runs") / "family"
 
 # ---- the design (pre-registered; docs/log.md 2026-11-30 third session) ----------------------------
