@@ -444,8 +444,16 @@ def cmd_report(a) -> int:
     report: dict = {}
     if len(scored):
         write_table(scored, a.workdir / "world_family_scored_runs.csv", "runs")
+        # an arm that uses no labels (raw_teacher_bridge) has one run key at every budget: score its
+        # prediction once, at the budget where it was run (the paper-like world's), not 13 times
+        pred = pd.read_csv(PRED_CSV)
+        pw = prereg["paper_world"]
+        labelless = (pred["teacher_labels"] + pred["student_labels"]) == 0
+        keep = ~labelless | ((pred["world"] == pw["world"]) & (pred["labels"] == pw["labels"]))
+        pred[keep].to_csv(a.workdir / "world_family_scored_predictions.csv", index=False)
         rc = _cli("budget_planner.cli", "crosscheck", "--runs", str(a.workdir / "world_family_scored_runs.csv"),
-                  "--predictions", str(PRED_CSV), "--json", str(OUT / "world_family_report.json"))
+                  "--predictions", str(a.workdir / "world_family_scored_predictions.csv"),
+                  "--json", str(OUT / "world_family_report.json"))
         if rc:
             return rc
         report = json.loads((OUT / "world_family_report.json").read_text())
