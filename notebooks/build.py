@@ -137,7 +137,8 @@ NOTEBOOKS = {
                  "cfg = load_config('paper_world_notebook')\nworkdir = Path(tempfile.mkdtemp(prefix='s2d_nb03_'))"),
         ("code", "ARMS = ['direct_grpo', 'rl_teacher_bridge']\n"
                  "results = [run_pipeline(cfg, arm, seed=0, workdir=workdir, progress=False) for arm in ARMS]\n"
-                 "final_table(results).round(2)"),
+                 "final_table(results, metrics=('accuracy', 'pass_at_k', 'steps_share', 'accuracy_given_steps',\n"
+                 "                              'accuracy_given_direct', 'accuracy_greedy')).round(2)"),
         ("md", "## Per-step curves of every stage\n\nRead back from the stage checkpoints (each stage logs "
                "every step). Rows: the mean 0/1 reward of the GRPO rollouts; the zero-signal fraction (share of "
                "GRPO groups whose rewards are all equal, which give no gradient); the KL between student and "
