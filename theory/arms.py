@@ -245,6 +245,10 @@ ARMS: dict[str, Arm] = {
 del S
 
 ARM_NAMES: tuple[str, ...] = tuple(ARMS)
+# the arms other modules compare by role, named once here: the headline pair (the usual move and the
+# paper's workflow) and the arm whose teacher/student label split the planner recommends
+DIRECT_ARM, BRIDGE_ARM, SPLIT_ARM = "direct_grpo", "rl_teacher_bridge", "rl_teacher_bridge_stage3"
+assert {DIRECT_ARM, BRIDGE_ARM, SPLIT_ARM} <= set(ARMS)
 
 
 def candidate_arms() -> tuple[str, ...]:

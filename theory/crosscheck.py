@@ -61,7 +61,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from theory.arms import ARMS, Teacher
+from theory.arms import ARMS, BRIDGE_ARM, DIRECT_ARM, SPLIT_ARM, Teacher
 from theory.errors import InputError
 from theory.tables import check_percent, check_table, read_csv_checked
 
@@ -80,9 +80,6 @@ PRED_COLUMNS: dict[str, str] = {
 }
 SETS = ("calibration", "heldout")
 KEY = ["world", "arm", "teacher_labels", "student_labels"]
-SPLIT_ARM = "rl_teacher_bridge_stage3"  # the arm whose teacher/student label split the planner recommends
-DIRECT_ARM = "direct_grpo"  # crossover: d(N) = BRIDGE_ARM - DIRECT_ARM
-BRIDGE_ARM = "rl_teacher_bridge"
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 P_SIGNIFICANT = 0.05
