@@ -175,6 +175,11 @@ def _arm_configs(n: int) -> list[tuple[str, int, int | None]]:
     return [(arm, n, n // 2 if ARMS[arm].splits_labels else None) for arm in ARMS]
 
 
+def _recommended_config(r: dict, n: int) -> tuple[str, int, int | None]:
+    """(arm, N, teacher_labels or None) of a recommendation at budget n (a split only for split arms)."""
+    return r["arm"], n, r["teacher_labels"] if r["teacher_labels"] and r["student_labels"] else None
+
+
 def measured_budgets(crossovers: list[dict]) -> list[int]:
     """The held-out budgets of a world: HELD_N, plus EXTRA_N budgets where needed so that a predicted
     crossover inside [min, max] of HELD_N has >= 2 measured budgets on each side (rule fixed before
@@ -243,8 +248,7 @@ def cmd_predict(a) -> int:
         budgets = prereg["worlds"][w]["measured_budgets"]
         cfgs = [c for n in CURVE_N for c in _arm_configs(n)]
         for n in budgets:  # a recommended split off the half split is predicted too
-            r = prereg["worlds"][w]["recommendation"][str(n)]
-            c = (r["arm"], n, r["teacher_labels"] if r["teacher_labels"] and r["student_labels"] else None)
+            c = _recommended_config(prereg["worlds"][w]["recommendation"][str(n)], n)
             if c not in cfgs:
                 cfgs.append(c)
         # intervals for the mean over the seeds each configuration will have: the paper-like world's
@@ -286,9 +290,7 @@ def heldout_configs(world: str, prereg: dict) -> list[tuple[str, str, int, int |
     out = [(world, arm, n, None) for n in spec["measured_budgets"] for arm in HEADLINE]
     out.append((world, "rl_teacher_bridge_stage3", SPLIT_N, SPLIT_N // 2))
     for n in spec["measured_budgets"]:
-        r = spec["recommendation"][str(n)]
-        split = r["teacher_labels"] if r["teacher_labels"] and r["student_labels"] else None
-        out.append((world, r["arm"], n, split))
+        out.append((world, *_recommended_config(spec["recommendation"][str(n)], n)))
     return list(dict.fromkeys(out))
 
 
@@ -309,10 +311,9 @@ def cmd_runs(a) -> int:
 
 
 def cmd_ablation(a) -> int:
-    from theory.arms import ARMS
     pw = _prereg()["paper_world"]
     w, n = pw["world"], int(pw["labels"])
-    cfgs = [(w, arm, n, n // 2 if ARMS[arm].splits_labels else None) for arm in ARMS]
+    cfgs = [(w, *c) for c in _arm_configs(n)]
     # one job per seed (every arm of a seed shares its stages), so all seeds go to the pool at once
     run_configs(cfgs, _seeds(a.seeds, ABLATION_SEEDS), ABLATION_CSV, a.jobs, a.workdir, config_of=WORLDS)
     return 0
