@@ -148,6 +148,20 @@ def test_no_match_one_seed_and_set_errors():
         crosscheck(RUNS, PREDS, set_name="calibration")
 
 
+def test_a_label_free_arm_predicted_at_two_budgets_is_refused_not_counted_twice():
+    # raw_teacher_bridge uses no labels: its rows at N and 2N share one run key, so both would score the
+    # same two seeds; refused with one line naming both budgets, and fine again with one of the rows
+    twice = pd.concat([PREDS, pd.DataFrame([pred(W, "raw_teacher_bridge", 2 * N, 0, 0, 11, 9, 13, 12)])],
+                      ignore_index=True)
+    with pytest.raises(InputError, match=r"labels 100 and 200 .*raw_teacher_bridge.*score the same runs twice"):
+        crosscheck(RUNS, twice)
+    assert crosscheck(RUNS, twice.drop(index=2)).n_configs == 3
+    # a repeated key that no run matches scores nothing twice, so it is not an error
+    other = pd.concat([PREDS, pd.DataFrame([pred("v", "raw_teacher_bridge", n, 0, 0, 11, 9, 13, 12)
+                                            for n in (N, 2 * N)])], ignore_index=True)
+    assert crosscheck(RUNS, other).n_configs == 3
+
+
 def test_calibration_set_is_separate():
     preds = pd.concat([PREDS, PREDS.assign(set="calibration", pred_mean=[11.0, 32.0, 12.0])], ignore_index=True)
     assert crosscheck(RUNS, preds, set_name="calibration").mae == 0.0

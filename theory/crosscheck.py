@@ -430,11 +430,17 @@ def crosscheck(runs: pd.DataFrame, predictions: pd.DataFrame, *, set_name: str =
     seed_values = {k: dict(zip(g["seed"].tolist(), g["value"].astype(float).tolist())) for k, g in acc.groupby(KEY)}
 
     rows, seeds, unmatched, notes = [], [], [], []
+    scored: dict[tuple, int] = {}  # run key -> the budget whose prediction row scores its runs
     for _, r in preds.iterrows():
         key = tuple(r[c] for c in KEY)
         if key not in seeds_by_key:
             unmatched.append(_row_name(r))
             continue
+        if key in scored:  # e.g. a label-free arm predicted at several budgets: one set of runs, counted twice
+            raise InputError(f"predictions: the rows at labels {scored[key]} and {r['labels']} of set {set_name!r} "
+                             f"share the run key {dict(zip(KEY, key))} and would score the same runs twice; "
+                             "keep one row per run key (for an arm that uses no labels, the budget it was run at)")
+        scored[key] = r["labels"]
         v = seeds_by_key[key]
         if len(v) < 2:
             raise InputError(f"runs: {_row_name(r)} has {len(v)} seed (need >= 2 for a standard error)")
