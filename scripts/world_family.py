@@ -475,8 +475,9 @@ def cmd_report(a) -> int:
     if ABLATION_CSV.is_file():  # the paper-like world: its curves beside its table, then the paired summary
         from run_toy_table import summarise
         pw = prereg["paper_world"]
-        c = curves[(curves["world"] == pw["world"]) & (curves["N"] == pw["labels"])
-                   & curves["seed"].isin(pw["seeds"])]
+        # the ablation's own runs only (its work directory also holds grid runs at other label splits)
+        runs_keys = read_table(ABLATION_CSV, "runs")[["world", "arm", "seed", "teacher_labels", "student_labels"]]
+        c = curves[(curves["N"] == pw["labels"])].merge(runs_keys.drop_duplicates(), how="inner")
         c.drop(columns=["N", "teacher_labels", "student_labels"]).to_csv(
             OUT / f"{ABLATION_CSV.stem}_curves.csv", index=False, float_format="%.3f")
         print(summarise(ABLATION_CSV.stem))
