@@ -302,7 +302,11 @@ def _prereg() -> dict:
 
 def cmd_runs(a) -> int:
     prereg = _prereg()
-    cfgs = [c for w in WORLDS for c in heldout_configs(w, prereg)]
+    worlds = WORLDS if not a.worlds else a.worlds.split(",")
+    unknown = sorted(set(worlds) - set(WORLDS))
+    if unknown:
+        sys.exit(f"--worlds: unknown world(s) {', '.join(unknown)}; choose from {', '.join(WORLDS)}")
+    cfgs = [c for w in worlds for c in heldout_configs(w, prereg)]
     for seed in _seeds(a.seeds, HELD_SEEDS):  # seed by seed: a partial run is balanced over the grid
         t0 = time.perf_counter()
         run_configs(cfgs, (seed,), RUNS_CSV, a.jobs, a.workdir, config_of=WORLDS)
@@ -496,6 +500,7 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="pre-training threads (assets)")
     ap.add_argument("--seeds", help="runs/ablation: seeds to run, e.g. 10-12 (default: the pre-registered ones)")
+    ap.add_argument("--worlds", help="runs: only these worlds, comma-separated (default: every world)")
     ap.add_argument("--workdir", type=Path, default=DEFAULT_WORK, help=f"stage checkpoints and resume state (default {DEFAULT_WORK})")
     ap.add_argument("--force", action="store_true", help="predict: overwrite the committed pre-registration")
     a = ap.parse_args(argv)
