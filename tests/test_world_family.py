@@ -84,3 +84,10 @@ def test_findings_need_two_seeds_for_an_interval():
                                                               "student_labels", "stage", "metric", "value"]))
     one = f["labels_teach"]["modes-k05"]["accuracy"]
     assert one["n"] == 1 and one["lo"] is None and not one["excludes_zero"]
+
+
+def test_runs_refuses_an_unknown_world_before_running_anything(tmp_path, capsys):
+    # one line naming the bad world and the choices; nothing is started (no run directory appears)
+    with pytest.raises(SystemExit, match=r"--worlds: unknown world\(s\) modes-k99; choose from modes-k05"):
+        wf.main(["runs", "--worlds", "modes-k15,modes-k99", "--seeds", "12", "--workdir", str(tmp_path)])
+    assert not list(tmp_path.glob("modes-k*"))
