@@ -427,21 +427,17 @@ def family_findings(runs: pd.DataFrame, curves: pd.DataFrame) -> dict:
     return out
 
 
-def _plain(v):
-    return v.item() if isinstance(v, np.generic) else v
-
-
 def cmd_report(a) -> int:
+    from theory.crosscheck import KEY as key, _plain
     from theory.tables import read_table, write_table
     prereg = _prereg()
     if not RUNS_CSV.is_file():
         sys.exit(f"no runs yet ({RUNS_CSV.name})")
-    parts = [read_table(p, "runs") for p in (RUNS_CSV, ABLATION_CSV) if p.is_file()]
-    both = pd.concat(parts, ignore_index=True).drop_duplicates(
-        subset=["world", "arm", "teacher_labels", "student_labels", "seed", "metric", "split"])
+    ablation = read_table(ABLATION_CSV, "runs") if ABLATION_CSV.is_file() else None
+    both = pd.concat([read_table(RUNS_CSV, "runs"), ablation], ignore_index=True).drop_duplicates(
+        subset=[*key, "seed", "metric", "split"])
     a.workdir.mkdir(parents=True, exist_ok=True)
     # the cross-check needs >= 2 seeds per configuration (a standard error): the others wait for theirs
-    key = ["world", "arm", "teacher_labels", "student_labels"]
     acc = both[(both["metric"] == "accuracy") & (both["split"] == "test")]
     seeds = acc.groupby(key)["seed"].nunique()
     ready = set(seeds[seeds >= 2].index)
@@ -476,12 +472,11 @@ def cmd_report(a) -> int:
     from reference.curves import plot_family
     plot_family(both, prereg, report).savefig(OUT / "world_family.png", dpi=110)
     print(json.dumps(report["family"], indent=1))
-    if ABLATION_CSV.is_file():  # the paper-like world: its curves beside its table, then the paired summary
+    if ablation is not None:  # the paper-like world: its curves beside its table, then the paired summary
         from run_toy_table import summarise
         pw = prereg["paper_world"]
         # the ablation's own runs only (its work directory also holds grid runs at other label splits)
-        runs_keys = read_table(ABLATION_CSV, "runs")[["world", "arm", "seed", "teacher_labels", "student_labels"]]
-        c = curves[(curves["N"] == pw["labels"])].merge(runs_keys.drop_duplicates(), how="inner")
+        c = curves[(curves["N"] == pw["labels"])].merge(ablation[[*key, "seed"]].drop_duplicates(), how="inner")
         c.drop(columns=["N", "teacher_labels", "student_labels"]).to_csv(
             OUT / f"{ABLATION_CSV.stem}_curves.csv", index=False, float_format="%.3f")
         print(summarise(ABLATION_CSV.stem))
