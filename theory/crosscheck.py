@@ -437,8 +437,9 @@ def crosscheck(runs: pd.DataFrame, predictions: pd.DataFrame, *, set_name: str =
             unmatched.append(_row_name(r))
             continue
         if key in scored:  # e.g. a label-free arm predicted at several budgets: one set of runs, counted twice
+            named = ", ".join(f"{c}={v}" for c, v in zip(KEY, key))
             raise InputError(f"predictions: the rows at labels {scored[key]} and {r['labels']} of set {set_name!r} "
-                             f"share the run key ({', '.join(f'{c}={v}' for c, v in zip(KEY, key))}) and would score the same runs twice; "
+                             f"share the run key ({named}) and would score the same runs twice; "
                              "keep one row per run key (for an arm that uses no labels, the budget it was run at)")
         scored[key] = r["labels"]
         v = seeds_by_key[key]
