@@ -24,6 +24,18 @@ Three things are pinned so that both backends compute the same numbers (tests/te
 And one behaviour: a GRPO batch without signal (every group's rewards equal) makes no optimizer step
 in the reference; TRL would step AdamW on its momentum, so the optimizer skips that step here too.
 
+Launch: one process, or several under `accelerate launch` (`engine.launcher = "accelerate"`) with
+configs/accelerate/ddp.yaml or fsdp2.yaml. DDP: the trainers build their own Accelerator, which wraps
+the model. FSDP2: the trained model is sharded in place by the reference loop's own
+`engines.fsdp2_shard` and marked as transformers marks a model it shards at load time, so the Trainer
+neither wraps nor moves it (accelerate applies FSDP only on GPUs, and one path is what a CPU test can
+check). Either way the config's batch sizes stay global (each rank takes its contiguous 1/N of every
+global batch, the reference's `engines.shard`), and what the reference keeps global stays global:
+GRPO's no-signal skip is decided over all ranks, GKD's loss is the global token mean (its per-rank
+"batchmean" would average rank means), the compute account is summed over ranks; the stage checkpoint
+is gathered to rank 0 in the one-process format (tests/test_scale_sharded.py: 2 processes, killed after
+a stage and resumed, end where one process ends).
+
 Deviations: the forward-KL warmup and OPD have no micro-batch split of their own here (TRL's
 gradient accumulation sizes are left at 1); GKD computes its loss at temperature 1, so `fkl.temperature`
 must be 1 under TRL; `opd.estimator = "sampled"` has no TRL counterpart (DistillationTrainer is the
@@ -34,7 +46,6 @@ exact full-vocabulary divergence). At Qwen3 scale TRL's losses run over the padd
 from __future__ import annotations
 
 from contextlib import contextmanager
-import math
 import tempfile
 import time
 from typing import Any, Callable
@@ -53,8 +64,9 @@ HYPERPARAMETERS: dict[tuple[str, str], str] = {
     ("grpo", "lr"): "GRPOConfig.learning_rate (student GRPO)",
     ("grpo", "teacher_lr"): "GRPOConfig.learning_rate (teacher GRPO; 0 -> lr)",
     ("grpo", "group_size"): "GRPOConfig.num_generations",
-    ("grpo", "prompts_per_step"): "GRPOConfig.per_device_train_batch_size = prompts_per_step * group_size "
-                                  "(TRL counts completions); generation_batch_size the same, steps_per_generation 1",
+    ("grpo", "prompts_per_step"): "GRPOConfig.per_device_train_batch_size = prompts_per_step * group_size / "
+                                  "processes (TRL counts completions, per device); generation_batch_size = "
+                                  "prompts_per_step * group_size, steps_per_generation 1",
     ("grpo", "epochs"): "GRPOConfig.max_steps = stages.grpo_steps(labels, cfg)",
     ("grpo", "clip_low"): "GRPOConfig.epsilon",
     ("grpo", "clip_high"): "GRPOConfig.epsilon_high",
@@ -67,7 +79,7 @@ HYPERPARAMETERS: dict[tuple[str, str], str] = {
     ("grpo", "schedule"): "the reference's lr_factor as the trainer's LambdaLR (constant / cosine / linear)",
     ("fkl", "lr"): "GKDConfig.learning_rate",
     ("fkl", "steps"): "GKDConfig.max_steps",
-    ("fkl", "prompts_per_step"): "GKDConfig.per_device_train_batch_size (one teacher sample per prompt)",
+    ("fkl", "prompts_per_step"): "GKDConfig.per_device_train_batch_size x processes (one teacher sample per prompt)",
     ("fkl", "temperature"): "GKDConfig.temperature (teacher sampling; must be 1: GKD's loss is at T = 1)",
     ("fkl", "max_new_tokens"): "GKDConfig.max_new_tokens",
     ("fkl", "grad_clip"): "GKDConfig.max_grad_norm",
@@ -75,7 +87,8 @@ HYPERPARAMETERS: dict[tuple[str, str], str] = {
     ("fkl", "schedule"): "the reference's lr_factor as the trainer's LambdaLR",
     ("opd", "lr"): "DistillationConfig.learning_rate",
     ("opd", "steps"): "DistillationConfig.max_steps (the replay control: stage-3 GRPO's step count)",
-    ("opd", "prompts_per_step"): "DistillationConfig.per_device_train_batch_size (one student sample per prompt)",
+    ("opd", "prompts_per_step"): "DistillationConfig.per_device_train_batch_size x processes (one student sample "
+                                 "per prompt)",
     ("opd", "temperature"): "DistillationConfig.temperature (sampling and the divergence's softmax)",
     ("opd", "max_new_tokens"): "DistillationConfig.max_completion_length",
     ("opd", "estimator"): "'full' -> DistillationConfig.beta = 1.0 (exact full-vocabulary reverse KL)",
@@ -124,24 +137,26 @@ def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_c
                 lr_scheduler_type="constant", **_NO_CHECKPOINTING)
 
 
-def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, out_dir: str):
+def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, out_dir: str, world: int = 1):
+    """`prompts_per_step` per rank; one generation per step over the `world` ranks' batches."""
     from trl import GRPOConfig as TRLGRPOConfig
     G = cfg.group_size
     return TRLGRPOConfig(**_common_args(out_dir, lr=cfg.lr_for(role), steps=steps, per_device=prompts_per_step * G,
                                         grad_clip=cfg.grad_clip),
-                         num_generations=G, generation_batch_size=prompts_per_step * G,
+                         num_generations=G, generation_batch_size=prompts_per_step * G * world,
                          epsilon=cfg.clip_low, epsilon_high=cfg.clip_high, loss_type=GRPO_LOSS_TYPES[cfg.loss],
                          beta=cfg.kl_coef, temperature=cfg.temperature, top_p=FIXED["top_p"], top_k=FIXED["top_k"],
                          max_completion_length=cfg.max_new_tokens, disable_dropout=True, shuffle_dataset=False,
                          **{k: v for k, v in FIXED_GRPO.items() if k != "steps_per_generation"})
 
 
-def gkd_args(cfg: FKLConfig, *, steps: int, out_dir: str):
+def gkd_args(cfg: FKLConfig, *, steps: int, out_dir: str, world: int = 1):
     from trl.experimental.gkd import GKDConfig
     if cfg.temperature != 1.0:
         raise InputError(f"fkl.temperature = {cfg.temperature}: the TRL backend's forward-KL warmup (GKDTrainer) "
                          "computes its loss at temperature 1; set fkl.temperature = 1 or trainer = \"reference\"")
-    return GKDConfig(**_common_args(out_dir, lr=cfg.lr, steps=steps, per_device=cfg.prompts_per_step,
+    per_device = _per_rank(cfg.prompts_per_step, world, "fkl.prompts_per_step")
+    return GKDConfig(**_common_args(out_dir, lr=cfg.lr, steps=steps, per_device=per_device,
                                     grad_clip=cfg.grad_clip),
                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, disable_dropout=True,
                      **FIXED_GKD)
@@ -203,6 +218,19 @@ class _Pinned:
         return self.lr_scheduler
 
 
+def _per_rank(prompts: int, world: int, what: str) -> int:
+    """Prompts per rank and step: TRL's batch sizes are per device, the config's are global (the
+    reference loop shards each global batch over the ranks, `engines.shard`)."""
+    if prompts % world:
+        raise InputError(f"{what} = {prompts} does not divide over {world} processes under trainer = \"trl\": "
+                         "make it a multiple of the process count")
+    return prompts // world
+
+
+def _world(ctx: st.StageContext | None) -> int:
+    return 1 if ctx is None or ctx.engine is None else ctx.engine.world_size
+
+
 def _lr_of_step(schedule_cfg, steps: int) -> Callable[[int], float]:
     return lambda s: st.lr_factor(min(s, steps - 1), steps, schedule_cfg.warmup, schedule_cfg.schedule)
 
@@ -220,7 +248,11 @@ def _trainer_classes():
         def training_step(self, model, inputs, num_items_in_batch=None):
             # the reference makes no update on a batch without signal (every group's rewards equal)
             batch = self._prepare_inputs(inputs)
-            self._skip_update = not bool((batch["advantages"] != 0).any())
+            # the decision is global: under DDP every rank steps, or none does (as the reference's)
+            signal = (batch["advantages"] != 0).any().float()
+            if self.accelerator.num_processes > 1:
+                signal = self.accelerator.reduce(signal, reduction="sum")
+            self._skip_update = not bool(signal > 0)
             # the compute account: the rollout, plus the update's forward/backward when there is one
             rollout = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
             self._tokens += rollout * (1 if self._skip_update else 2)
@@ -250,6 +282,16 @@ def _trainer_classes():
                 loss = super().training_step(model, inputs, num_items_in_batch)
             self._tokens += 3 * int(inputs["attention_mask"].sum())
             return loss
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # GKD's "batchmean" divides by this rank's completion tokens, so DDP would average per-rank means;
+            # the global token count over world size makes DDP's average the global token mean (as the
+            # reference's `engines.global_token_mean`). One process: unchanged.
+            if self.accelerator.num_processes > 1 and num_items_in_batch is None:
+                local = (inputs["labels"][:, 1:] != -100).sum().float()
+                num_items_in_batch = (self.accelerator.reduce(local, reduction="sum")
+                                      / self.accelerator.num_processes).clamp(min=1.0 / self.accelerator.num_processes)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     class PinnedDistillation(_Pinned, DistillationTrainer):
         def _generate_single_turn(self, *args, **kwargs):
@@ -330,7 +372,8 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, tok, *, 
     steps = st.grpo_steps(len(problems), cfg)
     P = min(cfg.prompts_per_step, max(1, len(problems)))
     run = steps if limit is None else min(steps, limit)
-    args = grpo_args(cfg, role=role, steps=run, prompts_per_step=P, out_dir=out_dir)
+    args = grpo_args(cfg, role=role, steps=run, prompts_per_step=_per_rank(P, _world(ctx), "grpo.prompts_per_step"),
+                     out_dir=out_dir, world=_world(ctx))
     if cfg.kl_coef > 0:
         raise InputError("grpo.kl_coef > 0 under trainer = \"trl\": GRPOTrainer reloads the reference model from the "
                          "policy's path, which an in-memory model lacks; set kl_coef = 0 or trainer = \"reference\"")
@@ -362,10 +405,10 @@ class _PromptCollator:
 
 
 def build_gkd(student, teacher, prompts, cfg: FKLConfig, tok, *, seed: int, out_dir: str,
-              limit: int | None = None, progress=None):
+              limit: int | None = None, progress=None, world: int = 1):
     _, PinnedGKD, _ = _trainer_classes()
     run = cfg.steps if limit is None else min(cfg.steps, limit)
-    args = gkd_args(cfg, steps=run, out_dir=out_dir)
+    args = gkd_args(cfg, steps=run, out_dir=out_dir, world=world)
     _set_eos(student, tok)
     _set_eos(teacher, tok)
     log = _Log("fkl", run, progress)
@@ -382,12 +425,13 @@ def build_gkd(student, teacher, prompts, cfg: FKLConfig, tok, *, seed: int, out_
 
 def build_distillation(student, teacher, prompts, cfg: OPDConfig, tok, *, seed: int, out_dir: str,
                        steps: int | None = None, prompts_per_step: int | None = None, limit: int | None = None,
-                       progress=None):
+                       progress=None, world: int = 1):
     _, _, PinnedDistillation = _trainer_classes()
     steps = cfg.steps if steps is None else steps
     per_step = cfg.prompts_per_step if prompts_per_step is None else prompts_per_step
     run = steps if limit is None else min(steps, limit)
-    args = distillation_args(cfg, steps=run, prompts_per_step=per_step, out_dir=out_dir)
+    args = distillation_args(cfg, steps=run, prompts_per_step=_per_rank(per_step, world, "opd.prompts_per_step"),
+                             out_dir=out_dir)
     _set_eos(student, tok)
     _set_eos(teacher, tok)
     log = _Log("opd", run, progress)
@@ -412,7 +456,12 @@ def _train(name: str, built) -> st.StageResult:
             trainer.train()
     finally:
         config.use_cache = use_cache
-    return st.StageResult(name, run, trainer._tokens, time.perf_counter() - t0, tuple(log.entries))
+    tokens = trainer._tokens
+    acc = trainer.accelerator
+    if acc.num_processes > 1:  # the compute account is global, as the reference's (`stages._global_sum`)
+        tokens = int(acc.reduce(torch.tensor(float(tokens), device=acc.device), reduction="sum"))
+    acc.free_memory()  # drop the accelerator's references to this stage's wrapped model and optimizer
+    return st.StageResult(name, run, tokens, time.perf_counter() - t0, tuple(log.entries))
 
 
 def _tokenizer(ctx: st.StageContext):
@@ -420,10 +469,34 @@ def _tokenizer(ctx: st.StageContext):
     if tok is None:
         raise InputError("trainer = \"trl\" needs the HF rollout's tokenizer (engine.rollout = \"hf\"); TRL's "
                          "own vLLM generation is not wired yet")
-    if ctx.engine is not None:
-        raise InputError("trainer = \"trl\" runs as one process here (TRL's own accelerate launch is not wired "
-                         "yet); set engine.launcher = \"single\" or trainer = \"reference\"")
     return tok
+
+
+def _sharded(model, ctx: st.StageContext):
+    """Under an FSDP2 launch, the trained model sharded in place by `engines.fsdp2_shard` (the reference
+    loop's own sharding) and marked as transformers marks a model it shards at load time
+    (`from_pretrained(distributed_config=...)`): the Trainer then neither moves it nor wraps it in DDP,
+    builds AdamW on the shards, and generation decodes in lockstep (`synced_gpus`). Else the model as is."""
+    if not st._sharded(ctx):
+        return model
+    from reference.engines import fsdp2_shard
+    model = fsdp2_shard(model, ctx.engine)
+    model._is_distributed_loading_by_transformers = True
+    model._is_fsdp_managed_module = True
+    return model
+
+
+@contextmanager
+def _frozen(teacher):
+    """The frozen scorer without gradients for the stage (a teacher trained by teacher GRPO still has
+    them on); restored after, so later stages see the model as they would have."""
+    flags = [p.requires_grad for p in teacher.parameters()]
+    teacher.requires_grad_(False)
+    try:
+        yield teacher
+    finally:
+        for p, f in zip(teacher.parameters(), flags):
+            p.requires_grad_(f)
 
 
 # The three stage functions with the signatures of reference.stages; `stage_functions` hands either set to
@@ -432,6 +505,7 @@ def _tokenizer(ctx: st.StageContext):
 def trl_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, *, role: str, seed: int, ref=None,
              progress=None, name: str = "grpo", limit: int | None = None) -> st.StageResult:
     """`stages.grpo` on GRPOTrainer (`ref` unused: kl_coef > 0 is refused, see `build_grpo`)."""
+    policy = _sharded(policy, ctx)
     with tempfile.TemporaryDirectory(prefix="trl_") as out:
         return _train(name, build_grpo(policy, problems, cfg, ctx, _tokenizer(ctx), role=role, seed=seed,
                                        out_dir=out, limit=limit, progress=progress))
@@ -440,19 +514,21 @@ def trl_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, *, role: s
 def trl_fkl_warmup(student, teacher, prompts, cfg: FKLConfig, ctx: st.StageContext, *, seed: int, progress=None,
                    name: str = "fkl_warmup", limit: int | None = None) -> st.StageResult:
     """`stages.fkl_warmup` on GKDTrainer (lmbda 0, seq_kd, beta 0)."""
-    with tempfile.TemporaryDirectory(prefix="trl_") as out:
+    student = _sharded(student, ctx)
+    with tempfile.TemporaryDirectory(prefix="trl_") as out, _frozen(teacher):
         return _train(name, build_gkd(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed, out_dir=out,
-                                      limit=limit, progress=progress))
+                                      limit=limit, progress=progress, world=_world(ctx)))
 
 
 def trl_opd(student, teacher, prompts, cfg: OPDConfig, ctx: st.StageContext, *, seed: int, steps: int | None = None,
             prompts_per_step: int | None = None, progress=None, name: str = "opd",
             limit: int | None = None) -> st.StageResult:
     """`stages.opd` on DistillationTrainer (beta 1)."""
-    with tempfile.TemporaryDirectory(prefix="trl_") as out:
+    student = _sharded(student, ctx)
+    with tempfile.TemporaryDirectory(prefix="trl_") as out, _frozen(teacher):
         return _train(name, build_distillation(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed,
                                                out_dir=out, steps=steps, prompts_per_step=prompts_per_step,
-                                               limit=limit, progress=progress))
+                                               limit=limit, progress=progress, world=_world(ctx)))
 
 
 def stage_functions(trainer: str):

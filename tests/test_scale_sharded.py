@@ -203,3 +203,133 @@ def test_sharded_pilot_matches_one_process(tmp_path):
         pd.testing.assert_frame_equal(two, one)
     problems = pd.read_csv(tmp_path / "one" / "problems.csv")
     assert len(problems) == 2 * 18 and problems["correct"].sum() > 0
+
+
+_TRL = '''
+import hashlib, sys
+from pathlib import Path
+from types import SimpleNamespace
+sys.path[:0] = [sys.argv[3], sys.argv[4]]
+import torch
+import torch.distributed as dist
+from transformers import Qwen3ForCausalLM
+from test_reference_pipeline import tiny_config
+import reference.pipeline as pl
+import reference.trl_backend as tb
+
+work, phase = Path(sys.argv[1]), sys.argv[2]
+ORIGINAL = Qwen3ForCausalLM.generate
+
+
+def fixed_generate(self, input_ids=None, attention_mask=None, generation_config=None, return_dict_in_generate=False,
+                   **kw):
+    """TRL's sampling (the trainers pass a generation config) replaced by completions fixed by the
+    prompt and its occurrence in the batch, cut at a pseudo-random EOS: a group's samples differ,
+    and ranks see what one process sees. The project's own sampling (evaluation) is left alone."""
+    if generation_config is None:
+        return ORIGINAL(self, input_ids=input_ids, attention_mask=attention_mask, **kw)
+    n_new, pad = generation_config.max_new_tokens, generation_config.pad_token_id
+    eos = generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
+    seen, comps = {}, []
+    for row, mask in zip(input_ids, attention_mask):
+        key = bytes(str(row[mask.bool()].tolist()), "ascii")
+        j = seen[key] = seen.get(key, -1) + 1
+        g = torch.Generator().manual_seed(int(hashlib.sha1(key).hexdigest()[:8], 16) + 7919 * j)
+        c = torch.randint(3, self.config.vocab_size, (n_new,), generator=g)
+        c = torch.where((c == eos) | (c == pad), torch.full_like(c, 3), c)
+        length = int(torch.randint(1, n_new + 1, (1,), generator=g))
+        c[length - 1] = eos
+        c[length:] = pad
+        comps.append(c)
+    seq = torch.cat([input_ids, torch.stack(comps).to(input_ids.device)], 1)
+    return SimpleNamespace(sequences=seq) if return_dict_in_generate else seq
+
+
+CALLS = []
+
+
+def parity_reward(ctx):
+    """1 for an odd completion length, else 0; on the first GRPO step the first half of the global
+    batch (all of rank 0's share under 2 processes) scores 0: one rank has no signal, the other has."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+    def reward(prompts, completions, gold, **_):
+        first = not CALLS
+        CALLS.append(1)
+        n = len(completions)
+        return [0.0 if first and rank * n + i < n * world // 2 else float(len(c) % 2)
+                for i, c in enumerate(completions)]
+    return reward
+
+
+Qwen3ForCausalLM.generate = fixed_generate
+tb._reward = parity_reward
+SHARD, SHARDED = tb._sharded, []
+
+
+def shard_and_record(model, ctx):
+    model = SHARD(model, ctx)
+    SHARDED.append(any(type(p).__name__ == "DTensor" for p in model.parameters()))
+    return model
+
+
+tb._sharded = shard_and_record
+cfg = tiny_config(**{"engine.launcher": "accelerate", "engine.trainer": "trl", "grpo.teacher_lr": 1e-3,
+                     "fkl.lr": 1e-3, "opd.lr": 1e-3})
+stop = {"first": 0, "resume": 2, "one": 2}[phase]
+try:
+    pl.run_pipeline(cfg, "rl_teacher_bridge", 0, workdir=work, split="val", progress=False, stop_after=stop)
+except pl._Stopped:
+    pass
+print(f"trained sharded: {sum(SHARDED)} of {len(SHARDED)}", flush=True)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch", ["ddp", "fsdp2"])
+def test_trl_backend_two_processes_kill_resume_match_one_process(tmp_path, launch):
+    """The TRL backend under `accelerate launch` (configs/accelerate/{ddp,fsdp2}.yaml, 2 processes over
+    gloo): DDP through the trainers' own accelerate, or the trained model sharded by FSDP2
+    (`trl_backend._sharded`); each rank takes half of every global batch, rank 0 writes the stage
+    checkpoint (gathered from the shards under FSDP2). Teacher GRPO, stopped after its checkpoint, then a
+    resumed FKL warmup (GKDTrainer) and OPD (DistillationTrainer) end where one process ends.
+
+    What it checks beyond plumbing: GRPO's no-signal skip is decided over all ranks (on the first
+    step rank 0's share has no signal; a per-rank decision leaves rank 0's weights behind), GKD's loss
+    is the global token mean (its per-rank "batchmean" would average two rank means), and the compute
+    account is global. Weights: AdamW moves an entry ~lr·g/|g| whatever |g| is, so the few entries whose
+    gradient is float noise (~1e-9) can end up to ~2·lr apart; the rest must agree at rtol 1e-4 /
+    atol 1e-5, and each step's logged loss at rel 1e-4. (Without either fix, 74-100% of a stage's
+    entries differ, checked 2026-12-01.)"""
+    script = tmp_path / "trl_ddp.py"
+    script.write_text(_TRL)
+    args = [str(ROOT / "tests"), str(ROOT)]
+    fsdp2 = launch == "fsdp2"  # every stage's trained model sharded, on both ranks; none under DDP
+    cmd = [ACCELERATE, "launch", "--config_file", str(ROOT / "configs" / "accelerate" / f"{launch}.yaml"),
+           "--num_processes", "2", str(script)]
+    two = tmp_path / "two"
+    first = _run([*cmd, str(two), "first", *args]).stdout
+    assert list(_stages(two)) == ["teacher_grpo"]  # stopped after its checkpoint
+    resumed = _run([*cmd, str(two), "resume", *args]).stdout
+    assert first.count(f"trained sharded: {int(fsdp2)} of 1") == 2
+    assert resumed.count(f"trained sharded: {2 * fsdp2} of 2") == 2
+    _run([sys.executable, str(script), str(tmp_path / "one"), "one", *args])
+
+    one, multi = _stages(tmp_path / "one"), _stages(two)
+    assert set(one) == set(multi) == {"teacher_grpo", "fkl_warmup", "opd"}
+    keys = {"teacher_grpo": "loss", "fkl_warmup": "forward_kl", "opd": "kl_to_teacher"}
+    for name, key in keys.items():
+        (w1, m1), (w2, m2) = one[name], multi[name]
+        assert m2["result"]["tokens"] == m1["result"]["tokens"] > 0  # the compute account is global
+        assert len(m1["log"]) == len(m2["log"]) == 2
+        assert [e[key] for e in m2["log"]] == pytest.approx([e[key] for e in m1["log"]], rel=1e-4)
+        assert w1.keys() == w2.keys()
+        off = sum(int((~torch.isclose(w2[k], v, rtol=1e-4, atol=1e-5)).sum()) for k, v in w1.items())
+        total = sum(v.numel() for v in w1.values())
+        worst = max(float((w2[k] - v).abs().max()) for k, v in w1.items())
+        print(f"{name}: {off} of {total} entries outside rtol 1e-4 / atol 1e-5, max |2 processes - one| {worst:.3g}")
+        assert off <= total // 500 and worst <= 2 * 2 * 1e-3, name  # 2 steps at lr 1e-3
+    assert one["teacher_grpo"][1]["log"][0]["zero_signal_fraction"] == 0.5  # rank 0's share: no signal
+    fkl = multi["fkl_warmup"][0]
+    assert max(float((v - fkl[k]).abs().max()) for k, v in multi["opd"][0].items()) > 1e-4  # the resumed OPD trained
