@@ -177,13 +177,19 @@ def _noop_checks(raws: list[dict], stage: str) -> list[Check]:
                   f"paired test-accuracy change {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] points over {len(d)} problem-seeds")]
 
 
+def kl_drop(kl) -> tuple[float, float, float]:
+    """(drop, first, last): 1 - last / first, the means of the per-token KL over the first and the last
+    window of a stage's steps (a tenth of them, at least KL_WINDOW, at most half)."""
+    kl = np.asarray(kl, dtype=float)
+    w = min(max(KL_WINDOW, len(kl) // 10), len(kl) // 2)
+    if not w:
+        return float("nan"), float("nan"), float("nan")
+    first, last = float(kl[:w].mean()), float(kl[-w:].mean())
+    return (1.0 - last / first if first > 0 else float("nan")), first, last
+
+
 def _move_check(raws: list[dict], stage: str) -> Check:
-    drops = []
-    for r in raws:
-        kl = np.asarray(r[f"move_{stage}_kl"], dtype=float)
-        w = min(max(KL_WINDOW, len(kl) // 10), len(kl) // 2)
-        first, last = (kl[:w].mean(), kl[-w:].mean()) if w else (float("nan"), float("nan"))
-        drops.append(1.0 - last / first if first > 0 else float("nan"))
+    drops = [kl_drop(r[f"move_{stage}_kl"])[0] for r in raws]
     drop = float(np.mean(drops))
     ok = math.isfinite(drop) and drop >= MOVE_MIN_DROP
     return Check(f"{stage}_kl_to_teacher_drop", drop, MOVE_MIN_DROP, ok,

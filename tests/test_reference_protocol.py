@@ -177,6 +177,13 @@ def test_gate_fails_each_broken_property(break_it, failing):
     assert not c[failing].passed
 
 
+def test_kl_drop_compares_the_first_and_last_windows():
+    kl = [2.0] * 5 + [9.0] * 40 + [1.0] * 5  # 50 steps: windows of 5 (a tenth, at least KL_WINDOW)
+    assert gate.kl_drop(kl) == (0.5, 2.0, 1.0)
+    assert gate.kl_drop([4.0, 7.0, 1.0]) == (0.75, 4.0, 1.0)  # short: at most half the steps per window
+    assert all(np.isnan(gate.kl_drop([1.0])))
+
+
 def test_gate_reward_checks_catch_flat_and_collapsing_grpo():
     rng = np.random.default_rng(2)
     flat = 0.3 + rng.normal(0, 0.03, 50)

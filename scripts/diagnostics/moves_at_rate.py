@@ -2,9 +2,9 @@
 Diagnostic: is the gate's 'moves' failure a rate or a floor? FKL/OPD toward the 50-step RL teacher
 at the configured lr and at 3x / 10x, one seed; prints the gate's drop statistic for each."""
 import copy, sys, json
-import numpy as np, torch
+import torch
 from reference.config import load_config
-from reference.gate import seed_from
+from reference.gate import kl_drop, seed_from
 from reference import stages as st
 from reference.pipeline import build_models, build_world
 cfg_path, lr, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
@@ -15,12 +15,10 @@ teacher = copy.deepcopy(m.teacher)
 torch.manual_seed(seed_from("gate", seed, "teacher_grpo"))
 st.grpo(teacher, world.labeled[: cfg.world.labels], cfg.grpo, m.ctx, role="teacher", seed=seed_from("gate-data", seed, "teacher_grpo"), limit=50)
 teacher.requires_grad_(False)
-def drop(xs):
-    n = max(5, len(xs) // 10); xs = np.asarray(xs); return 1 - xs[-n:].mean() / xs[:n].mean(), xs[:n].mean(), xs[-n:].mean()
 out = {"lr": lr}
 for stage, fn, scfg, key in (("fkl", st.fkl_warmup, cfg.fkl, "forward_kl"), ("opd", st.opd, cfg.opd, "kl_to_teacher")):
     torch.manual_seed(seed_from("gate", seed, f"move_{stage}"))
     res = fn(copy.deepcopy(m.student), teacher, world.unlabeled, scfg, m.ctx, seed=seed_from("gate-data", seed, f"move_{stage}"))
-    d, a, b = drop([e[key] for e in res.log])
+    d, a, b = kl_drop([e[key] for e in res.log])  # the gate's own statistic
     out[stage] = {"drop": round(d, 3), "first": round(a, 4), "last": round(b, 4)}
 print(json.dumps(out), flush=True)
