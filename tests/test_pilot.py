@@ -80,6 +80,7 @@ def test_pass_at_k_monotone_and_pass1_is_accuracy(main_pilot):
     res, out = main_pilot
     pak = pd.read_csv(out / "pass_at_k.csv")
     summ = pd.read_csv(out / "summary.csv")
+    assert set(pak["model"]) == {"student", "teacher"}
     for model, g in pak.groupby("model"):
         v = g.sort_values("k")["pass_at_k"].to_numpy()
         assert list(g.sort_values("k")["k"]) == list(range(1, K + 1))

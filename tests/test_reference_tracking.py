@@ -85,6 +85,7 @@ def test_every_stage_step_is_logged_under_its_name_and_numbers_do_not_change(fak
     assert t.logging_dir == tmp_path / "tracked" / "tracking"
     want = {"teacher_grpo": {"reward", "lr"}, "fkl_warmup": {"forward_kl", "lr"},
             "opd": {"kl_to_teacher", "lr"}, "student_grpo": {"reward", "lr"}}
+    assert [s["name"] for s in tracked.stages[:-1]] == list(want) and all(s["steps"] > 0 for s in tracked.stages[:-1])
     for s in tracked.stages[:-1]:
         name = s["name"]
         steps = [step for step, v in t.logged if any(k.startswith(name + "/") for k in v)]
@@ -102,6 +103,7 @@ def test_a_resumed_run_replays_the_stages_it_loads(fake, tmp_path):
     res = run_pipeline(tiny(**{"engine.tracker": "tensorboard"}), arm, 0, workdir=tmp_path, progress=False)
     (t,) = fake
     assert [s["cached"] for s in res.stages[:-1]] == [True, True, False]
+    assert all(s["steps"] > 0 for s in res.stages[:-1])
     for s in res.stages[:-1]:
         steps = [step for step, v in t.logged if any(k.startswith(s["name"] + "/") for k in v)]
         assert steps == list(range(1, s["steps"] + 1)), s["name"]

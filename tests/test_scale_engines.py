@@ -2,7 +2,6 @@
 (DDP over gloo, CPU, through the stages' engine path) match one process; accelerate configs parse; LoRA and the global token mean."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from _launch import accelerate_launch  # tests/ is on sys.path
 from reference.engines import Engine, apply_lora, global_token_mean, load_accelerate_config, shard, trainable_params
 from reference.models import build_tiny_qwen3_dir, load_causal_lm
 from theory.errors import InputError
@@ -38,13 +38,12 @@ def test_stage_steps_ddp_two_processes_match_one(pair):
     shards, `Accelerator.prepare`, global token means): 2 DDP processes with micro-batches of one
     sequence (gradient accumulation) give the gradients of one process on the whole batch."""
     d, s, t = pair
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
     base = [str(ROOT / "scripts" / "ddp_parity.py"), "--student", str(s), "--teacher", str(t), "--prompts", "4"]
     _run([sys.executable, *base, "--out", str(d / "one.pt")], ROOT)
     # --multi_gpu selects accelerate's torchrun launcher; on a CPU machine the processes use gloo
-    _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", *base, "--micro-batch", "1",
-          "--out", str(d / "two.pt")], ROOT)
+    _run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                           "--mixed_precision", "no", "--dynamo_backend", "no", *base, "--micro-batch", "1",
+                           "--out", str(d / "two.pt")), ROOT)
     one, two = torch.load(d / "one.pt"), torch.load(d / "two.pt")
     assert one["result"]["world_size"] == 1 and two["result"]["world_size"] == 2
     assert one["result"]["grpo_steps"] == two["result"]["grpo_steps"] == 1  # GRPO had signal: it stepped

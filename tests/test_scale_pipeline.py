@@ -109,17 +109,16 @@ def test_pipeline_under_accelerate_two_processes(tmp_path):
     stage checkpoints and the result, and the compute accounting counts both ranks' tokens."""
     import json
     import os
-    import shutil
     import subprocess
-    import sys
 
     script = tmp_path / "run2.py"
     script.write_text(_TWO_RANK_RUN)
-    accelerate = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    from _launch import accelerate_launch  # tests/ is on sys.path
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", str(script), str(tmp_path),
-                          str(ROOT / "tests"), str(ROOT)], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                                           "--mixed_precision", "no", "--dynamo_backend", "no", str(script),
+                                           str(tmp_path), str(ROOT / "tests"), str(ROOT)),
+                         env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("result_rank*.json"))]
     assert sorted(r["rank"] for r in rows) == [0, 1] and all(r["world"] == 2 for r in rows)

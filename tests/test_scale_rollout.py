@@ -55,7 +55,10 @@ def test_gpu_tiny_check_runs_on_cuda(tmp_path):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--tiny", "--device", "cuda"],
-                         capture_output=True, text=True, timeout=600)
+    import json
+    res = tmp_path / "gc.json"
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--tiny", "--device", "cuda",
+                          "--out", str(res)], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "OPD lowered KL" in out.stdout
+    assert not [k for k in json.loads(res.read_text()) if k.endswith("_error")]  # no section failed

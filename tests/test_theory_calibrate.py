@@ -171,7 +171,7 @@ def test_self_distillation_pilot_measures_stage_costs():
     fkl, opd = scn.get("rates.cost_fkl"), scn.get("rates.cost_opd")
     assert (fkl.tag, opd.tag) == ("measured", "measured")
     assert fkl.value == pytest.approx(0.8, abs=3 * fkl.sd) and opd.value == pytest.approx(0.3, abs=3 * opd.sd)
-    assert fkl.sd < 0.2
+    assert fkl.sd < 0.2 and opd.sd < 0.1  # so the 3-sd bands above are tight enough to mean something
     # without the self-distillation rows there is no cost (the original theory)
     plain = calibrate(runs, problems[problems["model"].isin(["student", "teacher"])])
     assert not plain.has("rates.cost_fkl")

@@ -267,6 +267,9 @@ def test_steps_from_the_same_start_agree_on_the_gated_toy_world(stage):
           "opd": lambda mod, p: mod.opd(p, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=5, limit=20)}[stage]
     a, b, ra, rb = _steps_both(lambda p: fn(st, p), lambda p: fn(tb.stage_functions("trl"), p), m.student)
     key = {"grpo": "loss", "fkl": "forward_kl", "opd": "kl_to_teacher"}[stage]
+    assert len(ra.log) == len(rb.log) == 20 and ra.tokens > 0  # both backends ran all 20 steps
+    start = m.student.state_dict()
+    assert max(float((v - start[k]).abs().max()) for k, v in a.state_dict().items()) > 1e-4  # and trained
     assert [e[key] for e in rb.log] == pytest.approx([e[key] for e in ra.log], rel=1e-3)
     assert [e["grad_norm"] for e in rb.log] == pytest.approx([e["grad_norm"] for e in ra.log], rel=1e-3)
     _weights_close(a, b, 1e-3)

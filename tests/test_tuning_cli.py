@@ -121,6 +121,7 @@ def test_run_logs_progress_with_best_so_far_and_report_ends_with_a_verdict(tmp_p
     assert main(["report", "--study", "v", "--storage", url, "--out", str(report_dir)]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     df = pd.read_csv(report_dir / "fairness_report.csv")
+    assert len(df) == 2  # one row per arm
     for arm, best in zip(df["arm"], df["best_score"]):
         assert f"{arm} {best:.2f}%" in progress[-1]
     lead = df.sort_values("eval_mean").iloc[-1]

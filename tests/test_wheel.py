@@ -54,6 +54,7 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(installed):
     site, run = installed
     out = run("-c", "import theory, budget_planner, reference, tuning; "
                     "print('\\n'.join(m.__file__ for m in (theory, budget_planner, reference, tuning)))").stdout
+    assert len(out.split()) == 4
     for f in out.split():
         assert Path(f).resolve().is_relative_to(site.resolve()), f
 

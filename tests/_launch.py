@@ -1,0 +1,20 @@
+"""`accelerate launch` for the 2-process CPU tests, each launch on a free port of its own: two test
+runs at once (or a stray process) on accelerate's default port 29500 would meet in one rendezvous."""
+
+from pathlib import Path
+from shutil import which
+import socket
+import sys
+
+ACCELERATE = which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accelerate_launch(*args: str) -> list[str]:
+    """The command line `accelerate launch --main_process_port <free> *args`."""
+    return [ACCELERATE, "launch", "--main_process_port", str(free_port()), *args]
