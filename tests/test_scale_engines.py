@@ -1,15 +1,13 @@
 """Scale-out on existing engines: real OPD and GRPO stage steps under `accelerate launch --num_processes 2`
 (DDP over gloo, CPU, through the stages' engine path) match one process; accelerate configs parse; LoRA and the global token mean."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
+import sys
 
 import pytest
 import torch
 
-from _launch import accelerate_launch  # tests/ is on sys.path
+from _launch import accelerate_launch, run  # tests/ is on sys.path
 from reference.engines import Engine, apply_lora, global_token_mean, load_accelerate_config, shard, trainable_params
 from reference.models import build_tiny_qwen3_dir, load_causal_lm
 from theory.errors import InputError
@@ -25,13 +23,6 @@ def pair(tmp_path_factory):
     return d, s, t
 
 
-def _run(cmd, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
 @pytest.mark.slow
 def test_stage_steps_ddp_two_processes_match_one(pair):
     """One OPD step then one GRPO step through the stages' engine path (`StageContext.engine`: rank
@@ -39,11 +30,11 @@ def test_stage_steps_ddp_two_processes_match_one(pair):
     sequence (gradient accumulation) give the gradients of one process on the whole batch."""
     d, s, t = pair
     base = [str(ROOT / "scripts" / "ddp_parity.py"), "--student", str(s), "--teacher", str(t), "--prompts", "4"]
-    _run([sys.executable, *base, "--out", str(d / "one.pt")], ROOT)
+    run([sys.executable, *base, "--out", str(d / "one.pt")])
     # --multi_gpu selects accelerate's torchrun launcher; on a CPU machine the processes use gloo
-    _run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                           "--mixed_precision", "no", "--dynamo_backend", "no", *base, "--micro-batch", "1",
-                           "--out", str(d / "two.pt")), ROOT)
+    run(accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", *base, "--micro-batch", "1",
+                          "--out", str(d / "two.pt")))
     one, two = torch.load(d / "one.pt"), torch.load(d / "two.pt")
     assert one["result"]["world_size"] == 1 and two["result"]["world_size"] == 2
     assert one["result"]["grpo_steps"] == two["result"]["grpo_steps"] == 1  # GRPO had signal: it stepped

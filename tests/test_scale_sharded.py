@@ -11,17 +11,16 @@ the data order from it.
 """
 
 import json
-import os
 from pathlib import Path
-import subprocess
 import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from _launch import accelerate_launch, run as _run  # tests/ is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
-from _launch import accelerate_launch  # noqa: E402  (tests/ is on sys.path)
 
 _SCRIPT = """
 import json, sys
@@ -59,16 +58,6 @@ if phase == "resume":
         torch.save(state, work / "roundtrip.pt")
     print("sharding", engine.sharding, "world", engine.world_size, flush=True)
 """
-
-
-def _env():
-    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _run(cmd):
-    out = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=400)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
 
 
 def _base_student() -> dict:
