@@ -189,21 +189,26 @@ def cmd_plan(args) -> int:
     budget = None if args.gpu_hours is None else _positive_float(args.gpu_hours)
     pl = plan(scn, labels=args.labels, benchmark=args.benchmark, gpus=gpus, gpu_hours=budget, costs=args.costs)
     fitcache.store(scn)
-    print(_fmt_plan(pl))
+    # `--json` alone (or `--json -`): the JSON is the only thing on stdout, the table goes to stderr
+    to_stdout = args.json == "-"
+    say = (lambda text: print(text, file=sys.stderr)) if to_stdout else print
+    say(_fmt_plan(pl))
     out = pl.to_dict()
     if args.next:
         from budget_planner.nextstep import next_measurement
         nx = next_measurement(scn, pl.labels, benchmark=args.benchmark)
-        print(_fmt_next(nx))
+        say(_fmt_next(nx))
         out["next"] = nx
-    if args.json:
-        _write_atomic(args.json, json.dumps(out, indent=2))
-        print(f"wrote {args.json}")
     if args.plot:
         if Path(args.plot).parent and not Path(args.plot).parent.exists():
             raise InputError(f"output directory {str(Path(args.plot).parent)!r} does not exist")
         pl.plot(args.plot)
-        print(f"wrote {args.plot}")
+        say(f"wrote {args.plot}")
+    if to_stdout:
+        print(json.dumps(out, indent=2))
+    elif args.json:
+        _write_atomic(args.json, json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -328,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scenario", required=True, help="preset name (see `scenarios`) or path to a scenario TOML")
     sp.add_argument("--labels", type=str, default=None, help="label budget N (default: the scenario's)")
     sp.add_argument("--benchmark", default=None, help="benchmark to plan for (default: the scenario's target)")
-    sp.add_argument("--json", default=None, type=output_file, metavar="PATH", help="write the plan as JSON here")
+    sp.add_argument("--json", default=None, nargs="?", const="-", type=output_file, metavar="PATH",
+                    help="write the plan as JSON here; without PATH (or '-') print it to stdout, the table to stderr")
     sp.add_argument("--plot", default=None, type=output_file, metavar="PATH",
                     help="write a PNG with accuracy vs split and vs N")
     sp.add_argument("--gpus", type=str, default=None, metavar="G",

@@ -56,6 +56,15 @@ def test_plan_prints_table_and_writes_json(tmp_path):
     assert set(d["recommendation"]) >= {"arm", "teacher_labels", "student_labels"}
 
 
+def test_plan_json_without_a_path_prints_only_the_json_with_gpu_hours_for_every_arm():
+    r = run("plan", "--scenario", "paper-qwen3-math", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)  # stdout is the JSON alone (pipeable); the table went to stderr
+    assert "recommended:" in r.stderr and "recommended:" not in r.stdout
+    assert len(d["arms"]) == 7 and all(a["gpu_hours"] > 0 for a in d["arms"].values())
+    assert json.loads(run("plan", "--scenario", "paper-qwen3-math", "--json", "-").stdout) == d
+
+
 def test_plan_defaults_to_scenario_budget_and_labels_zero_works():
     r = run("plan", "--scenario", "paper-qwen3-math")
     assert r.returncode == 0 and "N = 14000" in r.stdout
