@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--scenario", required=True, help="preset name (see `scenarios`) or path to a scenario TOML")
     sp.add_argument("--labels", type=str, default=None, help="label budget N (default: the scenario's)")
     sp.add_argument("--benchmark", default=None, help="benchmark to plan for (default: the scenario's target)")
-    sp.add_argument("--json", default=None, nargs="?", const="-", type=output_file, metavar="PATH",
+    sp.add_argument("--json", default=None, nargs="?", const="-", metavar="PATH",
+                    type=lambda text: text if text == "-" else output_file(text),
                     help="write the plan as JSON here; without PATH (or '-') print it to stdout, the table to stderr")
     sp.add_argument("--plot", default=None, type=output_file, metavar="PATH",
                     help="write a PNG with accuracy vs split and vs N")

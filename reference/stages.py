@@ -139,7 +139,8 @@ def _all_tokens(tokens: int, ctx: StageContext) -> int:
     """Compute accounting counts every rank's tokens."""
     if not _distributed(ctx):
         return tokens
-    return int(_global_sum(torch.tensor(float(tokens), device=ctx.engine.device), ctx))
+    # float64: a float32 sum rounds counts above 2^24, which one stage reaches at Qwen3 scale
+    return int(_global_sum(torch.tensor(float(tokens), dtype=torch.float64, device=ctx.engine.device), ctx))
 
 
 def _release(ctx: StageContext) -> None:

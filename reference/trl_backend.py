@@ -124,10 +124,15 @@ def _no_checkpointing() -> dict:
 _NO_CHECKPOINTING: dict = {}
 
 
-def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_clip: float) -> dict:
+def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_clip: float,
+                 configured: bool = False) -> dict:
+    """TrainingArguments shared by the three trainers. `configured`: under the pipeline's accelerate engine,
+    the trainer takes the launch's AcceleratorState as it is (TrainingArguments would otherwise reset it,
+    and the engine's Accelerator would lose its device until the trainer builds a new one)."""
     if not _NO_CHECKPOINTING:
         _NO_CHECKPOINTING.update(_no_checkpointing())
-    return dict(output_dir=out_dir, learning_rate=lr, max_steps=steps, per_device_train_batch_size=per_device,
+    extra = {"accelerator_config": {"use_configured_state": True}} if configured else {}
+    return dict(**extra, output_dir=out_dir, learning_rate=lr, max_steps=steps, per_device_train_batch_size=per_device,
                 max_grad_norm=grad_clip, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
                 report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True,
                 dataloader_num_workers=0, remove_unused_columns=False,
@@ -137,12 +142,13 @@ def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_c
                 lr_scheduler_type="constant", **_NO_CHECKPOINTING)
 
 
-def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, out_dir: str, world: int = 1):
+def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, out_dir: str, world: int = 1,
+              configured: bool = False):
     """`prompts_per_step` per rank; one generation per step over the `world` ranks' batches."""
     from trl import GRPOConfig as TRLGRPOConfig
     G = cfg.group_size
     return TRLGRPOConfig(**_common_args(out_dir, lr=cfg.lr_for(role), steps=steps, per_device=prompts_per_step * G,
-                                        grad_clip=cfg.grad_clip),
+                                        grad_clip=cfg.grad_clip, configured=configured),
                          num_generations=G, generation_batch_size=prompts_per_step * G * world,
                          epsilon=cfg.clip_low, epsilon_high=cfg.clip_high, loss_type=GRPO_LOSS_TYPES[cfg.loss],
                          beta=cfg.kl_coef, temperature=cfg.temperature, top_p=FIXED["top_p"], top_k=FIXED["top_k"],
@@ -150,25 +156,25 @@ def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, 
                          **{k: v for k, v in FIXED_GRPO.items() if k != "steps_per_generation"})
 
 
-def gkd_args(cfg: FKLConfig, *, steps: int, out_dir: str, world: int = 1):
+def gkd_args(cfg: FKLConfig, *, steps: int, out_dir: str, world: int = 1, configured: bool = False):
     from trl.experimental.gkd import GKDConfig
     if cfg.temperature != 1.0:
         raise InputError(f"fkl.temperature = {cfg.temperature}: the TRL backend's forward-KL warmup (GKDTrainer) "
                          "computes its loss at temperature 1; set fkl.temperature = 1 or trainer = \"reference\"")
     per_device = _per_rank(cfg.prompts_per_step, world, "fkl.prompts_per_step")
     return GKDConfig(**_common_args(out_dir, lr=cfg.lr, steps=steps, per_device=per_device,
-                                    grad_clip=cfg.grad_clip),
+                                    grad_clip=cfg.grad_clip, configured=configured),
                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, disable_dropout=True,
                      **FIXED_GKD)
 
 
-def distillation_args(cfg: OPDConfig, *, steps: int, prompts_per_step: int, out_dir: str):
+def distillation_args(cfg: OPDConfig, *, steps: int, prompts_per_step: int, out_dir: str, configured: bool = False):
     from trl import DistillationConfig
     if cfg.estimator not in OPD_BETA:
         raise InputError(f"opd.estimator = {cfg.estimator!r} has no TRL counterpart (DistillationTrainer computes "
                          "the exact full-vocabulary divergence); use estimator = \"full\" or trainer = \"reference\"")
     return DistillationConfig(**_common_args(out_dir, lr=cfg.lr, steps=steps, per_device=prompts_per_step,
-                                             grad_clip=cfg.grad_clip),
+                                             grad_clip=cfg.grad_clip, configured=configured),
                               beta=OPD_BETA[cfg.estimator], temperature=cfg.temperature, top_p=FIXED["top_p"],
                               top_k=FIXED["top_k"], max_completion_length=cfg.max_new_tokens, disable_dropout=True,
                               shuffle_dataset=False)
@@ -194,8 +200,9 @@ class _Pinned:
     """Mixin for the three trainers: the reference's data order, sampling RNG stream, lr schedule,
     and a per-step log in the reference's keys."""
 
-    def _pin(self, order: ReferenceOrder, rng_state: torch.Tensor, lr_of_step: Callable[[int], float]):
-        self._order, self._rng_state, self._lr_of_step = order, rng_state, lr_of_step
+    def _pin(self, order: ReferenceOrder, rng_state: torch.Tensor, lr_of_step: Callable[[int], float],
+             ctx: st.StageContext | None = None):
+        self._order, self._rng_state, self._lr_of_step, self._ctx = order, rng_state, lr_of_step, ctx
         self._tokens = 0
 
     def _get_train_sampler(self, dataset=None):
@@ -231,6 +238,11 @@ def _world(ctx: st.StageContext | None) -> int:
     return 1 if ctx is None or ctx.engine is None else ctx.engine.world_size
 
 
+def _launched(ctx: st.StageContext | None) -> bool:
+    """The pipeline runs under its accelerate engine (`engine.launcher = "accelerate"`)."""
+    return ctx is not None and ctx.engine is not None
+
+
 def _lr_of_step(schedule_cfg, steps: int) -> Callable[[int], float]:
     return lambda s: st.lr_factor(min(s, steps - 1), steps, schedule_cfg.warmup, schedule_cfg.schedule)
 
@@ -250,8 +262,8 @@ def _trainer_classes():
             batch = self._prepare_inputs(inputs)
             # the decision is global: under DDP every rank steps, or none does (as the reference's)
             signal = (batch["advantages"] != 0).any().float()
-            if self.accelerator.num_processes > 1:
-                signal = self.accelerator.reduce(signal, reduction="sum")
+            if self._ctx is not None:
+                signal = st._global_sum(signal, self._ctx)
             self._skip_update = not bool(signal > 0)
             # the compute account: the rollout, plus the update's forward/backward when there is one
             rollout = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
@@ -285,12 +297,10 @@ def _trainer_classes():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # GKD's "batchmean" divides by this rank's completion tokens, so DDP would average per-rank means;
-            # the global token count over world size makes DDP's average the global token mean (as the
-            # reference's `engines.global_token_mean`). One process: unchanged.
-            if self.accelerator.num_processes > 1 and num_items_in_batch is None:
-                local = (inputs["labels"][:, 1:] != -100).sum().float()
-                num_items_in_batch = (self.accelerator.reduce(local, reduction="sum")
-                                      / self.accelerator.num_processes).clamp(min=1.0 / self.accelerator.num_processes)
+            # the reference's normaliser (global token count / world size) makes DDP's average the global
+            # token mean. One process: unchanged (GKD's own batchmean).
+            if num_items_in_batch is None and self._ctx is not None and st._distributed(self._ctx):
+                num_items_in_batch = st._norm((inputs["labels"][:, 1:] != -100).sum().float(), self._ctx)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     class PinnedDistillation(_Pinned, DistillationTrainer):
@@ -372,14 +382,16 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, tok, *, 
     steps = st.grpo_steps(len(problems), cfg)
     P = min(cfg.prompts_per_step, max(1, len(problems)))
     run = steps if limit is None else min(steps, limit)
-    args = grpo_args(cfg, role=role, steps=run, prompts_per_step=_per_rank(P, _world(ctx), "grpo.prompts_per_step"),
-                     out_dir=out_dir, world=_world(ctx))
+    what = "grpo.prompts_per_step" if P == cfg.prompts_per_step else "the labeled problem count"
+    args = grpo_args(cfg, role=role, steps=run, prompts_per_step=_per_rank(P, _world(ctx), what), out_dir=out_dir,
+                     world=_world(ctx), configured=_launched(ctx))
     if cfg.kl_coef > 0:
         raise InputError("grpo.kl_coef > 0 under trainer = \"trl\": GRPOTrainer reloads the reference model from the "
                          "policy's path, which an in-memory model lacks; set kl_coef = 0 or trainer = \"reference\"")
     _set_eos(policy, tok)
     log = _Log("grpo", run, progress)
     use_cache = policy.config.use_cache
+    policy = _sharded(policy, ctx)  # after every refusal above: a refused stage leaves the model as it was
     state = torch.get_rng_state()
     trainer = PinnedGRPO(model=policy, reward_funcs=[_reward(ctx)], args=args,
                          train_dataset=_prompt_dataset(problems, with_gold=True), processing_class=tok,
@@ -387,7 +399,7 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, tok, *, 
     torch.set_rng_state(state)
     _quiet(trainer, use_cache)
     trainer._pin(ReferenceOrder(len(problems), P, run, seed, repeat=cfg.group_size), state,
-                 _lr_of_step(cfg, steps))
+                 _lr_of_step(cfg, steps), ctx)
     return trainer, log, run
 
 
@@ -405,44 +417,48 @@ class _PromptCollator:
 
 
 def build_gkd(student, teacher, prompts, cfg: FKLConfig, tok, *, seed: int, out_dir: str,
-              limit: int | None = None, progress=None, world: int = 1):
+              limit: int | None = None, progress=None, ctx: st.StageContext | None = None):
     _, PinnedGKD, _ = _trainer_classes()
     run = cfg.steps if limit is None else min(cfg.steps, limit)
-    args = gkd_args(cfg, steps=run, out_dir=out_dir, world=world)
+    args = gkd_args(cfg, steps=run, out_dir=out_dir, world=_world(ctx), configured=_launched(ctx))
     _set_eos(student, tok)
     _set_eos(teacher, tok)
     log = _Log("fkl", run, progress)
     use_cache = student.config.use_cache
+    student = _sharded(student, ctx)
     state = torch.get_rng_state()
     trainer = PinnedGKD(model=student, teacher_model=teacher, args=args, data_collator=_PromptCollator(tok),
                         train_dataset=_prompt_dataset(prompts, with_gold=False), processing_class=tok,
                         callbacks=[log.callback])
     torch.set_rng_state(state)
     _quiet(trainer, use_cache)
-    trainer._pin(ReferenceOrder(len(prompts), cfg.prompts_per_step, run, seed), state, _lr_of_step(cfg, cfg.steps))
+    trainer._pin(ReferenceOrder(len(prompts), cfg.prompts_per_step, run, seed), state, _lr_of_step(cfg, cfg.steps),
+                 ctx)
     return trainer, log, run
 
 
 def build_distillation(student, teacher, prompts, cfg: OPDConfig, tok, *, seed: int, out_dir: str,
                        steps: int | None = None, prompts_per_step: int | None = None, limit: int | None = None,
-                       progress=None, world: int = 1):
+                       progress=None, ctx: st.StageContext | None = None):
     _, _, PinnedDistillation = _trainer_classes()
     steps = cfg.steps if steps is None else steps
     per_step = cfg.prompts_per_step if prompts_per_step is None else prompts_per_step
     run = steps if limit is None else min(steps, limit)
-    args = distillation_args(cfg, steps=run, prompts_per_step=_per_rank(per_step, world, "opd.prompts_per_step"),
-                             out_dir=out_dir)
+    what = "opd.prompts_per_step" if prompts_per_step is None else "the replay control's prompts per step"
+    args = distillation_args(cfg, steps=run, prompts_per_step=_per_rank(per_step, _world(ctx), what), out_dir=out_dir,
+                             configured=_launched(ctx))
     _set_eos(student, tok)
     _set_eos(teacher, tok)
     log = _Log("opd", run, progress)
     use_cache = student.config.use_cache
+    student = _sharded(student, ctx)
     state = torch.get_rng_state()
     trainer = PinnedDistillation(model=student, teacher_model=teacher, args=args,
                                  train_dataset=_prompt_dataset(prompts, with_gold=False), processing_class=tok,
                                  callbacks=[log.callback])
     torch.set_rng_state(state)
     _quiet(trainer, use_cache)
-    trainer._pin(ReferenceOrder(len(prompts), per_step, run, seed), state, _lr_of_step(cfg, steps))
+    trainer._pin(ReferenceOrder(len(prompts), per_step, run, seed), state, _lr_of_step(cfg, steps), ctx)
     return trainer, log, run
 
 
@@ -456,11 +472,9 @@ def _train(name: str, built) -> st.StageResult:
             trainer.train()
     finally:
         config.use_cache = use_cache
-    tokens = trainer._tokens
-    acc = trainer.accelerator
-    if acc.num_processes > 1:  # the compute account is global, as the reference's (`stages._global_sum`)
-        tokens = int(acc.reduce(torch.tensor(float(tokens), device=acc.device), reduction="sum"))
-    acc.free_memory()  # drop the accelerator's references to this stage's wrapped model and optimizer
+    ctx = trainer._ctx
+    tokens = trainer._tokens if ctx is None else st._all_tokens(trainer._tokens, ctx)  # global, as the reference's
+    trainer.accelerator.free_memory()  # drop the accelerator's references to this stage's wrapped model and optimizer
     return st.StageResult(name, run, tokens, time.perf_counter() - t0, tuple(log.entries))
 
 
@@ -476,8 +490,10 @@ def _sharded(model, ctx: st.StageContext):
     """Under an FSDP2 launch, the trained model sharded in place by `engines.fsdp2_shard` (the reference
     loop's own sharding) and marked as transformers marks a model it shards at load time
     (`from_pretrained(distributed_config=...)`): the Trainer then neither moves it nor wraps it in DDP,
-    builds AdamW on the shards, and generation decodes in lockstep (`synced_gpus`). Else the model as is."""
-    if not st._sharded(ctx):
+    builds AdamW on the shards, and generation decodes in lockstep (`synced_gpus`). Else the model as is.
+    Gradient accumulation must stay at 1 (FIXED): for micro-batches the Trainer's branch for such models
+    reads `config.distributed_config`, which only a model sharded by transformers itself carries."""
+    if ctx is None or not st._sharded(ctx):
         return model
     from reference.engines import fsdp2_shard
     model = fsdp2_shard(model, ctx.engine)
@@ -505,7 +521,6 @@ def _frozen(teacher):
 def trl_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, *, role: str, seed: int, ref=None,
              progress=None, name: str = "grpo", limit: int | None = None) -> st.StageResult:
     """`stages.grpo` on GRPOTrainer (`ref` unused: kl_coef > 0 is refused, see `build_grpo`)."""
-    policy = _sharded(policy, ctx)
     with tempfile.TemporaryDirectory(prefix="trl_") as out:
         return _train(name, build_grpo(policy, problems, cfg, ctx, _tokenizer(ctx), role=role, seed=seed,
                                        out_dir=out, limit=limit, progress=progress))
@@ -514,21 +529,19 @@ def trl_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, *, role: s
 def trl_fkl_warmup(student, teacher, prompts, cfg: FKLConfig, ctx: st.StageContext, *, seed: int, progress=None,
                    name: str = "fkl_warmup", limit: int | None = None) -> st.StageResult:
     """`stages.fkl_warmup` on GKDTrainer (lmbda 0, seq_kd, beta 0)."""
-    student = _sharded(student, ctx)
     with tempfile.TemporaryDirectory(prefix="trl_") as out, _frozen(teacher):
         return _train(name, build_gkd(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed, out_dir=out,
-                                      limit=limit, progress=progress, world=_world(ctx)))
+                                      limit=limit, progress=progress, ctx=ctx))
 
 
 def trl_opd(student, teacher, prompts, cfg: OPDConfig, ctx: st.StageContext, *, seed: int, steps: int | None = None,
             prompts_per_step: int | None = None, progress=None, name: str = "opd",
             limit: int | None = None) -> st.StageResult:
     """`stages.opd` on DistillationTrainer (beta 1)."""
-    student = _sharded(student, ctx)
     with tempfile.TemporaryDirectory(prefix="trl_") as out, _frozen(teacher):
         return _train(name, build_distillation(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed,
                                                out_dir=out, steps=steps, prompts_per_step=prompts_per_step,
-                                               limit=limit, progress=progress, world=_world(ctx)))
+                                               limit=limit, progress=progress, ctx=ctx))
 
 
 def stage_functions(trainer: str):

@@ -312,8 +312,20 @@ def test_trl_backend_two_processes_kill_resume_match_one_process(tmp_path, launc
     assert first.count(f"trained sharded: {int(fsdp2)} of 1") == 2
     assert resumed.count(f"trained sharded: {2 * fsdp2} of 2") == 2
     _run([sys.executable, str(script), str(tmp_path / "one"), "one", *args])
+    one = _stages(tmp_path / "one")
+    _match_one_process(one, _stages(two))
+    assert one["teacher_grpo"][1]["log"][0]["zero_signal_fraction"] == 0.5  # rank 0's share: no signal
+    fkl = _stages(two)["fkl_warmup"][0]
+    assert max(float((v - fkl[k]).abs().max()) for k, v in _stages(two)["opd"][0].items()) > 1e-4  # OPD trained
+    if fsdp2:  # uninterrupted: FKL and OPD score with the teacher that teacher GRPO sharded in place (a resumed
+        # run reloads it whole), through TRL's chunked kernels, with the scorer's gradients off for the stage
+        straight = tmp_path / "straight"
+        assert _run([*cmd, str(straight), "one", *args]).stdout.count("trained sharded: 3 of 3") == 2
+        _match_one_process(one, _stages(straight))
 
-    one, multi = _stages(tmp_path / "one"), _stages(two)
+
+def _match_one_process(one: dict, multi: dict) -> None:
+    """Every stage of a 2-process run against one process: tokens, logged losses, weights (see the test)."""
     assert set(one) == set(multi) == {"teacher_grpo", "fkl_warmup", "opd"}
     keys = {"teacher_grpo": "loss", "fkl_warmup": "forward_kl", "opd": "kl_to_teacher"}
     for name, key in keys.items():
@@ -327,6 +339,3 @@ def test_trl_backend_two_processes_kill_resume_match_one_process(tmp_path, launc
         worst = max(float((w2[k] - v).abs().max()) for k, v in w1.items())
         print(f"{name}: {off} of {total} entries outside rtol 1e-4 / atol 1e-5, max |2 processes - one| {worst:.3g}")
         assert off <= total // 500 and worst <= 2 * 2 * 1e-3, name  # 2 steps at lr 1e-3
-    assert one["teacher_grpo"][1]["log"][0]["zero_signal_fraction"] == 0.5  # rank 0's share: no signal
-    fkl = multi["fkl_warmup"][0]
-    assert max(float((v - fkl[k]).abs().max()) for k, v in multi["opd"][0].items()) > 1e-4  # the resumed OPD trained
