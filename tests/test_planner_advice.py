@@ -79,13 +79,10 @@ def test_zero_teacher_label_stage3_is_flagged_as_extrapolation():
     assert p.recommendation.extrapolation and any(w.startswith("extrapolation:") for w in p.warnings)
     # the paper preset's RL bridge at its budget is covered by the published number
     from budget_planner.planner import _covered
-    bridge = ARMS["rl_teacher_bridge"]
-    assert _covered(load_scenario("paper-qwen3-math"), bridge, bridge.labels(14000))
-    q = plan("paper-qwen3-math")
-    assert q.recommendation.extrapolation == (not _covered(load_scenario("paper-qwen3-math"),
-                                                           ARMS[q.recommendation.arm],
-                                                           ARMS[q.recommendation.arm].labels(
-                                                               14000, q.recommendation.teacher_labels)))
+    scn, bridge = load_scenario("paper-qwen3-math"), ARMS["rl_teacher_bridge"]
+    assert _covered(scn, bridge, bridge.labels(14000))
+    rec = plan(scn).recommendation  # flagged exactly when its configuration is not covered
+    assert rec.extrapolation == (not _covered(scn, ARMS[rec.arm], ARMS[rec.arm].labels(14000, rec.teacher_labels)))
 
 
 def test_stage3_zero_teacher_labels_not_covered_but_half_split_is():
