@@ -52,7 +52,26 @@ def make_engine(*, cpu: bool | None = None, **kwargs: Any) -> Engine:
     if cpu is None:
         cpu = not torch.cuda.is_available()
     acc = Accelerator(cpu=cpu, **kwargs)
+    if acc.num_processes > 1:
+        _destroy_at_exit()
     return Engine(acc, acc.process_index, acc.num_processes, launch_sharding(acc.num_processes))
+
+
+_EXIT_HOOK: list = []
+
+
+def _destroy_at_exit() -> None:
+    """Destroy the process group when the interpreter exits (once per process). Exiting with it alive
+    leaves gloo's worker threads joinable while the runtime tears down, which can abort a rank with
+    "terminate called without an active exception" (exit -6) after its work is done."""
+    import atexit
+    import torch.distributed as dist
+
+    def destroy():
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if not _EXIT_HOOK:
+        _EXIT_HOOK.append(atexit.register(destroy))
 
 
 def launch_sharding(world_size: int) -> str:

@@ -3,6 +3,8 @@ runs at once (or a stray process) on accelerate's default port 29500 would meet 
 
 import os
 from pathlib import Path
+import re
+import signal
 from shutil import which
 import socket
 import subprocess
@@ -22,10 +24,25 @@ def accelerate_launch(*args: str) -> list[str]:
     return [ACCELERATE, "launch", "--main_process_port", str(free_port()), *args]
 
 
+def failed_ranks(stderr: str) -> list[str]:
+    """'rank R exit C (SIGNAME)' for each failure torchrun's error summary lists (accelerate launch)."""
+    out = []
+    for rank, code in re.findall(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", stderr, flags=re.S):
+        code = int(code)
+        name = f" ({signal.Signals(-code).name})" if code < 0 and -code in signal.valid_signals() else ""
+        out.append(f"rank {rank} exit {code}{name}")
+    return out
+
+
 def run(cmd: list[str], *, timeout: int = 400) -> subprocess.CompletedProcess:
-    """Run `cmd` from the repository root, one thread per process, and require exit 0."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    """Run `cmd` from the repository root and require exit 0; a failure names the failed ranks and signals.
+
+    One thread per process unless the caller's environment sets OMP_NUM_THREADS (the CI issue's runs
+    at 1 and 2 threads set it)."""
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TOKENIZERS_PARALLELISM": "false"}
     out = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True,
                          timeout=timeout)
-    assert out.returncode == 0, out.stderr[-3000:]
+    if out.returncode != 0:
+        ranks = "; ".join(failed_ranks(out.stderr)) or "no rank summary (not launched, or killed before it)"
+        raise AssertionError(f"{Path(cmd[0]).name} exited {out.returncode}: {ranks}\n{out.stderr[-3000:]}")
     return out

@@ -203,8 +203,11 @@ def test_opd_loss_on_fixed_rollouts(tiny, tmp_path, temperature):
 # ---- the same training steps from the same start ------------------------------------------------------
 
 def _weights_close(a, b, rtol):
+    worst = 0.0
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(p, q, rtol=rtol, atol=rtol * float(q.detach().abs().max()), msg=n)
+        worst = max(worst, float((p - q).abs().max() / q.detach().abs().max()))
+    print(f"max |reference - TRL| / max |weight|, per tensor: {worst:.2g} (limit {rtol:g})", flush=True)
 
 
 def _steps_both(stage_fn_ref, stage_fn_trl, model):
