@@ -206,7 +206,7 @@ def _weights_close(a, b, rtol):
     worst = 0.0
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(p, q, rtol=rtol, atol=rtol * float(q.detach().abs().max()), msg=n)
-        worst = max(worst, float((p - q).abs().max() / q.detach().abs().max()))
+        worst = max(worst, float((p - q).detach().abs().max() / q.detach().abs().max()))
     print(f"max |reference - TRL| / max |weight|, per tensor: {worst:.2g} (limit {rtol:g})", flush=True)
 
 
