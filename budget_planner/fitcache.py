@@ -50,7 +50,7 @@ def _path(scn) -> Path | None:
 def warm(scn) -> bool:
     """Put a cached fit of `scn` into theory.fitting's in-memory cache; True if one was found."""
     p = _path(scn)
-    if p is None or scn.key() in fitting._CACHE or not p.is_file():
+    if p is None or fitting.cached_fit(scn) is not None or not p.is_file():
         return False
     try:
         with np.load(p, allow_pickle=False) as z:
@@ -63,14 +63,14 @@ def warm(scn) -> bool:
         return False
     if fit.names != tuple(t.path for t in scn.fitted_inputs()):
         return False
-    fitting._CACHE[scn.key()] = fit
+    fitting.remember_fit(fit)
     return True
 
 
 def store(scn) -> None:
     """Write the in-memory fit of `scn` to the cache (atomically; errors ignored)."""
     p = _path(scn)
-    fit = fitting._CACHE.get(scn.key())
+    fit = fitting.cached_fit(scn)
     if p is None or fit is None or p.is_file():
         return
     meta = {"names": list(fit.names), "chi2": fit.chi2, "warnings": list(fit.warnings),

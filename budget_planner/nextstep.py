@@ -16,51 +16,48 @@ import numpy as np
 
 from budget_planner.planner import ARMS, PlanSetup, plan_setup, best_split, check_budget, config_key, predict_arm
 from budget_planner.presets import load_scenario
-from theory.arms import STAGES, STUDENT, TEACHER
+from theory.arms import STAGES, STUDENT, TEACHER, candidate_arms
+from theory.dynamics import predict_arms
 from theory.scenario import Scenario
 
 PILOT_SHARE = 0.1  # a pilot run uses a tenth of the budget's labels (at least 100, at most the budget)
 
 
-def _candidate_values(st: PlanSetup, n: int) -> tuple[list[str], dict, np.ndarray]:
+def _candidate_values(setup: PlanSetup, n: int) -> tuple[list[str], dict, np.ndarray]:
     """Distinct candidate experiments at budget n (split arms at the plan's split): representative arm
     names, their config keys, and value_DA = model draw + structural error (what each would reach)."""
-    t_best = best_split(st, n)
-    exps, keys, cols = [], {}, []
-    for name, arm in ARMS.items():
-        if arm.control:
-            continue
-        acct = arm.labels(n, t_best if arm.splits_labels else None)
-        key = config_key(arm, acct)
-        if key in keys.values():
-            continue
-        keys[name] = key
-        exps.append(name)
-        acc = predict_arm(st.setting, arm, n, t_best if arm.splits_labels else None)[..., st.b][1:]
-        cols.append(acc + st.delta(key))
-    return exps, keys, np.stack(cols, -1)
+    t_best = best_split(setup, n)
+    keys = {}
+    for name in candidate_arms():
+        arm = ARMS[name]
+        key = config_key(arm, arm.labels(n, t_best if arm.splits_labels else None))
+        if key not in keys.values():
+            keys[name] = key
+    exps = list(keys)
+    acc_ED = predict_arms(setup.setting, [ARMS[e] for e in exps], n, t_best)[..., setup.b][:, 1:]
+    return exps, keys, np.stack([acc_ED[i] + setup.delta(keys[e]) for i, e in enumerate(exps)], -1)
 
 
-def pilot_measurements(st: PlanSetup, n: int):
+def pilot_measurements(setup: PlanSetup, n: int):
     """The measurements a pilot can take, each with its predicted outcome per draw and its token cost:
     the base student's and teacher's pass rates on the benchmark, KL_0, a short direct GRPO run and a
     short RL-teacher bridge run at a tenth of the budget (evaluated once)."""
     from theory.voi import Measurement
 
-    scn, w, b = st.fit.scenario, st.setting, st.b
+    scn, w, b = setup.fit.scenario, setup.setting, setup.b
     cm = scn.compute
-    bench = st.bench
+    bench = setup.bench
     n_p = int(scn.get(f"benchmarks.{bench}.n_problems").value) if scn.has(f"benchmarks.{bench}.n_problems") else 500
     k = int(scn.get(f"benchmarks.{bench}.samples").value) if scn.has(f"benchmarks.{bench}.samples") else 8
     eval_tokens = n_p * k * cm.sequence_tokens
-    se = float(np.median(st.vals[f"benchmarks.{bench}.eval_se"][1:]))
+    se = float(np.median(setup.vals[f"benchmarks.{bench}.eval_se"][1:]))
     out = []
     for role, pol in (("student", w.student), ("teacher", w.teacher)):
         acc = np.asarray(w.accuracy(pol))[1:, b]
         sd = float(100.0 * np.sqrt(max(np.mean(acc) / 100 * (1 - np.mean(acc) / 100), 1e-4) / (n_p * k)))
         out.append(Measurement(f"{role}_pass_rate", f"evaluate the base {role} ({n_p} problems x {k} samples)",
                                eval_tokens, acc, sd))
-    kl = np.log(np.asarray(st.vals["inputs.kl0"], dtype=float)[1:])
+    kl = np.log(np.asarray(setup.vals["inputs.kl0"], dtype=float)[1:])
     out.append(Measurement("kl0", "KL_0 of the teacher on 256 student rollouts (10% relative error)",
                            256 * cm.sequence_tokens * 2, kl, 0.1))
     labels = min(n, max(100, int(round(PILOT_SHARE * n))))
@@ -68,7 +65,7 @@ def pilot_measurements(st: PlanSetup, n: int):
         for arm_name, what in (("direct_grpo", "a short direct GRPO run"),
                                ("rl_teacher_bridge", "a short RL-teacher bridge run")):
             arm = ARMS[arm_name]
-            acc = predict_arm(w, arm, labels)[..., b][1:] + st.delta(config_key(arm, arm.labels(labels)))
+            acc = predict_arm(w, arm, labels)[..., b][1:] + setup.delta(config_key(arm, arm.labels(labels)))
             out.append(Measurement(f"{arm_name}_pilot", f"{what} with {labels} labels, one seed, evaluated",
                                    arm.total_compute_tokens(labels, cm) + eval_tokens, acc, se))
     return out
@@ -82,9 +79,9 @@ def next_measurement(scenario: Scenario | str, labels: int | None = None, *, ben
 
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     n = scn.budget if labels is None else check_budget(labels)
-    st = plan_setup(scn, benchmark)
-    exps, _, value_DA = _candidate_values(st, n)
-    rows = rank(value_DA, pilot_measurements(st, n), np.random.default_rng([scn.seed, 99, seed]))
+    setup = plan_setup(scn, benchmark)
+    exps, _, value_DA = _candidate_values(setup, n)
+    rows = rank(value_DA, pilot_measurements(setup, n), np.random.default_rng([scn.seed, 99, seed]))
     best = rows[0]["measurement"] if rows and rows[0]["regret_reduction"] > 0 else None
     return {"expected_regret": expected_regret(value_DA), "experiments": exps, "rows": rows, "best": best}
 
@@ -130,9 +127,8 @@ def simulate_worlds(scenario: Scenario | str, labels: int | None = None, *, n_wo
     ms_b = pilot_measurements(belief, n)
     ms_t = {m.name: m for m in pilot_measurements(truth, n)}
     # true experiment values: the truth draw's model + its structural error (same experiments)
-    true_DA = np.stack([
-        predict_arm(truth.setting, ARMS[e], n, t_best if ARMS[e].splits_labels else None)[..., truth.b][1:]
-        + truth.delta(keys[e]) for e in exps], -1)
+    true_ED = predict_arms(truth.setting, [ARMS[e] for e in exps], n, t_best)[..., truth.b][:, 1:]
+    true_DA = np.stack([true_ED[i] + truth.delta(keys[e]) for i, e in enumerate(exps)], -1)
     pilot_keys = {}
     for m in ms_b:
         if m.name.endswith("_pilot"):

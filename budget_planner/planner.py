@@ -29,10 +29,10 @@ import numpy as np
 from budget_planner.presets import load_scenario
 from theory import irt
 from theory._lazy import LazyModule
-from theory.arms import ARMS, MAX_LABELS, Arm, check_budget
+from theory.arms import ARMS, MAX_LABELS, Arm, candidate_arms, check_budget
 from theory.costs import DEFAULT_GPUS, PARALLEL_EFFICIENCY_NOTE, CostTable, arm_cost, check_gpus, parallel_efficiency
 from theory.discrepancy import config_key, discrepancy_sd, measurement_sd
-from theory.dynamics import predict_arm, predict_teacher
+from theory.dynamics import predict_arm, predict_arms, predict_teacher
 from theory.errors import InputError
 from theory.fitting import Fit, build_setting, fit_scenario, values_from_z
 from theory.informativeness import (
@@ -329,23 +329,35 @@ class PlanSetup:
             return np.zeros(self.draws)
         return self._rng("delta", key).standard_normal(self.draws) * self.sd_delta
 
-    def eps(self, name, acc_D: np.ndarray) -> np.ndarray:
-        """Measurement noise of one evaluation (shape of acc_D, first axis D); `name` identifies the run:
-        in a plan, the effective configuration (two arms that are the same experiment are one run)."""
+    def _measurement_sd(self, acc_D: np.ndarray) -> np.ndarray:
+        """sd of one measured accuracy per draw (shape of acc_D, first axis D)."""
         scn = self.fit.scenario
         se_D = self.vals[f"benchmarks.{self.bench}.eval_se"][1:]
         n_p = scn.get(f"benchmarks.{self.bench}.n_problems").value if scn.has(
             f"benchmarks.{self.bench}.n_problems") else None
         k = scn.get(f"benchmarks.{self.bench}.samples").value if scn.has(f"benchmarks.{self.bench}.samples") else None
-        se = measurement_sd(se_D.reshape(se_D.shape + (1,) * (acc_D.ndim - 1)), acc_D, n_p, k)
+        return measurement_sd(se_D.reshape(se_D.shape + (1,) * (acc_D.ndim - 1)), acc_D, n_p, k)
+
+    def eps(self, name, acc_D: np.ndarray) -> np.ndarray:
+        """Measurement noise of one evaluation (shape of acc_D, first axis D); `name` identifies the run:
+        in a plan, the effective configuration (two arms that are the same experiment are one run)."""
         z = self._rng("eps", name).standard_normal(acc_D.shape[0])
-        return z.reshape(z.shape + (1,) * (acc_D.ndim - 1)) * se
+        return z.reshape(z.shape + (1,) * (acc_D.ndim - 1)) * self._measurement_sd(acc_D)
 
     def predictive(self, key: tuple, acc_D: np.ndarray) -> np.ndarray:
         """Draws of a measured accuracy of the experiment `key`: model draw + structural error +
         measurement noise."""
         d = self.delta(key)
         return acc_D + d.reshape(d.shape + (1,) * (acc_D.ndim - 1)) + self.eps(key, acc_D)
+
+    def predictive_columns(self, keys, acc_DS: np.ndarray) -> np.ndarray:
+        """`predictive` of one experiment per column of acc_DS (keys[j] is column j's), e.g. a split sweep,
+        whose splits are a few experiments (a key names the stages run, not the label counts)."""
+        distinct = list(dict.fromkeys(keys))
+        col = [distinct.index(k) for k in keys]
+        delta_DS = np.stack([self.delta(k) for k in distinct], -1)[:, col]
+        z_DS = np.stack([self._rng("eps", k).standard_normal(self.draws) for k in distinct], -1)[:, col]
+        return acc_DS + delta_DS + z_DS * self._measurement_sd(acc_DS)
 
 
 def plan_setup(scn: Scenario, benchmark: str | None) -> PlanSetup:
@@ -404,27 +416,27 @@ def _covered(scn: Scenario, arm: Arm, acct) -> bool:
     return False
 
 
-def _ceiling(st: PlanSetup) -> dict | None:
+def _ceiling(setup: PlanSetup) -> dict | None:
     """The student's accuracy ceiling on the benchmark (percent, given full compliance): MAP and 95%."""
-    scn = st.fit.scenario
-    path = f"student.benchmarks.{st.bench}.ceiling"
+    scn = setup.fit.scenario
+    path = f"student.benchmarks.{setup.bench}.ceiling"
     if not scn.has(path):
         return None
-    u = np.asarray(st.setting.student.u_B, dtype=float)[..., st.b] * 100.0
+    u = np.asarray(setup.setting.student.u_B, dtype=float)[..., setup.b] * 100.0
     lo, hi = np.percentile(u[1:], [2.5, 97.5])
     return {"map": float(u[0]), "ci": [float(lo), float(hi)], "stated": scn.get(path).value,
             "tag": scn.get(path).tag}
 
 
-def best_split(st: PlanSetup, n: int, kappa_ratio_factor: float = 1.0) -> int:
+def best_split(setup: PlanSetup, n: int, kappa_ratio_factor: float = 1.0) -> int:
     """Teacher labels of the split maximising the draw-mean accuracy of rl_teacher_bridge_stage3;
     `kappa_ratio_factor` scales teacher/student GRPO efficiency (for `explain`'s sensitivity line)."""
-    wide = st.setting.expand()
+    wide = setup.setting.expand()
     if kappa_ratio_factor != 1.0:
         r = wide.rates
         wide = replace(wide, rates=replace(r, kappa_ratio=np.asarray(r.kappa_ratio, dtype=float) * kappa_ratio_factor))
     frac_S, tl_S = _split_labels(n)
-    curve = predict_arm(wide, ARMS[STAGE3], n, tl_S)[..., st.b]
+    curve = predict_arm(wide, ARMS[STAGE3], n, tl_S)[..., setup.b]
     return int(tl_S[int(np.argmax(curve[1:].mean(0)))])
 
 
@@ -433,10 +445,10 @@ def split_sensitivity(scenario: Scenario | str, labels: int | None = None, *, be
     efficiency ratio kappa_T/kappa_S were doubled or halved (every draw scaled)."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     n = scn.budget if labels is None else check_budget(labels)
-    st = plan_setup(scn, benchmark)
+    setup = plan_setup(scn, benchmark)
     out = {}
     for name, f in (("as_fitted", 1.0), ("ratio_x2", 2.0), ("ratio_x0.5", 0.5)):
-        t = best_split(st, n, f)
+        t = best_split(setup, n, f)
         out[name] = {"teacher_labels": t, "teacher_share": (t / n) if n else 0.0}
     return out
 
@@ -455,33 +467,52 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
     budget_h = None if gpu_hours is None else _check_gpu_hours(gpu_hours)
     table = (costs if isinstance(costs, CostTable) else CostTable.default() if costs is None
              else CostTable.from_csv(costs))
-    st = plan_setup(scn, benchmark)
-    fit, bench, setting, b = st.fit, st.bench, st.setting, st.b
-    wide = setting.expand()
+    setup = plan_setup(scn, benchmark)
+    fit, bench, b = setup.fit, setup.bench, setup.b
     frac_S, tl_S = _split_labels(n)
 
-    curves: dict[str, np.ndarray] = {}  # arm -> (1 + D, S) for split arms
-    point: dict[str, np.ndarray] = {}  # arm -> (1 + D,)
-    for name, arm in ARMS.items():
-        if arm.splits_labels:
-            curves[name] = predict_arm(wide, arm, n, tl_S)[..., b]
-    s_best = int(np.argmax(curves[STAGE3][1:].mean(0)))
+    # the dynamics of every arm at once: the arms that split the labels over the split sweep, the
+    # split chosen on rl_teacher_bridge_stage3, the others at the budget; the marginal value of more
+    # labels at the same teacher share from the MAP model (a backward step at the maximum)
+    splitting = [arm for arm in ARMS.values() if arm.splits_labels]
+    sweep = dict(zip([a.name for a in splitting], predict_arms(setup.setting.expand(), splitting, n, tl_S)[..., b]))
+    s_best = int(np.argmax(sweep[STAGE3][1:].mean(0)))
     t_best = int(tl_S[s_best])
-    names = list(ARMS)
-    accts, keys, pred = {}, {}, {}
-    for name, arm in ARMS.items():
-        point[name] = curves[name][:, s_best] if arm.splits_labels else predict_arm(setting, arm, n)[..., b]
-        accts[name] = arm.labels(n, t_best if arm.splits_labels else None)
-        keys[name] = config_key(arm, accts[name])
-        pred[name] = st.predictive(keys[name], point[name][1:])
-    costs_of = {name: arm_cost(arm, n, scn.compute, table, gpus=gpus,
-                               teacher_labels=t_best if arm.splits_labels else None) for name, arm in ARMS.items()}
-    feasible = {name: budget_h is None or c.gpu_hours <= budget_h for name, c in costs_of.items()}
+    fixed = [arm for arm in ARMS.values() if not arm.splits_labels]
+    at_budget = dict(zip([a.name for a in fixed], predict_arms(setup.setting, fixed, n)[..., b]))
+    h = max(1, int(round(0.01 * n)))
+    if n + h > MAX_LABELS:
+        h = -h
+    map_setting, map_vals = _map_setting(fit, bench)
+    more = predict_arms(map_setting, ARMS.values(), n + h,
+                        int(round((t_best / n if n else frac_S[s_best]) * (n + h))))[:, 0, b]
+
+    preds: list[ArmPrediction] = []
+    points, accts, keys, draws, costs_of, split_curves = {}, {}, {}, {}, {}, []
+    for i, (name, arm) in enumerate(ARMS.items()):  # one pass over the arms
+        tl = t_best if arm.splits_labels else None
+        points[name] = point = sweep[name][:, s_best] if arm.splits_labels else at_budget[name]
+        accts[name] = acct = arm.labels(n, tl)
+        keys[name] = config_key(arm, acct)
+        draws[name] = setup.predictive(keys[name], point[1:])
+        costs_of[name] = cost = arm_cost(arm, n, scn.compute, table, gpus=gpus, teacher_labels=tl)
+        lo, hi = _interval(draws[name])
+        preds.append(ArmPrediction(
+            arm=name, accuracy=float(point[0]), lo=float(lo), hi=float(hi), p_best=None,
+            teacher_labels=acct.teacher, student_labels=acct.student,
+            marginal_per_1k=float((more[i] - point[0]) / h * 1000.0), control=arm.control,
+            compute_tokens=int(sum(cost.stage_tokens.values())), gpu_hours=cost.gpu_hours,
+            feasible=budget_h is None or cost.gpu_hours <= budget_h))
+        if arm.splits_labels:
+            c = sweep[name]
+            lo, hi = _interval(setup.predictive_columns([config_key(arm, arm.labels(n, int(t))) for t in tl_S], c[1:]))
+            split_curves.append((name, tuple(map(float, c[0])), tuple(map(float, lo)), tuple(map(float, hi))))
 
     # decisions are between experiments: arms that run the same stages on the same labels (e.g. the
     # RL-teacher bridge with 0 labels is the raw-teacher bridge) are one choice, named by the first of
     # them in the registry; controls are never candidates
-    cands = [a for a in names if not ARMS[a].control]
+    feasible = {p.arm: p.feasible for p in preds}
+    cands = list(candidate_arms())
     if budget_h is not None:
         if not any(feasible[a] for a in cands):
             cheapest = min(cands, key=lambda a: costs_of[a].gpu_hours)
@@ -492,40 +523,21 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
     for a in cands:
         if all(keys[e] != keys[a] for e in exps):
             exps.append(a)
-    rep = {a: next(e for e in exps if keys[e] == keys[a]) for a in names if keys[a] in {keys[e] for e in exps}}
-    pred_DE = np.stack([pred[e] for e in exps], -1)
-    p_best_E = _p_best(pred_DE, st.n_eff)
+    rep = {a: next(e for e in exps if keys[e] == keys[a]) for a in ARMS if keys[a] in {keys[e] for e in exps}}
+    pred_DE = np.stack([draws[e] for e in exps], -1)
+    p_best_E = _p_best(pred_DE, setup.n_eff)
     order = list(np.lexsort((-pred_DE.mean(0), -p_best_E)))
     rec_name = exps[order[0]]
     ru_name = exps[order[1]] if len(exps) > 1 else None
     p_of = {e: float(p_best_E[i]) for i, e in enumerate(exps)}
-
-    # marginal value of more labels at the same teacher share, MAP model (a backward step at the maximum)
-    h = max(1, int(round(0.01 * n)))
-    if n + h > MAX_LABELS:
-        h = -h
-    map_setting, map_vals = _map_setting(fit, bench)
-    compute = scn.compute
-    preds = []
-    for name, arm in ARMS.items():
-        acct = accts[name]
-        tl_h = int(round((t_best / n if n else frac_S[s_best]) * (n + h))) if arm.splits_labels else None
-        a_h = predict_arm(map_setting, arm, n + h, tl_h)[..., b][0]
-        lo, hi = _interval(pred[name])
-        pb = p_of[rep[name]] if name in cands else None
-        preds.append(ArmPrediction(
-            arm=name, accuracy=float(point[name][0]), lo=float(lo), hi=float(hi), p_best=pb,
-            teacher_labels=acct.teacher, student_labels=acct.student,
-            marginal_per_1k=float((a_h - point[name][0]) / h * 1000.0), control=arm.control,
-            compute_tokens=int(arm.total_compute_tokens(n, compute, t_best if arm.splits_labels else None)),
-            same_as=rep.get(name) if rep.get(name, name) != name else None,
-            gpu_hours=costs_of[name].gpu_hours, feasible=feasible[name]))
+    preds = [replace(p, p_best=p_of[rep[p.arm]] if p.arm in cands else None,
+                     same_as=rep.get(p.arm) if rep.get(p.arm, p.arm) != p.arm else None) for p in preds]
     by = {p.arm: p for p in preds}
 
     gap_lo = gap_hi = gap_mean = 0.0
     cheaper = None
     if ru_name is not None:
-        gap_D = pred[rec_name] - pred[ru_name]
+        gap_D = draws[rec_name] - draws[ru_name]
         gap_mean = float(gap_D.mean())
         gap_lo, gap_hi = (float(x) for x in np.percentile(gap_D, [50 * (1 - GAP_LEVEL), 50 * (1 + GAP_LEVEL)]))
         cheaper = min((rec_name, ru_name), key=lambda a: (by[a].compute_tokens, a != rec_name))
@@ -537,23 +549,13 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
                          gap_lo=gap_lo, gap_hi=gap_hi, separable=bool(separable), cheaper=cheaper,
                          extrapolation=bool(extrapolation))
 
-    split_curves = []
-    for name, c in curves.items():
-        arm = ARMS[name]
-        pred_DS = np.empty_like(c[1:])
-        for j, t in enumerate(tl_S):
-            key = config_key(arm, arm.labels(n, int(t)))
-            pred_DS[:, j] = c[1:, j] + st.delta(key) + st.eps(key, c[1:, j])
-        lo, hi = _interval(pred_DS)
-        split_curves.append((name, tuple(map(float, c[0])), tuple(map(float, lo)), tuple(map(float, hi))))
-
     info, conds = informativeness(fit, n, bench, map_setting, map_vals)
-    ceiling = _ceiling(st)
+    ceiling = _ceiling(setup)
     warnings = list(fit.warnings)
-    if st.n_eff < MIN_ESS:
-        warnings.append(f"the posterior rests on an effective {st.n_eff:.0f} draws (< {MIN_ESS}): p_best is "
-                        f"estimated from {st.n_eff:.0f} draws (at most {(st.n_eff + 1) / (st.n_eff + len(cands)):.2f}) "
-                        "and intervals are approximate")
+    if setup.n_eff < MIN_ESS:
+        warnings.append(f"the posterior rests on an effective {setup.n_eff:.0f} draws (< {MIN_ESS}): p_best is "
+                        f"estimated from {setup.n_eff:.0f} draws (at most "
+                        f"{(setup.n_eff + 1) / (setup.n_eff + len(cands)):.2f}) and intervals are approximate")
     ds = scn.get("inputs.dataset_size").value if scn.has("inputs.dataset_size") else None
     if ds is not None and n > ds:
         warnings.append(f"labels={n} exceeds the dataset's {int(ds)} distinct problems: labels would repeat, "
@@ -576,12 +578,12 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
             extra = " (0 teacher labels: the raw-teacher bridge followed by student GRPO, which the paper did not run)"
         warnings.append(f"extrapolation: no observation covers {what}{extra}; the advice rests on the model's "
                         "structure, not on data")
-    sd_m = float(np.median(measurement_sd(st.vals[f"benchmarks.{bench}.eval_se"][1:], point[rec_name][1:],
+    sd_m = float(np.median(measurement_sd(setup.vals[f"benchmarks.{bench}.eval_se"][1:], points[rec_name][1:],
                                           *(scn.get(f"benchmarks.{bench}.{k}").value
                                             if scn.has(f"benchmarks.{bench}.{k}") else None
                                             for k in ("n_problems", "samples")))))
-    uncertainty = {"discrepancy_sd": st.sd_delta, "discrepancy_source": st.sd_note, "measurement_sd": sd_m,
-                   "effective_draws": st.n_eff, "draws": st.draws}
+    uncertainty = {"discrepancy_sd": setup.sd_delta, "discrepancy_source": setup.sd_note, "measurement_sd": sd_m,
+                   "effective_draws": setup.n_eff, "draws": setup.draws}
     gpu_costs = _gpu_costs(table, gpus, budget_h, costs_of, feasible, scn)
     inputs = tuple({"input": t.path, "value": t.value, "tag": t.tag, "fitted": t.fitted, "note": t.note}
                    for t in scn.inputs) + (
@@ -622,17 +624,17 @@ def _gpu_costs(table: CostTable, gpus: int, budget_h, costs_of, feasible, scn: S
     }
 
 
-def _config_pred(st: PlanSetup, arm_name: str, n: int, tl, n_seeds: int = 1):
+def _config_pred(setup: PlanSetup, arm_name: str, n: int, tl, n_seeds: int = 1):
     arm = ARMS.get(arm_name)
     if arm is None:
         raise InputError(f"unknown arm {arm_name!r}; arms are {', '.join(ARMS)}")
     n = check_budget(n)
     tl = None if tl is None or not arm.splits_labels else int(tl)
     acct = arm.labels(n, tl)
-    acc_R = predict_arm(st.setting, arm, n, tl)[..., st.b]
+    acc_R = predict_arm(setup.setting, arm, n, tl)[..., setup.b]
     key = config_key(arm, acct)
     # a separate run per configuration asked for: its own measurement noise
-    pred_D = acc_R[1:] + st.delta(key) + st.eps((key, arm_name, n, tl), acc_R[1:]) / np.sqrt(n_seeds)
+    pred_D = acc_R[1:] + setup.delta(key) + setup.eps((key, arm_name, n, tl), acc_R[1:]) / np.sqrt(n_seeds)
     return arm, n, acct, acc_R, pred_D
 
 
@@ -640,8 +642,8 @@ def predict_gap(scenario: Scenario | str, a, b, *, level: float = GAP_LEVEL, ben
     """(lo, mean, hi): predictive interval of measured(a) - measured(b), each an (arm, labels,
     teacher_labels or None) configuration."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-    st = plan_setup(scn, benchmark)
-    pa, pb = _config_pred(st, *a)[-1], _config_pred(st, *b)[-1]
+    setup = plan_setup(scn, benchmark)
+    pa, pb = _config_pred(setup, *a)[-1], _config_pred(setup, *b)[-1]
     g = pa - pb
     lo, hi = np.percentile(g, [50 * (1 - level), 50 * (1 + level)])
     return float(lo), float(g.mean()), float(hi)
@@ -661,10 +663,10 @@ def predict_configs(scenario: Scenario | str, configs, *, n_seeds: int = 1, leve
         raise InputError(f"level must lie in (0, 1), got {level!r}")
     if int(n_seeds) < 1:
         raise InputError(f"n_seeds must be >= 1, got {n_seeds!r}")
-    st = plan_setup(scn, benchmark)
+    setup = plan_setup(scn, benchmark)
     rows = []
     for arm_name, n, tl in configs:
-        arm, n, acct, acc_R, pred_D = _config_pred(st, arm_name, n, tl, int(n_seeds))
+        arm, n, acct, acc_R, pred_D = _config_pred(setup, arm_name, n, tl, int(n_seeds))
         lo, hi = _interval(pred_D, level)
         rows.append({"arm": arm.name, "labels": n, "teacher_labels": acct.teacher, "student_labels": acct.student,
                      "pred_mean": float(acc_R[0]), "pred_lo": float(lo), "pred_hi": float(hi), "level": level,
@@ -721,25 +723,19 @@ def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: flo
     maximising rl_teacher_bridge_stage3; replay_control is evaluated at the same split), as the plan's
     figure shows them. Columns: labels, arm, teacher_labels, accuracy, lo, hi."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
-    st = plan_setup(scn, benchmark)
+    setup = plan_setup(scn, benchmark)
     if teacher_fraction is not None and not (0.0 <= teacher_fraction <= 1.0):
         raise InputError(f"teacher_fraction must be in [0, 1], got {teacher_fraction!r}")
     rows = []
     for n in labels_grid:
         n = check_budget(n)
-        t_split = best_split(st, n) if teacher_fraction is None else int(round(teacher_fraction * n))
+        t_split = best_split(setup, n) if teacher_fraction is None else int(round(teacher_fraction * n))
         for name, arm in ARMS.items():
             tl = t_split if arm.splits_labels else None
-            acc = predict_arm(st.setting, arm, n, tl)[..., st.b]
+            acc = predict_arm(setup.setting, arm, n, tl)[..., setup.b]
             acct = arm.labels(n, tl)
-            pred = st.predictive(config_key(arm, acct), acc[1:])
+            pred = setup.predictive(config_key(arm, acct), acc[1:])
             lo, hi = _interval(pred)
             rows.append({"labels": n, "arm": name, "teacher_labels": int(acct.teacher), "accuracy": float(acc[0]),
                          "lo": float(lo), "hi": float(hi)})
     return pd.DataFrame(rows)
-
-
-def arms_used() -> dict[str, Arm]:
-    """The registry the planner evaluates (a test checks it is `theory.arms.ARMS` itself)."""
-    return ARMS
-

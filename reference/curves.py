@@ -1,6 +1,8 @@
-"""Per-step training curves of a finished run, read back from its stage checkpoints, and the figures of
-notebooks/03_ablation_demo.ipynb. Nothing here trains or changes a number: every value was logged by
-`reference.stages` while the run trained and stored in `workdir/stages/<key>/meta.json` ("log").
+"""Training curves: the validation points a run records while it trains (`CurveRecorder`), per-step
+curves of a finished run read back from its stage checkpoints, and the figures of
+notebooks/03_ablation_demo.ipynb. Nothing here changes a number: every per-step value was logged by
+`reference.stages` while the run trained and stored in `workdir/stages/<key>/meta.json` ("log"), and a
+validation point samples on a forked RNG.
 
 What each stage logs per step (one rollout batch each):
   teacher_grpo / student_grpo  reward (mean of the group rollouts' 0/1 rewards), zero_signal_fraction
@@ -15,13 +17,20 @@ KL to the teacher is not measured inside GRPO stages (GRPO never runs the teache
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
+import torch
 
 from reference import checkpoint as ckpt
+from reference.assemble import Models
 from reference.config import Config
-from reference.pipeline import RunResult, stage_key
+from reference.evaluate import evaluate
+from reference.runs import RunResult
+from reference.seeds import seed_from
+from reference.stage_runner import Hooks, stage_key
+from reference.world import World
 from theory.arms import STAGES, STUDENT, Arm, Stage, get_arm, stage_labels
 from theory.errors import InputError
 
@@ -35,6 +44,49 @@ STEP_METRICS = {
 # the two stages that measure the student-teacher KL measure different directions on different samples
 KL_SOURCES = {"forward_kl": "forward KL(T||S), teacher samples", "kl_to_teacher": "reverse KL(S||T), student samples"}
 STAGE_ORDER = [s.value for s in STAGES]  # the table's order: stage 3 and its replay control last
+
+
+class CurveRecorder:
+    """Validation points of a run: one after every stage (`eval.curve_problems` problems), and inside a
+    student stage every `eval.curve_every` steps; `report(step, accuracy)` sees the student's against
+    its training steps so far (monotone, for a pruner)."""
+
+    def __init__(self, cfg: Config, world: World, models: Models, report: Callable[[int, float], None] | None):
+        self.cfg, self.models, self.report = cfg, models, report
+        self.problems = world.val[: cfg.eval.curve_problems]
+        self.done_steps = 0
+
+    def point(self, model, tag: str) -> dict:
+        """The validation metrics of `model`, sampled on an RNG seeded from `tag`."""
+        # forked RNG: a validation point never changes the training stream (eval is not in the stage key)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_from(f"curve/{tag}"))
+            return evaluate(model, self.problems, self.models.ctx, self.cfg.eval, extras=False).metrics
+
+    def hooks(self, stage: Stage, key: str, **extra) -> Hooks:
+        """The `run_stage` hooks of `stage` (`extra`: the bar and tracker hooks): the inner points of a
+        student stage, and the stage's record."""
+        trains, inner, every = STAGES[stage].trains, [], self.cfg.eval.curve_every
+
+        def on_step(step: int, total: int) -> None:
+            if every and trains == STUDENT and step % every == 0 and step < total:
+                point = self.point(self.models.student, f"{key}/{step}")
+                inner.append({"step": step, "accuracy": point["accuracy"], "compliance": point["compliance"]})
+                if self.report is not None:
+                    self.report(self.done_steps + step, float(point["accuracy"]))
+
+        def describe(model, result) -> dict:
+            return {"name": stage.value, "model": trains, "seconds": result.seconds, "tokens": result.tokens,
+                    "steps": result.steps, "last": result.log[-1] if result.log else {},
+                    "curve": self.point(model, key), "inner_curve": inner}
+        return Hooks(describe, on_step=on_step, **extra)
+
+    def stage_done(self, stage: Stage, info: dict) -> None:
+        """Count a finished student stage's steps and report its end point."""
+        if STAGES[stage].trains == STUDENT:
+            self.done_steps += int(info["steps"])
+            if self.report is not None:
+                self.report(self.done_steps, float(info["curve"]["accuracy"]))
 
 
 def stage_logs(cfg: Config, arm: str | Arm, seed: int, workdir: str | Path,

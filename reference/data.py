@@ -31,7 +31,7 @@ from typing import Any, Iterable, Sequence
 
 from theory.errors import InputError
 
-from .rewards import normalize_gold, score_batch
+from .rewards import normalize_gold
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -262,22 +262,6 @@ def load_problems(
                       meta={"source": str(source)})
 
 
-def split_problems(ps: ProblemSet, fraction: float, *, seed: int) -> tuple[ProblemSet, ProblemSet]:
-    """A seeded disjoint split (e.g. DAPO-Math-17k 80/20): (first 1-fraction, last fraction)."""
-    import random
-
-    if not 0.0 < fraction < 1.0:
-        raise InputError(f"split fraction must lie in (0, 1), got {fraction}")
-    idx = list(range(len(ps.problems)))
-    random.Random(seed).shuffle(idx)
-    k = round(len(idx) * (1 - fraction))
-    if k == 0 or k == len(idx):
-        raise InputError(f"split of {len(idx)} problems at fraction {fraction} leaves one side empty")
-    a = tuple(ps.problems[i] for i in sorted(idx[:k]))
-    b = tuple(ps.problems[i] for i in sorted(idx[k:]))
-    return (ProblemSet(ps.name + ":a", ps.schema, a), ProblemSet(ps.name + ":b", ps.schema, b))
-
-
 # --------------------------------------------------------------------------------------------------
 # Prompts and rewards
 # --------------------------------------------------------------------------------------------------
@@ -293,16 +277,6 @@ def chat_prompts(problems: Sequence[DatasetProblem], tokenizer, *, instruction: 
         )
         for p in problems
     ]
-
-
-def score_completions(
-    problems: Sequence[DatasetProblem], completions: Sequence[str], *, group: int = 1, timeout_s: float = 5.0
-) -> list[float]:
-    """Rewards for `group` completions per problem (completions ordered problem-major)."""
-    if len(completions) != len(problems) * group:
-        raise ValueError(f"{len(completions)} completions for {len(problems)} problems x group {group}")
-    golds = [p.gold for p in problems for _ in range(group)]
-    return score_batch(list(completions), golds, timeout_s=timeout_s)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -2,15 +2,15 @@
 
 Nothing here is a distributed system of our own: `accelerate launch --config_file
 configs/accelerate/{ddp,fsdp2,zero3}.yaml` starts the processes and picks the backend; this module
-only (1) wraps the trained model with `Accelerator.prepare`, (2) gives each rank its shard of the
-prompts, (3) offers the token-mean that stays exact when ranks hold different token counts, and
-(4) applies LoRA for teacher RL on small GPUs, and (5) under an FSDP2 launch shards the trained model
-with torch's `fully_shard` (one unit per decoder layer, as configs/accelerate/fsdp2.yaml says) and
-gathers / loads the full state dict a stage checkpoint holds, so a sharded stage writes the same
-checkpoint as one process.
+only (1) builds the `Accelerator` the stages wrap the trained model with, (2) gives each rank its
+shard of the prompts, (3) applies LoRA for teacher RL on small GPUs, and (4) under an FSDP2 launch
+shards the trained model with torch's `fully_shard` (one unit per decoder layer, as
+configs/accelerate/fsdp2.yaml says) and gathers / loads the full state dict a stage checkpoint holds,
+so a sharded stage writes the same checkpoint as one process. The token mean that stays exact when
+ranks hold different token counts is the stages' own (`stages.normaliser`).
 
-The stages (reference/stages.py) call these through `StageContext.engine`; the pipeline builds the
-engine when `engine.launcher = "accelerate"`. scripts/ddp_parity.py checks that N-process DDP through
+The stages (reference/stages.py) call these through `StageContext.engine`; `assemble.engine_for`
+builds the engine when `engine.launcher = "accelerate"`. scripts/ddp_parity.py checks that N-process DDP through
 this path matches one process (tests/test_scale_engines.py).
 """
 
@@ -163,21 +163,6 @@ def shard(items: Sequence, engine: Engine) -> list:
     return list(items[engine.rank * k:(engine.rank + 1) * k])
 
 
-def global_token_mean(x_BT: torch.Tensor, mask_BT: torch.Tensor, engine: Engine | None) -> torch.Tensor:
-    """Token mean over the *global* batch, scaled so DDP's gradient averaging reproduces it exactly.
-
-    DDP averages gradients over ranks; a per-rank token mean weighs ranks equally even when they hold
-    different numbers of tokens (different completion lengths). Dividing the local sum by the global
-    token count and multiplying by world size makes the averaged gradient the global token mean.
-    """
-    local_sum = (x_BT * mask_BT).sum()
-    n_local = mask_BT.sum().detach()
-    if engine is None or engine.world_size == 1:
-        return local_sum / n_local.clamp(min=1)
-    n_global = engine.accelerator.reduce(n_local.clone(), reduction="sum")
-    return local_sum * engine.world_size / n_global.clamp(min=1)
-
-
 def apply_lora(model, *, rank: int, alpha: int | None = None, dropout: float = 0.0,
                target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                   "down_proj")):
@@ -189,10 +174,6 @@ def apply_lora(model, *, rank: int, alpha: int | None = None, dropout: float = 0
     cfg = LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=dropout,
                      target_modules=list(target_modules), task_type="CAUSAL_LM")
     return get_peft_model(model, cfg)
-
-
-def trainable_params(model) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def load_accelerate_config(path: str | Path) -> dict:

@@ -27,7 +27,7 @@ EXPORT_META = "reference_export.json"
 
 def final_student_stage(cfg: Config, arm: str | Arm, seed: int, teacher_labels: int | None = None) -> tuple[str, str]:
     """(stage name, stage key) of the arm's last stage that trains the student."""
-    from reference.pipeline import stage_key
+    from reference.stage_runner import stage_key
 
     arm = get_arm(arm) if isinstance(arm, str) else arm
     acct = arm.labels(cfg.world.labels, teacher_labels)

@@ -98,11 +98,11 @@ def gate_seed(cfg: Config, seed: int, *, steps: int = GATE_STEPS, problems: int 
     """One seed of the gate: the raw measurements (per-step logs, paired per-problem accuracy changes)."""
     import torch
 
-    from reference.trl_backend import stage_functions
-    st = stage_functions(cfg.engine.trainer)  # reference.stages, or TRL's trainers under engine.trainer = "trl"
+    from reference.assemble import build_models, build_world
     from reference.evaluate import evaluate
-    from reference.pipeline import build_models, build_world
+    from reference.stage_runner import update_rules
 
+    rules = update_rules(cfg.engine.trainer)  # reference.stages, or TRL's trainers under engine.trainer = "trl"
     torch.set_num_threads(cfg.engine.threads)
     models = build_models(cfg, need_teacher=True)
     world = build_world(cfg, models.tokenizer)
@@ -129,7 +129,8 @@ def gate_seed(cfg: Config, seed: int, *, steps: int = GATE_STEPS, problems: int 
             res = evaluate(model, test, ctx, cfg.eval, extras=False)
         return res.problems["correct"].to_numpy(dtype=float) * 100.0 / res.problems["k"].to_numpy(dtype=float)
 
-    def run(name: str, fn) -> list[dict]:
+    def train(name: str, fn) -> list[dict]:
+        """One stage's per-step log, trained on torch and data seeds named by the gate, the seed and `name`."""
         t0 = time.perf_counter()
         torch.manual_seed(seed_from("gate", seed, name))
         res = fn(seed_from("gate-data", seed, name))
@@ -138,8 +139,8 @@ def gate_seed(cfg: Config, seed: int, *, steps: int = GATE_STEPS, problems: int 
 
     def bridge(check: str, stage: str, student, towards, limit: int | None) -> list[float]:
         """FKL warmup or OPD of `student` toward the frozen `towards`; returns its per-step KL."""
-        fn, scfg, key = {"fkl": (st.fkl_warmup, cfg.fkl, "forward_kl"), "opd": (st.opd, cfg.opd, "kl_to_teacher")}[stage]
-        log = run(f"{check}_{stage}", lambda s: fn(student, towards, world.unlabeled, scfg, ctx, seed=s, limit=limit))
+        fn, scfg, key = rules[stage], getattr(cfg, stage), {"fkl": "forward_kl", "opd": "kl_to_teacher"}[stage]
+        log = train(f"{check}_{stage}", lambda s: fn(student, towards, world.unlabeled, scfg, ctx, seed=s, limit=limit))
         return [e[key] for e in log]
 
     base_correct = correct(base, "noop")
@@ -149,11 +150,12 @@ def gate_seed(cfg: Config, seed: int, *, steps: int = GATE_STEPS, problems: int 
         out[f"noop_{stage}_acc_change"] = (correct(student, "noop") - base_correct).tolist()
 
     student = copy.deepcopy(base)
-    log = run("student_grpo", lambda s: st.grpo(student, labeled, cfg.grpo, ctx, role="student", seed=s, limit=steps))
+    log = train("student_grpo", lambda s: rules["grpo"](student, labeled, cfg.grpo, ctx, role="student", seed=s,
+                                                        limit=steps))
     out["student_grpo_reward"] = [e["reward"] for e in log]
     rl_teacher = copy.deepcopy(teacher)
-    log = run("teacher_grpo", lambda s: st.grpo(rl_teacher, labeled, cfg.grpo, ctx, role="teacher", seed=s,
-                                                limit=steps))
+    log = train("teacher_grpo", lambda s: rules["grpo"](rl_teacher, labeled, cfg.grpo, ctx, role="teacher", seed=s,
+                                                        limit=steps))
     out["teacher_grpo_reward"] = [e["reward"] for e in log]
     rl_teacher.requires_grad_(False)
 

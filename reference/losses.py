@@ -17,12 +17,6 @@ def masked_mean(x_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
     return (x_BT * mask_BT).sum() / mask_BT.sum().clamp(min=1.0)
 
 
-def seq_mean(x_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
-    """Mean over sequences of each sequence's token-mean (original GRPO normaliser)."""
-    per_seq = (x_BT * mask_BT).sum(-1) / mask_BT.sum(-1).clamp(min=1.0)
-    return per_seq.mean()
-
-
 def group_advantages(rewards_PG: torch.Tensor, *, scale: bool = True, eps: float = 1e-4) -> torch.Tensor:
     """A_pg = (r_pg - mean_g r_p) / (std_g r_p + eps), std with Bessel's correction (as TRL's `nanstd`).
 
@@ -88,13 +82,6 @@ def grpo_seq_mean_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, clip_low=0.2, cl
 
 
 GRPO_LOSSES = {"token_mean": grpo_token_mean_loss, "seq_mean": grpo_seq_mean_loss}
-
-
-def grpo_loss(logp_BT, old_logp_BT, adv_B, mask_BT, *, clip_low=0.2, clip_high=0.28, loss="token_mean",
-              ref_logp_BT=None, kl_coef=0.0) -> torch.Tensor:
-    """The GRPO loss named by `loss` (a convenience for callers holding the config's string)."""
-    return GRPO_LOSSES[loss](logp_BT, old_logp_BT, adv_B, mask_BT, clip_low=clip_low, clip_high=clip_high,
-                             ref_logp_BT=ref_logp_BT, kl_coef=kl_coef)
 
 
 def fkl_loss(student_logits_BTV, teacher_logits_BTV, mask_BT, *, norm=None) -> torch.Tensor:

@@ -7,9 +7,10 @@
 - `check_same_tokenizer`: distillation compares per-token distributions, so teacher and student
   must share the *same* vocabulary (same token -> same id), not merely the same size. Call it before
   any training.
-- `logit_vocab_size` / `usable_logits`: Qwen3's checkpoints pad the embedding matrix to 151936 rows
-  while the tokenizer has 151669 tokens. The padded rows are never sampled but do carry logits; a
-  full-vocabulary KL must drop them (they can differ arbitrarily between teacher and student).
+- `logit_vocab_size`: Qwen3's checkpoints pad the embedding matrix to 151936 rows while the tokenizer
+  has 151669 tokens. The padded rows are never sampled but do carry logits; a full-vocabulary KL must
+  drop them (they can differ arbitrarily between teacher and student): `stages.completion_logits`
+  slices every stage's logits to this size.
 - `build_tiny_qwen3_dir`: a random tiny Qwen3 + a Qwen-style chat tokenizer saved with
   `save_pretrained`, so tests and `gpu_check --tiny` exercise the same load-by-path code as real runs.
 """
@@ -160,11 +161,6 @@ def logit_vocab_size(tokenizer, config) -> int:
     return n_tok
 
 
-def usable_logits(logits_BTV: torch.Tensor, n_vocab: int) -> torch.Tensor:
-    """Drop padded vocabulary columns before any softmax that enters a KL."""
-    return logits_BTV[..., :n_vocab]
-
-
 def assert_vocab(config, expected: int = QWEN3_VOCAB, *, name: str = "model") -> None:
     """Refuse a checkpoint whose config vocabulary is not the expected one (e.g. 151936 for Qwen3)."""
     got = int(config.vocab_size)
@@ -262,6 +258,3 @@ def build_tiny_qwen3_dir(out_dir: str | Path, *, seed: int = 0, pad_vocab_to: in
     tok.save_pretrained(out)
     return out
 
-
-def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

@@ -18,13 +18,13 @@
 
 Self-distillation (`self_distill=True`, needs the student): the per-stage cost of the bridge with no
 teacher signal at all. The frozen teacher is an exact copy of the student's BASE weights, a second
-copy is trained by the config's bridge stages exactly as reference.pipeline runs them (run_stage:
+copy is trained by the config's bridge stages exactly as the pipeline runs them (stage_runner.run_stage:
 reference.stages.fkl_warmup, then reference.stages.opd, with [fkl]/[opd], the world's unlabeled
 prompts and build_models' StageContext), and the probe is sampled as for the base student after FKL
 (model "self_distill_fkl_warmup") and after FKL then OPD ("self_distill_opd"). Their accuracy minus the
 base student's is the stage cost the planner lacks (docs/log.md, the third world's entry).
 
-One code path for the toy world and Qwen3: models are built by reference.pipeline.build_models (toy
+One code path for the toy world and Qwen3: models are built by reference.assemble.build_models (toy
 assets or hub ids / local directories), rollouts go through the config's Rollout backend, the KL
 through reference.rollout.completion_logits and reference.losses as the OPD / FKL stages compute it.
 
@@ -296,7 +296,7 @@ def run_pilot(config: str | Path | Config, pc: PilotConfig, out: str | Path, *,
     import torch
 
     from reference.evaluate import evaluate
-    from reference.pipeline import build_models, build_world, engine_for
+    from reference.assemble import build_models, build_world, engine_for
     from theory.tables import validate_problems, validate_runs
 
     torch.set_num_threads(cfg.engine.threads)
@@ -430,12 +430,14 @@ def _self_distill_parts(cfg: Config, pc: PilotConfig, models, world, probe, work
     _stage_weights_key), so a rerun that lacks only the OPD samples does not retrain FKL. Training is
     skipped entirely when every sample part is already done."""
     from reference import checkpoint as ckpt
+    from reference.assemble import Models
     from reference.evaluate import evaluate
-    from reference.pipeline import Models, run_stage
-    from theory.arms import Stage
+    from reference.stage_runner import Hooks, Slot, TrainingSetup, run_stage
+    from theory.arms import LabelAccount, Stage
 
     teacher, student = self_distill_pair(models.student)
     m = Models(student=student, teacher=teacher, ctx=models.ctx, tokenizer=models.tokenizer)
+    setup = TrainingSetup(cfg, m, world, LabelAccount(teacher=0, student=0, unused=0))  # the bridge reads no labels
     state: tuple[str, ...] = ()  # stages already applied to `student`
 
     def advance(stages: tuple[str, ...]) -> None:
@@ -446,15 +448,13 @@ def _self_distill_parts(cfg: Config, pc: PilotConfig, models, world, probe, work
             # torch (sampling) and data order seeded from --seed and the stage prefix, as the pipeline
             # seeds a stage from its key; the caller's RNG state is left as it was
             seed_key = _part_name(pc.seed, f"self_distill/{'/'.join(done)}")
-            extra = {} if engine is None else {"rank": engine.rank, "write": engine.is_main}
-            run = run_stage(Stage(done[-1]), cfg, m, world, {}, wdir, seed_key,
-                            meta={"self_distill": list(done), "seed": pc.seed, "config_hash": cfg.hash()},
-                            describe=_self_distill_record, **extra)
+            slot = Slot(wdir, seed_key, meta={"self_distill": list(done), "seed": pc.seed, "config_hash": cfg.hash()})
+            finished = run_stage(Stage(done[-1]), setup, slot, Hooks(_self_distill_record))
             if engine is not None:  # rank 0 has written the checkpoint before any rank checks the next
                 engine.accelerator.wait_for_everyone()
-            sd_info[done[-1]] = dict(run.info, cached=run.cached)
-            log(f"  self-distill {done[-1]}: " + (f"weights loaded from {wdir}" if run.cached
-                                                  else f"{run.info['seconds']:.1f} s"))
+            sd_info[done[-1]] = dict(finished.info, cached=finished.cached)
+            log(f"  self-distill {done[-1]}: " + (f"weights loaded from {wdir}" if finished.cached
+                                                  else f"{finished.info['seconds']:.1f} s"))
             state = done
         student.eval()
 

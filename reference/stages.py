@@ -51,6 +51,8 @@ class StageContext:
 
 @dataclass(frozen=True)
 class StageResult:
+    """What one stage's training returned: its step count, compute tokens, wall time and per-step log."""
+
     name: str
     steps: int
     tokens: int  # rollout + training + teacher-scoring tokens
@@ -66,8 +68,8 @@ class StageResult:
         return pd.DataFrame(list(self.log))
 
 
-def _batches(n_items: int, per_step: int, steps: int, rng: np.random.Generator):
-    """Indices for `steps` batches, walking through fresh permutations (epochs) of n_items."""
+def batch_indices(n_items: int, per_step: int, steps: int, rng: np.random.Generator):
+    """Indices for `steps` batches, walking through fresh permutations (passes) of n_items."""
     order: list[int] = []
     for _ in range(steps):
         while len(order) < per_step:
@@ -97,7 +99,8 @@ def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
     return 1.0 - frac  # linear
 
 
-def _optimizer(model, lr: float):
+def optimizer(model, lr: float):
+    """The stage's fresh AdamW over the trainable parameters (weight decay 0; no state crosses stages)."""
     params = [p for p in model.parameters() if p.requires_grad]
     # fused AdamW (one kernel per step, as the bare-PyTorch anchor) on CUDA only; the CPU keeps the
     # default implementation so the committed toy numbers stay bit-identical
@@ -105,25 +108,26 @@ def _optimizer(model, lr: float):
     return torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.0, **extra)
 
 
-def _distributed(ctx: StageContext) -> bool:
+def distributed(ctx: StageContext) -> bool:
+    """True under an engine with more than one rank."""
     return ctx.engine is not None and ctx.engine.world_size > 1
 
 
-def _sharded(ctx: StageContext) -> bool:
-    """FSDP2 launch: the trained model is sharded in place (reference.engines.fsdp2_shard), reduces its
-    own gradients (averaged over ranks, as DDP) and is not wrapped by `Accelerator.prepare`."""
-    return _distributed(ctx) and getattr(ctx.engine, "sharding", "none") == "fsdp2"
+def sharded(ctx: StageContext) -> bool:
+    """True under an FSDP2 launch: the trained model is sharded in place (reference.engines.fsdp2_shard),
+    reduces its own gradients (averaged over ranks, as DDP) and is not wrapped by `Accelerator.prepare`."""
+    return distributed(ctx) and getattr(ctx.engine, "sharding", "none") == "fsdp2"
 
 
 def _prepare(model, lr: float, ctx: StageContext):
     """(module to train through, optimizer): the model and its AdamW through `Accelerator.prepare`
     under an engine (FSDP2 needs both together), the plain pair otherwise. Sampling keeps using the
     unwrapped model (DDP's wrapper has no `generate`)."""
-    if _sharded(ctx):  # FSDP2: shard in place first, so AdamW's moments live on this rank's shards only
+    if sharded(ctx):  # FSDP2: shard in place first, so AdamW's moments live on this rank's shards only
         from reference.engines import fsdp2_shard
         model = fsdp2_shard(model, ctx.engine)
-        return model, _optimizer(model, lr)
-    opt = _optimizer(model, lr)
+        return model, optimizer(model, lr)
+    opt = optimizer(model, lr)
     if ctx.engine is None:
         return model, opt
     return ctx.engine.accelerator.prepare(model, opt)
@@ -135,12 +139,12 @@ def train_logits(model, batch: RolloutBatch, ctx: StageContext, temperature: flo
     return logits if temperature == 1.0 else logits / temperature
 
 
-def _all_tokens(tokens: int, ctx: StageContext) -> int:
-    """Compute accounting counts every rank's tokens."""
-    if not _distributed(ctx):
+def all_tokens(tokens: int, ctx: StageContext) -> int:
+    """This rank's token count summed over every rank (the compute account is global)."""
+    if not distributed(ctx):
         return tokens
     # float64: a float32 sum rounds counts above 2^24, which one stage reaches at Qwen3 scale
-    return int(_global_sum(torch.tensor(float(tokens), dtype=torch.float64, device=ctx.engine.device), ctx))
+    return int(global_sum(torch.tensor(float(tokens), dtype=torch.float64, device=ctx.engine.device), ctx))
 
 
 def _release(ctx: StageContext) -> None:
@@ -158,18 +162,19 @@ def _my_shard(idx: list[int], ctx: StageContext) -> list[int]:
     return shard(idx, ctx.engine)
 
 
-def _global_sum(x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
-    if not _distributed(ctx):
+def global_sum(x: torch.Tensor, ctx: StageContext) -> torch.Tensor:
+    """`x` summed over the ranks (itself in one process)."""
+    if not distributed(ctx):
         return x
     return ctx.engine.accelerator.reduce(x.detach().clone(), reduction="sum")
 
 
-def _norm(count: torch.Tensor, ctx: StageContext) -> torch.Tensor:
+def normaliser(count: torch.Tensor, ctx: StageContext) -> torch.Tensor:
     """The normaliser of a global mean, per rank: global count / world size, because DDP (and FSDP)
     average the ranks' gradients. One process: the local count, as `losses.masked_mean` divides by."""
-    if not _distributed(ctx):
+    if not distributed(ctx):
         return count.clamp(min=1.0)
-    return (_global_sum(count, ctx) / ctx.engine.world_size).clamp(min=1.0 / ctx.engine.world_size)
+    return (global_sum(count, ctx) / ctx.engine.world_size).clamp(min=1.0 / ctx.engine.world_size)
 
 
 def _rows(ro: RolloutBatch, sl: slice) -> RolloutBatch:
@@ -187,7 +192,7 @@ def _backward(net, ro: RolloutBatch, ctx: StageContext, chunk_loss: Callable[[Ro
     for start in range(0, B, mb):
         sl = slice(start, start + mb)
         last = start + mb >= B
-        if _sharded(ctx):  # FSDP2 has no no_sync(): it skips the reduce-scatter until the last chunk
+        if sharded(ctx):  # FSDP2 has no no_sync(): it skips the reduce-scatter until the last chunk
             net.set_requires_gradient_sync(last)
             sync = nullcontext()
         else:
@@ -204,7 +209,7 @@ def _step(net, opt, grad_clip: float, ctx: StageContext) -> float:
     the next forward, which is what kept the 8B teacher's GRPO 14 GiB above the anchor)."""
     if ctx.engine is None:
         gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-    elif _sharded(ctx):  # DTensor gradients: torch computes the global norm across the shards
+    elif sharded(ctx):  # DTensor gradients: torch computes the global norm across the shards
         gnorm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
         gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm
     else:
@@ -243,11 +248,11 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
     """
     t0 = time.perf_counter()
     net, opt = _prepare(model, lr, ctx)
-    run = steps if limit is None else min(steps, limit)
+    taken = steps if limit is None else min(steps, limit)
     log: list[dict] = []
     tokens = 0
     for step, idx in enumerate(batches):
-        if step >= run:
+        if step >= taken:
             break
         factor = lr_factor(step, steps, schedule_cfg.warmup, schedule_cfg.schedule)
         for group in opt.param_groups:
@@ -256,8 +261,8 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
         entry = dict(work.entry)
         tokens += work.tokens
         if work.loss is not None:
-            loss = _global_sum(_backward(net, work.rollout, ctx, work.loss), ctx)
-            if _distributed(ctx):
+            loss = global_sum(_backward(net, work.rollout, ctx, work.loss), ctx)
+            if distributed(ctx):
                 loss = loss / ctx.engine.world_size  # the ranks' shares sum to world x the global loss
             entry["grad_norm"] = _step(net, opt, schedule_cfg.grad_clip, ctx)
             entry[work.loss_name] = loss.item()
@@ -267,9 +272,9 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
             entry.update(work.after())
         log.append(entry)
         if progress:
-            progress(step + 1, run, entry)
+            progress(step + 1, taken, entry)
     _release(ctx)
-    return StageResult(name, run, _all_tokens(tokens, ctx), time.perf_counter() - t0, tuple(log))
+    return StageResult(name, taken, all_tokens(tokens, ctx), time.perf_counter() - t0, tuple(log))
 
 
 def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageContext, *, role: str, seed: int,
@@ -299,15 +304,15 @@ def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageConte
                  "compliance": float(np.mean([ctx.is_compliant(t) for t in ro.texts]))}
         work = StepWork(ro, entry, tokens=ro.tokens, train_tokens=ro.tokens)
         signal = (adv_B != 0).any()
-        if _distributed(ctx):  # every rank must take part in the backward when any rank has signal
-            signal = _global_sum(signal.float().to(ctx.engine.device), ctx) > 0
+        if distributed(ctx):  # every rank must take part in the backward when any rank has signal
+            signal = global_sum(signal.float().to(ctx.engine.device), ctx) > 0
         if not bool(signal):
             return work
         # rewards are scored on the host; the advantages go where the log-probs are (CUDA on a GPU)
         adv_dev_B = adv_B.to(ro.mask_BT.device)
         count = ro.mask_BT.sum() if cfg.loss == "token_mean" else torch.tensor(float(ro.mask_BT.shape[0]),
                                                                               device=ro.mask_BT.device)
-        norm = _norm(count, ctx)
+        norm = normaliser(count, ctx)
 
         def chunk_loss(sub: RolloutBatch, sl: slice) -> torch.Tensor:
             logp_BT = losses.token_logp_BT(train_logits(net, sub, ctx, T), sub.completion_BT)
@@ -323,7 +328,7 @@ def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageConte
         return work
 
     return train_loop(policy, lr=cfg.lr_for(role), schedule_cfg=cfg, steps=steps,
-                      batches=_batches(len(problems), P, steps, rng), make_step=make_step, ctx=ctx, name=name,
+                      batches=batch_indices(len(problems), P, steps, rng), make_step=make_step, ctx=ctx, name=name,
                       progress=progress, limit=limit)
 
 
@@ -337,7 +342,7 @@ def fkl_warmup(student, teacher, prompts: tuple[Problem, ...], cfg: FKLConfig, c
     def make_step(step: int, idx: list[int], net) -> StepWork:
         ro = ctx.rollout.generate(teacher, [prompts[i].prompt for i in _my_shard(idx, ctx)], n=1,
                                   temperature=T, max_new_tokens=cfg.max_new_tokens)
-        norm = _norm(ro.mask_BT.sum(), ctx)
+        norm = normaliser(ro.mask_BT.sum(), ctx)
 
         def chunk_loss(sub: RolloutBatch, sl: slice) -> torch.Tensor:
             with torch.no_grad():
@@ -349,7 +354,7 @@ def fkl_warmup(student, teacher, prompts: tuple[Problem, ...], cfg: FKLConfig, c
                         loss=chunk_loss, loss_name="forward_kl", train_tokens=3 * ro.tokens)
 
     return train_loop(student, lr=cfg.lr, schedule_cfg=cfg, steps=cfg.steps,
-                      batches=_batches(len(prompts), cfg.prompts_per_step, cfg.steps, rng), make_step=make_step,
+                      batches=batch_indices(len(prompts), cfg.prompts_per_step, cfg.steps, rng), make_step=make_step,
                       ctx=ctx, name=name, progress=progress, limit=limit)
 
 
@@ -372,7 +377,7 @@ def opd(student, teacher, prompts: tuple[Problem, ...], cfg: OPDConfig, ctx: Sta
     def make_step(step: int, idx: list[int], net) -> StepWork:
         ro = ctx.rollout.generate(student, [prompts[i].prompt for i in _my_shard(idx, ctx)], n=1,
                                   temperature=T, max_new_tokens=cfg.max_new_tokens)
-        norm = _norm(ro.mask_BT.sum(), ctx)
+        norm = normaliser(ro.mask_BT.sum(), ctx)
         kl_sum: list[torch.Tensor] = []
 
         def chunk_loss(sub: RolloutBatch, sl: slice) -> torch.Tensor:
@@ -388,8 +393,8 @@ def opd(student, teacher, prompts: tuple[Problem, ...], cfg: OPDConfig, ctx: Sta
             return loss
 
         def after() -> dict:
-            kl = _global_sum(sum(kl_sum[1:], kl_sum[0]), ctx) / norm  # the batch's normaliser, reduced once
-            if _distributed(ctx):
+            kl = global_sum(sum(kl_sum[1:], kl_sum[0]), ctx) / norm  # the batch's normaliser, reduced once
+            if distributed(ctx):
                 kl = kl / ctx.engine.world_size
             return {"kl_to_teacher": float(kl)}
 
@@ -400,5 +405,5 @@ def opd(student, teacher, prompts: tuple[Problem, ...], cfg: OPDConfig, ctx: Sta
         return StepWork(ro, entry, tokens=0, loss=chunk_loss, train_tokens=3 * ro.tokens, after=after)
 
     return train_loop(student, lr=cfg.lr, schedule_cfg=cfg, steps=steps,
-                      batches=_batches(len(prompts), per_step, steps, rng), make_step=make_step, ctx=ctx,
+                      batches=batch_indices(len(prompts), per_step, steps, rng), make_step=make_step, ctx=ctx,
                       name=name, progress=progress, limit=limit)

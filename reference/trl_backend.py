@@ -6,15 +6,16 @@
                                                                     every step; beta = 0: forward KL)
     OPD (2b)                -> trl.DistillationTrainer             (on-policy; beta = 1: reverse KL)
 
-Same arm registry (theory.arms.STAGES: `pipeline.train_stage` and the gate take their stage
-functions from `stage_functions(engine.trainer)`), config, reward (reference.rewards scoring of
-the world's answers), label split and stage checkpoints (`pipeline.run_stage` saves the trained model
-as before). `HYPERPARAMETERS` is the one table from this project's config fields to TRL's; the fields
-with no TRL counterpart are in `UNMAPPED` with the reason, and `FIXED` holds the values the reference
-loop hard-codes (AdamW's betas, eps, weight decay), which are passed to TRL explicitly.
+Same arm registry (theory.arms.STAGES: `stage_runner.train_stage` and the gate take their stage
+functions from `stage_runner.update_rules(engine.trainer)`, `UPDATE_RULES` here), config, reward
+(reference.rewards scoring of the world's answers), label split and stage checkpoints
+(`stage_runner.run_stage` saves the trained model as before). `HYPERPARAMETERS` is the one table
+from this project's config fields to TRL's; the fields with no TRL counterpart are in `UNMAPPED` with
+the reason, and `FIXED` holds the values the reference loop hard-codes (AdamW's betas, eps, weight
+decay), which are passed to TRL explicitly.
 
 Three things are pinned so that both backends compute the same numbers (tests/test_trl_backend.py):
-- data order: each trainer's sampler yields the reference's batches (`stages._batches`, seeded from
+- data order: each trainer's sampler yields the reference's batches (`stages.batch_indices`, seeded from
   the stage key), each prompt repeated group-size times as TRL's own `RepeatSampler` does;
 - sampling: generation draws from one torch RNG stream of its own, started from the stage's seeded
   state; the HF Trainer re-seeds torch at construction and its data loader draws from the global
@@ -54,7 +55,7 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-from reference import stages as st
+from reference import stages
 from reference.config import FKLConfig, GRPOConfig, OPDConfig
 from theory.errors import InputError
 
@@ -98,7 +99,7 @@ HYPERPARAMETERS: dict[tuple[str, str], str] = {
 }
 # Reference config fields of a stage section with no TRL argument, and why.
 UNMAPPED: dict[tuple[str, str], str] = {}
-# What the reference loop hard-codes, passed to every TRL config explicitly (stages._optimizer).
+# What the reference loop hard-codes, passed to every TRL config explicitly (stages.optimizer).
 FIXED: dict[str, Any] = {
     "optim": "adamw_torch", "adam_beta1": 0.9, "adam_beta2": 0.99, "adam_epsilon": 1e-8, "weight_decay": 0.0,
     "gradient_accumulation_steps": 1, "top_p": 1.0, "top_k": 0,  # stage sampling is plain temperature sampling
@@ -181,13 +182,13 @@ def distillation_args(cfg: OPDConfig, *, steps: int, prompts_per_step: int, out_
 
 
 class ReferenceOrder(Sampler):
-    """The reference's batches (`stages._batches`), each index repeated `repeat` times in a row."""
+    """The reference's batches (`stages.batch_indices`), each index repeated `repeat` times in a row."""
 
     def __init__(self, n_items: int, per_step: int, steps: int, seed: int, repeat: int = 1):
         self.n_items, self.per_step, self.steps, self.seed, self.repeat = n_items, per_step, steps, seed, repeat
 
     def __iter__(self):
-        for idx in st._batches(self.n_items, self.per_step, self.steps, np.random.default_rng(self.seed)):
+        for idx in stages.batch_indices(self.n_items, self.per_step, self.steps, np.random.default_rng(self.seed)):
             for i in idx:
                 for _ in range(self.repeat):
                     yield i
@@ -201,7 +202,7 @@ class _Pinned:
     and a per-step log in the reference's keys."""
 
     def _pin(self, order: ReferenceOrder, rng_state: torch.Tensor, lr_of_step: Callable[[int], float],
-             ctx: st.StageContext | None = None):
+             ctx: stages.StageContext | None = None):
         self._order, self._rng_state, self._lr_of_step, self._ctx = order, rng_state, lr_of_step, ctx
         self._tokens = 0
 
@@ -234,17 +235,17 @@ def _per_rank(prompts: int, world: int, what: str) -> int:
     return prompts // world
 
 
-def _world(ctx: st.StageContext | None) -> int:
+def _world(ctx: stages.StageContext | None) -> int:
     return 1 if ctx is None or ctx.engine is None else ctx.engine.world_size
 
 
-def _launched(ctx: st.StageContext | None) -> bool:
+def _launched(ctx: stages.StageContext | None) -> bool:
     """The pipeline runs under its accelerate engine (`engine.launcher = "accelerate"`)."""
     return ctx is not None and ctx.engine is not None
 
 
 def _lr_of_step(schedule_cfg, steps: int) -> Callable[[int], float]:
-    return lambda s: st.lr_factor(min(s, steps - 1), steps, schedule_cfg.warmup, schedule_cfg.schedule)
+    return lambda s: stages.lr_factor(min(s, steps - 1), steps, schedule_cfg.warmup, schedule_cfg.schedule)
 
 
 def _trainer_classes():
@@ -263,7 +264,7 @@ def _trainer_classes():
             # the decision is global: under DDP every rank steps, or none does (as the reference's)
             signal = (batch["advantages"] != 0).any().float()
             if self._ctx is not None:
-                signal = st._global_sum(signal, self._ctx)
+                signal = stages.global_sum(signal, self._ctx)
             self._skip_update = not bool(signal > 0)
             # the compute account: the rollout, plus the update's forward/backward when there is one
             rollout = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
@@ -299,8 +300,8 @@ def _trainer_classes():
             # GKD's "batchmean" divides by this rank's completion tokens, so DDP would average per-rank means;
             # the reference's normaliser (global token count / world size) makes DDP's average the global
             # token mean. One process: unchanged (GKD's own batchmean).
-            if num_items_in_batch is None and self._ctx is not None and st._distributed(self._ctx):
-                num_items_in_batch = st._norm((inputs["labels"][:, 1:] != -100).sum().float(), self._ctx)
+            if num_items_in_batch is None and self._ctx is not None and stages.distributed(self._ctx):
+                num_items_in_batch = stages.normaliser((inputs["labels"][:, 1:] != -100).sum().float(), self._ctx)
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     class PinnedDistillation(_Pinned, DistillationTrainer):
@@ -346,7 +347,7 @@ class _Log:
 def _quiet(trainer, use_cache: bool) -> None:
     """The stage's progress bar and tracker show the log; the Trainer's own printer would repeat it.
     TRL's constructors turn the model's KV cache off for training (`config.use_cache = False`); it is
-    put back here and turned off only while `_train` trains, so sampling and evaluation outside the
+    put back here and turned off only while `train_built` trains, so sampling and evaluation outside the
     stage keep their cache (and their numbers)."""
     from transformers.trainer_callback import PrinterCallback
     trainer.remove_callback(PrinterCallback)
@@ -361,7 +362,7 @@ def _prompt_dataset(problems, *, with_gold: bool):
     return Dataset.from_dict(rows)
 
 
-def _reward(ctx: st.StageContext):
+def _reward(ctx: stages.StageContext):
     def correct(prompts, completions, gold, **_):
         return [float(r) for r in ctx.score_batch(list(completions), list(gold))]
     return correct
@@ -375,21 +376,21 @@ def _set_eos(model, tok) -> None:
         gc.pad_token_id = tok.pad_token_id
 
 
-def build_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, tok, *, role: str, seed: int,
+def build_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, tok, *, role: str, seed: int,
                out_dir: str, ref=None, limit: int | None = None, progress=None):
     """(trainer, log, steps): a GRPOTrainer pinned to the reference's order, stream and schedule."""
     PinnedGRPO, _, _ = _trainer_classes()
-    steps = st.grpo_steps(len(problems), cfg)
+    steps = stages.grpo_steps(len(problems), cfg)
     P = min(cfg.prompts_per_step, max(1, len(problems)))
-    run = steps if limit is None else min(steps, limit)
+    taken = steps if limit is None else min(steps, limit)
     what = "grpo.prompts_per_step" if P == cfg.prompts_per_step else "the labeled problem count"
-    args = grpo_args(cfg, role=role, steps=run, prompts_per_step=_per_rank(P, _world(ctx), what), out_dir=out_dir,
+    args = grpo_args(cfg, role=role, steps=taken, prompts_per_step=_per_rank(P, _world(ctx), what), out_dir=out_dir,
                      world=_world(ctx), configured=_launched(ctx))
     if cfg.kl_coef > 0:
         raise InputError("grpo.kl_coef > 0 under trainer = \"trl\": GRPOTrainer reloads the reference model from the "
                          "policy's path, which an in-memory model lacks; set kl_coef = 0 or trainer = \"reference\"")
     _set_eos(policy, tok)
-    log = _Log("grpo", run, progress)
+    log = _Log("grpo", taken, progress)
     use_cache = policy.config.use_cache
     policy = _sharded(policy, ctx)  # after every refusal above: a refused stage leaves the model as it was
     state = torch.get_rng_state()
@@ -398,9 +399,9 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, tok, *, 
                          callbacks=[log.callback])
     torch.set_rng_state(state)
     _quiet(trainer, use_cache)
-    trainer._pin(ReferenceOrder(len(problems), P, run, seed, repeat=cfg.group_size), state,
+    trainer._pin(ReferenceOrder(len(problems), P, taken, seed, repeat=cfg.group_size), state,
                  _lr_of_step(cfg, steps), ctx)
-    return trainer, log, run
+    return trainer, log, taken
 
 
 class _PromptCollator:
@@ -417,13 +418,13 @@ class _PromptCollator:
 
 
 def build_gkd(student, teacher, prompts, cfg: FKLConfig, tok, *, seed: int, out_dir: str,
-              limit: int | None = None, progress=None, ctx: st.StageContext | None = None):
+              limit: int | None = None, progress=None, ctx: stages.StageContext | None = None):
     _, PinnedGKD, _ = _trainer_classes()
-    run = cfg.steps if limit is None else min(cfg.steps, limit)
-    args = gkd_args(cfg, steps=run, out_dir=out_dir, world=_world(ctx), configured=_launched(ctx))
+    taken = cfg.steps if limit is None else min(cfg.steps, limit)
+    args = gkd_args(cfg, steps=taken, out_dir=out_dir, world=_world(ctx), configured=_launched(ctx))
     _set_eos(student, tok)
     _set_eos(teacher, tok)
-    log = _Log("fkl", run, progress)
+    log = _Log("fkl", taken, progress)
     use_cache = student.config.use_cache
     student = _sharded(student, ctx)
     state = torch.get_rng_state()
@@ -432,24 +433,24 @@ def build_gkd(student, teacher, prompts, cfg: FKLConfig, tok, *, seed: int, out_
                         callbacks=[log.callback])
     torch.set_rng_state(state)
     _quiet(trainer, use_cache)
-    trainer._pin(ReferenceOrder(len(prompts), cfg.prompts_per_step, run, seed), state, _lr_of_step(cfg, cfg.steps),
+    trainer._pin(ReferenceOrder(len(prompts), cfg.prompts_per_step, taken, seed), state, _lr_of_step(cfg, cfg.steps),
                  ctx)
-    return trainer, log, run
+    return trainer, log, taken
 
 
 def build_distillation(student, teacher, prompts, cfg: OPDConfig, tok, *, seed: int, out_dir: str,
                        steps: int | None = None, prompts_per_step: int | None = None, limit: int | None = None,
-                       progress=None, ctx: st.StageContext | None = None):
+                       progress=None, ctx: stages.StageContext | None = None):
     _, _, PinnedDistillation = _trainer_classes()
     steps = cfg.steps if steps is None else steps
     per_step = cfg.prompts_per_step if prompts_per_step is None else prompts_per_step
-    run = steps if limit is None else min(steps, limit)
+    taken = steps if limit is None else min(steps, limit)
     what = "opd.prompts_per_step" if prompts_per_step is None else "the replay control's prompts per step"
-    args = distillation_args(cfg, steps=run, prompts_per_step=_per_rank(per_step, _world(ctx), what), out_dir=out_dir,
+    args = distillation_args(cfg, steps=taken, prompts_per_step=_per_rank(per_step, _world(ctx), what), out_dir=out_dir,
                              configured=_launched(ctx))
     _set_eos(student, tok)
     _set_eos(teacher, tok)
-    log = _Log("opd", run, progress)
+    log = _Log("opd", taken, progress)
     use_cache = student.config.use_cache
     student = _sharded(student, ctx)
     state = torch.get_rng_state()
@@ -458,27 +459,28 @@ def build_distillation(student, teacher, prompts, cfg: OPDConfig, tok, *, seed: 
                                  callbacks=[log.callback])
     torch.set_rng_state(state)
     _quiet(trainer, use_cache)
-    trainer._pin(ReferenceOrder(len(prompts), per_step, run, seed), state, _lr_of_step(cfg, steps), ctx)
-    return trainer, log, run
+    trainer._pin(ReferenceOrder(len(prompts), per_step, taken, seed), state, _lr_of_step(cfg, steps), ctx)
+    return trainer, log, taken
 
 
-def _train(name: str, built) -> st.StageResult:
-    trainer, log, run = built
+def train_built(name: str, built) -> stages.StageResult:
+    """Train a built (trainer, log, steps taken) of `build_grpo` / `build_gkd` / `build_distillation`."""
+    trainer, log, taken = built
     t0 = time.perf_counter()
     config = trainer.model.config
     use_cache, config.use_cache = config.use_cache, False
     try:
-        if run > 0:
+        if taken > 0:
             trainer.train()
     finally:
         config.use_cache = use_cache
     ctx = trainer._ctx
-    tokens = trainer._tokens if ctx is None else st._all_tokens(trainer._tokens, ctx)  # global, as the reference's
+    tokens = trainer._tokens if ctx is None else stages.all_tokens(trainer._tokens, ctx)  # global, as the reference's
     trainer.accelerator.free_memory()  # drop the accelerator's references to this stage's wrapped model and optimizer
-    return st.StageResult(name, run, tokens, time.perf_counter() - t0, tuple(log.entries))
+    return stages.StageResult(name, taken, tokens, time.perf_counter() - t0, tuple(log.entries))
 
 
-def _tokenizer(ctx: st.StageContext):
+def _tokenizer(ctx: stages.StageContext):
     tok = getattr(ctx.rollout, "tok", None)
     if tok is None:
         raise InputError("trainer = \"trl\" needs the HF rollout's tokenizer (engine.rollout = \"hf\"); TRL's "
@@ -486,14 +488,14 @@ def _tokenizer(ctx: st.StageContext):
     return tok
 
 
-def _sharded(model, ctx: st.StageContext):
+def _sharded(model, ctx: stages.StageContext):
     """Under an FSDP2 launch, the trained model sharded in place by `engines.fsdp2_shard` (the reference
     loop's own sharding) and marked as transformers marks a model it shards at load time
     (`from_pretrained(distributed_config=...)`): the Trainer then neither moves it nor wraps it in DDP,
     builds AdamW on the shards, and generation decodes in lockstep (`synced_gpus`). Else the model as is.
     Gradient accumulation must stay at 1 (FIXED): for micro-batches the Trainer's branch for such models
     reads `config.distributed_config`, which only a model sharded by transformers itself carries."""
-    if ctx is None or not st._sharded(ctx):
+    if ctx is None or not stages.sharded(ctx):
         return model
     from reference.engines import fsdp2_shard
     model = fsdp2_shard(model, ctx.engine)
@@ -515,39 +517,34 @@ def _frozen(teacher):
             p.requires_grad_(f)
 
 
-# The three stage functions with the signatures of reference.stages; `stage_functions` hands either set to
-# `pipeline.train_stage` and the gate, so the dispatch on theory.arms.STAGES stays in one place.
+# The three stage functions with the signatures of reference.stages; `UPDATE_RULES` maps the stage table's
+# update rules to them (stage_runner.update_rules hands it to the stage dispatch and the gate under
+# trainer = "trl"), so the dispatch on theory.arms.STAGES stays in one place.
 
-def trl_grpo(policy, problems, cfg: GRPOConfig, ctx: st.StageContext, *, role: str, seed: int, ref=None,
-             progress=None, name: str = "grpo", limit: int | None = None) -> st.StageResult:
+def trl_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, *, role: str, seed: int, ref=None,
+             progress=None, name: str = "grpo", limit: int | None = None) -> stages.StageResult:
     """`stages.grpo` on GRPOTrainer (`ref` unused: kl_coef > 0 is refused, see `build_grpo`)."""
     with tempfile.TemporaryDirectory(prefix="trl_") as out:
-        return _train(name, build_grpo(policy, problems, cfg, ctx, _tokenizer(ctx), role=role, seed=seed,
+        return train_built(name, build_grpo(policy, problems, cfg, ctx, _tokenizer(ctx), role=role, seed=seed,
                                        out_dir=out, limit=limit, progress=progress))
 
 
-def trl_fkl_warmup(student, teacher, prompts, cfg: FKLConfig, ctx: st.StageContext, *, seed: int, progress=None,
-                   name: str = "fkl_warmup", limit: int | None = None) -> st.StageResult:
+def trl_fkl_warmup(student, teacher, prompts, cfg: FKLConfig, ctx: stages.StageContext, *, seed: int, progress=None,
+                   name: str = "fkl_warmup", limit: int | None = None) -> stages.StageResult:
     """`stages.fkl_warmup` on GKDTrainer (lmbda 0, seq_kd, beta 0)."""
     with tempfile.TemporaryDirectory(prefix="trl_") as out, _frozen(teacher):
-        return _train(name, build_gkd(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed, out_dir=out,
+        return train_built(name, build_gkd(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed, out_dir=out,
                                       limit=limit, progress=progress, ctx=ctx))
 
 
-def trl_opd(student, teacher, prompts, cfg: OPDConfig, ctx: st.StageContext, *, seed: int, steps: int | None = None,
+def trl_opd(student, teacher, prompts, cfg: OPDConfig, ctx: stages.StageContext, *, seed: int, steps: int | None = None,
             prompts_per_step: int | None = None, progress=None, name: str = "opd",
-            limit: int | None = None) -> st.StageResult:
+            limit: int | None = None) -> stages.StageResult:
     """`stages.opd` on DistillationTrainer (beta 1)."""
     with tempfile.TemporaryDirectory(prefix="trl_") as out, _frozen(teacher):
-        return _train(name, build_distillation(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed,
+        return train_built(name, build_distillation(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed,
                                                out_dir=out, steps=steps, prompts_per_step=prompts_per_step,
                                                limit=limit, progress=progress, ctx=ctx))
 
 
-def stage_functions(trainer: str):
-    """What runs the stages under `engine.trainer`: an object with `grpo`, `fkl_warmup` and `opd` of
-    reference.stages' signatures (reference.stages itself, or TRL's trainers)."""
-    if trainer == "trl":
-        from types import SimpleNamespace
-        return SimpleNamespace(grpo=trl_grpo, fkl_warmup=trl_fkl_warmup, opd=trl_opd)
-    return st
+UPDATE_RULES = {"grpo": trl_grpo, "fkl": trl_fkl_warmup, "opd": trl_opd}

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from torch.optim.optimizer import register_optimizer_step_pre_hook  # noqa: E402
 
 from reference import models as hf  # noqa: E402
-from reference import stages as st  # noqa: E402
+from reference import stages  # noqa: E402
 from reference.config import GRPOConfig, OPDConfig  # noqa: E402
 from reference.engines import make_engine  # noqa: E402
 from reference.rewards import is_compliant  # noqa: E402
@@ -52,9 +52,9 @@ def ddp_check(student_dir: str, teacher_dir: str, out: str, *, n_prompts: int = 
     hf.check_same_tokenizer(hf.load_tokenizer(teacher_dir), tok)
     vocab = hf.logit_vocab_size(tok, student.config)
     prompts = tuple(Problem(pid=str(i), prompt=f"{i}+{i * 3}=", gold=str(4 * i), terms=2) for i in range(n_prompts))
-    ctx = st.StageContext(rollout=FixedRollout(tok, vocab, tok.eos_token_id, varied_lengths=True), vocab_size=vocab,
-                          eos_id=tok.eos_token_id, score_batch=parity_reward, is_compliant=is_compliant,
-                          engine=engine, micro_batch=micro_batch)
+    ctx = stages.StageContext(rollout=FixedRollout(tok, vocab, tok.eos_token_id, varied_lengths=True), vocab_size=vocab,
+                              eos_id=tok.eos_token_id, score_batch=parity_reward, is_compliant=is_compliant,
+                              engine=engine, micro_batch=micro_batch)
     grads: list[dict] = []
     before: list[dict] = []  # the weights each step starts from
 
@@ -65,11 +65,12 @@ def ddp_check(student_dir: str, teacher_dir: str, out: str, *, n_prompts: int = 
 
     handle = register_optimizer_step_pre_hook(keep_grads)
     try:
-        opd = st.opd(student, teacher, prompts, OPDConfig(lr=lr, steps=1, prompts_per_step=n_prompts,
-                                                          max_new_tokens=max_new_tokens, grad_clip=1e9), ctx, seed=seed)
-        grpo = st.grpo(student, prompts, GRPOConfig(lr=lr, group_size=2, prompts_per_step=n_prompts, epochs=1.0,
-                                                    max_new_tokens=max_new_tokens, grad_clip=1e9),
-                       ctx, role="student", seed=seed)
+        opd = stages.opd(student, teacher, prompts, OPDConfig(lr=lr, steps=1, prompts_per_step=n_prompts,
+                                                              max_new_tokens=max_new_tokens, grad_clip=1e9),
+                         ctx, seed=seed)
+        grpo = stages.grpo(student, prompts, GRPOConfig(lr=lr, group_size=2, prompts_per_step=n_prompts, epochs=1.0,
+                                                        max_new_tokens=max_new_tokens, grad_clip=1e9),
+                           ctx, role="student", seed=seed)
     finally:
         handle.remove()
     result = {"world_size": engine.world_size, "kl_to_teacher": opd.log[0]["kl_to_teacher"],

@@ -219,14 +219,14 @@ def rewards_check() -> str:
 
 
 def make_ctx(tok, vocab_usable: int, rollout):
-    from reference import stages as st
+    from reference import stages
     from reference.rewards import is_compliant
 
     def alternating_rewards(completions, golds):  # see module docstring: timing, not learning
         return [float(i % 2) for i in range(len(completions))]
 
-    return st.StageContext(rollout=rollout, vocab_size=vocab_usable, eos_id=tok.eos_token_id,
-                           score_batch=alternating_rewards, is_compliant=is_compliant)
+    return stages.StageContext(rollout=rollout, vocab_size=vocab_usable, eos_id=tok.eos_token_id,
+                               score_batch=alternating_rewards, is_compliant=is_compliant)
 
 
 def problems(rng, n: int, n_tok: int, prompt_len: int):
@@ -237,15 +237,15 @@ def problems(rng, n: int, n_tok: int, prompt_len: int):
 
 def stage_grpo(policy, ctx, probs, *, group: int, new: int, steps: int, lr: float, device: str, role: str):
     """Tokens/s of `steps` GRPO updates after one warm-up update (each update: group x (prompt+new))."""
-    from reference import stages as st
+    from reference import stages
     from reference.config import GRPOConfig
 
     cfg = GRPOConfig(lr=lr, group_size=group, prompts_per_step=1, epochs=1.0, max_new_tokens=new, temperature=1.0)
-    st.grpo(policy, probs[:1], cfg, ctx, role=role, seed=0)  # warm-up (kernels, allocator)
+    stages.grpo(policy, probs[:1], cfg, ctx, role=role, seed=0)  # warm-up (kernels, allocator)
     reset_peak(device)
     sync(device)
     t0 = time.perf_counter()
-    res = st.grpo(policy, probs[:steps], cfg, ctx, role=role, seed=1)
+    res = stages.grpo(policy, probs[:steps], cfg, ctx, role=role, seed=1)
     sync(device)
     dt = time.perf_counter() - t0
     tokens = sum(1 for e in res.log if "loss" in e) * group * (ctx_prompt_len(probs, ctx) + new)
@@ -473,7 +473,7 @@ def measure_ref_scoring(c: Check) -> None:
 
 def measure_opd_lowers_kl(c: Check) -> None:
     """On-policy samples for training, held-out prompts for the check."""
-    from reference import stages as st
+    from reference import stages
     from reference.config import OPDConfig
     from reference.rollout import FixedRollout, HFRollout
 
@@ -485,9 +485,9 @@ def measure_opd_lowers_kl(c: Check) -> None:
     held = problems(c.rng, opd_kl["prompts"], n_tok, c.train["P"] // 4)
     hb = fixed.generate(student, [p.prompt for p in held], n=1, temperature=1.0, max_new_tokens=opd_kl["new"])
     r["opd_kl_before"] = held_out_kl(student, teacher, hb, r["usable_vocab"])
-    res = st.opd(student, teacher, problems(c.rng, opd_kl["prompts"] * 4, n_tok, c.train["P"] // 4),
-                 OPDConfig(lr=opd_kl["lr"], steps=opd_kl["steps"], prompts_per_step=opd_kl["prompts"],
-                           max_new_tokens=opd_kl["new"], temperature=1.0), ctx_hf, seed=0)
+    res = stages.opd(student, teacher, problems(c.rng, opd_kl["prompts"] * 4, n_tok, c.train["P"] // 4),
+                     OPDConfig(lr=opd_kl["lr"], steps=opd_kl["steps"], prompts_per_step=opd_kl["prompts"],
+                               max_new_tokens=opd_kl["new"], temperature=1.0), ctx_hf, seed=0)
     r["opd_kl_after"] = held_out_kl(student, teacher, hb, r["usable_vocab"])
     r["opd_train_kl_log"] = [round(e["kl_to_teacher"], 4) for e in res.log]
     c.log(f"OPD held-out KL {r['opd_kl_before']:.4f} -> {r['opd_kl_after']:.4f} over {opd_kl['steps']} steps")
@@ -531,7 +531,7 @@ def measure_student_grpo(c: Check) -> None:
 
 def run(args) -> dict:
     """Every measurement in order (the teacher's only when it could be built; rollouts last)."""
-    from reference import stages as st
+    from reference import stages
     from reference.config import FKLConfig, OPDConfig
 
     c = setup(args)
@@ -554,8 +554,8 @@ def run(args) -> dict:
         c.r["bridge_gradient_checkpointing"] = ckpt
         if ckpt:  # as the paper config runs the bridge stages (teacher + student share the GPU)
             c.m["student"].gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        section(c, "fkl", measure_bridge("fkl", st.fkl_warmup, FKLConfig))
-        section(c, "opd", measure_bridge("opd", st.opd, OPDConfig))
+        section(c, "fkl", measure_bridge("fkl", stages.fkl_warmup, FKLConfig))
+        section(c, "opd", measure_bridge("opd", stages.opd, OPDConfig))
         if ckpt:
             c.m["student"].gradient_checkpointing_disable()
     section(c, "student_grpo", measure_student_grpo)

@@ -14,7 +14,7 @@ appended as soon as it is measured (a timeout keeps what finished). Shapes, mode
 rollouts and the bare anchors are scripts/gpu_check.py's, measured in this same run; every row's source
 gives its ratio to its anchor.
 
-Backends: "reference" (reference.stages) and "trl" (reference.trl_backend.stage_functions("trl")). TRL's
+Backends: "reference" (reference.stages) and "trl" (reference.trl_backend.UPDATE_RULES). TRL's
 trainers generate inside the step (HF generate; no fixed rollouts), so a TRL step row's rate is the
 step-phase tokens over the whole stage time (generation included): a lower bound on its step rate.
 A part that would start past --budget-s is skipped with a printed reason (TRL runs last for that reason).
@@ -103,7 +103,7 @@ def anchors_bridge(r) -> float:
 
 
 def run(args) -> Costs:
-    from reference import stages as st
+    from reference import stages
     from reference.config import EvalConfig, FKLConfig, GRPOConfig, OPDConfig
     from reference.rollout import FixedRollout, HFRollout
 
@@ -201,12 +201,12 @@ def run(args) -> Costs:
                                      anc, "8B scoring + 1.7B fine-tune, 2 passes")
                     k.goal(ratio >= 1 / 1.1, f"{name} within 1.1x of teacher forward + student step ({ratio:.2f}x)")
             return go
-        k.part("fkl", bridge("fkl", "fkl_warmup", st.fkl_warmup, FKLConfig))
-        k.part("opd", bridge("opd", "opd", st.opd, OPDConfig))
+        k.part("fkl", bridge("fkl", "fkl_warmup", stages.fkl_warmup, FKLConfig))
+        k.part("opd", bridge("opd", "opd", stages.opd, OPDConfig))
         if "opd_peak_gib" in r and c.cuda:
             k.goal(r["opd_peak_gib"] <= COMMITTED_OPD_PEAK_GIB,
                    f"OPD {train['B']}x{seq} peak {r['opd_peak_gib']:.1f} <= {COMMITTED_OPD_PEAK_GIB} GiB")
-        k.part("opd16", bridge("opd16", "opd", st.opd, OPDConfig, B=2 * train["B"], row=False))
+        k.part("opd16", bridge("opd16", "opd", stages.opd, OPDConfig, B=2 * train["B"], row=False))
         if "opd16_peak_gib" in r and c.cuda:
             k.goal(r["opd16_peak_gib"] <= 80, f"OPD {2 * train['B']}x{seq} peak {r['opd16_peak_gib']:.1f} <= 80 GiB")
         if c.paper.engine.gradient_checkpointing:
@@ -229,8 +229,7 @@ def run(args) -> Costs:
     # 4. TRL: every stage, generation inside the trainer -------------------------------------------
     if "trl" in backends:
         try:
-            from reference.trl_backend import stage_functions
-            trl = stage_functions("trl")
+            from reference.trl_backend import UPDATE_RULES as trl
         except Exception as e:  # noqa: BLE001
             print(f"SKIP trl: cannot import the TRL backend ({type(e).__name__}: {e})", flush=True)
             trl = None
@@ -276,7 +275,7 @@ def run(args) -> Costs:
                     c.m["teacher"].requires_grad_(True)
                     c.m["teacher"].train()
                     try:
-                        trl.grpo(c.m["teacher"], tp, gcfg(ft8["B"], new_trl), ctx_hf(), role="teacher", seed=0)
+                        trl["grpo"](c.m["teacher"], tp, gcfg(ft8["B"], new_trl), ctx_hf(), role="teacher", seed=0)
                     finally:
                         freeze(c.m["teacher"])
                 k.part("trl_teacher_grpo", trl_stage(
@@ -284,8 +283,8 @@ def run(args) -> Costs:
                     2 * ft8["B"] * (train["P"] + new_trl), r.get("anchor_ft_8b_tok_s", float("nan")),
                     "8B full fine-tune", f"GRPO 2 steps x {ft8['B']}x{train['P'] + new_trl}", c.t_cfg.layers))
                 bp = gc.problems(c.rng, 2 * G, c.n_tok, train["P"])
-                for name, stage, fn, cls in (("trl_fkl", "fkl_warmup", trl.fkl_warmup, FKLConfig),
-                                             ("trl_opd", "opd", trl.opd, OPDConfig)):
+                for name, stage, fn, cls in (("trl_fkl", "fkl_warmup", trl["fkl"], FKLConfig),
+                                             ("trl_opd", "opd", trl["opd"], OPDConfig)):
                     cfg = cls(lr=1e-6, steps=2, prompts_per_step=G, max_new_tokens=new_trl)
                     k.part(name, trl_stage(
                         name, stage, f"{k.S} + {k.T}",
@@ -299,7 +298,7 @@ def run(args) -> Costs:
             sp = gc.problems(c.rng, 2, c.n_tok, train["P"])
             k.part("trl_student_grpo", trl_stage(
                 "trl_student_grpo", "student_grpo", k.S,
-                lambda: trl.grpo(c.m["student"], sp, gcfg(G, new_trl), ctx_hf(), role="student", seed=0),
+                lambda: trl["grpo"](c.m["student"], sp, gcfg(G, new_trl), ctx_hf(), role="student", seed=0),
                 2 * G * (train["P"] + new_trl), r["anchor_ft_1p7b_tok_s"], "1.7B full fine-tune",
                 f"GRPO 2 steps x {G}x{train['P'] + new_trl}"))
     gc.save(c)

@@ -23,7 +23,7 @@ import torch
 from reference import checkpoint as ckpt
 from reference.config import load_config
 from reference.evaluate import evaluate
-from reference.pipeline import asset_spec, build_models, build_world
+from reference.assemble import asset_spec, build_models, build_world
 from reference.tokenizer import toy_tokenizer
 from theory.errors import InputError
 

@@ -16,10 +16,10 @@ import tempfile
 
 import torch
 
-from reference import stages as st
+from reference import stages
 from reference import trl_backend as tb
 from reference.config import load_config
-from reference.pipeline import build_models, build_world
+from reference.assemble import build_models, build_world
 from reference.seeds import seeded
 
 
@@ -34,25 +34,25 @@ def weights_rel(m1, m2) -> float:
     return worst
 
 
-def run_stage(kind: str, cfg, m, world, steps: int, seed: int = 7) -> dict:
+def compare_stage(kind: str, cfg, m, world, steps: int, seed: int = 7) -> dict:
     start = m.teacher if kind == "teacher_grpo" else m.student
     ref_model = copy.deepcopy(start)
     trl_model = copy.deepcopy(start)
     labeled = world.labeled[:cfg.world.labels]
-    trl = tb.stage_functions("trl")
+    trl = tb.UPDATE_RULES
     with seeded("cpu", 1234):
         if kind == "teacher_grpo":
-            r = st.grpo(ref_model, labeled, cfg.grpo, m.ctx, role="teacher", seed=seed, limit=steps)
+            r = stages.grpo(ref_model, labeled, cfg.grpo, m.ctx, role="teacher", seed=seed, limit=steps)
         elif kind == "grpo":
-            r = st.grpo(ref_model, labeled, cfg.grpo, m.ctx, role="student", seed=seed, limit=steps)
+            r = stages.grpo(ref_model, labeled, cfg.grpo, m.ctx, role="student", seed=seed, limit=steps)
         elif kind == "fkl":
-            r = st.fkl_warmup(ref_model, m.teacher, world.unlabeled, cfg.fkl, m.ctx, seed=seed, limit=steps)
+            r = stages.fkl_warmup(ref_model, m.teacher, world.unlabeled, cfg.fkl, m.ctx, seed=seed, limit=steps)
         else:
-            r = st.opd(ref_model, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=seed, limit=steps)
+            r = stages.opd(ref_model, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=seed, limit=steps)
     with seeded("cpu", 1234), tempfile.TemporaryDirectory() as out:
         if kind == "teacher_grpo":
             b = None
-            t = trl.grpo(trl_model, labeled, cfg.grpo, m.ctx, role="teacher", seed=seed, limit=steps)
+            t = trl["grpo"](trl_model, labeled, cfg.grpo, m.ctx, role="teacher", seed=seed, limit=steps)
         elif kind == "grpo":
             b = tb.build_grpo(trl_model, labeled, cfg.grpo, m.ctx, m.tokenizer, role="student", seed=seed,
                               out_dir=out, limit=steps)
@@ -63,7 +63,7 @@ def run_stage(kind: str, cfg, m, world, steps: int, seed: int = 7) -> dict:
             b = tb.build_distillation(trl_model, m.teacher, world.unlabeled, cfg.opd, m.tokenizer, seed=seed,
                                       out_dir=out, limit=steps)
         if b is not None:
-            t = tb._train(kind, b)
+            t = tb.train_built(kind, b)
     key = {"teacher_grpo": "loss", "grpo": "loss", "fkl": "forward_kl", "opd": "loss"}[kind]
     ref_log = [e for e in r.log if key in e]
     worst = 0.0
@@ -94,7 +94,7 @@ def main() -> None:
     cfg = load_config(a.config)
     m = build_models(cfg, need_teacher=True)
     world = build_world(cfg, m.tokenizer)
-    rows = [run_stage(k, cfg, m, world, a.steps) for k in a.stages.split(",")]
+    rows = [compare_stage(k, cfg, m, world, a.steps) for k in a.stages.split(",")]
     print()
     for r in rows:
         print(f"{r['stage']:>5}: loss rel {r['loss_rel']:.2e}  weights rel {r['weights_rel']:.2e}  "

@@ -22,7 +22,7 @@ post-step hook; under FSDP2 each gradient is gathered whole):
    S = Σ_t lr_t·B_t, B_t = max |m̂_t|/√v̂_t = sqrt(Σ_i a_i²/c_i) (Cauchy-Schwarz over the gradient
    history), with a_i = (1-β1)β1^(t-i)/(1-β1^t) and c_i = (1-β2)β2^(t-i)/(1-β2^t) the weights of g_i in
    m̂_t and v̂_t (B_1 = 1; B_2 = 1.0011 at β = (0.9, 0.99)). Two runs' moves differ by at most 2·S.
-   Weight decay is 0 in every stage (stages._optimizer, trl_backend.FIXED); the check refuses otherwise.
+   Weight decay is 0 in every stage (stages.optimizer, trl_backend.FIXED); the check refuses otherwise.
    A "move" is measured from each run's own start (a stage resumed from an earlier stage's checkpoint
    starts from that run's checkpoint).
 3. **Entries above the gradient noise agree tightly**: an entry is "signal" when, at every step, its

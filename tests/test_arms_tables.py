@@ -101,6 +101,7 @@ def test_problem_table_rules():
 ROOT = Path(__file__).resolve().parents[1]
 # the layers that once kept their own per-stage if-chains or dicts
 CONSUMERS = ("theory/dynamics.py", "theory/discrepancy.py", "budget_planner/nextstep.py", "reference/pipeline.py",
+             "reference/stage_runner.py", "reference/assemble.py",
              "reference/api.py", "reference/dryrun.py", "reference/curves.py", "tuning/synthetic.py")
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from test_reference_pipeline import tiny_config, write_config
+from conftest import tiny_config, write_config
 from theory.errors import InputError
 
 

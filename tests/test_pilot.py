@@ -197,8 +197,8 @@ def test_self_distill_adds_two_models_that_validate(sd_pilot, main_pilot):
 def test_self_distill_teacher_is_an_exact_copy(sd_pilot):
     import torch
 
+    from reference.assemble import build_models, build_world
     from reference.config import load_config
-    from reference.pipeline import build_models, build_world
 
     cfg = load_config(SHORT)
     models = build_models(cfg, need_teacher=False)
@@ -224,7 +224,7 @@ def test_self_distill_rerun_resumes_without_recomputing(sd_pilot, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("recomputed a finished part")
     monkeypatch.setattr("reference.evaluate.evaluate", boom)
-    monkeypatch.setattr("reference.pipeline.train_stage", boom)
+    monkeypatch.setattr("reference.stage_runner.train_stage", boom)
     monkeypatch.setattr(pl, "mean_token_kl", boom)
     again = pl.run_pilot(SHORT, pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), out,
                          progress=None)
@@ -237,7 +237,7 @@ def test_self_distill_rerun_resumes_without_recomputing(sd_pilot, monkeypatch):
 def test_self_distill_partial_rerun_loads_the_warmup_weights(sd_pilot, monkeypatch, tmp_path):
     import shutil
 
-    import reference.pipeline as pipeline
+    import reference.stage_runner as runner
 
     _, out = sd_pilot
     work = tmp_path / "work"
@@ -247,12 +247,12 @@ def test_self_distill_partial_rerun_loads_the_warmup_weights(sd_pilot, monkeypat
     opd_samples.unlink()
     shutil.rmtree(next(work.glob("self_distill_fkl_warmup_opd_*")))  # the trained-after-OPD weights
     ran = []
-    real = pipeline.train_stage
+    real = runner.train_stage
 
     def counting(stage, *a, **k):
         ran.append(stage.value)
         return real(stage, *a, **k)
-    monkeypatch.setattr(pipeline, "train_stage", counting)
+    monkeypatch.setattr(runner, "train_stage", counting)
     again = pl.run_pilot(SHORT, pl.PilotConfig(k=K, problems=N_PROBLEMS, self_distill=True), tmp_path / "o",
                          workdir=work, progress=None)
     assert ran == ["opd"]  # FKL came from its cached weights
@@ -262,21 +262,23 @@ def test_self_distill_partial_rerun_loads_the_warmup_weights(sd_pilot, monkeypat
 
 @pytest.mark.slow
 def test_pilot_and_pipeline_share_one_cached_stage_runner(sd_pilot, monkeypatch, tmp_path):
-    """Checkpoint, resume and seeding of a stage live in pipeline.run_stage alone: the pilot's
+    """Checkpoint, resume and seeding of a stage live in stage_runner.run_stage alone: the pilot's
     self-distillation and the pipeline both go through it (issue 15)."""
     import shutil
 
     import reference.pipeline as pipeline
-    from test_reference_pipeline import tiny_config  # tests/ is on sys.path
+    import reference.stage_runner as runner
+    from conftest import tiny_config  # tests/ is on sys.path
 
     calls = []
-    real = pipeline.run_stage
+    real = runner.run_stage
 
     def spy(stage, *a, **k):
         done = real(stage, *a, **k)
         calls.append((stage.value, done.cached))
         return done
-    monkeypatch.setattr(pipeline, "run_stage", spy)
+    monkeypatch.setattr(runner, "run_stage", spy)  # where the pilot looks it up
+    monkeypatch.setattr(pipeline, "run_stage", spy)  # where the pipeline does
     _, out = sd_pilot
     work = tmp_path / "work"
     shutil.copytree(out / ".work", work)

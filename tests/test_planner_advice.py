@@ -10,7 +10,7 @@ import pytest
 
 from budget_planner.planner import SCHEMA_VERSION, plan, predict_gap, split_sensitivity
 from theory.arms import ARMS, MAX_LABELS, candidate_arms
-from theory.fitting import _CACHE, fit_scenario
+from theory.fitting import fit_scenario, remember_fit
 from budget_planner.presets import load_scenario, preset_names
 
 BUDGETS = (0, 10, 100, 1000, 14000, 100000)
@@ -44,12 +44,12 @@ def test_low_effective_sample_warns_and_caps_p_best():
     assert healthy.recommendation.p_best > 0.95 and healthy.recommendation.separable
     fit = fit_scenario(scn)
     try:
-        _CACHE[scn.key()] = replace(fit, ess=20.0)
+        remember_fit(replace(fit, ess=20.0))
         p = plan(scn, labels=100)
         assert max(a.p_best for a in p.arms if a.p_best is not None) <= 0.95
         assert any("effective 20 draws" in w for w in p.warnings)
     finally:
-        _CACHE.pop(scn.key(), None)
+        remember_fit(fit)
 
 
 def test_budget_beyond_dataset_and_far_extrapolation_warn():

@@ -150,20 +150,20 @@ def test_theory_and_planner_never_import_torch():
 
 def test_fit_cache_round_trip_gives_the_same_plan(tmp_path, monkeypatch):
     from budget_planner import fitcache
-    from theory.fitting import _CACHE
+    from theory import fitting
     from budget_planner.presets import load_scenario
     monkeypatch.setenv("SPARSE2DENSE_CACHE", str(tmp_path))
     first = run("plan", "--scenario", "weak-teacher", "--labels", "3000")
     assert first.returncode == 0 and len(list(tmp_path.glob("fit-*.npz"))) == 1
     scn = load_scenario("weak-teacher")
-    _CACHE.pop(scn.key(), None)
+    monkeypatch.setattr(fitting, "_CACHE", {})  # this process has not calibrated it
     assert fitcache.warm(scn)  # read back from disk, not recalibrated
     again = run("plan", "--scenario", "weak-teacher", "--labels", "3000")
     assert again.stdout == first.stdout
     # a damaged cache file is ignored: the plan recalibrates
     for f in tmp_path.glob("fit-*.npz"):
         f.write_bytes(b"not a cache")
-    _CACHE.pop(scn.key(), None)
+    monkeypatch.setattr(fitting, "_CACHE", {})  # this process has not calibrated it
     assert not fitcache.warm(scn)
     assert run("plan", "--scenario", "weak-teacher", "--labels", "3000").stdout == first.stdout
     monkeypatch.setenv("SPARSE2DENSE_CACHE", "off")

@@ -19,29 +19,10 @@ from theory.arms import ARMS, Stage
 from theory.errors import InputError
 from theory.tables import validate_runs
 
+from conftest import tiny_config, write_config  # tests/ is on sys.path
+
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
-
-# every stage a couple of steps: each arm runs in about a second on one core
-TINY = {"world.labels": 16, "world.val": 24, "world.test": 24, "world.unlabeled": 64,
-        "grpo.prompts_per_step": 4, "grpo.group_size": 4, "grpo.epochs": 0.5, "grpo.max_new_tokens": 32,
-        "fkl.steps": 2, "fkl.prompts_per_step": 4, "fkl.max_new_tokens": 32,
-        "opd.steps": 2, "opd.prompts_per_step": 4, "opd.max_new_tokens": 32,
-        "eval.k": 2, "eval.curve_problems": 8, "eval.max_new_tokens": 32, "eval.batch": 64}
-
-
-def tiny_config(**extra):
-    return load_config("toy_short").override({**TINY, **extra})
-
-
-def write_config(cfg, path: Path) -> Path:
-    """`cfg` as a TOML file (JSON scalars are valid TOML values), for tests that go through the CLI."""
-    lines = []
-    for section, values in cfg.to_dict().items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 # ---------- config ----------
@@ -173,7 +154,7 @@ def test_assets_load_with_hash_check_and_corruption_is_one_line(tmp_path):
     import shutil
 
     from reference import checkpoint as ckpt
-    from reference.pipeline import build_models
+    from reference.assemble import build_models
     cfg = load_config("toy")
     m = build_models(cfg, need_teacher=True)
     assert sum(p.numel() for p in m.teacher.parameters()) > 2 * sum(p.numel() for p in m.student.parameters())
@@ -239,31 +220,24 @@ def test_stage_logs_carry_the_promised_metrics(arm_results):
     assert rep["result"]["steps"] == by_stage["student_grpo"]["result"]["steps"]
 
 
-def test_run_pipeline_reads_as_the_paper():
-    """The arm's stages as one short loop over the stage table (issue 15: at most 40 lines)."""
-    import inspect
-
-    from reference.pipeline import run_pipeline
-    assert len(inspect.getsource(run_pipeline).splitlines()) <= 40
-
-
 def test_each_stage_trains_the_model_the_table_names(monkeypatch):
-    """The pipeline's dispatch hands each stage the model theory.arms.STAGES says it trains (and the
+    """The stage dispatch hands each stage the model theory.arms.STAGES says it trains (and the
     teacher to the bridge stages); the curves draw the stages in the table's order."""
     from types import SimpleNamespace
 
-    from reference import curves, pipeline
-    from reference import stages as st
-    from theory.arms import STAGES
+    from reference import curves, stages
+    from reference.assemble import Models
+    from reference.stage_runner import TrainingSetup, train_stage
+    from theory.arms import STAGES, LabelAccount
 
     seen = []
-    monkeypatch.setattr(st, "grpo", lambda policy, problems, cfg, ctx, **k: seen.append((policy, None)))
-    monkeypatch.setattr(st, "fkl_warmup", lambda student, teacher, *a, **k: seen.append((student, teacher)))
-    monkeypatch.setattr(st, "opd", lambda student, teacher, *a, **k: seen.append((student, teacher)))
-    models = SimpleNamespace(teacher="teacher", student="student", ctx=None)
-    labeled = {"teacher": (), "student": ()}
+    monkeypatch.setattr(stages, "grpo", lambda policy, problems, cfg, ctx, **k: seen.append((policy, None)))
+    monkeypatch.setattr(stages, "fkl_warmup", lambda student, teacher, *a, **k: seen.append((student, teacher)))
+    monkeypatch.setattr(stages, "opd", lambda student, teacher, *a, **k: seen.append((student, teacher)))
+    models = Models(teacher="teacher", student="student", ctx=None, tokenizer=None)
+    setup = TrainingSetup(tiny_config(), models, SimpleNamespace(labeled=(), unlabeled=()), LabelAccount(0, 0, 0))
     for stage, spec in STAGES.items():
-        pipeline.train_stage(stage, tiny_config(), models, SimpleNamespace(unlabeled=()), labeled, 0)
+        train_stage(stage, setup, 0)
         assert seen.pop() == (spec.trains, spec.scorer), stage
     assert curves.STAGE_ORDER == [s.value for s in STAGES]
 
@@ -274,13 +248,13 @@ def test_opd_lowers_the_kl_to_the_teacher():
     own samples). Deterministic on CPU (seeded), so the margin cannot flake."""
     import torch
 
-    from reference import stages as st
-    from reference.pipeline import build_models, build_world
+    from reference import stages
+    from reference.assemble import build_models, build_world
     cfg = tiny_config(**{"student.asset": "", "opd.lr": 3e-3, "opd.prompts_per_step": 16})
     m = build_models(cfg, need_teacher=True)
     world = build_world(cfg)
     torch.manual_seed(0)
-    res = st.opd(m.student, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=0, steps=25)
+    res = stages.opd(m.student, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=0, steps=25)
     kl = [e["kl_to_teacher"] for e in res.log]
     assert sum(kl[-5:]) / 5 < 0.92 * sum(kl[:5]) / 5
 
@@ -294,9 +268,9 @@ def test_changed_config_refuses_and_names_the_field(arm_results, tmp_path):
 
 
 def test_corrupt_stage_checkpoint_is_one_clear_line(tmp_path):
-    from reference.pipeline import _Stopped, run_pipeline
+    from reference.pipeline import Stopped, run_pipeline
     cfg = tiny_config()
-    with pytest.raises(_Stopped):
+    with pytest.raises(Stopped):
         run_pipeline(cfg, "rl_teacher_bridge", 3, workdir=tmp_path, progress=False, stop_after=0)
     (w,) = list((tmp_path / "stages").glob("*/model.safetensors"))
     w.write_bytes(b"garbage")

@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from reference import gate, losses
-from reference import stages as st
+from reference import stages
 from reference.config import load_config
 from reference.rollout import completion_logits
 from theory.errors import InputError
 
-from test_reference_pipeline import TINY, write_config  # noqa: E402  (tests/ is on sys.path)
+from conftest import TINY, write_config  # noqa: E402  (tests/ is on sys.path)
 
 
 def _models(cfg):
-    from reference.pipeline import build_models, build_world
+    from reference.assemble import build_models, build_world
     torch.set_num_threads(1)
     m = build_models(cfg, need_teacher=True)
     return m, build_world(cfg, m.tokenizer)
@@ -48,7 +48,7 @@ def test_training_logprobs_at_temperature_equal_the_samplers():
                       enc["input_ids"].shape[1], comp, mask, (), 1)
     sampler_lp_BT = torch.gather(sampler_lp_BTV, -1, comp.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
-        trained = losses.token_logp_BT(st.train_logits(model, ro, m.ctx, T), comp)
+        trained = losses.token_logp_BT(stages.train_logits(model, ro, m.ctx, T), comp)
         untempered = losses.token_logp_BT(completion_logits(model, ro, m.ctx.vocab_size), comp)
     on = mask.bool()
     assert on.sum() > 10
@@ -60,13 +60,13 @@ def test_training_logprobs_at_temperature_equal_the_samplers():
 # ---------- learning-rate schedule ----------
 
 def test_lr_factor_warms_up_linearly_then_decays_without_reaching_zero():
-    f = [st.lr_factor(i, 20, 0.1, "cosine") for i in range(20)]
+    f = [stages.lr_factor(i, 20, 0.1, "cosine") for i in range(20)]
     assert f[:2] == [0.5, 1.0]  # warmup over ceil(0.1 * 20) = 2 steps
     assert all(a >= b for a, b in zip(f[1:], f[2:]))
     assert 0 < f[-1] < 0.05
-    lin = [st.lr_factor(i, 10, 0.0, "linear") for i in range(10)]
+    lin = [stages.lr_factor(i, 10, 0.0, "linear") for i in range(10)]
     assert lin[0] == pytest.approx(10 / 11) and lin[-1] == pytest.approx(1 / 11)  # (1 - (t+1)/(n+1))
-    assert [st.lr_factor(i, 7, 0.0, "constant") for i in range(7)] == [1.0] * 7
+    assert [stages.lr_factor(i, 7, 0.0, "constant") for i in range(7)] == [1.0] * 7
 
 
 def test_schedule_fields_validate_and_leave_legacy_hashes_alone():
@@ -83,9 +83,9 @@ def test_the_loop_applies_the_schedule_and_clips(monkeypatch):
     cfg = load_config("toy_short").override({**TINY, "fkl.steps": 4, "fkl.warmup": 0.5, "fkl.schedule": "linear",
                                               "fkl.grad_clip": 1e-3})
     m, world = _models(cfg)
-    res = st.fkl_warmup(m.student, m.teacher, world.unlabeled, cfg.fkl, m.ctx, seed=0)
+    res = stages.fkl_warmup(m.student, m.teacher, world.unlabeled, cfg.fkl, m.ctx, seed=0)
     lrs = [e["lr"] for e in res.log]
-    assert lrs == pytest.approx([cfg.fkl.lr * st.lr_factor(i, 4, 0.5, "linear") for i in range(4)])
+    assert lrs == pytest.approx([cfg.fkl.lr * stages.lr_factor(i, 4, 0.5, "linear") for i in range(4)])
     assert lrs[0] < lrs[1]
 
 
@@ -111,16 +111,16 @@ def test_each_stage_calls_its_pure_loss(stage, monkeypatch):
         key = cfg.grpo.loss
         monkeypatch.setitem(losses.GRPO_LOSSES, key, spy(losses.GRPO_LOSSES[key]))
         torch.manual_seed(0)
-        st.grpo(m.student, world.labeled[:16], cfg.grpo, m.ctx, role="student", seed=0)
+        stages.grpo(m.student, world.labeled[:16], cfg.grpo, m.ctx, role="student", seed=0)
         want = {"token_mean": "grpo_token_mean_loss", "seq_mean": "grpo_seq_mean_loss"}[key]
     elif stage == "fkl":
         monkeypatch.setattr(losses, "fkl_loss", spy(losses.fkl_loss))
-        st.fkl_warmup(m.student, m.teacher, world.unlabeled, cfg.fkl, m.ctx, seed=0)
+        stages.fkl_warmup(m.student, m.teacher, world.unlabeled, cfg.fkl, m.ctx, seed=0)
         want = "fkl_loss"
     else:
         key = cfg.opd.estimator
         monkeypatch.setitem(losses.OPD_LOSSES, key, spy(losses.OPD_LOSSES[key]))
-        st.opd(m.student, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=0)
+        stages.opd(m.student, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=0)
         want = {"full": "opd_full_loss", "sampled": "opd_sampled_loss"}[key]
     assert calls and set(calls) == {want}
 
@@ -138,9 +138,6 @@ def test_sibling_losses_with_a_passed_normaliser_sum_to_the_batch_loss():
         parts = fn(logp[:2], logp[:2] - 0.1, adv[:2], mask[:2], norm=count) + \
             fn(logp[2:], logp[2:] - 0.1, adv[2:], mask[2:], norm=count)
         assert torch.allclose(whole, parts)
-    # the convenience wrapper equals the sibling it names
-    assert torch.equal(losses.grpo_loss(logp, logp, adv, mask, loss="seq_mean"),
-                       losses.grpo_seq_mean_loss(logp, logp, adv, mask))
 
 
 # ---------- the gate's arithmetic (pure) ----------

@@ -11,10 +11,11 @@ import accelerate.utils  # noqa: E402
 
 from reference import tracking  # noqa: E402
 from reference.config import diff_fields, load_config  # noqa: E402
-from reference.pipeline import _Stopped, run_pipeline, stage_key  # noqa: E402
+from reference.pipeline import Stopped, run_pipeline  # noqa: E402
+from reference.stage_runner import stage_key  # noqa: E402
 from theory.errors import InputError  # noqa: E402
 
-from test_reference_pipeline import tiny_config as tiny  # noqa: E402  (tests/ is on sys.path)
+from conftest import tiny_config as tiny  # noqa: E402  (tests/ is on sys.path)
 
 
 class FakeTracker:
@@ -98,7 +99,7 @@ def test_every_stage_step_is_logged_under_its_name_and_numbers_do_not_change(fak
 
 def test_a_resumed_run_replays_the_stages_it_loads(fake, tmp_path):
     arm = "rl_teacher_bridge"
-    with pytest.raises(_Stopped):  # killed after stage 1, untracked
+    with pytest.raises(Stopped):  # killed after stage 1, untracked
         run_pipeline(tiny(), arm, 0, workdir=tmp_path, progress=False, stop_after=1)
     res = run_pipeline(tiny(**{"engine.tracker": "tensorboard"}), arm, 0, workdir=tmp_path, progress=False)
     (t,) = fake

@@ -9,7 +9,8 @@ import torch
 
 from _launch import accelerate_launch, run  # tests/ is on sys.path
 import _parity as parity
-from reference.engines import Engine, apply_lora, global_token_mean, load_accelerate_config, shard, trainable_params
+from reference.engines import Engine, apply_lora, load_accelerate_config, shard
+from reference.stages import StageContext, normaliser
 from reference.models import build_tiny_qwen3_dir, load_causal_lm
 from theory.errors import InputError
 
@@ -74,14 +75,19 @@ class _FakeAcc:
         return t + self.other
 
 
-def test_global_token_mean_weighs_tokens_not_ranks():
+def test_normaliser_weighs_tokens_not_ranks():
+    """The stages' normaliser (global count / world size per rank) makes DDP's average of the ranks'
+    losses the token mean of the global batch, whatever each rank's token count."""
+    def ctx(engine):
+        return StageContext(rollout=None, vocab_size=0, eos_id=0, score_batch=None, is_compliant=None, engine=engine)
+
     # rank 0 holds 1 token (loss 1.0); rank 1 holds 3 tokens (loss 3.0 each): global mean = 10/4
     x0, m0 = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]])
     x1, m1 = torch.tensor([[3.0, 3.0, 3.0]]), torch.tensor([[1.0, 1.0, 1.0]])
-    l0 = global_token_mean(x0, m0, Engine(_FakeAcc(torch.tensor(3.0)), 0, 2))
-    l1 = global_token_mean(x1, m1, Engine(_FakeAcc(torch.tensor(1.0)), 1, 2))
+    l0 = (x0 * m0).sum() / normaliser(m0.sum(), ctx(Engine(_FakeAcc(torch.tensor(3.0)), 0, 2)))
+    l1 = (x1 * m1).sum() / normaliser(m1.sum(), ctx(Engine(_FakeAcc(torch.tensor(1.0)), 1, 2)))
     assert float((l0 + l1) / 2) == pytest.approx(10 / 4)  # what DDP's averaging produces
-    assert float(global_token_mean(x1, m1, None)) == pytest.approx(3.0)
+    assert float((x1 * m1).sum() / normaliser(m1.sum(), ctx(None))) == pytest.approx(3.0)
 
 
 def test_shard_is_even_and_disjoint():
@@ -95,9 +101,9 @@ def test_shard_is_even_and_disjoint():
 def test_lora_trains_only_adapters(pair):
     _, s, _ = pair
     model = load_causal_lm(s)
-    full = trainable_params(model)
+    full = sum(p.numel() for p in model.parameters() if p.requires_grad)
     lora = apply_lora(model, rank=4)
-    n = trainable_params(lora)
+    n = sum(p.numel() for p in lora.parameters() if p.requires_grad)
     assert 0 < n < full / 5
     out = lora(torch.tensor([[1, 2, 3, 4]]), labels=torch.tensor([[1, 2, 3, 4]]))
     out.loss.backward()

@@ -13,8 +13,6 @@ from reference.data import (
     chat_prompts,
     detect_schema,
     load_problems,
-    score_completions,
-    split_problems,
 )
 from reference.models import (
     QWEN3_VOCAB,
@@ -27,8 +25,8 @@ from reference.models import (
     load_tokenizer,
     logit_vocab_size,
     tiny_tokenizer,
-    usable_logits,
 )
+from reference.rewards import score_batch
 from theory.errors import InputError
 
 FIX = Path(__file__).parent / "fixtures" / "data"
@@ -110,7 +108,7 @@ def test_padded_vocab_never_enters_the_kl(tiny_dir):
     t = s.clone()
     t[..., n:] += 50.0  # padded columns disagree wildly; real ones agree
     kl_full = torch.nn.functional.kl_div(t.log_softmax(-1), s.log_softmax(-1), log_target=True, reduction="sum")
-    s_u, t_u = usable_logits(s, n), usable_logits(t, n)
+    s_u, t_u = s[..., :n], t[..., :n]  # what stages.completion_logits keeps
     kl_usable = torch.nn.functional.kl_div(t_u.log_softmax(-1), s_u.log_softmax(-1), log_target=True, reduction="sum")
     assert kl_full > 1.0
     assert kl_usable.abs() < 1e-5
@@ -185,14 +183,6 @@ def test_unreachable_hub_is_one_line():
     assert "\n" not in line
 
 
-def test_split_is_disjoint_and_seeded():
-    ps = load_problems(FIX / "math500.jsonl")
-    a, b = split_problems(ps, 0.2, seed=0)
-    a2, _ = split_problems(ps, 0.2, seed=0)
-    assert len(a) == 4 and len(b) == 1 and a == a2
-    assert not {p.uid for p in a.problems} & {p.uid for p in b.problems}
-
-
 @pytest.mark.slow
 def test_chat_prompts_thinking_off_and_rewards(tiny_dir):
     tok = load_tokenizer(tiny_dir)
@@ -200,7 +190,8 @@ def test_chat_prompts_thinking_off_and_rewards(tiny_dir):
     prompts = chat_prompts(ps.problems, tok)
     assert all(p.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n") for p in prompts)
     assert "\\boxed{}" in prompts[0]
-    completions = []
+    completions, golds = [], []
     for p in ps.problems:
         completions += [f"so \\boxed{{{p.gold}}}", "I give up"]
-    assert score_completions(ps.problems, completions, group=2) == [1.0, 0.0] * len(ps)
+        golds += [p.gold, p.gold]
+    assert score_batch(completions, golds) == [1.0, 0.0] * len(ps)

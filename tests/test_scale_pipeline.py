@@ -66,12 +66,12 @@ def test_teacher_grpo_with_lora_checkpoints_merged_plain_weights(tmp_path, monke
     import reference.rewards as rewards
     from reference import checkpoint as ckpt
     from reference.models import load_causal_lm
-    from reference.pipeline import _Stopped, run_pipeline
+    from reference.pipeline import Stopped, run_pipeline
 
     # a random tiny teacher never solves a problem: alternate rewards so every group has signal
     monkeypatch.setattr(rewards, "score_batch", lambda texts, golds, **kw: [float(i % 2) for i in range(len(texts))])
     cfg = tiny_paper_config(tmp_path).override({"engine.lora_rank": 4})
-    with pytest.raises(_Stopped):
+    with pytest.raises(Stopped):
         run_pipeline(cfg, "rl_teacher_bridge", 0, workdir=tmp_path / "work", split="test",
                      progress=False, stop_after=0)
     (sdir,) = (tmp_path / "work" / "stages").iterdir()

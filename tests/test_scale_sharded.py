@@ -28,15 +28,16 @@ import json, sys
 from pathlib import Path
 sys.path[:0] = [sys.argv[3], sys.argv[4]]
 import torch
-from test_reference_pipeline import tiny_config
+from conftest import tiny_config
 from _parity import GradientRecorder
+import reference.assemble as assemble
 import reference.pipeline as pl
 import reference.stages as stages
 from reference.rollout import FixedRollout
 
-pl.HFRollout = lambda tok, **kw: FixedRollout(tok, len(tok), tok.eos_token_id, varied_lengths=True)
+assemble.HFRollout = lambda tok, **kw: FixedRollout(tok, len(tok), tok.eos_token_id, varied_lengths=True)
 work, phase = Path(sys.argv[1]), sys.argv[2]
-RECORD, OPTIMIZER = GradientRecorder(), stages._optimizer
+RECORD, OPTIMIZER = GradientRecorder(), stages.optimizer
 
 
 def watched_optimizer(model, lr):
@@ -44,12 +45,12 @@ def watched_optimizer(model, lr):
     return OPTIMIZER(model, lr)
 
 
-stages._optimizer = watched_optimizer
+stages.optimizer = watched_optimizer
 cfg = tiny_config(**{"engine.launcher": "accelerate", "engine.micro_batch": 1, "fkl.lr": 1e-3, "opd.lr": 1e-3})
 stop = {"first": 0, "resume": 1, "one": 1}[phase]
 try:
     pl.run_pipeline(cfg, "raw_teacher_bridge", 0, workdir=work, split="val", progress=False, stop_after=stop)
-except pl._Stopped:
+except pl.Stopped:
     pass
 RECORD.save(work / f"grads_{phase}.pt")
 if phase == "resume":
@@ -75,8 +76,8 @@ if phase == "resume":
 
 def _base_student() -> dict:
     """The weights the pipeline's first student stage starts from (tiny_config's base asset)."""
-    from test_reference_pipeline import tiny_config  # tests/ is on sys.path
-    from reference.pipeline import build_models
+    from conftest import tiny_config  # tests/ is on sys.path
+    from reference.assemble import build_models
     return {k: v.detach().clone() for k, v in build_models(tiny_config(), need_teacher=False).student.state_dict().items()}
 
 
@@ -133,9 +134,9 @@ import json, sys
 from pathlib import Path
 sys.path[:0] = [sys.argv[3], sys.argv[4]]
 import torch
-from test_reference_pipeline import tiny_config
+from conftest import tiny_config
+from reference.assemble import build_models, build_world, engine_for
 from reference.evaluate import evaluate
-from reference.pipeline import build_models, build_world, engine_for
 
 out, mode = Path(sys.argv[1]), sys.argv[2]
 # 18 problems, k 2, batch 8: chunks of 4 problems -> 5 chunks, one more on rank 0 than on rank 1
@@ -183,7 +184,7 @@ _PILOT = """
 import sys
 from pathlib import Path
 sys.path[:0] = [sys.argv[3], sys.argv[4]]
-from test_reference_pipeline import tiny_config
+from conftest import tiny_config
 import reference.evaluate as ev
 from reference.pilot import PilotConfig, run_pilot
 
@@ -223,9 +224,10 @@ sys.path[:0] = [sys.argv[3], sys.argv[4]]
 import torch
 import torch.distributed as dist
 from transformers import Qwen3ForCausalLM
-from test_reference_pipeline import tiny_config
+from conftest import tiny_config
 from _parity import GradientRecorder
 import reference.pipeline as pl
+import reference.stages as stages
 import reference.trl_backend as tb
 
 work, phase = Path(sys.argv[1]), sys.argv[2]
@@ -294,10 +296,10 @@ cfg = tiny_config(**{"engine.launcher": "accelerate", "engine.trainer": "trl", "
                      "fkl.lr": 1e-3, "opd.lr": 1e-3})
 stop = {"first": 0, "resume": 2, "one": 2, "bug": 2}[phase]
 if phase == "bug":  # the mutation: GKD's per-rank "batchmean" (DDP then averages two ranks' token means)
-    tb.st._norm = lambda count, ctx: count.clamp(min=1.0)
+    stages.normaliser = lambda count, ctx: count.clamp(min=1.0)
 try:
     pl.run_pipeline(cfg, "rl_teacher_bridge", 0, workdir=work, split="val", progress=False, stop_after=stop)
-except pl._Stopped:
+except pl.Stopped:
     pass
 RECORD.save(work / f"grads_{phase}.pt")
 print(f"trained sharded: {sum(SHARDED)} of {len(SHARDED)}", flush=True)

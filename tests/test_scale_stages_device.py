@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reference import losses
-from reference import stages as st
+from reference import stages
 from reference.config import GRPOConfig
 from reference.rollout import RolloutBatch
 from reference.world import Problem
@@ -58,18 +58,18 @@ def test_grpo_advantages_follow_the_policy_device(monkeypatch):
         raise _Reached  # meta tensors hold no values: stop before anything reads one
 
     monkeypatch.setattr(losses, "clipped_policy_loss_BT", spy)
-    ctx = st.StageContext(rollout=_MetaRollout(), vocab_size=V, eos_id=0,
-                          score_batch=lambda texts, golds: [float(t == g) for t, g in zip(texts, golds)],
-                          is_compliant=lambda t: True)
+    ctx = stages.StageContext(rollout=_MetaRollout(), vocab_size=V, eos_id=0,
+                              score_batch=lambda texts, golds: [float(t == g) for t, g in zip(texts, golds)],
+                              is_compliant=lambda t: True)
     problems = tuple(Problem(pid=str(i), prompt=f"{i}", gold="1", terms=2) for i in range(2))
     cfg = GRPOConfig(group_size=2, prompts_per_step=2, epochs=1.0, max_new_tokens=T)
     with pytest.raises(_Reached):
-        st.grpo(_MetaPolicy(), problems, cfg, ctx, role="student", seed=0)
+        stages.grpo(_MetaPolicy(), problems, cfg, ctx, role="student", seed=0)
     assert seen == {"logp": torch.device("meta"), "adv": torch.device("meta")}
 
 
 def test_optimizer_is_fused_only_on_cuda():
     cpu = torch.nn.Linear(2, 2)
-    assert not st._optimizer(cpu, 1e-3).defaults.get("fused")  # CPU: the default implementation, as before
+    assert not stages.optimizer(cpu, 1e-3).defaults.get("fused")  # CPU: the default implementation, as before
     if torch.cuda.is_available():
-        assert st._optimizer(torch.nn.Linear(2, 2).cuda(), 1e-3).defaults["fused"] is True
+        assert stages.optimizer(torch.nn.Linear(2, 2).cuda(), 1e-3).defaults["fused"] is True

@@ -3,11 +3,43 @@
 import numpy as np
 import pytest
 
-from theory.arms import ARMS, ComputeModel, Stage
-from theory.dynamics import (
-    Policy, Rates, Setting, bridge_tau, exploration_ceiling, grpo, grpo_progress, predict_arm, transfer,
-)
+from theory.arms import ARMS, STAGES, ComputeModel, Stage
+from theory.dynamics import N_REF, Policy, Rates, Setting, bridge_tau, grpo, predict_arm, predict_arms, transfer
 from theory import irt
+from theory.informativeness import signal_fraction_avg
+
+
+# GRPO's three closed forms written out one by one (theory/dynamics.py docstring); `grpo` fuses them
+def grpo_rate(setting: Setting, policy: Policy) -> np.ndarray:
+    """iota: mean signal fraction on the training benchmark at the start state (items out of reach,
+    a share 1 - u, give none)."""
+    t = setting.train
+    u = np.asarray(policy.u_B, dtype=float)[..., t] if np.ndim(policy.u_B) else policy.u_B
+    return u * signal_fraction_avg(policy.theta_B[..., t], policy.c_B[..., t], setting.s_d_B[..., t],
+                                   setting.rates.group_size)
+
+
+def pass_at_k(theta, c, s_d, k) -> np.ndarray:
+    """E_d[1 - (1 - c sigmoid(theta - d))^k] in [0, 1]; k may be real (> 0)."""
+    return irt.expect_K(1.0 - np.power(1.0 - irt.p_correct_K(theta, c, s_d), np.asarray(k, dtype=float)[..., None]))
+
+
+def exploration_ceiling(setting: Setting, policy: Policy) -> np.ndarray:
+    """theta_ceil_B: the ability whose pass@1 (given compliance) equals the ability-only pass@k."""
+    k_B = np.asarray(setting.rates.k_explore, dtype=float)[..., None]
+    return irt.solve_theta(pass_at_k(policy.theta_B, 1.0, setting.s_d_B, k_B), setting.s_d_B)
+
+
+def test_pass_at_k_monotone_and_bounded():
+    k = np.array([1, 2, 4, 8, 64])
+    pk = pass_at_k(0.5, 0.9, 1.5, k.astype(float))
+    assert pk[0] == pytest.approx(irt.accuracy(0.5, 0.9, 1.5) / 100)
+    assert np.all(np.diff(pk) > 0) and pk[-1] < 1
+
+
+def grpo_progress(setting: Setting, policy: Policy, n) -> np.ndarray:
+    """g(n) = 1 - exp(-kappa iota n / N_REF), shape broadcast(R, n)."""
+    return -np.expm1(-setting.rates.kappa * grpo_rate(setting, policy) * np.asarray(n, dtype=float) / N_REF)
 
 
 def make_world(theta_s=0.5, theta_t=1.5, c_s=0.9, c_t=0.85, **rates):
@@ -55,11 +87,51 @@ def test_grpo_saturates_toward_the_pass_at_k_ceiling():
     ceil = exploration_ceiling(w, w.student)
     # the ceiling's pass@1 (given compliance) equals the start's ability-only pass@8
     assert irt.ability_accuracy(ceil, 1.5)[0, 0] == pytest.approx(
-        irt.pass_at_k(w.student.theta_B, 1.0, 1.5, 8.0)[0, 0], abs=1e-4)
+        pass_at_k(w.student.theta_B, 1.0, 1.5, 8.0)[0, 0], abs=1e-4)
     far = grpo(w, w.student, 1e7)
     assert far.theta_B[0, 0] == pytest.approx(ceil[0, 0]) and far.c_B[0, 0] == pytest.approx(1.0)
     same = grpo(w, w.student, 0.0)
     assert same.theta_B[0, 0] == pytest.approx(w.student.theta_B[0, 0])
+
+
+def test_grpo_is_its_three_closed_forms_in_one_pass():
+    w = make_world(group_size=6.5, k_explore=3.3)
+    for pol in (w.student, w.teacher):
+        n = np.array([0.0, 300.0, 5000.0])
+        g = grpo_progress(w, pol, n)[..., None]
+        ceil = exploration_ceiling(w, pol)
+        out = grpo(w, pol, n)
+        assert out.theta_B == pytest.approx(pol.theta_B + (ceil - pol.theta_B) * g, abs=1e-12)
+        assert out.c_B == pytest.approx(pol.c_B + (1.0 - pol.c_B) * g, abs=1e-12)
+
+
+def test_all_arms_at_once_equal_each_arm_alone_to_the_last_bit():
+    """predict_arms puts the arm axis first, so every arm's arrays keep a one-arm call's layout."""
+    rng = np.random.default_rng(0)
+    D = 9  # draws, each its own rates and start states (every optional rate switched on)
+    R = {k: v * rng.uniform(0.9, 1.1, D) for k, v in dict(
+        kappa=0.3, rho=0.6, phi_w=0.5, phi_o=0.8, kl_c=0.5, kl0=0.2, k_explore=4.0, group_size=8.0,
+        gamma=0.1, cost_fkl=0.2, cost_opd=-0.1).items()}
+
+    def pol(theta, c):
+        return Policy(theta + rng.normal(0, 0.3, (D, 1)), np.clip(c + rng.normal(0, 0.03, (D, 1)), 0, 1))
+
+    w = Setting(benchmarks=("b",), train=0, s_d_B=np.full((D, 1), 1.5), student=pol(0.3, 0.8), teacher=pol(1.2, 0.9),
+                rates=Rates(**R), compute=ComputeModel(grpo_epochs=2))
+    arms = list(ARMS.values())
+    at_once = predict_arms(w, arms, 3000, 1200)
+    sweep = predict_arms(w.expand(), [a for a in arms if a.splits_labels], 3000, np.array([0, 700, 3000]))
+    for i, arm in enumerate(arms):
+        assert np.array_equal(at_once[i], predict_arm(w, arm, 3000, 1200 if arm.splits_labels else None))
+    for i, arm in enumerate(a for a in arms if a.splits_labels):
+        assert np.array_equal(sweep[i], predict_arm(w.expand(), arm, 3000, np.array([0, 700, 3000])))
+
+
+def test_every_arm_runs_its_stages_in_table_order():
+    """predict_arms walks the stage table once: an arm's stages must come in the table's order."""
+    order = list(STAGES)
+    for arm in ARMS.values():
+        assert [order.index(s) for s in arm.stages] == sorted(order.index(s) for s in arm.stages), arm.name
 
 
 def test_teacher_and_student_grpo_are_one_function():
@@ -155,7 +227,6 @@ def test_accuracy_ceiling_bounds_every_arm_and_scales_the_signal():
     """u = share of the benchmark within reach: accuracy = 100 u c E[sigmoid], u = 1 is the original
     theory, no arm can pass 100 u, and items out of reach give GRPO no signal."""
     from dataclasses import replace
-    from theory.dynamics import grpo_rate
     w = make_world()
     capped = replace(w, student=replace(w.student, u_B=np.array([[0.9]])))
     assert capped.accuracy(capped.student)[0, 0] == pytest.approx(0.9 * w.accuracy(w.student)[0, 0])

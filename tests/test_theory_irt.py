@@ -1,4 +1,4 @@
-"""The Rasch-with-compliance model: quadrature, inversion, pass@k, and recovery from simulated pilots."""
+"""The Rasch-with-compliance model: quadrature, inversion, and recovery from simulated pilots."""
 
 import numpy as np
 import pytest
@@ -22,13 +22,6 @@ def test_solve_theta_inverts(iters, tol):
     s_d = rng.uniform(1.0, 3.0, (200, 1))
     theta = irt.solve_theta(target, s_d, iters=iters)
     assert np.abs(irt.ability_accuracy(theta, s_d) - target).max() < tol
-
-
-def test_pass_at_k_monotone_and_bounded():
-    k = np.array([1, 2, 4, 8, 64])
-    pk = irt.pass_at_k(0.5, 0.9, 1.5, k.astype(float))
-    assert pk[0] == pytest.approx(irt.accuracy(0.5, 0.9, 1.5) / 100)
-    assert np.all(np.diff(pk) > 0) and pk[-1] < 1
 
 
 def test_fit_problems_recovers_theta_sd_and_compliance():

@@ -17,11 +17,12 @@ import torch
 pytest.importorskip("trl")
 
 from reference import losses  # noqa: E402
-from reference import stages as st  # noqa: E402
+from reference import stages  # noqa: E402
 from reference import trl_backend as tb  # noqa: E402
 from reference.config import Config, load_config  # noqa: E402
-from reference.pipeline import build_models, build_world  # noqa: E402
-from test_reference_pipeline import TINY, write_config  # noqa: E402  (tests/ is on sys.path)
+from reference.assemble import build_models, build_world  # noqa: E402
+from reference.stage_runner import update_rules  # noqa: E402
+from conftest import TINY, write_config  # noqa: E402  (tests/ is on sys.path)
 
 
 def test_every_stage_field_is_mapped_or_declared_unmapped():
@@ -88,8 +89,8 @@ def test_batch_sizes_are_per_rank_under_a_multi_process_launch(tmp_path):
     assert tb.gkd_args(cfg.fkl, steps=3, out_dir=str(tmp_path), world=2).per_device_train_batch_size == 3
     with pytest.raises(InputError, match=r"opd.prompts_per_step = 6 does not divide over 4 processes"):
         tb._per_rank(6, 4, "opd.prompts_per_step")
-    ctx = st.StageContext(rollout=None, vocab_size=8, eos_id=0, score_batch=None, is_compliant=None,
-                          engine=Engine(None, 0, 2, "none"))
+    ctx = stages.StageContext(rollout=None, vocab_size=8, eos_id=0, score_batch=None, is_compliant=None,
+                              engine=Engine(None, 0, 2, "none"))
     model = torch.nn.Linear(2, 2)
     assert tb._world(ctx) == 2 and tb._sharded(model, ctx) is model  # DDP: the trainers' accelerate wraps it
     assert tb._world(None) == 1
@@ -109,7 +110,7 @@ def test_the_frozen_scorer_has_no_gradients_during_a_stage_and_gets_them_back():
 def test_lr_schedule_is_the_reference_one():
     cfg = load_config("toy_short").grpo  # warmup 0.1, cosine
     f = tb._lr_of_step(cfg, 30)
-    assert [f(s) for s in range(30)] == [st.lr_factor(s, 30, cfg.warmup, cfg.schedule) for s in range(30)]
+    assert [f(s) for s in range(30)] == [stages.lr_factor(s, 30, cfg.warmup, cfg.schedule) for s in range(30)]
 
 
 # ---- the same loss on fixed rollouts ------------------------------------------------------------------
@@ -144,7 +145,7 @@ def test_grpo_loss_on_fixed_rollouts(tiny, tmp_path, loss, temperature):
                       "grpo.prompts_per_step": 3}).grpo
     policy = copy.deepcopy(m.student)  # trainers are built on it: the fixture's models stay untouched
     adv_B = losses.group_advantages(torch.tensor([[1., 0, 0, 1], [0, 0, 1, 0], [1, 1, 1, 0]])).flatten()
-    logp = losses.token_logp_BT(st.train_logits(policy, ro, m.ctx, temperature), ro.completion_BT)
+    logp = losses.token_logp_BT(stages.train_logits(policy, ro, m.ctx, temperature), ro.completion_BT)
     ref = losses.GRPO_LOSSES[loss](logp, logp.detach(), adv_B, ro.mask_BT, clip_low=g.clip_low, clip_high=g.clip_high)
     ref.backward()
     ref_g = _grads(policy)
@@ -164,8 +165,8 @@ def test_grpo_loss_on_fixed_rollouts(tiny, tmp_path, loss, temperature):
 def test_fkl_loss_on_fixed_rollouts(tiny, tmp_path):
     cfg, m, world, ro = tiny
     student, teacher = copy.deepcopy(m.student), copy.deepcopy(m.teacher)
-    ref = losses.fkl_loss(st.train_logits(student, ro, m.ctx, 1.0), st.train_logits(teacher, ro, m.ctx, 1.0).detach(),
-                          ro.mask_BT)
+    ref = losses.fkl_loss(stages.train_logits(student, ro, m.ctx, 1.0),
+                          stages.train_logits(teacher, ro, m.ctx, 1.0).detach(), ro.mask_BT)
     ref.backward()
     ref_g = _grads(student)
     trainer, _, _ = tb.build_gkd(student, teacher, world.unlabeled[:8], cfg.fkl, m.tokenizer, seed=0,
@@ -184,8 +185,9 @@ def test_opd_loss_on_fixed_rollouts(tiny, tmp_path, temperature):
     cfg, m, world, ro = tiny
     student, teacher = copy.deepcopy(m.student), copy.deepcopy(m.teacher)
     o = cfg.override({"opd.temperature": temperature}).opd
-    ref = losses.opd_full_loss(st.train_logits(student, ro, m.ctx, temperature),
-                               st.train_logits(teacher, ro, m.ctx, temperature).detach(), ro.completion_BT, ro.mask_BT)
+    ref = losses.opd_full_loss(stages.train_logits(student, ro, m.ctx, temperature),
+                               stages.train_logits(teacher, ro, m.ctx, temperature).detach(), ro.completion_BT,
+                               ro.mask_BT)
     ref.backward()
     ref_g = _grads(student)
     trainer, _, _ = tb.build_distillation(student, teacher, world.unlabeled[:8], o, m.tokenizer, seed=0,
@@ -239,16 +241,16 @@ def test_grpo_without_signal_makes_no_update_on_either_backend(tiny):
             return [0.0] * len(texts) if len(calls) == 2 else [float(i % 3 == 0) for i in range(len(texts))]
         return dataclasses.replace(m.ctx, score_batch=score)
 
-    def run(mod, limit):
+    def run(rules, limit):
         p = copy.deepcopy(m.student)
         with seeded("cpu", 11):
-            return p, mod.grpo(p, problems, g, ctx_with_rewards(), role="student", seed=3, limit=limit)
+            return p, rules["grpo"](p, problems, g, ctx_with_rewards(), role="student", seed=3, limit=limit)
 
-    trl = tb.stage_functions("trl")
+    trl = update_rules("trl")
     (one, _), (two, log) = run(trl, 1), run(trl, 2)
     assert log.log[1]["zero_signal_fraction"] == 1.0 and log.log[1]["grad_norm"] == 0.0
     assert all(torch.equal(p, q) for p, q in zip(one.parameters(), two.parameters()))
-    (ref, ref_log), (trl_model, trl_log) = run(st, 3), run(trl, 3)
+    (ref, ref_log), (trl_model, trl_log) = run(update_rules("reference"), 3), run(trl, 3)
     assert "loss" not in ref_log.log[1]
     assert [e["reward"] for e in trl_log.log] == [e["reward"] for e in ref_log.log]
     _weights_close(ref, trl_model, 1e-3)
@@ -264,11 +266,13 @@ def test_steps_from_the_same_start_agree_on_the_gated_toy_world(stage):
     cfg = load_config("toy_short")
     m = build_models(cfg, need_teacher=True)
     world = build_world(cfg, m.tokenizer)
-    fn = {"grpo": lambda mod, p: mod.grpo(p, world.labeled[:cfg.world.labels], cfg.grpo, m.ctx, role="student",
-                                          seed=5, limit=20),
-          "fkl": lambda mod, p: mod.fkl_warmup(p, m.teacher, world.unlabeled, cfg.fkl, m.ctx, seed=5, limit=20),
-          "opd": lambda mod, p: mod.opd(p, m.teacher, world.unlabeled, cfg.opd, m.ctx, seed=5, limit=20)}[stage]
-    a, b, ra, rb = _steps_both(lambda p: fn(st, p), lambda p: fn(tb.stage_functions("trl"), p), m.student)
+    args = {"grpo": (world.labeled[:cfg.world.labels], cfg.grpo), "fkl": (m.teacher, world.unlabeled, cfg.fkl),
+            "opd": (m.teacher, world.unlabeled, cfg.opd)}[stage]
+    role = {"role": "student"} if stage == "grpo" else {}
+
+    def fn(trainer, p):
+        return update_rules(trainer)[stage](p, *args, m.ctx, seed=5, limit=20, **role)
+    a, b, ra, rb = _steps_both(lambda p: fn("reference", p), lambda p: fn("trl", p), m.student)
     key = {"grpo": "loss", "fkl": "forward_kl", "opd": "kl_to_teacher"}[stage]
     assert len(ra.log) == len(rb.log) == 20 and ra.tokens > 0  # both backends ran all 20 steps
     start = m.student.state_dict()
@@ -291,16 +295,16 @@ def test_toy_trl_config_is_toy_short_on_trl_with_a_short_schedule():
 @pytest.mark.slow  # every stage of one arm through the CLI
 def test_rl_teacher_bridge_runs_end_to_end_on_trl(tmp_path, capsys):
     from reference import cli
-    from reference.pipeline import stage_key
+    from reference.stage_runner import stage_key
     cfg = load_config("smoke/trl_short").override(TINY)
     path = write_config(cfg, tmp_path / "trl.toml")
     rc = cli.main(["run", "--arm", "rl_teacher_bridge", "--config", str(path), "--workdir", str(tmp_path / "w")])
     assert rc == 0
     out = capsys.readouterr().out
     assert "rl_teacher_bridge seed=0" in out and "accuracy" in out
-    stages = sorted(p for p in (tmp_path / "w" / "stages").iterdir() if not p.name.startswith("."))  # no locks
-    assert len(stages) == 3 and all((s / "meta.json").is_file() for s in stages)
-    meta = [json.loads((s / "meta.json").read_text()) for s in stages]
+    stage_dirs = sorted(p for p in (tmp_path / "w" / "stages").iterdir() if not p.name.startswith("."))  # no locks
+    assert len(stage_dirs) == 3 and all((s / "meta.json").is_file() for s in stage_dirs)
+    meta = [json.loads((s / "meta.json").read_text()) for s in stage_dirs]
     assert {m["stage"] for m in meta} == {"teacher_grpo", "fkl_warmup", "opd"}
     assert all(m["result"]["tokens"] > 0 and m["log"] for m in meta)
     # the TRL stages are other checkpoints than the reference's (trainer is in the stage key)

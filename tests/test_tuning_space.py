@@ -11,9 +11,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from reference import api, pipeline  # noqa: E402
-from reference import stages as st  # noqa: E402
+from reference import api, stages  # noqa: E402
+from reference.assemble import Models  # noqa: E402
 from reference.config import load_config  # noqa: E402
+from reference.stage_runner import TrainingSetup, train_stage  # noqa: E402
 from theory.arms import get_arm  # noqa: E402
 from theory.errors import InputError  # noqa: E402
 
@@ -21,7 +22,7 @@ CONFIG = "toy_short"
 
 
 def stage_inputs(cfg, arm: str, monkeypatch) -> list[tuple]:
-    """What each stage of `arm` is handed by pipeline.train_stage: the stage's config with the learning
+    """What each stage of `arm` is handed by stage_runner.train_stage: the stage's config with the learning
     rate resolved for its role, plus schedule overrides. Models and data are stand-ins: nothing runs."""
     calls: list[tuple] = []
 
@@ -34,14 +35,14 @@ def stage_inputs(cfg, arm: str, monkeypatch) -> list[tuple]:
     def opd(student, teacher, prompts, cfg_, ctx, *, seed, steps=None, prompts_per_step=None, **kw):
         calls.append(("opd", cfg_, steps, prompts_per_step))
 
-    monkeypatch.setattr(st, "grpo", grpo)
-    monkeypatch.setattr(st, "fkl_warmup", fkl_warmup)
-    monkeypatch.setattr(st, "opd", opd)
-    models = SimpleNamespace(teacher="teacher", student="student", ctx=None)
-    world = SimpleNamespace(unlabeled=())
-    labeled = {pipeline.TEACHER: (), pipeline.STUDENT: ()}
+    monkeypatch.setattr(stages, "grpo", grpo)
+    monkeypatch.setattr(stages, "fkl_warmup", fkl_warmup)
+    monkeypatch.setattr(stages, "opd", opd)
+    models = Models(teacher="teacher", student="student", ctx=None, tokenizer=None)
+    world = SimpleNamespace(labeled=(None,) * cfg.world.labels, unlabeled=())
+    setup = TrainingSetup(cfg, models, world, get_arm(arm).labels(cfg.world.labels))
     for stage in get_arm(arm).stages:
-        pipeline.train_stage(stage, cfg, models, world, labeled, 0)
+        train_stage(stage, setup, 0)
     return calls
 
 
@@ -91,8 +92,8 @@ def test_shared_names_keep_one_range_and_lr_is_student_grpo_only():
     for arm, space in api.PARAM_SPACE.items():
         for name, spec in space.items():
             assert seen.setdefault(name, spec) == spec, f"{name} differs in {arm}"
-        stages = {s.value for s in get_arm(arm).stages}
-        assert ("lr" in space) == ("student_grpo" in stages), arm
+        names = {s.value for s in get_arm(arm).stages}
+        assert ("lr" in space) == ("student_grpo" in names), arm
     assert set(api.PARAM_SPACE["direct_grpo"]) == {"lr", "group_size", "grpo_epochs", "temperature"}
 
 

@@ -32,7 +32,7 @@ class Stage(str, Enum):
     REPLAY_OPD = "replay_opd"
 
 
-TEACHER, STUDENT = "teacher", "student"
+TEACHER, STUDENT, HELD_BACK = "teacher", "student", "held_back"
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,11 @@ class StageSpec:
     scorer: str | None
     labels: str | None
     tokens: str
+
+    @property
+    def replays(self) -> bool:
+        """The stage-3 control: sized by the held-back labels' GRPO compute, never reading those labels."""
+        return self.labels == HELD_BACK
 
 
 class Teacher(str, Enum):
@@ -82,14 +87,16 @@ class ComputeModel:
 
     Letters: G = group size (samples per labeled prompt), L_p / L_r = prompt / response tokens,
     U = unlabeled bridge prompts, S = samples per bridge prompt.
-    A GRPO label costs G rollouts (policy forward+generation) and one training pass over them.
-    A bridge prompt costs S rollouts (teacher's for the warmup, student's for OPD), teacher scoring
-    of every token, and one training pass. Tokens are counted once per model pass.
+    A GRPO label costs G rollouts (policy forward+generation) and `grpo_epochs` training passes over
+    them. A bridge prompt costs S rollouts (teacher's for the warmup, student's for OPD), teacher
+    scoring of every token, and one training pass (per epoch). Tokens are counted once per model pass.
     """
 
     group_size: int = 8
     prompt_tokens: int = 256
     response_tokens: int = 1024
+    # training passes over each GRPO rollout batch; not the reference's `[grpo] epochs` (passes over the
+    # labels, each re-sampled). The name stays: the scenario TOMLs' [compute] tables use it.
     grpo_epochs: int = 1
     bridge_prompts: int = 4096
     bridge_samples: int = 1
@@ -107,20 +114,27 @@ class ComputeModel:
     def sequence_tokens(self) -> int:
         return self.prompt_tokens + self.response_tokens
 
+    def passes(self, update: str) -> tuple[int, int]:
+        """(rollout, step) model passes over each sampled sequence token of the update rule `update`
+        (a StageSpec's `update`, or the `tokens` it is priced as). GRPO samples once, then trains
+        grpo_epochs times; the FKL warmup samples the teacher once, then scores and trains fkl_epochs
+        times; OPD samples, scores and trains once (its opd_epochs re-sample: they repeat all three)."""
+        return {"grpo": (1, self.grpo_epochs), "fkl": (1, 2 * self.fkl_epochs), "opd": (1, 2)}[update]
+
     def grpo_tokens(self, labels: int) -> int:
-        # rollout pass + training pass (forward+backward counted as one pass over the tokens) per epoch
-        per_label = self.group_size * self.sequence_tokens * (1 + self.grpo_epochs)
+        # rollout pass + training passes (forward+backward counted as one pass over the tokens)
+        per_label = self.group_size * self.sequence_tokens * sum(self.passes("grpo"))
         return labels * per_label
 
     def fkl_tokens(self) -> int:
         # teacher rollouts (once) + teacher scoring + student training per epoch
         seqs = self.bridge_prompts * self.bridge_samples
-        return seqs * self.sequence_tokens * (1 + 2 * self.fkl_epochs)
+        return seqs * self.sequence_tokens * sum(self.passes("fkl"))
 
     def opd_tokens(self) -> int:
         # student rollouts + teacher scoring + student training, per epoch
         seqs = self.bridge_prompts * self.bridge_samples
-        return seqs * self.sequence_tokens * 3 * self.opd_epochs
+        return seqs * self.sequence_tokens * sum(self.passes("opd")) * self.opd_epochs
 
     def stage_tokens(self, stage: Stage, labels: int) -> int:
         """Tokens `stage` processes when `labels` size it (see StageSpec.tokens)."""
@@ -209,7 +223,7 @@ STAGES: dict[Stage, StageSpec] = {
                             tokens="fkl"),
     S.OPD: StageSpec(trains=STUDENT, update="opd", samples=STUDENT, scorer=TEACHER, labels=None, tokens="opd"),
     # the matched control for stage 3: OPD steps worth the GRPO compute of the held-back labels
-    S.REPLAY_OPD: StageSpec(trains=STUDENT, update="opd", samples=STUDENT, scorer=TEACHER, labels="held_back",
+    S.REPLAY_OPD: StageSpec(trains=STUDENT, update="opd", samples=STUDENT, scorer=TEACHER, labels=HELD_BACK,
                             tokens="grpo"),
     S.STUDENT_GRPO: StageSpec(trains=STUDENT, update="grpo", samples=STUDENT, scorer=None, labels=STUDENT,
                               tokens="grpo"),
@@ -218,7 +232,7 @@ STAGES: dict[Stage, StageSpec] = {
 
 def stage_labels(stage: Stage, acct: LabelAccount) -> int:
     """Labels that size `stage` under the account `acct` (0 for a stage no labels size)."""
-    return {TEACHER: acct.teacher, STUDENT: acct.student, "held_back": acct.total - acct.teacher}.get(
+    return {TEACHER: acct.teacher, STUDENT: acct.student, HELD_BACK: acct.total - acct.teacher}.get(
         STAGES[stage].labels, 0)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 from theory import irt
 from theory._lazy import LazyModule
-from theory.arms import ARMS, Stage
+from theory.arms import ARMS, STAGES, Stage
 from theory.errors import InputError
 from theory.fitting import Fit, build_setting, from_z, predict_observations, to_z, values_from_z
 from theory.scenario import Scenario
@@ -33,7 +33,7 @@ _PILOT_PRIORS = {  # generic priors for a pilot without stated ones (wide; tagge
 def _obs_labels(arm: str, t: int, s: int, stage3_by_t: dict[int, int]) -> tuple[int | None, int | None, str | None]:
     """(labels, teacher_labels, note) for one run-table configuration, via the registry's accounting."""
     a = ARMS[arm]
-    if Stage.REPLAY_OPD in a.stages:
+    if any(STAGES[s].replays for s in a.stages):
         # the registry leaves the replay's held-back labels unused (student_labels = 0): recover the
         # budget from a stage-3 run with the same teacher share, else assume the default half split
         if t in stage3_by_t:

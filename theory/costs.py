@@ -32,7 +32,7 @@ import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from theory.arms import Arm, ComputeModel, Stage
+from theory.arms import STAGES, Arm, ComputeModel, Stage
 from theory.errors import InputError
 
 COLUMNS = ("stage", "phase", "model", "backend", "engine", "gpus", "tokens_per_s", "peak_gib", "tag", "source")
@@ -63,28 +63,20 @@ def check_gpus(gpus, what: str = "gpus") -> int:
 
 
 def phase_passes(stage: Stage, cost: ComputeModel) -> dict[str, float]:
-    """Model passes of each phase per token that `Arm.compute_tokens` counts for `stage`.
+    """Model passes of each phase per token that `Arm.compute_tokens` counts for `stage`: the passes of
+    the work it runs (`ComputeModel.passes` of its update rule) over the passes its pricing counts.
 
     GRPO: G*L*(1 + e) tokens per label = one rollout pass + e training passes.
     FKL:  S*L*(1 + 2e) per bridge prompt = one teacher rollout pass + e x (scoring + training).
     OPD:  S*L*3e = e x (student rollout + scoring + training).
     Replay OPD is counted as the GRPO it replaces (G*L*(1 + e_grpo) per held-back label) but runs OPD on
-    as many student rollouts (`reference.pipeline.replay_steps`): 1 rollout + 2 step passes per sequence
-    token, so its passes sum to 3 / (1 + e_grpo) per counted token, not 1.
+    as many student rollouts: 1 rollout + 2 step passes per sequence token, so its passes sum to
+    3 / (1 + e_grpo) per counted token, not 1.
     """
-    stage = Stage(stage)
-    if stage in (Stage.TEACHER_GRPO, Stage.STUDENT_GRPO):
-        e = cost.grpo_epochs
-        return {"rollout": 1 / (1 + e), "step": e / (1 + e)}
-    if stage is Stage.FKL_WARMUP:
-        e = cost.fkl_epochs
-        return {"rollout": 1 / (1 + 2 * e), "step": 2 * e / (1 + 2 * e)}
-    if stage is Stage.OPD:
-        return {"rollout": 1 / 3, "step": 2 / 3}
-    if stage is Stage.REPLAY_OPD:
-        e = cost.grpo_epochs
-        return {"rollout": 1 / (1 + e), "step": 2 / (1 + e)}
-    raise InputError(f"no pass model for stage {stage!r}")
+    spec = STAGES[Stage(stage)]
+    rollout, step = cost.passes(spec.update)
+    counted = sum(cost.passes(spec.tokens))
+    return {"rollout": rollout / counted, "step": step / counted}
 
 
 @dataclass(frozen=True)

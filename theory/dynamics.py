@@ -37,8 +37,8 @@ Student after the bridge                                                        
     cross-check, where distilling from an identical teacher still cost 6 points (docs/log.md).
 Stage 3 is `grpo` from the bridged state with the student's labels.
 
-Each arm of `theory.arms.ARMS` is evaluated by walking its stage list (`predict_arm`); there is no
-second arm list here.
+Each arm of `theory.arms.ARMS` is evaluated by walking the stage table (`predict_arms`: all arms at
+once, each stage acting on the arms that run it); there is no second arm list here.
 """
 
 from __future__ import annotations
@@ -48,8 +48,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from theory import irt
-from theory.arms import STAGES, STUDENT, TEACHER, Arm, ComputeModel, Teacher
-from theory.informativeness import signal_fraction_avg
+from theory.arms import STAGES, STUDENT, TEACHER, Arm, ComputeModel, LabelAccount, Stage, Teacher, stage_labels
 
 N_REF = 1000.0  # labels: the unit in which kappa is a rate
 
@@ -113,49 +112,37 @@ class Setting:
         return policy.u_B * irt.accuracy(policy.theta_B, policy.c_B, self.s_d_B)
 
 
-def grpo_rate(setting: Setting, policy: Policy) -> np.ndarray:
-    """iota: mean signal fraction on the training benchmark at the start state (items out of reach,
-    a share 1 - u, give none)."""
-    t = setting.train
-    u = np.asarray(policy.u_B, dtype=float)[..., t] if np.ndim(policy.u_B) else policy.u_B
-    return u * signal_fraction_avg(policy.theta_B[..., t], policy.c_B[..., t], setting.s_d_B[..., t],
-                                   setting.rates.group_size)
-
-
-def exploration_ceiling(setting: Setting, policy: Policy) -> np.ndarray:
-    """theta_ceil_B: the ability whose pass@1 (given compliance) equals the ability-only pass@k."""
-    k_B = np.asarray(setting.rates.k_explore, dtype=float)[..., None]
-    pk_B = irt.pass_at_k(policy.theta_B, 1.0, setting.s_d_B, k_B)
-    return irt.solve_theta(pk_B, setting.s_d_B)
-
-
-def grpo_progress(setting: Setting, policy: Policy, n, kappa=None) -> np.ndarray:
-    """g(n) = 1 - exp(-kappa iota n / N_REF), shape broadcast(R, n)."""
-    iota = grpo_rate(setting, policy)
-    kappa = setting.rates.kappa if kappa is None else kappa
-    return -np.expm1(-kappa * iota * np.asarray(n, dtype=float) / N_REF)
-
-
 def grpo(setting: Setting, policy: Policy, n, kappa=None) -> Policy:
     """GRPO with n labels (the same function for teacher and student; `kappa` = this model's GRPO
     efficiency, default the student's `rates.kappa`; see `teacher_kappa`).
 
-    Same result as `grpo_progress` + `exploration_ceiling`, sharing one sigmoid pass between the
-    signal fraction and pass@k (this is the planner's hot loop). Items out of reach (1 - u) give no
-    signal: iota is u times the reachable items' signal fraction.
+    The module docstring's iota, g(n) and theta_ceil in one pass: the sigmoid at the nodes is shared by
+    the signal fraction and pass@k, and the big arrays are updated in place (the planner's hot loop;
+    tests/test_theory_dynamics.py checks it against the three written out one by one). Items out of
+    reach (1 - u) give no signal: iota is u times the reachable items' signal fraction.
     """
     r = setting.rates
     kappa = r.kappa if kappa is None else kappa
-    sig_BK = irt.sigmoid(policy.theta_B[..., None] - setting.s_d_B[..., None] * irt._X_K)
+    sig_BK = irt.sigmoid_K(policy.theta_B, setting.s_d_B)
     t = setting.train
     p_K = policy.c_B[..., t, None] * sig_BK[..., t, :]
     G = np.asarray(r.group_size, dtype=float)[..., None]
-    iota = irt.expect_K(1.0 - np.power(p_K, G) - np.power(1.0 - p_K, G))
+    q_K = np.subtract(1.0, p_K)
+    np.power(q_K, G, out=q_K)
+    np.power(p_K, G, out=p_K)
+    np.subtract(1.0, p_K, out=p_K)
+    p_K -= q_K  # 1 - p^G - (1 - p)^G
+    iota = irt.expect_K(p_K)
+    del p_K, q_K
     if np.ndim(policy.u_B) or policy.u_B != 1.0:
         iota = iota * np.asarray(policy.u_B, dtype=float)[..., t]
     g = -np.expm1(-kappa * iota * np.asarray(n, dtype=float) / N_REF)[..., None]
     k = np.asarray(r.k_explore, dtype=float)[..., None, None]
-    pk_B = irt.expect_K(1.0 - np.power(1.0 - sig_BK, k))
+    np.subtract(1.0, sig_BK, out=sig_BK)
+    np.power(sig_BK, k, out=sig_BK)
+    np.subtract(1.0, sig_BK, out=sig_BK)  # 1 - (1 - sigmoid)^k
+    pk_B = irt.expect_K(sig_BK)
+    del sig_BK  # before solve_theta allocates its own
     ceil_B = irt.solve_theta(pk_B, setting.s_d_B)
     return Policy(policy.theta_B + (ceil_B - policy.theta_B) * g, policy.c_B + (1.0 - policy.c_B) * g, policy.u_B)
 
@@ -171,18 +158,27 @@ def opd_closes(rates: Rates, tau) -> np.ndarray:
     return rates.phi_o * np.exp(-kl / rates.kl_c)
 
 
+def _runs(stages) -> dict:
+    """{stage: who runs it} for every stage of the table: from one arm's stage list (True/False), or as
+    given (a mask over the arm axis per stage, from `predict_arms`)."""
+    return stages if isinstance(stages, dict) else {s: s in tuple(stages) for s in STAGES}
+
+
 def _compose(rates: Rates, stages, replay_ratio, opd_fraction) -> np.ndarray:
-    """Fraction of a gap closed by the bridge stages in order: FKL closes phi_w of what is left, an OPD
-    pass closes opd_fraction(closed so far), r replay passes close it r times."""
+    """Fraction of a gap closed by the bridge stages, walked in table order: FKL closes phi_w of what is
+    left, an OPD pass closes opd_fraction(closed so far), the replay control's r passes close it r times."""
+    runs = _runs(stages)
     f = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
-    for stage in stages:
-        spec = STAGES[stage]
+    for stage, spec in STAGES.items():
         if spec.update == "fkl":
-            f = 1.0 - (1.0 - f) * (1.0 - rates.phi_w)
-        elif spec.update == "opd" and spec.labels is None:
-            f = 1.0 - (1.0 - f) * (1.0 - opd_fraction(f))
-        elif spec.update == "opd":  # the replay control: sized by the held-back labels, r passes
-            f = 1.0 - (1.0 - f) * np.power(1.0 - opd_fraction(f), replay_ratio)
+            closed = 1.0 - (1.0 - f) * (1.0 - rates.phi_w)
+        elif spec.update == "opd" and spec.replays:  # sized by the held-back labels: r passes
+            closed = 1.0 - (1.0 - f) * np.power(1.0 - opd_fraction(f), replay_ratio)
+        elif spec.update == "opd":
+            closed = 1.0 - (1.0 - f) * (1.0 - opd_fraction(f))
+        else:
+            continue
+        f = np.where(runs[stage], closed, f)
     return f
 
 
@@ -203,17 +199,17 @@ def stage_cost(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
     The pilot runs OPD *after* the warmup, so cost_opd (often negative: OPD repairs part of the
     warmup's drift) is counted only after a warmup; OPD without one has no measured cost (0).
     A replay of r OPD passes after a warmup counts r times cost_opd."""
+    runs = _runs(stages)
     c = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
     warmed = False
-    for stage in stages:
-        spec = STAGES[stage]
+    for stage, spec in STAGES.items():
         if spec.update == "fkl":
-            c = c + rates.cost_fkl
-            warmed = True
-        elif spec.update == "opd" and spec.labels is None and warmed:
-            c = c + rates.cost_opd
-        elif spec.update == "opd" and warmed:  # the replay control: r passes
-            c = c + rates.cost_opd * np.asarray(replay_ratio, dtype=float)
+            c = np.where(runs[stage], c + rates.cost_fkl, c)
+            warmed = warmed | np.asarray(runs[stage])
+        elif spec.update == "opd" and spec.replays:  # r passes
+            c = np.where(runs[stage] & warmed, c + rates.cost_opd * np.asarray(replay_ratio, dtype=float), c)
+        elif spec.update == "opd":
+            c = np.where(runs[stage] & warmed, c + rates.cost_opd, c)
     return c
 
 
@@ -227,16 +223,77 @@ def transfer(student: Policy, teacher: Policy, tau, rho, displacement=0.0) -> Po
                   student.c_B + tau_ * (teacher.c_B - student.c_B), student.u_B)
 
 
-def label_arrays(arm: Arm, n: int, teacher_labels=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(teacher, student, replay_ratio numerator labels) per split from the registry's accounting."""
-    ts = np.atleast_1d(np.asarray(teacher_labels)) if teacher_labels is not None else [None]
-    accts = [arm.labels(n, None if t is None else int(t)) for t in ts]
-    teacher = np.array([a.teacher for a in accts], dtype=float)
-    student = np.array([a.student for a in accts], dtype=float)
-    held_back = np.array([n - a.teacher for a in accts], dtype=float)
-    if teacher_labels is None or np.ndim(teacher_labels) == 0:
-        return teacher[0], student[0], held_back[0]
-    return teacher, student, held_back
+def _stages(pred) -> list[Stage]:
+    """The stages of the table whose StageSpec satisfies `pred`, in table order."""
+    return [s for s, spec in STAGES.items() if pred(spec)]
+
+
+def _labels_A(arms, n: int, teacher_labels, ndim_r: int) -> dict:
+    """{stage: the labels that size it} per arm (and split), shape (A,) + (1,) * pad [+ (S,)]: the arm
+    axis first, then lined up with the rates R (and the split axis, when `teacher_labels` is an array)."""
+    splits = np.ndim(teacher_labels) == 1
+    ts = [None if t is None else int(t) for t in (teacher_labels if splits else [teacher_labels])]
+    shape = (len(arms),) + (1,) * (ndim_r - splits) + ((len(ts),) if splits else ())
+    accts = [arm.labels(n, t if arm.splits_labels else None) for arm in arms for t in ts]
+    # one account whose fields are arrays over the arms (and splits): the table says which field sizes a stage
+    acct = LabelAccount(*(np.array([getattr(a, f) for a in accts], dtype=float).reshape(shape)
+                          for f in ("teacher", "student", "unused")))
+    return {stage: np.broadcast_to(np.asarray(stage_labels(stage, acct), dtype=float), shape) for stage in STAGES}
+
+
+def predict_arms(setting: Setting, arms, n: int, teacher_labels=None) -> np.ndarray:
+    """Accuracy (percent) of each of `arms` with a budget of n labels, shape (A,) + R [+ (S,)] + (B,).
+
+    One walk over the stage table for all the arms at once: the arm axis A leads and broadcasts against
+    the draws and splits, and each stage acts on the arms that run it. `teacher_labels` (an int, or a
+    1-D array of splits: call on `setting.expand()` then, so the split axis lines up) applies to the
+    arms that split the labels. Row a equals `predict_arm(setting, arms[a], ...)` to the last bit: with
+    the arm axis first, every array keeps the layout a one-arm call gives it.
+    """
+    arms = tuple(arms)
+    ndim_r = np.ndim(setting.student.theta_B) - 1
+    labels = _labels_A(arms, n, teacher_labels, ndim_r)
+    # who runs each stage: masks over the arm axis, against the rates (runs) and the policies (runs_B)
+    runs = {s: np.array([s in arm.stages for arm in arms]).reshape((-1,) + (1,) * ndim_r) for s in STAGES}
+    runs_B = {s: mask[..., None] for s, mask in runs.items()}
+    any_of = np.logical_or.reduce  # over the masks of several stages
+    r = setting.rates
+    shape = np.broadcast_shapes((len(arms),) + np.shape(setting.student.theta_B),
+                                next(iter(labels.values())).shape + (1,))  # (A,) + R [+ (S,)] + (B,)
+
+    teacher = setting.teacher
+    teacher_grpo = _stages(lambda spec: spec.trains == TEACHER and spec.update == "grpo")
+    if any_of([runs[s] for s in teacher_grpo]).any():  # stage 1: GRPO on the teacher
+        rl = any_of([runs_B[s] for s in teacher_grpo])
+        trained = grpo(setting, teacher, sum(labels[s] for s in teacher_grpo), teacher_kappa(r))
+        teacher = Policy(np.where(rl, trained.theta_B, teacher.theta_B), np.where(rl, trained.c_B, teacher.c_B),
+                         teacher.u_B)
+
+    theta, c = (np.broadcast_to(x, shape) for x in (setting.student.theta_B, setting.student.c_B))
+    bridge = _stages(lambda spec: spec.scorer == TEACHER)  # the stages the teacher scores
+    has_teacher = np.array([arm.teacher is not Teacher.NONE for arm in arms]).reshape(runs_B[bridge[0]].shape)
+    bridged = any_of([runs_B[s] for s in bridge]) & has_teacher
+    if bridged.any():
+        # replay OPD is matched to the compute stage-3 GRPO would have spent on the held-back labels
+        held = sum(labels[s] for s in _stages(lambda spec: spec.replays))
+        replay_ratio = held * setting.compute.grpo_tokens(1) / setting.compute.opd_tokens()
+        tau = bridge_tau(r, runs, replay_ratio)
+        disp = 0.0
+        if np.any(np.asarray(r.gamma) != 0.0):
+            disp = r.gamma * bridge_movement(r, runs, replay_ratio) * (r.kl0 if r.kl0_style is None else r.kl0_style)
+        if np.any(np.asarray(r.cost_fkl) != 0.0) or np.any(np.asarray(r.cost_opd) != 0.0):
+            disp = disp + stage_cost(r, runs, replay_ratio)
+        moved = transfer(setting.student, teacher, tau, r.rho, disp)
+        theta, c = np.where(bridged, moved.theta_B, theta), np.where(bridged, moved.c_B, c)
+
+    student_grpo = _stages(lambda spec: spec.trains == STUDENT and spec.update == "grpo")
+    a3 = np.flatnonzero(any_of([runs[s] for s in student_grpo]).reshape(-1))
+    if a3.size:  # stage 3: GRPO on the student, computed for the arms that run it only
+        s_lab = sum(labels[s] for s in student_grpo)[a3]
+        trained = grpo(setting, Policy(theta[a3], c[a3], setting.student.u_B), s_lab)
+        theta, c = theta.copy(), c.copy()
+        theta[a3], c[a3] = trained.theta_B, trained.c_B
+    return setting.accuracy(Policy(theta, c, setting.student.u_B))
 
 
 def predict_arm(setting: Setting, arm: Arm, n: int, teacher_labels=None) -> np.ndarray:
@@ -245,27 +302,9 @@ def predict_arm(setting: Setting, arm: Arm, n: int, teacher_labels=None) -> np.n
     `teacher_labels` may be an int or a 1-D array of splits; with an array, call on `setting.expand()`
     so the split axis lines up (rates R + (1,)).
     """
-    t_lab, s_lab, held = label_arrays(arm, n, teacher_labels)
-    teacher = setting.teacher
-    if any(STAGES[s].trains == TEACHER for s in arm.stages):  # stage 1: GRPO on the teacher
-        teacher = grpo(setting, teacher, t_lab, teacher_kappa(setting.rates))
-    # replay OPD is matched to the compute stage-3 GRPO would have spent on the held-back labels
-    cost = setting.compute
-    replay_ratio = held * cost.grpo_tokens(1) / cost.opd_tokens()
-    bridge = [s for s in arm.stages if STAGES[s].scorer == TEACHER]  # the stages the teacher scores
-    student = setting.student
-    if bridge and arm.teacher is not Teacher.NONE:
-        r = setting.rates
-        tau = bridge_tau(r, bridge, replay_ratio)
-        disp = 0.0
-        if np.any(np.asarray(r.gamma) != 0.0):
-            disp = r.gamma * bridge_movement(r, bridge, replay_ratio) * (r.kl0 if r.kl0_style is None else r.kl0_style)
-        if np.any(np.asarray(r.cost_fkl) != 0.0) or np.any(np.asarray(r.cost_opd) != 0.0):
-            disp = disp + stage_cost(r, bridge, replay_ratio)
-        student = transfer(student, teacher, tau, r.rho, disp)
-    if any(STAGES[s].trains == STUDENT and STAGES[s].update == "grpo" for s in arm.stages):  # stage 3
-        student = grpo(setting, student, s_lab)
-    return setting.accuracy(student)
+    if teacher_labels is not None and not arm.splits_labels:
+        arm.labels(n, teacher_labels)  # an arm that does not split accepts only its own account (InputError)
+    return predict_arms(setting, (arm,), n, teacher_labels)[0]
 
 
 def predict_teacher(setting: Setting, n) -> Policy:

@@ -260,13 +260,28 @@ def _importance_resample(resid_R, z_map, cov, n_keep: int, rng, rounds: int = 3,
 def fit_scenario(scn: Scenario) -> Fit:
     """MAP + Laplace + draws, cached by the scenario's content."""
     key = scn.key()
-    if key in _CACHE:
-        _CACHE[key] = _CACHE.pop(key)  # most recently used last
-    else:
-        _CACHE[key] = _fit(scn)
-        while len(_CACHE) > _CACHE_MAX:
-            del _CACHE[next(iter(_CACHE))]
+    fit = _CACHE.get(key)
+    _hold(key, _fit(scn) if fit is None else fit)
     return _CACHE[key]
+
+
+def cached_fit(scn: Scenario) -> Fit | None:
+    """The fit of `scn` held in memory (calibrated in this process, or put there by `remember_fit`)."""
+    return _CACHE.get(scn.key())
+
+
+def remember_fit(fit: Fit) -> None:
+    """Hold `fit` in memory as the calibration of its scenario (e.g. one read back from disk by
+    budget_planner/fitcache.py)."""
+    _hold(fit.scenario.key(), fit)
+
+
+def _hold(key: str, fit: Fit) -> None:
+    """Most recently used last; past _CACHE_MAX fits the oldest is dropped."""
+    _CACHE.pop(key, None)
+    _CACHE[key] = fit
+    while len(_CACHE) > _CACHE_MAX:
+        del _CACHE[next(iter(_CACHE))]
 
 
 def _fit(scn: Scenario) -> Fit:

@@ -79,36 +79,6 @@ def dense_nats_per_prompt(kl_per_token, response_tokens) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class GroupSimulation:
-    """Monte-Carlo estimates from simulated GRPO groups (to check the closed forms)."""
-
-    signal_fraction: float
-    signal_size: float
-    bits_per_label: float
-    n_groups: int
-
-
-def simulate_groups(theta: float, c: float, s_d: float, G: int, *, n_groups: int,
-                    rng: np.random.Generator) -> GroupSimulation:
-    """Draw problems d ~ N(0, s_d^2), then G Bernoulli(c sigmoid(theta - d)) rewards per problem.
-
-    Bits: E_d[H(Bin(G, p(d)))] = E_{d, j}[-log2 P(j | d)], estimated by the mean of -log2 P(j | d)
-    over the simulated problems' realised counts j.
-    """
-    G = _check_G(G)
-    d_N = rng.normal(0.0, s_d, size=n_groups)
-    p_N = c * special.expit(theta - d_N)
-    rewards_NG = rng.random((n_groups, G)) < p_N[:, None]
-    j_N = rewards_NG.sum(1)
-    signal = (j_N > 0) & (j_N < G)
-    std_N = rewards_NG.std(1)  # population std, as in `signal_size`
-    log_c = special.gammaln(G + 1) - special.gammaln(j_N + 1) - special.gammaln(G - j_N + 1)
-    logp_N = log_c + special.xlogy(j_N, p_N) + special.xlog1py(G - j_N, -p_N)
-    return GroupSimulation(signal_fraction=float(signal.mean()), signal_size=float(std_N.mean()),
-                           bits_per_label=float(-logp_N.mean() / np.log(2.0)), n_groups=n_groups)
-
-
-@dataclass(frozen=True)
 class ConditionCheck:
     """C1/C2 of arXiv 2605.12483 for one teacher, with the numbers that decide them."""
 

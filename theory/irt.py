@@ -7,7 +7,7 @@ I = items (problems), M = models. Everything broadcasts over leading axes; quadr
     P(correct | d)       = c * sigmoid(theta - d)                   (theta: ability logit, c: compliance)
     accuracy A           = 100 * c * E_d[sigmoid(theta - d)]        -> `accuracy`
     ability-only acc.    = E_d[sigmoid(theta - d)]  (= P(correct | compliant))  -> `ability_accuracy`
-    pass@k               = E_d[1 - (1 - c * sigmoid(theta - d))^k]  -> `pass_at_k`
+    pass@k               = E_d[1 - (1 - c * sigmoid(theta - d))^k]  (inside `theory.dynamics.grpo`)
 
 Compliance is independent of the item (a protocol habit), so P(correct | compliant) = E[sigmoid].
 Fitting from k samples per problem (`fit_problems`) is marginal maximum likelihood over d with the
@@ -37,9 +37,16 @@ _W_K = _W_K / _W_K.sum()
 _PROBIT_SCALE = 1.702
 
 
-def sigmoid(x) -> np.ndarray:
-    """Logistic function via tanh (exact to rounding, faster than scipy's expit on large arrays)."""
-    return 0.5 + 0.5 * np.tanh(0.5 * np.asarray(x, dtype=float))
+def sigmoid_K(theta, s_d, out: np.ndarray | None = None) -> np.ndarray:
+    """sigmoid(theta - d) at the difficulty nodes d_...K = s_d * x_K: P(correct | compliant, d), shape
+    (..., K). The logistic via tanh (exact to rounding, faster than scipy's expit), computed in one
+    buffer (`out` if given): on the planner's split sweep the array holds millions of numbers."""
+    # sigmoid(x) = 0.5 + 0.5 tanh(x / 2); x / 2 = theta / 2 - d / 2 exactly (halving is exact)
+    z = np.subtract(0.5 * np.asarray(theta, dtype=float)[..., None], 0.5 * _nodes(s_d), out=out)
+    np.tanh(z, out=z)
+    z *= 0.5
+    z += 0.5
+    return z
 
 
 def _nodes(s_d) -> np.ndarray:
@@ -49,8 +56,7 @@ def _nodes(s_d) -> np.ndarray:
 
 def p_correct_K(theta, c, s_d) -> np.ndarray:
     """P(correct | d) at the quadrature nodes, shape (..., K)."""
-    theta = np.asarray(theta, dtype=float)
-    return np.asarray(c, dtype=float)[..., None] * sigmoid(theta[..., None] - _nodes(s_d))
+    return np.asarray(c, dtype=float)[..., None] * sigmoid_K(theta, s_d)
 
 
 def expect_K(f_K) -> np.ndarray:
@@ -60,19 +66,12 @@ def expect_K(f_K) -> np.ndarray:
 
 def ability_accuracy(theta, s_d) -> np.ndarray:
     """E_d[sigmoid(theta - d)] in [0, 1]: accuracy given compliance."""
-    return expect_K(sigmoid(np.asarray(theta, dtype=float)[..., None] - _nodes(s_d)))
+    return expect_K(sigmoid_K(theta, s_d))
 
 
 def accuracy(theta, c, s_d) -> np.ndarray:
     """Accuracy in percent: 100 * c * E_d[sigmoid(theta - d)]."""
     return 100.0 * np.asarray(c, dtype=float) * ability_accuracy(theta, s_d)
-
-
-def pass_at_k(theta, c, s_d, k) -> np.ndarray:
-    """E_d[1 - (1 - c sigmoid(theta - d))^k] in [0, 1]; k may be real (> 0)."""
-    p_K = p_correct_K(theta, c, s_d)
-    k = np.asarray(k, dtype=float)[..., None]
-    return expect_K(1.0 - np.power(1.0 - p_K, k))
 
 
 def solve_theta(target, s_d, *, iters: int = 2) -> np.ndarray:
@@ -86,18 +85,15 @@ def solve_theta(target, s_d, *, iters: int = 2) -> np.ndarray:
     target = np.clip(np.asarray(target, dtype=float), 1e-9, 1 - 1e-9)
     s_d = np.asarray(s_d, dtype=float)
     theta = np.sqrt(_PROBIT_SCALE**2 + s_d**2) * special.ndtri(target)
-    d_K = _nodes(s_d)
+    sig_K = sq_K = None  # two buffers, reused by every step
     for _ in range(iters):
-        sig_K = sigmoid(theta[..., None] - d_K)
+        sig_K = sigmoid_K(theta, s_d, out=sig_K)
         f = expect_K(sig_K) - target
-        fp = np.maximum(expect_K(sig_K - sig_K * sig_K), 1e-12)
+        sq_K = np.multiply(sig_K, sig_K, out=sq_K)
+        sig_K -= sq_K  # the derivative's integrand
+        fp = np.maximum(expect_K(sig_K), 1e-12)
         theta = theta - f / fp
     return theta
-
-
-def theta_from_accuracy(acc_pct, c, s_d) -> np.ndarray:
-    """Ability from a strict accuracy (percent) and compliance: solve E[sigmoid] = A / (100 c)."""
-    return solve_theta(np.asarray(acc_pct, dtype=float) / (100.0 * np.asarray(c, dtype=float)), s_d)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ Inputs are addressed by a flat path, e.g. `rates.kappa`, `inputs.kl0`, `benchmar
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import tomllib
 from dataclasses import dataclass, fields
@@ -475,21 +477,25 @@ def read_scenario(path: str | Path) -> Scenario:
         raise InputError(f"scenario file {str(path)!r} not found")
     try:
         text = p.read_text(encoding="utf-8")
-        doc = tomllib.loads(text)
     except UnicodeDecodeError:
         raise InputError(f"scenario {str(p)!r}: not UTF-8 text") from None
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"scenario {str(p)!r}: malformed TOML ({e})") from None
-    return parse_scenario(doc, source=str(p), base_dir=p.parent)
+    return loads_scenario(text, source=str(p), base_dir=p.parent)
 
 
-def loads_scenario(text: str, *, base_dir: Path | None = None) -> Scenario:
-    """Parse scenario TOML text (used by tests and `calibrate`)."""
+@functools.lru_cache(maxsize=32)
+def _toml(text: str) -> dict:
+    """Parsed TOML by text: a notebook or the planner re-reading a preset parses it once (a few ms each)."""
+    return tomllib.loads(text)
+
+
+def loads_scenario(text: str, *, source: str | None = None, base_dir: Path | None = None) -> Scenario:
+    """A scenario from TOML text; `source` (a file name) is named in messages."""
     try:
-        doc = tomllib.loads(text)
+        doc = copy.deepcopy(_toml(text))  # a copy: the cached document stays as parsed
     except tomllib.TOMLDecodeError as e:
-        raise InputError(f"scenario: malformed TOML ({e})") from None
-    return parse_scenario(doc, source="<text>", base_dir=base_dir)
+        where = "scenario" if source is None else f"scenario {source!r}"
+        raise InputError(f"{where}: malformed TOML ({e})") from None
+    return parse_scenario(doc, source=source or "<text>", base_dir=base_dir)
 
 
 # ------------------------------------------------------------------------------------------------

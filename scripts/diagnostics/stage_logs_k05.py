@@ -4,8 +4,8 @@ import copy, sys, json
 import numpy as np, torch
 from reference.config import load_config
 from reference.seeds import seed_from
-from reference import stages as st
-from reference.pipeline import build_models, build_world
+from reference import stages
+from reference.assemble import build_models, build_world
 what, lr, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(1)
 cfg = load_config("configs/family/modes_k05.toml")
@@ -17,17 +17,17 @@ def show(log, keys):
 if what == "grpo":
     c = cfg.override({"grpo.lr": lr}).grpo
     torch.manual_seed(seed_from("gate", seed, "student_grpo"))
-    res = st.grpo(copy.deepcopy(m.student), labeled, c, m.ctx, role="student", seed=seed_from("gate-data", seed, "student_grpo"), limit=100)
+    res = stages.grpo(copy.deepcopy(m.student), labeled, c, m.ctx, role="student", seed=seed_from("gate-data", seed, "student_grpo"), limit=100)
     print("keys", list(res.log[0].keys()))
     show(res.log, ["reward", "pass_rate", "zero_signal_fraction", "length", "compliance", "grad_norm", "lr"])
     r = np.array([e["reward"] for e in res.log]); print("reward blocks of 10:", np.round(r.reshape(-1, 10).mean(1), 3))
 else:
     teacher = copy.deepcopy(m.teacher)
     torch.manual_seed(seed_from("gate", seed, "teacher_grpo"))
-    st.grpo(teacher, labeled, cfg.grpo, m.ctx, role="teacher", seed=seed_from("gate-data", seed, "teacher_grpo"), limit=50)
+    stages.grpo(teacher, labeled, cfg.grpo, m.ctx, role="teacher", seed=seed_from("gate-data", seed, "teacher_grpo"), limit=50)
     teacher.requires_grad_(False)
     c = cfg.override({"opd.lr": lr}).opd
     torch.manual_seed(seed_from("gate", seed, "move_opd"))
-    res = st.opd(copy.deepcopy(m.student), teacher, world.unlabeled, c, m.ctx, seed=seed_from("gate-data", seed, "move_opd"))
+    res = stages.opd(copy.deepcopy(m.student), teacher, world.unlabeled, c, m.ctx, seed=seed_from("gate-data", seed, "move_opd"))
     print("keys", list(res.log[0].keys()))
     show(res.log, ["kl_to_teacher", "length", "compliance", "grad_norm", "lr", "loss"])
