@@ -1,36 +1,65 @@
 """Verifiable reward: the final ``\\boxed{...}`` answer checked against a gold answer.
 
-One reward for both scales (toy arithmetic and Qwen3 on MATH/AIME):
+One reward for both scales (toy arithmetic and Qwen3 on MATH/AIME). It reads answers the way
+math-verify's own tests expect, except for the deliberate deviations listed below, and a test
+(tests/test_rewards.py, ``test_agreement_with_math_verify``) measures the agreement with
+``math_verify.verify(parse(gold), parse(completion))`` on boxed cases of every kind.
 
-1. The answer is the *last* ``\\boxed{...}`` of the completion, with balanced braces (``\\{``/``\\}``
-   are literal braces and do not count). A completion whose last box is cut off (unbalanced) has no
-   answer: a truncated generation never scores.
-2. When the gold is a plain number (``46``, ``-3``, ``0.5``, ``10{,}000``) the prediction must be a
-   *number* too: a decimal literal (``46``, ``46.0``, ``0.50``, ``10,000``) or a fraction in lowest
-   terms (``\\frac{1}{2}``, ``\\dfrac12``, ``-\\frac{1}{2}``, ``1/2``), compared exactly with the
-   gold. math-verify alone accepts ``12+34`` for 46 (it evaluates expressions), which would reward a
-   policy for echoing the question (science.md), so expressions are refused -- and so is an
-   unreduced fraction such as ``\\frac{92}{2}``, which is a division, not a number in its final form.
-   Light, common decorations are stripped first: ``x = ``, ``^\\circ``, ``\\%``, a trailing
-   ``\\text{...}`` unit, digit grouping, one pair of outer braces.
-3. Number against numeric gold is decided exactly in-process (canonical digit strings, so a
-   200,000-digit literal costs microseconds and never reaches ``int()``'s 4300-digit limit; fractions
-   via ``fractions.Fraction``). The toy world scores thousands of completions per step and needs no
-   worker for them. Deliberate deviation: math-verify rounds floats to 6 places (it accepts
-   ``0.5000001`` for ``0.5``); this comparison is exact. A test checks it otherwise agrees.
-4. Everything else (fractions, radicals, tuples, intervals, sets, text answers) goes to
-   math-verify's ``verify(gold, pred)`` -- gold first, it is not symmetric -- on a persistent pool of
-   worker processes. math-verify's own timeout uses ``signal.alarm`` (fails off the main thread) and
-   some inputs hang anyway (``9^{9^{9^{9}}}`` makes sympy build a 369-million-digit integer), so the
-   parent enforces the timeout: a worker that overruns is killed, the item scores 0.0, and a fresh
-   worker is started. Each item gets ``timeout_s`` of worker time, so ``score`` returns within about
-   ``timeout_s`` plus one worker start (~0.5 s) whatever the text; ``score_batch`` spreads items over
-   the workers and every item is bounded the same way.
-5. No exception leaves ``score``/``score_batch`` because of what a completion or gold says: an answer
+1. The answer is in the boxes at the end of the completion, with balanced braces (``\\{``/``\\}`` are
+   literal braces). A completion whose last box is cut off (unbalanced) has no answer: a truncated
+   generation never scores. Boxes written together are one answer, as math-verify groups them:
+   every box of the math environment that holds the last box, and of the environments before it
+   joined by a bare connector (``$x=\\boxed{1}$ and $y=\\boxed{2}$``); outside math delimiters, boxes
+   fewer than 10 characters apart, or fewer than 70 with a connector (and, or, a comma, a
+   semicolon). An earlier box across prose is an intermediate value and is not read.
+2. Against a gold of several values -- a tuple ``(3, -1)``, a set ``\\{-2, 5\\}``, an interval, a
+   bare list ``1, 2``, ``\\pm 5``, or a gold of several boxes -- the boxes together are the answer,
+   compared by math-verify: in order for a tuple or an interval, in any order for a set or a list;
+   one box holding a list (``\\boxed{1, 2}``) is the same answer. Against a single value the last
+   box decides. A comma followed by a space separates list items (``\\boxed{32, 349}`` is two
+   numbers); ``10,000``, ``10{,}000``, ``1\\,000`` are one number.
+3. When the gold is a plain number (``46``, ``-3``, ``0.5``, ``10{,}000``; a gold given as a Python
+   int or float is read as its decimal string) the prediction must be a *number* too: a decimal
+   literal, a fraction in lowest terms (``\\frac{1}{2}``, ``\\dfrac12``, ``1/2``), a mixed number with
+   a proper fraction (``3\\frac{1}{2}``) or scientific notation (``1.5\\times10^{3}``), compared
+   exactly (canonical digit strings, so a 200,000-digit literal costs microseconds and never
+   reaches ``int()``'s 4300-digit limit; fractions via ``fractions.Fraction``). Decorations are
+   read as math-verify reads them: ``x = `` (a name on the left: ``k = 45``, ``x_1 = 3``, ``AB =
+   5``, ``f(3) = 9``), ``^\\circ``, ``\\$``, a ``\\%`` (``40\\%`` is 40 and 0.4), trailing
+   ``\\text{...}`` units (``\\text{m}/\\text{s}``, ``\\text{cm}^2``), one pair of braces or
+   parentheses, ``\\text{7}``/``\\mathbf{7}``, and plain unit words, which a worker strips with
+   math-verify's own unit list (``15 meters`` is 15, ``5 bananas`` is not a number). The Unicode
+   minus (U+2212) is a minus in gold and prediction alike. The toy world scores thousands of
+   completions per step and needs no worker for them.
+4. Deliberate deviations from math-verify, each for a reason:
+   - expressions are refused against a numeric gold (``\\boxed{12+34}``, ``2^{10}``, ``\\sqrt{4}``,
+     ``12+34=46``; math-verify evaluates them), which would reward a policy for echoing the
+     question (science.md); so are forms not final: an unreduced fraction ``\\frac{92}{2}``, an
+     improper mixed number ``3\\frac{3}{2}``, and a box nested in a box ``\\boxed{\\boxed{3}}`` (a
+     broken protocol; the toy world's alphabet can write it and its scores stay as they were);
+   - numbers are compared exactly: math-verify rounds to 6 places (it accepts ``0.5000001`` for
+     ``0.5`` and ``\\frac{1}{3}`` for ``0.333333``);
+   - against a single-value gold the last box decides even when other boxes stand next to it
+     (``\\boxed{3}, \\boxed{7}`` for 7 scores 1; math-verify reads a set and refuses it): the rule
+     does not turn on how many characters separate two boxes, and it pays nothing for hedging,
+     since only the last box is read (no credit when any other box matches);
+   - digit grouping by a space or a thin space (``10 000``, ``1\\,000``) is one number, as
+     math-verify's own number tests expect; its LaTeX parser reads a product (``10\\cdot000 = 0``).
+5. Everything else (fractions, radicals, tuples, intervals, sets, text answers, against non-numeric
+   golds) goes to math-verify's ``verify(gold, pred)`` -- gold first, it is not symmetric -- on a
+   persistent pool of worker processes; several boxes are parsed as one list, as math-verify
+   parses them in a completion. math-verify's own timeout uses ``signal.alarm`` (fails off the
+   main thread) and some inputs hang anyway (``9^{9^{9^{9}}}`` makes sympy build a 369-million-digit
+   integer), so the parent enforces the timeout: a worker that overruns is killed, the item scores
+   0.0, and a fresh worker is started. Each item gets ``timeout_s`` of worker time, so ``score``
+   returns within about ``timeout_s`` plus one worker start (~0.5 s) whatever the text;
+   ``score_batch`` spreads items over the workers and every item is bounded the same way.
+6. No exception leaves ``score``/``score_batch`` because of what a completion or gold says: an answer
    longer than ``MAX_ANSWER_CHARS`` is not checked (scores 0.0), a non-string completion scores 0.0,
-   an integer gold is read as its decimal string, and any failure while deciding scores 0.0. What
-   still raises is misuse of the API (lengths that differ, ``timeout_s <= 0``) and an environment
-   where the workers cannot start at all (one RuntimeError naming the cause, not silent zeros).
+   a gold that is neither text nor a finite number scores 0.0, and any failure while deciding
+   scores 0.0. What still raises is misuse of the API (lengths that differ, ``timeout_s <= 0``) and
+   an environment where the workers cannot start at all (one RuntimeError naming the cause, not
+   silent zeros).
 
 The pool is created lazily on first use (plain `python` subprocesses over pipes; start-up is not
 charged to any item's timeout) and shut down at interpreter exit. A worker that dies before it is
@@ -40,7 +69,9 @@ ready three times in a row means a broken environment: one RuntimeError naming t
 from __future__ import annotations
 
 import atexit
+import bisect
 import math
+import numbers
 import os
 import re
 import subprocess
@@ -50,6 +81,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 from functools import lru_cache
 from multiprocessing.connection import Connection, wait
@@ -59,6 +91,7 @@ __all__ = [
     "score_batch",
     "is_compliant",
     "extract_boxed",
+    "extract_answer",
     "normalize_gold",
     "RewardPool",
     "default_pool",
@@ -98,25 +131,105 @@ def _match_brace(text: str, open_idx: int) -> int:
     return -1
 
 
-def extract_boxed(completion: str) -> str | None:
-    """Content of the last top-level ``\\boxed{...}``; None if there is none or it never closes."""
-    last: str | None = None
+def _scan_boxes(text: str) -> list[tuple[int, int, str]] | None:
+    """Every top-level box, in order, as (index of ``\\boxed``, index of its closing brace, stripped
+    content); None when the final box never closes (everything after it is inside it)."""
+    boxes: list[tuple[int, int, str]] = []
     pos = 0
     while True:
-        i = completion.find(_BOXED, pos)
+        i = text.find(_BOXED, pos)
         if i < 0:
-            return last
+            return boxes
         j = i + len(_BOXED)
-        while j < len(completion) and completion[j] in " \t":
+        while j < len(text) and text[j] in " \t":
             j += 1
-        if j >= len(completion) or completion[j] != "{":
+        if j >= len(text) or text[j] != "{":
             pos = j  # `\boxed` without a brace group is not an answer
             continue
-        end = _match_brace(completion, j)
+        end = _match_brace(text, j)
         if end < 0:
-            return None  # the final box is cut off: everything after it is inside it
-        last = completion[j + 1 : end - 1].strip()
+            return None
+        boxes.append((i, end - 1, text[j + 1 : end - 1].strip()))
         pos = end
+
+
+# Which boxes are one answer follows math-verify's reading (its rule and thresholds), so a pair or a
+# set may be written as several boxes:
+# - the last box inside a math environment ($...$, $$...$$, \(...\), \[...\]): every box in that
+#   environment, and in the environments before it joined by a bare connector (`$\boxed{1}$ and
+#   $\boxed{2}$`, up to six environments; `$\boxed{1}$, so $\boxed{2}$` is two statements);
+# - otherwise (bare boxes, or a brace follows the answer's environment): a box joins the one after it
+#   when fewer than _JOIN_NEAR characters separate them (`\boxed{1}\boxed{2}`, `x_1 = \boxed{2}, x_2 =
+#   \boxed{3}`), or fewer than _JOIN_FAR with a connector (and / or / , / ;) and a different value.
+# A box further back, or across prose, is an intermediate value. A value repeated next to itself counts once.
+_JOIN_NEAR = 10
+_JOIN_FAR = 70
+_CONNECTOR_RE = re.compile(r"\b(?:and|or)\b|,|;")
+_ENV_JOIN_RE = re.compile(r"\s*(?:,?and|,?or|,)\s*")
+_MAX_CHAINED_ENVS = 6
+_UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
+
+
+def _env_of(text: str, pos: int) -> tuple[int, int] | None:
+    """The math environment around ``pos`` as (start, end), or None (str.find/count only: linear)."""
+    for opener, closer in (("\\[", "\\]"), ("\\(", "\\)")):
+        a = text.rfind(opener, 0, pos)
+        if a >= 0 and text.find(closer, a, pos) < 0:
+            b = text.find(closer, pos)
+            if b >= 0:
+                return a, b + 2
+    if text.count("$$", 0, pos) % 2 == 1:
+        b = text.find("$$", pos)
+        if b >= 0:
+            return text.rfind("$$", 0, pos), b + 2
+    line_start = text.rfind("\n", 0, pos) + 1
+    before = text[line_start:pos].replace("\\$", "").replace("$$", "")
+    if before.count("$") % 2 == 1:  # an inline $...$ never crosses a line
+        line_end = text.find("\n", pos)
+        m = _UNESCAPED_DOLLAR_RE.search(text, pos, len(text) if line_end < 0 else line_end)
+        if m is not None:
+            return text.rfind("$", line_start, pos), m.end()
+    return None
+
+
+def _dedup(contents: list[str]) -> list[str]:
+    return [c for i, c in enumerate(contents) if i == 0 or c != contents[i - 1]]
+
+
+def extract_answer(completion: str) -> list[str] | None:
+    """The final answer's boxes, in order: the last box and the boxes written together with it (see
+    above); None if there is no box or the last one never closes."""
+    boxes = _scan_boxes(completion)
+    if not boxes:
+        return None
+    if len(boxes) == 1:
+        return [boxes[0][2]]
+    env = _env_of(completion, boxes[-1][0])
+    if env is not None and completion.rfind("}") < env[1]:
+        starts = [b[0] for b in boxes]
+        lo = bisect.bisect_left(starts, env[0])
+        for _ in range(_MAX_CHAINED_ENVS - 1):
+            prev = _env_of(completion, boxes[lo - 1][0]) if lo > 0 else None
+            if prev is None or prev[1] > env[0] or not _ENV_JOIN_RE.fullmatch(completion, prev[1], env[0]):
+                break
+            env, lo = prev, bisect.bisect_left(starts, prev[0])
+        return _dedup([b[2] for b in boxes[lo:]])
+    group = [boxes[-1][2]]
+    right = boxes[-1][0]
+    for start, close, content in reversed(boxes[:-1]):
+        between = completion[close + 1 : right]
+        if not (len(between) < _JOIN_NEAR or (
+                len(between) < _JOIN_FAR and content != group[-1] and _CONNECTOR_RE.search(between))):
+            break
+        group.append(content)
+        right = start
+    return _dedup(group[::-1])
+
+
+def extract_boxed(completion: str) -> str | None:
+    """Content of the last top-level ``\\boxed{...}``; None if there is none or it never closes."""
+    boxes = _scan_boxes(completion)
+    return boxes[-1][2] if boxes else None
 
 
 def is_compliant(completion: str) -> bool:
@@ -129,10 +242,27 @@ def is_compliant(completion: str) -> bool:
 # Numeric literals
 # --------------------------------------------------------------------------------------------------
 
-_DEC_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
-_GROUPED_RE = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d*)?")
-_UNIT_TAIL_RE = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}$")
-_VAR_PREFIX_RE = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?\s*=\s*")
+_DEC_RE = re.compile(r"[+-]?(?:\d+(?:\.\d+)?|\.\d+)")  # `5.` is not read (math-verify fails on it)
+# Digit grouping: one separator kind throughout, groups of three (`10,000`, `1\,000`, `1 000`).
+_GROUPED_RE = re.compile(r"[+-]?\d{1,3}(,|\\,|\\ | )\d{3}(?:\1\d{3})*(?:\.\d+)?")
+_NEG_SPACE_RE = re.compile(r"\\!\s*")  # `\!`, a negative thin space (`32,\! 349` is one number)
+_SIGN_SPACE_RE = re.compile(r"^([+-])\s+")
+_LIST_COMMA_RE = re.compile(r",\s")  # `32, 349` is a list of two numbers, `32,349` one number
+_UNIT_TAIL_RE = re.compile(  # trailing text blocks, with powers, / and \cdot between: ` \text{m}/\text{s}^2`
+    r"(?:(?:\s|\\[,;: ]|/|\\cdot)*"
+    r"\\(?:text|textrm|textit|textbf|mbox|mathrm|mathit|mathbf)\s*\{[^{}]*\}(?:\^\{?\d\}?)?)+$")
+_PARENS_RE = re.compile(r"\\left\s*\((.*)\\right\s*\)|\((.*)\)")  # `(-\frac{5}{2})`
+_WRAPPER_RE = re.compile(r"\\(?:text|textrm|textbf|mbox|mathrm|mathbf|boldsymbol)\s*\{([^{}]*)\}")
+_PERCENT_RE = re.compile(r"(?:\\%|%|\\text\{\s*(?:\\%|percent|percentage|pct)\s*\}|\b(?:percentage|percent|pct))$")
+_EDGE_SPACE_RE = re.compile(r"^(?:\s|\\[,;:! ]|\\q?quad)+|(?:\s|\\[,;:! ]|\\q?quad)+$")
+_RELATION_EQ_RE = re.compile(r"(?<![\\<>!:])=")
+# The left side of `name = value`: letters (runs of at most two: x, k, AB), commands (\theta), with
+# subscripts, primes and argument lists (x_1, f(3), P(A)), joined by spaces or + - * / \cdot. Not
+# arithmetic on numbers (`12+34 = 46` stays an expression), and not the toy world's `ANS` marker.
+_NAME = (r"(?:\d+(?:\.\d+)?)?(?:\\[A-Za-z]+|[A-Za-z]{1,2})"  # an optional coefficient: `2x`
+         r"(?:_\{[^{}]*\}|_[A-Za-z0-9]|\^\{[^{}]*\}|\^[A-Za-z0-9]|'|\([^()]*\))*")
+_LHS_RE = re.compile(rf"\s*{_NAME}(?:(?:\s*(?:[+\-*/]|\\cdot|\\times)\s*|\s+){_NAME})*\s*")
+_UNICODE_MINUS = str.maketrans({"\u2212": "-"})  # what math-verify reads as a minus; `–` (en dash) it does not
 
 
 def _strip_math(s: str) -> str:
@@ -149,28 +279,69 @@ def _strip_math(s: str) -> str:
             return s[i:j]
 
 
+def _plain_number(s: str) -> str | None:
+    """``s`` as a decimal literal without grouping (``10{,}000`` -> ``10000``), or None."""
+    s = _NEG_SPACE_RE.sub("", s.replace("{,}", ","))
+    if _LIST_COMMA_RE.search(s):
+        return None
+    s = _SIGN_SPACE_RE.sub(r"\1", s.strip())
+    if _DEC_RE.fullmatch(s):
+        return s
+    m = _GROUPED_RE.fullmatch(s)
+    return s.replace(m.group(1), "") if m else None
+
+
 def _numeric_gold(gold: str) -> str | None:
     """The gold as a canonical numeric literal string, or None if it is not a plain number."""
-    g = _strip_math(gold).replace("{,}", "").replace("\\!", "").replace(" ", "")
-    return g if _DEC_RE.fullmatch(g) else None
+    lit = _plain_number(_strip_math(gold))
+    return None if lit is None else _canonical_decimal(lit)
 
 
-def _undecorate(pred: str) -> str:
-    """``pred`` without the decorations a correct numeric answer may carry (see the module doc)."""
-    p = _strip_math(pred)
-    p = _VAR_PREFIX_RE.sub("", p)
-    p = _UNIT_TAIL_RE.sub("", p).strip()
-    for deco in ("^\\circ", "^{\\circ}", "\\%", "%", "\\$"):
+def _equation_rhs(p: str) -> str:
+    """``value`` of ``name = value`` (one ``=``, a name on the left: see _LHS_RE), else ``p``."""
+    parts = _RELATION_EQ_RE.split(p)
+    if len(parts) == 2 and _LHS_RE.fullmatch(parts[0]):
+        return parts[1].strip()
+    return p
+
+
+def _undecorate(pred: str) -> tuple[str, bool, bool]:
+    """(``pred`` without the decorations a numeric answer may carry, had a percent sign, was wrapped
+    whole in ``\\text{}``/``\\mathbf{}``: then only a plain number counts)."""
+    p = _EDGE_SPACE_RE.sub("", _equation_rhs(_strip_math(pred).replace("\\displaystyle", "")))
+    percent = False
+    m = _PERCENT_RE.search(p)
+    if m is not None:
+        p, percent = _EDGE_SPACE_RE.sub("", p[: m.start()]), True
+    m = _WRAPPER_RE.fullmatch(p)
+    if m is not None:
+        return m.group(1).strip(), percent, True
+    p = _EDGE_SPACE_RE.sub("", _UNIT_TAIL_RE.sub("", p))
+    for deco in ("^\\circ", "^{\\circ}", "\\$"):
         if p.endswith(deco):
             p = p[: -len(deco)]
         if p.startswith(deco):
             p = p[len(deco) :]
-    p = p.replace("{,}", "").replace("\\,", "").replace("\\!", "").replace(" ", "")
+    p = _EDGE_SPACE_RE.sub("", p)
     if len(p) >= 2 and p[0] == "{" and p[-1] == "}" and "{" not in p[1:-1] and "}" not in p[1:-1]:
-        p = p[1:-1]  # `{0.5}`; only a flat group, so `{1}{2}` is not mistaken for one
-    if _GROUPED_RE.fullmatch(p):
-        p = p.replace(",", "")
-    return p
+        p = p[1:-1].strip()  # `{0.5}`; only a flat group, so `{1}{2}` is not mistaken for one
+    m = _PARENS_RE.fullmatch(p)
+    if m is not None and "(" not in (inner := m.group(1) or m.group(2) or "") and ")" not in inner:
+        p = inner.strip()  # one number in parentheses; `(1, 2)` stays a pair (the comma rule)
+    return p, percent, False
+
+
+def _word_tail(p: str) -> int:
+    """Start of a trailing run of plain words (`` meters``, `` square units``) after a number, or -1."""
+    i = len(p)
+    while i > 0 and (p[i - 1].isascii() and (p[i - 1].isalpha() or p[i - 1] in " .")):
+        i -= 1
+    while i < len(p) and not p[i].isalpha():
+        i += 1  # the run starts at a letter
+    tail = p[i:]
+    if i == 0 or not tail or not any(c.islower() for c in tail) or not (p[i - 1].isdigit() or p[i - 1] in " }"):
+        return -1
+    return i
 
 
 def _canonical_decimal(lit: str) -> str:
@@ -194,7 +365,7 @@ def _decimal_fraction(canonical: str) -> Fraction | None:
 
 
 _FRAC_RES = (
-    re.compile(r"([+-]?)\\[dt]?frac(?:\{([+-]?)(\d+)\}|()(\d))(?:\{(\d+)\}|(\d))"),  # \frac{1}{2}, \frac12
+    re.compile(r"([+-]?)\\[dtc]?frac(?:\{([+-]?)(\d+)\}|()(\d))(?:\{(\d+)\}|(\d))"),  # \frac{1}{2}, \frac12
     re.compile(r"([+-]?)()(\d+)()()/(\d+)()"),  # 1/2
 )
 
@@ -219,62 +390,144 @@ def _lowest_terms_fraction(p: str) -> Fraction | None:
     return None
 
 
-def _numeric_match(num_gold: str, pred: str) -> bool:
-    """Is ``pred`` a number (decimal literal or lowest-terms fraction) equal to the numeric gold?"""
-    p = _undecorate(pred)
-    gold = _canonical_decimal(num_gold)
-    if _DEC_RE.fullmatch(p):
-        return _canonical_decimal(p) == gold
-    frac = _lowest_terms_fraction(p)
-    if frac is None:
-        return False  # e.g. `12+34` for 46: not a final numeric answer
-    gold_value = _decimal_fraction(gold)
-    return gold_value is not None and frac == gold_value
+_MIXED_RE = re.compile(r"([+-]?)(\d+)\\[dtc]?frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))")  # 3\frac{1}{2}
+_SCIENTIFIC_RE = re.compile(r"([+-]?[1-9](?:\.\d+)?)(?:\\times|\\cdot)10\^(?:\{([+-]?\d{1,4})\}|(\d))")
+
+
+def _mixed_or_scientific(p: str) -> Fraction | None:
+    """A mixed number with a proper fraction in lowest terms (``3\\frac{1}{2}``) or scientific
+    notation (``1.5 \\times 10^{3}``: one nonzero digit before the point), else None."""
+    m = _MIXED_RE.fullmatch(p)
+    if m is not None:
+        sign, whole, num_a, num_b, den_a, den_b = m.groups()
+        digits = (whole, num_a or num_b, den_a or den_b)
+        if max(len(x) for x in digits) > _MAX_FRACTION_DIGITS:
+            return None
+        w, n, d = (int(x) for x in digits)
+        if not 0 < n < d or math.gcd(n, d) != 1:
+            return None  # `3\frac{3}{2}`, `3\frac{2}{4}`: not a number in its final form
+        return (-1 if sign == "-" else 1) * (w + Fraction(n, d))
+    m = _SCIENTIFIC_RE.fullmatch(p)
+    if m is not None:
+        exponent = int(m.group(2) or m.group(3))
+        if abs(exponent) > _MAX_FRACTION_DIGITS:
+            return None
+        return Fraction(m.group(1)) * Fraction(10) ** exponent
+    return None
+
+
+_UNITS = "units"  # verdict: a number followed by words; the worker reads them with math-verify's unit list
+
+
+def _numeric_verdict(num_gold: str, pred: str, strip_units=None) -> float | str:
+    """1.0/0.0: is ``pred`` a number (module docstring, point 3; with a percent sign also read as
+    hundredths) equal to the numeric gold? ``_UNITS`` when words follow the number and
+    ``strip_units`` (math-verify's unit remover, in a worker) is not given."""
+    if _DEC_RE.fullmatch(pred):
+        return float(_canonical_decimal(pred) == num_gold)  # the common case, undecorated
+    p, percent, wrapped = _undecorate(pred)
+    value: str | Fraction | None = None
+    lit = _plain_number(p)
+    if lit is not None:
+        value = _canonical_decimal(lit)
+    else:
+        compact = re.sub(r"\s+", "", p)
+        value = _lowest_terms_fraction(compact) or _mixed_or_scientific(compact)
+    if value is None:
+        if wrapped or _word_tail(p) < 0:
+            return 0.0  # e.g. `12+34` for 46: not a final numeric answer
+        if strip_units is None:
+            return _UNITS
+        stripped = strip_units(p)
+        verdict = _numeric_verdict(num_gold, stripped) if stripped != p else 0.0
+        return 0.0 if verdict == _UNITS else verdict
+    if isinstance(value, str):
+        if value == num_gold:
+            return 1.0
+        if not percent:
+            return 0.0
+        value = _decimal_fraction(value)
+    gold_value = _decimal_fraction(num_gold)
+    if value is None or gold_value is None:
+        return 0.0
+    return float(value == gold_value or (percent and value / 100 == gold_value))
 
 
 @dataclass(frozen=True)
 class _Decision:
-    """In-process verdict (score) or the math-verify job (gold, pred) still to run."""
+    """In-process verdict (score) or the worker job (kind, gold, pred) still to run."""
 
     score: float | None
-    job: tuple[str, str] | None = None
+    job: tuple | None = None
 
 
 def normalize_gold(gold: str) -> str:
-    """The answer a gold string holds: the boxed part of a full solution, else the text without `$`."""
-    # A MATH `solution` field (or any text holding a box) is reduced to its boxed answer.
+    """The answer a gold string holds: the boxed answer of a full solution (several boxes written
+    together as ``\\boxed{a}, \\boxed{b}``, a list), else the text without ``$``."""
     if _BOXED in gold:
-        boxed = extract_boxed(gold)
-        if boxed:
-            return boxed
+        boxes = extract_answer(gold)
+        if boxes and all(boxes):
+            return boxes[0] if len(boxes) == 1 else ", ".join(f"\\boxed{{{b}}}" for b in boxes)
     return _strip_math(gold)
 
 
+def _gold_text(gold) -> str | None:
+    """A gold given as a number is read as its decimal string (``0.5`` as ``"0.5"``); None if unusable."""
+    if isinstance(gold, str):
+        return gold
+    if isinstance(gold, bool):
+        return None
+    if isinstance(gold, numbers.Integral):
+        return str(int(gold))
+    if isinstance(gold, numbers.Rational):
+        return f"\\frac{{{gold.numerator}}}{{{gold.denominator}}}" if gold.denominator != 1 else str(gold.numerator)
+    if isinstance(gold, (numbers.Real, Decimal)):
+        try:
+            d = Decimal(str(gold))  # the shortest form that reads back: `0.1`, not float32's 0.100000001...
+        except ArithmeticError:
+            d = Decimal(repr(float(gold)))
+        return format(d, "f") if d.is_finite() else None  # `1e-07` as `0.0000001`
+    return None
+
+
+def _is_collection(gold: str) -> bool:
+    """Whether the gold is several values (a tuple, set, interval, list or several boxes): then the
+    prediction's boxes together are its answer, otherwise its last box."""
+    return _BOXED in gold or "," in gold.replace("{,}", "") or ";" in gold or "\\pm" in gold or "\\mp" in gold
+
+
 def _decide(completion: str, gold: str) -> _Decision:
-    """Score in-process when possible, else name the math-verify job; never raises on content."""
+    """Score in-process when possible, else name the worker job; never raises on content."""
     try:
         return _decide_unguarded(completion, gold)
     except Exception:  # noqa: BLE001 -- a reward must not end a training run over one odd completion
         return _Decision(0.0)
 
 
-def _decide_unguarded(completion: str, gold: str) -> _Decision:
+def _decide_unguarded(completion: str, gold) -> _Decision:
     if not isinstance(completion, str):
         return _Decision(0.0)
-    if isinstance(gold, int) and not isinstance(gold, bool):
-        gold = str(gold)  # datasets often store integer answers as ints
-    if not isinstance(gold, str):
+    gold = _gold_text(gold)
+    if gold is None:
         return _Decision(0.0)
-    pred = extract_boxed(completion)
-    if not pred or len(pred) > MAX_ANSWER_CHARS:
+    boxes = extract_answer(completion)
+    if not boxes or not boxes[-1]:
         return _Decision(0.0)
-    gold = normalize_gold(gold)
+    gold = normalize_gold(gold.translate(_UNICODE_MINUS))
     if not gold:
         return _Decision(0.0)
+    boxes = [b.translate(_UNICODE_MINUS) for b in boxes]
     num_gold = _numeric_gold(gold)
+    if num_gold is not None or not _is_collection(gold):
+        boxes = boxes[-1:]  # against a single value the last box decides
+    if sum(len(b) for b in boxes) > MAX_ANSWER_CHARS:
+        return _Decision(0.0)
     if num_gold is not None:
-        return _Decision(float(_numeric_match(num_gold, pred)))
-    return _Decision(None, (gold, pred))
+        verdict = _numeric_verdict(num_gold, boxes[0])
+        if verdict == _UNITS:
+            return _Decision(None, ("units", num_gold, boxes[0]))
+        return _Decision(verdict)  # type: ignore[arg-type]
+    return _Decision(None, ("verify", gold, boxes[0] if len(boxes) == 1 else tuple(boxes)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,6 +546,16 @@ def _worker_main(recv: Connection, send: Connection, stall_marker: str | None) -
     def parsed_gold(g: str):
         return parse("$" + g + "$", parsing_timeout=None)
 
+    def strip_units(text: str) -> str:
+        # math-verify's own unit remover (its NormalizationConfig.units step: two passes)
+        from latex2sympy2_extended.math_normalization import units_regex
+
+        for _ in range(2):
+            t = units_regex.sub(r"\1", text)
+            if t and t != text:
+                text = t
+        return text.strip()
+
     send.send("ready")
     while True:
         try:
@@ -301,13 +564,19 @@ def _worker_main(recv: Connection, send: Connection, stall_marker: str | None) -
             return
         if msg is None:
             return
-        gold, pred = msg
-        if stall_marker is not None and pred == stall_marker:
+        kind, gold, pred = msg
+        parts = (pred,) if isinstance(pred, str) else tuple(pred)
+        if stall_marker is not None and stall_marker in parts:
             time.sleep(3600)  # test hook: behave like an input that hangs sympy
         try:
-            g = parsed_gold(gold)
-            p = parse("$" + pred + "$", parsing_timeout=None)
-            ok = bool(g) and bool(p) and verify(g, p, timeout_seconds=None)
+            if kind == "units":  # a number followed by words: math-verify's units, then our number rule
+                ok = _numeric_verdict(gold, pred, strip_units) == 1.0
+            else:
+                g = parsed_gold(gold)
+                # several boxes are parsed as math-verify parses them in a completion: one list
+                text = parts[0] if len(parts) == 1 else ", ".join(f"\\boxed{{{b}}}" for b in parts)
+                p = parse("$" + text + "$", parsing_timeout=None)
+                ok = bool(g) and bool(p) and verify(g, p, timeout_seconds=None)
         except Exception:  # noqa: BLE001 — any parser/sympy failure means "not verified"
             ok = False
         send.send(bool(ok))
@@ -427,8 +696,12 @@ class RewardPool:
         self._workers[i] = _Worker(self._stall_marker)
 
     # -- scoring -----------------------------------------------------------------------------------
-    def verify_many(self, jobs: list[tuple[str, str]], *, timeout_s: float) -> list[bool]:
-        """math-verify ``verify(parse(gold), parse(pred))`` for each (gold, pred); False on timeout."""
+    def verify_many(self, jobs: list[tuple], *, timeout_s: float) -> list[bool]:
+        """One verdict per job; False on timeout. A job is ``(gold, pred)`` or ``("verify", gold,
+        pred)``: math-verify ``verify(parse(gold), parse(pred))``, ``pred`` one box's content or a
+        tuple of boxes read together as one list; or ``("units", numeric_gold, pred)``: the number
+        rule after math-verify's unit remover."""
+        jobs = [("verify", *j) if len(j) == 2 else tuple(j) for j in jobs]
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
         out = [False] * len(jobs)
@@ -512,7 +785,7 @@ def score_batch(
     """1.0/0.0 per (completion, gold). Each math-verify check is bounded by ``timeout_s``.
 
     Whatever the completions or golds contain, this returns scores (0.0 for anything it cannot
-    check) rather than raising; see the module docstring, point 5, for what still raises.
+    check) rather than raising; see the module docstring, point 6, for what still raises.
     """
     if len(completions) != len(golds):
         raise ValueError(
