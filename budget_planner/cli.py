@@ -278,11 +278,13 @@ def cmd_explain(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
+    import pandas as pd
+
     from theory.calibrate import calibrate
     from theory.scenario import scenario_to_toml
     from theory.tables import read_table
 
-    runs = read_table(args.runs, "runs")
+    runs = pd.concat([read_table(p, "runs") for p in args.runs], ignore_index=True)  # e.g. trained runs + pilot's
     problems = read_table(args.problems, "problems")
     scn = calibrate(runs, problems, student=args.student, teacher=args.teacher,
                     benchmark=args.benchmark, name=args.name, split=args.split)
@@ -359,12 +361,13 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--benchmark", default=None, help="benchmark to explain (default: the scenario's target)")
     se.set_defaults(func=cmd_explain)
     ca = sub.add_parser("calibrate", help="build a scenario from a pilot's run and problem tables",
-                        description="Fit a scenario TOML from a pilot's run table and per-problem table\n"
-                                    "(`reference-pipeline pilot` writes both).",
+                        description="Fit a scenario TOML from run tables (trained runs' accuracy: `reference-pipeline\n"
+                                    "run --out`; KL_0: the pilot's pilot_runs.csv) and the pilot's problems.csv.",
                         epilog="example:\n  budget-planner calibrate --runs docs/examples/pilot_runs.csv "
                                "--problems docs/examples/pilot_problems.csv --out my.toml\n"
                                "  budget-planner plan --scenario my.toml")
-    ca.add_argument("--runs", required=True, help="run table CSV (theory.tables schema)")
+    ca.add_argument("--runs", required=True, nargs="+", metavar="CSV",
+                    help="run table CSV(s) (theory.tables schema): trained runs and the pilot's pilot_runs.csv")
     ca.add_argument("--problems", required=True, help="problem table CSV (theory.tables schema)")
     ca.add_argument("--out", required=True, type=output_file, metavar="PATH", help="scenario TOML to write")
     ca.add_argument("--student", default="student", help="student's name in the problem table")

@@ -27,16 +27,24 @@ from pathlib import Path
 import numpy as np
 
 from budget_planner.presets import load_scenario
-from theory import irt
 from theory._lazy import LazyModule
-from theory.arms import ARMS, MAX_LABELS, Arm, candidate_arms, check_budget
+from theory.arms import ARMS, MAX_LABELS, STAGES, TEACHER, Arm, Teacher, candidate_arms, check_budget
 from theory.costs import DEFAULT_GPUS, PARALLEL_EFFICIENCY_NOTE, CostTable, arm_cost, check_gpus, parallel_efficiency
 from theory.discrepancy import config_key, discrepancy_sd, measurement_sd
-from theory.dynamics import predict_arm, predict_arms, predict_teacher
+from theory.dynamics import (
+    Policy,
+    accuracy_parts,
+    predict_arm,
+    predict_arms,
+    predict_states,
+    predict_teacher,
+    without_displacement,
+)
 from theory.errors import InputError
 from theory.fitting import Fit, build_setting, fit_scenario, values_from_z
 from theory.informativeness import (
     ConditionCheck,
+    StepEffect,
     bits_per_label_avg,
     check_conditions,
     dense_nats_per_prompt,
@@ -47,8 +55,9 @@ from theory.scenario import Scenario
 
 pd = LazyModule("pandas")
 
-SCHEMA_VERSION = 3  # 2: control arms, recommendation runner_up/gap/separable, ceiling, extrapolation;
-# 3: gpu_hours and feasible per arm, gpu_costs
+SCHEMA_VERSION = 4  # 2: control arms, recommendation runner_up/gap/separable, ceiling, extrapolation;
+# 3: gpu_hours and feasible per arm, gpu_costs; 4: informativeness on the whole benchmark (the start is
+# the arm given no labels), conditions carry the predicted bridge/OPD effects and c1_agrees/c2_agrees
 SPLIT_STEP = 0.01
 STAGE3 = "rl_teacher_bridge_stage3"
 GAP_LEVEL = 0.9
@@ -277,7 +286,8 @@ def fmt_num(x: float, spec: str) -> str:
 # decimals a JSON number keeps, by what it measures: accuracy points (and their sds) to 0.01, shares,
 # probabilities, KLs and bits to 0.001
 _POINTS = {"accuracy", "ci", "lo", "hi", "mean", "map", "teacher_accuracy", "student_accuracy", "discrepancy_sd",
-           "measurement_sd", "dense_nats_per_prompt"}
+           "measurement_sd", "dense_nats_per_prompt", "before", "after", "from_compliance", "from_transfer",
+           "from_displacement"}
 
 
 def _rounded(obj, key: str | None = None):
@@ -679,9 +689,27 @@ def _map_setting(fit: Fit, bench: str):
     return build_setting(fit.scenario, vals, (bench,)), vals
 
 
+def _bridge_probe() -> list[Arm]:
+    """The registry arms that train the RL teacher and then run the whole bridge (warmup + OPD), OPD
+    alone, and the warmup alone: the stages C1 and C2 govern, found by the update rules of their
+    teacher-scored stages. With 0 teacher labels they run on the raw teacher (stage-1 GRPO with no
+    labels leaves it as it is)."""
+    by_updates: dict[tuple[str, ...], Arm] = {}
+    for arm in ARMS.values():
+        if arm.teacher is Teacher.RL and not arm.splits_labels and not arm.control:
+            key = tuple(STAGES[s].update for s in arm.stages if STAGES[s].scorer == TEACHER)
+            by_updates.setdefault(key, arm)
+    return [by_updates[k] for k in (("fkl", "opd"), ("opd",), ("fkl",))]
+
+
 def informativeness(fit: Fit, n: int, bench: str, setting, vals) -> tuple[list[dict], list[ConditionCheck]]:
     """Per model state of the MAP `setting` (from `_map_setting`): sparse informativeness of a label and
-    dense informativeness of a prompt."""
+    dense informativeness of a prompt, and the C1/C2 checks beside what the dynamics predict for the
+    bridge stages they govern.
+
+    Every accuracy here is `Setting.accuracy`, the one the arms are predicted with: the start row is
+    the student of an arm given no labels (docs/theory.md, "One start accuracy"), and the signal columns
+    count the items out of reach (share 1 - u) as GRPO's rate does, as groups with no signal."""
     scn = fit.scenario
     b = setting.benchmarks.index(bench)
     G = scn.group_size
@@ -695,13 +723,14 @@ def informativeness(fit: Fit, n: int, bench: str, setting, vals) -> tuple[list[d
     rows = []
     for label, pol in states.items():
         th, c, sd = pol.theta_B[..., b], pol.c_B[..., b], setting.s_d_B[..., b]
+        u = np.broadcast_to(np.asarray(pol.u_B, dtype=float), np.shape(pol.theta_B))[..., b]
         rows.append({
             "model": label,
-            "accuracy": float(irt.accuracy(th, c, sd)[0]),
+            "accuracy": float(setting.accuracy(pol)[0, b]),
             "compliance": float(c[0]),
-            "signal_fraction": float(signal_fraction_avg(th, c, sd, G)[0]),
-            "signal_size": float(signal_size_avg(th, c, sd, G)[0]),
-            "bits_per_label": float(bits_per_label_avg(th, c, sd, G)[0]),
+            "signal_fraction": float(signal_fraction_avg(th, c, sd, G, u)[0]),
+            "signal_size": float(signal_size_avg(th, c, sd, G, u)[0]),
+            "bits_per_label": float(bits_per_label_avg(th, c, sd, G, u)[0]),
             "bits_max": float(np.log2(G + 1)),
             "kl0_nats_per_token": kl0 if "teacher" in label else 0.0,
             "dense_nats_per_prompt": float(dense_nats_per_prompt(kl0, tokens)) if "teacher" in label else 0.0,
@@ -709,11 +738,37 @@ def informativeness(fit: Fit, n: int, bench: str, setting, vals) -> tuple[list[d
     s = rows[0]
     conds = [check_conditions(teacher=r["model"], teacher_accuracy=r["accuracy"], student_accuracy=s["accuracy"],
                               teacher_compliance=r["compliance"], student_compliance=s["compliance"], kl0=kl0,
-                              kl_c=float(vals["rates.kl_c"][0]), phi_w=float(vals["rates.phi_w"][0]))
-             for r in rows[1:]]
+                              kl_c=float(vals["rates.kl_c"][0]), phi_w=float(vals["rates.phi_w"][0]),
+                              **_bridge_effects(setting, labels, b))
+             for r, labels in zip(rows[1:], (0, n))]
     for r, c in zip(rows[1:], conds):
         r["C1"], r["C2"] = c.c1, c.c2
     return rows, conds
+
+
+def _bridge_effects(setting, labels: int, b: int) -> dict:
+    """What the MAP dynamics predict for the stages C1 and C2 govern, from the teacher trained on
+    `labels` (0: the raw teacher): the bridge from the start (C1), OPD from the start and OPD after the
+    warmup (C2), each split into compliance, ability transfer and displacement/cost (`StepEffect`)."""
+    probe = _bridge_probe()
+    moved = predict_states(setting, probe, labels)
+    r = setting.rates
+    displaced = any(np.any(np.asarray(x) != 0.0) for x in (r.gamma, r.cost_fkl, r.cost_opd))
+    plain_setting = without_displacement(setting) if displaced else setting
+    plain = predict_states(plain_setting, probe, labels) if displaced else moved
+    row = lambda pol, i: Policy(pol.theta_B[i], pol.c_B[i], pol.u_B)  # noqa: E731  (arm i of a walk)
+    start = setting.student
+
+    def step(before, after, before_plain, after_plain) -> StepEffect:
+        a0, a1 = (float(setting.accuracy(p)[0, b]) for p in (before, after))
+        comp, ability = (float(x[0, b]) for x in accuracy_parts(setting, before, after))
+        transfer = float(accuracy_parts(setting, before_plain, after_plain)[1][0, b])
+        return StepEffect(before=a0, after=a1, from_compliance=comp, from_transfer=transfer,
+                          from_displacement=ability - transfer)
+
+    return {"bridge": step(start, row(moved, 0), start, row(plain, 0)),
+            "opd": step(start, row(moved, 1), start, row(plain, 1)),
+            "opd_after_warmup": step(row(moved, 2), row(moved, 0), row(plain, 2), row(plain, 0))}
 
 
 def budget_curve(scenario: Scenario | str, labels_grid, *, teacher_fraction: float | None = None,

@@ -48,7 +48,7 @@ NOTEBOOKS = {
         ("md", "Informativeness per model: the fraction of GRPO groups that carry signal, bits per label, "
                "and the C1/C2 checks that say whether dense transfer from this teacher can help."),
         ("code", "pd.DataFrame(list(p.informativeness))"),
-        ("code", "for c in p.conditions:\n    print(c)"),
+        ("code", "for c in p.conditions:\n    print(c.explain())"),
     ],
     "02_fair_tuning_study.ipynb": [
         ("md", "# 02 — A fair tuning study\n\nTwo arms are compared fairly only if each got the same "

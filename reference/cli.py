@@ -30,6 +30,23 @@ from theory.errors import InputError
 DEFAULT_WORKDIR = ".s2d_runs"
 
 
+def int_at_least(lo: int):
+    """argparse `type=` for an integer >= lo (a seed >= 0, a count >= 1): a bad value is refused while
+    the command line is parsed, before any work or file (`error: argument --seed: ...`)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {lo}, got {text!r}")
+        return v
+    return parse
+
+
+SEED, COUNT = int_at_least(0), int_at_least(1)
+
+
 def resolve_teacher_labels(arm_name: str, n: int, teacher_labels: int | None, student_labels: int | None):
     from theory.arms import get_arm
     arm = get_arm(arm_name)
@@ -173,8 +190,6 @@ def cmd_demo(a) -> int:
     from reference.config import load_config
     from reference.gate import gate_status
     from theory.arms import ARMS
-    if a.jobs < 1:
-        raise InputError(f"--jobs must be >= 1, got {a.jobs}")
     cfg = load_config(a.config)
     out = Path(a.workdir)
     order = demo_order(list(ARMS), cfg.world.labels)
@@ -250,8 +265,6 @@ def cmd_table(a) -> int:
     from tqdm.auto import tqdm
     cfg = load_config(a.config)
     arms = [x.name for x in parse_arms(a.arms)]
-    if a.seeds < 1:
-        raise InputError(f"--seeds must be >= 1, got {a.seeds}")
     seeds = list(range(a.first_seed, a.first_seed + a.seeds))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -291,8 +304,13 @@ def cmd_pilot(a) -> int:
     from reference.pilot import format_pilot, run_pilot
     res = run_pilot(cfg, pc, a.out, workdir=a.workdir)
     print(format_pilot(res))
-    print(f"wrote {a.out}/problems.csv, pass_at_k.csv, summary.csv"
+    out = Path(a.out)
+    print(f"wrote {out / 'problems.csv'}, pass_at_k.csv, summary.csv"
           + (", pilot_runs.csv" if res.runs is not None else "") + ", pilot.json")
+    if res.runs is not None:  # base models fit no rate: calibrate also needs trained runs (the README's sequence)
+        print(f"next: reference-pipeline run --config {a.config} --arm direct_grpo --out runs.csv, the same with "
+              f"--arm rl_teacher_bridge, then budget-planner calibrate --runs runs.csv {out / 'pilot_runs.csv'} "
+              f"--problems {out / 'problems.csv'} --out my.toml")
     return 0
 
 
@@ -338,7 +356,7 @@ def _pilot_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=8, help="samples per problem")
     p.add_argument("--problems", type=int, default=200, help="probe problems (first of the split; 0 = all)")
     p.add_argument("--split", default="val", help="probe split: val (default), test or labeled")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--seed", type=SEED, default=0, help="sampling seed")
     p.add_argument("--models", default="student,teacher", help="student, teacher or both")
     p.add_argument("--self-distill", action="store_true",
                    help="also run FKL warmup then OPD with teacher = a copy of the base student, sampling after each")
@@ -359,17 +377,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--config", default="paper_world",
                    help="config path or name in configs/ (default: the world family's paper-like world; "
                         "toy_short is the older, faster toy world)")
-    d.add_argument("--seed", type=int, default=0, help="seed of every arm")
+    d.add_argument("--seed", type=SEED, default=0, help="seed of every arm")
     d.add_argument("--workdir", default=DEFAULT_WORKDIR + "/demo", type=output_dir,
                    help="stage checkpoints and per-run results; rerunning resumes from them")
-    d.add_argument("--jobs", type=int, default=2,
+    d.add_argument("--jobs", type=COUNT, default=2,
                    help="worker processes (one core each); arms sharing a stage wait for it, never train it twice")
     r = sub.add_parser("run", help="one arm, one seed",
                        description="One arm, one seed; or, with --dry-run, the real-scale plan without a GPU.",
                        epilog="examples:\n  reference-pipeline run --arm rl_teacher_bridge --seed 0 --config toy\n"
                               "  reference-pipeline run --config paper-qwen3-math --dry-run --json")
     r.add_argument("--arm", help="arm name from theory.arms (required unless --dry-run)")
-    r.add_argument("--seed", type=int, default=0, help="run seed")
+    r.add_argument("--seed", type=SEED, default=0, help="run seed")
     r.add_argument("--config", default="toy", help="config path or name in configs/")
     r.add_argument("--teacher-labels", type=int,
                    help="labels for the teacher's GRPO, the rest go to student GRPO (split arms only; "
@@ -391,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example:\n  reference-pipeline export --arm rl_teacher_bridge --seed 0 --config toy "
                               "--out student_hf/")
     x.add_argument("--arm", required=True, help="arm name from theory.arms")
-    x.add_argument("--seed", type=int, default=0, help="run seed")
+    x.add_argument("--seed", type=SEED, default=0, help="run seed")
     x.add_argument("--config", default="toy", help="config path or name in configs/ (the run's)")
     x.add_argument("--teacher-labels", type=int, help="as given to `run`")
     x.add_argument("--student-labels", type=int, help="as given to `run`")
@@ -400,12 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("table", help="every arm over K seeds -> run table",
                        description="Every arm over K seeds, one process per seed -> run table CSV.",
                        epilog="example:\n  reference-pipeline table --seeds 10 --out docs/results --jobs 2")
-    t.add_argument("--seeds", type=int, required=True, help="number of seeds K")
-    t.add_argument("--first-seed", type=int, default=0, help="seeds are FIRST_SEED .. FIRST_SEED+K-1")
+    t.add_argument("--seeds", type=COUNT, required=True, help="number of seeds K")
+    t.add_argument("--first-seed", type=SEED, default=0, help="seeds are FIRST_SEED .. FIRST_SEED+K-1")
     t.add_argument("--out", required=True, type=output_dir, help="directory for the run table, curves and stage times")
     t.add_argument("--config", default="toy", help="config path or name in configs/")
     t.add_argument("--arms", default="all", help="comma-separated arm names, or all")
-    t.add_argument("--jobs", type=int, default=2, help="worker processes (each runs whole seeds)")
+    t.add_argument("--jobs", type=COUNT, default=2, help="worker processes (each runs whole seeds)")
     t.add_argument("--split", default="test", choices=["test", "val"], help="evaluation split")
     t.add_argument("--workdir", type=output_dir, help="stage checkpoints and per-run results (default: OUT/work)")
     t.add_argument("--prefix", default="toy_ablation", help="file-name prefix of the CSVs written to --out")
@@ -414,8 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample the base models on probe problems and write the tables\n"
                     "`budget-planner calibrate` reads.",
         epilog="example:\n  reference-pipeline pilot --config toy --k 8 --problems 200 --out pilot/\n"
-               "then: budget-planner calibrate --problems pilot/problems.csv --runs RUNS.csv --out my.toml\n"
-               "(RUNS.csv: your measured runs plus pilot/pilot_runs.csv; see docs/reference.md)"))
+               "then trained runs of two arms, and calibrate on both tables:\n"
+               "  reference-pipeline run --config toy --arm direct_grpo --out runs.csv  (and --arm rl_teacher_bridge)\n"
+               "  budget-planner calibrate --runs runs.csv pilot/pilot_runs.csv --problems pilot/problems.csv "
+               "--out my.toml"))
     g = sub.add_parser("gate", help="stability gate: identical-teacher no-ops, the bridge moves, GRPO learns",
                        description="Stability gate of a config: FKL/OPD with an identical teacher do nothing, "
                                    "FKL/OPD toward the RL teacher move the student, student and teacher GRPO "

@@ -79,6 +79,8 @@ class PilotConfig:
                 raise InputError(f"pilot: {name} must be an integer, got {v!r}")
         if self.k < 1:
             raise InputError(f"pilot: k must be >= 1, got {self.k}")
+        if self.seed < 0:
+            raise InputError(f"pilot: seed must be >= 0, got {self.seed}")
         if self.problems < 0:
             raise InputError(f"pilot: problems must be >= 0 (0 = the whole split), got {self.problems}")
         if self.split not in SPLITS:

@@ -212,3 +212,30 @@ def test_bad_output_path_fails_in_one_line_before_any_work(pkg, argv, flag, tmp_
     assert r.stdout == ""  # nothing was computed or printed first (the plan used to print, then fail)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dir", "file"]  # nothing created
     assert (tmp_path / "file").read_text() == "keep me" and not any((tmp_path / "dir").iterdir())
+
+
+# -- seeds and counts fail before any work --------------------------------------------------------------
+
+BAD_SEEDS = [
+    (["run", "--arm", "direct_grpo", "--config", "toy_short", "--seed", "-1"], "--seed"),
+    (["run", "--arm", "direct_grpo", "--config", "toy_short", "--seed", "1.5"], "--seed"),
+    (["export", "--arm", "direct_grpo", "--seed", "-1", "--out", "hf"], "--seed"),
+    (["demo", "--seed", "-1"], "--seed"),
+    (["demo", "--jobs", "0"], "--jobs"),
+    (["pilot", "--config", "toy_short", "--out", "p", "--seed", "-1"], "--seed"),
+    (["table", "--seeds", "1", "--first-seed", "-1", "--out", "t"], "--first-seed"),
+    (["table", "--seeds", "0", "--out", "t"], "--seeds"),
+    (["table", "--seeds", "1", "--jobs", "0", "--out", "t"], "--jobs"),
+]
+
+
+@pytest.mark.parametrize("argv, flag", BAD_SEEDS, ids=[f"{a[0]} {a[-1]}" for a, _ in BAD_SEEDS])
+def test_bad_seed_or_count_fails_in_one_line_and_writes_nothing(argv, flag, tmp_path, monkeypatch, capsys):
+    from reference.cli import main
+
+    monkeypatch.chdir(tmp_path)  # the default --workdir (.s2d_runs) and every relative --out land here
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: argument {flag}: "), err
+    assert out == "" and list(tmp_path.iterdir()) == []

@@ -144,6 +144,11 @@ def test_cli_bad_flags_one_line(flags, needle, tmp_path, capsys):
     assert err.startswith("error: ") and err.count("\n") == 1 and needle in err
 
 
+def test_negative_seed_is_refused_by_the_config_too():
+    with pytest.raises(InputError, match="pilot: seed must be >= 0, got -1"):
+        pl.PilotConfig(seed=-1)
+
+
 def test_cli_missing_config_one_line(tmp_path, capsys):
     assert cli.main(["pilot", "--config", "no_such_config", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
@@ -317,3 +322,30 @@ def test_cli_self_distill_prints_the_new_models(sd_pilot, capsys):
     text = capsys.readouterr().out
     assert "7 loaded" in text and "self_distill_fkl_warmup" in text and "self_distill_opd" in text
     assert "self-distill opd: 20 steps" in text
+
+
+# ---------- pilot -> calibrate, as the README runs it ----------
+
+@pytest.mark.slow  # a tiny pilot, two tiny trained arms, two calibrations (~10 s)
+def test_pilot_then_calibrate_names_the_missing_runs_then_works(tmp_path, monkeypatch, capsys):
+    from budget_planner.cli import main as planner
+    from conftest import tiny_config, write_config
+
+    monkeypatch.chdir(tmp_path)
+    config = str(write_config(tiny_config(), tmp_path / "tiny.toml"))
+    assert cli.main(["pilot", "--config", config, "--out", "pilot/", "--k", "2", "--problems", "12",
+                     "--workdir", "w"]) == 0
+    out = capsys.readouterr().out
+    assert "pilot//" not in out and "wrote pilot/problems.csv" in out
+    tables = ["--problems", "pilot/problems.csv", "--out", "my.toml"]
+    # the pilot alone: base models, no trained arm; the one line names what is missing and how to make it
+    assert planner(["calibrate", "--runs", "pilot/pilot_runs.csv", *tables]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: run table: no rows with metric 'accuracy'"), err
+    assert "`reference-pipeline run --config CONFIG --arm direct_grpo --out runs.csv`" in err[0]
+    assert "rl_teacher_bridge" in err[0] and not (tmp_path / "my.toml").exists()
+    # the sequence the pilot prints next (and the README shows): two trained arms, then both tables
+    for arm in ("direct_grpo", "rl_teacher_bridge"):
+        assert cli.main(["run", "--config", config, "--arm", arm, "--out", "runs.csv", "--workdir", "w"]) == 0
+    assert planner(["calibrate", "--runs", "runs.csv", "pilot/pilot_runs.csv", *tables]) == 0
+    assert "wrote my.toml: calibrated from a pilot (2 observations)" in capsys.readouterr().out

@@ -114,6 +114,22 @@ def test_calibrate_from_example_csvs(tmp_path):
     assert r.returncode == 0 and "N = 2000" in r.stdout
 
 
+def test_calibrate_reads_several_run_tables(tmp_path):
+    """Trained runs and the pilot's pilot_runs.csv are separate files; the pilot alone is not enough."""
+    lines = (EXAMPLES / "pilot_runs.csv").read_text().splitlines()
+    trained, pilot = tmp_path / "runs.csv", tmp_path / "pilot_runs.csv"
+    trained.write_text("\n".join([lines[0], *(r for r in lines[1:] if ",accuracy," in r)]) + "\n")
+    pilot.write_text("\n".join([lines[0], *(r for r in lines[1:] if ",accuracy," not in r)]) + "\n")
+    out = tmp_path / "pilot.toml"
+    tables = ["--problems", str(EXAMPLES / "pilot_problems.csv"), "--out", str(out)]
+    assert_one_line_error(run("calibrate", "--runs", str(pilot), *tables),
+                          "no rows with metric 'accuracy'", "reference-pipeline run --config CONFIG --arm")
+    assert not out.exists()
+    r = run("calibrate", "--runs", str(trained), str(pilot), *tables)
+    assert r.returncode == 0, r.stderr
+    assert "run-table row(s) with metric kl0_per_token" in out.read_text()  # KL_0 from the second table
+
+
 def test_calibrate_bad_tables(tmp_path):
     runs = tmp_path / "runs.csv"
     runs.write_text((EXAMPLES / "pilot_runs.csv").read_text().replace("accuracy,41.", "accuracy,abc"))

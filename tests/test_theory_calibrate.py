@@ -175,3 +175,18 @@ def test_self_distillation_pilot_measures_stage_costs():
     # without the self-distillation rows there is no cost (the original theory)
     plain = calibrate(runs, problems[problems["model"].isin(["student", "teacher"])])
     assert not plain.has("rates.cost_fkl")
+
+
+def test_too_few_runs_name_what_is_missing_and_the_command_that_makes_it():
+    from theory.tables import read_table
+
+    runs = read_table(ROOT / "docs/examples/pilot_runs.csv", "runs")
+    problems = read_table(ROOT / "docs/examples/pilot_problems.csv", "problems")
+    with pytest.raises(InputError, match=r"holds only kl0_per_token; calibrate needs trained runs of at least 2 "
+                                         r"arms: `reference-pipeline run --config CONFIG --arm direct_grpo"):
+        calibrate(runs[runs["metric"] != "accuracy"], problems)  # a pilot's rows alone
+    with pytest.raises(InputError, match=r"found 1 \(direct_grpo: .*--arm rl_teacher_bridge --out runs.csv`"):
+        one = runs[runs["arm"] == "direct_grpo"]
+        calibrate(one[one["student_labels"] == one["student_labels"].max()], problems)  # one arm, one budget
+    with pytest.raises(InputError, match=r"accuracy rows exist on split 'test': give that split \(--split\)"):
+        calibrate(runs, problems, split="val")

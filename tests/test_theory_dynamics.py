@@ -1,10 +1,25 @@
 """Stage dynamics: closed forms of the bridge, GRPO's saturation and ceiling, arms read from the registry."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from theory.arms import ARMS, STAGES, ComputeModel, Stage
-from theory.dynamics import N_REF, Policy, Rates, Setting, bridge_tau, grpo, predict_arm, predict_arms, transfer
+from theory.dynamics import (
+    N_REF,
+    Policy,
+    Rates,
+    Setting,
+    accuracy_parts,
+    bridge_tau,
+    grpo,
+    predict_arm,
+    predict_arms,
+    predict_states,
+    transfer,
+    without_displacement,
+)
 from theory import irt
 from theory.informativeness import signal_fraction_avg
 
@@ -15,8 +30,8 @@ def grpo_rate(setting: Setting, policy: Policy) -> np.ndarray:
     a share 1 - u, give none)."""
     t = setting.train
     u = np.asarray(policy.u_B, dtype=float)[..., t] if np.ndim(policy.u_B) else policy.u_B
-    return u * signal_fraction_avg(policy.theta_B[..., t], policy.c_B[..., t], setting.s_d_B[..., t],
-                                   setting.rates.group_size)
+    return signal_fraction_avg(policy.theta_B[..., t], policy.c_B[..., t], setting.s_d_B[..., t],
+                               setting.rates.group_size, u)
 
 
 def pass_at_k(theta, c, s_d, k) -> np.ndarray:
@@ -226,7 +241,6 @@ def test_style_displacement_uses_the_style_part_of_kl0_when_given():
 def test_accuracy_ceiling_bounds_every_arm_and_scales_the_signal():
     """u = share of the benchmark within reach: accuracy = 100 u c E[sigmoid], u = 1 is the original
     theory, no arm can pass 100 u, and items out of reach give GRPO no signal."""
-    from dataclasses import replace
     w = make_world()
     capped = replace(w, student=replace(w.student, u_B=np.array([[0.9]])))
     assert capped.accuracy(capped.student)[0, 0] == pytest.approx(0.9 * w.accuracy(w.student)[0, 0])
@@ -248,3 +262,33 @@ def test_kappa_ratio_moves_only_teacher_grpo():
     from theory.dynamics import predict_teacher
     assert predict_teacher(fast_teacher, 1000).theta_B[0, 0] == pytest.approx(
         grpo(base, base.teacher, 2000).theta_B[0, 0])
+
+
+def test_states_are_what_the_arms_are_predicted_from_and_parts_sum_to_the_change():
+    """predict_arms is Setting.accuracy of predict_states, to the last bit; accuracy_parts splits a
+    change exactly into compliance (at the old ability) and ability (at the new compliance)."""
+    w = make_world(gamma=0.3)
+    w = replace(w, student=replace(w.student, u_B=np.array([[0.9]])))
+    arms = list(ARMS.values())
+    states = predict_states(w, arms, 1000, 500)
+    assert np.array_equal(w.accuracy(states), predict_arms(w, arms, 1000, 500))
+    assert np.all(states.u_B == w.student.u_B)  # training moves ability and compliance, not reach
+    i = arms.index(ARMS["raw_teacher_bridge"])
+    after = Policy(states.theta_B[i], states.c_B[i], states.u_B)
+    comp, ability = accuracy_parts(w, w.student, after)
+    assert comp + ability == pytest.approx(w.accuracy(after) - w.accuracy(w.student), abs=1e-12)
+    assert comp[0, 0] < 0  # the raw teacher's compliance (0.85) is below the student's (0.9)
+    # with displacement off the bridge only moves toward the teacher: more ability, same compliance
+    plain = predict_states(without_displacement(w), arms, 1000, 500)
+    assert plain.theta_B[i, 0, 0] > states.theta_B[i, 0, 0] and plain.c_B[i, 0, 0] == states.c_B[i, 0, 0]
+    d = arms.index(ARMS["direct_grpo"])
+    assert np.array_equal(plain.theta_B[d], states.theta_B[d])
+
+
+def test_an_arm_given_no_labels_is_the_start():
+    """The start accuracy is the student's Setting.accuracy: direct GRPO with N = 0 changes nothing."""
+    w = make_world()
+    w = replace(w, student=replace(w.student, u_B=np.array([[0.8]])))
+    start = w.accuracy(w.student)
+    assert predict_arm(w, ARMS["direct_grpo"], 0) == pytest.approx(start, abs=1e-12)
+    assert start[0, 0] == pytest.approx(0.8 * irt.accuracy(0.5, 0.9, 1.5), abs=1e-12)

@@ -87,3 +87,62 @@ def test_dense_and_conditions():
                                student_compliance=0.95, kl0=0.8, kl_c=0.5, phi_w=0.5)
     assert not bad.c1 and not bad.c2 and bad.c2_after_warmup
     assert "FAILS" in bad.explain() and "0.900" in bad.explain()
+
+
+def test_averages_cover_the_whole_benchmark_with_items_out_of_reach_silent():
+    """An item out of reach is never solved (p = 0): its group has no signal, no size, no bits, so an
+    average over the benchmark is u times the reachable items' (GRPO's rate iota uses the same u)."""
+    G = 8
+    assert inf.signal_fraction(0.0, G) == inf.signal_size(0.0, G) == inf.bits_per_label(0.0, G) == 0.0
+    for f in (inf.signal_fraction_avg, inf.signal_size_avg, inf.bits_per_label_avg):
+        assert f(0.7, 0.9, 1.5, G, 0.85) == pytest.approx(0.85 * f(0.7, 0.9, 1.5, G), abs=1e-15)
+    u = np.array([1.0, 0.9, 0.5])
+    expected = u * inf.signal_fraction_avg(0.0, 0.9, 1.5, 8)
+    assert inf.signal_fraction_avg(np.zeros(3), 0.9, 1.5, 8.0, u) == pytest.approx(expected)
+
+
+def _step(before, comp, transfer, disp=0.0):
+    return inf.StepEffect(before=before, after=before + comp + transfer + disp, from_compliance=comp,
+                          from_transfer=transfer, from_displacement=disp)
+
+
+def _check(**kw):
+    args = dict(teacher="T", teacher_accuracy=87.0, student_accuracy=68.0, teacher_compliance=0.94,
+                student_compliance=0.95, kl0=0.2, kl_c=0.5, phi_w=0.5)
+    args.update(kw)
+    return inf.check_conditions(**args)
+
+
+def test_each_condition_line_states_the_prediction_and_why_it_differs():
+    """C1 fails on compliance while the bridge is predicted to gain (the paper preset's RL teacher):
+    the C1 line says so and names the parts; a C2 that fails while OPD gains says the trust region
+    damps, not stops; a verdict that matches the prediction says 'agrees'."""
+    c = _check(bridge=_step(68.0, -0.6, 11.2), opd=_step(68.0, -0.3, 9.5), opd_after_warmup=_step(75.9, -0.1, 3.0))
+    c1_line, c2_line = c.explain().splitlines()[1:]
+    assert not c.c1 and c.c1_agrees is False and c.c2_agrees is True
+    assert c1_line.lstrip().startswith("C1") and "FAILS" in c1_line
+    assert "68.0 -> 78.6" in c1_line and "differs: a gain although C1 fails" in c1_line
+    assert "ability transfer +11.2 outweighs compliance -0.6" in c1_line
+    assert c2_line.lstrip().startswith("C2") and c2_line.endswith("-> agrees")
+
+    far = _check(kl0=0.8, teacher_compliance=0.97, bridge=_step(68.0, 0.5, 8.0), opd=_step(68.0, 0.2, 1.5),
+                 opd_after_warmup=_step(72.0, 0.1, 2.0))
+    c1_line, c2_line = far.explain().splitlines()[1:]
+    assert far.c1 and c1_line.endswith("-> agrees (a gain)")
+    assert not far.c2 and far.c2_after_warmup and far.c2_agrees is False
+    assert "OPD alone gains although C2 fails" in c2_line and "damps the step" in c2_line
+    assert "after the warmup gains" not in c2_line  # that verdict agrees
+
+    # C1 holds, yet style displacement sinks the bridge; a change under 0.05 points is none; no "-0.0"
+    sunk = _check(teacher_compliance=0.99, bridge=_step(22.8, 5.1, 30.8, -58.3), opd=_step(22.8, 0.0, -0.01),
+                  opd_after_warmup=_step(20.0, 0.0, 0.0))
+    text = sunk.explain()
+    assert "no gain although C1 holds, style displacement and stage cost -58.3 outweighs" in text
+    assert "OPD alone gains nothing although C2 holds" in text and "-0.0" not in text
+    assert sunk.to_dict()["c1_agrees"] is False and sunk.to_dict()["bridge"]["from_displacement"] == -58.3
+
+
+def test_conditions_without_predictions_keep_the_verdicts_alone():
+    c = _check()
+    assert c.c1_agrees is None and c.c2_agrees is None
+    assert "predicted" not in c.explain() and "FAILS" in c.explain()

@@ -64,6 +64,30 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, tmp_path, capsys):
     assert "secret" not in err  # passwords are masked
 
 
+@pytest.mark.parametrize("argv,needle", [
+    (["report", "--study", "x", "--out", "o"], "study 'x' does not exist"),  # default sqlite:///matched_tuning.db
+    (["status", "--study", "x"], "study 'x' does not exist"),
+    (["status", "--study", "x", "--storage", "journal:///JOURNAL"], "study 'x' does not exist"),
+    (["status", "--study", "x", "--storage", "s.log"], "study 'x' does not exist"),
+    (["resume", "--study", "x", "--storage", "s.db"], "study 'x' does not exist"),
+    (["resume", "--study", "x", "--arms", "nope"], "--arms: unknown arm 'nope'"),
+    (["run", "--arms", "nope,direct_grpo", "--trials", "1", "--storage", "sqlite:///study.db", *SYN],
+     "--arms: unknown arm"),
+    (["run", "--arms", "direct_grpo", "--trials", "1", "--seed", "-1", "--storage", "sqlite:///study.db", *SYN],
+     "--seed"),
+    (["run", "--arms", "direct_grpo", "--trials", "1", "--labels", "-3", "--storage", "journal:///JOURNAL", *SYN[:2]],
+     "label"),
+])
+def test_bad_input_leaves_no_storage_file(argv, needle, tmp_path, monkeypatch, capsys):
+    """Opening a missing SQLite or journal file creates it: every input is checked before that."""
+    monkeypatch.chdir(tmp_path)
+    argv = [a.replace("/JOURNAL", f"{tmp_path}/j.log") for a in argv]
+    assert main(argv) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_the_installed_entry_point_prints_one_line_not_a_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tuning.cli", "run", "--arms", "direct_grpo", "--trials", "2",
                            "--storage", "postgresql://u:secret@127.0.0.1:1/x", *SYN],

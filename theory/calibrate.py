@@ -11,7 +11,7 @@ import numpy as np
 
 from theory import irt
 from theory._lazy import LazyModule
-from theory.arms import ARMS, STAGES, Stage
+from theory.arms import ARMS, BRIDGE_ARM, DIRECT_ARM, STAGES, Stage
 from theory.errors import InputError
 from theory.fitting import Fit, build_setting, from_z, predict_observations, to_z, values_from_z
 from theory.scenario import Scenario
@@ -45,6 +45,14 @@ def _obs_labels(arm: str, t: int, s: int, stage3_by_t: dict[int, int]) -> tuple[
     if acct_total == 0:
         return None, None, None  # labels unused by this arm (raw teacher bridge)
     return acct_total, None, None
+
+
+def _runs_hint(have: tuple[str, ...]) -> str:
+    """The commands that make the trained runs calibrate lacks (the README's pilot -> calibrate sequence)."""
+    arms = [a for a in (DIRECT_ARM, BRIDGE_ARM) if a not in have][: 2 - len(have)]
+    runs = " and ".join(f"`reference-pipeline run --config CONFIG --arm {a} --out runs.csv`" for a in arms)
+    return (f"calibrate needs trained runs of at least 2 arms: {runs}, then give both tables: "
+            "`budget-planner calibrate --runs runs.csv PILOT/pilot_runs.csv ...`")
 
 
 def posterior_priors(fit: Fit, prefixes: tuple[str, ...] = ("rates.", "inputs.k_explore", "benchmarks.")) -> dict:
@@ -117,7 +125,11 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
     src = f"fitted from the pilot problem table ({fit.n_items} problems, IRT marginal ML)"
     acc = runs[(runs["metric"] == "accuracy") & (runs["split"] == split)]
     if acc.empty and rates_from is None:
-        raise InputError(f"run table: no rows with metric 'accuracy' and split {split!r} to calibrate on")
+        other = sorted(runs.loc[runs["metric"] == "accuracy", "split"].unique())
+        held = ", ".join(sorted(runs["metric"].unique())) or "no rows"
+        fix = (f"accuracy rows exist on split {', '.join(map(repr, other))}: give that split (--split)" if other
+               else f"the table holds only {held}; " + _runs_hint(()))
+        raise InputError(f"run table: no rows with metric 'accuracy' and split {split!r} to calibrate on; {fix}")
     if acc["world"].nunique() > 1:
         raise InputError(f"run table: several worlds ({', '.join(sorted(acc['world'].unique()))}); "
                          "give the rows of one student/teacher pair")
@@ -125,7 +137,7 @@ def calibrate(runs: pd.DataFrame, problems: pd.DataFrame, *, student: str = "stu
     stats = grp.agg(["mean", "std", "count"]).reset_index()
     if len(stats) < 2 and rates_from is None:
         raise InputError(f"calibrate: need accuracy rows for at least 2 arms or label budgets; found {len(stats)} "
-                         "(too few to fit any rate)")
+                         f"({', '.join(stats['arm'])}: too few to fit any rate); " + _runs_hint(tuple(stats["arm"])))
     notes: list[str] = []
     multi = stats[stats["count"] >= 2]
     borrowed = posterior_priors(rates_from) if rates_from is not None else {}

@@ -37,8 +37,9 @@ Student after the bridge                                                        
     cross-check, where distilling from an identical teacher still cost 6 points (docs/log.md).
 Stage 3 is `grpo` from the bridged state with the student's labels.
 
-Each arm of `theory.arms.ARMS` is evaluated by walking the stage table (`predict_arms`: all arms at
-once, each stage acting on the arms that run it); there is no second arm list here.
+Each arm of `theory.arms.ARMS` is evaluated by walking the stage table (`predict_states`: all arms at
+once, each stage acting on the arms that run it); there is no second arm list here. Every accuracy,
+the start's included, is `Setting.accuracy` of a state: 100 u c E_d[sigmoid(theta - d)].
 """
 
 from __future__ import annotations
@@ -108,7 +109,12 @@ class Setting:
                        s_d_B=np.asarray(self.s_d_B)[..., None, :])
 
     def accuracy(self, policy: Policy) -> np.ndarray:
-        """Percent, shape broadcast(R + (B,)): 100 u c E_d[sigmoid(theta - d)] (items out of reach score 0)."""
+        """Percent, shape broadcast(R + (B,)): 100 u c E_d[sigmoid(theta - d)] (items out of reach score 0).
+
+        The one accuracy of a state (docs/theory.md, "One start accuracy"): every arm, the start (the
+        student of an arm given no labels), the teachers and the C-checks are read through it. The
+        student's start is the scenario's stated start: `theory.fitting.build_setting` solves theta
+        from a0 / u, so 100 u c E_d[sigmoid] = 100 c a0."""
         return policy.u_B * irt.accuracy(policy.theta_B, policy.c_B, self.s_d_B)
 
 
@@ -147,6 +153,20 @@ def grpo(setting: Setting, policy: Policy, n, kappa=None) -> Policy:
     return Policy(policy.theta_B + (ceil_B - policy.theta_B) * g, policy.c_B + (1.0 - policy.c_B) * g, policy.u_B)
 
 
+def accuracy_parts(setting: Setting, before: Policy, after: Policy) -> tuple[np.ndarray, np.ndarray]:
+    """The accuracy change before -> after (points), split exactly into a compliance part (c moved at
+    the old ability) and an ability part (theta moved at the new compliance); they sum to the change."""
+    mid = Policy(before.theta_B, after.c_B, after.u_B)
+    a0, a_mid, a1 = (setting.accuracy(p) for p in (before, mid, after))
+    return a_mid - a0, a1 - a_mid
+
+
+def without_displacement(setting: Setting) -> Setting:
+    """The same setting with style displacement and stage costs off (gamma = cost_fkl = cost_opd = 0):
+    a bridge then moves the student only toward the teacher."""
+    return replace(setting, rates=replace(setting.rates, gamma=0.0, cost_fkl=0.0, cost_opd=0.0))
+
+
 def teacher_kappa(rates: Rates):
     """The teacher's GRPO efficiency: kappa x kappa_ratio (a larger model may learn more per label)."""
     return rates.kappa * rates.kappa_ratio
@@ -160,7 +180,7 @@ def opd_closes(rates: Rates, tau) -> np.ndarray:
 
 def _runs(stages) -> dict:
     """{stage: who runs it} for every stage of the table: from one arm's stage list (True/False), or as
-    given (a mask over the arm axis per stage, from `predict_arms`)."""
+    given (a mask over the arm axis per stage, from `predict_states`)."""
     return stages if isinstance(stages, dict) else {s: s in tuple(stages) for s in STAGES}
 
 
@@ -242,13 +262,23 @@ def _labels_A(arms, n: int, teacher_labels, ndim_r: int) -> dict:
 
 
 def predict_arms(setting: Setting, arms, n: int, teacher_labels=None) -> np.ndarray:
-    """Accuracy (percent) of each of `arms` with a budget of n labels, shape (A,) + R [+ (S,)] + (B,).
+    """Accuracy (percent) of each of `arms` with a budget of n labels, shape (A,) + R [+ (S,)] + (B,):
+    `Setting.accuracy` of the states `predict_states` walks to.
+
+    `teacher_labels` (an int, or a 1-D array of splits: call on `setting.expand()` then, so the split
+    axis lines up) applies to the arms that split the labels. Row a equals `predict_arm(setting,
+    arms[a], ...)` to the last bit: with the arm axis first, every array keeps the layout a one-arm
+    call gives it.
+    """
+    return setting.accuracy(predict_states(setting, arms, n, teacher_labels))
+
+
+def predict_states(setting: Setting, arms, n: int, teacher_labels=None) -> Policy:
+    """The student's (theta, c) after each of `arms` with a budget of n labels, each of shape
+    (A,) + R [+ (S,)] + (B,) (u stays the student's: training moves ability and compliance, not reach).
 
     One walk over the stage table for all the arms at once: the arm axis A leads and broadcasts against
-    the draws and splits, and each stage acts on the arms that run it. `teacher_labels` (an int, or a
-    1-D array of splits: call on `setting.expand()` then, so the split axis lines up) applies to the
-    arms that split the labels. Row a equals `predict_arm(setting, arms[a], ...)` to the last bit: with
-    the arm axis first, every array keeps the layout a one-arm call gives it.
+    the draws and splits, and each stage acts on the arms that run it.
     """
     arms = tuple(arms)
     ndim_r = np.ndim(setting.student.theta_B) - 1
@@ -293,7 +323,7 @@ def predict_arms(setting: Setting, arms, n: int, teacher_labels=None) -> np.ndar
         trained = grpo(setting, Policy(theta[a3], c[a3], setting.student.u_B), s_lab)
         theta, c = theta.copy(), c.copy()
         theta[a3], c[a3] = trained.theta_B, trained.c_B
-    return setting.accuracy(Policy(theta, c, setting.student.u_B))
+    return Policy(theta, c, setting.student.u_B)
 
 
 def predict_arm(setting: Setting, arm: Arm, n: int, teacher_labels=None) -> np.ndarray:

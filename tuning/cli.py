@@ -161,6 +161,19 @@ def _options(args, stored: dict | None = None) -> dict:
     return opts
 
 
+def _arm_names(spec: str) -> list[str]:
+    """--arms as a list; an unknown name fails before anything is imported or created."""
+    from theory.arms import get_arm
+
+    arms = [a.strip() for a in spec.split(",") if a.strip()]
+    for a in arms:
+        try:
+            get_arm(a)
+        except InputError as e:
+            raise InputError(f"--arms: {e}") from None
+    return arms
+
+
 def _protocol_from_args(args, stored=None):
     """run: from flags. resume: the stored protocol with given flags substituted (then compared)."""
     from tuning.sources import load_arm_source
@@ -172,14 +185,14 @@ def _protocol_from_args(args, stored=None):
 
     if stored is None:
         source_name, opts = args.arm_source, _options(args)
-        arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+        arms = _arm_names(args.arms)
         kw = dict(trials=args.trials, labels=args.labels, teacher_labels=args.teacher_labels,
                   compute_cap_tokens=args.compute_cap, time_limit_s=args.time_limit, seed=args.seed,
                   eval_seeds=args.eval_seeds, n_startup_trials=args.startup_trials, pruner=args.pruner)
     else:
         source_name = pick("arm_source", stored.arm_source)
         opts = _options(args, stored.arm_options)
-        arms = [a.strip() for a in args.arms.split(",")] if args.arms else list(stored.arms)
+        arms = _arm_names(args.arms) if args.arms else list(stored.arms)
         kw = dict(trials=pick("trials", stored.trials_per_arm), labels=pick("labels", stored.labels),
                   teacher_labels=pick("teacher_labels", stored.teacher_labels),
                   compute_cap_tokens=pick("compute_cap", stored.compute_cap_tokens),
@@ -188,10 +201,6 @@ def _protocol_from_args(args, stored=None):
                   n_startup_trials=pick("startup_trials", stored.sampler["n_startup_trials"]),
                   pruner=pick("pruner", "median" if stored.pruner["name"] == "MedianPruner" else "none"),
                   enqueue_defaults=stored.enqueue_defaults)
-    from theory.arms import get_arm
-
-    for a in arms:
-        get_arm(a)  # unknown arm names fail before anything is imported or created
     source = load_arm_source(source_name, opts)
     if kw["labels"] is None:
         default = getattr(source.fn, "default_labels", lambda: None)()
@@ -300,9 +309,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args, argv) -> int:
+    # every input is checked before a storage is opened: opening a missing SQLite or journal file creates it
     require_extra("matched-tuning", "tuning")
-    if args.cmd == "run" and args.arm_source == "reference":  # before the storage is created
+    if args.cmd == "run" and args.arm_source == "reference":
         require_extra("matched-tuning run --arm-source reference", "reference")
+    from tuning.storage import require_existing
+
+    if args.cmd == "run":
+        protocol, source = _protocol_from_args(args)
+    else:
+        if getattr(args, "arms", None):  # resume: a given arm name is checked before the stored rules
+            _arm_names(args.arms)
+        require_existing(args.storage, args.study)
     if args.cmd == "status":
         _print_status(_open(args), args.study)
         return 0
@@ -332,8 +350,8 @@ def _dispatch(args, argv) -> int:
     from tuning.harness import create_or_check, load_protocol
 
     handle = _open(args)
-    stored = load_protocol(handle, args.study) if args.cmd == "resume" else None
-    protocol, source = _protocol_from_args(args, stored)
+    if args.cmd == "resume":
+        protocol, source = _protocol_from_args(args, load_protocol(handle, args.study))
     create_or_check(handle, args.study, protocol)
     _run_workers(args, handle, source)
     _print_status(handle, args.study)

@@ -86,6 +86,29 @@ def normalise_url(url: str) -> tuple[str, str]:
                      "or postgresql://user:pw@host/db")
 
 
+def storage_file(url: str) -> str | None:
+    """The local file behind a sqlite or journal URL (None: a server, or SQLite in memory)."""
+    kind, target = normalise_url(url)
+    if kind == "journal":
+        return target
+    if not target.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    path = make_url(target).database
+    return path if path and path != ":memory:" else None
+
+
+def require_existing(url: str, study: str) -> None:
+    """InputError unless the storage's local file exists: opening a missing one would create it, and
+    commands that only read a study (status, report, resume) must leave no file behind."""
+    path = storage_file(url)
+    if path is not None and not os.path.isfile(path):
+        raise InputError(f"study {study!r} does not exist: --storage {mask(url)} has no file {path!r} "
+                         f"(`matched-tuning run --study {study} --storage {mask(url)} --arms ... --trials ...` "
+                         "creates it)")
+
+
 def open_storage(url: str, *, heartbeat_s: int = DEFAULT_HEARTBEAT_S, grace_s: int = DEFAULT_GRACE_S,
                  max_retry: int | None = DEFAULT_MAX_RETRY) -> StorageHandle:
     """Open (and for a new database, initialise) a storage; unreachable -> one-line InputError."""
