@@ -471,7 +471,12 @@ def main(argv=None) -> int:
             return cmd_run(a)
         return {"demo": cmd_demo, "table": cmd_table, "pilot": cmd_pilot, "gate": cmd_gate,
                 "export": cmd_export}[a.cmd](a)
-    return cli_exit(body, interrupted="error: interrupted (finished stages and pilot parts are kept; rerun to resume)")
+    code = cli_exit(body, interrupted="error: interrupted (finished stages and pilot parts are kept; rerun to resume)")
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():  # a launched rank: engines.exit_rank
+        from reference.engines import exit_rank
+        exit_rank(code)
+    return code
 
 
 if __name__ == "__main__":

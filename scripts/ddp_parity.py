@@ -102,4 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from reference.engines import exit_rank
+    code = main()
+    exit_rank(code)  # under accelerate launch: end the rank without interpreter teardown
+    raise SystemExit(code)

@@ -27,7 +27,9 @@ def accelerate_launch(*args: str) -> list[str]:
 def failed_ranks(stderr: str) -> list[str]:
     """'rank R exit C (SIGNAME)' for each failure torchrun's error summary lists (accelerate launch)."""
     out = []
-    for rank, code in re.findall(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", stderr, flags=re.S):
+    # torchrun's summary entries: "rank : R (local_rank: R)" then "exitcode : C" on their own lines (the
+    # log line "failed (exitcode: -6) local_rank: 0" above them is not an entry)
+    for rank, code in re.findall(r"^\s*rank\s*:\s*(\d+).*?^\s*exitcode\s*:\s*(-?\d+)", stderr, flags=re.S | re.M):
         code = int(code)
         name = f" ({signal.Signals(-code).name})" if code < 0 and -code in signal.valid_signals() else ""
         out.append(f"rank {rank} exit {code}{name}")

@@ -128,3 +128,9 @@ def test_launcher_failure_names_the_rank_and_signal():
     assert failed_ranks(summary) == ["rank 1 exit -6 (SIGABRT)"]
     assert failed_ranks("rank      : 0 (local_rank: 0)\n  exitcode  : 1 (pid: 7)") == ["rank 0 exit 1"]
     assert failed_ranks("Traceback: ValueError") == []
+    # the CI run of 2026-12-07: a log line naming "local_rank: 0" with rank 0's code comes before the
+    # entries; it was once read as rank 0 with rank 1's SIGTERM
+    ci = ("E1207 09:19:55 api.py:1002] failed (exitcode: -6) local_rank: 0 (pid: 3381) of binary: python\n"
+          "Failures:\n[1]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : -15 (pid: 3382)\n"
+          "Root Cause (first observed failure):\n[0]:\n  rank      : 0 (local_rank: 0)\n  exitcode  : -6 (pid: 3381)\n")
+    assert failed_ranks(ci) == ["rank 1 exit -15 (SIGTERM)", "rank 0 exit -6 (SIGABRT)"]

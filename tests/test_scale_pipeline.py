@@ -99,6 +99,8 @@ import torch.distributed as dist
 # one file per rank: two ranks printing to one shared pipe can interleave their lines
 (tmp / f"result_rank{dist.get_rank()}.json").write_text(json.dumps(
     {"rank": dist.get_rank(), "world": dist.get_world_size(), "tokens": [s["tokens"] for s in res.stages]}))
+from reference.engines import exit_rank
+exit_rank()  # end the rank without interpreter teardown (engines.exit_rank)
 """
 
 

@@ -71,6 +71,8 @@ if phase == "resume":
     if engine.is_main:
         torch.save(state, work / "roundtrip.pt")
     print("sharding", engine.sharding, "world", engine.world_size, flush=True)
+from reference.engines import exit_rank
+exit_rank()  # end the rank without interpreter teardown (engines.exit_rank)
 """
 
 
@@ -159,6 +161,8 @@ if mode == "two":  # the same on a model sharded by FSDP2 (lockstep decoding, a 
                        "compliant": res.problems["compliant"].tolist()}
 rank = 0 if engine is None else engine.rank
 (out / f"eval_{mode}_rank{rank}.json").write_text(json.dumps(rows))
+from reference.engines import exit_rank
+exit_rank()  # end the rank without interpreter teardown (engines.exit_rank)
 """
 
 
@@ -194,6 +198,8 @@ if mode == "one":  # one process through the rank-layout-free path the sharded p
     ev.evaluate = lambda *a, **kw: plain(*a, **{"keyed": True, **kw})
 cfg = tiny_config(**{"engine.launcher": "accelerate" if mode == "two" else "single", "eval.batch": 8})
 run_pilot(cfg, PilotConfig(k=2, problems=18), out / mode, progress=None)
+from reference.engines import exit_rank
+exit_rank()  # end the rank without interpreter teardown (engines.exit_rank)
 """
 
 
@@ -303,6 +309,8 @@ except pl.Stopped:
     pass
 RECORD.save(work / f"grads_{phase}.pt")
 print(f"trained sharded: {sum(SHARDED)} of {len(SHARDED)}", flush=True)
+from reference.engines import exit_rank
+exit_rank()  # end the rank without interpreter teardown (engines.exit_rank)
 '''
 
 
