@@ -203,8 +203,11 @@ class Plan:
 
     def plot(self, path: str | Path | None = None, *, labels_grid=None):
         """Two panels: accuracy vs teacher share of labels at the planned N, and accuracy vs budget N.
-        Lines are MAP predictions, bands 95% predictive intervals of a measured accuracy; the star marks
-        the recommendation, the dotted verticals the chosen split and the planned N."""
+        Lines are MAP predictions of every arm; bands (95% predictive intervals of a measured accuracy) are
+        drawn for the two arms the decision is between only, the recommended arm and its runner-up. The
+        star marks the recommendation at its own split (an arm that does not split its labels sits at its
+        teacher share, 100% or 0%), the plus the runner-up; the suptitle states the gap and whether it is
+        a toss-up, by the same rule as the CLI's table (`Recommendation.separable`)."""
         import matplotlib
         if path is not None:
             matplotlib.use("Agg")
@@ -214,7 +217,7 @@ class Plan:
         from matplotlib.patches import Patch
 
         sns.set_theme(style="whitegrid")
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5.8))
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 6.2))
         pal = dict(zip(ARMS, sns.color_palette("tab10", len(ARMS))))
         # arms that ignore the split are flat on the left panel and may sit at the same value: each gets
         # its own dash pattern and marker, used on both panels
@@ -230,47 +233,77 @@ class Plan:
                 label[name] = f"{name} (control: stage 3's teacher labels, its student labels unused)"
 
         r = self.recommendation
-        rec = self.arm(r.arm)
-        chosen = self.arm(STAGE3).teacher_labels / self.labels if self.labels else 0.0
+        # seven overlapping bands cannot be told apart: only the two arms the decision is between get one
+        banded = [n for n in (r.arm, r.runner_up) if n is not None]
+
+        def share(a: ArmPrediction) -> float:  # an arm's own teacher share of the labels
+            return a.teacher_labels / self.labels if self.labels else 0.0
+
         x = np.asarray(self.split_fractions)
         for name, acc, lo, hi in self.split_curves:
             ax1.plot(x, acc, color=pal[name], lw=2)
-            ax1.fill_between(x, lo, hi, alpha=0.15, color=pal[name], lw=0)
+            if name in banded:
+                ax1.fill_between(x, lo, hi, alpha=0.18, color=pal[name], lw=0)
         for i, name in enumerate(flat):
             a = self.arm(name)
             ax1.plot(x, np.full_like(x, a.accuracy), color=pal[name], ls=style[name]["ls"], lw=1.3,
                      marker=style[name]["marker"], markevery=(4 + 9 * i, 25), ms=5)
-        ax1.axvline(chosen, color="0.3", ls=":", lw=1)
-        left = chosen > 0.2  # the note sits on the side of the line with room
-        ax1.annotate(f"chosen split\n{chosen:.0%} teacher", (chosen, 0.02), xycoords=("data", "axes fraction"),
-                     xytext=(-4 if left else 4, 0), textcoords="offset points", ha="right" if left else "left",
-                     va="bottom", fontsize=8, color="0.3")
-        rx = rec.teacher_labels / self.labels if self.labels else 0.0
-        for ax, xr in ((ax1, rx), (ax2, self.labels)):
-            ax.errorbar([xr], [rec.accuracy], yerr=[[rec.accuracy - rec.lo], [rec.hi - rec.accuracy]], fmt="*",
-                        ms=16, color=pal[r.arm], mec="black", mew=1, ecolor="black", capsize=4, zorder=5)
+            if name in banded:
+                ax1.fill_between(x, a.lo, a.hi, alpha=0.18, color=pal[name], lw=0)
+        rec = self.arm(r.arm)
+        rx = share(rec)
+        ax1.axvline(rx, color="0.3", ls=":", lw=1)
+        left = rx > 0.2  # the note sits on the side of the line with room
+        ax1.annotate(f"recommended split\n{rx:.0%} teacher ({r.arm})", (rx, 0.98),
+                     xycoords=("data", "axes fraction"), xytext=(-4 if left else 4, 0), textcoords="offset points",
+                     ha="right" if left else "left", va="top", fontsize=8, color="0.3",
+                     bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8})
+        # on the budget panel both sit at the planned N: the runner-up is dodged right so its bar shows
+        dodge = 0.015 * max(labels_grid if labels_grid is not None else budget_grid(self.labels))
+        marks = [(rec, "*", 16, pal[r.arm], 0.0)]
+        if r.runner_up is not None:
+            marks.append((self.arm(r.runner_up), "P", 11, pal[r.runner_up], dodge))
+        for a, m, ms, c, dx in marks:
+            for ax, xa in ((ax1, share(a)), (ax2, self.labels + dx)):
+                ax.errorbar([xa], [a.accuracy], yerr=[[a.accuracy - a.lo], [a.hi - a.accuracy]], fmt=m, ms=ms,
+                            color=c, mec="black", mew=1, ecolor=c if m != "*" else "black", capsize=4,
+                            zorder=5 if m == "*" else 4)
         ax1.set(xlabel="teacher share of the labels (split arms only)", ylabel=f"{self.benchmark} accuracy (%)",
-                title=f"{self.scenario}: accuracy vs teacher share at N = {self.labels}")
+                title=f"accuracy vs teacher share at N = {self.labels}")
         if self._scenario_obj is not None:
             grid = labels_grid if labels_grid is not None else budget_grid(self.labels)
             curve = budget_curve(self._scenario_obj, grid, benchmark=self.benchmark)
             for name, g in curve.groupby("arm", sort=False):
                 ax2.plot(g["labels"], g["accuracy"], color=pal[name], lw=2 if ARMS[name].splits_labels else 1.3,
                          ls=style[name]["ls"], marker=style[name]["marker"] or ".", ms=5)
-                ax2.fill_between(g["labels"], g["lo"], g["hi"], alpha=0.08, color=pal[name], lw=0)
+                if name in banded:
+                    ax2.fill_between(g["labels"], g["lo"], g["hi"], alpha=0.15, color=pal[name], lw=0)
         ax2.axvline(self.labels, color="0.3", ls=":", lw=1)
         ax2.annotate(f"planned N = {self.labels}", (self.labels, 0.02), xycoords=("data", "axes fraction"),
                      xytext=(-4, 0), textcoords="offset points", ha="right", va="bottom", fontsize=8, color="0.3")
         ax2.set(xlabel="label budget N", ylabel=f"{self.benchmark} accuracy (%)",
                 title="accuracy vs label budget N (split arms at the best split for each N)")
 
+        # the decision in the words and rule of the CLI's table (`Recommendation.separable`)
+        verdict = f"recommended: {r.arm} (p_best {r.p_best:.2f})"
+        if r.runner_up is not None:
+            verdict += (f"; runner-up: {r.runner_up}, gap {fmt_num(r.gap_mean, '+.1f')} points, "
+                        f"{GAP_LEVEL:.0%} interval [{fmt_num(r.gap_lo, '+.1f')}, {fmt_num(r.gap_hi, '+.1f')}]: "
+                        + ("separable" if r.separable else "toss-up (the interval contains 0)"))
+        fig.suptitle(f"{self.scenario}: {self.benchmark} with N = {self.labels} labels\n{verdict}", fontsize=11)
         handles = [Line2D([], [], color=pal[n], lw=2 if ARMS[n].splits_labels else 1.3, ls=style[n]["ls"],
                           marker=style[n]["marker"], ms=5, label=label[n]) for n in ARMS]
-        handles += [Patch(color="0.6", alpha=0.4, label="95% predictive interval (band and error bar)"),
+        handles += [Patch(color="0.6", alpha=0.4,
+                          label="95% predictive interval (bands: recommended and runner-up only)"),
                     Line2D([], [], ls="", marker="*", ms=14, color=pal[r.arm], mec="black",
                            label=f"recommended: {r.arm}, {r.teacher_labels} teacher / {r.student_labels} student")]
+        if r.runner_up is not None:
+            ru = self.arm(r.runner_up)
+            handles.append(Line2D([], [], ls="", marker="P", ms=10, color=pal[r.runner_up], mec="black",
+                                  label=f"runner-up: {r.runner_up}, {ru.teacher_labels} teacher / "
+                                        f"{ru.student_labels} student"))
         fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False, bbox_to_anchor=(0.5, 0.0))
-        fig.tight_layout(rect=(0, 0.12, 1, 1))
+        fig.tight_layout(rect=(0, 0.13, 1, 1))
         if path is not None:
             fig.savefig(path, dpi=120)
             plt.close(fig)

@@ -261,3 +261,50 @@ def test_paper_c1_line_explains_why_the_recommended_bridge_gains():
     line = rl.explain().splitlines()[1]
     assert "differs: a gain although C1 fails" in line
     assert "ability transfer" in line and "outweighs compliance" in line
+
+
+def _drawn(pl, path):
+    """The figure `pl.plot(path)` saved, with its left/right axes and the bands (fill_between) on each."""
+    from matplotlib.collections import PolyCollection
+    fig = pl.plot(path)
+    ax1, ax2 = fig.axes
+    bands = [[c for c in ax.collections if isinstance(c, PolyCollection)] for ax in (ax1, ax2)]
+    return fig, ax1, ax2, bands
+
+
+def test_plot_marks_the_recommended_arms_own_split_and_states_the_toss_up(tmp_path, paper):
+    """Issue 25 finding 5: the marker is the recommended arm's own split (rl_teacher_bridge does not split:
+    all 14000 labels are teacher labels, 100%), not stage 3's 91%; the suptitle names the runner-up and the
+    gap interval as the CLI's table does, and calls it a toss-up because the interval contains 0."""
+    from budget_planner.cli import _fmt_plan
+    from budget_planner.planner import fmt_num
+    r = paper.recommendation
+    assert r.arm == "rl_teacher_bridge" and not r.separable and r.gap_lo < 0 < r.gap_hi
+    stage3_share = paper.arm("rl_teacher_bridge_stage3").teacher_labels / paper.labels
+    fig, ax1, _, bands = _drawn(paper, tmp_path / "plan.png")
+    assert (tmp_path / "plan.png").stat().st_size > 10_000
+    star = next(ln for ln in ax1.get_lines() if ln.get_marker() == "*")
+    assert star.get_xdata()[0] == 1.0 != stage3_share
+    verticals = [ln.get_xdata()[0] for ln in ax1.get_lines() if ln.get_linestyle() == ":" and len(ln.get_xdata()) == 2
+                 and ln.get_xdata()[0] == ln.get_xdata()[1]]
+    assert verticals == [1.0]
+    assert any("recommended split" in t.get_text() and "100% teacher" in t.get_text() for t in ax1.texts)
+    title = fig.get_suptitle()
+    interval = f"[{fmt_num(r.gap_lo, '+.1f')}, {fmt_num(r.gap_hi, '+.1f')}]"
+    assert interval == "[-2.2, +2.6]" and interval in _fmt_plan(paper)  # the figure and the table agree
+    assert r.runner_up in title and interval in title and "toss-up" in title and "separable" not in title
+    # seven bands overlapped past reading: bands for the recommended arm and the runner-up only, every arm a line
+    assert [len(b) for b in bands] == [2, 2]
+    assert len([ln for ln in ax1.get_lines() if len(ln.get_xdata()) > 2]) == len(paper.arms)
+
+
+def test_plot_calls_a_separable_gap_separable(tmp_path):
+    pl = plan("toy-arith")  # direct_grpo over no_opd, the 90% gap interval excludes 0
+    r = pl.recommendation
+    assert r.separable and r.runner_up is not None
+    fig, ax1, _, bands = _drawn(pl, tmp_path / "plan.png")
+    title = fig.get_suptitle()
+    assert r.runner_up in title and "separable" in title and "toss-up" not in title
+    star = next(ln for ln in ax1.get_lines() if ln.get_marker() == "*")
+    assert star.get_xdata()[0] == r.teacher_labels / pl.labels == 0.0
+    assert len(bands[0]) == 2
