@@ -1,6 +1,7 @@
 """One frozen config type for both scales: the toy world on a CPU and Qwen3 on GPUs.
 
-A TOML file has the sections [world], [student], [teacher], [grpo], [fkl], [opd], [eval], [engine].
+A TOML file has the sections [world], [student], [teacher], [grpo], [fkl], [opd], [eval], [engine] and
+[plateau] (the plateau protocol, off unless enabled).
 A model section is either a tiny Qwen3 spec (hidden, layers, heads, kv_heads, head_dim, intermediate)
 or `path = "<hub id or local dir>"`. Unknown sections or fields raise `InputError` naming them.
 
@@ -44,6 +45,7 @@ SCHEDULES = ("constant", "cosine", "linear")
 
 
 def _check_schedule(section: str, obj: Any) -> None:
+    _check_pos(section, obj, ("warmup_steps",), allow_zero=True)
     if obj.schedule not in SCHEDULES:
         raise InputError(f"{section}.schedule must be one of {', '.join(SCHEDULES)}, got {obj.schedule!r}")
     w = obj.warmup
@@ -182,6 +184,7 @@ class GRPOConfig:
     group_size: int = 8
     prompts_per_step: int = 16
     epochs: float = 4.0  # passes over the labeled problems; steps = ceil(epochs * labels / prompts_per_step)
+    max_steps: int = 0  # > 0: the step cap is min(that, the epochs' steps) (the plateau protocol's cap)
     clip_low: float = 0.2
     clip_high: float = 0.28
     loss: str = "token_mean"  # DAPO token-mean; "seq_mean" = GRPO's per-sequence mean
@@ -190,13 +193,16 @@ class GRPOConfig:
     max_new_tokens: int = 48
     grad_clip: float = 1.0
     warmup: float = 0.0  # linear learning-rate warmup over this fraction of the stage's steps
+    # > 0: warm up over this many steps instead (a cap-free schedule: under the plateau protocol with a
+    # constant schedule, a run's first t steps do not depend on its cap)
+    warmup_steps: int = 0
     schedule: str = "constant"  # after warmup: "constant", "cosine" (to 0 at the last step) or "linear"
 
     def __post_init__(self) -> None:
         _check_schedule("grpo", self)
         _check_pos("grpo", self, ("lr", "group_size", "prompts_per_step", "epochs", "temperature",
                                   "max_new_tokens", "grad_clip"))
-        _check_pos("grpo", self, ("teacher_lr", "clip_low", "clip_high", "kl_coef"), allow_zero=True)
+        _check_pos("grpo", self, ("teacher_lr", "clip_low", "clip_high", "kl_coef", "max_steps"), allow_zero=True)
         if self.group_size < 2:
             raise InputError(f"grpo.group_size must be >= 2 (advantages are group-relative), got {self.group_size}")
         if self.loss not in ("token_mean", "seq_mean"):
@@ -217,6 +223,9 @@ class FKLConfig:
     max_new_tokens: int = 48
     grad_clip: float = 1.0
     warmup: float = 0.0  # linear learning-rate warmup over this fraction of the stage's steps
+    # > 0: warm up over this many steps instead (a cap-free schedule: under the plateau protocol with a
+    # constant schedule, a run's first t steps do not depend on its cap)
+    warmup_steps: int = 0
     schedule: str = "constant"  # after warmup: "constant", "cosine" (to 0 at the last step) or "linear"
 
     def __post_init__(self) -> None:
@@ -236,6 +245,9 @@ class OPDConfig:
     estimator: str = "full"  # full-vocabulary reverse KL, or "sampled" (per-token log-ratio as reward)
     grad_clip: float = 1.0
     warmup: float = 0.0  # linear learning-rate warmup over this fraction of the stage's steps
+    # > 0: warm up over this many steps instead (a cap-free schedule: under the plateau protocol with a
+    # constant schedule, a run's first t steps do not depend on its cap)
+    warmup_steps: int = 0
     schedule: str = "constant"  # after warmup: "constant", "cosine" (to 0 at the last step) or "linear"
 
     def __post_init__(self) -> None:
@@ -265,6 +277,30 @@ class EvalConfig:
         _check_pos("eval", self, ("top_k", "curve_every"), allow_zero=True)
         if self.top_p > 1:
             raise InputError(f"eval.top_p must lie in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True)
+class PlateauConfig:
+    """The plateau protocol (issue 22; reference.plateau): every training stage validates the model it
+    trains every `every` of its step cap (avg@`k` on the first `problems` validation problems, [eval]'s
+    sampling), keeps its best checkpoint, and stops once it has reached its plateau: the best score did not
+    improve by more than `tolerance` paired standard errors over the last `window` of the steps it ran,
+    and at least `min_fraction` of the cap ran. The validation problems are labels: reports give N + V."""
+
+    enabled: bool = False
+    problems: int = 64  # V, shared by every arm; counted in the label account
+    k: int = 4
+    every: float = 0.05
+    window: float = 0.3
+    tolerance: float = 1.0
+    min_fraction: float = 0.2
+
+    def __post_init__(self) -> None:
+        _check_pos("plateau", self, ("problems", "k", "every", "window", "tolerance"))
+        _check_pos("plateau", self, ("min_fraction",), allow_zero=True)
+        for name in ("every", "window", "min_fraction"):
+            if getattr(self, name) > 1:
+                raise InputError(f"plateau.{name} must be a fraction in [0, 1], got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -307,6 +343,7 @@ SECTIONS: dict[str, type] = {
     "opd": OPDConfig,
     "eval": EvalConfig,
     "engine": EngineConfig,
+    "plateau": PlateauConfig,
 }
 
 
@@ -320,6 +357,7 @@ class Config:
     opd: OPDConfig = field(default_factory=OPDConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    plateau: PlateauConfig = field(default_factory=PlateauConfig)
     source: str = field(default="", compare=False)  # file it came from (not hashed)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -330,7 +368,7 @@ class Config:
 
     def section_hash(self, names: tuple[str, ...], extra: dict | None = None) -> str:
         d = _hashed(self.to_dict())
-        return _digest({"sections": {n: d[n] for n in names}, "extra": extra or {}})
+        return _digest({"sections": {n: d[n] for n in names if n in d}, "extra": extra or {}})
 
     def override(self, values: dict[str, Any]) -> "Config":
         """A copy with 'section.field' values replaced (validated like a file)."""
@@ -356,6 +394,10 @@ _HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("student", "step_drills"): 0.0,
     ("teacher", "step_drills"): 0.0,
     ("engine", "trainer"): "reference",
+    ("grpo", "max_steps"): 0,
+    **{(sec, "warmup_steps"): 0 for sec in ("grpo", "fkl", "opd")},
+    # the plateau protocol's section: off, it is left out of the hashes entirely
+    **{("plateau", f.name): f.default for f in fields(PlateauConfig)},
 }
 # Fields that only say where a run reports, never what it computes: left out of every hash and of the
 # resume check whatever their value (turning tracking on keeps the stage keys, seeds and numbers).
@@ -363,9 +405,12 @@ _LOGGING_ONLY: frozenset[tuple[str, str]] = frozenset({("engine", "tracker"), ("
 
 
 def _hashed(d: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {sec: {k: v for k, v in fields_.items()
-                  if (sec, k) not in _LOGGING_ONLY and _HASH_NEUTRAL.get((sec, k), object()) != v}
-            for sec, fields_ in d.items()}
+    out = {sec: {k: v for k, v in fields_.items()
+                 if (sec, k) not in _LOGGING_ONLY and _HASH_NEUTRAL.get((sec, k), object()) != v}
+           for sec, fields_ in d.items()}
+    if not out.get("plateau", True):  # the protocol off: hashed as before the section existed
+        del out["plateau"]
+    return out
 
 
 def _digest(obj: Any) -> str:

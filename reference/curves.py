@@ -78,7 +78,8 @@ class CurveRecorder:
         def describe(model, result) -> dict:
             return {"name": stage.value, "model": trains, "seconds": result.seconds, "tokens": result.tokens,
                     "steps": result.steps, "last": result.log[-1] if result.log else {},
-                    "curve": self.point(model, key), "inner_curve": inner}
+                    "curve": self.point(model, key), "inner_curve": inner,
+                    **({"plateau": result.plateau} if result.plateau is not None else {})}
         return Hooks(describe, on_step=on_step, **extra)
 
     def stage_done(self, stage: Stage, info: dict) -> None:

@@ -29,7 +29,7 @@ from reference.curves import CurveRecorder
 from reference.evaluate import EvalResult, evaluate
 from reference.runs import RunResult, check_manifest, load_result, write_result
 from reference.seeds import seed_from
-from reference.stage_runner import FinishedStage, Slot, TrainingSetup, run_stage, stage_key
+from reference.stage_runner import FinishedStage, Slot, TrainingSetup, run_stage, seed_key, stage_key
 from reference.world import World
 from theory.arms import STUDENT, Arm, LabelAccount, Stage, get_arm, stage_labels
 from theory.errors import InputError
@@ -62,7 +62,7 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
         for i, stage in enumerate(arm.stages):
             prefix.append((stage.value, stage_labels(stage, acct)))
             key = stage_key(cfg, seed, prefix)
-            slot = Slot(book.workdir / "stages" / key, key, meta={"stage": stage.value, "prefix": prefix,
+            slot = Slot(book.workdir / "stages" / key, seed_key(cfg, seed, prefix), meta={"stage": stage.value, "prefix": prefix,
                                                                   "seed": seed, "config_hash": cfg.hash()})
             done = run_stage(stage, setup, slot, curves.hooks(stage, key, bar=book.bar_title(stage),
                                                               on_entry=book.on_entry(stage)))
@@ -151,6 +151,19 @@ def _open_run(cfg: Config, arm: Arm, seed: int, acct: LabelAccount, split: str, 
     return book
 
 
+def plateau_metrics(cfg: Config, stage_log: list[dict]) -> dict[str, float]:
+    """A plateau-protocol run's account, as metrics of the run table: the validation labels V (reports
+    give N + V), the training tokens to the stages' best checkpoints and spent (with patience), the
+    validation passes' generated tokens, and how many of its stages reached their plateau."""
+    recs = [s["plateau"] for s in stage_log if s.get("plateau", {}).get("validated")]
+    return {"validation_labels": float(cfg.plateau.problems),
+            "tokens_to_best": float(sum(r["best_tokens"] for r in recs)),
+            "tokens_spent": float(sum(r["train_tokens"] for r in recs)),
+            "val_tokens": float(sum(r["val_tokens"] for r in recs)),
+            "stages_trained": float(len(recs)),
+            "stages_at_plateau": float(sum(bool(r["reached"]) for r in recs))}
+
+
 def _final_eval(book: _Bookkeeping, models: Models, world: World, stage_log: list[dict]) -> RunResult:
     """The final student on the run's split; rank 0 writes the result."""
     cfg, arm, seed, acct, split = book.cfg, book.arm, book.seed, book.acct, book.split
@@ -162,9 +175,12 @@ def _final_eval(book: _Bookkeeping, models: Models, world: World, stage_log: lis
     final: EvalResult = evaluate(models.student, problems, models.ctx, cfg.eval)
     eval_s = time.perf_counter() - t0
     compute = sum(int(s["tokens"]) for s in stage_log)
+    metrics = dict(final.metrics)
+    if cfg.plateau.enabled:
+        metrics.update(plateau_metrics(cfg, stage_log))
     stage_log = stage_log + [{"name": "eval", "model": STUDENT, "seconds": eval_s, "tokens": 0, "steps": 0,
                               "curve": {}, "cached": False}]
-    res = RunResult(arm.name, seed, cfg.world.name, split, acct, compute, final.metrics, tuple(stage_log),
+    res = RunResult(arm.name, seed, cfg.world.name, split, acct, compute, metrics, tuple(stage_log),
                     final.problems.assign(model=f"{arm.name}/s{seed}"))
     if book.tracker is not None:
         book.tracker.log_final(final.metrics)

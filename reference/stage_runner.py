@@ -16,7 +16,7 @@ its key).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +26,7 @@ from reference import checkpoint as ckpt
 from reference import engines
 from reference import stages
 from reference.assemble import Models
-from reference.config import Config
+from reference.config import Config, PlateauConfig
 from reference.seeds import seed_from, seeded
 from reference.world import Problem, World
 from theory.arms import STAGES, STUDENT, TEACHER, LabelAccount, Stage, stage_labels
@@ -88,8 +88,29 @@ def stage_key(cfg: Config, seed: int, prefix: list[tuple[str, int]]) -> str:
     """The checkpoint key of the last stage of `prefix` ((stage name, labels) pairs) at `seed`."""
     # every section but [eval] and [engine.threads]-like knobs that cannot change numbers would be
     # fine to exclude; we hash everything except eval for safety and simplicity
-    return cfg.section_hash(("world", "student", "teacher", "grpo", "fkl", "opd", "engine"),
-                            extra={"seed": seed, "prefix": prefix})
+    extra = {"seed": seed, "prefix": prefix}
+    if cfg.plateau.enabled:  # the validation passes choose the stage's length and checkpoint
+        e = cfg.eval
+        extra["validation_sampling"] = [e.temperature, e.top_p, e.top_k, e.max_new_tokens]
+    # [plateau] is left out of the hash while the protocol is off (Config.section_hash): keys as before
+    return cfg.section_hash(("world", "student", "teacher", "grpo", "fkl", "opd", "engine", "plateau"), extra=extra)
+
+
+# the fields that set a stage's length: its cap under the plateau protocol
+CAP_FIELDS = {"grpo.epochs": 1.0, "grpo.max_steps": 0, "fkl.steps": 1, "opd.steps": 1}
+
+
+def seed_key(cfg: Config, seed: int, prefix: list[tuple[str, int]]) -> str:
+    """The key a stage's torch seed and data order are drawn from: its checkpoint key, except under the
+    plateau protocol, where the caps (CAP_FIELDS) and the validation settings are left out (validation
+    samples on a forked RNG), so that a longer cap or another validation schedule replays the same steps
+    and, with a cap-free learning-rate schedule, trains the same trajectory."""
+    if not cfg.plateau.enabled:
+        return stage_key(cfg, seed, prefix)
+    neutral = {**CAP_FIELDS, **{f"plateau.{f.name}": f.default for f in fields(PlateauConfig)},
+               "plateau.enabled": True}
+    return cfg.override(neutral).section_hash(("world", "student", "teacher", "grpo", "fkl", "opd", "engine",
+                                                "plateau"), extra={"seed": seed, "prefix": prefix})
 
 
 def replay_steps(cfg: Config, held_back: int) -> tuple[int, int]:
@@ -116,7 +137,8 @@ def run_stage(stage: Stage, setup: TrainingSetup, slot: Slot, hooks: Hooks) -> F
             return FinishedStage(saved["result"], saved.get("log") or [], cached=True)
         with seeded(setup.cfg.engine.device, seed_from(slot.seed_key) + rank):
             pbar = _bar(hooks.bar)
-            result = _train(stage, setup, seed_from(slot.seed_key, "data"), _progress(pbar, hooks))
+            watch = plateau_watch(stage, setup, slot)
+            result = _train(stage, setup, seed_from(slot.seed_key, "data"), _progress(pbar, hooks), watch)
             if pbar is not None:
                 pbar.close()
             model = setup.models.for_role(trains)
@@ -126,7 +148,55 @@ def run_stage(stage: Stage, setup: TrainingSetup, slot: Slot, hooks: Hooks) -> F
         state = engines.full_state_dict(model) if engines.is_sharded(model) else None
         if write:
             ckpt.save_weights(model, directory, dict(slot.meta, result=info, log=list(result.log)), state=state)
+        if watch is not None:
+            watch.discard()
     return FinishedStage(info, list(result.log), cached=False)
+
+
+def stage_cap(stage: Stage, setup: TrainingSetup) -> int:
+    """The steps `stage` runs at most: its configured length (the cap under the plateau protocol)."""
+    spec, cfg = STAGES[stage], setup.cfg
+    if spec.update == "grpo":
+        return stages.grpo_steps(len(setup.labeled(spec.labels)), cfg.grpo)
+    if spec.replays:
+        return replay_steps(cfg, stage_labels(stage, setup.account))[0]
+    return getattr(cfg, spec.update).steps
+
+
+def validation_score(setup: TrainingSetup):
+    """The plateau protocol's validation score (reference.plateau.Score): avg@k of a model on the first
+    `plateau.problems` validation problems at [eval]'s sampling, on a forked RNG seeded from the tag."""
+    import dataclasses
+    from reference.evaluate import evaluate
+    cfg = setup.cfg
+    problems, k = setup.world.val[:cfg.plateau.problems], cfg.plateau.k
+    eval_cfg = dataclasses.replace(cfg.eval, k=k)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+
+    def score(model, tag: str):
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed_from(f"plateau/{tag}"))
+            res = evaluate(model, problems, setup.models.ctx, eval_cfg, extras=False)
+        per_problem = res.problems["correct"].to_numpy(dtype=float) / k
+        return per_problem, int(round(res.metrics["length"] * len(problems) * k))
+    return score
+
+
+def plateau_watch(stage: Stage, setup: TrainingSetup, slot: Slot):
+    """The stage's `reference.plateau.Watch` under `plateau.enabled` (None otherwise). One process keeps a
+    mid-stage checkpoint beside the stage's directory (`.<key>.partial`); an engine does not yet."""
+    cfg = setup.cfg
+    if not cfg.plateau.enabled:
+        return None
+    from reference.plateau import Watch
+    if cfg.engine.trainer == "trl":
+        raise InputError("plateau.enabled runs on engine.trainer = 'reference' (TRL's trainers stop on their "
+                         "own callbacks; not wired yet)")
+    if len(setup.world.val) < cfg.plateau.problems:
+        raise InputError(f"plateau.problems={cfg.plateau.problems} exceeds world.val={len(setup.world.val)}")
+    directory = Path(slot.directory)
+    partial = directory.with_name(f".{directory.name}.partial") if setup.models.ctx.engine is None else None
+    return Watch(cfg.plateau, stage_cap(stage, setup), validation_score(setup), slot.seed_key, partial)
 
 
 def _bar(desc: str | None):
@@ -152,7 +222,7 @@ def _progress(bar, hooks: Hooks):
     return progress
 
 
-def _train(stage: Stage, setup: TrainingSetup, seed: int, progress) -> stages.StageResult:
+def _train(stage: Stage, setup: TrainingSetup, seed: int, progress, watch=None) -> stages.StageResult:
     """`train_stage`; teacher RL under `engine.lora_rank` > 0 trains LoRA adapters only, merged back
     after the stage (the checkpoint holds plain weights)."""
     cfg, models = setup.cfg, setup.models
@@ -162,7 +232,7 @@ def _train(stage: Stage, setup: TrainingSetup, seed: int, progress) -> stages.St
                          "after the stage): launch LoRA runs with configs/accelerate/ddp.yaml")
     if lora:
         models.teacher = engines.apply_lora(models.teacher, rank=cfg.engine.lora_rank)
-    result = train_stage(stage, setup, seed, progress)
+    result = train_stage(stage, setup, seed, progress, watch)
     if lora:
         models.teacher = models.teacher.merge_and_unload()
     return result
@@ -178,7 +248,7 @@ def update_rules(trainer: str) -> dict[str, Callable[..., stages.StageResult]]:
 
 
 def train_stage(stage: Stage, setup: TrainingSetup, seed: int,
-                progress: Callable[[int, int, dict], None] | None = None) -> stages.StageResult:
+                progress: Callable[[int, int, dict], None] | None = None, watch=None) -> stages.StageResult:
     """Train, in place, the model `stage` updates by its update rule (theory.arms.STAGES), with its
     config section: GRPO on the labels of that model's share, the forward-KL warmup or OPD on the
     world's unlabeled prompts with the scorer frozen. The replay control draws as many student
@@ -188,10 +258,12 @@ def train_stage(stage: Stage, setup: TrainingSetup, seed: int,
     model = m.for_role(spec.trains)
     if spec.update == "grpo":
         return update(model, setup.labeled(spec.labels), section, m.ctx, role=spec.trains, seed=seed,
-                      progress=progress, name=stage.value)
+                      progress=progress, name=stage.value, **({"watch": watch} if watch is not None else {}))
     schedule = {}
     if spec.replays:
         steps, per_step = replay_steps(cfg, stage_labels(stage, setup.account))
         schedule = {"steps": steps, "prompts_per_step": per_step}
+    if watch is not None:
+        schedule["watch"] = watch
     return update(model, m.for_role(spec.scorer), setup.world.unlabeled, section, m.ctx, seed=seed,
                   progress=progress, name=stage.value, **schedule)

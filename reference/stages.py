@@ -58,10 +58,11 @@ class StageResult:
     tokens: int  # rollout + training + teacher-scoring tokens
     seconds: float
     log: tuple[dict, ...] = field(default=())
+    plateau: dict | None = None  # the plateau protocol's record (reference.plateau.Watch.record)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "steps": self.steps, "tokens": self.tokens, "seconds": self.seconds,
-                "log": list(self.log)}
+                "log": list(self.log), **({"plateau": self.plateau} if self.plateau is not None else {})}
 
     def to_frame(self):
         import pandas as pd
@@ -79,16 +80,19 @@ def batch_indices(n_items: int, per_step: int, steps: int, rng: np.random.Genera
 
 
 def grpo_steps(n_labels: int, cfg: GRPOConfig) -> int:
+    """A GRPO stage's steps (its cap under the plateau protocol): `epochs` passes over `n_labels` at
+    `prompts_per_step`, at most `max_steps` when that is set."""
     if n_labels == 0:
         return 0
-    return max(1, math.ceil(cfg.epochs * n_labels / cfg.prompts_per_step))
+    steps = max(1, math.ceil(cfg.epochs * n_labels / cfg.prompts_per_step))
+    return min(steps, cfg.max_steps) if cfg.max_steps > 0 else steps
 
 
-def lr_factor(step: int, total: int, warmup: float, schedule: str) -> float:
+def lr_factor(step: int, total: int, warmup: float, schedule: str, warmup_steps: int = 0) -> float:
     """Multiplier of the base learning rate at `step` (0-based) of a `total`-step stage: linear warmup
-    over the first ceil(warmup * total) steps (from 1/w to 1), then constant, cosine or linear decay
-    toward 0 (never reaching it: the last step still moves)."""
-    w = math.ceil(warmup * total) if warmup > 0 else 0
+    over the first w = ceil(warmup * total) steps (`warmup_steps` instead when > 0) (from 1/w to 1), then
+    constant, cosine or linear decay toward 0 (never reaching it: the last step still moves)."""
+    w = min(warmup_steps, total) if warmup_steps > 0 else (math.ceil(warmup * total) if warmup > 0 else 0)
     if step < w:
         return (step + 1) / w
     if schedule == "constant":
@@ -238,23 +242,36 @@ class StepWork:
 
 
 def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step: Callable, ctx: StageContext,
-               name: str, progress: Progress | None = None, limit: int | None = None) -> StageResult:
+               name: str, progress: Progress | None = None, limit: int | None = None, watch=None) -> StageResult:
     """The one training loop of every stage.
 
     For each batch of item indices: `make_step(step, idx, net)` samples and returns a `StepWork`;
     its loss is backpropagated over micro-batches, the gradient clipped to `grad_clip`, and AdamW
     steps at lr * lr_factor(step). `steps` sizes the schedule; `limit` stops after that many steps
     of it (the stability gate runs the first steps of the configured schedule).
+
+    `watch` (a `reference.plateau.Watch`): the plateau protocol. `steps` is then the cap; the watch
+    validates on its schedule, may stop the stage early, resumes it from its mid-stage checkpoint, and
+    leaves the model holding its best weights (the result's `plateau` record says which step that was).
     """
     t0 = time.perf_counter()
     net, opt = _prepare(model, lr, ctx)
     taken = steps if limit is None else min(steps, limit)
     log: list[dict] = []
-    tokens = 0
+    tokens, start = 0, 0
+    if watch is not None:
+        resumed = watch.resume(model, opt)
+        if resumed is not None:  # batches before `start` are drawn again (data order only) and skipped
+            start, tokens, log = resumed
+            if watch.stop_step is not None:
+                taken = start
     for step, idx in enumerate(batches):
         if step >= taken:
             break
-        factor = lr_factor(step, steps, schedule_cfg.warmup, schedule_cfg.schedule)
+        if step < start:
+            continue
+        factor = lr_factor(step, steps, schedule_cfg.warmup, schedule_cfg.schedule,
+                           getattr(schedule_cfg, "warmup_steps", 0))
         for group in opt.param_groups:
             group["lr"] = lr * factor
         work = make_step(step, idx, net)
@@ -273,12 +290,22 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
         log.append(entry)
         if progress:
             progress(step + 1, taken, entry)
+        if watch is not None and watch.due(step + 1) and watch.observe(step + 1, all_tokens(tokens, ctx), model,
+                                                                       opt, log):
+            taken = step + 1
+            break
     _release(ctx)
-    return StageResult(name, taken, all_tokens(tokens, ctx), time.perf_counter() - t0, tuple(log))
+    plateau = None
+    if watch is not None:
+        watch.finish(model)
+        plateau = watch.record(all_tokens(tokens, ctx))
+    return StageResult(name, len(log) if watch is not None else taken, all_tokens(tokens, ctx),
+                       time.perf_counter() - t0, tuple(log), plateau)
 
 
 def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageContext, *, role: str, seed: int,
-         ref=None, progress: Progress | None = None, name: str = "grpo", limit: int | None = None) -> StageResult:
+         ref=None, progress: Progress | None = None, name: str = "grpo", limit: int | None = None,
+         watch=None) -> StageResult:
     """GRPO with group-normalised advantages and a clipped ratio (`losses.GRPO_LOSSES[cfg.loss]`).
 
     One policy update per rollout batch, so old_logp is the detached current log-prob: the ratio is 1
@@ -329,11 +356,12 @@ def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageConte
 
     return train_loop(policy, lr=cfg.lr_for(role), schedule_cfg=cfg, steps=steps,
                       batches=batch_indices(len(problems), P, steps, rng), make_step=make_step, ctx=ctx, name=name,
-                      progress=progress, limit=limit)
+                      progress=progress, limit=limit, watch=watch)
 
 
 def fkl_warmup(student, teacher, prompts: tuple[Problem, ...], cfg: FKLConfig, ctx: StageContext, *, seed: int,
-               progress: Progress | None = None, name: str = "fkl_warmup", limit: int | None = None) -> StageResult:
+               progress: Progress | None = None, name: str = "fkl_warmup", limit: int | None = None,
+               watch=None) -> StageResult:
     """Stage 2a: on teacher rollouts, minimise KL(p_T || p_S) over the full vocabulary at every token
     (`losses.fkl_loss`). Logged `forward_kl` is the batch's per-token KL before the step."""
     rng = np.random.default_rng(seed)
@@ -355,12 +383,12 @@ def fkl_warmup(student, teacher, prompts: tuple[Problem, ...], cfg: FKLConfig, c
 
     return train_loop(student, lr=cfg.lr, schedule_cfg=cfg, steps=cfg.steps,
                       batches=batch_indices(len(prompts), cfg.prompts_per_step, cfg.steps, rng), make_step=make_step,
-                      ctx=ctx, name=name, progress=progress, limit=limit)
+                      ctx=ctx, name=name, progress=progress, limit=limit, watch=watch)
 
 
 def opd(student, teacher, prompts: tuple[Problem, ...], cfg: OPDConfig, ctx: StageContext, *, seed: int,
         steps: int | None = None, prompts_per_step: int | None = None, progress: Progress | None = None,
-        name: str = "opd", limit: int | None = None) -> StageResult:
+        name: str = "opd", limit: int | None = None, watch=None) -> StageResult:
     """Stage 2b: the student samples, the frozen teacher scores every token, reverse KL(p_S || p_T).
 
     The loss is `losses.OPD_LOSSES[cfg.estimator]`: "full" = exact full-vocabulary reverse KL per
@@ -406,4 +434,4 @@ def opd(student, teacher, prompts: tuple[Problem, ...], cfg: OPDConfig, ctx: Sta
 
     return train_loop(student, lr=cfg.lr, schedule_cfg=cfg, steps=steps,
                       batches=batch_indices(len(prompts), per_step, steps, rng), make_step=make_step, ctx=ctx,
-                      name=name, progress=progress, limit=limit)
+                      name=name, progress=progress, limit=limit, watch=watch)

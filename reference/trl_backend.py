@@ -69,6 +69,7 @@ HYPERPARAMETERS: dict[tuple[str, str], str] = {
                                   "processes (TRL counts completions, per device); generation_batch_size = "
                                   "prompts_per_step * group_size, steps_per_generation 1",
     ("grpo", "epochs"): "GRPOConfig.max_steps = stages.grpo_steps(labels, cfg)",
+    ("grpo", "max_steps"): "GRPOConfig.max_steps = stages.grpo_steps(labels, cfg) (its cap)",
     ("grpo", "clip_low"): "GRPOConfig.epsilon",
     ("grpo", "clip_high"): "GRPOConfig.epsilon_high",
     ("grpo", "loss"): "GRPOConfig.loss_type: token_mean -> 'dapo', seq_mean -> 'grpo'",
@@ -77,6 +78,7 @@ HYPERPARAMETERS: dict[tuple[str, str], str] = {
     ("grpo", "max_new_tokens"): "GRPOConfig.max_completion_length",
     ("grpo", "grad_clip"): "GRPOConfig.max_grad_norm",
     ("grpo", "warmup"): "the reference's lr_factor as the trainer's LambdaLR (warmup ratio)",
+    ("grpo", "warmup_steps"): "the reference's lr_factor as the trainer's LambdaLR (warmup steps)",
     ("grpo", "schedule"): "the reference's lr_factor as the trainer's LambdaLR (constant / cosine / linear)",
     ("fkl", "lr"): "GKDConfig.learning_rate",
     ("fkl", "steps"): "GKDConfig.max_steps",
@@ -85,6 +87,7 @@ HYPERPARAMETERS: dict[tuple[str, str], str] = {
     ("fkl", "max_new_tokens"): "GKDConfig.max_new_tokens",
     ("fkl", "grad_clip"): "GKDConfig.max_grad_norm",
     ("fkl", "warmup"): "the reference's lr_factor as the trainer's LambdaLR (warmup ratio)",
+    ("fkl", "warmup_steps"): "the reference's lr_factor as the trainer's LambdaLR (warmup steps)",
     ("fkl", "schedule"): "the reference's lr_factor as the trainer's LambdaLR",
     ("opd", "lr"): "DistillationConfig.learning_rate",
     ("opd", "steps"): "DistillationConfig.max_steps (the replay control: stage-3 GRPO's step count)",
@@ -95,6 +98,7 @@ HYPERPARAMETERS: dict[tuple[str, str], str] = {
     ("opd", "estimator"): "'full' -> DistillationConfig.beta = 1.0 (exact full-vocabulary reverse KL)",
     ("opd", "grad_clip"): "DistillationConfig.max_grad_norm",
     ("opd", "warmup"): "the reference's lr_factor as the trainer's LambdaLR (warmup ratio)",
+    ("opd", "warmup_steps"): "the reference's lr_factor as the trainer's LambdaLR (warmup steps)",
     ("opd", "schedule"): "the reference's lr_factor as the trainer's LambdaLR",
 }
 # Reference config fields of a stage section with no TRL argument, and why.
@@ -245,7 +249,8 @@ def _launched(ctx: stages.StageContext | None) -> bool:
 
 
 def _lr_of_step(schedule_cfg, steps: int) -> Callable[[int], float]:
-    return lambda s: stages.lr_factor(min(s, steps - 1), steps, schedule_cfg.warmup, schedule_cfg.schedule)
+    return lambda s: stages.lr_factor(min(s, steps - 1), steps, schedule_cfg.warmup, schedule_cfg.schedule,
+                                      schedule_cfg.warmup_steps)
 
 
 def _trainer_classes():

@@ -1,0 +1,196 @@
+"""The plateau protocol (issue 22): every training stage trains until its validation score stops rising.
+
+A stage under the protocol runs up to its configured length, now a *cap*, and validates the model it
+trains every `plateau.every` of the cap: avg@k (`plateau.k` samples per problem at [eval]'s sampling) on
+the first `plateau.problems` validation problems (V, the same set for every arm and stage, counted in
+the label account: reports give N + V). Every stage selects on the validation score of the model it
+trains: teacher GRPO on the teacher's, student GRPO, the FKL warmup, OPD and the replay control on the
+student's. A validation pass samples on a forked RNG seeded from its stage and step, so it never moves
+the training stream: a run's first t steps are the same whatever its cap and its validation schedule
+(with `warmup_steps` and a constant schedule, the learning rate too).
+
+Standard error. Two validation points score the same V problems, so their difference is paired: with
+d_i the difference of problem i's k-sample means, SE = sd(d) / sqrt(V). It is the standard error of the
+improvement, which is what a stopping rule compares (a level's SE over problems would include how hard
+the problems are, which cancels in a difference, and would call plateaus far too early).
+
+Plateau. At a validation point after t steps, let `ref` be the best point at or before (1 - window) t
+and `best` the best point so far. The stage has reached its plateau when best - ref <= tolerance * SE
+(in particular when the best is `ref` itself): the best did not improve by more than one SE over the
+last 30% of the steps it ran. It stops there once min_fraction of the cap ran; otherwise at the cap,
+reporting whether it got there. A best within the last 10% of the cap means the cap was too small.
+The stage ends holding its best checkpoint's weights.
+
+Mid-stage checkpoints. At every validation point the watch writes `<stage dir>.partial/`: the current
+weights, the best weights, the optimizer state, the torch RNG state, the step, the tokens and the log so
+far. A killed stage resumes from there with the numbers of an uninterrupted run; the directory goes once
+the stage's checkpoint is written. One process only for now: a sharded optimizer state needs
+torch.distributed.checkpoint, which the real-scale issue brings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import json
+import math
+from pathlib import Path
+import shutil
+from typing import Callable
+
+import numpy as np
+import torch
+
+from reference.config import PlateauConfig
+
+# (model, tag) -> per-problem accuracy in [0, 1] (k-sample means) and generated tokens
+Score = Callable[[torch.nn.Module, str], tuple[np.ndarray, int]]
+
+
+@dataclass
+class Point:
+    """One validation pass: after `step` optimizer steps and `tokens` training tokens."""
+
+    step: int
+    tokens: int
+    per_problem: np.ndarray  # k-sample mean accuracy per validation problem, in [0, 1]
+
+    @property
+    def score(self) -> float:  # percent, as every accuracy of the project
+        return 100.0 * float(self.per_problem.mean())
+
+
+def paired_se(a: np.ndarray, b: np.ndarray) -> float:
+    """Standard error (percent) of mean(a) - mean(b) for two scores of the same problems."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if len(d) < 2:
+        return float("inf")
+    return 100.0 * float(d.std(ddof=1)) / math.sqrt(len(d))
+
+
+def best_index(points: list[Point], upto: int | None = None) -> int:
+    """Index of the first highest-scoring point among those with step <= `upto` (all when None)."""
+    idx = [i for i, p in enumerate(points) if upto is None or p.step <= upto]
+    return max(idx, key=lambda i: (points[i].score, -i))
+
+
+@dataclass(frozen=True)
+class Status:
+    """The plateau test at the last point: the gain of the best over the best before the window."""
+
+    reached: bool
+    gain: float  # percent
+    se: float  # paired SE of the gain, percent
+
+
+def status(points: list[Point], cfg: PlateauConfig) -> Status:
+    """Whether the best did not improve by more than `tolerance` SE over the last `window` of the steps."""
+    t = points[-1].step
+    early = [p for p in points if p.step <= (1.0 - cfg.window) * t]
+    if not early:  # the window covers every point: too early to tell
+        return Status(False, float("nan"), float("nan"))
+    b, r = best_index(points), best_index(points, upto=early[-1].step)
+    if b == r:
+        return Status(True, 0.0, 0.0)
+    gain = points[b].score - points[r].score
+    se = paired_se(points[b].per_problem, points[r].per_problem)
+    return Status(gain <= cfg.tolerance * se, gain, se)
+
+
+def schedule(cap: int, every: float) -> list[int]:
+    """The steps after which a stage with `cap` steps validates: every ceil(every * cap) steps, and the cap."""
+    gap = max(1, math.ceil(every * cap))
+    return sorted(set(range(gap, cap, gap)) | {cap}) if cap > 0 else []
+
+
+@dataclass
+class Watch:
+    """What one stage's plateau protocol holds while it trains: the validation points, the best weights,
+    and where its mid-stage checkpoint lives (`partial`; None: none written)."""
+
+    cfg: PlateauConfig
+    cap: int
+    score: Score
+    tag: str
+    partial: Path | None = None
+    points: list[Point] = field(default_factory=list)
+    val_tokens: int = 0
+    best_state: dict | None = None
+    stop_step: int | None = None
+    _due: set = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self._due = set(schedule(self.cap, self.cfg.every))
+
+    def due(self, step: int) -> bool:
+        return step in self._due
+
+    def observe(self, step: int, tokens: int, model, opt, log: list[dict]) -> bool:
+        """Validate after `step` steps; keep the best weights; write the mid-stage checkpoint. True: stop."""
+        per_problem, gen = self.score(model, f"{self.tag}/{step}")
+        self.val_tokens += gen
+        self.points.append(Point(step, tokens, np.asarray(per_problem, dtype=float)))
+        if best_index(self.points) == len(self.points) - 1:
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        stop = step < self.cap and step >= self.cfg.min_fraction * self.cap and status(self.points, self.cfg).reached
+        if stop:
+            self.stop_step = step
+        self._save(step, tokens, model, opt, log)
+        return stop
+
+    def finish(self, model) -> None:
+        """Load the best checkpoint's weights into `model`."""
+        if self.best_state is not None:
+            model.load_state_dict(self.best_state)
+
+    def record(self, tokens: int) -> dict:
+        """The stage's plateau record: reached or not, steps and tokens to the best checkpoint, tokens spent
+        (training `tokens` plus the validation passes' generated tokens), and the validation curve."""
+        if not self.points:
+            return {"protocol": "plateau", "cap": self.cap, "validated": False}
+        b = best_index(self.points)
+        st = status(self.points, self.cfg)
+        best, last = self.points[b], self.points[-1]
+        why = ("stopped: no gain beyond the tolerance over the window" if self.stop_step is not None
+               else "ran to the cap and reached its plateau" if st.reached
+               else "ran to the cap still improving (raise the cap)")
+        return {"protocol": "plateau", "validated": True, "cap": self.cap, "steps_run": last.step, "reached": st.reached,
+                "stopped_early": self.stop_step is not None, "why": why,
+                "best_step": best.step, "best_tokens": best.tokens, "best_score": best.score,
+                "window_gain": st.gain, "window_se": st.se,
+                "cap_too_small": best.step >= 0.9 * self.cap,
+                "train_tokens": tokens, "val_tokens": self.val_tokens, "tokens_spent": tokens + self.val_tokens,
+                "validation_problems": len(best.per_problem), "k": self.cfg.k,
+                "curve": [{"step": p.step, "tokens": p.tokens, "accuracy": p.score} for p in self.points]}
+
+    # -- mid-stage checkpoint ------------------------------------------------------------------------
+    def _save(self, step: int, tokens: int, model, opt, log: list[dict]) -> None:
+        if self.partial is None:
+            return
+        from reference.checkpoint import atomic_directory
+        with atomic_directory(self.partial) as tmp:
+            self._write(tmp, step, tokens, model, opt, log)
+
+    def _write(self, tmp: Path, step: int, tokens: int, model, opt, log: list[dict]) -> None:
+        torch.save({"model": model.state_dict(), "best": self.best_state, "optimizer": opt.state_dict(),
+                    "rng": torch.get_rng_state(), "step": step, "tokens": tokens, "log": list(log),
+                    "val_tokens": self.val_tokens, "stop_step": self.stop_step,
+                    "points": [(p.step, p.tokens, p.per_problem.tolist()) for p in self.points]},
+                   tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": step, "cap": self.cap, "tag": self.tag}))
+
+    def resume(self, model, opt) -> tuple[int, int, list[dict]] | None:
+        """Restore the mid-stage checkpoint, if any: (steps done, tokens, log); None to start fresh."""
+        if self.partial is None or not (self.partial / "state.pt").is_file():
+            return None
+        st = torch.load(self.partial / "state.pt", weights_only=False)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        torch.set_rng_state(st["rng"])
+        self.best_state, self.val_tokens, self.stop_step = st["best"], st["val_tokens"], st["stop_step"]
+        self.points = [Point(s, t, np.asarray(pp, dtype=float)) for s, t, pp in st["points"]]
+        return st["step"], st["tokens"], list(st["log"])
+
+    def discard(self) -> None:
+        """Remove the mid-stage checkpoint once the stage's own checkpoint is written."""
+        if self.partial is not None:
+            shutil.rmtree(self.partial, ignore_errors=True)

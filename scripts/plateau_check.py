@@ -1,0 +1,126 @@
+"""The plateau protocol's own checks (issue 22, items 1 and 4), on seeds outside every rerun (900+).
+
+    python scripts/plateau_check.py stopping [--seeds 900 901]   # direct GRPO run to its whole cap
+    python scripts/plateau_check.py costs [--seed 900]           # one run of each main arm under the protocol
+
+`stopping`: direct GRPO on the paper-like world under configs/plateau/paper_world.toml, with early stopping
+off (min_fraction 1), so the whole validation curve up to the cap is recorded. The stopping rule is then
+replayed on that curve (the rule only reads points up to the step it decides at), and reports where it
+would stop, to show whether V = 64 problems with k samples call the plateau too early (the issue: direct
+GRPO must not stop before about 100 steps). Writes docs/results/plateau_stopping.csv (the curves) and
+prints the replay. `costs`: one run per main arm with the protocol as configured; per stage its cap, steps
+run, best step, plateau flag, training and validation tokens and seconds, to
+docs/results/plateau_costs.csv. Both resume: stages are cached under --workdir, finished rows kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+import sys
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from reference.config import load_config  # noqa: E402
+from reference.pipeline import run_pipeline  # noqa: E402
+from reference import plateau  # noqa: E402
+
+CONFIG = ROOT / "configs" / "plateau" / "paper_world.toml"
+OUT = ROOT / "docs" / "results"
+MAIN_ARMS = ("direct_grpo", "rl_teacher_bridge", "raw_teacher_bridge", "rl_teacher_bridge_stage3")
+
+
+def _stage_rows(res, seed: int, extra: dict) -> list[dict]:
+    rows = []
+    for s in res.stages:
+        p = s.get("plateau")
+        if not p or not p.get("validated"):
+            continue
+        rows.append({**extra, "arm": res.arm, "seed": seed, "stage": s["name"], "cap": p["cap"],
+                     "steps_run": p["steps_run"], "best_step": p["best_step"], "best_score": p["best_score"],
+                     "reached": p["reached"], "stopped_early": p["stopped_early"], "cap_too_small": p["cap_too_small"],
+                     "train_tokens": p["train_tokens"], "tokens_to_best": p["best_tokens"],
+                     "val_tokens": p["val_tokens"], "seconds": s["seconds"]})
+    return rows
+
+
+def replay(curve: list[dict], per_problem: list[np.ndarray], cfg, cap: int) -> dict:
+    """Where the stopping rule would have stopped on a full curve (points in step order)."""
+    pts = []
+    for c, pp in zip(curve, per_problem):
+        pts.append(plateau.Point(c["step"], c["tokens"], pp))
+        if pts[-1].step < cap and pts[-1].step >= cfg.min_fraction * cap and plateau.status(pts, cfg).reached:
+            b = plateau.best_index(pts)
+            return {"stop_step": pts[-1].step, "best_step": pts[b].step, "best_score": pts[b].score}
+    b = plateau.best_index(pts)
+    return {"stop_step": None, "best_step": pts[b].step, "best_score": pts[b].score}
+
+
+def cmd_stopping(a) -> None:
+    base = load_config(CONFIG)
+    cfg = base.override({"plateau.min_fraction": 1.0})
+    rows, replays = [], []
+    for seed in a.seeds:
+        # record every validation point's per-problem scores (the protocol keeps only their means)
+        seen: list[np.ndarray] = []
+        observe = plateau.Watch.observe
+
+        def recording(self, step, tokens, model, opt, log):
+            stop = observe(self, step, tokens, model, opt, log)
+            seen.append(self.points[-1].per_problem)
+            return stop
+        plateau.Watch.observe = recording
+        try:
+            res = run_pipeline(cfg, "direct_grpo", seed, workdir=a.workdir, split="test", progress=True)
+        finally:
+            plateau.Watch.observe = observe
+        rec = res.stages[0]["plateau"]
+        if len(seen) != len(rec["curve"]):  # the stage came from the cache: the per-problem scores are gone
+            raise SystemExit(f"seed {seed}: direct GRPO was cached in {a.workdir}; use a fresh --workdir")
+        for c, pp in zip(rec["curve"], seen):
+            rows.append({"seed": seed, "step": c["step"], "tokens": c["tokens"], "accuracy": c["accuracy"],
+                         "per_problem": " ".join(f"{x:.3f}" for x in pp)})
+        for tol in (0.5, 1.0, 2.0):
+            pc = dataclasses.replace(base.plateau, tolerance=tol)
+            r = replay(rec["curve"], seen, pc, rec["cap"])
+            replays.append({"seed": seed, "tolerance": tol, **r, "test_accuracy_at_cap_best": res.metrics["accuracy"]})
+    pd.DataFrame(rows).to_csv(OUT / "plateau_stopping.csv", index=False)
+    print(pd.DataFrame(replays).to_string(index=False))
+
+
+def cmd_costs(a) -> None:
+    cfg = load_config(CONFIG)
+    path = OUT / "plateau_costs.csv"
+    done = pd.read_csv(path) if path.is_file() else pd.DataFrame()
+    for arm in a.arms:
+        if not done.empty and ((done["arm"] == arm) & (done["seed"] == a.seed)).any():
+            continue
+        res = run_pipeline(cfg, arm, a.seed, workdir=a.workdir, split="test", progress=True)
+        rows = pd.DataFrame(_stage_rows(res, a.seed, {"config": CONFIG.relative_to(ROOT).as_posix()}))
+        rows["test_accuracy"] = res.metrics["accuracy"]
+        done = pd.concat([done, rows], ignore_index=True)
+        done.to_csv(path, index=False)  # after every arm: a killed run keeps what finished
+        print(rows.to_string(index=False))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("stopping")
+    s.add_argument("--seeds", type=int, nargs="+", default=[900, 901])
+    c = sub.add_parser("costs")
+    c.add_argument("--seed", type=int, default=900)
+    c.add_argument("--arms", nargs="+", default=list(MAIN_ARMS))
+    for p in (s, c):
+        p.add_argument("--workdir", type=Path, default=Path(".s2d_runs") / "plateau_check")
+    a = ap.parse_args(argv)
+    {"stopping": cmd_stopping, "costs": cmd_costs}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()

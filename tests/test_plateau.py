@@ -1,0 +1,148 @@
+"""The plateau protocol (reference.plateau, issue 22): the stopping rule on known curves, and on the tiny
+world a stage that keeps its best checkpoint, does not depend on its cap, and resumes mid-stage with the
+numbers of an uninterrupted run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+import reference.pipeline as pl
+from reference import plateau
+from reference.config import PlateauConfig
+from reference.stage_runner import stage_key
+from theory.errors import InputError
+
+CFG = PlateauConfig(enabled=True, every=0.1, window=0.3, tolerance=1.0, min_fraction=0.2)
+
+
+def _points(scores_per_step: dict[int, np.ndarray]) -> list[plateau.Point]:
+    return [plateau.Point(s, 100 * s, np.asarray(v, dtype=float)) for s, v in scores_per_step.items()]
+
+
+def test_paired_se_is_the_se_of_the_per_problem_difference():
+    a, b = np.array([1.0, 0.5, 0.25, 0.75]), np.array([0.75, 0.5, 0.0, 0.25])
+    d = a - b
+    assert plateau.paired_se(a, b) == pytest.approx(100 * d.std(ddof=1) / 2)
+    # a constant shift has no spread: the paired SE is 0 although the levels' own SEs are not
+    assert plateau.paired_se(b + 0.25, b) == 0.0
+
+
+def test_rising_curve_has_not_reached_its_plateau_and_a_flat_one_has():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 64)
+    rising = _points({s: np.clip(base + 0.004 * s + rng.normal(0, 0.02, 64), 0, 1) for s in range(10, 110, 10)})
+    st = plateau.status(rising, CFG)
+    assert not st.reached and st.gain > CFG.tolerance * st.se > 0
+    flat = _points({s: np.clip(base + rng.normal(0, 0.02, 64), 0, 1) for s in range(10, 110, 10)})
+    assert plateau.status(flat, CFG).reached
+
+
+def test_a_gain_within_one_standard_error_counts_as_the_plateau():
+    base = np.linspace(0, 1, 64)
+    noise = np.tile([0.05, -0.05], 32)  # the later point differs by +-0.05 per problem: mean gain 0, SE 0.6%
+    pts = _points({10: base, 20: base, 30: base + noise + 0.001})  # gain 0.1% < 1 SE
+    assert plateau.status(pts, CFG).reached
+    pts = _points({10: base, 20: base, 30: np.clip(base + 0.1, 0, 1)})  # +~9% with SE ~1.3%: not reached
+    st = plateau.status(pts, CFG)
+    assert not st.reached and st.gain > 5
+
+
+def test_too_few_points_are_not_a_plateau_and_the_schedule_ends_at_the_cap():
+    assert not plateau.status(_points({10: np.ones(4)}), CFG).reached
+    assert plateau.schedule(40, 0.1) == [4, 8, 12, 16, 20, 24, 28, 32, 36, 40]
+    assert plateau.schedule(7, 0.25) == [2, 4, 6, 7]
+
+
+def test_config_checks_fractions_and_the_protocol_off_keeps_every_stage_key():
+    with pytest.raises(InputError, match="plateau.window"):
+        PlateauConfig(window=1.5)
+    cfg = tiny_config()
+    prefix = [("student_grpo", 16)]
+    on = cfg.override({"plateau.enabled": True})
+    # off, [plateau] is not hashed: the key is the one computed before the section existed
+    assert cfg.section_hash(("world", "student", "teacher", "grpo", "fkl", "opd", "engine"),
+                            extra={"seed": 0, "prefix": prefix}) == stage_key(cfg, 0, prefix)
+    assert stage_key(on, 0, prefix) != stage_key(cfg, 0, prefix)
+    assert cfg.hash() == cfg.override({"grpo.max_steps": 0, "grpo.warmup_steps": 0}).hash()
+
+
+def _plateau_cfg(**extra):
+    # 16 labels, 4 prompts per step: 4 epochs = a cap of 16 steps, validated every 4 (16 problems, k 2);
+    # constant learning rate after a 2-step warmup, so a run's first t steps do not depend on its cap
+    return tiny_config(**{"plateau.enabled": True, "plateau.problems": 16, "plateau.k": 2, "plateau.every": 0.25,
+                          "grpo.epochs": 4.0, "grpo.schedule": "constant", "grpo.warmup": 0.0,
+                          "grpo.warmup_steps": 2, **extra})
+
+
+def _stage(work: Path) -> tuple[dict, dict]:
+    d = next(p for p in (work / "stages").iterdir() if not p.name.startswith("."))
+    return load_file(str(d / "model.safetensors")), json.loads((d / "meta.json").read_text())
+
+
+def test_a_stage_ends_on_its_best_checkpoint_whatever_its_cap(tmp_path):
+    """Without early stopping (min_fraction 1) the stage runs its 16-step cap and ends holding the weights
+    of its best validation point; a run capped at that step ends with the same weights and the same log
+    up to it: the trajectory does not depend on the cap or on the validation passes."""
+    long = _plateau_cfg(**{"plateau.min_fraction": 1.0})
+    res = pl.run_pipeline(long, "direct_grpo", 0, workdir=tmp_path / "long", split="val", progress=False)
+    rec = res.stages[0]["plateau"]
+    assert rec["cap"] == 16 and rec["steps_run"] == 16 and not rec["stopped_early"]
+    assert [c["step"] for c in rec["curve"]] == [4, 8, 12, 16]
+    scores = [c["accuracy"] for c in rec["curve"]]
+    assert rec["best_score"] == max(scores) and rec["best_step"] == rec["curve"][scores.index(max(scores))]["step"]
+    assert rec["tokens_spent"] == rec["train_tokens"] + rec["val_tokens"] and rec["val_tokens"] > 0
+    w_long, m_long = _stage(tmp_path / "long")
+    best = rec["best_step"]
+    short = long.override({"grpo.max_steps": best, "plateau.every": 1.0})  # one validation pass, at its cap
+    pl.run_pipeline(short, "direct_grpo", 0, workdir=tmp_path / "short", split="val", progress=False)
+    w_short, m_short = _stage(tmp_path / "short")
+    if best < 16:  # the long run went on past its best: its checkpoint still holds the best weights
+        assert m_long["log"][best - 1] == m_short["log"][-1]
+    assert all(np.array_equal(w_long[k].numpy(), w_short[k].numpy()) for k in w_long)
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "long" / "stages").iterdir())
+
+
+def test_a_stage_killed_mid_way_resumes_with_the_numbers_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    cfg = _plateau_cfg(**{"plateau.min_fraction": 1.0})
+    whole = pl.run_pipeline(cfg, "direct_grpo", 0, workdir=tmp_path / "whole", split="val", progress=False)
+    seen = []
+    observe = plateau.Watch.observe
+
+    def killed_after_two(self, *a, **kw):
+        out = observe(self, *a, **kw)
+        seen.append(a[0])
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # after the second validation point's mid-stage checkpoint
+        return out
+
+    monkeypatch.setattr(plateau.Watch, "observe", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        pl.run_pipeline(cfg, "direct_grpo", 0, workdir=tmp_path / "cut", split="val", progress=False)
+    partial = [p for p in (tmp_path / "cut" / "stages").iterdir() if p.name.endswith(".partial")]
+    assert seen == [4, 8] and len(partial) == 1
+    assert json.loads((partial[0] / "meta.json").read_text())["step"] == 8
+    monkeypatch.setattr(plateau.Watch, "observe", observe)
+    resumed = pl.run_pipeline(cfg, "direct_grpo", 0, workdir=tmp_path / "cut", split="val", progress=False)
+    (w1, m1), (w2, m2) = _stage(tmp_path / "whole"), _stage(tmp_path / "cut")
+    assert m1["log"] == m2["log"] and m1["result"]["plateau"]["curve"] == m2["result"]["plateau"]["curve"]
+    assert all(np.array_equal(w1[k].numpy(), w2[k].numpy()) for k in w1)
+    assert resumed.metrics == whole.metrics
+
+
+def test_early_stopping_on_a_plateau_and_bad_validation_size(tmp_path):
+    """min_fraction 0.25: the stage may stop from step 4 on; whatever it does, its record says why, and the
+    steps it ran are the log's. More validation problems than the world has: one error line."""
+    res = pl.run_pipeline(_plateau_cfg(**{"plateau.min_fraction": 0.25}), "direct_grpo", 0, workdir=tmp_path,
+                          split="val", progress=False)
+    rec = res.stages[0]["plateau"]
+    assert res.stages[0]["steps"] == rec["steps_run"] <= 16
+    assert rec["stopped_early"] == (rec["steps_run"] < 16) and rec["why"]
+    if rec["stopped_early"]:
+        assert rec["reached"]
+    with pytest.raises(InputError, match="plateau.problems=64 exceeds world.val=24"):
+        pl.run_pipeline(_plateau_cfg(**{"plateau.problems": 64}), "direct_grpo", 0, workdir=tmp_path / "bad",
+                        split="val", progress=False)
