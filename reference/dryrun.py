@@ -194,7 +194,8 @@ def dry_run(config, *, arm: str = "rl_teacher_bridge_stage3", seed: int = 0, gpu
 
         rollout = "vllm"
     except ImportError:
-        rollout = "hf-static-cache" if cfg.engine.rollout == "vllm" or cfg.engine.static_cache else "hf"
+        rollout = ("hf-static-cache" if cfg.engine.rollout == "vllm" or cfg.engine.static_cache
+                   else "lean" if cfg.engine.rollout == "lean" else "hf")
     rollout_note = rollout if rollout == cfg.engine.rollout else f"{rollout} (vllm not installed here)"
 
     def stage_entry(name: str, trained_role: str | None, frozen_role: str | None, sampler: str, max_new: int,
