@@ -79,9 +79,13 @@ def param_defaults(arm: str, config: str | Path | Config = DEFAULT_CONFIG) -> di
 
 
 def param_space(config: str | Path | Config | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """PARAM_SPACE with each name's `default` read from `config` (the tuner enqueues it as slot 0)."""
+    """PARAM_SPACE with each name's `default` read from `config` (the tuner enqueues it as slot 0).
+    Under the plateau protocol (`plateau.enabled`) the lengths (LENGTH_PARAMS) are not searched: each
+    stage's length is chosen by its validation plateau, up to the config's caps, for every trial alike."""
     cfg = load_config(config if config is not None else DEFAULT_CONFIG) if not isinstance(config, Config) else config
-    return {arm: {name: dict(spec, default=param_defaults(arm, cfg)[name]) for name, spec in space.items()}
+    skip = set(LENGTH_PARAMS) if cfg.plateau.enabled else set()
+    return {arm: {name: dict(spec, default=param_defaults(arm, cfg)[name]) for name, spec in space.items()
+                  if name not in skip}
             for arm, space in PARAM_SPACE.items()}
 
 

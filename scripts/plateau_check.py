@@ -2,6 +2,7 @@
 
     python scripts/plateau_check.py stopping [--seeds 900 901]   # direct GRPO run to its whole cap
     python scripts/plateau_check.py costs [--seed 900]           # one run of each main arm under the protocol
+    python scripts/plateau_check.py frontier [--workdir W]       # docs/results/frontier_<world>.{csv,png}
 
 `stopping`: direct GRPO on the paper-like world under configs/plateau/paper_world.toml, with early stopping
 off (min_fraction 1), so the whole validation curve up to the cap is recorded. The stopping rule is then
@@ -89,7 +90,10 @@ def cmd_stopping(a) -> None:
             pc = dataclasses.replace(base.plateau, tolerance=tol)
             r = replay(rec["curve"], seen, pc, rec["cap"])
             replays.append({"seed": seed, "tolerance": tol, **r, "test_accuracy_at_cap_best": res.metrics["accuracy"]})
-    pd.DataFrame(rows).to_csv(OUT / "plateau_stopping.csv", index=False)
+    path = OUT / "plateau_stopping.csv"
+    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["seed"])
+    keep = old[~old["seed"].isin(a.seeds)]  # other seeds' curves stay; these seeds' are replaced
+    pd.concat([keep, pd.DataFrame(rows)], ignore_index=True).sort_values(["seed", "step"]).to_csv(path, index=False)
     print(pd.DataFrame(replays).to_string(index=False))
 
 
@@ -108,6 +112,32 @@ def cmd_costs(a) -> None:
         print(rows.to_string(index=False))
 
 
+def cmd_frontier(a) -> None:
+    """docs/results/frontier_<world>.{csv,png} from every finished run under --workdir (run results keep
+    their stages' plateau records), plus the label-matched test accuracy at plateau per arm."""
+    from reference.frontier import compute_matched, frontier, plot_frontier, run_curve
+    from reference.runs import load_result
+    results = [load_result(p) for p in sorted((a.workdir / "runs").glob(f"*/result_{a.split}.json"))]
+    results = [r for r in results if r.world == a.world]
+    if not results:
+        raise SystemExit(f"no finished {a.split} runs of world {a.world!r} under {a.workdir}/runs")
+    curves = pd.concat([run_curve(r) for r in results], ignore_index=True)
+    front = frontier(curves)
+    front.to_csv(OUT / f"frontier_{a.name}.csv", index=False)
+    plot_frontier(front, OUT / f"frontier_{a.name}.png", title=f"{a.world}: validation accuracy vs training tokens")
+    at_plateau = pd.DataFrame([{"arm": r.arm, "seed": r.seed, "test_accuracy": r.metrics["accuracy"],
+                                "tokens_to_best": r.metrics.get("tokens_to_best"),
+                                "tokens_spent": r.metrics.get("tokens_spent")} for r in results])
+    print(at_plateau.groupby("arm").mean(numeric_only=True).round(2).to_string())
+    print(front.round(2).to_string(index=False))
+    # equal compute at two levels: each arm's median tokens to its best checkpoint, the cheapest and the dearest
+    levels = sorted(at_plateau.groupby("arm")["tokens_spent"].median().dropna().unique())
+    if levels:
+        matched = compute_matched(curves, [levels[0], levels[-1]])
+        matched.to_csv(OUT / f"frontier_{a.name}_matched.csv", index=False)
+        print(matched.round(2).to_string(index=False))
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -116,10 +146,14 @@ def main(argv=None) -> None:
     c = sub.add_parser("costs")
     c.add_argument("--seed", type=int, default=900)
     c.add_argument("--arms", nargs="+", default=list(MAIN_ARMS))
-    for p in (s, c):
+    f = sub.add_parser("frontier")
+    f.add_argument("--world", default="modes-k15", help="the runs' world name")
+    f.add_argument("--name", default="paper_world", help="writes docs/results/frontier_<name>.{csv,png}")
+    f.add_argument("--split", default="test")
+    for p in (s, c, f):
         p.add_argument("--workdir", type=Path, default=Path(".s2d_runs") / "plateau_check")
     a = ap.parse_args(argv)
-    {"stopping": cmd_stopping, "costs": cmd_costs}[a.cmd](a)
+    {"stopping": cmd_stopping, "costs": cmd_costs, "frontier": cmd_frontier}[a.cmd](a)
 
 
 if __name__ == "__main__":

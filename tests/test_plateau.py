@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
@@ -146,3 +147,39 @@ def test_early_stopping_on_a_plateau_and_bad_validation_size(tmp_path):
     with pytest.raises(InputError, match="plateau.problems=64 exceeds world.val=24"):
         pl.run_pipeline(_plateau_cfg(**{"plateau.problems": 64}), "direct_grpo", 0, workdir=tmp_path / "bad",
                         split="val", progress=False)
+
+
+def _synthetic_run(arm: str, seed: int, stages: list[tuple[str, str, int, list[tuple[int, int, float]]]]):
+    """A RunResult whose stages carry plateau records: (name, model, train tokens, [(step, tokens, acc)])."""
+    from reference.runs import RunResult
+    from theory.arms import LabelAccount
+    recs = [{"name": n, "model": m, "tokens": t, "steps": len(c),
+             "plateau": {"validated": True, "train_tokens": t,
+                         "curve": [{"step": s, "tokens": k, "accuracy": a} for s, k, a in c]}}
+            for n, m, t, c in stages]
+    return RunResult(arm, seed, "w", "test", LabelAccount(64, 0, 0), sum(s[2] for s in stages), {}, tuple(recs))
+
+
+def test_frontier_lays_student_points_on_cumulative_tokens_and_never_falls():
+    from reference.frontier import compute_matched, frontier, run_curve
+    bridge = _synthetic_run("rl_teacher_bridge", 0, [
+        ("teacher_grpo", "teacher", 1000, [(10, 500, 30.0), (20, 1000, 35.0)]),   # the teacher's own curve
+        ("fkl_warmup", "student", 400, [(5, 200, 12.0), (10, 400, 14.0)]),
+        ("opd", "student", 600, [(5, 300, 20.0), (10, 600, 18.0)])])
+    c = run_curve(bridge)
+    assert list(c["stage"]) == ["fkl_warmup", "fkl_warmup", "opd", "opd"]  # the teacher's points are not the student's
+    assert list(c["tokens"]) == [1200, 1400, 1700, 2000]  # after the teacher's 1000 tokens, then FKL's 400
+    direct = [_synthetic_run("direct_grpo", s, [("student_grpo", "student", 2000,
+                                                 [(10, 500, 10.0 + s), (20, 1000, 25.0 + s), (30, 2000, 20.0)])])
+              for s in (0, 1)]
+    curves = pd.concat([run_curve(r) for r in (bridge, *direct)])
+    front = frontier(curves, [400, 1000, 1500, 2000])
+    d = front[front["arm"] == "direct_grpo"].set_index("tokens")
+    assert d.loc[1000, "accuracy"] == 25.5 and d.loc[2000, "accuracy"] == 25.5  # the best so far, not the last point
+    assert np.isnan(d.loc[400, "accuracy"]) and d.loc[400, "seeds"] == 0
+    b = front[front["arm"] == "rl_teacher_bridge"].set_index("tokens")
+    assert np.isnan(b.loc[1000, "accuracy"]) and b.loc[1500, "accuracy"] == 14.0 and b.loc[2000, "accuracy"] == 20.0
+    for _, g in front.dropna().groupby("arm"):
+        assert (np.diff(g["accuracy"].to_numpy()) >= 0).all()
+    at = compute_matched(curves, [2000]).set_index("arm")["accuracy"]
+    assert at["direct_grpo"] == 25.5 and at["rl_teacher_bridge"] == 20.0

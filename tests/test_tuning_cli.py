@@ -170,10 +170,14 @@ def test_verdict_reads_the_paired_interval():
 
     clear = verdict(rep([20.0, 21, 22, 23], [30.0, 31, 33, 32]))
     assert clear.startswith("verdict: b 31.5% [30.0, 33.0] beats a 21.5% by +10.0 points")
-    assert clear.endswith("over 4 paired seeds; no arm was still improving")
+    assert clear.endswith("over 4 paired seeds; no arm was still improving; no best value at the edge of its range")
     tie = verdict(rep([20.0, 25, 22, 23], [21.0, 22, 24, 22], improving=(True, False)))
     assert tie.startswith("verdict: no clear winner: ") and "includes 0" in tie
-    assert tie.endswith("still improving at the end of the budget: a (more trials could change this)")
+    assert "still improving at the end of the budget: a (more trials could change this)" in tie
+    edged = rep([20.0, 21, 22, 23], [30.0, 31, 33, 32])
+    edged.summary["at_edge"] = ["", "fkl_steps=0.03"]
+    assert verdict(edged).endswith("best value at the edge of its range: b fkl_steps=0.03 (the range may cut off "
+                                   "the optimum)")
     empty = rep([20.0], [21.0])
     empty.summary["eval_mean"] = np.nan
     assert verdict(empty).startswith("verdict: no evaluation")
@@ -203,3 +207,33 @@ def test_compute_matched_view_stretches_the_cheaper_arm_to_equal_tokens(tmp_path
     capsys.readouterr()
     assert main(["report", "--study", "cm", "--storage", url, "--out", str(out)]) == 0
     assert "compute-matched eval" not in capsys.readouterr().err
+
+
+def test_range_positions_flag_the_committed_studies_edge_values():
+    """Issue 22: two committed studies had a best value at the edge of its range that nothing flagged:
+    fairness_direct's bridge fkl_steps = 49 in [40, 400] and fairness_paper_world's teacher_lr = 1.4e-6
+    in the log range [1e-6, 1e-3]. Both are read from the committed reports and flagged; a middle value is not."""
+    import json
+    from pathlib import Path
+
+    from reference.api import PARAM_SPACE
+    from tuning.report import at_edge, range_positions
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "results"
+    space = PARAM_SPACE["rl_teacher_bridge"]
+    for study, name, where in (("fairness_direct", "fkl_steps", 0.025), ("fairness_paper_world", "teacher_lr", 0.05)):
+        row = pd.read_csv(root / study / "fairness_report.csv").set_index("arm").loc["rl_teacher_bridge"]
+        pos = range_positions(space, json.loads(row["best_params"]))
+        assert pos[name] == pytest.approx(where, abs=0.005) and at_edge(pos[name])
+        assert not at_edge(0.5) and at_edge(0.95)
+
+
+def test_lengths_are_not_searched_under_the_plateau_protocol():
+    """Under [plateau] each stage's length is chosen by its validation plateau, so no trial searches it."""
+    from conftest import tiny_config
+    from reference.api import LENGTH_PARAMS, param_space
+    fixed, plateau = param_space(tiny_config()), param_space(tiny_config(**{"plateau.enabled": True}))
+    assert "fkl_steps" in fixed["rl_teacher_bridge"] and "grpo_epochs" in fixed["direct_grpo"]
+    for arm, space in plateau.items():
+        assert not set(space) & set(LENGTH_PARAMS)
+        assert set(space) == set(fixed[arm]) - set(LENGTH_PARAMS)

@@ -146,8 +146,10 @@ def build_report(handle: StorageHandle, name: str, *, seed: int = 0) -> Fairness
         })
     summary = pd.DataFrame(rows)
     summary["dims"] = [len(protocol.search_space[a]) for a in summary["arm"]]
-    summary["lr_position"] = [_lr_positions(protocol.search_space[a], json.loads(bp) if bp else {})
-                              for a, bp in zip(summary["arm"], summary["best_params"])]
+    positions = [range_positions(protocol.search_space[a], json.loads(bp) if bp else {})
+                 for a, bp in zip(summary["arm"], summary["best_params"])]
+    summary["range_position"] = ["; ".join(f"{k}={v:.2f}" for k, v in pos.items()) for pos in positions]
+    summary["at_edge"] = ["; ".join(f"{k}={v:.2f}" for k, v in pos.items() if at_edge(v)) for pos in positions]
     evals = pd.DataFrame(eval_rows, columns=["arm", "seed", "accuracy", "compute_tokens"])
     comparisons = _comparisons(protocol, evals, rng)
     evals_c = _compute_matched_evals(handle, name, protocol, evals)
@@ -156,15 +158,25 @@ def build_report(handle: StorageHandle, name: str, *, seed: int = 0) -> Fairness
                           _compute_matched(summary, counted), evals_c, comp_c)
 
 
-def _lr_positions(space: dict, params: dict) -> str:
-    """Each learning rate's place in its log range (0 = low end, 1 = high end): 'name=0.42; ...'.
-    A best rate in the outer 10% at either end means the range may cut off the optimum."""
-    out = []
+EDGE = 0.1  # a best value in the outer 10% of its range (either end) may be cut off by the range
+
+
+def range_positions(space: dict, params: dict) -> dict[str, float]:
+    """Each searched number's place in its range, 0 = low end, 1 = high end (on the log scale for a log
+    range): the learning rates and the lengths (GRPO epochs, FKL/OPD steps) alike."""
+    out = {}
     for name, spec in sorted(space.items()):
-        if name.endswith("lr") and name in params and spec.get("log"):
-            lo, hi = np.log(spec["low"]), np.log(spec["high"])
-            out.append(f"{name}={(np.log(params[name]) - lo) / (hi - lo):.2f}")
-    return "; ".join(out)
+        if name not in params or spec.get("kind") not in ("float", "int") or spec["high"] <= spec["low"]:
+            continue
+        f = np.log if spec.get("log") else (lambda x: x)
+        lo, hi = f(spec["low"]), f(spec["high"])
+        out[name] = float((f(params[name]) - lo) / (hi - lo))
+    return out
+
+
+def at_edge(position: float) -> bool:
+    """A best value in the outer EDGE of its range, at either end."""
+    return position < EDGE or position > 1 - EDGE
 
 
 def _compute_matched_evals(handle: StorageHandle, name: str, protocol: Protocol, evals: pd.DataFrame) -> pd.DataFrame:
@@ -298,7 +310,9 @@ def to_markdown(rep: FairnessReport, command: str | None = None, figures: list[s
         "Best parameters:", "",
     ]
     for _, r in rep.summary.iterrows():
-        pos = f" — learning rates' place in their log range: {r['lr_position']}" if r.get("lr_position") else ""
+        pos = f" — place in its range (0 low end, 1 high end): {r['range_position']}" if r.get("range_position") else ""
+        if r.get("at_edge"):
+            pos += f"; **at the edge of its range: {r['at_edge']}** (widen or move the range)"
         out.append(f"- {r['arm']} (trial #{r['best_trial']}): `{r['best_params']}`{pos}")
     out += ["", "## Label-matched comparison (same N labels; test split, evaluation seeds)", ""]
     if len(rep.comparisons):
@@ -511,6 +525,9 @@ def verdict(rep, *, seed: int = 0) -> str:
     improving = [a for a, v in zip(rep.summary["arm"], rep.summary["still_improving"]) if bool(v)]
     tail = (f"; still improving at the end of the budget: {', '.join(improving)} (more trials could change this)"
             if improving else "; no arm was still improving")
+    edges = [f"{a} {e}" for a, e in zip(rep.summary["arm"], rep.summary.get("at_edge", [""] * len(rep.summary))) if e]
+    tail += (f"; best value at the edge of its range: {', '.join(edges)} (the range may cut off the optimum)"
+             if edges else "; no best value at the edge of its range")
     if len(s) == 1:
         return f"verdict: only {lead_txt} was evaluated" + tail
     second = s.iloc[1]
