@@ -188,10 +188,25 @@ NOTEBOOKS = {
                "in every world). Dashed: the planner's predictions, committed before any held-out run "
                "(calibrated on modes-k15 at N = 128 and 512 plus each world's pilot). Dots: the measured "
                "held-out runs (`docs/results/world_family_runs.csv`, mean and 95% interval over the seeds run so "
-               "far). Vertical lines: the predicted (grey dashed) and measured (black) crossovers of the two arms."),
+               "far). Shaded: the planner's 90% prediction intervals, committed with the predictions "
+               "(`docs/results/world_family_predictions.csv`); a dot inside its band is covered, and each title "
+               "gives the world's coverage over every arm the cross-check scored (`world_family_report.json`; "
+               "the target was 0.8). Vertical lines: the predicted (grey dashed) and measured (black) crossovers "
+               "of the two arms."),
         ("code", "prereg = json.loads((RESULTS / 'world_family_preregistration.json').read_text())\n"
                  "report = json.loads((RESULTS / 'world_family_report.json').read_text())\n"
-                 "plot_family(read_table(RESULTS / 'world_family_runs.csv', 'runs'), prereg, report);"),
+                 "fig = plot_family(read_table(RESULTS / 'world_family_runs.csv', 'runs'), prereg, report)\n"
+                 "pred = pd.read_csv(RESULTS / 'world_family_predictions.csv')\n"
+                 "colors = {'direct_grpo': 'tab:blue', 'rl_teacher_bridge': 'tab:red'}  # plot_family's\n"
+                 "for ax in fig.axes:\n"
+                 "    world = ax.get_title()\n"
+                 "    for arm, color in colors.items():\n"
+                 "        p = pred[(pred['world'] == world) & (pred['arm'] == arm)\n"
+                 "                 & (pred['teacher_labels'] + pred['student_labels'] == pred['labels'])].sort_values('labels')\n"
+                 "        ax.fill_between(p['labels'], p['pred_lo'], p['pred_hi'], color=color, alpha=0.15, lw=0,\n"
+                 "                        label=f'{arm} (90% prediction interval)')\n"
+                 "    ax.set_title(f\"{world}: coverage {report['by_world'][world]['coverage']:.2f}\")\n"
+                 "fig.axes[0].legend(fontsize=7, loc='upper left');"),
     ],
 }
 

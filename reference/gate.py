@@ -18,7 +18,8 @@ first `steps` steps of each stage's configured schedule, over several seeds, and
 
 `run_gate` returns a `GateResult` (`to_dict()`: {config, passed, checks: [{check, value, limit,
 passed}]}); `reference-pipeline gate` prints it, writes JSON, and exits 0 (all pass) / 1 / 2.
-Results are keyed by `Config.hash()`: `gate_status(cfg)` reads them back for `reference-pipeline run`.
+Results are keyed by `gate_key(cfg)` (`Config.hash()` without [plateau]): `gate_status(cfg)` reads them
+back for `reference-pipeline run`.
 """
 
 from __future__ import annotations
@@ -260,7 +261,7 @@ def run_gate(cfg: Config, *, seeds: int = 3, steps: int = GATE_STEPS, problems: 
         import multiprocessing as mp
         with mp.get_context("spawn").Pool(min(jobs, seeds)) as pool:
             raws = pool.map(_worker, [(cfg, s, steps, problems) for s in range(seeds)])
-    return GateResult(config_name(cfg), cfg.hash(), seeds, steps, time.perf_counter() - t0,
+    return GateResult(config_name(cfg), gate_key(cfg), seeds, steps, time.perf_counter() - t0,
                       checks_from(raws), backend=cfg.engine.trainer, raw=tuple(raws))
 
 
@@ -308,10 +309,19 @@ def save(res: GateResult, workdir: str | Path) -> Path:
     return p
 
 
+def gate_key(cfg: Config) -> str:
+    """The key a gate result is stored under: the config's hash with [plateau] left out. The gate runs
+    each stage's configured schedule (the cap) without the plateau protocol, so the protocol's settings
+    cannot change its verdict; a config without the protocol keeps its plain `Config.hash()`."""
+    from dataclasses import fields
+    from reference.config import PlateauConfig
+    return cfg.override({f"plateau.{f.name}": f.default for f in fields(PlateauConfig)}).hash()
+
+
 def gate_status(cfg: Config, workdir: str | Path | None = None, table: Path = RECORD) -> str:
-    """'passed' / 'failed' / 'not run' for this exact config (by hash): a gate run saved in
+    """'passed' / 'failed' / 'not run' for this exact config (by `gate_key`): a gate run saved in
     `workdir/gates/`, else the committed table."""
-    h = cfg.hash()
+    h = gate_key(cfg)
     if workdir is not None:
         p = Path(workdir) / "gates" / f"{h}.json"
         if p.is_file():

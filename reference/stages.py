@@ -251,7 +251,7 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
     of it (the stability gate runs the first steps of the configured schedule).
 
     `watch` (a `reference.plateau.Watch`): the plateau protocol. `steps` is then the cap; the watch
-    validates on its schedule, may stop the stage early, resumes it from its mid-stage checkpoint, and
+    validates the starting point and then on its schedule, may stop the stage early, resumes it from its mid-stage checkpoint, and
     leaves the model holding its best weights (the result's `plateau` record says which step that was).
     """
     t0 = time.perf_counter()
@@ -265,6 +265,8 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
             start, tokens, log = resumed
             if watch.stop_step is not None:
                 taken = start
+        else:  # the stage's starting point is a candidate too: a stage that only hurts returns its input
+            watch.observe(0, 0, model, opt, log)
     for step, idx in enumerate(batches):
         if step >= taken:
             break

@@ -1,12 +1,13 @@
 """The plateau protocol's own checks (issue 22, items 1 and 4), on seeds outside every rerun (900+).
 
-    python scripts/plateau_check.py stopping [--seeds 900 901]   # direct GRPO run to its whole cap
+    python scripts/plateau_check.py stopping [--seeds 900 901] [--arm A]  # an arm run to its whole caps
     python scripts/plateau_check.py costs [--seed 900]           # one run of each main arm under the protocol
     python scripts/plateau_check.py frontier [--workdir W]       # docs/results/frontier_<world>.{csv,png}
 
-`stopping`: direct GRPO on the paper-like world under configs/plateau/paper_world.toml, with early stopping
-off (min_fraction 1), so the whole validation curve up to the cap is recorded. The stopping rule is then
-replayed on that curve (the rule only reads points up to the step it decides at), and reports where it
+`stopping`: an arm (default direct GRPO) on the paper-like world under configs/plateau/paper_world.toml, with
+early stopping off (min_fraction 1), so each stage's whole validation curve up to its cap is recorded (each
+stage then starts from the previous one's best checkpoint of its whole cap). The stopping rule is then
+replayed on each curve (the rule only reads points up to the step it decides at), and reports where it
 would stop, to show whether V = 64 problems with k samples call the plateau too early (the issue: direct
 GRPO must not stop before about 100 steps). Writes docs/results/plateau_stopping.csv (the curves) and
 prints the replay. `costs`: one run per main arm with the protocol as configured; per stage its cap, steps
@@ -77,23 +78,32 @@ def cmd_stopping(a) -> None:
             return stop
         plateau.Watch.observe = recording
         try:
-            res = run_pipeline(cfg, "direct_grpo", seed, workdir=a.workdir, split="test", progress=True)
+            res = run_pipeline(cfg, a.arm, seed, workdir=a.workdir, split="test", progress=True)
         finally:
             plateau.Watch.observe = observe
-        rec = res.stages[0]["plateau"]
-        if len(seen) != len(rec["curve"]):  # the stage came from the cache: the per-problem scores are gone
-            raise SystemExit(f"seed {seed}: direct GRPO was cached in {a.workdir}; use a fresh --workdir")
-        for c, pp in zip(rec["curve"], seen):
-            rows.append({"seed": seed, "step": c["step"], "tokens": c["tokens"], "accuracy": c["accuracy"],
-                         "per_problem": " ".join(f"{x:.3f}" for x in pp)})
-        for tol in (0.5, 1.0, 2.0):
-            pc = dataclasses.replace(base.plateau, tolerance=tol)
-            r = replay(rec["curve"], seen, pc, rec["cap"])
-            replays.append({"seed": seed, "tolerance": tol, **r, "test_accuracy_at_cap_best": res.metrics["accuracy"]})
+        recs = [(s["name"], s["plateau"]) for s in res.stages if (s.get("plateau") or {}).get("validated")]
+        if len(seen) != sum(len(r["curve"]) for _, r in recs):  # a stage came from the cache
+            raise SystemExit(f"seed {seed}: a stage of {a.arm} was cached in {a.workdir}; use a fresh --workdir")
+        i = 0
+        for stage, rec in recs:
+            points, i = seen[i:i + len(rec["curve"])], i + len(rec["curve"])
+            for c, pp in zip(rec["curve"], points):
+                rows.append({"arm": a.arm, "seed": seed, "stage": stage, "step": c["step"], "tokens": c["tokens"],
+                             "accuracy": c["accuracy"], "per_problem": " ".join(f"{x:.3f}" for x in pp)})
+            for tol in (0.5, 1.0, 2.0):
+                pc = dataclasses.replace(base.plateau, tolerance=tol)
+                r = replay(rec["curve"], points, pc, rec["cap"])
+                replays.append({"arm": a.arm, "seed": seed, "stage": stage, "cap": rec["cap"], "tolerance": tol, **r,
+                                "test_accuracy_at_cap_best": res.metrics["accuracy"]})
     path = OUT / "plateau_stopping.csv"
-    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["seed"])
-    keep = old[~old["seed"].isin(a.seeds)]  # other seeds' curves stay; these seeds' are replaced
-    pd.concat([keep, pd.DataFrame(rows)], ignore_index=True).sort_values(["seed", "step"]).to_csv(path, index=False)
+    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=["arm", "seed"])
+    if "arm" not in old:  # written before the arm column: direct GRPO's curves
+        old.insert(0, "arm", "direct_grpo")
+        old.insert(2, "stage", "student_grpo")
+    keep = old[~(old["seed"].isin(a.seeds) & (old["arm"] == a.arm))]  # other runs' curves stay
+    out = pd.concat([keep, pd.DataFrame(rows)], ignore_index=True)
+    out = out.astype({"seed": int, "step": int, "tokens": int}).sort_values(["arm", "seed", "stage", "step"])
+    out.to_csv(path, index=False)
     print(pd.DataFrame(replays).to_string(index=False))
 
 
@@ -143,6 +153,7 @@ def main(argv=None) -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("stopping")
     s.add_argument("--seeds", type=int, nargs="+", default=[900, 901])
+    s.add_argument("--arm", default="direct_grpo", choices=MAIN_ARMS)
     c = sub.add_parser("costs")
     c.add_argument("--seed", type=int, default=900)
     c.add_argument("--arms", nargs="+", default=list(MAIN_ARMS))

@@ -248,7 +248,13 @@ def test_committed_gate_table_is_current_and_the_headline_config_passes():
         assert rows["config_hash"].nunique() == 1 and len(rows) == 10, (config, backend)
         cfg = load_config(config) if backend == "reference" else load_config(config).override(
             {"engine.trainer": backend})  # the gate's --trainer: the same config on another backend
-        assert cfg.hash() == rows["config_hash"].iloc[0], f"{config} ({backend}) changed since its gate ran"
+        assert gate.gate_key(cfg) == rows["config_hash"].iloc[0], f"{config} ({backend}) changed since its gate ran"
     for config in ("configs/toy.toml", "configs/toy_short.toml", "configs/toy_notebook.toml",
                    "configs/toy_counterfactual.toml"):
         assert gate.gate_status(load_config(config)) == "passed", config
+    # the plateau protocol's settings are not in the gate's key (the gate runs the caps without it);
+    # everything else is: the plateau config's gate failed "moves" (docs/log.md, 2026-12-07)
+    plateau = load_config("configs/plateau/paper_world.toml")
+    assert gate.gate_key(plateau.override({"plateau.k": 2})) == gate.gate_key(plateau) != plateau.hash()
+    assert gate.gate_key(plateau.override({"fkl.lr": 2e-4})) != gate.gate_key(plateau)
+    assert gate.gate_status(plateau) == "failed"
