@@ -282,10 +282,11 @@ class EvalConfig:
 @dataclass(frozen=True)
 class PlateauConfig:
     """The plateau protocol (issue 22; reference.plateau): every training stage validates the model it
-    trains every `every` of its step cap (avg@`k` on the first `problems` validation problems, [eval]'s
-    sampling), keeps its best checkpoint, and stops once it has reached its plateau: the best score did not
-    improve by more than `tolerance` paired standard errors over the last `window` of the steps it ran,
-    and at least `min_fraction` of the cap ran. The validation problems are labels: reports give N + V."""
+    trains at step 0 and every `every` of its step cap (avg@`k` on the first `problems` validation problems,
+    [eval]'s sampling), keeps its best checkpoint, and stops once it has reached its plateau: the curve's
+    level over the last `window` of the steps it ran rose by no more than `tolerance` paired standard errors
+    above its level over the `window` before, and at least `min_fraction` of the cap ran. The validation
+    problems are labels: reports give N + V."""
 
     enabled: bool = False
     problems: int = 64  # V, shared by every arm; counted in the label account
@@ -301,6 +302,11 @@ class PlateauConfig:
         for name in ("every", "window", "min_fraction"):
             if getattr(self, name) > 1:
                 raise InputError(f"plateau.{name} must be a fraction in [0, 1], got {getattr(self, name)!r}")
+
+
+# 'plateau.<field>' -> its default: the protocol off, as `Config.override` takes it (the gate's key and the
+# stage seed key neutralise the section with it)
+PLATEAU_DEFAULTS: dict[str, Any] = {f"plateau.{f.name}": f.default for f in fields(PlateauConfig)}
 
 
 @dataclass(frozen=True)
@@ -400,7 +406,7 @@ _HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("grpo", "max_steps"): 0,
     **{(sec, "warmup_steps"): 0 for sec in ("grpo", "fkl", "opd")},
     # the plateau protocol's section: off, it is left out of the hashes entirely
-    **{("plateau", f.name): f.default for f in fields(PlateauConfig)},
+    **{tuple(k.split(".")): v for k, v in PLATEAU_DEFAULTS.items()},
 }
 # Fields that only say where a run reports, never what it computes: left out of every hash and of the
 # resume check whatever their value (turning tracking on keeps the stage keys, seeds and numbers).

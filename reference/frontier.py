@@ -22,6 +22,7 @@ import pandas as pd
 
 from reference.runs import RunResult
 from theory.arms import STUDENT
+from theory.stats import mean_ci
 
 CURVE_COLUMNS = ["arm", "seed", "stage", "step", "tokens", "accuracy"]
 
@@ -53,16 +54,6 @@ def best_by(curve: pd.DataFrame, budgets: Iterable[float]) -> np.ndarray:
     return np.asarray(out)
 
 
-def _bootstrap_mean(x: np.ndarray, rng: np.random.Generator, n: int = 2000) -> tuple[float, float, float]:
-    x = x[~np.isnan(x)]
-    if len(x) == 0:
-        return np.nan, np.nan, np.nan
-    if len(x) == 1:
-        return float(x[0]), float(x[0]), float(x[0])
-    means = rng.choice(x, size=(n, len(x)), replace=True).mean(axis=1)
-    return float(x.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def frontier(curves: pd.DataFrame, budgets: Iterable[float] | None = None, *, seed: int = 0) -> pd.DataFrame:
     """Per arm and budget: mean over seeds of each run's best score by that budget, a bootstrap 95%
     interval, and how many seeds had a point by then. `budgets` default: 12 log-spaced levels over the
@@ -76,9 +67,10 @@ def frontier(curves: pd.DataFrame, budgets: Iterable[float] | None = None, *, se
     for arm, per_arm in curves.groupby("arm", sort=False):
         by_seed = np.stack([best_by(c, budgets) for _, c in per_arm.groupby("seed")])
         for j, b in enumerate(budgets):
-            mean, lo, hi = _bootstrap_mean(by_seed[:, j], rng)
-            rows.append({"arm": arm, "tokens": float(b), "accuracy": mean, "lo": lo, "hi": hi,
-                         "seeds": int((~np.isnan(by_seed[:, j])).sum())})
+            x = by_seed[:, j][~np.isnan(by_seed[:, j])]  # the seeds with a point by this budget
+            ci = mean_ci(x, rng) if len(x) else None
+            rows.append({"arm": arm, "tokens": float(b), "accuracy": ci.estimate if ci else np.nan,
+                         "lo": ci.low if ci else np.nan, "hi": ci.high if ci else np.nan, "seeds": int(len(x))})
     return pd.DataFrame(rows, columns=["arm", "tokens", "accuracy", "lo", "hi", "seeds"])
 
 

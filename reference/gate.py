@@ -313,9 +313,8 @@ def gate_key(cfg: Config) -> str:
     """The key a gate result is stored under: the config's hash with [plateau] left out. The gate runs
     each stage's configured schedule (the cap) without the plateau protocol, so the protocol's settings
     cannot change its verdict; a config without the protocol keeps its plain `Config.hash()`."""
-    from dataclasses import fields
-    from reference.config import PlateauConfig
-    return cfg.override({f"plateau.{f.name}": f.default for f in fields(PlateauConfig)}).hash()
+    from reference.config import PLATEAU_DEFAULTS
+    return cfg.override(PLATEAU_DEFAULTS).hash()
 
 
 def gate_status(cfg: Config, workdir: str | Path | None = None, table: Path = RECORD) -> str:

@@ -62,8 +62,8 @@ def run_pipeline(cfg: Config, arm: str | Arm, seed: int, *, workdir: str | Path,
         for i, stage in enumerate(arm.stages):
             prefix.append((stage.value, stage_labels(stage, acct)))
             key = stage_key(cfg, seed, prefix)
-            slot = Slot(book.workdir / "stages" / key, seed_key(cfg, seed, prefix), meta={"stage": stage.value, "prefix": prefix,
-                                                                  "seed": seed, "config_hash": cfg.hash()})
+            slot = Slot(book.workdir / "stages" / key, seed_key(cfg, seed, prefix),
+                        meta={"stage": stage.value, "prefix": prefix, "seed": seed, "config_hash": cfg.hash()})
             done = run_stage(stage, setup, slot, curves.hooks(stage, key, bar=book.bar_title(stage),
                                                               on_entry=book.on_entry(stage)))
             stage_log.append(book.record(stage, done))
@@ -153,12 +153,14 @@ def _open_run(cfg: Config, arm: Arm, seed: int, acct: LabelAccount, split: str, 
 
 def plateau_metrics(cfg: Config, stage_log: list[dict]) -> dict[str, float]:
     """A plateau-protocol run's account, as metrics of the run table: the validation labels V (reports
-    give N + V), the training tokens to the stages' best checkpoints and spent (with patience), the
-    validation passes' generated tokens, and how many of its stages reached their plateau."""
+    give N + V), the training tokens to the stages' best checkpoints, the tokens spent (training with its
+    patience steps, plus validation, as each stage's record counts them), the validation passes' generated
+    tokens, and how many of its stages reached their plateau. The training tokens alone are the run's
+    `compute_tokens`."""
     recs = [s["plateau"] for s in stage_log if s.get("plateau", {}).get("validated")]
     return {"validation_labels": float(cfg.plateau.problems),
             "tokens_to_best": float(sum(r["best_tokens"] for r in recs)),
-            "tokens_spent": float(sum(r["train_tokens"] for r in recs)),
+            "tokens_spent": float(sum(r["tokens_spent"] for r in recs)),
             "val_tokens": float(sum(r["val_tokens"] for r in recs)),
             "stages_trained": float(len(recs)),
             "stages_at_plateau": float(sum(bool(r["reached"]) for r in recs))}

@@ -2,8 +2,8 @@
 
 A stage under the protocol runs up to its configured length, now a *cap*, and validates the model it
 trains before its first step (step 0: a stage that only makes the model worse returns its input, as the
-optional stage-3 GRPO did on the first cost run) and every `plateau.every` of the cap: avg@k (`plateau.k` samples per problem at [eval]'s sampling) on
-the first `plateau.problems` validation problems (V, the same set for every arm and stage, counted in
+optional stage-3 GRPO did on the first cost run) and every `plateau.every` of the cap: avg@k (`plateau.k`
+samples per problem at [eval]'s sampling) on the first `plateau.problems` validation problems (V, the same set for every arm and stage, counted in
 the label account: reports give N + V). Every stage selects on the validation score of the model it
 trains: teacher GRPO on the teacher's, student GRPO, the FKL warmup, OPD and the replay control on the
 student's. A validation pass samples on a forked RNG seeded from its stage and step, so it never moves
@@ -106,6 +106,13 @@ def status(points: list[Point], cfg: PlateauConfig) -> Status:
     return Status(gain <= cfg.tolerance * se, gain, se)
 
 
+def stops(points: list[Point], cfg: PlateauConfig, cap: int) -> bool:
+    """Whether a stage with `cap` steps stops at its last point: before the cap, after `min_fraction` of
+    it, at its plateau."""
+    t = points[-1].step
+    return cfg.min_fraction * cap <= t < cap and status(points, cfg).reached
+
+
 def schedule(cap: int, every: float) -> list[int]:
     """The steps after which a stage with `cap` steps validates: every ceil(every * cap) steps, and the cap."""
     gap = max(1, math.ceil(every * cap))
@@ -126,7 +133,7 @@ class Watch:
     val_tokens: int = 0
     best_state: dict | None = None
     stop_step: int | None = None
-    _due: set = field(default_factory=set)
+    _due: set = field(init=False)
 
     def __post_init__(self) -> None:
         self._due = set(schedule(self.cap, self.cfg.every))
@@ -141,7 +148,7 @@ class Watch:
         self.points.append(Point(step, tokens, np.asarray(per_problem, dtype=float)))
         if best_index(self.points) == len(self.points) - 1:
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        stop = step < self.cap and step >= self.cfg.min_fraction * self.cap and status(self.points, self.cfg).reached
+        stop = stops(self.points, self.cfg, self.cap)
         if stop:
             self.stop_step = step
         self._save(step, tokens, model, opt, log)

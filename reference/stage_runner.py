@@ -16,7 +16,7 @@ its key).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -26,7 +26,7 @@ from reference import checkpoint as ckpt
 from reference import engines
 from reference import stages
 from reference.assemble import Models
-from reference.config import Config, PlateauConfig
+from reference.config import PLATEAU_DEFAULTS, Config
 from reference.seeds import seed_from, seeded
 from reference.world import Problem, World
 from theory.arms import STAGES, STUDENT, TEACHER, LabelAccount, Stage, stage_labels
@@ -84,6 +84,10 @@ class FinishedStage:
     cached: bool
 
 
+# the sections a stage's checkpoint and seed keys hash ([plateau] drops out while the protocol is off)
+KEY_SECTIONS = ("world", "student", "teacher", "grpo", "fkl", "opd", "engine", "plateau")
+
+
 def stage_key(cfg: Config, seed: int, prefix: list[tuple[str, int]]) -> str:
     """The checkpoint key of the last stage of `prefix` ((stage name, labels) pairs) at `seed`."""
     # every section but [eval] and [engine.threads]-like knobs that cannot change numbers would be
@@ -93,7 +97,7 @@ def stage_key(cfg: Config, seed: int, prefix: list[tuple[str, int]]) -> str:
         e = cfg.eval
         extra["validation_sampling"] = [e.temperature, e.top_p, e.top_k, e.max_new_tokens]
     # [plateau] is left out of the hash while the protocol is off (Config.section_hash): keys as before
-    return cfg.section_hash(("world", "student", "teacher", "grpo", "fkl", "opd", "engine", "plateau"), extra=extra)
+    return cfg.section_hash(KEY_SECTIONS, extra=extra)
 
 
 # the fields that set a stage's length: its cap under the plateau protocol
@@ -107,10 +111,8 @@ def seed_key(cfg: Config, seed: int, prefix: list[tuple[str, int]]) -> str:
     and, with a cap-free learning-rate schedule, trains the same trajectory."""
     if not cfg.plateau.enabled:
         return stage_key(cfg, seed, prefix)
-    neutral = {**CAP_FIELDS, **{f"plateau.{f.name}": f.default for f in fields(PlateauConfig)},
-               "plateau.enabled": True}
-    return cfg.override(neutral).section_hash(("world", "student", "teacher", "grpo", "fkl", "opd", "engine",
-                                                "plateau"), extra={"seed": seed, "prefix": prefix})
+    neutral = {**CAP_FIELDS, **PLATEAU_DEFAULTS, "plateau.enabled": True}
+    return cfg.override(neutral).section_hash(KEY_SECTIONS, extra={"seed": seed, "prefix": prefix})
 
 
 def replay_steps(cfg: Config, held_back: int) -> tuple[int, int]:
@@ -256,14 +258,13 @@ def train_stage(stage: Stage, setup: TrainingSetup, seed: int,
     spec, cfg, m = STAGES[stage], setup.cfg, setup.models
     update, section = update_rules(cfg.engine.trainer)[spec.update], getattr(cfg, spec.update)
     model = m.for_role(spec.trains)
+    # only the reference's rules take a watch (plateau_watch refuses TRL's trainers)
+    extra = {"watch": watch} if watch is not None else {}
     if spec.update == "grpo":
         return update(model, setup.labeled(spec.labels), section, m.ctx, role=spec.trains, seed=seed,
-                      progress=progress, name=stage.value, **({"watch": watch} if watch is not None else {}))
-    schedule = {}
+                      progress=progress, name=stage.value, **extra)
     if spec.replays:
         steps, per_step = replay_steps(cfg, stage_labels(stage, setup.account))
-        schedule = {"steps": steps, "prompts_per_step": per_step}
-    if watch is not None:
-        schedule["watch"] = watch
+        extra.update(steps=steps, prompts_per_step=per_step)
     return update(model, m.for_role(spec.scorer), setup.world.unlabeled, section, m.ctx, seed=seed,
-                  progress=progress, name=stage.value, **schedule)
+                  progress=progress, name=stage.value, **extra)

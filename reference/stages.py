@@ -251,8 +251,8 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
     of it (the stability gate runs the first steps of the configured schedule).
 
     `watch` (a `reference.plateau.Watch`): the plateau protocol. `steps` is then the cap; the watch
-    validates the starting point and then on its schedule, may stop the stage early, resumes it from its mid-stage checkpoint, and
-    leaves the model holding its best weights (the result's `plateau` record says which step that was).
+    validates the starting point and then on its schedule, may stop the stage early, resumes it from its
+    mid-stage checkpoint, and leaves the model holding its best weights (the result's `plateau` record says which step that was).
     """
     t0 = time.perf_counter()
     net, opt = _prepare(model, lr, ctx)
@@ -272,8 +272,7 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
             break
         if step < start:
             continue
-        factor = lr_factor(step, steps, schedule_cfg.warmup, schedule_cfg.schedule,
-                           getattr(schedule_cfg, "warmup_steps", 0))
+        factor = lr_factor(step, steps, schedule_cfg.warmup, schedule_cfg.schedule, schedule_cfg.warmup_steps)
         for group in opt.param_groups:
             group["lr"] = lr * factor
         work = make_step(step, idx, net)
@@ -297,12 +296,12 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
             taken = step + 1
             break
     _release(ctx)
+    total = all_tokens(tokens, ctx)  # a collective under an engine: once
     plateau = None
     if watch is not None:
         watch.finish(model)
-        plateau = watch.record(all_tokens(tokens, ctx))
-    return StageResult(name, len(log) if watch is not None else taken, all_tokens(tokens, ctx),
-                       time.perf_counter() - t0, tuple(log), plateau)
+        plateau = watch.record(total)
+    return StageResult(name, taken, total, time.perf_counter() - t0, tuple(log), plateau)
 
 
 def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageContext, *, role: str, seed: int,

@@ -56,7 +56,7 @@ def replay(curve: list[dict], per_problem: list[np.ndarray], cfg, cap: int) -> d
     pts = []
     for c, pp in zip(curve, per_problem):
         pts.append(plateau.Point(c["step"], c["tokens"], pp))
-        if pts[-1].step < cap and pts[-1].step >= cfg.min_fraction * cap and plateau.status(pts, cfg).reached:
+        if plateau.stops(pts, cfg, cap):
             b = plateau.best_index(pts)
             return {"stop_step": pts[-1].step, "best_step": pts[b].step, "best_score": pts[b].score}
     b = plateau.best_index(pts)
@@ -137,11 +137,12 @@ def cmd_frontier(a) -> None:
     plot_frontier(front, OUT / f"frontier_{a.name}.png", title=f"{a.world}: validation accuracy vs training tokens")
     at_plateau = pd.DataFrame([{"arm": r.arm, "seed": r.seed, "test_accuracy": r.metrics["accuracy"],
                                 "tokens_to_best": r.metrics.get("tokens_to_best"),
-                                "tokens_spent": r.metrics.get("tokens_spent")} for r in results])
+                                "train_tokens": r.compute_tokens} for r in results])
     print(at_plateau.groupby("arm").mean(numeric_only=True).round(2).to_string())
     print(front.round(2).to_string(index=False))
-    # equal compute at two levels: each arm's median tokens to its best checkpoint, the cheapest and the dearest
-    levels = sorted(at_plateau.groupby("arm")["tokens_spent"].median().dropna().unique())
+    # equal compute at two levels on the curves' axis (training tokens): the cheapest and the dearest arm's
+    # median training tokens per run
+    levels = sorted(at_plateau.groupby("arm")["train_tokens"].median().dropna().unique())
     if levels:
         matched = compute_matched(curves, [levels[0], levels[-1]])
         matched.to_csv(OUT / f"frontier_{a.name}_matched.csv", index=False)
