@@ -122,6 +122,8 @@ def _fmt_plan(pl) -> str:
                 cost = f"the cheaper is {r.cheaper} ({a} vs {b} training tokens)"
             lines.append(f"toss-up: {r.arm} and {r.runner_up} cannot be told apart (the gap interval contains 0); "
                          f"{cost}")
+    if pl.compute is not None:
+        lines.append(_fmt_compute(pl))
     if pl.gpu_costs is not None:
         lines.append(_fmt_costs(pl.gpu_costs))
     if pl.ceiling is not None:
@@ -137,6 +139,44 @@ def _fmt_plan(pl) -> str:
                  "`explain` lists them with sources")
     for w in pl.warnings:
         lines.append(f"warning: {w}")
+    return "\n".join(lines)
+
+
+_SHORT = {"teacher_grpo": "T", "fkl_warmup": "W", "opd": "O", "student_grpo": "S", "replay_opd": "R"}
+
+
+def _lengths(lengths: dict) -> str:
+    """'T120 W2 O2': teacher / student GRPO and replay in label passes, warmup / OPD in bridge units."""
+    return " ".join(f"{_SHORT[s]}{_sig(v)}" for s, v in lengths.items())
+
+
+def _fmt_compute(pl) -> str:
+    c = pl.compute
+    g = c["grid"]
+    lines = [f"trained to plateau (the label x compute plane; rule: {c['rule']}; plateau = the cheapest length "
+             f"within {c['plateau_points']} points of the arm's best; lengths: T/S = teacher/student GRPO label "
+             f"passes (reference {_sig(g['reference_label_passes'])}), W/O = warmup/OPD bridge units, R = replay "
+             "passes; validation included in the cost)",
+             f"  {'arm':<26} {'plateau':>7}  {'95% interval':>15}  {'stage lengths':<20} {'train tokens':>12}  "
+             f"{'GPU-hours':>9}"]
+    for a in pl.arms:
+        ac = c["arms"][a.arm]
+        p = ac.plateau
+        lines.append(f"  {a.arm:<26} {_num(p.accuracy, '7.1f')}  [{_num(p.lo, '5.1f')}, {_num(p.hi, '5.1f')}]  "
+                     f"{_lengths(p.lengths):<20} {_tokens(p.tokens):>12}  {_hours(p.gpu_hours):>9}")
+    r = c["arms"][c["recommended_at_plateau"]].plateau
+    lines.append(f"recommended at plateau: {c['recommended_at_plateau']} ({_lengths(r.lengths)}, "
+                 f"{_num(r.accuracy, '.1f')}%, {_hours(r.gpu_hours)} GPU-hours)")
+    if c["recommended_within_budget"] is not None:
+        b = c["arms"][c["recommended_within_budget"]].at_budget
+        lines.append(f"within {c['budget_gpu_hours']:g} GPU-hours (less {c['pilot_gpu_hours']:g} for the pilot): "
+                     f"{c['recommended_within_budget']} ({_lengths(b.lengths)}) -> {_num(b.accuracy, '.1f')}% "
+                     f"[{_num(b.lo, '.1f')}, {_num(b.hi, '.1f')}] for {_hours(b.gpu_hours)} GPU-hours")
+    x = c["exchange_rate"]
+    saved = "never reached" if x["gpu_hours_saved"] is None else f"{_num(x['gpu_hours_saved'], '+.3g')} GPU-hours"
+    gained = "n/a" if x["points_gained"] is None else f"{_num(x['points_gained'], '+.2f')} points"
+    lines.append(f"1,000 more labels at that point: {saved} saved at the same accuracy, {gained} at the same "
+                 "GPU-hours")
     return "\n".join(lines)
 
 
@@ -187,7 +227,8 @@ def cmd_plan(args) -> int:
     fitcache.warm(scn)
     gpus = None if args.gpus is None else _positive_int(args.gpus)
     budget = None if args.gpu_hours is None else _positive_float(args.gpu_hours)
-    pl = plan(scn, labels=args.labels, benchmark=args.benchmark, gpus=gpus, gpu_hours=budget, costs=args.costs)
+    pl = plan(scn, labels=args.labels, benchmark=args.benchmark, gpus=gpus, gpu_hours=budget, costs=args.costs,
+              pilot_gpu_hours=args.pilot_gpu_hours)
     fitcache.store(scn)
     # `--json` alone (or `--json -`): the JSON is the only thing on stdout, the table goes to stderr
     to_stdout = args.json == "-"
@@ -280,6 +321,12 @@ def cmd_explain(args) -> int:
 def cmd_calibrate(args) -> int:
     import pandas as pd
 
+    if args.curves is not None:
+        return _calibrate_curves(args)
+    for flag in ("runs", "problems"):
+        if getattr(args, flag) is None:
+            raise InputError(f"calibrate needs --{flag} (or --curves DIR with --scenario)")
+
     from theory.calibrate import calibrate
     from theory.scenario import scenario_to_toml
     from theory.tables import read_table
@@ -296,15 +343,31 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _calibrate_curves(args) -> int:
+    from budget_planner.presets import load_scenario
+    from theory.pilotfit import calibrated_scenario, fit_lengths, read_pilot
+    from theory.scenario import scenario_to_toml
+
+    if args.scenario is None:
+        raise InputError("calibrate --curves needs --scenario (the scenario whose inputs the curves calibrate)")
+    scn = load_scenario(args.scenario)
+    curves, meta, config = read_pilot(args.curves)
+    lf = fit_lengths(scn, curves, meta, config, source=f"pilot curves {args.curves}")
+    cal = calibrated_scenario(scn, lf)
+    _write_atomic(args.out, scenario_to_toml(cal))
+    fitted = ", ".join(f"{p} {lf.value[p]:.4g} (sd {lf.sd_z[p]:.2f} on its scale)" for p in lf.paths)
+    print(f"wrote {args.out}: {fitted}; {len(lf.rows)} curve points, rmse {lf.rmse:.1f} points")
+    return 0
+
+
 def cmd_crosscheck(args) -> int:
-    from theory.crosscheck import SETS, crosscheck, format_crosscheck, read_predictions
-    from theory.tables import read_table
+    from theory.crosscheck import SETS, crosscheck, format_crosscheck, read_predictions, read_runs
 
     if args.set not in SETS:
         raise InputError(f"--set must be one of {', '.join(SETS)}, got {args.set!r}")
     if args.json and Path(args.json).parent and not Path(args.json).parent.exists():
         raise InputError(f"output directory {str(Path(args.json).parent)!r} does not exist")
-    runs = read_table(args.runs, "runs")
+    runs = read_runs(args.runs)  # keeps the optional compute column
     preds = read_predictions(args.predictions)
     cc = crosscheck(runs, preds, set_name=args.set)
     print(format_crosscheck(cc))
@@ -343,7 +406,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gpus", type=str, default=None, metavar="G",
                     help="GPUs the GPU-hours are priced on (default: 8, one node)")
     sp.add_argument("--gpu-hours", type=str, default=None, metavar="H",
-                    help="GPU-hour budget: arms costing more are never recommended")
+                    help="GPU-hour budget: recommends the arm and stage lengths with the highest predicted accuracy "
+                         "within H less the pilot's hours (validation counted); the table at the reference lengths "
+                         "marks arms costing more as over budget")
+    sp.add_argument("--pilot-gpu-hours", type=str, default="0", metavar="P",
+                    help="GPU-hours the pilot spent (or will spend), taken out of --gpu-hours (default 0)")
     sp.add_argument("--costs", default=None, metavar="CSV",
                     help="GPU cost table (default: docs/results/gpu_costs.csv, else built-in defaults)")
     sp.add_argument("--next", action="store_true",
@@ -365,10 +432,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     "run --out`; KL_0: the pilot's pilot_runs.csv) and the pilot's problems.csv.",
                         epilog="example:\n  budget-planner calibrate --runs docs/examples/pilot_runs.csv "
                                "--problems docs/examples/pilot_problems.csv --out my.toml\n"
-                               "  budget-planner plan --scenario my.toml")
-    ca.add_argument("--runs", required=True, nargs="+", metavar="CSV",
+                               "  budget-planner plan --scenario my.toml\n"
+                               "  budget-planner calibrate --scenario modes-k15 --curves docs/results/plateau_pilots/k15 "
+                               "--out k15.toml")
+    ca.add_argument("--runs", nargs="+", metavar="CSV",
                     help="run table CSV(s) (theory.tables schema): trained runs and the pilot's pilot_runs.csv")
-    ca.add_argument("--problems", required=True, help="problem table CSV (theory.tables schema)")
+    ca.add_argument("--problems", help="problem table CSV (theory.tables schema)")
+    ca.add_argument("--curves", metavar="DIR",
+                    help="instead of --runs/--problems: a `reference-pipeline pilot-curves` output; fits kappa and "
+                         "the training-length inputs of --scenario to its curves (theory.pilotfit)")
+    ca.add_argument("--scenario", help="with --curves: the scenario (preset name or TOML) to calibrate")
     ca.add_argument("--out", required=True, type=output_file, metavar="PATH", help="scenario TOML to write")
     ca.add_argument("--student", default="student", help="student's name in the problem table")
     ca.add_argument("--teacher", default="teacher", help="teacher's name in the problem table")
@@ -378,12 +451,15 @@ def build_parser() -> argparse.ArgumentParser:
     ca.set_defaults(func=cmd_calibrate)
     cc = sub.add_parser("crosscheck", help="committed predictions vs measured runs: MAE, coverage, tau, regret",
                         description="Score committed predictions against measured runs: MAE, interval\n"
-                                    "coverage, Kendall tau, split regret.",
+                                    "coverage, Kendall tau, split regret, decision regret, crossovers in N\n"
+                                    "and compute, and the issue-23 aims (met / missed / not evaluable).",
                         epilog="example:\n  budget-planner crosscheck --runs docs/results/crosscheck_runs.csv "
                                "--predictions docs/results/crosscheck_predictions.csv --json cc.json")
-    cc.add_argument("--runs", required=True, help="run table CSV (rows metric accuracy, split test)")
+    cc.add_argument("--runs", required=True,
+                    help="run table CSV (rows metric accuracy, split test; optional column compute)")
     cc.add_argument("--predictions", required=True, help="predictions CSV (theory.crosscheck.PRED_COLUMNS)")
-    cc.add_argument("--set", default="heldout", help="which predictions to score: heldout or calibration")
+    cc.add_argument("--set", default="heldout",
+                    help="which predictions to score: heldout, calibration or seen (outcomes known when predicting)")
     cc.add_argument("--json", default=None, type=output_file, metavar="PATH", help="write every figure as JSON here")
     cc.set_defaults(func=cmd_crosscheck)
     return p

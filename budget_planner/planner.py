@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from budget_planner.compute import compute_plan
 from budget_planner.presets import load_scenario
 from theory._lazy import LazyModule
 from theory.arms import ARMS, MAX_LABELS, STAGES, TEACHER, Arm, Teacher, candidate_arms, check_budget
@@ -41,7 +42,7 @@ from theory.dynamics import (
     without_displacement,
 )
 from theory.errors import InputError
-from theory.fitting import Fit, build_setting, fit_scenario, values_from_z
+from theory.fitting import Fit, build_setting, fit_scenario, from_z, to_z, values_from_z
 from theory.informativeness import (
     ConditionCheck,
     StepEffect,
@@ -115,6 +116,9 @@ class Plan:
     ceiling: dict | None = None  # student's accuracy ceiling on the benchmark: map, ci (95%), stated
     uncertainty: dict | None = None  # discrepancy sd and source, measurement sd, effective draws
     gpu_costs: dict | None = None  # gpus, cost table, parallel efficiency, budget, per-stage hours and tags
+    # the label x compute plane (budget_planner.compute.compute_plan): per arm frontier and plateau, the
+    # recommendation at plateau and within a GPU-hour budget, the exchange rate labels <-> GPU-hours
+    compute: dict | None = None
     _scenario_obj: Scenario | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:  # the dataclass repr prints every split curve: thousands of numbers
@@ -156,7 +160,8 @@ class Plan:
                              "teacher_labels": a.teacher_labels, "student_labels": a.student_labels,
                              "compute_tokens": a.compute_tokens, "same_as": a.same_as,
                              "marginal_per_1k_labels": a.marginal_per_1k, "gpu_hours": a.gpu_hours,
-                             "feasible": a.feasible} for a in self.arms},
+                             "feasible": a.feasible,
+                             **(self.compute["arms"][a.arm].to_dict() if self.compute else {})} for a in self.arms},
             "recommendation": {"arm": r.arm, "p_best": r.p_best, "teacher_labels": r.teacher_labels,
                                "student_labels": r.student_labels, "runner_up": r.runner_up,
                                "gap": {"mean": r.gap_mean, "ci": [r.gap_lo, r.gap_hi], "level": GAP_LEVEL},
@@ -165,6 +170,7 @@ class Plan:
             "ceiling": self.ceiling,
             "uncertainty": self.uncertainty,
             "gpu_costs": self.gpu_costs,
+            "compute": None if self.compute is None else {k: v for k, v in self.compute.items() if k != "arms"},
             "split_curves": {name: {"teacher_fraction": list(self.split_fractions), "accuracy": list(acc),
                                     "lo": list(lo), "hi": list(hi)} for name, acc, lo, hi in self.split_curves},
             "informativeness": list(self.informativeness),
@@ -199,10 +205,37 @@ class Plan:
         return (f"<table><caption>{escape(self.scenario)}: {escape(self.benchmark)} accuracy with N = "
                 f"{self.labels} labels (MAP; 95% predictive interval of a measured accuracy)</caption>"
                 "<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr></thead><tbody>"
-                + "".join(rows) + f"</tbody></table><p>{verdict}</p>")
+                + "".join(rows) + f"</tbody></table><p>{verdict}</p>" + self._compute_html())
+
+    def _compute_html(self) -> str:
+        """The label x compute plane as the CLI prints it: each arm trained to its plateau."""
+        from html import escape
+
+        if self.compute is None:
+            return ""
+        c = self.compute
+        head = ("arm", "plateau (%)", "95% interval", "stage lengths", "train tokens", "GPU-hours")
+        rows = []
+        for name, ac in c["arms"].items():
+            p = ac.plateau
+            style = ' style="font-weight:bold"' if name == c["recommended_at_plateau"] else ""
+            lengths = ", ".join(f"{s} {v:g}" for s, v in p.lengths.items())
+            cells = (name, fmt_num(p.accuracy, ".1f"), f"[{fmt_num(p.lo, '.1f')}, {fmt_num(p.hi, '.1f')}]", lengths,
+                     f"{p.tokens / 1e6:,.1f}M", f"{p.gpu_hours:,.2f}")
+            rows.append(f"<tr{style}>" + "".join(f"<td>{escape(x)}</td>" for x in cells) + "</tr>")
+        text = f"recommended at plateau: <b>{escape(c['recommended_at_plateau'])}</b>"
+        if c["within_budget"] is not None:
+            w = c["within_budget"]
+            text += (f"; within {c['budget_gpu_hours']:g} GPU-hours: <b>{escape(w['arm'])}</b> at "
+                     f"{escape(', '.join(f'{s} {v:g}' for s, v in w['lengths'].items()))} "
+                     f"({fmt_num(w['accuracy'], '.1f')}%)")
+        return (f"<table><caption>trained to plateau (rule: {escape(c['rule'])}; GRPO lengths in label passes, "
+                "bridge lengths in units)</caption><thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head)
+                + "</tr></thead><tbody>" + "".join(rows) + f"</tbody></table><p>{text}</p>")
 
     def plot(self, path: str | Path | None = None, *, labels_grid=None):
-        """Two panels: accuracy vs teacher share of labels at the planned N, and accuracy vs budget N.
+        """Three panels: accuracy vs teacher share of labels at the planned N, accuracy vs budget N (both at
+        the reference lengths), and each arm's frontier on the label x compute plane (`_plot_frontiers`).
         Lines are MAP predictions of every arm; bands (95% predictive intervals of a measured accuracy) are
         drawn for the two arms the decision is between only, the recommended arm and its runner-up. The
         star marks the recommendation at its own split (an arm that does not split its labels sits at its
@@ -217,7 +250,7 @@ class Plan:
         from matplotlib.patches import Patch
 
         sns.set_theme(style="whitegrid")
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 6.2))
+        fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(19, 6.2))
         pal = dict(zip(ARMS, sns.color_palette("tab10", len(ARMS))))
         # arms that ignore the split are flat on the left panel and may sit at the same value: each gets
         # its own dash pattern and marker, used on both panels
@@ -284,6 +317,9 @@ class Plan:
         ax2.set(xlabel="label budget N", ylabel=f"{self.benchmark} accuracy (%)",
                 title="accuracy vs label budget N (split arms at the best split for each N)")
 
+        if self.compute is not None:
+            self._plot_frontiers(ax3, pal, style)
+
         # the decision in the words and rule of the CLI's table (`Recommendation.separable`)
         verdict = f"recommended: {r.arm} (p_best {r.p_best:.2f})"
         if r.runner_up is not None:
@@ -308,6 +344,36 @@ class Plan:
             fig.savefig(path, dpi=120)
             plt.close(fig)
         return fig
+
+
+    def _plot_frontiers(self, ax, pal, style) -> None:
+        """Accuracy against GPU-hours (log; training tokens when the cost table's models are not the
+        scenario's, e.g. a toy world): each arm's frontier, bands for the arm recommended at plateau and the
+        one within the budget, the star at the recommendation (within the budget when there is one)."""
+        c = self.compute
+        by_hours = bool(self.gpu_costs and self.gpu_costs.get("models_match"))
+        xof = (lambda q: q.gpu_hours) if by_hours else (lambda q: q.tokens)  # noqa: E731
+        rec = c["recommended_within_budget"] or c["recommended_at_plateau"]
+        banded = {c["recommended_at_plateau"], rec}
+        for name, ac in c["arms"].items():
+            xs = [xof(q) for q in ac.frontier]
+            ax.plot(xs, [q.accuracy for q in ac.frontier], color=pal[name], ls=style[name]["ls"], lw=1.6,
+                    drawstyle="steps-post")
+            if name in banded:
+                ax.fill_between(xs, [q.lo for q in ac.frontier], [q.hi for q in ac.frontier], step="post",
+                                alpha=0.15, color=pal[name], lw=0)
+            p = ac.plateau
+            ax.plot([xof(p)], [p.accuracy], marker="o", ms=5, color=pal[name], mec="black", mew=0.6)
+        point = c["arms"][rec].at_budget if c["recommended_within_budget"] else c["arms"][rec].plateau
+        ax.errorbar([xof(point)], [point.accuracy], yerr=[[point.accuracy - point.lo], [point.hi - point.accuracy]],
+                    fmt="*", ms=16, color=pal[rec], mec="black", ecolor="black", capsize=4, zorder=5)
+        if c["budget_gpu_hours"] is not None and by_hours:
+            ax.axvline(c["budget_gpu_hours"] - c["pilot_gpu_hours"], color="0.3", ls=":", lw=1)
+        where = "within the budget" if c["recommended_within_budget"] else "at plateau"
+        ax.set(xscale="log", xlabel=("GPU-hours on %d GPU(s), validation included" % c["gpus"]) if by_hours
+               else "training tokens (the cost table's models are not this scenario's)",
+               ylabel=f"{self.benchmark} accuracy (%)",
+               title=f"each arm's frontier (dots: plateaus)\nstar: {rec} {where}")
 
 
 def fmt_num(x: float, spec: str) -> str:
@@ -343,7 +409,24 @@ def _draws_setting(fit: Fit, bench: str):
     scn = fit.scenario
     z = np.vstack([fit.z_map[None, :], fit.z_draws])
     vals = values_from_z(scn, z)
+    vals.update(length_draws(scn, len(fit.z_draws)))
     return build_setting(scn, vals, (bench,)), vals
+
+
+def length_draws(scn: Scenario, draws: int) -> dict:
+    """The [lengths] inputs over R = (1 + D,): row 0 their stated value, rows 1.. draws from their prior
+    (assumed) or stated error (measured with sd); the observation fit never informs them (the
+    observations ran at the reference lengths). One generator per input (common random numbers)."""
+    out = {}
+    for t in scn.inputs:
+        if not t.path.startswith("lengths."):
+            continue
+        if t.tag == "assumed" or t.has_se:
+            eps = np.random.default_rng([int(scn.seed), zlib.crc32(t.path.encode())]).standard_normal(draws)
+            out[t.path] = np.concatenate([[t.value], from_z(t, to_z(t) + t.sd * eps)])
+        else:
+            out[t.path] = np.full(draws + 1, t.value)
+    return out
 
 
 @dataclass(frozen=True)
@@ -375,7 +458,7 @@ class PlanSetup:
     def _measurement_sd(self, acc_D: np.ndarray) -> np.ndarray:
         """sd of one measured accuracy per draw (shape of acc_D, first axis D)."""
         scn = self.fit.scenario
-        se_D = self.vals[f"benchmarks.{self.bench}.eval_se"][1:]
+        se_D = self.vals[f"benchmarks.{self.bench}.eval_se"][1:1 + acc_D.shape[0]]  # the first draws of acc_D
         n_p = scn.get(f"benchmarks.{self.bench}.n_problems").value if scn.has(
             f"benchmarks.{self.bench}.n_problems") else None
         k = scn.get(f"benchmarks.{self.bench}.samples").value if scn.has(f"benchmarks.{self.bench}.samples") else None
@@ -395,11 +478,13 @@ class PlanSetup:
 
     def predictive_columns(self, keys, acc_DS: np.ndarray) -> np.ndarray:
         """`predictive` of one experiment per column of acc_DS (keys[j] is column j's), e.g. a split sweep,
-        whose splits are a few experiments (a key names the stages run, not the label counts)."""
+        whose splits are a few experiments (a key names the stages run, not the label counts). acc_DS may
+        hold the first D' <= D draws only (the compute plane's grid): the same draws' errors are used."""
         distinct = list(dict.fromkeys(keys))
         col = [distinct.index(k) for k in keys]
-        delta_DS = np.stack([self.delta(k) for k in distinct], -1)[:, col]
-        z_DS = np.stack([self._rng("eps", k).standard_normal(self.draws) for k in distinct], -1)[:, col]
+        d = acc_DS.shape[0]
+        delta_DS = np.stack([self.delta(k)[:d] for k in distinct], -1)[:, col]
+        z_DS = np.stack([self._rng("eps", k).standard_normal(self.draws)[:d] for k in distinct], -1)[:, col]
         return acc_DS + delta_DS + z_DS * self._measurement_sd(acc_DS)
 
 
@@ -497,13 +582,18 @@ def split_sensitivity(scenario: Scenario | str, labels: int | None = None, *, be
 
 
 def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str | None = None,
-         gpus: int | None = None, gpu_hours: float | None = None, costs: CostTable | str | Path | None = None) -> Plan:
+         gpus: int | None = None, gpu_hours: float | None = None, costs: CostTable | str | Path | None = None,
+         pilot_gpu_hours: float = 0.0) -> Plan:
     """Per-arm predictions at a budget of `labels` (default: the scenario's budget). Pure.
 
     Every arm's GPU-hours on `gpus` GPUs (default `theory.costs.DEFAULT_GPUS`) come from `costs` (a
     `CostTable`, a CSV path, or None: the committed docs/results/gpu_costs.csv, else built-in defaults).
-    With `gpu_hours`, arms costing more are infeasible and the recommendation is the best feasible arm;
-    an `InputError` says so when no candidate fits."""
+    The table is at the reference lengths (what the observations ran); `Plan.compute` is the label x
+    compute plane (`budget_planner.compute`): each arm's frontier and plateau, the arm and stage lengths
+    to train to plateau and, with `gpu_hours`, the arm and lengths that maximise the predicted accuracy
+    within it less `pilot_gpu_hours` (validation included). With `gpu_hours`, the table marks arms whose
+    reference lengths cost more as infeasible and recommends the best feasible one; when none is, it
+    recommends as without a budget and warns. An `InputError` says so when no arm fits at any length."""
     scn = scenario if isinstance(scenario, Scenario) else load_scenario(scenario)
     n = scn.budget if labels is None else check_budget(labels)
     gpus = DEFAULT_GPUS if gpus is None else check_gpus(gpus, "gpus")
@@ -556,11 +646,9 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
     # them in the registry; controls are never candidates
     feasible = {p.arm: p.feasible for p in preds}
     cands = list(candidate_arms())
-    if budget_h is not None:
-        if not any(feasible[a] for a in cands):
-            cheapest = min(cands, key=lambda a: costs_of[a].gpu_hours)
-            raise InputError(f"no arm fits {budget_h:g} GPU-hours on {gpus} GPU(s): the cheapest, {cheapest}, needs "
-                             f"{costs_of[cheapest].gpu_hours:.1f}; raise the GPU-hour budget or lower the labels")
+    compute = compute_plan(setup, n, t_best, table, gpus, budget_h, pilot_gpu_hours)  # raises if nothing fits
+    none_fit = budget_h is not None and not any(feasible[a] for a in cands)
+    if budget_h is not None and not none_fit:
         cands = [a for a in cands if feasible[a]]
     exps: list[str] = []  # representative arm of each distinct experiment, registry order
     for a in cands:
@@ -595,6 +683,9 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
     info, conds = informativeness(fit, n, bench, map_setting, map_vals)
     ceiling = _ceiling(setup)
     warnings = list(fit.warnings)
+    if none_fit:
+        warnings.append(f"no arm fits {budget_h:g} GPU-hours at its reference lengths: the table recommends as "
+                        f"without a budget; within the budget, shorter stages: {compute['recommended_within_budget']}")
     if setup.n_eff < MIN_ESS:
         warnings.append(f"the posterior rests on an effective {setup.n_eff:.0f} draws (< {MIN_ESS}): p_best is "
                         f"estimated from {setup.n_eff:.0f} draws (at most "
@@ -636,7 +727,7 @@ def plan(scenario: Scenario | str, labels: int | None = None, *, benchmark: str 
                 split_fractions=tuple(map(float, frac_S)), split_curves=tuple(split_curves),
                 informativeness=tuple(info), conditions=tuple(conds), inputs=inputs,
                 warnings=tuple(warnings), n_fitted=len(fit.names), chi2=fit.chi2, ceiling=ceiling,
-                uncertainty=uncertainty, gpu_costs=gpu_costs, _scenario_obj=scn)
+                uncertainty=uncertainty, gpu_costs=gpu_costs, compute=compute, _scenario_obj=scn)
 
 
 def _check_gpu_hours(h) -> float:

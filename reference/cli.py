@@ -1,4 +1,4 @@
-"""`reference-pipeline`: demo | run | table | pilot | gate | export.
+"""`reference-pipeline`: demo | run | table | pilot | pilot-curves | gate | export.
 
   reference-pipeline demo [--workdir DIR]                      every arm, one seed, the paper-like world
   reference-pipeline run --arm A --seed S --config PATH [--teacher-labels T | --student-labels S]
@@ -6,6 +6,9 @@
   reference-pipeline table --seeds K --out DIR [--config PATH] [--arms all] [--jobs 2]
   reference-pipeline pilot --config PATH|name --out DIR [--k 8] [--problems 200] [--split val]
                            [--seed 0] [--models student,teacher] [--self-distill] [--workdir DIR]
+  reference-pipeline pilot-curves --config PATH --out DIR [--arms direct_grpo,rl_teacher_bridge] [--labels 16,32,64]
+                                  [--cap-fraction 0.2] [--seeds 2] [--seed-base 700] [--jobs 2] [--workdir DIR]
+                           short capped plateau-protocol runs, their whole validation curves (no early stop)
   reference-pipeline gate --config PATH|name [--seeds 3] [--steps 50] [--problems 200] [--jobs 1]
                           [--json PATH] [--record [CSV]]      stability gate: exit 0 pass, 1 fail, 2 bad input
   reference-pipeline export --arm A --seed S --config PATH --out DIR [--workdir DIR]
@@ -314,6 +317,30 @@ def cmd_pilot(a) -> int:
     return 0
 
 
+def cmd_pilot_curves(a) -> int:
+    from reference.config import load_config
+    from reference.pilot_curves import plan_pilot_curves
+    # every input is checked here, before any file or run
+    plan = plan_pilot_curves(load_config(a.config), arms=a.arms, labels=a.labels, cap_fraction=a.cap_fraction,
+                             seeds=a.seeds, seed_base=a.seed_base)
+    out = Path(a.out)
+    workdir = Path(a.workdir) if a.workdir else out / "work"
+    runs = plan.runs()
+    print(f"pilot-curves: {len(runs)} runs ({', '.join(plan.arms)} at N = {', '.join(map(str, plan.labels))}, "
+          f"seeds {plan.seeds[0]}..{plan.seeds[-1]}), caps x {plan.cap_fraction:g}, no early stop; config "
+          f"{plan.cfg.source} (hash {plan.cfg.hash()}); checkpoints in {workdir}", flush=True)
+    from reference.pilot_curves import run_pilot_curves, write_pilot_curves
+    res = run_pilot_curves(plan, workdir, jobs=a.jobs, progress=lambda m: print("  " + m, flush=True))
+    paths = write_pilot_curves(res, out)
+    reused = sum(r.reused for r in res.runs)
+    tok = res.tokens()
+    print(f"pilot-curves: {len(res.runs)} runs, {reused} read back, {len(res.runs) - reused} trained; "
+          f"{tok['spent']} tokens spent ({tok['train']} training, {tok['validation']} validation); "
+          f"{res.seconds:.0f} s wall")
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
 def cmd_gate(a) -> int:
     from reference.config import load_config
     cfg = load_config(a.config)
@@ -436,6 +463,26 @@ def build_parser() -> argparse.ArgumentParser:
                "  reference-pipeline run --config toy --arm direct_grpo --out runs.csv  (and --arm rl_teacher_bridge)\n"
                "  budget-planner calibrate --runs runs.csv pilot/pilot_runs.csv --problems pilot/problems.csv "
                "--out my.toml"))
+    pc = sub.add_parser(
+        "pilot-curves", help="short capped plateau-protocol runs at small N -> validation curves (calibrate)",
+        description="Run each arm at each budget N and seed with every stage cap scaled by --cap-fraction and\n"
+                    "the plateau protocol's early stop off; write the student's validation curves on\n"
+                    "cumulative training tokens, the runs' table rows and the pilot's cost (reference.pilot_curves).\n"
+                    "Finished runs are read back from --workdir, a killed pilot resumes mid-stage.",
+        epilog="example:\n  reference-pipeline pilot-curves --config configs/plateau/paper_world.toml --out pilot_curves/")
+    pc.add_argument("--config", required=True, help="a plateau-protocol config ([plateau] enabled = true)")
+    pc.add_argument("--out", required=True, type=output_dir,
+                    help="directory for pilot_curves.csv, pilot_curve_runs.csv, pilot_curves.json")
+    pc.add_argument("--arms", default="direct_grpo,rl_teacher_bridge", help="comma-separated arm names, or all")
+    pc.add_argument("--labels", default="16,32,64", help="comma-separated budgets N, each in [1, the config's world.labels]")
+    pc.add_argument("--cap-fraction", type=float, default=0.2,
+                    help="every stage cap (GRPO epochs and max_steps, FKL and OPD steps) times this, in (0, 1], "
+                         "rounded up to a whole step")
+    pc.add_argument("--seeds", type=COUNT, default=2, help="seeds per arm and N")
+    pc.add_argument("--seed-base", type=SEED, default=700,
+                    help="seeds are SEED_BASE .. SEED_BASE+SEEDS-1, all below 900 (900+: the protocol checks')")
+    pc.add_argument("--jobs", type=COUNT, default=2, help="worker processes (one run each, one core each)")
+    pc.add_argument("--workdir", type=output_dir, help="stage checkpoints and per-run results (default: OUT/work)")
     g = sub.add_parser("gate", help="stability gate: identical-teacher no-ops, the bridge moves, GRPO learns",
                        description="Stability gate of a config: FKL/OPD with an identical teacher do nothing, "
                                    "FKL/OPD toward the RL teacher move the student, student and teacher GRPO "
@@ -469,8 +516,8 @@ def main(argv=None) -> int:
             if not a.dry_run and not a.arm:
                 raise InputError("--arm is required (one of theory.arms.ARMS)")
             return cmd_run(a)
-        return {"demo": cmd_demo, "table": cmd_table, "pilot": cmd_pilot, "gate": cmd_gate,
-                "export": cmd_export}[a.cmd](a)
+        return {"demo": cmd_demo, "table": cmd_table, "pilot": cmd_pilot, "pilot-curves": cmd_pilot_curves,
+                "gate": cmd_gate, "export": cmd_export}[a.cmd](a)
     code = cli_exit(body, interrupted="error: interrupted (finished stages and pilot parts are kept; rerun to resume)")
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized():  # a launched rank: engines.exit_rank

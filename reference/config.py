@@ -285,8 +285,8 @@ class PlateauConfig:
     trains at step 0 and every `every` of its step cap (avg@`k` on the first `problems` validation problems,
     [eval]'s sampling), keeps its best checkpoint, and stops once it has reached its plateau: the curve's
     level over the last `window` of the steps it ran rose by no more than `tolerance` paired standard errors
-    above its level over the `window` before, and at least `min_fraction` of the cap ran. The validation
-    problems are labels: reports give N + V."""
+    above its level over the `window` before, and at least `min_fraction` of the cap ran (`stop = false`:
+    it never stops early and runs to the cap). The validation problems are labels: reports give N + V."""
 
     enabled: bool = False
     problems: int = 64  # V, shared by every arm; counted in the label account
@@ -295,6 +295,9 @@ class PlateauConfig:
     window: float = 0.3
     tolerance: float = 1.0
     min_fraction: float = 0.2
+    # false: validate and keep the best checkpoint, but never stop early (a pilot records the whole capped
+    # curve: reference.pilot_curves); like every [plateau] setting, left out of the seed key
+    stop: bool = True
 
     def __post_init__(self) -> None:
         _check_pos("plateau", self, ("problems", "k", "every", "window", "tolerance"))

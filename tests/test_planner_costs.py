@@ -47,7 +47,7 @@ def test_builtin_defaults_match_the_committed_table_and_are_assumed():
 
 def test_phase_passes_agree_with_the_compute_model():
     """Rollout tokens = sequences x L (one pass); the rest are step passes: checked against arms.py."""
-    cost = ComputeModel(group_size=4, prompt_tokens=100, response_tokens=300, grpo_epochs=2, bridge_prompts=50,
+    cost = ComputeModel(group_size=4, prompt_tokens=100, response_tokens=300, train_passes=2, bridge_prompts=50,
                         bridge_samples=3, fkl_epochs=3, opd_epochs=2)
     L, n = cost.sequence_tokens, 70
     rollout = {  # tokens of the rollout pass, written from ComputeModel's docstring
@@ -73,7 +73,8 @@ def test_gpu_hours_is_tokens_over_throughput_by_hand():
     arm = ARMS["direct_grpo"]
     n = scn.budget
     tokens = arm.compute_tokens(n, scn.compute)["student_grpo"]
-    assert tokens == n * 8 * (256 + 1024) * 2  # G = 8, 256 + 1024 tokens, one rollout + one training pass
+    # G = 8, 256 + 1024 tokens, 15 label passes (the recipe), each one rollout + one training pass
+    assert tokens == n * 15 * 8 * (256 + 1024) * 2
     # half the counted tokens are rollout passes at 9,553 tok/s, half training passes at 28,543 tok/s (one GPU)
     seconds_1 = tokens / 2 / 9553 + tokens / 2 / 28543
     assert arm_cost(arm, n, scn.compute, table, gpus=1).gpu_hours == pytest.approx(seconds_1 / 3600)

@@ -183,9 +183,19 @@ def test_plot_marks_the_plan_and_keeps_the_legend_off_the_data():
     import matplotlib.pyplot as plt
     pl = plan("weak-teacher", labels=3000)  # recommends direct_grpo: 0 teacher labels
     fig = pl.plot()
-    ax1, ax2 = fig.axes
+    ax1, ax2, ax3 = fig.axes
     try:
         assert ax1.get_legend() is None and ax2.get_legend() is None and len(fig.legends) == 1
+        # the third panel: every arm's frontier on GPU-hours (log), the star at the plateau recommendation
+        c = pl.compute
+        best = c["arms"][c["recommended_at_plateau"]].plateau
+        stars = [ln for ln in ax3.get_lines() if ln.get_marker() == "*"]
+        # weak-teacher's models are not the cost table's: its frontier is drawn on training tokens
+        assert not pl.gpu_costs["models_match"]
+        assert ax3.get_xscale() == "log" and "training tokens" in ax3.get_xlabel()
+        assert stars and stars[0].get_xdata()[0] == pytest.approx(best.tokens)
+        assert stars[0].get_ydata()[0] == pytest.approx(best.accuracy)
+        assert c["recommended_at_plateau"] in ax3.get_title()
         texts = [t.get_text() for t in fig.legends[0].get_texts()]
         assert any("95%" in t for t in texts) and any(t.startswith("recommended: direct_grpo") for t in texts)
         assert any(t.startswith("replay_control (control") for t in texts)
@@ -267,7 +277,7 @@ def _drawn(pl, path):
     """The figure `pl.plot(path)` saved, with its left/right axes and the bands (fill_between) on each."""
     from matplotlib.collections import PolyCollection
     fig = pl.plot(path)
-    ax1, ax2 = fig.axes
+    ax1, ax2 = fig.axes[:2]  # the third, the label x compute plane, is tested on its own
     bands = [[c for c in ax.collections if isinstance(c, PolyCollection)] for ax in (ax1, ax2)]
     return fig, ax1, ax2, bands
 

@@ -46,10 +46,11 @@ def test_paper_in_sample_within_one_point():
         assert res.loc[arm, "observed"] == value
         assert abs(res.loc[arm, "predicted"] - value) < 1.0, arm
         assert res.loc[arm, "lo"] < value < res.loc[arm, "hi"]
-    # every assumed input is a fitted parameter (the budget excepted: see Tagged.fitted)
+    # every assumed input is a fitted parameter (the budget and the training-length inputs excepted: the
+    # observations ran at the reference lengths, where those do not act; see Tagged.fitted)
     scn = fit.scenario
     assumed = {t.path for t in scn.inputs if t.tag == "assumed"}
-    assert set(fit.names) == assumed - {"inputs.budget", "inputs.dataset_size"}
+    assert set(fit.names) == assumed - {"inputs.budget", "inputs.dataset_size", "lengths.reuse", "lengths.bridge_reach"}
     assert fit.cov.shape == (len(fit.names), len(fit.names))
     # the shipped preset fits all ten published numbers (docs/theory.md section 9)
     assert len(scn.observations) == 10 and not scn.holdout

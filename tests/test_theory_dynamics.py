@@ -132,7 +132,7 @@ def test_all_arms_at_once_equal_each_arm_alone_to_the_last_bit():
         return Policy(theta + rng.normal(0, 0.3, (D, 1)), np.clip(c + rng.normal(0, 0.03, (D, 1)), 0, 1))
 
     w = Setting(benchmarks=("b",), train=0, s_d_B=np.full((D, 1), 1.5), student=pol(0.3, 0.8), teacher=pol(1.2, 0.9),
-                rates=Rates(**R), compute=ComputeModel(grpo_epochs=2))
+                rates=Rates(**R), compute=ComputeModel(train_passes=2))
     arms = list(ARMS.values())
     at_once = predict_arms(w, arms, 3000, 1200)
     sweep = predict_arms(w.expand(), [a for a in arms if a.splits_labels], 3000, np.array([0, 700, 3000]))

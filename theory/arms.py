@@ -83,65 +83,92 @@ class LabelAccount:
 
 @dataclass(frozen=True)
 class ComputeModel:
-    """Token costs of one stage unit; the toy world and Qwen3 configs each carry one.
+    """Token costs of each stage at its reference length; the toy world and Qwen3 configs each carry one.
 
-    Letters: G = group size (samples per labeled prompt), L_p / L_r = prompt / response tokens,
-    U = unlabeled bridge prompts, S = samples per bridge prompt.
-    A GRPO label costs G rollouts (policy forward+generation) and `grpo_epochs` training passes over
-    them. A bridge prompt costs S rollouts (teacher's for the warmup, student's for OPD), teacher
-    scoring of every token, and one training pass (per epoch). Tokens are counted once per model pass.
+    Letters: G = group size (samples per labeled prompt), L_p / L_r = prompt / response tokens
+    (L_b = the bridge's response tokens, default L_r), U = bridge prompts of one unit, S = samples per
+    bridge prompt.
+
+    Three counts that used to share the word "epochs", one name each (docs/theory.md, "Training length"):
+      label_passes  e0: passes over the GRPO labels, each re-sampling the rollouts (the reference's
+                    `[grpo] epochs`, the paper recipe's 15 epochs). The reference length of both GRPO
+                    stages: the dynamics' kappa is a rate at this length, and the plan varies it.
+      train_passes  training passes over each GRPO rollout batch (TRL `num_iterations`, mu in the GRPO
+                    paper); costs only (the dynamics count rollout batches, not passes over them).
+      updates per batch  optimizer steps per rollout batch (mini-batches): no field, since it changes
+                    neither the tokens nor, in this model, the progress.
+    A GRPO label costs, per label pass, G rollouts and `train_passes` training passes over them. A
+    bridge unit is U prompts x S samples: FKL samples the teacher once, then scores and trains
+    `fkl_epochs` times; OPD samples, scores and trains once per `opd_epochs`. Tokens are counted once
+    per model pass.
     """
 
     group_size: int = 8
     prompt_tokens: int = 256
     response_tokens: int = 1024
-    # training passes over each GRPO rollout batch; not the reference's `[grpo] epochs` (passes over the
-    # labels, each re-sampled). The name stays: the scenario TOMLs' [compute] tables use it.
-    grpo_epochs: int = 1
+    train_passes: int = 1
+    label_passes: int = 1
     bridge_prompts: int = 4096
     bridge_samples: int = 1
     fkl_epochs: int = 1
     opd_epochs: int = 1
+    bridge_response_tokens: int = 0  # 0 = response_tokens (a teacher that writes its steps answers longer)
 
     def __post_init__(self) -> None:
-        for name in ("group_size", "prompt_tokens", "response_tokens", "grpo_epochs",
-                     "bridge_prompts", "bridge_samples", "fkl_epochs", "opd_epochs"):
+        for name in ("group_size", "prompt_tokens", "response_tokens", "train_passes", "label_passes",
+                     "bridge_prompts", "bridge_samples", "fkl_epochs", "opd_epochs", "bridge_response_tokens"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise InputError(f"compute.{name} must be a positive integer, got {value!r}")
+            low = 0 if name == "bridge_response_tokens" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InputError(f"compute.{name} must be a {'non-negative' if low == 0 else 'positive'} integer, "
+                                 f"got {value!r}")
 
     @property
     def sequence_tokens(self) -> int:
         return self.prompt_tokens + self.response_tokens
 
+    @property
+    def bridge_sequence_tokens(self) -> int:
+        return self.prompt_tokens + (self.bridge_response_tokens or self.response_tokens)
+
     def passes(self, update: str) -> tuple[int, int]:
         """(rollout, step) model passes over each sampled sequence token of the update rule `update`
         (a StageSpec's `update`, or the `tokens` it is priced as). GRPO samples once, then trains
-        grpo_epochs times; the FKL warmup samples the teacher once, then scores and trains fkl_epochs
+        train_passes times; the FKL warmup samples the teacher once, then scores and trains fkl_epochs
         times; OPD samples, scores and trains once (its opd_epochs re-sample: they repeat all three)."""
-        return {"grpo": (1, self.grpo_epochs), "fkl": (1, 2 * self.fkl_epochs), "opd": (1, 2)}[update]
+        return {"grpo": (1, self.train_passes), "fkl": (1, 2 * self.fkl_epochs), "opd": (1, 2)}[update]
 
-    def grpo_tokens(self, labels: int) -> int:
-        # rollout pass + training passes (forward+backward counted as one pass over the tokens)
+    def grpo_tokens(self, labels, passes=None):
+        """Tokens of a GRPO stage on `labels` labels over `passes` label passes (default label_passes):
+        per label pass one rollout pass + train_passes training passes (forward+backward counted as one
+        pass over the tokens). Broadcasts over array inputs."""
+        passes = self.label_passes if passes is None else passes
         per_label = self.group_size * self.sequence_tokens * sum(self.passes("grpo"))
-        return labels * per_label
+        return labels * passes * per_label
 
-    def fkl_tokens(self) -> int:
-        # teacher rollouts (once) + teacher scoring + student training per epoch
+    def fkl_tokens(self, units=1):
+        # teacher rollouts (once) + teacher scoring + student training per epoch, per bridge unit
         seqs = self.bridge_prompts * self.bridge_samples
-        return seqs * self.sequence_tokens * sum(self.passes("fkl"))
+        return units * seqs * self.bridge_sequence_tokens * sum(self.passes("fkl"))
 
-    def opd_tokens(self) -> int:
-        # student rollouts + teacher scoring + student training, per epoch
+    def opd_tokens(self, units=1):
+        # student rollouts + teacher scoring + student training, per epoch, per bridge unit
         seqs = self.bridge_prompts * self.bridge_samples
-        return seqs * self.sequence_tokens * sum(self.passes("opd")) * self.opd_epochs
+        return units * seqs * self.bridge_sequence_tokens * sum(self.passes("opd")) * self.opd_epochs
 
-    def stage_tokens(self, stage: Stage, labels: int) -> int:
-        """Tokens `stage` processes when `labels` size it (see StageSpec.tokens)."""
+    def stage_tokens(self, stage: Stage, labels: int, length=None):
+        """Tokens `stage` processes when `labels` size it (see StageSpec.tokens), at `length` (the
+        stage's length in its own unit, `stage_length`; None = the reference length)."""
         pricing = STAGES[stage].tokens
         if pricing == "grpo":
-            return self.grpo_tokens(labels)
-        return self.fkl_tokens() if pricing == "fkl" else self.opd_tokens()
+            return self.grpo_tokens(labels, length)
+        units = 1 if length is None else length
+        return self.fkl_tokens(units) if pricing == "fkl" else self.opd_tokens(units)
+
+    def reference_length(self, stage: Stage) -> float:
+        """A stage's reference length in its own unit: label passes (GRPO, and the replay control, which
+        is sized as the GRPO it replaces) or bridge units (FKL, OPD)."""
+        return float(self.label_passes) if STAGES[Stage(stage)].tokens == "grpo" else 1.0
 
 
 @dataclass(frozen=True)
@@ -176,13 +203,18 @@ class Arm:
     def _full_teacher(self, n: int) -> int:
         return n if any(STAGES[s].labels == TEACHER for s in self.stages) else 0
 
-    def compute_tokens(self, n: int, cost: ComputeModel, teacher_labels: int | None = None) -> dict[str, int]:
-        """Tokens processed per stage (rollout + training + teacher scoring) for a budget of n."""
+    def compute_tokens(self, n: int, cost: ComputeModel, teacher_labels: int | None = None,
+                       lengths: dict | None = None) -> dict[str, int]:
+        """Tokens processed per stage (rollout + training + teacher scoring) for a budget of n, each stage
+        at its length in `lengths` ({stage: length in its unit}; a stage not named: its reference length)."""
         acct = self.labels(n, teacher_labels)
-        return {stage.value: cost.stage_tokens(stage, stage_labels(stage, acct)) for stage in self.stages}
+        lengths = {} if lengths is None else {Stage(k): v for k, v in lengths.items()}
+        return {stage.value: int(round(float(cost.stage_tokens(stage, stage_labels(stage, acct), lengths.get(stage)))))
+                for stage in self.stages}
 
-    def total_compute_tokens(self, n: int, cost: ComputeModel, teacher_labels: int | None = None) -> int:
-        return sum(self.compute_tokens(n, cost, teacher_labels).values())
+    def total_compute_tokens(self, n: int, cost: ComputeModel, teacher_labels: int | None = None,
+                             lengths: dict | None = None) -> int:
+        return sum(self.compute_tokens(n, cost, teacher_labels, lengths).values())
 
 
 DEFAULT_TEACHER_FRACTION = 0.5  # the paper's stage-3 experiment is a half split (appendix B title)

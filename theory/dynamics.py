@@ -81,6 +81,10 @@ class Rates:
     kl0_style: np.ndarray | float | None = None  # KL_0 on protocol-following rollouts (displacement); None = kl0
     # teacher GRPO efficiency / student GRPO efficiency (1 = one kappa for both, the original theory)
     kappa_ratio: np.ndarray | float = 1.0
+    # training length (docs/theory.md, "Training length"); they act only when a stage runs at a length
+    # other than its reference length, so every prediction at the reference lengths is the original one
+    reuse: np.ndarray | float = np.inf  # e_r: label passes over which a label's reuse saturates (inf = never)
+    bridge_reach: np.ndarray | float = 1.0  # r_b: share of what one bridge unit leaves that more units can close
 
 
 @dataclass(frozen=True)
@@ -178,39 +182,65 @@ def opd_closes(rates: Rates, tau) -> np.ndarray:
     return rates.phi_o * np.exp(-kl / rates.kl_c)
 
 
+def reuse_factor(e, e0, e_r):
+    """Effective labels per label when GRPO makes e label passes instead of its reference e0:
+    h(e) / h(e0) with h(e) = e_r (1 - exp(-e / e_r)) (each pass over a label yields the signal of a new
+    label, discounted as the label is reused; e_r = inf: every pass counts fully, h(e) = e). 1 at e = e0."""
+    e, e0, e_r = (np.asarray(x, dtype=float) for x in (e, e0, e_r))
+    finite = np.isfinite(e_r)
+    safe = np.where(finite, e_r, 1.0)
+    ratio = np.expm1(-e / safe) / np.expm1(-e0 / safe)
+    return np.where(finite, ratio, e / e0)
+
+
+def extend(fraction, units, reach):
+    """Fraction of a gap a bridge stage closes over `units` reference units when one unit closes
+    `fraction`: each unit closes the same share of what is still reachable, and the reachable part is
+    R = fraction + reach (1 - fraction) (reach = 1: geometric, the gap closes fully; reach = 0: more
+    units close nothing more). F(1) = fraction; None = the reference length (one unit)."""
+    if units is None:
+        return fraction
+    f, b, r = (np.asarray(x, dtype=float) for x in (fraction, units, reach))
+    R = f + r * (1.0 - f)
+    q = np.divide(f, R, out=np.zeros(np.broadcast_shapes(f.shape, R.shape)), where=R > 0)
+    return R * -np.expm1(b * np.log1p(-np.minimum(q, 1.0 - 1e-15)))
+
+
 def _runs(stages) -> dict:
     """{stage: who runs it} for every stage of the table: from one arm's stage list (True/False), or as
     given (a mask over the arm axis per stage, from `predict_states`)."""
     return stages if isinstance(stages, dict) else {s: s in tuple(stages) for s in STAGES}
 
 
-def _compose(rates: Rates, stages, replay_ratio, opd_fraction) -> np.ndarray:
+def _compose(rates: Rates, stages, replay_ratio, opd_fraction, units=None) -> np.ndarray:
     """Fraction of a gap closed by the bridge stages, walked in table order: FKL closes phi_w of what is
-    left, an OPD pass closes opd_fraction(closed so far), the replay control's r passes close it r times."""
+    left, an OPD pass closes opd_fraction(closed so far), the replay control's r passes close it r times.
+    `units` ({stage: bridge units}, absent = one unit) stretches FKL and OPD by `extend`."""
     runs = _runs(stages)
+    units = units or {}
     f = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
     for stage, spec in STAGES.items():
         if spec.update == "fkl":
-            closed = 1.0 - (1.0 - f) * (1.0 - rates.phi_w)
+            closed = 1.0 - (1.0 - f) * (1.0 - extend(rates.phi_w, units.get(stage), rates.bridge_reach))
         elif spec.update == "opd" and spec.replays:  # sized by the held-back labels: r passes
             closed = 1.0 - (1.0 - f) * np.power(1.0 - opd_fraction(f), replay_ratio)
         elif spec.update == "opd":
-            closed = 1.0 - (1.0 - f) * (1.0 - opd_fraction(f))
+            closed = 1.0 - (1.0 - f) * (1.0 - extend(opd_fraction(f), units.get(stage), rates.bridge_reach))
         else:
             continue
         f = np.where(runs[stage], closed, f)
     return f
 
 
-def bridge_tau(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
+def bridge_tau(rates: Rates, stages, replay_ratio=0.0, units=None) -> np.ndarray:
     """Fraction tau of the teacher-student ability gap closed by the bridge stages, in order."""
-    return _compose(rates, stages, replay_ratio, lambda tau: opd_closes(rates, tau))
+    return _compose(rates, stages, replay_ratio, lambda tau: opd_closes(rates, tau), units)
 
 
-def bridge_movement(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
+def bridge_movement(rates: Rates, stages, replay_ratio=0.0, units=None) -> np.ndarray:
     """Fraction m of the style gap the student's distribution crosses (ability gained or not): OPD
     moves the student by phi_o whatever the KL."""
-    return _compose(rates, stages, replay_ratio, lambda _m: rates.phi_o)
+    return _compose(rates, stages, replay_ratio, lambda _m: rates.phi_o, units)
 
 
 def stage_cost(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
@@ -261,7 +291,7 @@ def _labels_A(arms, n: int, teacher_labels, ndim_r: int) -> dict:
     return {stage: np.broadcast_to(np.asarray(stage_labels(stage, acct), dtype=float), shape) for stage in STAGES}
 
 
-def predict_arms(setting: Setting, arms, n: int, teacher_labels=None) -> np.ndarray:
+def predict_arms(setting: Setting, arms, n: int, teacher_labels=None, lengths=None) -> np.ndarray:
     """Accuracy (percent) of each of `arms` with a budget of n labels, shape (A,) + R [+ (S,)] + (B,):
     `Setting.accuracy` of the states `predict_states` walks to.
 
@@ -270,12 +300,17 @@ def predict_arms(setting: Setting, arms, n: int, teacher_labels=None) -> np.ndar
     arms[a], ...)` to the last bit: with the arm axis first, every array keeps the layout a one-arm
     call gives it.
     """
-    return setting.accuracy(predict_states(setting, arms, n, teacher_labels))
+    return setting.accuracy(predict_states(setting, arms, n, teacher_labels, lengths))
 
 
-def predict_states(setting: Setting, arms, n: int, teacher_labels=None) -> Policy:
+def predict_states(setting: Setting, arms, n: int, teacher_labels=None, lengths=None) -> Policy:
     """The student's (theta, c) after each of `arms` with a budget of n labels, each of shape
     (A,) + R [+ (S,)] + (B,) (u stays the student's: training moves ability and compliance, not reach).
+
+    `lengths` ({stage: length in the stage's unit}, `ComputeModel.reference_length`; a stage not named
+    runs at its reference length): GRPO stages in label passes (`reuse_factor` scales their labels),
+    FKL and OPD in bridge units (`extend`), the replay control in the label passes of the GRPO it
+    replaces. A length may be an array lined up with R (e.g. a grid on the split axis of `expand()`).
 
     One walk over the stage table for all the arms at once: the arm axis A leads and broadcasts against
     the draws and splits, and each stage acts on the arms that run it.
@@ -283,13 +318,21 @@ def predict_states(setting: Setting, arms, n: int, teacher_labels=None) -> Polic
     arms = tuple(arms)
     ndim_r = np.ndim(setting.student.theta_B) - 1
     labels = _labels_A(arms, n, teacher_labels, ndim_r)
+    lengths = {Stage(k): v for k, v in (lengths or {}).items()}
+    e0 = float(setting.compute.label_passes)
+    for stage, spec in STAGES.items():  # GRPO at other than e0 label passes: effective labels
+        if spec.update == "grpo" and lengths.get(stage) is not None:
+            labels[stage] = labels[stage] * reuse_factor(lengths[stage], e0, setting.rates.reuse)
+    units = {s: v for s, v in lengths.items() if STAGES[s].update != "grpo" and not STAGES[s].replays}
     # who runs each stage: masks over the arm axis, against the rates (runs) and the policies (runs_B)
     runs = {s: np.array([s in arm.stages for arm in arms]).reshape((-1,) + (1,) * ndim_r) for s in STAGES}
     runs_B = {s: mask[..., None] for s, mask in runs.items()}
     any_of = np.logical_or.reduce  # over the masks of several stages
     r = setting.rates
+    # (A,) + R [+ (S,)] + (B,) before stage 3: stage 3's own labels and lengths widen only its output
+    last = set(_stages(lambda spec: spec.trains == STUDENT and spec.update == "grpo"))
     shape = np.broadcast_shapes((len(arms),) + np.shape(setting.student.theta_B),
-                                next(iter(labels.values())).shape + (1,))  # (A,) + R [+ (S,)] + (B,)
+                                *(np.shape(v) + (1,) for k, v in (*labels.items(), *lengths.items()) if k not in last))
 
     teacher = setting.teacher
     teacher_grpo = _stages(lambda spec: spec.trains == TEACHER and spec.update == "grpo")
@@ -306,11 +349,13 @@ def predict_states(setting: Setting, arms, n: int, teacher_labels=None) -> Polic
     if bridged.any():
         # replay OPD is matched to the compute stage-3 GRPO would have spent on the held-back labels
         held = sum(labels[s] for s in _stages(lambda spec: spec.replays))
-        replay_ratio = held * setting.compute.grpo_tokens(1) / setting.compute.opd_tokens()
-        tau = bridge_tau(r, runs, replay_ratio)
+        replay_passes = next((lengths.get(s) for s in _stages(lambda spec: spec.replays)), None)
+        replay_ratio = held * setting.compute.grpo_tokens(1, replay_passes) / setting.compute.opd_tokens()
+        tau = bridge_tau(r, runs, replay_ratio, units)
         disp = 0.0
         if np.any(np.asarray(r.gamma) != 0.0):
-            disp = r.gamma * bridge_movement(r, runs, replay_ratio) * (r.kl0 if r.kl0_style is None else r.kl0_style)
+            disp = r.gamma * bridge_movement(r, runs, replay_ratio, units) * (r.kl0 if r.kl0_style is None
+                                                                               else r.kl0_style)
         if np.any(np.asarray(r.cost_fkl) != 0.0) or np.any(np.asarray(r.cost_opd) != 0.0):
             disp = disp + stage_cost(r, runs, replay_ratio)
         moved = transfer(setting.student, teacher, tau, r.rho, disp)
@@ -321,12 +366,13 @@ def predict_states(setting: Setting, arms, n: int, teacher_labels=None) -> Polic
     if a3.size:  # stage 3: GRPO on the student, computed for the arms that run it only
         s_lab = sum(labels[s] for s in student_grpo)[a3]
         trained = grpo(setting, Policy(theta[a3], c[a3], setting.student.u_B), s_lab)
-        theta, c = theta.copy(), c.copy()
+        full = np.broadcast_shapes(theta.shape, (len(arms),) + trained.theta_B.shape[1:])
+        theta, c = np.broadcast_to(theta, full).copy(), np.broadcast_to(c, full).copy()
         theta[a3], c[a3] = trained.theta_B, trained.c_B
     return Policy(theta, c, setting.student.u_B)
 
 
-def predict_arm(setting: Setting, arm: Arm, n: int, teacher_labels=None) -> np.ndarray:
+def predict_arm(setting: Setting, arm: Arm, n: int, teacher_labels=None, lengths=None) -> np.ndarray:
     """Accuracy (percent) of `arm` with a budget of n labels, shape R [+ (S,)] + (B,).
 
     `teacher_labels` may be an int or a 1-D array of splits; with an array, call on `setting.expand()`
@@ -334,7 +380,7 @@ def predict_arm(setting: Setting, arm: Arm, n: int, teacher_labels=None) -> np.n
     """
     if teacher_labels is not None and not arm.splits_labels:
         arm.labels(n, teacher_labels)  # an arm that does not split accepts only its own account (InputError)
-    return predict_arms(setting, (arm,), n, teacher_labels)[0]
+    return predict_arms(setting, (arm,), n, teacher_labels, lengths)[0]
 
 
 def predict_teacher(setting: Setting, n) -> Policy:

@@ -102,7 +102,8 @@ def build_setting(scn: Scenario, vals: dict[str, np.ndarray], benchmarks: tuple[
                   gamma=vals.get("rates.gamma", 0.0), cost_fkl=vals.get("rates.cost_fkl", 0.0),
                   kl0_style=vals.get("inputs.kl0_style"),
                   cost_opd=vals.get("rates.cost_opd", 0.0), kappa_ratio=vals.get("rates.kappa_ratio", 1.0),
-                  k_explore=vals["inputs.k_explore"], group_size=vals["inputs.group_size"])
+                  k_explore=vals["inputs.k_explore"], group_size=vals["inputs.group_size"],
+                  reuse=vals.get("lengths.reuse", np.inf), bridge_reach=vals.get("lengths.bridge_reach", 1.0))
     return Setting(benchmarks=bench, train=bench.index(scn.train_benchmark), s_d_B=s_d_B,
                  student=policy("student"), teacher=policy("teacher"), rates=rates, compute=scn.compute)
 

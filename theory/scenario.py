@@ -47,6 +47,22 @@ OPTIONAL_RATES = {
     # around 1 (it ties the two) and let observations of both GRPO stages break the tie.
     "kappa_ratio": "positive",
 }
+# [lengths]: the training-length inputs (docs/theory.md, "Training length"). Never fitted to the
+# observations (those were run at the reference lengths, where these inputs do not act): their prior is
+# their distribution until pilot curves measure them (`theory.curves`); the plan draws them from it.
+LENGTHS = {
+    "reuse": "positive",  # e_r: label passes over which reusing a GRPO label saturates
+    "bridge_reach": "probability",  # r_b: share of what one bridge unit leaves that longer bridges can close
+}
+DEFAULT_LENGTHS = {  # a scenario without [lengths] gets these, tagged assumed
+    "reuse": {"value": 20.0, "tag": "assumed", "sd": 1.0, "why": (
+        "built-in default: a GRPO label keeps paying over ~20 passes (the paper's recipe trains 15 epochs over "
+        "its labels; 1-shot RLVR, arXiv 2504.20571, gains for hundreds of steps on one example); wide prior "
+        "(95%: 2.8-140 passes)")},
+    "bridge_reach": {"value": 0.3, "tag": "assumed", "sd": 1.0, "why": (
+        "built-in default: a bridge stage run longer closes ~30% of what one unit leaves (the paper-like toy "
+        "world's FKL and OPD validation peaked at 0.9 and 0.75 units of 200 steps, seed 900); wide prior")},
+}
 SCALARS = {  # [inputs] name -> (kind, required)
     "budget": ("positive", True),  # labels the observations were run with / the default plan budget
     "group_size": ("positive", True),  # G of the GRPO groups
@@ -85,7 +101,7 @@ class Tagged:
         # A measured input that states `sd` (its standard error on the transformed scale, e.g. a
         # start state fitted from a pilot's problem table) is fitted too, its measurement the prior.
         return ((self.tag == "assumed" or self.has_se) and self.path not in UNFITTED
-                and not self.path.endswith(UNFITTED_LEAVES))
+                and not self.path.endswith(UNFITTED_LEAVES) and not self.path.startswith("lengths."))
 
 
 @dataclass(frozen=True)
@@ -265,7 +281,7 @@ def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None =
     if not isinstance(doc, dict):
         raise InputError("scenario: must be a TOML table")
     known = {"name", "description", "target_benchmark", "train_benchmark", "seed", "draws", "inputs", "rates",
-             "compute", "benchmarks", "student", "teacher", "observations", "holdout"}
+             "compute", "lengths", "benchmarks", "student", "teacher", "observations", "holdout"}
     unknown = set(doc) - known
     if unknown:
         raise InputError(f"scenario: unknown field {sorted(unknown)[0]!r}")
@@ -342,6 +358,13 @@ def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None =
         if k in rates:
             inputs.append(parse_tagged(rates[k], f"rates.{k}", kind))
 
+    lens = _table(doc, "lengths", "scenario", required=False) or {}
+    unknown = set(lens) - set(LENGTHS)
+    if unknown:
+        raise InputError(f"lengths: unknown field {sorted(unknown)[0]!r}; lengths are {', '.join(LENGTHS)}")
+    for k, kind in LENGTHS.items():
+        inputs.append(parse_tagged(lens.get(k, DEFAULT_LENGTHS[k]), f"lengths.{k}", kind))
+
     comp = _table(doc, "compute", "scenario", required=False) or {}
     c_tag = comp.get("tag", "assumed")
     if c_tag not in TAGS:
@@ -351,10 +374,14 @@ def parse_scenario(doc: dict, *, source: str = "<dict>", base_dir: Path | None =
         raise InputError("compute.why: must be a string")
     cm_fields = {f.name for f in fields(ComputeModel)}
     unknown = set(comp) - cm_fields - {"tag", "why", "source"}
+    if "grpo_epochs" in unknown:
+        raise InputError("compute.grpo_epochs was split in two: train_passes (training passes per GRPO rollout "
+                         "batch, what it meant here) and label_passes (passes over the labels, the reference's "
+                         "[grpo] epochs); rename it")
     if unknown:
         raise InputError(f"compute: unknown field {sorted(unknown)[0]!r}")
     for k in cm_fields & set(comp):
-        _int(comp[k], f"compute.{k}", 1, 10**9)
+        _int(comp[k], f"compute.{k}", 0 if k == "bridge_response_tokens" else 1, 10**9)
     compute = ComputeModel(**{k: int(comp[k]) for k in cm_fields & set(comp)})
 
     names = {}
@@ -537,6 +564,10 @@ def scenario_to_toml(scn: Scenario) -> str:
     out += ["", "[rates]"]
     for k in [*RATES, *(k for k in OPTIONAL_RATES if f"rates.{k}" in by)]:
         out.append(f"{k} = {_toml_value(_tagged_dict(by[f'rates.{k}']))}")
+    out += ["", "[lengths]"]
+    for k in LENGTHS:
+        if f"lengths.{k}" in by:
+            out.append(f"{k} = {_toml_value(_tagged_dict(by[f'lengths.{k}']))}")
     out += ["", "[compute]", f"tag = {_toml_value(scn.compute_tag)}", f"why = {_toml_value(scn.compute_note)}"]
     for f in fields(ComputeModel):
         out.append(f"{f.name} = {getattr(scn.compute, f.name)}")

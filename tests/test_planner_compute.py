@@ -1,0 +1,123 @@
+"""The plan on the label x compute plane (issue 23): per-arm plateau, stage lengths, tokens and GPU-hours,
+frontier, the recommendation within a GPU-hour budget, and the properties the issue asks of every preset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from budget_planner.compute import GRPO_PASSES, PLATEAU_POINTS, VALIDATION, accuracy_at, hours_for
+from budget_planner.planner import plan
+from budget_planner.presets import preset_names
+from theory.arms import ARMS, candidate_arms
+from theory.errors import InputError
+
+PRESETS = preset_names()
+
+
+@pytest.fixture(scope="module")
+def plans():
+    return {name: plan(name) for name in PRESETS}
+
+
+def test_cli_json_gives_each_arm_its_plateau_lengths_cost_and_frontier():
+    out = subprocess.run([sys.executable, "-m", "budget_planner", "plan", "--scenario", "paper-qwen3-math",
+                          "--json", "-"], capture_output=True, text=True, check=True).stdout
+    d = json.loads(out)
+    for name, a in d["arms"].items():
+        lo, hi = a["plateau"]["ci"]
+        assert lo <= a["plateau"]["accuracy"] <= hi, name
+        assert set(a["stage_lengths"]) == {s.value for s in ARMS[name].stages}
+        assert a["tokens_to_plateau"] > 0 and a["gpu_hours_to_plateau"] > 0
+        front = np.array(a["frontier"])  # (gpu_hours, accuracy, lo, hi)
+        assert front.shape[1] == 4 and len(front) >= 1
+        on = ((np.abs(front[:, 0] - a["gpu_hours_to_plateau"]) < 1e-3)
+              & (np.abs(front[:, 1] - a["plateau"]["accuracy"]) < 0.01))
+        assert on.sum() == 1, name  # the plateau is a frontier point
+    c = d["compute"]
+    assert c["rule"].startswith("mean over") and c["recommended_at_plateau"] in candidate_arms()
+    assert c["exchange_rate"]["labels"] == 1000
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_frontier_rises_with_compute_and_the_plateau_is_on_it(plans, name):
+    for arm, ac in plans[name].compute["arms"].items():
+        h = np.array([q.gpu_hours for q in ac.frontier])
+        a = np.array([q.accuracy for q in ac.frontier])
+        assert np.all(np.diff(h) > 0) and np.all(np.diff(a) > 0), (name, arm)  # never falls as compute grows
+        assert ac.plateau in ac.frontier
+        assert ac.plateau.accuracy >= a.max() - PLATEAU_POINTS
+        # the cheapest point within PLATEAU_POINTS of the best: every cheaper one is further
+        assert all(q.accuracy < a.max() - PLATEAU_POINTS for q in ac.frontier if q.gpu_hours < ac.plateau.gpu_hours)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_more_gpu_hours_never_lower_the_recommended_accuracy(plans, name):
+    cheapest = min(plans[name].compute["arms"][a].frontier[0].gpu_hours for a in candidate_arms())
+    top = max(plans[name].compute["arms"][a].plateau.gpu_hours for a in candidate_arms())
+    prev = -np.inf
+    for h in np.geomspace(cheapest, 2 * top, 7):
+        c = plan(name, gpu_hours=h).compute
+        got = c["within_budget"]
+        assert got["gpu_hours"] <= h + 1e-9
+        assert got["accuracy"] >= prev - 1e-9, (name, h)
+        prev = got["accuracy"]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_a_budget_equal_to_an_arms_plateau_cost_returns_its_plateau_lengths(plans, name):
+    for arm in candidate_arms():
+        p = plans[name].compute["arms"][arm].plateau
+        c = plan(name, gpu_hours=p.gpu_hours).compute
+        got = c["arms"][arm].at_budget
+        assert got.lengths == p.lengths and got.gpu_hours == pytest.approx(p.gpu_hours), (name, arm)
+
+
+def test_the_pilots_hours_come_out_of_the_budget_and_validation_is_counted():
+    base = plan("paper-qwen3-math", gpu_hours=400.0).compute
+    less = plan("paper-qwen3-math", gpu_hours=400.0, pilot_gpu_hours=300.0).compute
+    assert less["within_budget"]["gpu_hours"] <= 100.0 + 1e-9 < base["within_budget"]["gpu_hours"]
+    with pytest.raises(InputError, match="no arm fits"):
+        plan("paper-qwen3-math", gpu_hours=1.0, pilot_gpu_hours=1.0)
+    with pytest.raises(InputError, match="pilot_gpu_hours"):
+        plan("paper-qwen3-math", gpu_hours=10.0, pilot_gpu_hours=-1)
+    # validation is priced: the plateau's GPU-hours exceed its training tokens' hours alone
+    pl = plan("paper-qwen3-math")
+    direct = pl.compute["arms"]["direct_grpo"]
+    ref = direct.frontier[[q.lengths["student_grpo"] for q in direct.frontier].index(15.0)] if any(
+        q.lengths["student_grpo"] == 15.0 for q in direct.frontier) else None
+    if ref is not None:  # the reference length is a frontier point: its training hours are the table's
+        assert ref.gpu_hours > pl.arm("direct_grpo").gpu_hours
+
+
+@pytest.mark.parametrize("config", ["paper_world", "modes_k05", "modes_k15", "modes_k30"])
+def test_validation_matches_the_plateau_configs(config):
+    """The planner prices the validation the plateau reruns will run."""
+    from reference.config import load_config
+    p = load_config(f"configs/plateau/{config}.toml").plateau
+    assert (VALIDATION["problems"], VALIDATION["samples"]) == (p.problems, p.k)
+    assert VALIDATION["points"] == round(1 + 1 / p.every)
+
+
+def test_the_grid_holds_the_reference_length():
+    assert 1.0 in GRPO_PASSES
+    pl = plan("modes-k15", labels=64)
+    assert pl.compute["grid"]["reference_label_passes"] == 3.0
+    direct = pl.compute["arms"]["direct_grpo"]
+    # at the reference length the compute plane's MAP-free rule sits near the table's MAP prediction
+    at_ref = [q for q in direct.frontier if q.lengths["student_grpo"] == 3.0]
+    if at_ref:
+        assert abs(at_ref[0].accuracy - pl.arm("direct_grpo").accuracy) < 3.0
+
+
+def test_frontier_reads_interpolate_in_log_hours():
+    from budget_planner.compute import GridPoint
+    f = (GridPoint({}, 1, 1.0, 10.0), GridPoint({}, 2, 4.0, 20.0))
+    assert hours_for(f, 15.0) == pytest.approx(2.0)  # halfway in log hours
+    assert accuracy_at(f, 2.0) == pytest.approx(15.0)
+    assert hours_for(f, 25.0) is None and accuracy_at(f, 0.5) is None
+    assert hours_for(f, 5.0) == 1.0
