@@ -23,10 +23,22 @@ from theory.scenario import Scenario
 PILOT_SHARE = 0.1  # a pilot run uses a tenth of the budget's labels (at least 100, at most the budget)
 
 
-def _candidate_values(setup: PlanSetup, n: int) -> tuple[list[str], dict, np.ndarray]:
-    """Distinct candidate experiments at budget n (split arms at the plan's split): representative arm
-    names, their config keys, and value_DA = model draw + structural error (what each would reach)."""
-    t_best = best_split(setup, n)
+def plateau_lengths(setup: PlanSetup, n: int) -> dict:
+    """{arm: its plateau's stage lengths} on the label x compute plane (budget_planner.compute): the
+    decision `--next` informs is between arms trained to their plateaus."""
+    from budget_planner.compute import compute_plan
+    from theory.costs import CostTable, DEFAULT_GPUS
+    cp = compute_plan(setup, n, best_split(setup, n), CostTable.default(), DEFAULT_GPUS)
+    return {a: dict(ac.plateau.lengths) for a, ac in cp["arms"].items()}
+
+
+def _candidate_values(setup: PlanSetup, n: int, lengths: dict | None = None, t_best: int | None = None
+                      ) -> tuple[list[str], dict, np.ndarray]:
+    """Distinct candidate experiments at budget n (split arms at the plan's split), each trained to its
+    plateau (`lengths`, default `plateau_lengths`; `t_best`, default the plan's split): representative
+    arm names, their config keys, and value_DA = model draw + structural error (what each would reach)."""
+    t_best = best_split(setup, n) if t_best is None else t_best
+    lengths = plateau_lengths(setup, n) if lengths is None else lengths
     keys = {}
     for name in candidate_arms():
         arm = ARMS[name]
@@ -34,7 +46,7 @@ def _candidate_values(setup: PlanSetup, n: int) -> tuple[list[str], dict, np.nda
         if key not in keys.values():
             keys[name] = key
     exps = list(keys)
-    acc_ED = predict_arms(setup.setting, [ARMS[e] for e in exps], n, t_best)[..., setup.b][:, 1:]
+    acc_ED = [predict_arms(setup.setting, [ARMS[e]], n, t_best, lengths[e])[0, ..., setup.b][1:] for e in exps]
     return exps, keys, np.stack([acc_ED[i] + setup.delta(keys[e]) for i, e in enumerate(exps)], -1)
 
 
@@ -68,6 +80,36 @@ def pilot_measurements(setup: PlanSetup, n: int):
             acc = predict_arm(w, arm, labels)[..., b][1:] + setup.delta(config_key(arm, arm.labels(labels)))
             out.append(Measurement(f"{arm_name}_pilot", f"{what} with {labels} labels, one seed, evaluated",
                                    arm.total_compute_tokens(labels, cm) + eval_tokens, acc, se))
+        out += curve_extensions(setup, labels, se)
+    return out
+
+
+CURVE_LENGTHS = (4.0, 16.0)  # a pilot curve extended to this many times the reference GRPO length
+
+
+def curve_extensions(setup: PlanSetup, labels: int, se: float):
+    """Extending a pilot curve (`reference-pipeline pilot-curves`) of direct GRPO or the RL bridge at
+    `labels` labels to m x the reference GRPO length (the bridge's units to min(m / 4, 2)): its
+    validation point there, what it costs in training and validation tokens (the plateau protocol's
+    21 points of V x k samples per stage). These inform kappa and the training-length inputs, the
+    measurements the plain pilot (one reference-length run) cannot."""
+    from budget_planner.compute import VALIDATION
+    from theory.voi import Measurement
+
+    w, b, cm = setup.setting, setup.b, setup.fit.scenario.compute
+    e0 = float(cm.label_passes)
+    val = VALIDATION["problems"] * VALIDATION["samples"] * VALIDATION["points"] * cm.sequence_tokens
+    se_val = max(se, 100.0 * 0.5 / np.sqrt(VALIDATION["problems"]))  # V problems: a coarser read than the test
+    out = []
+    for arm_name in ("direct_grpo", "rl_teacher_bridge"):
+        arm = ARMS[arm_name]
+        for m in CURVE_LENGTHS:
+            lengths = {s.value: (m * e0 if STAGES[s].update == "grpo" else min(m / 4.0, 2.0)) for s in arm.stages}
+            acc = (predict_arms(w, [arm], labels, None, lengths)[0, ..., b][1:]
+                   + setup.delta(config_key(arm, arm.labels(labels))))
+            cost = arm.total_compute_tokens(labels, cm, lengths=lengths) + val * len(arm.stages)
+            out.append(Measurement(f"{arm_name}_curve_x{m:g}", f"a {arm_name} pilot curve at {labels} labels to "
+                                   f"{m:g}x the reference GRPO length, one seed", cost, acc, se_val))
     return out
 
 
@@ -122,19 +164,20 @@ def simulate_worlds(scenario: Scenario | str, labels: int | None = None, *, n_wo
     draws = max(scn.draws, n_worlds)
     belief = plan_setup(replace(scn, draws=draws), None)
     truth = plan_setup(replace(scn, draws=draws, seed=scn.seed + 1000), None)
-    exps, keys, value_DA = _candidate_values(belief, n)
-    t_best = best_split(belief, n)
+    lengths, t_best = plateau_lengths(belief, n), best_split(belief, n)
+    exps, keys, value_DA = _candidate_values(belief, n, lengths, t_best)
     ms_b = pilot_measurements(belief, n)
     ms_t = {m.name: m for m in pilot_measurements(truth, n)}
-    # true experiment values: the truth draw's model + its structural error (same experiments)
-    true_ED = predict_arms(truth.setting, [ARMS[e] for e in exps], n, t_best)[..., truth.b][:, 1:]
-    true_DA = np.stack([true_ED[i] + truth.delta(keys[e]) for i, e in enumerate(exps)], -1)
+    # true experiment values: the truth draw's model + its structural error (same experiments, trained to
+    # the lengths the belief's plan would train them to)
+    true_exps, _, true_DA = _candidate_values(truth, n, lengths, t_best)
+    assert true_exps == exps
     pilot_keys = {}
+    n_p = min(n, max(100, int(round(PILOT_SHARE * n))))
     for m in ms_b:
-        if m.name.endswith("_pilot"):
-            arm = ARMS[m.name[:-len("_pilot")]]
-            n_p = min(n, max(100, int(round(PILOT_SHARE * n))))
-            pilot_keys[m.name] = config_key(arm, arm.labels(n_p))
+        arm = next((a for a in ("direct_grpo", "rl_teacher_bridge") if m.name.startswith(a + "_")), None)
+        if arm is not None:  # a pilot run or curve: the perturbation of the experiment it runs
+            pilot_keys[m.name] = config_key(ARMS[arm], ARMS[arm].labels(n_p))
     budget = float(sum(m.cost_tokens for m in ms_b) if budget_tokens is None else budget_tokens)
     rng = np.random.default_rng([scn.seed, 4242, seed])
     out = {"voi": [], "random": [], "none": [], "perturbed": [], "first_voi": [], "first_random": [],

@@ -13,8 +13,10 @@ student trained at known stage lengths:
 (P = prompts per step of the stage, from the pilot's config; U = the scenario's bridge unit,
 `compute.bridge_prompts` x `bridge_samples`; a stage returns its best checkpoint, so the next stage
 starts from the best step's length). `fit_lengths` finds the GRPO rate kappa (the protocol's own: the
-pilot runs the plateau protocol's schedule, which the fixed-length observations did not), the reuse
-scale e_r and the bridge reach r_b that make `theory.dynamics` predict the curves: least squares on
+pilot runs the plateau protocol's schedule, which the fixed-length observations did not), the teacher's
+relative GRPO efficiency kappa_ratio (when the scenario has it) and the warmup's transfer phi_w (the
+bridge curves start from the RL teacher and climb through FKL), the reuse scale e_r and the bridge
+reach r_b that make `theory.dynamics` predict the curves: least squares on
 the transformed scale (log kappa, log e_r, logit r_b), each point weighted by its validation error
 (binomial over V problems, at least 1 point), with the scenario's priors as a Gaussian penalty; every
 other input at its MAP. The result is written back as measured inputs with their standard errors
@@ -40,7 +42,10 @@ from theory.errors import InputError
 from theory.fitting import build_setting, fit_scenario, from_z, to_z, values_from_z
 from theory.scenario import Scenario, Tagged
 
-FITTED = ("rates.kappa", "lengths.reuse", "lengths.bridge_reach")
+# what the curves measure: the GRPO rate under the plateau protocol's schedule, the teacher's relative
+# GRPO efficiency (the bridge's curve starts from the RL teacher) and the warmup's transfer (the FKL
+# curve), beside the two length inputs; an input the scenario lacks (kappa_ratio is optional) is skipped
+FITTED = ("rates.kappa", "rates.kappa_ratio", "rates.phi_w", "lengths.reuse", "lengths.bridge_reach")
 MIN_SE = 1.0  # points: the floor of a curve point's error
 
 
@@ -133,22 +138,25 @@ def predict_points(scn: Scenario, pts: pd.DataFrame, values: dict, *, benchmark:
 
 def fit_lengths(scn: Scenario, curves: pd.DataFrame, meta: dict, config: dict, *, benchmark: str | None = None,
                 source: str = "pilot curves") -> LengthFit:
-    """kappa, e_r and r_b that make the dynamics predict the pilot curves (module docstring)."""
+    """kappa (kappa_ratio, phi_w), e_r and r_b that make the dynamics predict the pilot curves (module
+    docstring). The points of one curve share their validation problems and their run: the standard
+    errors treat them as independent and are too small by about the square root of a curve's length."""
     vals = map_values(scn)
-    tagged = {p: scn.get(p) for p in FITTED}
+    paths = tuple(p for p in FITTED if scn.has(p))
+    tagged = {p: scn.get(p) for p in paths}
     unit = float(scn.compute.bridge_prompts * scn.compute.bridge_samples)
     pts = curve_lengths(curves, meta, config, unit).reset_index(drop=True)
     if pts.empty:
         raise InputError("pilot curves: no points")
     V = int(meta.get("validation_labels", 64))
     se = np.maximum(np.sqrt(np.clip(pts["accuracy"] * (100 - pts["accuracy"]), 0, None) / V), MIN_SE).to_numpy()
-    z0 = np.array([float(to_z(tagged[p])) for p in FITTED])
-    sd0 = np.array([tagged[p].sd for p in FITTED])
+    z0 = np.array([float(to_z(tagged[p])) for p in paths])
+    sd0 = np.array([tagged[p].sd for p in paths])
     y = pts["accuracy"].to_numpy(dtype=float)
 
     def predict(z) -> np.ndarray:
         v = dict(vals)
-        for p, zi in zip(FITTED, z):
+        for p, zi in zip(paths, z):
             v[p] = np.atleast_1d(from_z(tagged[p], zi))
         return predict_points(scn, pts, v, benchmark=benchmark)
 
@@ -159,8 +167,8 @@ def fit_lengths(scn: Scenario, curves: pd.DataFrame, meta: dict, config: dict, *
     cov = np.linalg.pinv(sol.jac.T @ sol.jac)
     pred = predict(sol.x)
     rows = pts.assign(predicted=pred, residual=pred - y, se=se)
-    return LengthFit(paths=FITTED, value={p: float(from_z(tagged[p], z)) for p, z in zip(FITTED, sol.x)},
-                     sd_z={p: float(np.sqrt(max(cov[i, i], 0.0))) for i, p in enumerate(FITTED)},
+    return LengthFit(paths=paths, value={p: float(from_z(tagged[p], z)) for p, z in zip(paths, sol.x)},
+                     sd_z={p: float(np.sqrt(max(cov[i, i], 0.0))) for i, p in enumerate(paths)},
                      rows=rows, chi2=float(np.sum(((pred - y) / se) ** 2)), source=source)
 
 
