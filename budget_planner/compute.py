@@ -282,7 +282,8 @@ def predict_capped(setup, arm_name: str, n: int, caps: dict, tokens: float | Non
     frontier read at a compute level). Lengths log-spaced from cap / 64 to the cap per stage (FKL and
     OPD together), on every posterior draw; the point maximising the mean over the draws, with a
     `level` interval for the mean of `n_seeds` runs (model draws + structural error + measurement noise /
-    sqrt(n_seeds)). Returns accuracy, lo, hi, the lengths and the training tokens."""
+    sqrt(n_seeds)). Returns accuracy, lo, hi, the lengths and the training tokens, and the plateau's
+    lengths and tokens (the cheapest point within PLATEAU_POINTS of the best: where the run stops)."""
     arm = ARMS[arm_name]
     compute = setup.setting.compute
     tl = tl if arm.splits_labels else None
@@ -314,6 +315,55 @@ def predict_capped(setup, arm_name: str, n: int, caps: dict, tokens: float | Non
     draws = acc_D + (setup.delta(key) + setup.eps((key, "capped", n_seeds), acc_D) / np.sqrt(n_seeds)
                      if key != () else 0.0)
     lo, hi = np.clip(np.percentile(draws, [50 * (1 - level), 50 * (1 + level)]), 0.0, 100.0)
-    idx = np.unravel_index(j, shape)
+    def lengths_at(i):
+        idx = np.unravel_index(i, shape)
+        return {s.value: float(np.ravel(grid[axes[s]])[idx[axes[s]]]) for s in arm.stages}
+
+    # where a run stops under the protocol, as the plan reads a plateau: the cheapest length within
+    # PLATEAU_POINTS of the best (the schedule `predict_schedule` walks)
+    near = np.flatnonzero(mean >= mean[j] - PLATEAU_POINTS)
+    k = int(near[np.argmin(tok[near])])
     return {"accuracy": float(mean[j]), "lo": float(lo), "hi": float(hi), "tokens": int(round(tok[j])),
-            "lengths": {s.value: float(np.ravel(grid[axes[s]])[idx[axes[s]]]) for s in arm.stages}}
+            "lengths": lengths_at(j), "plateau_lengths": lengths_at(k), "plateau_tokens": int(round(tok[k]))}
+
+
+def predict_schedule(setup, arm_name: str, n: int, lengths: dict, tokens: float, *, tl=None, n_seeds: int = 1,
+                     level: float = 0.9) -> dict:
+    """What a plateau-protocol run of `arm_name` has by `tokens` training tokens: its stages run in order,
+    each to its length in `lengths` (the schedule, e.g. `predict_capped`'s), and the run's best student
+    checkpoint by then (what reference.frontier reads at a compute level): the student after each stage
+    finished within the budget and the one the budget stops in, the one with the highest mean over the
+    draws, with a `level` interval for the mean of `n_seeds` runs. NaN when the budget ends before the
+    student's first stage (a teacher still training has no student checkpoint)."""
+    from theory.pilotfit import prefix_arm  # the arm that runs this one's stages up to one of them
+
+    arm = ARMS[arm_name]
+    tl = tl if arm.splits_labels else None
+    acct = arm.labels(n, tl)
+    compute = setup.setting.compute
+    spent, done, points = 0.0, {}, []
+    for s in arm.stages:
+        full = float(compute.stage_tokens(s, stage_labels(s, acct), lengths[s.value]))
+        part = 1.0 if spent + full <= tokens else max(0.0, (tokens - spent) / full) if full else 1.0
+        done[s.value] = part * lengths[s.value]
+        if STAGES[s].trains == "student" and part > 0:
+            points.append(dict(done))
+        spent += full
+        if part < 1.0:
+            break
+    nan = {"accuracy": float("nan"), "lo": float("nan"), "hi": float("nan"), "lengths": {}, "tokens": 0}
+    if not points:
+        return nan
+    best, best_mean = None, -np.inf
+    for p in points:
+        stop = list(p)[-1]
+        sub = prefix_arm(arm_name, stop)
+        acc_D = predict_arms(setup.setting, (sub,), n, tl if sub.splits_labels else None, p)[0, 1:, setup.b]
+        if acc_D.mean() > best_mean:
+            best, best_mean, best_D = p, float(acc_D.mean()), acc_D
+    key = config_key(arm, acct)
+    draws = best_D + (setup.delta(key) + setup.eps((key, "schedule", n_seeds), best_D) / np.sqrt(n_seeds)
+                      if key != () else 0.0)
+    lo, hi = np.clip(np.percentile(draws, [50 * (1 - level), 50 * (1 + level)]), 0.0, 100.0)
+    used = sum(float(compute.stage_tokens(Stage(s), stage_labels(Stage(s), acct), v)) for s, v in best.items())
+    return {"accuracy": best_mean, "lo": float(lo), "hi": float(hi), "lengths": best, "tokens": int(round(used))}

@@ -13,7 +13,7 @@ import pytest
 from budget_planner.compute import GRPO_PASSES, PLATEAU_POINTS, VALIDATION, accuracy_at, hours_for
 from budget_planner.planner import plan
 from budget_planner.presets import preset_names
-from theory.arms import ARMS, candidate_arms
+from theory.arms import ARMS, Stage, candidate_arms
 from theory.errors import InputError
 
 PRESETS = preset_names()
@@ -121,3 +121,27 @@ def test_frontier_reads_interpolate_in_log_hours():
     assert accuracy_at(f, 2.0) == pytest.approx(15.0)
     assert hours_for(f, 25.0) is None and accuracy_at(f, 0.5) is None
     assert hours_for(f, 5.0) == 1.0
+
+
+def test_capped_and_scheduled_predictions_read_a_plateau_run():
+    """predict_capped: the best length within the caps (and a token budget); predict_schedule: what a run
+    walking its stages to their plateau lengths has by a budget: nothing before the student's first
+    stage, never less with more tokens, the capped plateau's student once every stage is done."""
+    from budget_planner.compute import predict_capped, predict_schedule
+    from budget_planner.planner import plan_setup
+    from budget_planner.presets import load_scenario
+    setup = plan_setup(load_scenario("modes-k15"), None)
+    caps = {"teacher_grpo": 100.0, "student_grpo": 100.0, "fkl_warmup": 3.0, "opd": 3.0}
+    cap = predict_capped(setup, "rl_teacher_bridge", 64, caps)
+    assert set(cap["lengths"]) == {"teacher_grpo", "fkl_warmup", "opd"}
+    assert all(cap["lengths"][s] <= caps[s] for s in cap["lengths"])
+    assert cap["lo"] <= cap["accuracy"] <= cap["hi"] and cap["plateau_tokens"] <= cap["tokens"]
+    tight = predict_capped(setup, "rl_teacher_bridge", 64, caps, tokens=cap["tokens"] / 4)
+    assert tight["tokens"] <= cap["tokens"] / 4 and tight["accuracy"] <= cap["accuracy"]
+    sched = cap["lengths"]
+    teacher_tokens = setup.setting.compute.stage_tokens(Stage.TEACHER_GRPO, 64, sched["teacher_grpo"])
+    assert np.isnan(predict_schedule(setup, "rl_teacher_bridge", 64, sched, 0.5 * teacher_tokens)["accuracy"])
+    accs = [predict_schedule(setup, "rl_teacher_bridge", 64, sched, f * cap["tokens"])["accuracy"]
+            for f in (0.5, 0.7, 0.9, 1.0, 2.0)]
+    assert np.all(np.diff(accs) >= -1e-9)
+    assert accs[-1] == pytest.approx(cap["accuracy"])
