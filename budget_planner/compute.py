@@ -271,16 +271,16 @@ def accuracy_at(frontier, gpu_hours: float) -> float | None:
     return float(np.interp(np.log(gpu_hours), x, y))
 
 
-CAP_POINTS = 13  # lengths per stage on the capped grid: the cap and 12 below it, log-spaced down to cap / 64
+CAP_POINTS = 13  # lengths per stage on the capped grid: the cap and 12 below it, log-spaced down to the floor
 
 
 def predict_capped(setup, arm_name: str, n: int, caps: dict, tokens: float | None = None, *, tl=None,
-                   n_seeds: int = 1, level: float = 0.9) -> dict:
+                   n_seeds: int = 1, level: float = 0.9, floor: float = 1 / 64) -> dict:
     """The best predicted checkpoint of `arm_name` when every stage may run up to its cap (`caps`:
     {stage: length in its unit}) and, with `tokens`, the whole arm up to that many training tokens:
     what a run under the plateau protocol keeps (its best validation checkpoint within the caps, or the
-    frontier read at a compute level). Lengths log-spaced from cap / 64 to the cap per stage (FKL and
-    OPD together), on every posterior draw; the point maximising the mean over the draws, with a
+    frontier read at a compute level). Lengths log-spaced from `floor` x cap (the protocol's
+    min_fraction: no stage stops before it) to the cap per stage (FKL and OPD together), on every posterior draw; the point maximising the mean over the draws, with a
     `level` interval for the mean of `n_seeds` runs (model draws + structural error + measurement noise /
     sqrt(n_seeds)). Returns accuracy, lo, hi, the lengths and the training tokens, and the plateau's
     lengths and tokens (the cheapest point within PLATEAU_POINTS of the best: where the run stops)."""
@@ -293,7 +293,7 @@ def predict_capped(setup, arm_name: str, n: int, caps: dict, tokens: float | Non
         cap = float(caps[s.value if s.value in caps else s])
         shape = [1, 1, 1]
         shape[axes[s]] = CAP_POINTS
-        grid[axes[s]] = np.geomspace(cap / 64.0, cap, CAP_POINTS).reshape(shape)
+        grid[axes[s]] = np.geomspace(floor * cap, cap, CAP_POINTS).reshape(shape)
     wide = setup.setting.expand().expand().expand()
     lengths = {s: grid[axes[s]] for s in arm.stages}
     acc = predict_arms(wide, (arm,), n, tl, lengths)[0, ..., setup.b]  # (1 + D, E|1, U|1, E|1)

@@ -12,12 +12,16 @@ From pilots only (N <= 64, every stage at <= 20% of the caps of configs/plateau/
        plateau  the best checkpoint within the config's caps (GRPO min(100 passes, 400 steps), FKL and OPD
                 600 steps each), what a plateau-protocol run keeps;
        low      the best student checkpoint a plateau-protocol run has by T_low training tokens (what
-                reference.frontier reads), the same T_low for both arms (compute-matched): half the RL
-                bridge's predicted tokens to its plateau at that N (predict_schedule walks each arm's
-                stages in order at its predicted plateau lengths and reads the best student by T_low);
+                reference.frontier reads, on the validation problems: the prediction carries the pilot's
+                measured validation offset), the same T_low for both arms (compute-matched): halfway
+                through the RL bridge's student stages, i.e. its predicted teacher tokens plus half the
+                rest to its plateau (predict_schedule walks each arm's stages in order at its predicted
+                plateau lengths and reads the best student by T_low; before a teacher finishes there is no
+                student to read);
      with a 90% interval for the mean of the seeds the reruns will run (SEEDS);
   3. the theory-free naive predictor (theory.curvefit: a saturating fit per arm of the same pilot curves,
-     extrapolated in N and tokens; at plateau it is read at the arm's tokens at the caps).
+     extrapolated in N and tokens; at plateau it is read at the arm's tokens at the caps and moved by the
+     measured validation offset, as the theory's fit is).
 
 The paper-like world (modes-k15 at N = 64) is set "seen": its plateau numbers are in the issues' text.
 Everything else is "heldout". Writes plateau_crosscheck_predictions.csv (the cross-check's prediction
@@ -55,7 +59,7 @@ ARMS_RUN = (DIRECT_ARM, BRIDGE_ARM)
 SEEDS = {"heldout": 3, "seen": 10}  # seeds the reruns run per configuration (the paper world: >= 10)
 SEEN = {("modes-k15", 64)}  # the paper-like world: its plateau numbers are in the issues' text
 LEVEL = 0.9
-LOW_SHARE = 0.5  # the low compute level: half the RL bridge's predicted tokens to its plateau
+LOW_SHARE = 0.5  # the low compute level: halfway through the RL bridge's student stages
 
 
 def caps_of(config: dict, n: int, unit: float) -> dict:
@@ -81,7 +85,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "docs/results"))
     args = ap.parse_args(argv)
     pilots, out = Path(args.pilots), Path(args.out)
-    rows, fits, all_curves, pilot_cost = [], {}, [], {}
+    rows, fits, fits_by_world, all_curves, pilot_cost = [], {}, {}, [], {}
     for key, preset in WORLDS.items():
         curves, meta, config = read_pilot(pilots / key)
         scn = load_scenario(preset)
@@ -91,23 +95,31 @@ def main(argv=None) -> int:
         lf.rows.assign(lengths=lf.rows["lengths"].map(json.dumps)).to_csv(pilots / key / "fit_points.csv",
                                                                              index=False)
         fits[preset] = {"value": lf.value, "sd_z": lf.sd_z, "rmse_points": lf.rmse, "chi2": lf.chi2,
-                        "points": len(lf.rows)}
+                        "points": len(lf.rows), "validation_offset": lf.offset}
         pilot_cost[preset] = meta["tokens"]
         all_curves.append(curves)
         setup = plan_setup(cal, None)
         unit = float(cal.compute.bridge_prompts * cal.compute.bridge_samples)
         world = str(curves["world"].iloc[0])
+        fits_by_world[world] = fits[preset]
         for n in LABELS:
             caps = caps_of(config, n, unit)
             set_ = "seen" if (world, n) in SEEN else "heldout"
-            capped = {arm: predict_capped(setup, arm, n, caps, n_seeds=SEEDS[set_], level=LEVEL) for arm in ARMS_RUN}
-            t_low = LOW_SHARE * capped[BRIDGE_ARM]["plateau_tokens"]  # the same budget for both arms
+            floor = float(config["plateau"]["min_fraction"])  # no stage stops before this share of its cap
+            capped = {arm: predict_capped(setup, arm, n, caps, n_seeds=SEEDS[set_], level=LEVEL, floor=floor)
+                      for arm in ARMS_RUN}
+            # the low level, the same for both arms: midway through the RL bridge's student stages
+            bridge = capped[BRIDGE_ARM]
+            teacher = cal.compute.stage_tokens(Stage.TEACHER_GRPO, n, bridge["plateau_lengths"]["teacher_grpo"])
+            t_low = teacher + LOW_SHARE * (bridge["plateau_tokens"] - teacher)
             for arm in ARMS_RUN:
                 acct = ARMS[arm].labels(n)
                 cap_tokens = ARMS[arm].total_compute_tokens(n, cal.compute, lengths=caps)
                 for compute in ("plateau", "low"):
-                    p = capped[arm] if compute == "plateau" else predict_schedule(
+                    p = dict(capped[arm]) if compute == "plateau" else predict_schedule(
                         setup, arm, n, capped[arm]["plateau_lengths"], t_low, n_seeds=SEEDS[set_], level=LEVEL)
+                    if compute == "low":  # read on the validation problems: their offset from the test set
+                        p.update({k: float(np.clip(p[k] + lf.offset, 0, 100)) for k in ("accuracy", "lo", "hi")})
                     tokens = cap_tokens if compute == "plateau" else t_low
                     rows.append({"world": world, "arm": arm, "labels": n, "teacher_labels": acct.teacher,
                                  "student_labels": acct.student, "set": set_, "compute": compute,
@@ -124,6 +136,12 @@ def main(argv=None) -> int:
     naive = naive_table(pd.concat(all_curves, ignore_index=True), naive_cfgs, level=LEVEL)
     preds["naive_mean"], preds["naive_lo"], preds["naive_hi"] = (naive[c].to_numpy() for c in
                                                                    ("naive_mean", "naive_lo", "naive_hi"))
+    # the naive surface is fitted to validation curves: at plateau (read on the test set) it gets the same
+    # measured validation offset the theory's fit removed, so neither is charged for the validation sample
+    plateau = preds["compute"] == "plateau"
+    shift = preds["world"].map({w: f["validation_offset"] for w, f in fits_by_world.items()})
+    for c in ("naive_mean", "naive_lo", "naive_hi"):
+        preds.loc[plateau, c] = (preds.loc[plateau, c] - shift[plateau]).clip(0, 100)
     # the planner's pick per (world, N, compute level): the arm with the higher predicted mean
     best = preds.groupby(["world", "labels", "compute"])["pred_mean"].transform("max")
     preds["recommended"] = (preds["pred_mean"] == best).astype(int)
@@ -138,8 +156,9 @@ def main(argv=None) -> int:
            "compute_levels": {"plateau": "the best checkpoint within the caps (test accuracy at the selected "
                                          "checkpoint, mean over the seeds)",
                               "low": "the best validation checkpoint a run has by T_low training tokens (the frontier "
-                                     "of reference.frontier, mean over the seeds); T_low = half the RL bridge's "
-                                     "predicted training tokens to its plateau at that N, the same for both arms"},
+                                     "of reference.frontier, on the validation problems, mean over the seeds); "
+                                     "T_low = the RL bridge's predicted teacher tokens plus half its student "
+                                     "stages' tokens to its plateau at that N, the same for both arms"},
            "seeds": SEEDS, "seed_rule": "reruns use seeds 1000+ (pilots used 700-701; 900+ are the protocol checks')",
            "level": LEVEL, "sets": {"seen": sorted(map(list, SEEN)), "heldout": "every other row"},
            "fitted_from_pilots": fits, "pilot_tokens": pilot_cost,

@@ -243,23 +243,31 @@ def bridge_movement(rates: Rates, stages, replay_ratio=0.0, units=None) -> np.nd
     return _compose(rates, stages, replay_ratio, lambda _m: rates.phi_o, units)
 
 
-def stage_cost(rates: Rates, stages, replay_ratio=0.0) -> np.ndarray:
+def stage_cost(rates: Rates, stages, replay_ratio=0.0, units=None) -> np.ndarray:
     """Ability logits the bridge stages cost by themselves, whatever the teacher (optimiser drift;
     measured by a self-distillation pilot: the stages run with teacher = the student's own copy).
     The pilot runs OPD *after* the warmup, so cost_opd (often negative: OPD repairs part of the
     warmup's drift) is counted only after a warmup; OPD without one has no measured cost (0).
-    A replay of r OPD passes after a warmup counts r times cost_opd."""
+    A replay of r OPD passes after a warmup counts r times cost_opd. With `units` ({stage: bridge units})
+    a stage's cost grows linearly to its measured value over its first unit and stays there (a stage
+    of length 0 costs nothing; longer ones are assumed to drift no further)."""
     runs = _runs(stages)
+    units = units or {}
     c = np.zeros_like(np.asarray(rates.phi_w, dtype=float))
     warmed = False
+
+    def share(stage):
+        b = units.get(stage)
+        return 1.0 if b is None else np.minimum(np.asarray(b, dtype=float), 1.0)
+
     for stage, spec in STAGES.items():
         if spec.update == "fkl":
-            c = np.where(runs[stage], c + rates.cost_fkl, c)
+            c = np.where(runs[stage], c + rates.cost_fkl * share(stage), c)
             warmed = warmed | np.asarray(runs[stage])
         elif spec.update == "opd" and spec.replays:  # r passes
             c = np.where(runs[stage] & warmed, c + rates.cost_opd * np.asarray(replay_ratio, dtype=float), c)
         elif spec.update == "opd":
-            c = np.where(runs[stage] & warmed, c + rates.cost_opd, c)
+            c = np.where(runs[stage] & warmed, c + rates.cost_opd * share(stage), c)
     return c
 
 
@@ -357,7 +365,7 @@ def predict_states(setting: Setting, arms, n: int, teacher_labels=None, lengths=
             disp = r.gamma * bridge_movement(r, runs, replay_ratio, units) * (r.kl0 if r.kl0_style is None
                                                                                else r.kl0_style)
         if np.any(np.asarray(r.cost_fkl) != 0.0) or np.any(np.asarray(r.cost_opd) != 0.0):
-            disp = disp + stage_cost(r, runs, replay_ratio)
+            disp = disp + stage_cost(r, runs, replay_ratio, units)
         moved = transfer(setting.student, teacher, tau, r.rho, disp)
         theta, c = np.where(bridged, moved.theta_B, theta), np.where(bridged, moved.c_B, c)
 

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from scipy import optimize
 
-from theory.arms import ARMS, Stage
+from theory.arms import ARMS, STAGES, STUDENT, Stage
 from theory.curvefit import validate_curves
 from theory.dynamics import predict_arms
 from theory.errors import InputError
@@ -57,6 +57,9 @@ class LengthFit:
     rows: pd.DataFrame  # the curve points with their lengths, the prediction and the residual
     chi2: float
     source: str
+    # validation minus test accuracy of the base student (points): the pilot's V validation problems are
+    # a sample, easier or harder than the test set; the curves are fitted as prediction + offset
+    offset: float = 0.0
 
     @property
     def rmse(self) -> float:
@@ -153,12 +156,13 @@ def fit_lengths(scn: Scenario, curves: pd.DataFrame, meta: dict, config: dict, *
     z0 = np.array([float(to_z(tagged[p])) for p in paths])
     sd0 = np.array([tagged[p].sd for p in paths])
     y = pts["accuracy"].to_numpy(dtype=float)
+    offset = validation_offset(scn, pts, vals, benchmark)
 
     def predict(z) -> np.ndarray:
         v = dict(vals)
         for p, zi in zip(paths, z):
             v[p] = np.atleast_1d(from_z(tagged[p], zi))
-        return predict_points(scn, pts, v, benchmark=benchmark)
+        return predict_points(scn, pts, v, benchmark=benchmark) + offset
 
     def resid(z):
         return np.concatenate([(predict(z) - y) / se, (z - z0) / sd0])
@@ -169,7 +173,23 @@ def fit_lengths(scn: Scenario, curves: pd.DataFrame, meta: dict, config: dict, *
     rows = pts.assign(predicted=pred, residual=pred - y, se=se)
     return LengthFit(paths=paths, value={p: float(from_z(tagged[p], z)) for p, z in zip(paths, sol.x)},
                      sd_z={p: float(np.sqrt(max(cov[i, i], 0.0))) for i, p in enumerate(paths)},
-                     rows=rows, chi2=float(np.sum(((pred - y) / se) ** 2)), source=source)
+                     rows=rows, chi2=float(np.sum(((pred - y) / se) ** 2)), source=source, offset=offset)
+
+
+def validation_offset(scn: Scenario, pts: pd.DataFrame, values: dict, benchmark: str | None = None) -> float:
+    """Validation minus test accuracy of the base student: the mean of the curves' points where the
+    student is untrained (step 0 of a first student stage: direct GRPO's, the bridge's FKL) minus the
+    scenario's start accuracy on the benchmark (its test set)."""
+    def first_student_stage(arm: str) -> str:
+        return next(s.value for s in ARMS[arm].stages if STAGES[s].trains == STUDENT)
+
+    base = pts[(pts["step"] == 0) & (pts["stage"] == pts["arm"].map(first_student_stage))]
+    if base.empty:
+        return 0.0
+    bench = benchmark or scn.target_benchmark
+    setting = _setting(scn, values, bench)
+    start = float(np.asarray(setting.accuracy(setting.student))[0, 0])
+    return float(base["accuracy"].mean() - start)
 
 
 def calibrated_scenario(scn: Scenario, lf: LengthFit) -> Scenario:
