@@ -513,6 +513,42 @@ def plateau_checks(t: Tables) -> list[str]:
     ]
 
 
+def plateau_preregistration(t: Tables) -> list[str]:
+    """The planner's and the naive predictor's predictions of the plateau reruns, committed before any
+    rerun (issue 23 item 4): what will be scored when plateau_crosscheck_runs.csv lands."""
+    reg = t.json("plateau_crosscheck_preregistration.json")
+    fits = [[w, *(compact(f["value"].get(p, "")) for p in ("rates.kappa", "rates.kappa_ratio", "rates.phi_w",
+                                                             "lengths.reuse", "lengths.bridge_reach")),
+             num(f["validation_offset"]), num(f["rmse_points"]), f"{int(reg['pilot_tokens'][w]['spent']):,}"]
+            for w, f in reg["fitted_from_pilots"].items()]
+    rows = [[r["world"], r["labels"], r["compute"], r["set"], r["arm"], f"{int(r['tokens']):,}",
+             f"{num(r['pred_mean'])} {ci(r['pred_lo'], r['pred_hi'], sign=False)}",
+             f"{num(r['naive_mean'])} {ci(r['naive_lo'], r['naive_hi'], sign=False)}",
+             "yes" if r["recommended"] == "1" else ""]
+            for r in t.csv("plateau_crosscheck_predictions.csv")]
+    return [
+        "## Pre-registered: the plateau reruns (issue 23; not yet measured)",
+        "",
+        f"Made by `python scripts/plateau_preregister.py` at `{reg['code']['head'][:7]}` from pilots only (N ≤ 64, "
+        "every stage at 20% of the caps of `configs/plateau/modes_k*.toml`; `plateau_pilots/`), committed before "
+        "any rerun (`plateau_crosscheck_preregistration.json`). Fitted to the pilot curves (per world: κ, "
+        "κ_T/κ_S, φ_w, the reuse scale e_r, the bridge reach r_b; the validation offset is the base student's "
+        "validation minus test accuracy; rmse of the fit; the pilot's tokens, training and validation):",
+        "",
+        *table(["world", "κ", "κ_T/κ_S", "φ_w", "e_r", "r_b", "val offset", "rmse", "pilot tokens"], fits),
+        "",
+        f"Predictions ({reg['level']:.0%} intervals for the mean of the seeds the reruns run: "
+        f"{reg['seeds']['heldout']} per configuration, {reg['seeds']['seen']} in the paper-like world, set "
+        "`seen`: its plateau numbers were known). `plateau` = the best checkpoint within the caps (test); "
+        "`low` = the best validation checkpoint by the token budget in the tokens column, the same for both "
+        "arms (midway through the RL bridge's student stages). `planner` is the theory, `naive` a saturating "
+        "fit per arm of the same pilot curves; `pick` the planner's recommendation:",
+        "",
+        *table(["world", "N", "compute", "set", "arm", "tokens", "planner", "naive", "pick"], rows),
+        "",
+    ]
+
+
 def render(results: Path = RESULTS, root: Path = ROOT) -> str:
     t = Tables(results)
     lines = [
@@ -522,7 +558,7 @@ def render(results: Path = RESULTS, root: Path = ROOT) -> str:
         f"not this page (`{COMMAND} --check` fails when they disagree). Table paths below are relative to "
         "`docs/results/`. What was run, how, when and on what machine: `docs/log.md`.",
         "",
-        *claims(t, root), *plateau_checks(t), *world_family(t), *paper_world(t), *toy_worlds(t), *tuning(t),
+        *claims(t, root), *plateau_checks(t), *plateau_preregistration(t), *world_family(t), *paper_world(t), *toy_worlds(t), *tuning(t),
         *gates(t), *crosschecks(t), *gpu(t), *prose_only(),
     ]
     return "\n".join(lines).rstrip("\n") + "\n"
