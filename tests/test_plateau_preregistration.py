@@ -65,3 +65,18 @@ def test_no_runs_table_was_committed_before_the_predictions():
     if not log or not runs:
         pytest.skip("no git history here")
     assert int(log[-1]) <= int(runs[-1])
+
+
+def test_the_rerun_driver_lists_every_preregistered_run_and_writes_no_partial_table():
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import plateau_reruns as pr
+    cfgs = pr.configurations()
+    preds = pd.read_csv(PRED)
+    assert len(cfgs) == len(preds.groupby(["world", "labels", "arm"]))
+    assert sum(len(c["seeds"]) for c in cfgs) == 68  # 3 seeds x 16 held-out configurations + 10 x 2 seen
+    assert all(min(c["seeds"]) >= 1000 for c in cfgs)  # pilots used 700-701, the protocol checks 900+
+    if not RUNS.exists() and any(not pr.result_path(c, s).is_file() for c in cfgs for s in c["seeds"]):
+        p = subprocess.run([sys.executable, str(ROOT / "scripts/plateau_reruns.py"), "table"], capture_output=True,
+                           text=True)
+        assert p.returncode == 2 and "have not finished" in p.stderr and not RUNS.exists()
