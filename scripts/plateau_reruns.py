@@ -83,7 +83,7 @@ def cmd_run(args) -> int:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_result(res, path)
         print(f"  [{i} of {len(todo)}] {c['world']} N={c['labels']} {c['arm']} seed={seed}: test "
-              f"{res.accuracy:.1f}, {res.compute_tokens:,} tokens", flush=True)
+              f"{res.metrics['accuracy']:.1f}, {res.compute_tokens:,} tokens", flush=True)
     return 0
 
 
@@ -104,7 +104,7 @@ def cmd_table(args) -> int:
             base = {"arm": c["arm"], "seed": seed, "world": c["world"],
                     "teacher_labels": res.label_account.teacher, "student_labels": res.label_account.student,
                     "compute_tokens": res.compute_tokens, "split": "test", "metric": "accuracy"}
-            rows.append({**base, "value": res.accuracy, "compute": "plateau"})
+            rows.append({**base, "value": res.metrics["accuracy"], "compute": "plateau"})
             t = low.get((c["world"], c["labels"], c["arm"]))
             if t is not None:
                 v = best_by(run_curve(res), [t])[0]
