@@ -87,8 +87,24 @@ def cmd_run(args) -> int:
     return 0
 
 
-def cmd_table(args) -> int:
+def run_rows(c: dict, seed: int, res, low_tokens: float | None) -> list[dict]:
+    """The runs-table rows of one finished rerun: its test accuracy at compute "plateau" and, when the
+    pre-registration has a low level for it, its best validation score by those tokens at "low" (none
+    when it had no student point by then)."""
     from reference.frontier import best_by, run_curve
+
+    base = {"arm": c["arm"], "seed": seed, "world": c["world"], "teacher_labels": res.label_account.teacher,
+            "student_labels": res.label_account.student, "compute_tokens": res.compute_tokens, "split": "test",
+            "metric": "accuracy"}
+    rows = [{**base, "value": res.metrics["accuracy"], "compute": "plateau"}]
+    if low_tokens is not None:
+        v = best_by(run_curve(res), [low_tokens])[0]
+        if v == v:  # a student point by then
+            rows.append({**base, "compute_tokens": int(low_tokens), "value": float(v), "compute": "low"})
+    return rows
+
+
+def cmd_table(args) -> int:
     from reference.runs import load_result
 
     preds = pd.read_csv(PRED)
@@ -100,16 +116,7 @@ def cmd_table(args) -> int:
             if not path.is_file():
                 missing += 1
                 continue
-            res = load_result(path)
-            base = {"arm": c["arm"], "seed": seed, "world": c["world"],
-                    "teacher_labels": res.label_account.teacher, "student_labels": res.label_account.student,
-                    "compute_tokens": res.compute_tokens, "split": "test", "metric": "accuracy"}
-            rows.append({**base, "value": res.metrics["accuracy"], "compute": "plateau"})
-            t = low.get((c["world"], c["labels"], c["arm"]))
-            if t is not None:
-                v = best_by(run_curve(res), [t])[0]
-                if v == v:  # a student point by then
-                    rows.append({**base, "compute_tokens": int(t), "value": float(v), "compute": "low"})
+            rows += run_rows(c, seed, load_result(path), low.get((c["world"], c["labels"], c["arm"])))
     if missing:
         raise InputError(f"{missing} pre-registered runs have not finished (`python scripts/plateau_reruns.py "
                          "status`); the runs table is written once, complete")

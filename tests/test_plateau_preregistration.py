@@ -80,3 +80,23 @@ def test_the_rerun_driver_lists_every_preregistered_run_and_writes_no_partial_ta
         p = subprocess.run([sys.executable, str(ROOT / "scripts/plateau_reruns.py"), "table"], capture_output=True,
                            text=True)
         assert p.returncode == 2 and "have not finished" in p.stderr and not RUNS.exists()
+
+
+def test_a_finished_rerun_gives_its_test_accuracy_at_plateau_and_its_validation_best_at_the_low_level():
+    import sys
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import plateau_reruns as pr
+    from reference.frontier import run_curve
+    from reference.runs import load_result
+    c = next(c for c in pr.configurations() if (c["world"], c["labels"], c["arm"]) == ("modes-k15", 64, "direct_grpo"))
+    path = pr.result_path(c, 1000)
+    if not path.is_file():
+        pytest.skip("the first rerun has not landed")
+    res = load_result(path)
+    curve = run_curve(res)
+    t = float(curve["tokens"].iloc[len(curve) // 2])
+    plateau, low = pr.run_rows(c, 1000, res, t)
+    assert plateau["compute"] == "plateau" and plateau["value"] == res.metrics["accuracy"]
+    assert low["compute"] == "low" and low["compute_tokens"] == int(t)
+    assert low["value"] == curve.loc[curve["tokens"] <= t, "accuracy"].max()
+    assert pr.run_rows(c, 1000, res, float(curve["tokens"].min()) - 1) == [plateau]  # no point by then
