@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from theory.arms import ARMS, MAX_LABELS, STAGES, Stage, candidate_arms, stage_labels
+from theory.arms import ARMS, MAX_LABELS, STAGES, STUDENT, Stage, candidate_arms, stage_labels
 from theory.costs import CostTable, check_gpus
 from theory.discrepancy import config_key
 from theory.dynamics import predict_arms
@@ -111,16 +111,27 @@ def _validation_hours(arm, compute, table: CostTable, gpus: int) -> float:
     return sum(gpus * v / table.rate(s, "rollout", gpus) / 3600.0 for s in arm.stages)
 
 
+def _grid_tokens(arm, acct, compute, grid) -> dict:
+    """{stage: its training tokens over the grid} (each on its own axis of `grid`)."""
+    return {s: np.asarray(compute.stage_tokens(s, stage_labels(s, acct), grid[AXES[s]]), dtype=float)
+            for s in arm.stages}
+
+
 def _stage_cost(arm, n: int, tl, compute, table: CostTable, gpus: int, grid) -> tuple[np.ndarray, np.ndarray]:
     """Training tokens and GPU-hours of `arm` over the grid (shape (E, U, E) after broadcasting)."""
-    acct = arm.labels(n, tl if arm.splits_labels else None)
-    tokens = np.zeros((1, 1, 1))
-    hours = np.zeros((1, 1, 1))
-    for s in arm.stages:
-        t = np.asarray(compute.stage_tokens(s, stage_labels(s, acct), grid[AXES[s]]), dtype=float)
-        tokens = tokens + t
-        hours = hours + gpus * t / table.tokens_per_s(s, compute, gpus) / 3600.0
+    per_stage = _grid_tokens(arm, arm.labels(n, tl if arm.splits_labels else None), compute, grid)
+    tokens = sum(per_stage.values(), np.zeros((1, 1, 1)))
+    hours = sum((gpus * t / table.tokens_per_s(s, compute, gpus) / 3600.0 for s, t in per_stage.items()),
+                np.zeros((1, 1, 1)))
     return tokens, hours
+
+
+def _mean_interval(setup, key: tuple, name, acc_D: np.ndarray, n_seeds: int, level: float) -> tuple[float, float]:
+    """The `level` interval of the mean of `n_seeds` runs of experiment `key` (PlanSetup.mean_of_seeds;
+    nothing trained, key (): the model draws alone), clipped to [0, 100]."""
+    draws = setup.mean_of_seeds(key, name, acc_D, n_seeds) if key != () else acc_D
+    lo, hi = np.clip(np.percentile(draws, [50 * (1 - level), 50 * (1 + level)]), 0.0, 100.0)
+    return float(lo), float(hi)
 
 
 def _lengths_at(arm, grid, idx) -> dict:
@@ -280,27 +291,25 @@ def predict_capped(setup, arm_name: str, n: int, caps: dict, tokens: float | Non
     {stage: length in its unit}) and, with `tokens`, the whole arm up to that many training tokens:
     what a run under the plateau protocol keeps (its best validation checkpoint within the caps, or the
     frontier read at a compute level). Lengths log-spaced from `floor` x cap (the protocol's
-    min_fraction: no stage stops before it) to the cap per stage (FKL and OPD together), on every posterior draw; the point maximising the mean over the draws, with a
+    min_fraction: no stage stops before it) to the cap per stage (FKL and OPD together), on every
+    posterior draw; the point maximising the mean over the draws, with a
     `level` interval for the mean of `n_seeds` runs (model draws + structural error + measurement noise /
     sqrt(n_seeds)). Returns accuracy, lo, hi, the lengths and the training tokens, and the plateau's
     lengths and tokens (the cheapest point within PLATEAU_POINTS of the best: where the run stops)."""
     arm = ARMS[arm_name]
     compute = setup.setting.compute
     tl = tl if arm.splits_labels else None
-    axes = {Stage.TEACHER_GRPO: 0, Stage.FKL_WARMUP: 1, Stage.OPD: 1, Stage.STUDENT_GRPO: 2, Stage.REPLAY_OPD: 2}
     grid = [None, None, None]
     for s in arm.stages:
         cap = float(caps[s.value if s.value in caps else s])
         shape = [1, 1, 1]
-        shape[axes[s]] = CAP_POINTS
-        grid[axes[s]] = np.geomspace(floor * cap, cap, CAP_POINTS).reshape(shape)
+        shape[AXES[s]] = CAP_POINTS
+        grid[AXES[s]] = np.geomspace(floor * cap, cap, CAP_POINTS).reshape(shape)
     wide = setup.setting.expand().expand().expand()
-    lengths = {s: grid[axes[s]] for s in arm.stages}
+    lengths = {s: grid[AXES[s]] for s in arm.stages}
     acc = predict_arms(wide, (arm,), n, tl, lengths)[0, ..., setup.b]  # (1 + D, E|1, U|1, E|1)
     acct = arm.labels(n, tl)
-    tok = np.zeros((1, 1, 1))
-    for s in arm.stages:
-        tok = tok + np.asarray(compute.stage_tokens(s, stage_labels(s, acct), grid[axes[s]]), dtype=float)
+    tok = sum(_grid_tokens(arm, acct, compute, grid).values(), np.zeros((1, 1, 1)))
     shape = np.broadcast_shapes(acc.shape[1:], tok.shape)
     mean = np.broadcast_to(acc[1:].mean(0), shape).ravel()
     tok = np.broadcast_to(tok, shape).ravel()
@@ -312,18 +321,16 @@ def predict_capped(setup, arm_name: str, n: int, caps: dict, tokens: float | Non
     j = int(np.argmax(mean))
     acc_D = np.broadcast_to(acc[1:], (acc.shape[0] - 1,) + shape).reshape(acc.shape[0] - 1, -1)[:, j]
     key = config_key(arm, acct)
-    draws = acc_D + (setup.delta(key) + setup.eps((key, "capped", n_seeds), acc_D) / np.sqrt(n_seeds)
-                     if key != () else 0.0)
-    lo, hi = np.clip(np.percentile(draws, [50 * (1 - level), 50 * (1 + level)]), 0.0, 100.0)
+    lo, hi = _mean_interval(setup, key, (key, "capped", n_seeds), acc_D, n_seeds, level)
+
     def lengths_at(i):
-        idx = np.unravel_index(i, shape)
-        return {s.value: float(np.ravel(grid[axes[s]])[idx[axes[s]]]) for s in arm.stages}
+        return _lengths_at(arm, grid, np.unravel_index(i, shape))
 
     # where a run stops under the protocol, as the plan reads a plateau: the cheapest length within
     # PLATEAU_POINTS of the best (the schedule `predict_schedule` walks)
     near = np.flatnonzero(mean >= mean[j] - PLATEAU_POINTS)
     k = int(near[np.argmin(tok[near])])
-    return {"accuracy": float(mean[j]), "lo": float(lo), "hi": float(hi), "tokens": int(round(tok[j])),
+    return {"accuracy": float(mean[j]), "lo": lo, "hi": hi, "tokens": int(round(tok[j])),
             "lengths": lengths_at(j), "plateau_lengths": lengths_at(k), "plateau_tokens": int(round(tok[k]))}
 
 
@@ -346,7 +353,7 @@ def predict_schedule(setup, arm_name: str, n: int, lengths: dict, tokens: float,
         full = float(compute.stage_tokens(s, stage_labels(s, acct), lengths[s.value]))
         part = 1.0 if spent + full <= tokens else max(0.0, (tokens - spent) / full) if full else 1.0
         done[s.value] = part * lengths[s.value]
-        if STAGES[s].trains == "student" and part > 0:
+        if STAGES[s].trains == STUDENT and part > 0:
             points.append(dict(done))
         spent += full
         if part < 1.0:
@@ -362,8 +369,6 @@ def predict_schedule(setup, arm_name: str, n: int, lengths: dict, tokens: float,
         if acc_D.mean() > best_mean:
             best, best_mean, best_D = p, float(acc_D.mean()), acc_D
     key = config_key(arm, acct)
-    draws = best_D + (setup.delta(key) + setup.eps((key, "schedule", n_seeds), best_D) / np.sqrt(n_seeds)
-                      if key != () else 0.0)
-    lo, hi = np.clip(np.percentile(draws, [50 * (1 - level), 50 * (1 + level)]), 0.0, 100.0)
+    lo, hi = _mean_interval(setup, key, (key, "schedule", n_seeds), best_D, n_seeds, level)
     used = sum(float(compute.stage_tokens(Stage(s), stage_labels(Stage(s), acct), v)) for s, v in best.items())
-    return {"accuracy": best_mean, "lo": float(lo), "hi": float(hi), "lengths": best, "tokens": int(round(used))}
+    return {"accuracy": best_mean, "lo": lo, "hi": hi, "lengths": best, "tokens": int(round(used))}

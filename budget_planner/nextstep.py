@@ -26,10 +26,12 @@ PILOT_SHARE = 0.1  # a pilot run uses a tenth of the budget's labels (at least 1
 def plateau_lengths(setup: PlanSetup, n: int) -> dict:
     """{arm: its plateau's stage lengths} on the label x compute plane (budget_planner.compute): the
     decision `--next` informs is between arms trained to their plateaus."""
-    from budget_planner.compute import compute_plan
+    from budget_planner.compute import arm_compute, evaluate_grid
     from theory.costs import CostTable, DEFAULT_GPUS
-    cp = compute_plan(setup, n, best_split(setup, n), CostTable.default(), DEFAULT_GPUS)
-    return {a: dict(ac.plateau.lengths) for a, ac in cp["arms"].items()}
+    tl = best_split(setup, n)
+    # the frontiers alone (compute_plan would also price an exchange rate, which --next does not read)
+    grid, ev = evaluate_grid(setup, n, tl, CostTable.default(), DEFAULT_GPUS)
+    return {a: dict(arm_compute(setup, a, n, tl, *ev[a], grid).plateau.lengths) for a in ev}
 
 
 def _candidate_values(setup: PlanSetup, n: int, lengths: dict | None = None, t_best: int | None = None

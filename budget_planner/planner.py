@@ -476,6 +476,12 @@ class PlanSetup:
         d = self.delta(key)
         return acc_D + d.reshape(d.shape + (1,) * (acc_D.ndim - 1)) + self.eps(key, acc_D)
 
+    def mean_of_seeds(self, key: tuple, name, acc_D: np.ndarray, n_seeds: int = 1) -> np.ndarray:
+        """Draws of the mean of `n_seeds` measured runs of the experiment `key`: model draw + structural
+        error + measurement noise / sqrt(n_seeds), the noise drawn for the run `name` (a separate run per
+        configuration asked for)."""
+        return acc_D + self.delta(key) + self.eps(name, acc_D) / np.sqrt(n_seeds)
+
     def predictive_columns(self, keys, acc_DS: np.ndarray) -> np.ndarray:
         """`predictive` of one experiment per column of acc_DS (keys[j] is column j's), e.g. a split sweep,
         whose splits are a few experiments (a key names the stages run, not the label counts). acc_DS may
@@ -767,8 +773,7 @@ def _config_pred(setup: PlanSetup, arm_name: str, n: int, tl, n_seeds: int = 1):
     acct = arm.labels(n, tl)
     acc_R = predict_arm(setup.setting, arm, n, tl)[..., setup.b]
     key = config_key(arm, acct)
-    # a separate run per configuration asked for: its own measurement noise
-    pred_D = acc_R[1:] + setup.delta(key) + setup.eps((key, arm_name, n, tl), acc_R[1:]) / np.sqrt(n_seeds)
+    pred_D = setup.mean_of_seeds(key, (key, arm_name, n, tl), acc_R[1:], n_seeds)
     return arm, n, acct, acc_R, pred_D
 
 

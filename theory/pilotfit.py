@@ -116,10 +116,6 @@ def prefix_arm(arm: str, stage: str):
     raise InputError(f"no arm runs {arm}'s stages up to {stage} ({', '.join(s.value for s in prefix)})")
 
 
-def _setting(scn: Scenario, vals: dict, bench: str):
-    return build_setting(scn, vals, (bench,))
-
-
 def map_values(scn: Scenario) -> dict:
     """Every input at the scenario's MAP, shape (1,) each."""
     fit = fit_scenario(scn)
@@ -130,7 +126,7 @@ def predict_points(scn: Scenario, pts: pd.DataFrame, values: dict, *, benchmark:
     """The dynamics' accuracy (percent) at each curve point of `pts` (`curve_lengths`), with `values` the
     inputs (`map_values`, some replaced): the arm run up to the point's stage, at the point's lengths."""
     bench = benchmark or scn.target_benchmark
-    setting = _setting(scn, values, bench).expand()  # R = (1, 1): the points on the split axis
+    setting = build_setting(scn, values, (bench,)).expand()  # R = (1, 1): the points on the split axis
     out = np.empty(len(pts))
     for (arm, n, stage), g in pts.groupby(["arm", "labels", "stage"], sort=False):
         idx = np.flatnonzero(pts.index.isin(g.index))
@@ -187,14 +183,13 @@ def validation_offset(scn: Scenario, pts: pd.DataFrame, values: dict, benchmark:
     if base.empty:
         return 0.0
     bench = benchmark or scn.target_benchmark
-    setting = _setting(scn, values, bench)
+    setting = build_setting(scn, values, (bench,))
     start = float(np.asarray(setting.accuracy(setting.student))[0, 0])
     return float(base["accuracy"].mean() - start)
 
 
 def calibrated_scenario(scn: Scenario, lf: LengthFit) -> Scenario:
     """The scenario with the fitted inputs as measured values with their standard errors."""
-    by = {t.path: t for t in scn.inputs}
     new = []
     for t in scn.inputs:
         if t.path in lf.value:
@@ -203,6 +198,5 @@ def calibrated_scenario(scn: Scenario, lf: LengthFit) -> Scenario:
             t = Tagged(path=t.path, value=lf.value[t.path], tag="measured", note=note, kind=t.kind,
                        sd=max(lf.sd_z[t.path], 1e-3), has_se=True)
         new.append(t)
-    del by
     return replace(scn, inputs=tuple(new), name=f"{scn.name}-pilot", description=f"{scn.description} "
                    f"(kappa and the length inputs from {lf.source})")
