@@ -4,6 +4,8 @@
                                          [--workdir /work/reruns] [--max-runs K]
     python scripts/plateau_reruns.py table      # docs/results/plateau_crosscheck_runs.csv from the finished runs
     python scripts/plateau_reruns.py status     # what is finished and what remains
+    python scripts/plateau_reruns.py summary    # docs/results/plateau_reruns_{summary,differences}.csv
+    python scripts/plateau_reruns.py frontier   # docs/results/frontier_<world>.{csv,png} (+ _matched.csv)
 
 Every configuration of docs/results/plateau_crosscheck_predictions.csv (world, N, arm) runs under its
 pre-registered config (configs/plateau/modes_k*.toml, `[world] labels` = N) at the seeds the
@@ -28,6 +30,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +42,9 @@ PRED = ROOT / "docs/results/plateau_crosscheck_predictions.csv"
 REG = ROOT / "docs/results/plateau_crosscheck_preregistration.json"
 OUT = ROOT / "docs/results/plateau_reruns"
 RUNS = ROOT / "docs/results/plateau_crosscheck_runs.csv"
+SUMMARY = ROOT / "docs/results/plateau_reruns_summary.csv"
+DIFFS = ROOT / "docs/results/plateau_reruns_differences.csv"
+METRICS = {"accuracy": "avg@8", "accuracy_greedy": "greedy", "pass_at_k": "pass@8"}
 SEED_BASE = 1000
 
 
@@ -125,6 +131,126 @@ def cmd_table(args) -> int:
     return 0
 
 
+def finished() -> list[tuple[dict, object]]:
+    """(configuration, RunResult) of every finished rerun, in file order."""
+    from reference.runs import load_result
+    return [(c, load_result(result_path(c, s))) for c in configurations() for s in c["seeds"]
+            if result_path(c, s).is_file()]
+
+
+def _stage_best(res, model: str) -> float:
+    """The best validation score of a run's last validated stage on `model` (its selected checkpoint)."""
+    best = [s["plateau"]["best_score"] for s in res.stages
+            if s.get("model") == model and (s.get("plateau") or {}).get("validated")]
+    return float(best[-1]) if best else float("nan")
+
+
+def cmd_summary(args) -> int:
+    """Per configuration: test avg@8 / greedy / pass@8 (mean, sd over seeds), tokens to the best checkpoint and
+    spent, stages at plateau, and the teacher's and student's selected validation scores; per world and N:
+    RL bridge - direct GRPO paired by seed on each metric (95% bootstrap interval), label-matched at plateau."""
+    import numpy as np
+    from theory.stats import paired_difference
+
+    runs = finished()
+    if not runs:
+        raise InputError("no finished reruns under docs/results/plateau_reruns/")
+    rows = []
+    for c, r in runs:
+        stages = [s for s in r.stages if (s.get("plateau") or {}).get("validated")]
+        rows.append({"world": c["world"], "labels": c["labels"], "arm": c["arm"], "set": c["set"], "seed": r.seed,
+                     **{k: r.metrics[k] for k in METRICS},
+                     "tokens_to_best": r.metrics.get("tokens_to_best"), "train_tokens": r.compute_tokens,
+                     "tokens_spent": r.metrics.get("tokens_spent"),
+                     "stages": len(stages), "at_plateau": sum(bool(s["plateau"]["reached"]) for s in stages),
+                     "cap_too_small": sum(bool(s["plateau"].get("cap_too_small")) for s in stages),
+                     "teacher_val": _stage_best(r, "teacher"), "student_val": _stage_best(r, "student")})
+    per_run = pd.DataFrame(rows)
+    keys = ["world", "labels", "arm", "set"]
+    g = per_run.groupby(keys, sort=False)
+    summary = g.agg(seeds=("seed", "size"), **{f"{k}_mean": (k, "mean") for k in METRICS},
+                    **{f"{k}_sd": (k, "std") for k in METRICS},
+                    tokens_to_best=("tokens_to_best", "mean"), train_tokens=("train_tokens", "mean"),
+                    tokens_spent=("tokens_spent", "mean"), stages=("stages", "sum"), at_plateau=("at_plateau", "sum"),
+                    cap_too_small=("cap_too_small", "sum"), teacher_val=("teacher_val", "mean"),
+                    student_val=("student_val", "mean")).reset_index()
+    summary.round(4).to_csv(SUMMARY, index=False)
+    rng = np.random.default_rng(0)
+    diffs = []
+
+    def contrast(world, name, n, a, b):
+        """b - a on every metric, paired by the seeds both ran."""
+        a, b = a.set_index("seed"), b.set_index("seed")
+        seeds = sorted(set(a.index) & set(b.index))
+        if not seeds:
+            return
+        row = {"world": world, "contrast": name, "labels": n, "seeds": len(seeds)}
+        for k in METRICS:
+            iv = paired_difference(a.loc[seeds, k], b.loc[seeds, k], rng)
+            row.update({f"{k}_diff": iv.estimate, f"{k}_lo": iv.low, f"{k}_hi": iv.high})
+        # the paper's regime: the RL teacher's plateau (validation) well above direct GRPO's on the student
+        if "teacher_val" in b and b.loc[seeds, "teacher_val"].notna().all():
+            row["teacher_val"] = float(b.loc[seeds, "teacher_val"].mean())
+            row["direct_student_val"] = float(a.loc[seeds, "student_val"].mean())
+        diffs.append(row)
+
+    for (world, n), grp in per_run.groupby(["world", "labels"], sort=False):
+        contrast(world, "rl_teacher_bridge - direct_grpo", n, grp[grp["arm"] == "direct_grpo"],
+                 grp[grp["arm"] == "rl_teacher_bridge"])
+    for world, grp in per_run[per_run["arm"] == "direct_grpo"].groupby("world", sort=False):
+        ns = sorted(grp["labels"].unique())
+        if len(ns) > 1:  # labels teach: direct GRPO at the largest N - at the smallest, each at its plateau
+            contrast(world, f"direct_grpo N={ns[-1]} - N={ns[0]}", ns[-1], grp[grp["labels"] == ns[0]],
+                     grp[grp["labels"] == ns[-1]])
+    pd.DataFrame(diffs).round(4).to_csv(DIFFS, index=False)
+    print(summary.round(2).to_string(index=False))
+    print(pd.DataFrame(diffs).round(2).to_string(index=False))
+    print(f"wrote {SUMMARY.relative_to(ROOT)} and {DIFFS.relative_to(ROOT)} ({len(per_run)} runs)")
+    return 0
+
+
+def cmd_frontier(args) -> int:
+    """Per world: the student's validation frontier (best score by each training-token budget, mean over
+    seeds, 95% interval) of each arm at each N, docs/results/frontier_<world>.{csv,png}, and the frontier
+    read at two equal-compute levels per N (direct GRPO's and the RL bridge's median training tokens per
+    run), frontier_<world>_matched.csv. Validation scores (V = 64), not test."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from reference.frontier import compute_matched, frontier, run_curve
+
+    runs = finished()
+    for world in dict.fromkeys(c["world"] for c, _ in runs):
+        fronts, matched = [], []
+        ns = sorted({c["labels"] for c, _ in runs if c["world"] == world})
+        fig, axes = plt.subplots(1, len(ns), figsize=(4.6 * len(ns), 4.2), sharey=True, squeeze=False)
+        for ax, n in zip(axes[0], ns):
+            res = [r for c, r in runs if c["world"] == world and c["labels"] == n]
+            curves = pd.concat([run_curve(r) for r in res], ignore_index=True)
+            front = frontier(curves)
+            fronts.append(front.assign(world=world, labels=n))
+            levels = sorted({float(np.median([r.compute_tokens for r in res if r.arm == arm]))
+                             for arm in dict.fromkeys(r.arm for r in res)})
+            matched.append(compute_matched(curves, levels).assign(world=world, labels=n))
+            for arm, f in front.groupby("arm", sort=False):
+                f = f.dropna(subset=["accuracy"])
+                (line,) = ax.plot(f["tokens"], f["accuracy"], marker="o", ms=3, lw=1.5, label=arm)
+                ax.fill_between(f["tokens"], f["lo"], f["hi"], color=line.get_color(), alpha=0.15, lw=0)
+            ax.set(xscale="log", title=f"N = {n}", xlabel="training tokens (every stage)")
+        axes[0][0].set_ylabel("validation avg@8 of the best checkpoint by then (%)")
+        axes[0][-1].legend(fontsize=8, frameon=False)
+        fig.suptitle(f"{world}: the label x compute plane (plateau reruns, seeds 1000+)")
+        fig.tight_layout()
+        stem = OUT.parent / f"frontier_{world.replace('modes-', 'family_')}"
+        fig.savefig(stem.with_suffix(".png"), dpi=110)
+        plt.close(fig)
+        cols = ["world", "labels", "arm", "tokens", "accuracy", "lo", "hi", "seeds"]
+        pd.concat(fronts)[cols].round(4).to_csv(stem.with_suffix(".csv"), index=False)
+        pd.concat(matched)[cols].round(4).to_csv(stem.parent / f"{stem.name}_matched.csv", index=False)
+        print(f"wrote {stem.relative_to(ROOT)}.{{csv,png}} and {stem.name}_matched.csv")
+    return 0
+
+
 def cmd_status(args) -> int:
     done = total = 0
     for c in configurations():
@@ -148,6 +274,8 @@ def main(argv=None) -> int:
     r.set_defaults(func=cmd_run)
     sub.add_parser("table").set_defaults(func=cmd_table)
     sub.add_parser("status").set_defaults(func=cmd_status)
+    sub.add_parser("summary").set_defaults(func=cmd_summary)
+    sub.add_parser("frontier").set_defaults(func=cmd_frontier)
     args = ap.parse_args(argv)
     return args.func(args)
 

@@ -25,7 +25,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 OUT = ROOT / "docs" / "results.md"
 COMMAND = "python scripts/results_report.py"
-UNDER_REVIEW = "under review: fixed-length protocol"
+NOT_RERUN = "not rerun yet: fixed-length protocol"
+RERUN_DIFFS = "plateau_reruns_differences.csv"
+RERUN_SUMMARY = "plateau_reruns_summary.csv"
+RERUN_REPORT = "plateau_crosscheck_report.json"
+BRIDGE_VS_DIRECT = "rl_teacher_bridge - direct_grpo"
 ACCURACY_ROWS = ("raw_teacher_bridge", "rl_teacher_bridge", "no_fkl", "no_opd", "rl_teacher_bridge_stage3")
 
 
@@ -43,6 +47,10 @@ class Tables:
             raise InputError(f"{p}: missing; {COMMAND} reads the committed tables under docs/results/ "
                              f"(restore it from git or regenerate it with the command its docs/log.md entry gives)")
         return p
+
+    def has(self, name: str) -> bool:
+        """Whether an optional table (one a study in progress writes) is there."""
+        return (self.results / name).is_file()
 
     def csv(self, name: str) -> list[dict]:
         with self.path(name).open(newline="") as f:
@@ -125,6 +133,41 @@ def grpo_steps(cfg_path: Path) -> tuple[int, int, float, int, int, int]:
     return labels, steps, g["epochs"], g["prompts_per_step"], cfg["fkl"]["steps"], cfg["opd"]["steps"]
 
 
+def verdict(fixed: tuple[float, float, float], new: tuple[float, float, float]) -> str:
+    """survives / changes / does not, for a claim that is the sign of a difference: (estimate, lo, hi) of
+    the fixed-length figure and of the plateau rerun's."""
+    (f, flo, fhi), (e, lo, hi) = fixed, new
+    fixed_sign = 0 if flo <= 0 <= fhi else (1 if f > 0 else -1)
+    new_sign = 0 if lo <= 0 <= hi else (1 if e > 0 else -1)
+    if new_sign == 0:
+        return "survives (no difference either way)" if fixed_sign == 0 else "does not: no difference at plateau"
+    if fixed_sign == 0:
+        return "changes: a difference at plateau"
+    if new_sign != fixed_sign:
+        return "does not: reversed at plateau"
+    if lo <= f <= hi:
+        return "survives"
+    return "changes: same sign, " + ("larger" if abs(e) > abs(f) else "smaller")
+
+
+def rerun_contrast(t: Tables, world: str, contrast: str, labels: int | None = None) -> dict | None:
+    """One paired contrast of the plateau reruns (plateau_reruns_differences.csv), or None."""
+    if not t.has(RERUN_DIFFS):
+        return None
+    hits = [r for r in t.csv(RERUN_DIFFS) if r["world"] == world and r["contrast"] == contrast
+            and (labels is None or int(r["labels"]) == labels)]
+    return hits[0] if hits else None
+
+
+def _triple(r: dict, k: str = "accuracy") -> tuple[float, float, float]:
+    return float(r[f"{k}_diff"]), float(r[f"{k}_lo"]), float(r[f"{k}_hi"])
+
+
+def _rerun_figure(r: dict) -> str:
+    return (f"{signed(r['accuracy_diff'])} {ci(r['accuracy_lo'], r['accuracy_hi'])} ({r['seeds']} seeds; greedy "
+            f"{signed(r['accuracy_greedy_diff'])}, pass@8 {signed(r['pass_at_k_diff'])})")
+
+
 def claims(t: Tables, root: Path) -> list[str]:
     pw = t.summary("paper_world_ablation_summary.csv")
     fam = t.json("world_family_report.json")
@@ -146,48 +189,74 @@ def claims(t: Tables, root: Path) -> list[str]:
     predicted = k15["predicted"]["crossovers"]
     lt = teach["modes-k15"]["accuracy"]
     lt30 = teach["modes-k30"]["accuracy"]
+    pending = "pending: the reruns are in progress"
+    rl_new = rerun_contrast(t, "modes-k15", BRIDGE_VS_DIRECT, 64)
+    teach = {w: rerun_contrast(t, w, "direct_grpo N=1024 - N=64") for w in ("modes-k15", "modes-k30")}
+    cc = t.json(RERUN_REPORT)["crossover"].get("modes-k15@plateau") if t.has(RERUN_REPORT) else None
+    if cc is not None:
+        xs = cc["measured"]["crossovers"]
+        cross_new = (", ".join(f"N ≈ {c['budget']:.0f} ({c['direction'].replace('_', ' ')})" for c in xs)
+                     or "none") + f" over N = {', '.join(str(b) for b in cc['measured']['budgets'])}"
+        cross_status = ("changes: crossovers move" if xs else "does not: no crossover at plateau")
+    else:
+        cross_new, cross_status = "—", pending
+    lt_fixed = {"modes-k15": lt, "modes-k30": lt30}
+    if all(teach.values()):
+        teach_new = "; ".join(f"{w[-3:]} {_rerun_figure(teach[w])}" for w in teach)
+        statuses = {verdict((float(lt_fixed[w]["mean"]), float(lt_fixed[w]["lo"]), float(lt_fixed[w]["hi"])),
+                            _triple(teach[w])) for w in teach}
+        teach_status = " / ".join(sorted(statuses))
+    else:
+        teach_new, teach_status = "—", pending
     rows = [
         ["Paper-like world (modes-k15, N = 64, 10 seeds): RL bridge − direct GRPO", diff(rl),
-         "`paper_world_ablation_summary.csv`"],
+         _rerun_figure(rl_new) if rl_new else "—", "`paper_world_ablation_summary.csv`; `" + RERUN_DIFFS + "`",
+         verdict((float(rl["mean_diff"]), float(rl["ci_low"]), float(rl["ci_high"])), _triple(rl_new))
+         if rl_new else pending],
         ["Paper-like world: C1 reversed (raw-teacher bridge − direct GRPO; the paper predicts < 0)",
-         diff(raw) + f", reading “{raw['reading']}”", "`paper_world_ablation_summary.csv`"],
-        ["Paper-like world: no-OPD < full bridge", diff(no_opd), "`paper_world_ablation_summary.csv`"],
+         diff(raw) + f", reading “{raw['reading']}”", "—", "`paper_world_ablation_summary.csv`", NOT_RERUN],
+        ["Paper-like world: no-OPD < full bridge", diff(no_opd), "—", "`paper_world_ablation_summary.csv`",
+         NOT_RERUN],
         [f"Labels teach: direct GRPO from N = 64 to 1024 (k15, {lt['n']} seeds; k30, {lt30['n']} seeds)",
          f"k15 {signed(lt['mean'])} {ci(lt['lo'], lt['hi'])}; k30 {signed(lt30['mean'])} "
-         f"{ci(lt30['lo'], lt30['hi'])} points", "`world_family_report.json` (family.labels_teach)"],
+         f"{ci(lt30['lo'], lt30['hi'])} points", teach_new,
+         "`world_family_report.json` (family.labels_teach); `" + RERUN_DIFFS + "`", teach_status],
         ["Measured bridge/direct crossover in modes-k15 (predicted: "
          + ", ".join(f"N ≈ {c['budget']:.0f}" for c in predicted) + ")",
          ", ".join(f"N ≈ {c['budget']:.0f} ({c['direction'].replace('_', ' ')})" for c in measured)
-         + f"; predicted/measured {num(k15['ratio'], 1)}×", "`world_family_report.json` (crossover)"],
+         + f"; predicted/measured {num(k15['ratio'], 1)}×", cross_new,
+         "`world_family_report.json` (crossover); `" + RERUN_REPORT + "`", cross_status],
         ["Tuned, paper-like world: bridge − direct, label-matched / compute-matched",
-         f"{diff(label['fairness_paper_world'])} / {diff(compute['fairness_paper_world'])}",
-         "`fairness_paper_world/fairness_report.md`"],
+         f"{diff(label['fairness_paper_world'])} / {diff(compute['fairness_paper_world'])}", "—",
+         "`fairness_paper_world/fairness_report.md`", NOT_RERUN],
         ["Tuned, toy world (world 1): bridge − direct, label-matched / compute-matched",
-         f"{diff(label[''])} / {diff(compute[''])}", "`fairness_report.md`"],
+         f"{diff(label[''])} / {diff(compute[''])}", "—", "`fairness_report.md`", NOT_RERUN],
         ["Tuned, world 3: bridge − direct, label-matched / compute-matched",
-         f"{diff(label['fairness_direct'], 2)} / {diff(compute['fairness_direct'], 2)}",
-         "`fairness_direct/fairness_report.md`"],
+         f"{diff(label['fairness_direct'], 2)} / {diff(compute['fairness_direct'], 2)}", "—",
+         "`fairness_direct/fairness_report.md`", NOT_RERUN],
         ["World 4 (compliant teacher, ungated, 5 seeds): RL bridge − direct GRPO",
-         diff(row(w4, a="rl_teacher_bridge", b="direct_grpo")), "`toy_compliant_teacher_summary.csv`"],
+         diff(row(w4, a="rl_teacher_bridge", b="direct_grpo")), "—", "`toy_compliant_teacher_summary.csv`",
+         NOT_RERUN],
         ["World 3 (direct-style teacher, ungated, 5 seeds): RL bridge − direct GRPO",
-         diff(row(w3, a="rl_teacher_bridge", b="direct_grpo")), "`toy_direct_teacher_summary.csv`"],
+         diff(row(w3, a="rl_teacher_bridge", b="direct_grpo")), "—", "`toy_direct_teacher_summary.csv`", NOT_RERUN],
         ["World 1 (toy world, 10 seeds): the bridge collapses, RL bridge − direct GRPO",
-         diff(row(toy, a="rl_teacher_bridge", b="direct_grpo")), "`toy_ablation_summary.csv`"],
+         diff(row(toy, a="rl_teacher_bridge", b="direct_grpo")), "—", "`toy_ablation_summary.csv`", NOT_RERUN],
     ]
     return [
         "## Claims under review (issue 22: every stage trained to its plateau)",
         "",
-        f"Every comparison on this page was made at one fixed, short training length: {epochs:g} GRPO "
+        f"The fixed-length figures were made at one fixed, short training length: {epochs:g} GRPO "
         f"epochs, which is {steps} optimizer steps at N = {n} ({pps} prompts a step; {steps_toy} at the toy "
         f"worlds' N = {n_toy}), and {fkl} FKL / {opd} OPD steps, whether or not a stage had stopped "
         "improving (`configs/paper_world.toml`, `configs/toy.toml`). Issue 22 reruns them under the plateau "
-        "protocol (`configs/plateau/paper_world.toml`, `scripts/plateau_check.py`: every stage runs until "
-        "its validation accuracy stops rising). Until a claim is rerun it describes the fixed-length "
-        "protocol, not the method. Differences are in accuracy points, paired by seed, with 95% bootstrap "
-        "intervals.",
+        "protocol (`configs/plateau/modes_k*.toml`, the reruns below: every stage runs until its validation "
+        "accuracy stops rising and hands on its best checkpoint; the paper-like world is modes-k15 at N = 64). "
+        "Until a claim is rerun it describes the fixed-length protocol, not the method. Differences are test "
+        "avg@8 points, paired by seed, with 95% bootstrap intervals; a claim is the sign of its difference "
+        "(survives: same sign and the fixed-length estimate inside the new interval; changes: same sign, "
+        "outside it; does not: no difference or the other sign).",
         "",
-        *table(["claim", "committed figure", "table (docs/results/)", "status"],
-               [r + [UNDER_REVIEW] for r in rows]),
+        *table(["claim", "fixed-length figure", "at plateau", "table (docs/results/)", "status"], rows),
         "",
     ]
 
@@ -549,6 +618,77 @@ def plateau_preregistration(t: Tables) -> list[str]:
     ]
 
 
+def plateau_reruns(t: Tables) -> list[str]:
+    """The plateau reruns (issue 22 item 4) as far as they have run, and, once all have, their score
+    against the pre-registration (issue 23 item 4)."""
+    if not t.has(RERUN_SUMMARY):
+        return []
+    preds = {(r["world"], r["labels"], r["arm"], r["compute"]): r for r in t.csv("plateau_crosscheck_predictions.csv")}
+    summary = t.csv(RERUN_SUMMARY)
+    done = sum(int(r["seeds"]) for r in summary)
+    seeds = t.json("plateau_crosscheck_preregistration.json")["seeds"]
+    total = sum(int(seeds[r["set"]]) for r in {(r["world"], r["labels"], r["arm"]): r for r in preds.values()}.values())
+    rows = []
+    for r in summary:
+        p = preds.get((r["world"], r["labels"], r["arm"], "plateau"), {})
+        rows.append([r["world"], r["labels"], r["arm"], r["set"], r["seeds"],
+                     num(r["accuracy_mean"]) + (f" ({num(r['accuracy_sd'])})" if r["accuracy_sd"] else ""),
+                     num(r["accuracy_greedy_mean"]),
+                     num(r["pass_at_k_mean"]), f"{float(r['tokens_to_best']) / 1e6:.2f}M",
+                     f"{float(r['tokens_spent']) / 1e6:.2f}M", f"{r['at_plateau']}/{r['stages']}",
+                     num(r["teacher_val"]) if r["teacher_val"] else "",
+                     num(r["student_val"]),
+                     f"{num(p['pred_mean'])} {ci(p['pred_lo'], p['pred_hi'], sign=False)}" if p else "",
+                     num(p["naive_mean"]) if p else ""])
+    diffs = [[r["world"], r["contrast"].replace(" - ", " − "), r["labels"], r["seeds"],
+              f"{signed(r['accuracy_diff'])} {ci(r['accuracy_lo'], r['accuracy_hi'])}",
+              f"{signed(r['accuracy_greedy_diff'])} {ci(r['accuracy_greedy_lo'], r['accuracy_greedy_hi'])}",
+              f"{signed(r['pass_at_k_diff'])} {ci(r['pass_at_k_lo'], r['pass_at_k_hi'])}",
+              f"{num(r['teacher_val'])} vs {num(r['direct_student_val'])}" if r.get("teacher_val") else ""]
+             for r in t.csv(RERUN_DIFFS)]
+    out = [
+        "## The plateau reruns (issue 22 item 4; the held-out test of issue 23's pre-registration)",
+        "",
+        f"{done} of {total} pre-registered runs (`python scripts/plateau_reruns.py run`, seeds 1000+, "
+        "`configs/plateau/modes_k*.toml` at `[world] labels` = N; results per run under `plateau_reruns/`; "
+        f"`python scripts/plateau_reruns.py summary` → `{RERUN_SUMMARY}`, `{RERUN_DIFFS}`). Test avg@8 at the "
+        "selected checkpoint (sd over seeds), greedy and pass@8 beside it; training tokens to the best "
+        "checkpoint and spent (training + validation, mean per run); stages at their plateau of those trained; "
+        "the selected validation scores (V = 64, avg@8) of the RL teacher and of the student; the "
+        "pre-registered `plateau` predictions (planner [90%], naive):",
+        "",
+        *table(["world", "N", "arm", "set", "seeds", "avg@8", "greedy", "pass@8", "to best", "spent",
+                "at plateau", "teacher val", "student val", "planner", "naive"], rows),
+        "",
+        "Paired by seed (95% bootstrap intervals), label-matched, each arm at its own plateau; the last column "
+        "puts the RL teacher's validation plateau beside direct GRPO's on the student (the paper's regime: the "
+        "first well above the second). Equal compute: `frontier_family_k*.{csv,png}` (validation frontiers per "
+        "N) and `frontier_family_k*_matched.csv` (read at direct GRPO's and the RL bridge's tokens per run):",
+        "",
+        *table(["world", "contrast", "N", "seeds", "avg@8", "greedy", "pass@8", "teacher val vs direct"], diffs),
+        "",
+    ]
+    if t.has(RERUN_REPORT):
+        rep = t.json(RERUN_REPORT)
+        aims = [[a["aim"], a["verdict"]] for a in rep["aims"].values()]
+        worlds = [[w, str(b["n_configs"]), num(b["mae"]), num(b["naive_mae"]), num(b["coverage"], 2),
+                   num(b["decision_regret_mean"], 2), num(b["decision_regret_max"], 2)]
+                  for w, b in rep["by_world"].items()]
+        out += [
+            f"Scored (`budget-planner crosscheck --set {rep['set']}`, `{RERUN_REPORT}`; no refit between the "
+            f"pre-registration and the runs): {rep['n_configs']} configurations, MAE {num(rep['mae'])} points "
+            f"(naive {num(rep['naive_mae'])}), coverage of the {rep['level']:.0%} intervals "
+            f"{num(rep['coverage'], 2)}, decision regret mean {num(rep['decision_regret']['mean'], 2)} / max "
+            f"{num(rep['decision_regret']['max'], 2)} points.",
+            "",
+            *table(["world", "configs", "MAE", "naive MAE", "coverage", "regret mean", "regret max"], worlds),
+            "",
+            *table(["aim (issue 23)", "verdict"], aims),
+            "",
+        ]
+    return out
+
+
 def render(results: Path = RESULTS, root: Path = ROOT) -> str:
     t = Tables(results)
     lines = [
@@ -558,7 +698,7 @@ def render(results: Path = RESULTS, root: Path = ROOT) -> str:
         f"not this page (`{COMMAND} --check` fails when they disagree). Table paths below are relative to "
         "`docs/results/`. What was run, how, when and on what machine: `docs/log.md`.",
         "",
-        *claims(t, root), *plateau_checks(t), *plateau_preregistration(t), *world_family(t), *paper_world(t), *toy_worlds(t), *tuning(t),
+        *claims(t, root), *plateau_checks(t), *plateau_preregistration(t), *plateau_reruns(t), *world_family(t), *paper_world(t), *toy_worlds(t), *tuning(t),
         *gates(t), *crosschecks(t), *gpu(t), *prose_only(),
     ]
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -31,13 +31,30 @@ def test_committed_page_regenerates_byte_identical(report):
     assert report.render() == report.render()  # no clock, no set or dict order leaks in
 
 
-def test_page_states_every_claim_under_review(report):
+def test_page_states_every_claims_status(report):
     page = report.render()
     claims = page.split("## Claims under review (issue 22: every stage trained to its plateau)")[1].split("\n## ")[0]
     rows = [line for line in claims.splitlines() if line.startswith("| ") and not line.startswith("| claim")]
-    assert len(rows) >= 7 and all(r.endswith("| under review: fixed-length protocol |") for r in rows)
+    statuses = [r.rstrip(" |").rsplit("| ", 1)[1] for r in rows]
+    assert len(rows) >= 7
+    assert all(s.startswith(("survives", "changes: ", "does not: ", "pending: ", "not rerun yet: ")) for s in statuses)
     assert "12 optimizer steps at N = 64" in claims
     assert "+1.3 [+0.8, +2.1]" in claims  # the paper-like world's RL bridge − direct, from its summary CSV
+    # a claim not rerun keeps its fixed-length figure and says so; a rerun one has a figure at plateau
+    for r, s in zip(rows, statuses):
+        at_plateau = r.strip("| ").split(" | ")[2]
+        assert (at_plateau == "—") == s.startswith(("not rerun yet", "pending"))
+
+
+def test_verdict_reads_the_sign_of_a_difference(report):
+    v = report.verdict
+    assert v((1.3, 0.8, 2.1), (1.5, 1.0, 2.0)) == "survives"
+    assert v((1.3, 0.8, 2.1), (6.7, 6.2, 7.3)) == "changes: same sign, larger"
+    assert v((22.2, 21.9, 22.5), (5.2, 4.3, 6.7)) == "changes: same sign, smaller"
+    assert v((1.3, 0.8, 2.1), (-2.0, -3.0, -1.0)) == "does not: reversed at plateau"
+    assert v((1.3, 0.8, 2.1), (0.5, -1.6, 2.0)) == "does not: no difference at plateau"
+    assert v((0.1, -1.0, 1.1), (0.5, -1.6, 2.0)) == "survives (no difference either way)"
+    assert v((0.1, -1.0, 1.1), (3.0, 1.0, 5.0)) == "changes: a difference at plateau"
 
 
 def test_check_passes_on_the_page_it_writes_and_fails_on_a_stale_one(report, tmp_path, capsys):
