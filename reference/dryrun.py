@@ -26,7 +26,7 @@ docs/scale.md). Per GPU, for one forward/backward chunk of `tokens` = rows x (ma
   weights (the residual stream stays fp32 there).
 - logits: tokens x V x (logits + fp32 log-softmax + its grad) for the trained model: 2 + 4 + 4 B, or
   4 + 4 + 4 B when the forward returns fp32 logits (mixed precision); tokens x V x (2 + 4) B for a
-  frozen scorer — the full-vocabulary KL needs both.
+  frozen scorer, 4 + 4 B under mixed precision — the full-vocabulary KL needs both.
 - rollout: the sampler's weights, the resident training state, and the KV cache of one sampler call
   (the rollout micro-batch: 2 x layers x kv_heads x head_dim x 2 B per token per sequence).
 """
@@ -151,7 +151,7 @@ def memory_estimate(*, trained: tuple[Shape, int] | None, frozen: tuple[Shape, i
         s, p = frozen
         fb = dtype_bytes if frozen_bytes is None else frozen_bytes
         out["frozen_weights"] = fb * p / GiB  # replicated: only the trained model is sharded
-        out["frozen_logits"] = tokens * s.vocab * (fb + 4) / GiB
+        out["frozen_logits"] = tokens * s.vocab * ((4 if mixed else fb) + 4) / GiB  # mixed: fp32 logits
     out["total"] = sum(out.values())
     return {k: round(v, 2) for k, v in out.items()}
 

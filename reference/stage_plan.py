@@ -29,6 +29,7 @@ sharded and computes in bf16 through its policy. float32 models (the toy world):
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+import functools
 import types
 
 import torch
@@ -85,7 +86,7 @@ def apply(plan: StagePlan, model, scorer=None) -> None:
     if plan.mixed:
         to_master(model, DTYPES[plan.compute_dtype])
     if scorer is not None and plan.scorer_dtype is not None:
-        to_scorer(scorer, DTYPES[plan.scorer_dtype])
+        to_scorer(scorer, DTYPES[plan.scorer_dtype], plan.mixed and plan.scorer_dtype != "float32")
 
 
 def to_master(model, compute: torch.dtype) -> None:
@@ -99,26 +100,36 @@ def to_master(model, compute: torch.dtype) -> None:
         if p.requires_grad and id(p) not in seen and p.dtype != torch.float32:
             p.data = p.data.float()
         seen.add(id(p))
-    if getattr(model, "_autocast_dtype", None) != compute:
-        model._autocast_dtype = compute
-        model.forward = types.MethodType(_autocast_forward, model)
+    _wrap_forward(model, compute)
 
 
-def _autocast_forward(self, *args, **kwargs):
-    """The class's forward under torch.autocast; logits returned in fp32 (accelerate's wrapper does the
-    same). A bound method of the model, so `copy.deepcopy` binds the copy's."""
-    device = next(self.parameters()).device.type
-    with torch.autocast(device, dtype=self._autocast_dtype):
-        out = type(self).forward(self, *args, **kwargs)
-    logits = getattr(out, "logits", None)
-    if logits is not None and logits.dtype != torch.float32:
-        out.logits = logits.float()
-    return out
+def _wrap_forward(model, compute: torch.dtype | None) -> None:
+    """`model.forward`: the class's forward under torch.autocast to `compute` (None: no autocast), its
+    logits returned in fp32, as accelerate's autocast wrapper returns them (TRL's trainers then take
+    their log-softmax in fp32, as the reference's losses do). functools.wraps keeps the signature that
+    `generate` inspects; a bound method of the model, so `copy.deepcopy` binds the copy's."""
+    model._autocast_dtype = compute
+    if "forward" in vars(model):
+        return
+    cls_forward = type(model).forward
+
+    @functools.wraps(cls_forward)
+    def forward(self, *args, **kwargs):
+        dtype = self._autocast_dtype
+        if dtype is None:
+            out = cls_forward(self, *args, **kwargs)
+        else:
+            with torch.autocast(next(self.parameters()).device.type, dtype=dtype):
+                out = cls_forward(self, *args, **kwargs)
+        logits = getattr(out, "logits", None)
+        if logits is not None and logits.dtype != torch.float32:
+            out.logits = logits.float()
+        return out
+    model.forward = types.MethodType(forward, model)
 
 
 def drop_autocast(model) -> None:
-    """Back to the class's forward (a model about to be sharded with a mixed-precision policy, or a
-    scorer cast back to its dtype)."""
+    """Back to the class's forward (a model about to be sharded with a mixed-precision policy)."""
     if "forward" in vars(model):
         del model.forward
     vars(model).pop("_autocast_dtype", None)
@@ -135,18 +146,23 @@ def mixed_precision_policy(model):
     return MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32, output_dtype=torch.float32)
 
 
-def to_scorer(model, dtype: torch.dtype) -> None:
+def to_scorer(model, dtype: torch.dtype, mixed: bool) -> None:
     """A frozen scorer in its model dtype: a replicated fp32 master (the teacher after its GRPO) is cast
-    back, as a resumed run loads it; a sharded one keeps its shards and computes through its policy."""
+    back, as a resumed run loads it; under mixed precision its forward returns fp32 logits without
+    autocast, whether it trained in this process or not. A sharded scorer keeps its shards and computes
+    through its policy (fp32 logits too)."""
     from reference.engines import is_sharded
-    if is_sharded(model) or getattr(model, "_autocast_dtype", None) is None:
+    if is_sharded(model):
         return
     seen: set[int] = set()
     for p in model.parameters():
         if id(p) not in seen and p.is_floating_point() and p.dtype != dtype:
             p.data = p.data.to(dtype)
         seen.add(id(p))
-    drop_autocast(model)
+    if mixed:
+        _wrap_forward(model, None)
+    elif getattr(model, "_autocast_dtype", None) is not None:
+        drop_autocast(model)
 
 
 def observed(model, optimizer=None) -> dict:

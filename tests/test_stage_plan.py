@@ -175,7 +175,7 @@ def test_the_dry_run_assumes_what_each_stage_trains_with(monkeypatch):
             current["rows"] = max(current.get("rows", 0), batch.completion_BT.shape[0])
         elif model is current.get("scorer_model"):
             current["scorer"] = (str(next(model.parameters()).dtype).removeprefix("torch."),
-                                 "forward" in vars(model))
+                                 getattr(model, "_autocast_dtype", None))
         return logits(model, batch, ctx, temperature)
     monkeypatch.setattr(stages, "_step", spy_step)
     monkeypatch.setattr(stages, "train_logits", spy_logits)
@@ -195,7 +195,7 @@ def test_the_dry_run_assumes_what_each_stage_trains_with(monkeypatch):
         assert got["checkpointing"] is plan["checkpointing"] is True, name
         assert got["rows"] == planned[name]["rows_per_chunk"]["1"] == 2, name
         if plan["scorer"]:  # scored in its dtype, without the training copy's autocast
-            assert got["scorer"] == (plan["scorer_dtype"], False) and not plan["scorer_sharded"], name
+            assert got["scorer"] == (plan["scorer_dtype"], None) and not plan["scorer_sharded"], name
     assert set(seen) == {"teacher_grpo", "fkl_warmup", "opd", "student_grpo"}
 
 
