@@ -384,7 +384,10 @@ def markdown_tables(d: dict) -> str:
     last = gpus[-1]
     eng = d["engine"]
     m = d["models"]
-    out = [f"Generated from `{d['config']}` (arm `{d['arm']}`): {m['student']['name']} {m['student']['params_b']:.3f}B "
+    cfg_path = Path(d["config"])
+    root = Path(__file__).resolve().parents[1]
+    shown = cfg_path.resolve().relative_to(root) if cfg_path.resolve().is_relative_to(root) else cfg_path
+    out = [f"Generated from `{shown}` (arm `{d['arm']}`): {m['student']['name']} {m['student']['params_b']:.3f}B "
            f"({'tied' if m['student']['tied'] else 'untied'}), {m['teacher']['name']} {m['teacher']['params_b']:.3f}B "
            f"({'tied' if m['teacher']['tied'] else 'untied'}); precision `{eng['precision']}`, launch "
            f"`{eng['accelerate_config']}` ({'FSDP2, sharded' if eng['sharded_states'] else 'DDP, replicated'}), "
