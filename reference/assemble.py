@@ -77,8 +77,9 @@ def build_models(cfg: Config, *, need_teacher: bool, engine=None) -> Models:
             hf.check_same_tokenizer(hf.load_tokenizer(cfg.teacher.path), tok)
 
         def make(mcfg, role):
-            return hf.load_causal_lm(mcfg.path, dtype=mcfg.dtype, device=device,
-                                     gradient_checkpointing=cfg.engine.gradient_checkpointing and role == STUDENT)
+            # gradient checkpointing and the fp32 master copy are set when a stage trains the model, for either
+            # role (reference.stage_plan)
+            return hf.load_causal_lm(mcfg.path, dtype=mcfg.dtype, device=device)
         vocab = None
     student = make(cfg.student, STUDENT)
     teacher = make(cfg.teacher, TEACHER) if need_teacher else None

@@ -72,10 +72,21 @@ def cmd_run(a) -> int:
     if not a.dry_run:  # bad input fails fast, before the heavy imports
         get_arm(a.arm)
         tl = resolve_teacher_labels(a.arm, cfg.world.labels, a.teacher_labels, a.student_labels)
+    if a.markdown and not a.dry_run:
+        raise InputError("--markdown goes with --dry-run")
     if a.dry_run:
-        from reference.dryrun import dry_run, format_dry_run
+        from reference.dryrun import dry_run, format_dry_run, markdown_tables, replace_marked
         out = dry_run(cfg, arm=get_arm(a.arm).name) if a.arm else dry_run(cfg)
-        print(json.dumps(out, indent=1, default=str) if a.json else format_dry_run(out))
+        if a.markdown == "-":
+            print(markdown_tables(out))
+        elif a.markdown:  # the generated block of a document (docs/scale.md), rewritten in place
+            doc = Path(a.markdown)
+            if not doc.is_file():
+                raise InputError(f"--markdown {a.markdown!r}: no such document")
+            doc.write_text(replace_marked(doc.read_text(), markdown_tables(out)))
+            print(f"wrote the dry-run tables into {doc}")
+        else:
+            print(json.dumps(out, indent=1, default=str) if a.json else format_dry_run(out))
         return 0
     from reference.gate import gate_status
     status = gate_status(cfg, a.workdir)
@@ -427,6 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=output_file, help="append the run's rows to this run-table CSV")
     r.add_argument("--dry-run", action="store_true", help="print the real-scale plan (reference.dryrun)")
     r.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    r.add_argument("--markdown", nargs="?", const="-", metavar="DOC",
+                   help="with --dry-run: print the plan as docs/scale.md's tables, or rewrite them in DOC "
+                        "(between its dry-run markers)")
     r.add_argument("--export", type=output_dir,
                    help="after the run, write the final student here as a Hugging Face checkpoint (save_pretrained)")
     x = sub.add_parser("export", help="a run's final student -> Hugging Face checkpoint (save_pretrained + tokenizer)",

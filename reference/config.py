@@ -185,6 +185,11 @@ class GRPOConfig:
     prompts_per_step: int = 16
     epochs: float = 4.0  # passes over the labeled problems; steps = ceil(epochs * labels / prompts_per_step)
     max_steps: int = 0  # > 0: the step cap is min(that, the epochs' steps) (the plateau protocol's cap)
+    # optimizer updates per rollout batch (verl's train_batch_size / ppo_mini_batch_size; TRL's
+    # steps_per_generation): prompt p of a batch goes to mini-batch p mod mini_batches with its whole group,
+    # the old log-probs are the policy's at rollout time, so from the second update on the ratio moves and
+    # the clip acts. One pass over the batch either way (label passes and train passes are unchanged)
+    mini_batches: int = 1
     clip_low: float = 0.2
     clip_high: float = 0.28
     loss: str = "token_mean"  # DAPO token-mean; "seq_mean" = GRPO's per-sequence mean
@@ -203,6 +208,10 @@ class GRPOConfig:
         _check_pos("grpo", self, ("lr", "group_size", "prompts_per_step", "epochs", "temperature",
                                   "max_new_tokens", "grad_clip"))
         _check_pos("grpo", self, ("teacher_lr", "clip_low", "clip_high", "kl_coef", "max_steps"), allow_zero=True)
+        _check_pos("grpo", self, ("mini_batches",))
+        if self.prompts_per_step % self.mini_batches:
+            raise InputError(f"grpo.mini_batches = {self.mini_batches} must divide grpo.prompts_per_step = "
+                             f"{self.prompts_per_step} (each update takes whole prompt groups)")
         if self.group_size < 2:
             raise InputError(f"grpo.group_size must be >= 2 (advantages are group-relative), got {self.group_size}")
         if self.loss not in ("token_mean", "seq_mean"):
@@ -312,6 +321,9 @@ class PlateauConfig:
 PLATEAU_DEFAULTS: dict[str, Any] = {f"plateau.{f.name}": f.default for f in fields(PlateauConfig)}
 
 
+PRECISIONS = ("mixed", "pure")
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Where and how the stages run. The toy world: CPU, one thread, HF generate."""
@@ -331,9 +343,16 @@ class EngineConfig:
     tracker: str = ""  # "" off; "tensorboard" (or another accelerate tracker): per-step stage logs (reference.tracking)
     tracker_dir: str = ""  # where a file-based tracker writes; "" -> <workdir>/tracking
     trainer: str = "reference"  # the stages' trainer: this project's loop, or "trl" (reference.trl_backend)
+    # "mixed": a model whose dtype is bfloat16/float16 trains on fp32 master weights with fp32 gradients and
+    # AdamW moments, and computes its forward/backward in its dtype (reference.stage_plan); "pure": weights,
+    # gradients and moments in the model dtype (8 B/param in bf16, but updates below bf16's resolution are
+    # lost: at lr 1e-6 about 2% of weights of size 0.02 ever move). float32 models: the same either way
+    precision: str = "mixed"
 
     def __post_init__(self) -> None:
         _check_pos("engine", self, ("threads",))
+        if self.precision not in PRECISIONS:
+            raise InputError(f"engine.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         from reference.tracking import TRACKERS
         if self.tracker and self.tracker not in TRACKERS:
             raise InputError(f"engine.tracker must be one of {', '.join(TRACKERS)} or \"\" (off), got {self.tracker!r}")
@@ -406,6 +425,8 @@ _HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("student", "step_drills"): 0.0,
     ("teacher", "step_drills"): 0.0,
     ("engine", "trainer"): "reference",
+    ("engine", "precision"): "mixed",  # float32 models (every toy config) compute the same either way
+    ("grpo", "mini_batches"): 1,
     ("grpo", "max_steps"): 0,
     **{(sec, "warmup_steps"): 0 for sec in ("grpo", "fkl", "opd")},
     # the plateau protocol's section: off, it is left out of the hashes entirely

@@ -5,18 +5,30 @@ fields of the config, or from `config.json` when `path` is a local directory), c
 checks the vocabulary (Qwen3: 151936), and for every stage reports the trainable and frozen model,
 a memory estimate per GPU on 1 GPU and on 8 GPUs, and the exact launch command.
 
+What it assumes it reads from the objects the pipeline builds, never from its own copies: each stage's
+dtypes (parameters, gradients, AdamW moments, compute), checkpointing, the frozen scorer's dtype and
+placement, the micro-batch and the updates per rollout batch from `reference.stage_plan.stage_plan`
+(what `stage_runner.train_stage` applies); the sharding from the launch config through
+`reference.engines.check_accelerate_config` (what the engine refuses, the dry run refuses); the rows of
+a forward/backward chunk through `stages.chunk_rows` (what `stages._backward` cuts).
+tests/test_stage_plan.py trains each stage of a bf16 toy config and checks the objects against it.
+
 Memory model (an analytic estimate, not a measurement; compared with the H100 anchors in
-docs/scale.md). Per GPU, for a micro-batch of `tokens` = micro_batch x (max prompt + max new tokens):
-- trainable model, full fine-tune in bf16 with torch AdamW (state in the parameter dtype):
-  weights + grads + 2 moments = 4 x 2 B/param; sharded over n GPUs by FSDP2 / ZeRO-3, replicated by DDP.
-- frozen scorer: 2 B/param on every GPU (reference.engines shards only the model a stage trains; the
-  scorer is replicated), no grads, no optimizer state.
-- activations kept for backward: per token per layer (5h + 4·q + 3·kv + 4·i) elements in bf16
-  without checkpointing (layer norms, q/k/v and their norms/rotary, attention out, SwiGLU); with
-  checkpointing one h-vector per layer plus one layer's full set.
-- logits: tokens x V x (2 B bf16 + 4 B fp32 log-softmax + 4 B its grad) for the trained model,
-  tokens x V x (2 + 4) B for a frozen scorer — the full-vocabulary KL needs both.
-- rollout (vLLM/HF): weights + KV cache of 2 x layers x kv_heads x head_dim x 2 B per token.
+docs/scale.md). Per GPU, for one forward/backward chunk of `tokens` = rows x (max prompt + max new):
+- trained model: parameters + gradients + 2 AdamW moments in the plan's dtypes (mixed precision:
+  4 + 4 + 8 = 16 B/param; pure bf16: 8 B/param), sharded over n GPUs by FSDP2, replicated by DDP;
+  plus the bf16 compute copy under mixed precision: every weight's autocast cast by the end of the
+  forward without sharding (2 B/param), the all-gathered units with FSDP2 (root + two decoder layers).
+- frozen scorer: the plan's dtype (2 B/param in bf16) on every GPU (replicated), no grads, no state.
+- activations kept for backward: per token per layer (5h + 4·q + 3·kv + 4·i) elements without
+  checkpointing (layer norms, q/k/v and their norms/rotary, attention out, SwiGLU); with checkpointing
+  one h-vector per layer plus one layer's full set; 2 B per element, 4 B under autocast over fp32
+  weights (the residual stream stays fp32 there).
+- logits: tokens x V x (logits + fp32 log-softmax + its grad) for the trained model: 2 + 4 + 4 B, or
+  4 + 4 + 4 B when the forward returns fp32 logits (mixed precision); tokens x V x (2 + 4) B for a
+  frozen scorer, 4 + 4 B under mixed precision — the full-vocabulary KL needs both.
+- rollout: the sampler's weights, the resident training state, and the KV cache of one sampler call
+  (the rollout micro-batch: 2 x layers x kv_heads x head_dim x 2 B per token per sequence).
 """
 
 from __future__ import annotations
@@ -104,47 +116,80 @@ def _act_elems_per_token_layer(s: Shape) -> int:
     return 5 * s.hidden + 4 * s.heads * s.head_dim + 3 * s.kv_heads * s.head_dim + 4 * s.intermediate
 
 
+def _unit_params(s: Shape, params: int) -> tuple[int, int]:
+    """(root unit's parameters: embeddings, final norm, untied head; one decoder layer's parameters)."""
+    root = s.vocab * s.hidden * (1 if s.tied else 2) + s.hidden
+    return root, (params - root) // s.layers
+
+
 def memory_estimate(*, trained: tuple[Shape, int] | None, frozen: tuple[Shape, int] | None, tokens: int,
-                    checkpointing: bool, n_gpus: int, shard: bool, dtype_bytes: int = 2) -> dict[str, float]:
-    """Per-GPU GiB by component at the training micro-step peak (see the module docstring)."""
+                    checkpointing: bool, n_gpus: int, shard: bool, dtype_bytes: int = 2,
+                    master_bytes: int | None = None, frozen_bytes: int | None = None) -> dict[str, float]:
+    """Per-GPU GiB by component at the training micro-step peak (see the module docstring).
+    `dtype_bytes`: the compute dtype; `master_bytes`: the trained parameters' (and gradients' and AdamW
+    moments') dtype, `dtype_bytes` when None (pure precision); `frozen_bytes`: the scorer's dtype."""
     div = n_gpus if shard else 1
+    master = dtype_bytes if master_bytes is None else master_bytes
+    mixed = master != dtype_bytes
+    autocast = mixed and not shard  # FSDP2's mixed-precision policy casts the units instead
     out: dict[str, float] = {}
     if trained is not None:
         s, p = trained
-        out["train_states"] = 4 * dtype_bytes * p / div / GiB
-        per_layer = _act_elems_per_token_layer(s) * dtype_bytes
+        out["train_states"] = 4 * master * p / div / GiB
+        if mixed or shard:
+            root, layer = _unit_params(s, p)
+            out["compute_copy"] = dtype_bytes * (p if not shard else root + 2 * layer) / GiB
+        act_bytes = 4 if autocast else dtype_bytes
+        per_layer = _act_elems_per_token_layer(s) * act_bytes
         if checkpointing:
-            act = tokens * (s.layers * s.hidden * dtype_bytes + per_layer)
+            act = tokens * (s.layers * s.hidden * act_bytes + per_layer)
         else:
             act = tokens * s.layers * per_layer
         out["activations"] = act / GiB
-        out["logits"] = tokens * s.vocab * (dtype_bytes + 4 + 4) / GiB
+        out["logits"] = tokens * s.vocab * ((4 if mixed else dtype_bytes) + 4 + 4) / GiB
     if frozen is not None:
         s, p = frozen
-        out["frozen_weights"] = dtype_bytes * p / GiB  # replicated: only the trained model is sharded
-        out["frozen_logits"] = tokens * s.vocab * (dtype_bytes + 4) / GiB
+        fb = dtype_bytes if frozen_bytes is None else frozen_bytes
+        out["frozen_weights"] = fb * p / GiB  # replicated: only the trained model is sharded
+        out["frozen_logits"] = tokens * s.vocab * ((4 if mixed else fb) + 4) / GiB  # mixed: fp32 logits
     out["total"] = sum(out.values())
     return {k: round(v, 2) for k, v in out.items()}
 
 
+def kv_cache_gib(s: Shape, *, seqs: int, seq_tokens: int, dtype_bytes: int = 2) -> float:
+    """KV cache of `seqs` sequences of `seq_tokens` tokens (keys and values, every layer)."""
+    return 2 * s.layers * s.kv_heads * s.head_dim * dtype_bytes * seqs * seq_tokens / GiB
+
+
+def rollout_micro_batch(rollouts_per_rank: int) -> int:
+    """Sequences one sampler call holds: today the HF sampler (reference.rollout.HFRollout) takes the
+    rank's whole rollout batch in one `generate` call. Bounded rollout memory (issue 24 item 1) replaces
+    this with the sampler's own rule; the dry run reports whatever this returns."""
+    return rollouts_per_rank
+
+
 def rollout_estimate(sampler: tuple[Shape, int], *, resident_gib: float, seq_tokens: int, n_seqs: int,
                      dtype_bytes: int = 2) -> dict[str, float]:
-    """Rollout phase per GPU: a sampler weight copy (vLLM) + paged KV cache in what training leaves free.
-
-    `resident_gib` is what stays on the GPU while sampling (trainer states, frozen weights; vLLM's
-    sleep mode frees its own memory during training, not the trainer's).
-    """
+    """Rollout phase per GPU: a sampler weight copy + the KV cache of one sampler call beside what training
+    keeps resident (`resident_gib`: trainer states, frozen weights)."""
     s, p = sampler
     weights = dtype_bytes * p / GiB
     kv_per_token = 2 * s.layers * s.kv_heads * s.head_dim * dtype_bytes
     kv_per_seq = kv_per_token * seq_tokens / GiB
     free = GPU_GIB * 0.9 - resident_gib - weights  # vLLM gpu_memory_utilization 0.9
+    mb = rollout_micro_batch(n_seqs)
+    kv = kv_cache_gib(s, seqs=mb, seq_tokens=seq_tokens, dtype_bytes=dtype_bytes)
+    peak = resident_gib + weights + kv
     return {
         "sampler_weights_gib": round(weights, 2),
         "kv_kib_per_token": round(kv_per_token / 1024, 1),
         "kv_gib_per_full_length_seq": round(kv_per_seq, 3),
         "concurrent_full_length_seqs_in_80gib": max(0, int(free / kv_per_seq)),
         "seqs_per_step_per_gpu": n_seqs,
+        "micro_batch": mb,
+        "kv_cache_gib": round(kv, 2),
+        "peak_gib": round(peak, 2),
+        "fits_80gib": peak <= GPU_GIB,
     }
 
 
@@ -156,10 +201,23 @@ def launch_command(config_path: str, arm: str, seed: int, *, n_gpus: int, accele
             f"-m reference.cli run --config {cfg} --arm {arm} --seed {seed}")
 
 
+def launch_sharding(cfg) -> tuple[str, str]:
+    """(accelerate config path, the sharding it launches): the file `engine.accelerate_config` names (the
+    paper default fsdp2.yaml when empty), checked as the engine checks a launch."""
+    from reference.config import REPO_ROOT
+    from reference.engines import check_accelerate_config, load_accelerate_config
+
+    name = cfg.engine.accelerate_config or "configs/accelerate/fsdp2.yaml"
+    path = Path(name) if Path(name).is_file() or Path(name).is_absolute() else REPO_ROOT / name
+    return name, check_accelerate_config(load_accelerate_config(path), where=f"engine.accelerate_config {name!r}")
+
+
 def dry_run(config, *, arm: str = "rl_teacher_bridge_stage3", seed: int = 0, gpus: tuple[int, ...] = (1, 8)) -> dict:
     """Build every stage of `arm` (default: all four stages) on the meta device and size it."""
     from reference.config import Config, load_config
     from reference.models import QWEN3_VOCAB, count_params
+    from reference.stage_plan import stage_plan
+    from reference.stages import chunk_rows
     from theory.arms import get_arm
 
     cfg: Config = config if isinstance(config, Config) else load_config(config)
@@ -184,11 +242,9 @@ def dry_run(config, *, arm: str = "rl_teacher_bridge_stage3", seed: int = 0, gpu
             "vocab_source": s.vocab_source, "dtype": mcfg.dtype,
         }
         del m
-    db = BYTES[cfg.student.dtype]
-    shard = "ddp" not in Path(cfg.engine.accelerate_config or "fsdp2").stem
-    mb = cfg.engine.micro_batch or 1
+    accelerate_config, sharding = launch_sharding(cfg)
+    shard = sharding == "fsdp2"
     prompt = cfg.world.max_prompt_tokens or 0
-    ckpt = cfg.engine.gradient_checkpointing
     try:
         import vllm  # noqa: F401
 
@@ -198,24 +254,31 @@ def dry_run(config, *, arm: str = "rl_teacher_bridge_stage3", seed: int = 0, gpu
                    else "lean" if cfg.engine.rollout == "lean" else "hf")
     rollout_note = rollout if rollout == cfg.engine.rollout else f"{rollout} (vllm not installed here)"
 
-    def stage_entry(name: str, trained_role: str | None, frozen_role: str | None, sampler: str, max_new: int,
-                    n_seq_rollout: int) -> dict:
-        tokens = mb * (prompt + max_new)
-        per_gpu, rollout_gpu = {}, {}
+    def stage_entry(name: str, plan, sampler: str, max_new: int, rows: int, rollouts: int) -> dict:
+        """`rows`: sequences of one update (global); `rollouts`: sequences one rollout batch samples (global)."""
+        trained_role = plan.trains if plan is not None else None
+        frozen_role = plan.scorer if plan is not None else None
+        per_gpu, rollout_gpu, chunk, tokens = {}, {}, {}, {}
         for n in gpus:
-            per_gpu[str(n)] = memory_estimate(
-                trained=(shapes[trained_role], params[trained_role]) if trained_role else None,
-                frozen=(shapes[frozen_role], params[frozen_role]) if frozen_role else None,
-                tokens=tokens, checkpointing=ckpt, n_gpus=n, shard=shard, dtype_bytes=db,
-            )
-            resident = per_gpu[str(n)].get("train_states", 0.0) + per_gpu[str(n)].get("frozen_weights", 0.0)
-            rollout_gpu[str(n)] = rollout_estimate((shapes[sampler], params[sampler]), resident_gib=resident,
-                                                   seq_tokens=prompt + max_new, n_seqs=-(-n_seq_rollout // n),
-                                                   dtype_bytes=db)
-        if trained_role is None:  # evaluation: sampling only
-            for n in per_gpu:
-                per_gpu[n] = {"sampler_weights": rollout_gpu[n]["sampler_weights_gib"],
-                              "total": rollout_gpu[n]["sampler_weights_gib"]}
+            key = str(n)
+            chunk[key] = chunk_rows(-(-rows // n), plan.micro_batch) if plan is not None else 0
+            tokens[key] = chunk[key] * (prompt + max_new)
+            sampler_dtype = BYTES[getattr(cfg, sampler).dtype]
+            if plan is not None:
+                per_gpu[key] = memory_estimate(
+                    trained=(shapes[trained_role], params[trained_role]),
+                    frozen=(shapes[frozen_role], params[frozen_role]) if frozen_role else None,
+                    tokens=tokens[key], checkpointing=plan.checkpointing, n_gpus=n, shard=shard and n > 1,
+                    dtype_bytes=BYTES[plan.compute_dtype], master_bytes=BYTES[plan.param_dtype],
+                    frozen_bytes=BYTES[plan.scorer_dtype] if plan.scorer_dtype else None)
+            resident = per_gpu[key].get("train_states", 0.0) + per_gpu[key].get("frozen_weights", 0.0) if plan else 0.0
+            per_rank = rollouts if plan is None else -(-rollouts // n)  # evaluation: one chunk per call, any n
+            rollout_gpu[key] = rollout_estimate((shapes[sampler], params[sampler]), resident_gib=resident,
+                                                seq_tokens=prompt + max_new, n_seqs=per_rank,
+                                                dtype_bytes=sampler_dtype)
+            if plan is None:  # evaluation: sampling only
+                per_gpu[key] = {"sampler_weights": rollout_gpu[key]["sampler_weights_gib"],
+                                "total": rollout_gpu[key]["sampler_weights_gib"]}
         main = trained_role or sampler
         return {
             "name": name,
@@ -225,37 +288,50 @@ def dry_run(config, *, arm: str = "rl_teacher_bridge_stage3", seed: int = 0, gpu
             "frozen": models[frozen_role]["name"] if frozen_role else None,
             "frozen_params": params[frozen_role] if frozen_role else 0,
             "sampler": models[sampler]["name"],
+            "plan": plan.to_dict() if plan is not None else None,
+            "rows_per_chunk": chunk,
             "tokens_per_micro_batch": tokens,
             "memory_gib": {n: v["total"] for n, v in per_gpu.items()},
             "memory_breakdown_gib": per_gpu,
             "rollout": rollout_gpu,
             "fits_80gib": {n: v["total"] <= GPU_GIB for n, v in per_gpu.items()},
             "launch": {n: launch_command(cfg.source or "CONFIG", arm, seed, n_gpus=int(n),
-                                         accelerate_config=cfg.engine.accelerate_config or "configs/accelerate/fsdp2.yaml")
+                                         accelerate_config=accelerate_config)
                        for n in map(str, gpus)},
         }
 
     def from_table(stage) -> dict:
-        spec = STAGES[stage]
+        spec, plan = STAGES[stage], stage_plan(cfg, stage)
         sec = getattr(cfg, spec.update)  # the stage's config section: grpo, fkl or opd
-        rollouts = sec.prompts_per_step * (sec.group_size if spec.update == "grpo" else 1)
-        return stage_entry(stage.value, spec.trains, spec.scorer, spec.samples, sec.max_new_tokens, rollouts)
+        if spec.update == "grpo":
+            rollouts = sec.prompts_per_step * sec.group_size
+        elif spec.replays:  # the replay control: as many student rollouts per step as stage-3 GRPO draws
+            rollouts = cfg.grpo.prompts_per_step * cfg.grpo.group_size
+        else:
+            rollouts = sec.prompts_per_step
+        return stage_entry(stage.value, plan, spec.samples, sec.max_new_tokens, rollouts // plan.mini_batches,
+                           rollouts)
 
     e = cfg.eval
     stages = [from_table(s) for s in arm_obj.stages]
-    stages.append(stage_entry("eval", None, None, "student", e.max_new_tokens, e.batch))
+    stages.append(stage_entry("eval", None, "student", e.max_new_tokens, 0, max(1, e.batch // e.k) * e.k))
     return {
         "config": cfg.source,
         "arm": arm,
         "seed": seed,
         "device": "meta",
         "models": models,
-        "engine": {"launcher": cfg.engine.launcher, "accelerate_config": cfg.engine.accelerate_config,
-                   "sharded_states": shard, "gradient_checkpointing": ckpt, "micro_batch": mb,
+        "engine": {"launcher": cfg.engine.launcher, "accelerate_config": accelerate_config,
+                   "sharded_states": shard, "gradient_checkpointing": cfg.engine.gradient_checkpointing,
+                   "micro_batch": cfg.engine.micro_batch, "precision": cfg.engine.precision,
                    "rollout": rollout_note, "dtype": cfg.student.dtype},
         "stages": stages,
         "memory_model": "analytic estimate per GPU (reference/dryrun.py docstring); not a measurement",
     }
+
+
+def _dt(name: str | None) -> str:
+    return {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", None: "-"}[name]
 
 
 def format_dry_run(d: dict) -> str:
@@ -266,17 +342,23 @@ def format_dry_run(d: dict) -> str:
                      f" x {m['layers']} layers, heads {m['heads']}/{m['kv_heads']}, vocab {m['vocab']}"
                      f" ({m['vocab_source']}), {'tied' if m['tied'] else 'untied'}")
     eng = d["engine"]
-    lines.append(f"  engine: {eng['launcher']} {eng['accelerate_config']}  micro_batch {eng['micro_batch']}"
-                 f"  checkpointing {eng['gradient_checkpointing']}  rollout {eng['rollout']}")
+    lines.append(f"  engine: {eng['launcher']} {eng['accelerate_config']}  precision {eng['precision']}"
+                 f"  micro_batch {eng['micro_batch']}  checkpointing {eng['gradient_checkpointing']}"
+                 f"  rollout {eng['rollout']}")
     gpus = list(d["stages"][0]["memory_gib"])
-    head = f"  {'stage':14s} {'trains':20s} {'frozen scorer':16s} {'params':>8s} " + " ".join(
-        f"{'GiB/GPU@' + n:>12s}" for n in gpus) + " " + " ".join(f"{'seqs@' + n:>8s}" for n in gpus)
+    head = (f"  {'stage':14s} {'trains':16s} {'frozen scorer':14s} {'param/grad/adam/compute':24s} {'ckpt':>4s} "
+            + " ".join(f"{'GiB/GPU@' + n:>11s}" for n in gpus) + " "
+            + " ".join(f"{'roll mb@' + n:>9s} {'KV GiB':>8s}" for n in gpus))
     lines += ["", head]
     for s in d["stages"]:
-        mem = " ".join(f"{s['memory_gib'][n]:>11.1f}{'' if s['fits_80gib'][n] else '!'}" for n in gpus)
-        mem += " " + " ".join(f"{s['rollout'][n]['concurrent_full_length_seqs_in_80gib']:>8d}" for n in gpus)
+        mem = " ".join(f"{s['memory_gib'][n]:>10.1f}{'' if s['fits_80gib'][n] else '!'}" for n in gpus)
+        roll = " ".join(f"{s['rollout'][n]['micro_batch']:>9d} {s['rollout'][n]['kv_cache_gib']:>8.1f}" for n in gpus)
         trains = s["model"] if s["trainable"] else "(sampling only)"
-        lines.append(f"  {s['name']:14s} {trains:20s} {str(s['frozen'] or '-'):16s} {s['params'] / 1e9:7.2f}B {mem}")
+        p = s["plan"]
+        dtypes = ("/".join(_dt(p[k]) for k in ("param_dtype", "grad_dtype", "optimizer_state_dtype", "compute_dtype"))
+                  if p else "-")
+        ckpt = ("yes" if p["checkpointing"] else "no") if p else "-"
+        lines.append(f"  {s['name']:14s} {trains:16s} {str(s['frozen'] or '-'):14s} {dtypes:24s} {ckpt:>4s} {mem} {roll}")
     if eng["sharded_states"]:
         lines.append("  GiB/GPU@n > 1: sharded (FSDP2): the trained model's weights, grads and AdamW moments / n;"
                      " the frozen scorer whole on every GPU")
@@ -284,8 +366,65 @@ def format_dry_run(d: dict) -> str:
         lines.append("  GiB/GPU@n > 1: replicated (DDP): every GPU holds the whole trained model and its AdamW moments")
     lines.append("  GiB/GPU: training micro-step peak (analytic estimate); ! = over 80 GiB: lower engine.micro_batch,")
     lines.append("  enable gradient checkpointing, use LoRA (engine.lora_rank) or shard over more GPUs.")
-    lines.append("  seqs: full-length sequences whose KV cache fits beside the resident training state (vLLM, 90% of 80 GiB).")
+    lines.append("  roll mb: sequences in one sampler call per GPU; KV GiB: their KV cache (beside the resident state).")
     lines += ["", "launch:"]
     for n, cmd in d["stages"][0]["launch"].items():
         lines.append(f"  {n} GPU{'s' if n != '1' else ''}: {cmd}")
     return "\n".join(lines)
+
+
+MARK_BEGIN = "<!-- dry-run tables: reference-pipeline run --config configs/paper-qwen3-math.toml --dry-run --markdown docs/scale.md -->"
+MARK_END = "<!-- end of the dry-run tables -->"
+
+
+def markdown_tables(d: dict) -> str:
+    """The dry run as docs/scale.md shows it: per stage the plan and the peaks, then the 8-GPU breakdown.
+    Generated (`--markdown`), never typed: tests/test_scale_dryrun.py checks the doc is current."""
+    gpus = list(d["stages"][0]["memory_gib"])
+    last = gpus[-1]
+    eng = d["engine"]
+    m = d["models"]
+    cfg_path = Path(d["config"])
+    root = Path(__file__).resolve().parents[1]
+    shown = cfg_path.resolve().relative_to(root) if cfg_path.resolve().is_relative_to(root) else cfg_path
+    out = [f"Generated from `{shown}` (arm `{d['arm']}`): {m['student']['name']} {m['student']['params_b']:.3f}B "
+           f"({'tied' if m['student']['tied'] else 'untied'}), {m['teacher']['name']} {m['teacher']['params_b']:.3f}B "
+           f"({'tied' if m['teacher']['tied'] else 'untied'}); precision `{eng['precision']}`, launch "
+           f"`{eng['accelerate_config']}` ({'FSDP2, sharded' if eng['sharded_states'] else 'DDP, replicated'}), "
+           f"`micro_batch` {eng['micro_batch']}, rollout `{eng['rollout']}`.", "",
+           "| stage | trains | frozen scorer | params / grads / AdamW / compute | checkpointing | rows per chunk @"
+           f"{last} | " + " | ".join(f"{n} GPU{'s' if n != '1' else ''}" for n in gpus)
+           + f" | rollout micro-batch @{last} | its KV cache | rollout peak @{last} |",
+           "|---|---|---|---|---|---:|" + "---:|" * len(gpus) + "---:|---:|---:|"]
+    for s in d["stages"]:
+        p = s["plan"]
+        dtypes = " / ".join(_dt(p[k]) for k in ("param_dtype", "grad_dtype", "optimizer_state_dtype", "compute_dtype")) \
+            if p else "–"
+        scorer = (f"{s['frozen']} ({_dt(p['scorer_dtype'])}, {'sharded' if p['scorer_sharded'] else 'replicated'})"
+                  if p and s["frozen"] else "–")
+        mem = " | ".join(f"{s['memory_gib'][n]:.1f} GiB{'' if s['fits_80gib'][n] else ' (over)'}" for n in gpus)
+        r = s["rollout"][last]
+        out.append(f"| {s['name']} | {s['model'] if s['trainable'] else '– (sampling)'} | {scorer} | {dtypes} | "
+                   f"{('on' if p['checkpointing'] else 'off') if p else '–'} | {s['rows_per_chunk'][last] if p else '–'} | "
+                   f"{mem} | {r['micro_batch']} | {r['kv_cache_gib']:.1f} GiB | {r['peak_gib']:.1f} GiB"
+                   f"{'' if r['fits_80gib'] else ' (over)'} |")
+    keys = ["train_states", "compute_copy", "activations", "logits", "frozen_weights", "frozen_logits"]
+    out += ["", f"Training peak on {last} GPUs by component (GiB per GPU):", "",
+            "| stage | " + " | ".join(k.replace("_", " ") for k in keys) + " | total |",
+            "|---|" + "---:|" * (len(keys) + 1)]
+    for s in d["stages"]:
+        if not s["plan"]:
+            continue
+        b = s["memory_breakdown_gib"][last]
+        out.append(f"| {s['name']} | " + " | ".join(f"{b[k]:.2f}" if k in b else "–" for k in keys)
+                   + f" | {b['total']:.2f} |")
+    return "\n".join(out)
+
+
+def replace_marked(text: str, table: str) -> str:
+    """`text` with the block between MARK_BEGIN and MARK_END replaced by `table`."""
+    if MARK_BEGIN not in text or MARK_END not in text:
+        raise InputError(f"no dry-run block to replace: the document needs the lines {MARK_BEGIN} and {MARK_END}")
+    head, rest = text.split(MARK_BEGIN, 1)
+    _, tail = rest.split(MARK_END, 1)
+    return f"{head}{MARK_BEGIN}\n{table}\n{MARK_END}{tail}"

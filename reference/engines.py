@@ -97,6 +97,69 @@ def exit_rank(code: int = 0) -> None:
     os._exit(code)
 
 
+# What reference.engines reads of an accelerate launch config's FSDP section; every other key is refused
+# (accelerate would export it and nothing here would act on it). Values: the accepted ones (None: any).
+FSDP_KEYS: dict[str, tuple | None] = {
+    "fsdp_version": (2,),
+    "fsdp_auto_wrap_policy": ("TRANSFORMER_BASED_WRAP",),  # fsdp2_shard wraps each decoder layer
+    "fsdp_transformer_layer_cls_to_wrap": None,  # read: the unit classes
+    "fsdp_reshard_after_forward": (True, False),  # read
+    "fsdp_cpu_ram_efficient_loading": (False,),  # every rank loads the weights (launch_sharding sets it)
+}
+# keys at these values only: the engine does what the value says without reading it
+FSDP_FIXED = {"fsdp_offload_params": (False,), "fsdp_activation_checkpointing": (False,)}
+WHY = {"mixed_precision": "precision is [engine] precision (reference.stage_plan: fp32 master weights, bf16 compute)",
+       "fsdp_offload_params": "CPU offload is not wired",
+       "fsdp_activation_checkpointing": "checkpointing is [engine] gradient_checkpointing (HF's, per stage)"}
+
+
+def check_accelerate_config(cfg: dict, where: str = "accelerate config") -> str:
+    """Refuse what the engine would not act on; returns the sharding the config launches ("fsdp2" or
+    "none"). `cfg`: `load_accelerate_config`'s dict."""
+    mp = str(cfg.get("mixed_precision", "no")).split(".")[-1].lower()
+    if mp not in ("no", "none"):
+        raise InputError(f"{where}: mixed_precision: {mp} is not read ({WHY['mixed_precision']}); set it to \"no\"")
+    kind = str(cfg.get("distributed_type", "")).split(".")[-1].upper()
+    if kind == "DEEPSPEED":
+        raise InputError(f"{where}: DeepSpeed ZeRO-3 stage checkpoints are not supported yet: use fsdp2.yaml")
+    if kind != "FSDP":
+        return "none"
+    fsdp = cfg.get("fsdp_config") or {}
+    for key, value in fsdp.items():
+        allowed = FSDP_KEYS.get(key, FSDP_FIXED.get(key, "refused"))
+        if allowed == "refused":
+            raise InputError(f"{where}: fsdp_config.{key} is not read by reference.engines (it reads "
+                             f"{', '.join(FSDP_KEYS)}); remove it")
+        if allowed is not None and value not in allowed:
+            why = WHY.get(key, "the engine does not read it")
+            raise InputError(f"{where}: fsdp_config.{key}: {value!r} is not supported ({why}); use {allowed[0]!r}")
+    if fsdp.get("fsdp_version") != 2:
+        raise InputError(f"{where}: only FSDP version 2 (fully_shard) is supported: set fsdp_config.fsdp_version: 2")
+    return "fsdp2"
+
+
+# the same refusals on what `accelerate launch` exported (it exports every FSDP field, defaults included):
+# variable -> (config key, accepted values)
+_LAUNCH_ENV = {"FSDP_OFFLOAD_PARAMS": ("fsdp_offload_params", ("false",)),
+               "FSDP_ACTIVATION_CHECKPOINTING": ("fsdp_activation_checkpointing", ("false",)),
+               "FSDP_ACTIVATION_CHECKPOINTING_OFFLOAD": ("fsdp_activation_checkpointing_offload", ("false",)),
+               "FSDP_AUTO_WRAP_POLICY": ("fsdp_auto_wrap_policy", ("TRANSFORMER_BASED_WRAP",)),
+               "FSDP_SHARDING_STRATEGY": ("fsdp_sharding_strategy", ("FULL_SHARD", "1")),
+               "FSDP_IGNORED_MODULES": ("fsdp_ignored_modules", ("",))}
+
+
+def _check_launch_env() -> None:
+    mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if mp not in ("no", "none"):
+        raise InputError(f"accelerate launch: mixed_precision {mp} is not read ({WHY['mixed_precision']}); "
+                         "launch with mixed_precision: \"no\"")
+    for var, (key, ok) in _LAUNCH_ENV.items():
+        value = os.environ.get(var)
+        if value is not None and value.upper() not in {v.upper() for v in ok}:
+            raise InputError(f"accelerate launch: {key} = {value} is not read by reference.engines "
+                             f"({WHY.get(key, 'not wired')}); leave it at {ok[0] or 'unset'}")
+
+
 def launch_sharding(world_size: int) -> str:
     """"fsdp2" when `accelerate launch` was given an FSDP version-2 config, else "none".
 
@@ -110,6 +173,8 @@ def launch_sharding(world_size: int) -> str:
         raise InputError("ZeRO-3 stage checkpoints are not supported yet (DeepSpeed is not installed here): "
                          "launch with configs/accelerate/fsdp2.yaml instead")
     use_fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if world_size > 1 or use_fsdp:
+        _check_launch_env()
     if use_fsdp:
         # transformers reads this flag in from_pretrained: with it, ranks > 0 skip loading the weights
         # and wait for accelerate's prepare to broadcast rank 0's. We shard ourselves and keep the
@@ -136,10 +201,12 @@ def sharded_across_ranks(model) -> bool:
     return is_sharded(model) and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def fsdp2_shard(model, engine: Engine):
+def fsdp2_shard(model, engine: Engine, mp_policy=None):
     """Shard `model` in place with FSDP2: each decoder layer (FSDP_TRANSFORMER_CLS_TO_WRAP, else the
     model's `_no_split_modules`) is one unit, the root holds the rest (embeddings, norm, head).
-    Idempotent: a model sharded by an earlier stage is returned as it is."""
+    `mp_policy`: torch's MixedPrecisionPolicy for fp32 master shards with bf16 compute
+    (reference.stage_plan.mixed_precision_policy). Idempotent: a model sharded by an earlier stage is
+    returned as it is."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -153,9 +220,10 @@ def fsdp2_shard(model, engine: Engine):
     if not units:
         raise InputError(f"FSDP2: no module of class {sorted(layer_names)} in {type(model).__name__}; "
                          "set fsdp_transformer_layer_cls_to_wrap in the accelerate config")
+    mp = {} if mp_policy is None else {"mp_policy": mp_policy}
     for m in units:
-        fully_shard(m, mesh=mesh, reshard_after_forward=reshard)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard)
+        fully_shard(m, mesh=mesh, reshard_after_forward=reshard, **mp)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard, **mp)
     return model
 
 

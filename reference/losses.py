@@ -45,6 +45,14 @@ def clipped_policy_loss_BT(logp_BT: torch.Tensor, old_logp_BT: torch.Tensor, adv
     return -torch.minimum(unclipped, clipped)
 
 
+def clipped_BT(ratio_BT: torch.Tensor, adv_B: torch.Tensor, *, clip_low: float = 0.2,
+               clip_high: float = 0.28) -> torch.Tensor:
+    """1 where the clip is active in `clipped_policy_loss_BT` (the min takes the clipped term, so the token
+    gets no gradient): r > 1 + eps_hi with A > 0, or r < 1 - eps_lo with A < 0."""
+    adv_B1 = adv_B.unsqueeze(-1)
+    return (((ratio_BT > 1.0 + clip_high) & (adv_B1 > 0)) | ((ratio_BT < 1.0 - clip_low) & (adv_B1 < 0))).float()
+
+
 def k3_kl_BT(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi || ref) on tokens sampled from pi (>= 0, unbiased)."""
     d = ref_logp_BT - logp_BT

@@ -28,6 +28,8 @@ from reference import stages
 from reference.assemble import Models
 from reference.config import PLATEAU_DEFAULTS, Config
 from reference.seeds import seed_from, seeded
+from reference.stage_plan import DTYPES, stage_plan, to_master
+from reference.stage_plan import apply as apply_plan
 from reference.world import Problem, World
 from theory.arms import STAGES, STUDENT, TEACHER, LabelAccount, Stage, stage_labels
 from theory.errors import InputError
@@ -135,7 +137,11 @@ def run_stage(stage: Stage, setup: TrainingSetup, slot: Slot, hooks: Hooks) -> F
     trains = STAGES[stage].trains
     with ckpt.claim(directory, enabled=write):  # another process training this stage: wait, then load it
         if (directory / "meta.json").exists():
-            saved = ckpt.load_weights(setup.models.for_role(trains), directory)
+            model = setup.models.for_role(trains)
+            plan = stage_plan(setup.cfg, stage)
+            if plan.mixed:  # the checkpoint holds the fp32 master an uninterrupted run would hold now
+                to_master(model, DTYPES[plan.compute_dtype])
+            saved = ckpt.load_weights(model, directory)
             return FinishedStage(saved["result"], saved.get("log") or [], cached=True)
         with seeded(setup.cfg.engine.device, seed_from(slot.seed_key) + rank):
             pbar = _bar(hooks.bar)
@@ -258,6 +264,8 @@ def train_stage(stage: Stage, setup: TrainingSetup, seed: int,
     spec, cfg, m = STAGES[stage], setup.cfg, setup.models
     update, section = update_rules(cfg.engine.trainer)[spec.update], getattr(cfg, spec.update)
     model = m.for_role(spec.trains)
+    # dtypes (fp32 master under mixed precision), checkpointing, the scorer's dtype: the plan the dry run reads
+    apply_plan(stage_plan(cfg, stage), model, m.for_role(spec.scorer) if spec.scorer else None)
     # only the reference's rules take a watch (plateau_watch refuses TRL's trainers)
     extra = {"watch": watch} if watch is not None else {}
     if spec.update == "grpo":

@@ -29,6 +29,7 @@ from reference import losses
 from reference.config import FKLConfig, GRPOConfig, OPDConfig
 from reference.rollout import Rollout, RolloutBatch, completion_logits
 from reference.world import Problem
+from theory.errors import InputError
 
 Progress = Callable[[int, int, dict], None]  # (step, total, last log) -> None
 
@@ -129,7 +130,8 @@ def _prepare(model, lr: float, ctx: StageContext):
     unwrapped model (DDP's wrapper has no `generate`)."""
     if sharded(ctx):  # FSDP2: shard in place first, so AdamW's moments live on this rank's shards only
         from reference.engines import fsdp2_shard
-        model = fsdp2_shard(model, ctx.engine)
+        from reference.stage_plan import mixed_precision_policy
+        model = fsdp2_shard(model, ctx.engine, mp_policy=mixed_precision_policy(model))
         return model, optimizer(model, lr)
     opt = optimizer(model, lr)
     if ctx.engine is None:
@@ -186,23 +188,45 @@ def _rows(ro: RolloutBatch, sl: slice) -> RolloutBatch:
                         ro.mask_BT[sl], ro.texts[sl], ro.n)
 
 
-def _backward(net, ro: RolloutBatch, ctx: StageContext, chunk_loss: Callable[[RolloutBatch, slice], torch.Tensor]):
-    """Backward over micro-batches of `ro`'s rows (gradients accumulate; `chunk_loss` returns each
-    chunk's share of the batch loss), without a gradient all-reduce until the last chunk.
-    Returns the batch loss (detached). micro_batch = 0 or >= rows: one chunk, the whole batch."""
+def _take(ro: RolloutBatch, order: torch.Tensor) -> RolloutBatch:
+    """`ro` with its rows in `order`."""
+    import dataclasses
+    return dataclasses.replace(ro, input_ids_BL=ro.input_ids_BL[order], attention_BL=ro.attention_BL[order],
+                               completion_BT=ro.completion_BT[order], mask_BT=ro.mask_BT[order],
+                               texts=tuple(ro.texts[i] for i in order.tolist()))
+
+
+def _chunks(rows: slice, micro_batch: int) -> list[slice]:
+    """The forward/backward chunks of the rows `rows` (a range of a batch): micro_batch = 0 or >= rows:
+    one chunk."""
+    n = rows.stop - rows.start
+    mb = micro_batch if 0 < micro_batch < n else n
+    return [slice(start, min(start + mb, rows.stop)) for start in range(rows.start, rows.stop, mb)]
+
+
+def chunk_rows(rows: int, micro_batch: int) -> int:
+    """Rows of the largest forward/backward chunk of an update over `rows` rows (the dry run sizes it)."""
+    return _chunks(slice(0, rows), micro_batch)[0].stop if rows else 0
+
+
+def _backward(net, ro: RolloutBatch, ctx: StageContext, chunk_loss: Callable[[RolloutBatch, slice], torch.Tensor],
+              rows: slice | None = None):
+    """Backward over micro-batches of `ro`'s rows `rows` (default: all; gradients accumulate; `chunk_loss`
+    returns each chunk's share of the update's loss), without a gradient all-reduce until the last chunk.
+    Returns the update's loss (detached)."""
     B = ro.completion_BT.shape[0]
-    mb = ctx.micro_batch if 0 < ctx.micro_batch < B else B
+    rows = slice(0, B) if rows is None else rows
+    chunks = _chunks(rows, ctx.micro_batch)
     total = None
-    for start in range(0, B, mb):
-        sl = slice(start, start + mb)
-        last = start + mb >= B
+    for sl in chunks:
+        last = sl.stop >= rows.stop
         if sharded(ctx):  # FSDP2 has no no_sync(): it skips the reduce-scatter until the last chunk
             net.set_requires_gradient_sync(last)
             sync = nullcontext()
         else:
             sync = nullcontext() if (last or ctx.engine is None) else ctx.engine.accelerator.no_sync(net)
         with sync:
-            loss = chunk_loss(ro if mb == B else _rows(ro, sl), sl)
+            loss = chunk_loss(ro if len(chunks) == 1 and rows == slice(0, B) else _rows(ro, sl), sl)
             loss.backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total
@@ -229,7 +253,9 @@ class StepWork:
 
     `loss(sub, sl)` is the pure loss of rows `sl` of `rollout` (None: no signal, skip the update);
     `after()` adds entries to the step's log once the update is done; `train_tokens` is what the
-    update costs in the compute account (added only when an update happens).
+    update costs in the compute account (added only when an update happens). `updates`: the row ranges
+    of `rollout` that each get one optimizer step, in order (None: one step on every row; GRPO's
+    mini-batches give several).
     """
 
     rollout: RolloutBatch
@@ -239,6 +265,7 @@ class StepWork:
     loss_name: str = "loss"
     train_tokens: int = 0
     after: Callable[[], dict] | None = None
+    updates: list[slice] | None = None
 
 
 def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step: Callable, ctx: StageContext,
@@ -279,11 +306,16 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
         entry = dict(work.entry)
         tokens += work.tokens
         if work.loss is not None:
-            loss = global_sum(_backward(net, work.rollout, ctx, work.loss), ctx)
-            if distributed(ctx):
-                loss = loss / ctx.engine.world_size  # the ranks' shares sum to world x the global loss
-            entry["grad_norm"] = _step(net, opt, schedule_cfg.grad_clip, ctx)
-            entry[work.loss_name] = loss.item()
+            step_losses, grad_norms = [], []
+            for rows in (work.updates or [None]):
+                loss = global_sum(_backward(net, work.rollout, ctx, work.loss, rows), ctx)
+                if distributed(ctx):
+                    loss = loss / ctx.engine.world_size  # the ranks' shares sum to world x the global loss
+                grad_norms.append(_step(net, opt, schedule_cfg.grad_clip, ctx))
+                step_losses.append(loss.item())
+            # several updates: their mean (each mini-batch's loss is its share of the batch loss x updates)
+            entry["grad_norm"] = grad_norms[0] if len(grad_norms) == 1 else float(np.mean(grad_norms))
+            entry[work.loss_name] = step_losses[0] if len(step_losses) == 1 else float(np.mean(step_losses))
             entry["lr"] = lr * factor
             tokens += work.train_tokens
         if work.after is not None:
@@ -304,22 +336,42 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
     return StageResult(name, taken, total, time.perf_counter() - t0, tuple(log), plateau)
 
 
+def mini_batch_order(prompts: int, group: int, mini_batches: int) -> torch.Tensor:
+    """Row order that makes GRPO's mini-batches contiguous: prompt p of a rank's batch (rows p*G .. p*G+G-1)
+    goes to mini-batch p mod M. Whole groups per update, and the same mini-batches on any number of ranks
+    (each rank's contiguous shard starts at a multiple of M when prompts per rank divide by M)."""
+    return torch.tensor([p * group + g for k in range(mini_batches) for p in range(k, prompts, mini_batches)
+                         for g in range(group)])
+
+
 def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageContext, *, role: str, seed: int,
          ref=None, progress: Progress | None = None, name: str = "grpo", limit: int | None = None,
          watch=None) -> StageResult:
     """GRPO with group-normalised advantages and a clipped ratio (`losses.GRPO_LOSSES[cfg.loss]`).
 
-    One policy update per rollout batch, so old_logp is the detached current log-prob: the ratio is 1
-    in value but carries the policy gradient; clipping matters once several updates reuse a batch.
+    `cfg.mini_batches` = M optimizer updates per rollout batch (PPO's mini-batches; verl's
+    ppo_mini_batch_size, TRL's steps_per_generation). M = 1: one update, old_logp is the detached
+    current log-prob (the ratio is 1 in value but carries the policy gradient), no extra forward.
+    M > 1: old_logp is the policy's log-prob at rollout time (a no-grad forward over the batch, chunked
+    exactly as the updates' forwards, so the first update's ratio is exactly 1); update k trains on
+    mini-batch k (`mini_batch_order`) with the batch's normaliser / M (TRL's normaliser: the M updates'
+    losses sum to the batch loss), and from the second update on the ratio moves and the clip acts
+    (logged: `clipped_tokens`, tokens whose gradient the clip removed, over the step's updates). An
+    update whose mini-batch carries no signal (all advantages zero on every rank) is skipped, as a batch
+    without signal is.
     `ref` (optional frozen model) adds the k3 KL penalty with weight cfg.kl_coef.
     """
     rng = np.random.default_rng(seed)
     steps = grpo_steps(len(problems), cfg)
     P, G, T = min(cfg.prompts_per_step, max(1, len(problems))), cfg.group_size, cfg.temperature
+    M = cfg.mini_batches
     loss_fn = losses.GRPO_LOSSES[cfg.loss]
 
     def make_step(step: int, idx: list[int], net) -> StepWork:
         batch = [problems[i] for i in _my_shard(idx, ctx)]
+        if len(batch) % M:
+            raise InputError(f"grpo.mini_batches = {M} must divide the {len(batch)} prompts of a rank's batch "
+                             "(prompts_per_step / processes, or the labeled problem count when it is smaller)")
         ro = ctx.rollout.generate(policy, [p.prompt for p in batch], n=G, temperature=T,
                                   max_new_tokens=cfg.max_new_tokens)
         golds = [p.gold for p in batch for _ in range(G)]
@@ -330,17 +382,34 @@ def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageConte
                  "zero_signal_fraction": losses.zero_signal_fraction(rewards_PG),
                  "length": float(ro.lengths_B.float().mean()),
                  "compliance": float(np.mean([ctx.is_compliant(t) for t in ro.texts]))}
+        if M > 1:  # mini-batch k's rows contiguous
+            order = mini_batch_order(len(batch), G, M)
+            ro, adv_B = _take(ro, order.to(ro.mask_BT.device)), adv_B[order]
         work = StepWork(ro, entry, tokens=ro.tokens, train_tokens=ro.tokens)
-        signal = (adv_B != 0).any()
+        B = ro.mask_BT.shape[0]
+        parts = [slice(k * B // M, (k + 1) * B // M) for k in range(M)]
+        signal_k = torch.stack([(adv_B[rows] != 0).any() for rows in parts]).float()
         if distributed(ctx):  # every rank must take part in the backward when any rank has signal
-            signal = global_sum(signal.float().to(ctx.engine.device), ctx) > 0
-        if not bool(signal):
+            signal_k = global_sum(signal_k.to(ctx.engine.device), ctx)
+        if not bool((signal_k > 0).any()):
             return work
         # rewards are scored on the host; the advantages go where the log-probs are (CUDA on a GPU)
         adv_dev_B = adv_B.to(ro.mask_BT.device)
         count = ro.mask_BT.sum() if cfg.loss == "token_mean" else torch.tensor(float(ro.mask_BT.shape[0]),
                                                                               device=ro.mask_BT.device)
         norm = normaliser(count, ctx)
+        old_logp_BT, clipped = None, []
+        if M > 1:
+            norm = norm / M
+            work.updates = [rows for rows, s in zip(parts, signal_k.tolist()) if s > 0]
+            work.train_tokens = sum(_rows(ro, rows).tokens for rows in work.updates)
+            work.tokens += ro.tokens  # the old log-probs' forward
+            old_logp_BT = torch.zeros(ro.mask_BT.shape, device=ro.mask_BT.device)
+            with torch.no_grad():  # the policy at rollout time, chunked as the updates' forwards
+                for rows in parts:
+                    for sl in _chunks(rows, ctx.micro_batch):
+                        sub = _rows(ro, sl)
+                        old_logp_BT[sl] = losses.token_logp_BT(train_logits(net, sub, ctx, T), sub.completion_BT)
 
         def chunk_loss(sub: RolloutBatch, sl: slice) -> torch.Tensor:
             logp_BT = losses.token_logp_BT(train_logits(net, sub, ctx, T), sub.completion_BT)
@@ -349,10 +418,19 @@ def grpo(policy, problems: tuple[Problem, ...], cfg: GRPOConfig, ctx: StageConte
                 with torch.no_grad():
                     ref_logp = losses.token_logp_BT(train_logits(ref, sub, ctx, T), sub.completion_BT)
                 work.train_tokens += sub.tokens
-            return loss_fn(logp_BT, logp_BT.detach(), adv_dev_B[sl], sub.mask_BT, clip_low=cfg.clip_low,
+            old = logp_BT.detach() if old_logp_BT is None else old_logp_BT[sl]
+            if old_logp_BT is not None:
+                with torch.no_grad():
+                    ratio_BT = torch.exp(logp_BT - old)
+                    clipped.append((losses.clipped_BT(ratio_BT, adv_dev_B[sl], clip_low=cfg.clip_low,
+                                                      clip_high=cfg.clip_high) * sub.mask_BT).sum())
+            return loss_fn(logp_BT, old, adv_dev_B[sl], sub.mask_BT, clip_low=cfg.clip_low,
                            clip_high=cfg.clip_high, ref_logp_BT=ref_logp, kl_coef=cfg.kl_coef, norm=norm)
 
         work.loss = chunk_loss
+        if M > 1:
+            work.after = lambda: {"updates": len(work.updates),
+                                  "clipped_tokens": int(global_sum(sum(clipped[1:], clipped[0]), ctx))}
         return work
 
     return train_loop(policy, lr=cfg.lr_for(role), schedule_cfg=cfg, steps=steps,

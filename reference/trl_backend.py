@@ -37,6 +37,12 @@ GRPO's no-signal skip is decided over all ranks, GKD's loss is the global token 
 is gathered to rank 0 in the one-process format (tests/test_scale_sharded.py: 2 processes, killed after
 a stage and resumed, end where one process ends).
 
+Precision: the stage runner applies the stage plan before a trainer is built (reference.stage_plan): a
+bf16 model trains on fp32 master weights, so the HF Trainer's AdamW holds fp32 moments, and its forward
+autocasts to bf16. GRPO's `mini_batches` is TRL's `steps_per_generation` (one generation, that many
+optimizer steps; old log-probs from the generation step), with TRL's random row shuffle before the split
+pinned to the reference's mini-batch order.
+
 Deviations: the forward-KL warmup and OPD have no micro-batch split of their own here (TRL's
 gradient accumulation sizes are left at 1); GKD computes its loss at temperature 1, so `fkl.temperature`
 must be 1 under TRL; `opd.estimator = "sampled"` has no TRL counterpart (DistillationTrainer is the
@@ -70,6 +76,9 @@ HYPERPARAMETERS: dict[tuple[str, str], str] = {
                                   "prompts_per_step * group_size, steps_per_generation 1",
     ("grpo", "epochs"): "GRPOConfig.max_steps = stages.grpo_steps(labels, cfg)",
     ("grpo", "max_steps"): "GRPOConfig.max_steps = stages.grpo_steps(labels, cfg) (its cap)",
+    ("grpo", "mini_batches"): "GRPOConfig.steps_per_generation (per_device_train_batch_size = prompts_per_step * "
+                              "group_size / processes / mini_batches, one generation per mini_batches optimizer "
+                              "steps; max_steps x mini_batches; TRL's row shuffle pinned to stages.mini_batch_order)",
     ("grpo", "clip_low"): "GRPOConfig.epsilon",
     ("grpo", "clip_high"): "GRPOConfig.epsilon_high",
     ("grpo", "loss"): "GRPOConfig.loss_type: token_mean -> 'dapo', seq_mean -> 'grpo'",
@@ -110,7 +119,7 @@ FIXED: dict[str, Any] = {
     "seed": 0,  # unused for numbers: data order and sampling are the reference's (module docstring)
 }
 # fixed per trainer: the settings that make TRL's algorithm the reference's one
-FIXED_GRPO: dict[str, Any] = {"scale_rewards": "group", "num_iterations": 1, "steps_per_generation": 1,
+FIXED_GRPO: dict[str, Any] = {"scale_rewards": "group", "num_iterations": 1,
                               "importance_sampling_level": "token", "mask_truncated_completions": False}
 FIXED_GKD: dict[str, Any] = {"lmbda": 0.0, "seq_kd": True, "beta": 0.0}
 GRPO_LOSS_TYPES = {"token_mean": "dapo", "seq_mean": "grpo"}
@@ -138,6 +147,9 @@ def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_c
         _NO_CHECKPOINTING.update(_no_checkpointing())
     extra = {"accelerator_config": {"use_configured_state": True}} if configured else {}
     return dict(**extra, output_dir=out_dir, learning_rate=lr, max_steps=steps, per_device_train_batch_size=per_device,
+                # bf16 False: a bf16 model's mixed precision is its own (reference.stage_plan: fp32 master,
+                # autocast forward returning fp32 logits, as accelerate's bf16 wrapper would; twice would be
+                # redundant), and a float32 model stays float32
                 max_grad_norm=grad_clip, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
                 report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True,
                 dataloader_num_workers=0, remove_unused_columns=False,
@@ -149,16 +161,21 @@ def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_c
 
 def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, out_dir: str, world: int = 1,
               configured: bool = False):
-    """`prompts_per_step` per rank; one generation per step over the `world` ranks' batches."""
+    """`prompts_per_step` per rank, `steps` rollout batches; one generation per rollout batch over the `world`
+    ranks' batches, `mini_batches` optimizer steps on it (TRL derives steps_per_generation from the sizes)."""
     from trl import GRPOConfig as TRLGRPOConfig
-    G = cfg.group_size
-    return TRLGRPOConfig(**_common_args(out_dir, lr=cfg.lr_for(role), steps=steps, per_device=prompts_per_step * G,
-                                        grad_clip=cfg.grad_clip, configured=configured),
+    G, M = cfg.group_size, cfg.mini_batches
+    if prompts_per_step % M:
+        raise InputError(f"grpo.mini_batches = {M} must divide the {prompts_per_step} prompts of a rank's batch "
+                         "under trainer = \"trl\"")
+    return TRLGRPOConfig(**_common_args(out_dir, lr=cfg.lr_for(role), steps=steps * M,
+                                        per_device=prompts_per_step * G // M, grad_clip=cfg.grad_clip,
+                                        configured=configured),
                          num_generations=G, generation_batch_size=prompts_per_step * G * world,
                          epsilon=cfg.clip_low, epsilon_high=cfg.clip_high, loss_type=GRPO_LOSS_TYPES[cfg.loss],
                          beta=cfg.kl_coef, temperature=cfg.temperature, top_p=FIXED["top_p"], top_k=FIXED["top_k"],
                          max_completion_length=cfg.max_new_tokens, disable_dropout=True, shuffle_dataset=False,
-                         **{k: v for k, v in FIXED_GRPO.items() if k != "steps_per_generation"})
+                         **FIXED_GRPO)
 
 
 def gkd_args(cfg: FKLConfig, *, steps: int, out_dir: str, world: int = 1, configured: bool = False):
@@ -186,19 +203,23 @@ def distillation_args(cfg: OPDConfig, *, steps: int, prompts_per_step: int, out_
 
 
 class ReferenceOrder(Sampler):
-    """The reference's batches (`stages.batch_indices`), each index repeated `repeat` times in a row."""
+    """The reference's batches (`stages.batch_indices`), each index repeated `repeat` times in a row, each
+    batch `batch_repeat` times (GRPOTrainer reads one generation batch per optimizer step and samples only
+    at the first of its `steps_per_generation`, as its own RepeatSampler's repeat_count arranges)."""
 
-    def __init__(self, n_items: int, per_step: int, steps: int, seed: int, repeat: int = 1):
+    def __init__(self, n_items: int, per_step: int, steps: int, seed: int, repeat: int = 1, batch_repeat: int = 1):
         self.n_items, self.per_step, self.steps, self.seed, self.repeat = n_items, per_step, steps, seed, repeat
+        self.batch_repeat = batch_repeat
 
     def __iter__(self):
         for idx in stages.batch_indices(self.n_items, self.per_step, self.steps, np.random.default_rng(self.seed)):
-            for i in idx:
-                for _ in range(self.repeat):
-                    yield i
+            for _ in range(self.batch_repeat):
+                for i in idx:
+                    for _ in range(self.repeat):
+                        yield i
 
     def __len__(self) -> int:
-        return self.per_step * self.steps * self.repeat
+        return self.per_step * self.steps * self.repeat * self.batch_repeat
 
 
 class _Pinned:
@@ -248,8 +269,9 @@ def _launched(ctx: stages.StageContext | None) -> bool:
     return ctx is not None and ctx.engine is not None
 
 
-def _lr_of_step(schedule_cfg, steps: int) -> Callable[[int], float]:
-    return lambda s: stages.lr_factor(min(s, steps - 1), steps, schedule_cfg.warmup, schedule_cfg.schedule,
+def _lr_of_step(schedule_cfg, steps: int, updates: int = 1) -> Callable[[int], float]:
+    """The reference's lr factor of optimizer step s: one rollout step's `updates` steps share its factor."""
+    return lambda s: stages.lr_factor(min(s // updates, steps - 1), steps, schedule_cfg.warmup, schedule_cfg.schedule,
                                       schedule_cfg.warmup_steps)
 
 
@@ -257,6 +279,7 @@ def _trainer_classes():
     """Subclasses defined on first use: importing TRL costs seconds and the reference backend never needs it."""
     from trl import DistillationTrainer, GRPOTrainer
     from trl.experimental.gkd import GKDTrainer
+    import trl.trainer.grpo_trainer as grpo_module
 
     class PinnedGRPO(_Pinned, GRPOTrainer):
         def _generate_single_turn(self, *args, **kwargs):
@@ -271,15 +294,38 @@ def _trainer_classes():
             if self._ctx is not None:
                 signal = stages.global_sum(signal, self._ctx)
             self._skip_update = not bool(signal > 0)
-            # the compute account: the rollout, plus the update's forward/backward when there is one
+            self._skipped.append(self._skip_update)
+            # the compute account: the rollout, plus the update's forward/backward when there is one, plus the
+            # old log-probs' forward under mini-batches (each mini-batch counts its rows: the batch once)
             rollout = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
-            self._tokens += rollout * (1 if self._skip_update else 2)
+            self._tokens += rollout * ((1 if self._skip_update else 2) + (self.args.steps_per_generation > 1))
             return super().training_step(model, batch, num_items_in_batch)
 
         def _prepare_inputs(self, generation_batch):
             if isinstance(generation_batch, dict) and "advantages" in generation_batch:
                 return generation_batch  # already generated this step
-            return super()._prepare_inputs(generation_batch)
+            if self.args.steps_per_generation == 1:
+                return super()._prepare_inputs(generation_batch)
+            # mini-batches: TRL shuffles the generation batch's rows (torch.randperm) before splitting it into
+            # steps_per_generation parts; the reference's order instead (stages.mini_batch_order: whole groups,
+            # prompt p in part p mod M), so both backends update on the same mini-batches
+            shuffle = grpo_module.shuffle_sequence_dict
+            grpo_module.shuffle_sequence_dict = self._mini_batch_rows
+            try:
+                return super()._prepare_inputs(generation_batch)
+            finally:
+                grpo_module.shuffle_sequence_dict = shuffle
+
+        def _mini_batch_rows(self, seq_dict):
+            G, M = self.num_generations, self.args.steps_per_generation
+            B = len(next(v for v in seq_dict.values() if v is not None))
+            order = stages.mini_batch_order(B // G, G, M)
+
+            def take(v):
+                if v is None or (isinstance(v, torch.Tensor) and v.ndim == 0):
+                    return v
+                return v[order.to(v.device)] if isinstance(v, torch.Tensor) else [v[i] for i in order.tolist()]
+            return {k: take(v) for k, v in seq_dict.items()}
 
         def create_optimizer(self, model=None):
             opt = super().create_optimizer(model) if model is not None else super().create_optimizer()
@@ -330,23 +376,44 @@ class _Log:
               "opd": {"loss": "loss", "grad_norm": "grad_norm", "learning_rate": "lr",
                       "completions/mean_length": "length"}}
 
-    def __init__(self, kind: str, total: int, progress):
+    def __init__(self, kind: str, total: int, progress, updates: int = 1):
         from transformers import TrainerCallback
         self.kind, self.total, self.progress, self.entries = kind, total, progress, []
+        # GRPO mini-batches: TRL logs each of a rollout step's `updates` optimizer steps; the reference logs the
+        # step once, with the mean loss and grad norm of the updates it made (`skipped`: PinnedGRPO's record)
+        self.updates, self.pending, self.skipped = updates, [], []
         log = self
 
         class Callback(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if not logs or "train_runtime" in logs:
                     return
-                entry = {"step": len(log.entries)}
-                entry.update({new: float(logs[old]) for old, new in log.RENAME[kind].items() if old in logs})
+                entry = {new: float(logs[old]) for old, new in log.RENAME[kind].items() if old in logs}
+                if log.updates > 1:
+                    log.pending.append(entry)
+                    if len(log.pending) < log.updates:
+                        return
+                    entry = log.merged()
+                entry = {"step": len(log.entries), **entry}
                 if kind == "opd" and "loss" in entry:  # beta = 1: the loss is the batch's reverse KL before the step
                     entry["kl_to_teacher"] = entry["loss"]
                 log.entries.append(entry)
                 if log.progress:
                     log.progress(len(log.entries), log.total, entry)
         self.callback = Callback()
+
+    def merged(self) -> dict:
+        """One rollout step's entry from its updates' entries (the first carries the rollout's metrics)."""
+        parts, self.pending = self.pending, []
+        skipped = self.skipped[len(self.entries) * self.updates:][:len(parts)]
+        made = [e for e, skip in zip(parts, skipped) if not skip] or parts[:1]
+        entry = dict(parts[0])
+        for key in ("loss", "grad_norm"):
+            if all(key in e for e in made):
+                entry[key] = float(np.mean([e[key] for e in made]))
+        if not all(skipped):  # as the reference logs a step with updates
+            entry["updates"] = len(made)
+        return entry
 
 
 def _quiet(trainer, use_cache: bool) -> None:
@@ -395,7 +462,7 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, tok,
         raise InputError("grpo.kl_coef > 0 under trainer = \"trl\": GRPOTrainer reloads the reference model from the "
                          "policy's path, which an in-memory model lacks; set kl_coef = 0 or trainer = \"reference\"")
     _set_eos(policy, tok)
-    log = _Log("grpo", taken, progress)
+    log = _Log("grpo", taken, progress, updates=cfg.mini_batches)
     use_cache = policy.config.use_cache
     policy = _sharded(policy, ctx)  # after every refusal above: a refused stage leaves the model as it was
     state = torch.get_rng_state()
@@ -404,8 +471,9 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, tok,
                          callbacks=[log.callback])
     torch.set_rng_state(state)
     _quiet(trainer, use_cache)
-    trainer._pin(ReferenceOrder(len(problems), P, taken, seed, repeat=cfg.group_size), state,
-                 _lr_of_step(cfg, steps), ctx)
+    trainer._pin(ReferenceOrder(len(problems), P, taken, seed, repeat=cfg.group_size, batch_repeat=cfg.mini_batches),
+                 state, _lr_of_step(cfg, steps, cfg.mini_batches), ctx)
+    trainer._skipped = log.skipped
     return trainer, log, taken
 
 
@@ -503,7 +571,8 @@ def _sharded(model, ctx: stages.StageContext):
     if ctx is None or not stages.sharded(ctx):
         return model
     from reference.engines import fsdp2_shard
-    model = fsdp2_shard(model, ctx.engine)
+    from reference.stage_plan import mixed_precision_policy
+    model = fsdp2_shard(model, ctx.engine, mp_policy=mixed_precision_policy(model))
     model._is_distributed_loading_by_transformers = True
     model._is_fsdp_managed_module = True
     return model

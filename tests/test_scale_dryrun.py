@@ -124,3 +124,110 @@ def test_cli_dry_run_bad_config_is_one_line(tmp_path, capsys):
     assert main(["run", "--config", str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown config field student.width") and "\n" not in err
+
+
+def test_every_stage_fits_80_gib_on_8_gpus_with_the_codes_own_flags(paper_run):
+    """Issue 24 item 5: on 8 GPUs every stage's training peak fits an 80 GiB GPU under the plan the
+    pipeline applies: fp32 master weights, gradients and AdamW moments (mixed precision), bf16 compute,
+    checkpointing on for the trained model whichever it is (the teacher too), the frozen teacher in bf16
+    and replicated; each stage lists its rollout micro-batch and that micro-batch's KV cache."""
+    for s in paper_run["stages"]:
+        assert s["memory_gib"]["8"] <= 80.0 and s["fits_80gib"]["8"], s["name"]
+        r = s["rollout"]["8"]
+        assert r["micro_batch"] > 0 and r["kv_cache_gib"] > 0
+        if s["plan"] is None:
+            continue
+        p = s["plan"]
+        assert (p["param_dtype"], p["grad_dtype"], p["optimizer_state_dtype"], p["compute_dtype"]) == \
+            ("float32", "float32", "float32", "bfloat16"), s["name"]
+        assert p["checkpointing"] and p["mixed"]
+        assert s["memory_breakdown_gib"]["8"]["compute_copy"] > 0
+    teacher = paper_run["stages"][0]
+    assert teacher["name"] == "teacher_grpo" and teacher["plan"]["trains"] == "teacher"
+    # 16 B/param of the 8B sharded 8 ways
+    assert teacher["memory_breakdown_gib"]["8"]["train_states"] == pytest.approx(16 * 8.191e9 / 8 / 2**30, abs=0.05)
+    # the teacher's GRPO states alone (122 GiB) do not fit one GPU: the 1-GPU column says so
+    assert not teacher["fits_80gib"]["1"]
+    opd = paper_run["stages"][2]
+    assert opd["plan"]["scorer_dtype"] == "bfloat16" and not opd["plan"]["scorer_sharded"]
+    assert opd["memory_breakdown_gib"]["8"]["frozen_weights"] == pytest.approx(2 * 8.191e9 / 2**30, abs=0.05)
+
+
+def test_checkpointing_and_micro_batch_come_from_the_config_not_from_the_dry_run():
+    cfg = load_config(PAPER).override({"engine.gradient_checkpointing": False, "engine.micro_batch": 0,
+                                       "engine.precision": "pure"})
+    run = dry_run(cfg, arm="direct_grpo", gpus=(8,))
+    grpo = run["stages"][0]
+    assert not grpo["plan"]["checkpointing"] and grpo["plan"]["param_dtype"] == "bfloat16"
+    # micro_batch 0: the rank's whole update (its share of one mini-batch) in one chunk
+    assert grpo["rows_per_chunk"]["8"] == 512 * 8 // cfg.grpo.mini_batches // 8
+    assert "compute_copy" in grpo["memory_breakdown_gib"]["8"]  # FSDP2 gathers units in any precision
+    assert grpo["memory_breakdown_gib"]["8"]["train_states"] == pytest.approx(8 * 1.7206e9 / 8 / 2**30, abs=0.02)
+
+
+def test_docs_scale_md_tables_are_the_dry_runs(paper_run):
+    """docs/scale.md's dry-run tables are generated (`--markdown docs/scale.md`), never typed."""
+    from reference.dryrun import MARK_BEGIN, MARK_END, markdown_tables
+    doc = (ROOT / "docs" / "scale.md").read_text()
+    block = doc.split(MARK_BEGIN, 1)[1].split(MARK_END, 1)[0].strip()
+    assert block == markdown_tables(paper_run).strip(), (
+        "docs/scale.md is stale: reference-pipeline run --config configs/paper-qwen3-math.toml --dry-run "
+        "--markdown docs/scale.md")
+
+
+def test_cli_markdown_rewrites_only_the_marked_block(tmp_path, capsys):
+    from reference.cli import main
+    from reference.dryrun import MARK_BEGIN, MARK_END
+    doc = tmp_path / "scale.md"
+    doc.write_text(f"before\n{MARK_BEGIN}\nold\n{MARK_END}\nafter\n")
+    assert main(["run", "--config", str(PAPER), "--dry-run", "--markdown", str(doc)]) == 0
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith(f"{MARK_END}\nafter\n") and "old" not in text
+    assert "| teacher_grpo |" in text
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n")
+    assert main(["run", "--config", str(PAPER), "--dry-run", "--markdown", str(bare)]) == 2
+    assert "no dry-run block" in capsys.readouterr().err
+
+
+def test_launch_configs_with_keys_the_engine_does_not_read_are_refused(tmp_path):
+    from reference.config import REPO_ROOT
+    from reference.engines import check_accelerate_config, load_accelerate_config
+    fsdp = load_accelerate_config(REPO_ROOT / "configs" / "accelerate" / "fsdp2.yaml")
+    assert check_accelerate_config(fsdp) == "fsdp2"
+    assert check_accelerate_config(load_accelerate_config(REPO_ROOT / "configs" / "accelerate" / "ddp.yaml")) == "none"
+    cases = {("fsdp_config", "fsdp_offload_params", True): "fsdp_offload_params: True is not supported",
+             ("fsdp_config", "fsdp_activation_checkpointing", True): "gradient_checkpointing",
+             ("fsdp_config", "fsdp_state_dict_type", "SHARDED_STATE_DICT"): "fsdp_state_dict_type is not read",
+             ("fsdp_config", "fsdp_version", 1): "fsdp_version: 1 is not supported",
+             (None, "mixed_precision", "bf16"): r"mixed_precision: bf16 is not read \(precision is \[engine\] precision"}
+    for (section, key, value), message in cases.items():
+        bad = {**fsdp, "fsdp_config": dict(fsdp["fsdp_config"])}
+        (bad[section] if section else bad)[key] = value
+        with pytest.raises(InputError, match=message):
+            check_accelerate_config(bad)
+    with pytest.raises(InputError, match="DeepSpeed"):
+        check_accelerate_config({"distributed_type": "DEEPSPEED", "mixed_precision": "no"})
+    # the dry run refuses what the engine would: one line naming the file and the key
+    yaml = tmp_path / "offload.yaml"
+    yaml.write_text((REPO_ROOT / "configs" / "accelerate" / "fsdp2.yaml").read_text()
+                    + "  fsdp_offload_params: true\n")
+    with pytest.raises(InputError, match=r"offload.yaml'.*fsdp_offload_params"):
+        dry_run(load_config(PAPER).override({"engine.accelerate_config": str(yaml)}))
+
+
+def test_a_launch_exporting_ignored_fsdp_settings_is_refused(monkeypatch):
+    from reference.engines import launch_sharding
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")  # launch_sharding sets it: restored after
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "2")
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "false")
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "FULL_SHARD")
+    assert launch_sharding(2) == "fsdp2"
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "true")
+    with pytest.raises(InputError, match="fsdp_offload_params = true is not read"):
+        launch_sharding(2)
+    monkeypatch.setenv("FSDP_OFFLOAD_PARAMS", "false")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    with pytest.raises(InputError, match="mixed_precision bf16 is not read"):
+        launch_sharding(2)

@@ -336,3 +336,69 @@ def test_gate_runs_on_both_backends_and_records_each(tmp_path):
     # the reference's autograd KL leaves ~1e-9 noise, TRL's chunked divergence kernel an exact zero for
     # bitwise-equal logits, so on TRL the OPD no-op is exactly a no-op (2026-11-30, /work/notes/helperF.md).
     assert vb["opd_identical_teacher_max_kl"] == 0.0 and vb["opd_identical_teacher_acc_change"] == 0.0
+
+
+# ---- GRPO mini-batches (issue 24 item 4) ----------------------------------------------------------------
+
+def test_mini_batches_map_to_steps_per_generation(tmp_path):
+    cfg = _distinct_config().override({"grpo.prompts_per_step": 4, "grpo.mini_batches": 2})
+    g = tb.grpo_args(cfg.grpo, role="student", steps=7, prompts_per_step=4, out_dir=str(tmp_path))
+    assert (g.per_device_train_batch_size, g.generation_batch_size, g.steps_per_generation) == (2 * 4, 4 * 4, 2)
+    assert g.max_steps == 14 and g.num_iterations == 1  # two optimizer steps per rollout batch, one pass
+    f = tb._lr_of_step(load_config("toy_short").grpo, 30, 2)
+    assert [f(s) for s in (0, 1, 2, 3)] == [stages.lr_factor(s, 30, 0.1, "cosine") for s in (0, 0, 1, 1)]
+    order = list(tb.ReferenceOrder(10, 2, 2, seed=0, repeat=2, batch_repeat=2))
+    assert order[:4] == order[4:8] and order[8:12] == order[12:16] and len(order) == 16
+
+
+def test_grpo_mini_batch_losses_on_fixed_rollouts(tiny, tmp_path, monkeypatch):
+    """Three updates on one fixed rollout batch (one group each): at every update the TRL trainer's loss
+    (with its own old log-probs of rollout time) and gradient equal the reference loop's, from the weights
+    the reference loop had at that update; the reference's updates after the first see ratios != 1."""
+    import dataclasses
+    cfg, m, world, ro = tiny
+    g = cfg.override({"grpo.group_size": 4, "grpo.prompts_per_step": 3, "grpo.mini_batches": 3,
+                      "grpo.lr": 1e-3}).grpo
+    rewards = [1., 0, 0, 1, 0, 0, 1, 0, 1, 1, 1, 0]
+
+    class Fixed:
+        def generate(self, model, prompts, **kw):
+            return ro
+    ctx = dataclasses.replace(m.ctx, rollout=Fixed(), score_batch=lambda texts, golds: rewards)
+    seen = []  # (weights the update saw, its loss, its gradient)
+    backward, step = stages._backward, stages._step
+
+    def spy_backward(net, batch, c, chunk_loss, rows=None):
+        seen.append([copy.deepcopy(net.state_dict()), None, None])
+        seen[-1][1] = backward(net, batch, c, chunk_loss, rows)
+        return seen[-1][1]
+
+    def spy_step(net, opt, grad_clip, c):
+        seen[-1][2] = torch.cat([p.grad.flatten() for p in net.parameters() if p.grad is not None])
+        return step(net, opt, grad_clip, c)
+    monkeypatch.setattr(stages, "_backward", spy_backward)
+    monkeypatch.setattr(stages, "_step", spy_step)
+    policy = copy.deepcopy(m.student)
+    result = stages.grpo(policy, world.labeled[:3], g, ctx, role="student", seed=0, limit=1)
+    assert len(seen) == 3 and result.log[0]["updates"] == 3
+    trl_policy = copy.deepcopy(m.student)
+    trainer, _, _ = tb.build_grpo(trl_policy, world.labeled[:3], g, m.ctx, m.tokenizer, role="student", seed=0,
+                                  out_dir=str(tmp_path))
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    assert trainer.args.steps_per_generation == 3
+    P = ro.prompt_len
+    with torch.no_grad():  # TRL's old log-probs of rollout time, as its generation step computes them
+        old, _, _ = trainer._get_per_token_logps_and_entropies(trl_policy, ro.input_ids_BL, ro.attention_BL,
+                                                               ro.completion_BT.shape[1], batch_size=4)
+    adv_B = losses.group_advantages(torch.tensor(rewards).view(3, 4)).flatten()
+    for k, (weights, ref_loss, ref_g) in enumerate(seen):
+        trl_policy.load_state_dict(weights)
+        sl = slice(4 * k, 4 * (k + 1))  # 3 prompts in 3 mini-batches: mini_batch_order is the identity
+        inputs = {"prompt_ids": ro.input_ids_BL[sl, :P], "prompt_mask": ro.attention_BL[sl, :P],
+                  "completion_ids": ro.completion_BT[sl], "completion_mask": ro.mask_BT[sl].long(),
+                  "advantages": adv_B[sl], "num_items_in_batch": ro.mask_BT.sum(), "old_per_token_logps": old[sl]}
+        out = trainer.compute_loss(trl_policy, inputs)
+        out.backward()
+        _agree(ref_loss, ref_g, out, _grads(trl_policy))
+    assert not all(torch.equal(a, b) for a, b in zip(seen[0][0].values(), seen[2][0].values()))  # it moved
