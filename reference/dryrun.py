@@ -201,7 +201,7 @@ def launch_command(config_path: str, arm: str, seed: int, *, n_gpus: int, accele
             f"-m reference.cli run --config {cfg} --arm {arm} --seed {seed}")
 
 
-def launch_sharding(cfg) -> tuple[str, str]:
+def configured_launch(cfg) -> tuple[str, str]:
     """(accelerate config path, the sharding it launches): the file `engine.accelerate_config` names (the
     paper default fsdp2.yaml when empty), checked as the engine checks a launch."""
     from reference.config import REPO_ROOT
@@ -242,7 +242,7 @@ def dry_run(config, *, arm: str = "rl_teacher_bridge_stage3", seed: int = 0, gpu
             "vocab_source": s.vocab_source, "dtype": mcfg.dtype,
         }
         del m
-    accelerate_config, sharding = launch_sharding(cfg)
+    accelerate_config, sharding = configured_launch(cfg)
     shard = sharding == "fsdp2"
     prompt = cfg.world.max_prompt_tokens or 0
     try:

@@ -163,20 +163,3 @@ def to_scorer(model, dtype: torch.dtype, mixed: bool) -> None:
         _wrap_forward(model, None)
     elif getattr(model, "_autocast_dtype", None) is not None:
         drop_autocast(model)
-
-
-def observed(model, optimizer=None) -> dict:
-    """What a training model actually holds (a test compares it with its stage's plan): the dtypes of its
-    trainable parameters, of their gradients and AdamW moments when present, checkpointing, and the
-    compute dtype its forward runs in."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = {str(p.grad.dtype).removeprefix("torch.") for p in params if p.grad is not None}
-    states = set()
-    if optimizer is not None:
-        for st in optimizer.state.values():
-            states |= {str(v.dtype).removeprefix("torch.") for k, v in st.items() if k in ("exp_avg", "exp_avg_sq")}
-    compute = getattr(model, "_autocast_dtype", None)
-    return {"param_dtype": {str(p.dtype).removeprefix("torch.") for p in params},
-            "grad_dtype": grads, "optimizer_state_dtype": states,
-            "compute_dtype": str(compute).removeprefix("torch.") if compute is not None else None,
-            "checkpointing": bool(getattr(model, "is_gradient_checkpointing", False))}

@@ -248,9 +248,6 @@ NO_CALLER_OK = {
     # writes a tiny random Qwen3 checkpoint directory (weights, config, chat tokenizer) that the tests load
     # through the real loading path (models.load_causal_lm); no weights can be downloaded here
     ("reference.models", "build_tiny_qwen3_dir"),
-    # validates configs/accelerate/*.yaml with accelerate's own loader: `accelerate launch` reads those
-    # files itself, so only the test that keeps them valid calls it
-    ("reference.engines", "load_accelerate_config"),
     # a seeded synthetic matched-tuning study (no training) for the harness and notebook-02 tests
     ("tuning.testing", "synthetic_study"),
 }

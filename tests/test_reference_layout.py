@@ -47,6 +47,8 @@ def test_neighbours_use_the_runner_not_the_orchestrator(module):
 def test_the_default_backend_never_imports_trl(monkeypatch):
     """Every stage of the table dispatches to reference.stages under `trainer = "reference"` with the TRL
     backend unimportable."""
+    import torch
+
     from reference import stages
     from reference.assemble import Models
     from reference.stage_runner import TrainingSetup, train_stage, update_rules
@@ -59,7 +61,7 @@ def test_the_default_backend_never_imports_trl(monkeypatch):
     seen = []
     for name in ("grpo", "fkl_warmup", "opd"):
         monkeypatch.setattr(stages, name, lambda *a, fn=name, **k: seen.append(fn))
-    models = Models(student="student", teacher="teacher", ctx=None, tokenizer=None)
+    models = Models(student=torch.nn.Module(), teacher=torch.nn.Module(), ctx=None, tokenizer=None)  # no weights
     setup = TrainingSetup(tiny_config(), models, SimpleNamespace(labeled=(), unlabeled=()), LabelAccount(0, 0, 0))
     for stage in STAGES:
         train_stage(stage, setup, 0)

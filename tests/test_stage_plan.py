@@ -16,13 +16,30 @@ import torch.nn.functional as F
 from reference import stages
 from reference.assemble import build_models, build_world
 from reference.config import Config
-from reference.stage_plan import observed, stage_plan
+from reference.stage_plan import stage_plan
 from reference.stage_runner import TrainingSetup, train_stage, update_rules
 from theory.arms import Stage, get_arm
 
 BF16 = {"student.dtype": "bfloat16", "teacher.dtype": "bfloat16", "student.init_seed": 1, "teacher.init_seed": 2,
         "world.labels": 16, "world.unlabeled": 32, "world.val": 8, "world.test": 8,
         "fkl.lr": 1e-6, "fkl.steps": 10, "fkl.prompts_per_step": 2, "fkl.max_new_tokens": 6}
+
+
+def observed(model, optimizer=None) -> dict:
+    """What a training model actually holds (a test compares it with its stage's plan): the dtypes of its
+    trainable parameters, of their gradients and AdamW moments when present, checkpointing, and the
+    compute dtype its forward runs in."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = {str(p.grad.dtype).removeprefix("torch.") for p in params if p.grad is not None}
+    states = set()
+    if optimizer is not None:
+        for st in optimizer.state.values():
+            states |= {str(v.dtype).removeprefix("torch.") for k, v in st.items() if k in ("exp_avg", "exp_avg_sq")}
+    compute = getattr(model, "_autocast_dtype", None)
+    return {"param_dtype": {str(p.dtype).removeprefix("torch.") for p in params},
+            "grad_dtype": grads, "optimizer_state_dtype": states,
+            "compute_dtype": str(compute).removeprefix("torch.") if compute is not None else None,
+            "checkpointing": bool(getattr(model, "is_gradient_checkpointing", False))}
 
 
 def test_pure_bf16_adamw_loses_what_an_fp32_master_keeps():
