@@ -225,6 +225,8 @@ def test_each_stage_trains_the_model_the_table_names(monkeypatch):
     teacher to the bridge stages); the curves draw the stages in the table's order."""
     from types import SimpleNamespace
 
+    import torch
+
     from reference import curves, stages
     from reference.assemble import Models
     from reference.stage_runner import TrainingSetup, train_stage
@@ -234,11 +236,12 @@ def test_each_stage_trains_the_model_the_table_names(monkeypatch):
     monkeypatch.setattr(stages, "grpo", lambda policy, problems, cfg, ctx, **k: seen.append((policy, None)))
     monkeypatch.setattr(stages, "fkl_warmup", lambda student, teacher, *a, **k: seen.append((student, teacher)))
     monkeypatch.setattr(stages, "opd", lambda student, teacher, *a, **k: seen.append((student, teacher)))
-    models = Models(teacher="teacher", student="student", ctx=None, tokenizer=None)
+    roles = {"teacher": torch.nn.Module(), "student": torch.nn.Module()}  # weightless: the stage plan has nothing to cast
+    models = Models(teacher=roles["teacher"], student=roles["student"], ctx=None, tokenizer=None)
     setup = TrainingSetup(tiny_config(), models, SimpleNamespace(labeled=(), unlabeled=()), LabelAccount(0, 0, 0))
     for stage, spec in STAGES.items():
         train_stage(stage, setup, 0)
-        assert seen.pop() == (spec.trains, spec.scorer), stage
+        assert seen.pop() == (roles[spec.trains], roles.get(spec.scorer)), stage
     assert curves.STAGE_ORDER == [s.value for s in STAGES]
 
 

@@ -8,6 +8,7 @@ import dataclasses
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 pytest.importorskip("torch")
 
@@ -38,7 +39,8 @@ def stage_inputs(cfg, arm: str, monkeypatch) -> list[tuple]:
     monkeypatch.setattr(stages, "grpo", grpo)
     monkeypatch.setattr(stages, "fkl_warmup", fkl_warmup)
     monkeypatch.setattr(stages, "opd", opd)
-    models = Models(teacher="teacher", student="student", ctx=None, tokenizer=None)
+    # weightless modules: the stage plan has nothing to cast
+    models = Models(teacher=torch.nn.Module(), student=torch.nn.Module(), ctx=None, tokenizer=None)
     world = SimpleNamespace(labeled=(None,) * cfg.world.labels, unlabeled=())
     setup = TrainingSetup(cfg, models, world, get_arm(arm).labels(cfg.world.labels))
     for stage in get_arm(arm).stages:
