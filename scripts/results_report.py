@@ -686,6 +686,16 @@ def plateau_reruns(t: Tables) -> list[str]:
             *table(["aim (issue 23)", "verdict"], aims),
             "",
         ]
+    if t.has(RERUN_REPORT.replace(".json", "_seen.json")):
+        seen = t.json(RERUN_REPORT.replace(".json", "_seen.json"))
+        out += [
+            f"The paper-like world, scored apart (`--set seen`: its plateau numbers were in the issues' text "
+            f"when the predictions were made; `{RERUN_REPORT.replace('.json', '_seen.json')}`): "
+            f"{seen['n_configs']} configurations, MAE {num(seen['mae'])} points (naive {num(seen['naive_mae'])}), "
+            f"coverage {num(seen['coverage'], 2)}, decision regret mean {num(seen['decision_regret']['mean'], 2)} "
+            "points.",
+            "",
+        ]
     return out
 
 
