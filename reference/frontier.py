@@ -79,6 +79,14 @@ def compute_matched(curves: pd.DataFrame, levels: Iterable[float], *, seed: int 
     return frontier(curves, levels, seed=seed)
 
 
+def draw_frontier(ax, front: pd.DataFrame, *, ms: float = 4, lw: float = 1.6) -> None:
+    """One line (mean) and band (95% interval) per arm of a `frontier` table, on a matplotlib axis."""
+    for arm, g in front.groupby("arm", sort=False):
+        g = g.dropna(subset=["accuracy"])
+        (line,) = ax.plot(g["tokens"], g["accuracy"], marker="o", ms=ms, lw=lw, label=arm)
+        ax.fill_between(g["tokens"], g["lo"], g["hi"], color=line.get_color(), alpha=0.15, lw=0)
+
+
 def plot_frontier(front: pd.DataFrame, path: str | Path | None = None, *, title: str = ""):
     """Accuracy against training tokens (log scale), one line and band per arm."""
     import matplotlib
@@ -86,10 +94,7 @@ def plot_frontier(front: pd.DataFrame, path: str | Path | None = None, *, title:
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for arm, g in front.groupby("arm", sort=False):
-        g = g.dropna(subset=["accuracy"])
-        (line,) = ax.plot(g["tokens"], g["accuracy"], marker="o", ms=4, lw=1.6, label=arm)
-        ax.fill_between(g["tokens"], g["lo"], g["hi"], color=line.get_color(), alpha=0.15, lw=0)
+    draw_frontier(ax, front)
     ax.set(xscale="log", xlabel="training tokens (cumulative, every stage)",
            ylabel="validation accuracy of the best checkpoint by then (%)", title=title)
     ax.legend(fontsize=8, frameon=False)

@@ -149,7 +149,6 @@ def cmd_summary(args) -> int:
     """Per configuration: test avg@8 / greedy / pass@8 (mean, sd over seeds), tokens to the best checkpoint and
     spent, stages at plateau, and the teacher's and student's selected validation scores; per world and N:
     RL bridge - direct GRPO paired by seed on each metric (95% bootstrap interval), label-matched at plateau."""
-    import numpy as np
     from theory.stats import paired_difference
 
     runs = finished()
@@ -189,7 +188,7 @@ def cmd_summary(args) -> int:
             iv = paired_difference(a.loc[seeds, k], b.loc[seeds, k], rng)
             row.update({f"{k}_diff": iv.estimate, f"{k}_lo": iv.low, f"{k}_hi": iv.high})
         # the paper's regime: the RL teacher's plateau (validation) well above direct GRPO's on the student
-        if "teacher_val" in b and b.loc[seeds, "teacher_val"].notna().all():
+        if b.loc[seeds, "teacher_val"].notna().all():
             row["teacher_val"] = float(b.loc[seeds, "teacher_val"].mean())
             row["direct_student_val"] = float(a.loc[seeds, "student_val"].mean())
         diffs.append(row)
@@ -217,7 +216,7 @@ def cmd_frontier(args) -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from reference.frontier import compute_matched, frontier, run_curve
+    from reference.frontier import compute_matched, draw_frontier, frontier, run_curve
 
     runs = finished()
     for world in dict.fromkeys(c["world"] for c, _ in runs):
@@ -232,10 +231,7 @@ def cmd_frontier(args) -> int:
             levels = sorted({float(np.median([r.compute_tokens for r in res if r.arm == arm]))
                              for arm in dict.fromkeys(r.arm for r in res)})
             matched.append(compute_matched(curves, levels).assign(world=world, labels=n))
-            for arm, f in front.groupby("arm", sort=False):
-                f = f.dropna(subset=["accuracy"])
-                (line,) = ax.plot(f["tokens"], f["accuracy"], marker="o", ms=3, lw=1.5, label=arm)
-                ax.fill_between(f["tokens"], f["lo"], f["hi"], color=line.get_color(), alpha=0.15, lw=0)
+            draw_frontier(ax, front, ms=3, lw=1.5)
             ax.set(xscale="log", title=f"N = {n}", xlabel="training tokens (every stage)")
         axes[0][0].set_ylabel("validation avg@8 of the best checkpoint by then (%)")
         axes[0][-1].legend(fontsize=8, frameon=False)

@@ -29,6 +29,7 @@ NOT_RERUN = "not rerun yet: fixed-length protocol"
 RERUN_DIFFS = "plateau_reruns_differences.csv"
 RERUN_SUMMARY = "plateau_reruns_summary.csv"
 RERUN_REPORT = "plateau_crosscheck_report.json"
+RERUN_REPORT_SEEN = "plateau_crosscheck_report_seen.json"
 BRIDGE_VS_DIRECT = "rl_teacher_bridge - direct_grpo"
 ACCURACY_ROWS = ("raw_teacher_bridge", "rl_teacher_bridge", "no_fkl", "no_opd", "rl_teacher_bridge_stage3")
 
@@ -686,11 +687,11 @@ def plateau_reruns(t: Tables) -> list[str]:
             *table(["aim (issue 23)", "verdict"], aims),
             "",
         ]
-    if t.has(RERUN_REPORT.replace(".json", "_seen.json")):
-        seen = t.json(RERUN_REPORT.replace(".json", "_seen.json"))
+    if t.has(RERUN_REPORT_SEEN):
+        seen = t.json(RERUN_REPORT_SEEN)
         out += [
             f"The paper-like world, scored apart (`--set seen`: its plateau numbers were in the issues' text "
-            f"when the predictions were made; `{RERUN_REPORT.replace('.json', '_seen.json')}`): "
+            f"when the predictions were made; `{RERUN_REPORT_SEEN}`): "
             f"{seen['n_configs']} configurations, MAE {num(seen['mae'])} points (naive {num(seen['naive_mae'])}), "
             f"coverage {num(seen['coverage'], 2)}, decision regret mean {num(seen['decision_regret']['mean'], 2)} "
             "points.",
