@@ -313,9 +313,10 @@ def train_loop(model, *, lr: float, schedule_cfg, steps: int, batches, make_step
                     loss = loss / ctx.engine.world_size  # the ranks' shares sum to world x the global loss
                 grad_norms.append(_step(net, opt, schedule_cfg.grad_clip, ctx))
                 step_losses.append(loss.item())
-            # several updates: their mean (each mini-batch's loss is its share of the batch loss x updates)
-            entry["grad_norm"] = grad_norms[0] if len(grad_norms) == 1 else float(np.mean(grad_norms))
-            entry[work.loss_name] = step_losses[0] if len(step_losses) == 1 else float(np.mean(step_losses))
+            # the mean over the updates (one update: its own value; each mini-batch's loss is its share of the
+            # batch loss x updates)
+            entry["grad_norm"] = float(np.mean(grad_norms))
+            entry[work.loss_name] = float(np.mean(step_losses))
             entry["lr"] = lr * factor
             tokens += work.train_tokens
         if work.after is not None:
