@@ -6,6 +6,8 @@
     python scripts/plateau_reruns.py status     # what is finished and what remains
     python scripts/plateau_reruns.py summary    # docs/results/plateau_reruns_{summary,differences}.csv
     python scripts/plateau_reruns.py frontier   # docs/results/frontier_<world>.{csv,png} (+ _matched.csv)
+    python scripts/plateau_reruns.py ablation [--seeds 1000-1009] [--jobs 2] [--workdir /work/reruns]
+                                              # the paper-like world's seven arms (issue 22's first rerun)
 
 Every configuration of docs/results/plateau_crosscheck_predictions.csv (world, N, arm) runs under its
 pre-registered config (configs/plateau/modes_k*.toml, `[world] labels` = N) at the seeds the
@@ -46,6 +48,15 @@ SUMMARY = ROOT / "docs/results/plateau_reruns_summary.csv"
 DIFFS = ROOT / "docs/results/plateau_reruns_differences.csv"
 METRICS = {"accuracy": "avg@8", "accuracy_greedy": "greedy", "pass_at_k": "pass@8"}
 SEED_BASE = 1000
+# The paper-like world's ablation under the protocol: every arm at N = 64, its own config (the seen world's
+# modes_k15 with the GRPO cap as 400 steps, so stage 3's 32-label halves get the same cap as the rest).
+# Seeds are the seen set's (1000-1009): direct GRPO and the RL bridge there repeat the seen reruns'
+# configurations, which the ablation's table checks are identical. Arms of one seed share their stages
+# (one RL teacher for the bridge, no-FKL and no-OPD; one split teacher for stage 3 and the replay control).
+ABLATION_CONFIG = "configs/plateau/paper_world.toml"
+ABLATION_WORLD = "paper-world"
+ABLATION_ARMS = ("rl_teacher_bridge", "no_opd", "no_fkl", "rl_teacher_bridge_stage3", "replay_control",
+                 "raw_teacher_bridge", "direct_grpo")
 
 
 def configurations() -> list[dict]:
@@ -91,6 +102,52 @@ def cmd_run(args) -> int:
         print(f"  [{i} of {len(todo)}] {c['world']} N={c['labels']} {c['arm']} seed={seed}: test "
               f"{res.metrics['accuracy']:.1f}, {res.compute_tokens:,} tokens", flush=True)
     return 0
+
+
+def _ablation_seed(job: tuple[int, str]) -> str:
+    """Every arm of one seed in one workdir (a process of its own), skipping arms already written."""
+    seed, workdir = job
+    from reference.config import load_config
+    from reference.pipeline import run_pipeline
+    from reference.runs import write_result
+
+    cfg = load_config(ROOT / ABLATION_CONFIG)
+    lines = []
+    for arm in ABLATION_ARMS:
+        path = OUT / ABLATION_WORLD / f"{arm}_n{cfg.world.labels}_s{seed}.json"
+        if path.is_file():
+            continue
+        res = run_pipeline(cfg, arm, seed, workdir=Path(workdir) / ABLATION_WORLD / f"seed_{seed}", split="test",
+                           progress=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_result(res, path)
+        lines.append(f"{arm} {res.metrics['accuracy']:.1f}")
+        print(f"  seed {seed} {arm}: test {res.metrics['accuracy']:.1f}, {res.compute_tokens:,} tokens", flush=True)
+    return f"seed {seed}: " + (", ".join(lines) or "already finished")
+
+
+def cmd_ablation(args) -> int:
+    import multiprocessing as mp
+
+    seeds = _seed_range(args.seeds)
+    with mp.get_context("spawn").Pool(args.jobs) as pool:
+        for line in pool.imap_unordered(_ablation_seed, [(s, args.workdir) for s in seeds]):
+            print(line, flush=True)
+    return 0
+
+
+def _seed_range(text: str) -> list[int]:
+    """'1000-1009' or '1000,1003' -> seeds; one line naming the flag when it does not parse."""
+    try:
+        out = []
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise InputError(f"--seeds: expected e.g. 1000-1009 or 1000,1003, got {text!r}") from None
+    if not out:
+        raise InputError(f"--seeds: no seeds in {text!r}")
+    return out
 
 
 def run_rows(c: dict, seed: int, res, low_tokens: float | None) -> list[dict]:
@@ -268,6 +325,11 @@ def main(argv=None) -> int:
     r.add_argument("--workdir", default="/tmp/plateau_reruns")
     r.add_argument("--max-runs", type=int, default=0)
     r.set_defaults(func=cmd_run)
+    ab = sub.add_parser("ablation")
+    ab.add_argument("--seeds", default=f"{SEED_BASE}-{SEED_BASE + 9}")
+    ab.add_argument("--jobs", type=int, default=1, help="seeds run in parallel, one process each")
+    ab.add_argument("--workdir", default="/tmp/plateau_reruns")
+    ab.set_defaults(func=cmd_ablation)
     sub.add_parser("table").set_defaults(func=cmd_table)
     sub.add_parser("status").set_defaults(func=cmd_status)
     sub.add_parser("summary").set_defaults(func=cmd_summary)
