@@ -37,6 +37,13 @@ GRPO's no-signal skip is decided over all ranks, GKD's loss is the global token 
 is gathered to rank 0 in the one-process format (tests/test_scale_sharded.py: 2 processes, killed after
 a stage and resumed, end where one process ends).
 
+Micro-batches: GRPO trains each rank's batch in slices of at most `engine.micro_batch` completions
+(`grpo_micro_batch`: per_device_train_batch_size, with gradient_accumulation_steps = steps_per_generation
+= slices per batch, so one generation still feeds one optimizer step over the whole batch; TRL's token-mean
+and sequence-mean losses are normalised over the generation batch, tests/test_trl_backend.py). TRL still
+generates a rank's whole batch in one `generate` call (its bounded alternatives are vLLM and continuous
+batching, neither wired here).
+
 Deviations: the forward-KL warmup and OPD have no micro-batch split of their own here (TRL's
 gradient accumulation sizes are left at 1); GKD computes its loss at temperature 1, so `fkl.temperature`
 must be 1 under TRL; `opd.estimator = "sampled"` has no TRL counterpart (DistillationTrainer is the
@@ -65,9 +72,10 @@ HYPERPARAMETERS: dict[tuple[str, str], str] = {
     ("grpo", "lr"): "GRPOConfig.learning_rate (student GRPO)",
     ("grpo", "teacher_lr"): "GRPOConfig.learning_rate (teacher GRPO; 0 -> lr)",
     ("grpo", "group_size"): "GRPOConfig.num_generations",
-    ("grpo", "prompts_per_step"): "GRPOConfig.per_device_train_batch_size = prompts_per_step * group_size / "
-                                  "processes (TRL counts completions, per device); generation_batch_size = "
-                                  "prompts_per_step * group_size, steps_per_generation 1",
+    ("grpo", "prompts_per_step"): "GRPOConfig.generation_batch_size = prompts_per_step * group_size (TRL counts "
+                                  "completions); per_device_train_batch_size = that / processes, in slices of at "
+                                  "most engine.micro_batch (grpo_micro_batch) with gradient_accumulation_steps = "
+                                  "steps_per_generation = slices per rank",
     ("grpo", "epochs"): "GRPOConfig.max_steps = stages.grpo_steps(labels, cfg)",
     ("grpo", "max_steps"): "GRPOConfig.max_steps = stages.grpo_steps(labels, cfg) (its cap)",
     ("grpo", "clip_low"): "GRPOConfig.epsilon",
@@ -106,10 +114,12 @@ UNMAPPED: dict[tuple[str, str], str] = {}
 # What the reference loop hard-codes, passed to every TRL config explicitly (stages.optimizer).
 FIXED: dict[str, Any] = {
     "optim": "adamw_torch", "adam_beta1": 0.9, "adam_beta2": 0.99, "adam_epsilon": 1e-8, "weight_decay": 0.0,
+    # GRPO accumulates over engine.micro_batch slices instead (grpo_args); GKD and distillation keep 1
     "gradient_accumulation_steps": 1, "top_p": 1.0, "top_k": 0,  # stage sampling is plain temperature sampling
     "seed": 0,  # unused for numbers: data order and sampling are the reference's (module docstring)
 }
-# fixed per trainer: the settings that make TRL's algorithm the reference's one
+# fixed per trainer: the settings that make TRL's algorithm the reference's one (steps_per_generation: one
+# generation per optimizer step, = gradient_accumulation_steps; TRL derives it from generation_batch_size)
 FIXED_GRPO: dict[str, Any] = {"scale_rewards": "group", "num_iterations": 1, "steps_per_generation": 1,
                               "importance_sampling_level": "token", "mask_truncated_completions": False}
 FIXED_GKD: dict[str, Any] = {"lmbda": 0.0, "seq_kd": True, "beta": 0.0}
@@ -130,7 +140,7 @@ _NO_CHECKPOINTING: dict = {}
 
 
 def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_clip: float,
-                 configured: bool = False) -> dict:
+                 configured: bool = False, accumulation: int = FIXED["gradient_accumulation_steps"]) -> dict:
     """TrainingArguments shared by the three trainers. `configured`: under the pipeline's accelerate engine,
     the trainer takes the launch's AcceleratorState as it is (TrainingArguments would otherwise reset it,
     and the engine's Accelerator would lose its device until the trainer builds a new one)."""
@@ -143,18 +153,31 @@ def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_c
                 dataloader_num_workers=0, remove_unused_columns=False,
                 optim=FIXED["optim"], adam_beta1=FIXED["adam_beta1"], adam_beta2=FIXED["adam_beta2"],
                 adam_epsilon=FIXED["adam_epsilon"], weight_decay=FIXED["weight_decay"],
-                gradient_accumulation_steps=FIXED["gradient_accumulation_steps"], seed=FIXED["seed"],
+                gradient_accumulation_steps=accumulation, seed=FIXED["seed"],
                 lr_scheduler_type="constant", **_NO_CHECKPOINTING)
 
 
+def grpo_micro_batch(rows: int, micro_batch: int) -> int:
+    """Completions per device in one TRL micro-step: the largest divisor of this rank's `rows` (prompts x
+    group size) that is at most `micro_batch` (TRL cuts a generation batch into equal slices), all `rows`
+    when `micro_batch` is 0 or at least `rows`. The reference loop's last slice may be shorter instead."""
+    if micro_batch <= 0 or micro_batch >= rows:
+        return rows
+    return max(d for d in range(1, micro_batch + 1) if rows % d == 0)
+
+
 def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, out_dir: str, world: int = 1,
-              configured: bool = False):
-    """`prompts_per_step` per rank; one generation per step over the `world` ranks' batches."""
+              configured: bool = False, micro_batch: int = 0):
+    """`prompts_per_step` per rank; one generation per optimizer step over the `world` ranks' batches, each
+    rank's share trained in slices of at most `micro_batch` completions (`grpo_micro_batch`; 0: one slice)."""
     from trl import GRPOConfig as TRLGRPOConfig
     G = cfg.group_size
-    return TRLGRPOConfig(**_common_args(out_dir, lr=cfg.lr_for(role), steps=steps, per_device=prompts_per_step * G,
-                                        grad_clip=cfg.grad_clip, configured=configured),
-                         num_generations=G, generation_batch_size=prompts_per_step * G * world,
+    rows = prompts_per_step * G
+    per_device = grpo_micro_batch(rows, micro_batch)
+    return TRLGRPOConfig(**_common_args(out_dir, lr=cfg.lr_for(role), steps=steps, per_device=per_device,
+                                        grad_clip=cfg.grad_clip, configured=configured,
+                                        accumulation=rows // per_device),
+                         num_generations=G, generation_batch_size=rows * world,
                          epsilon=cfg.clip_low, epsilon_high=cfg.clip_high, loss_type=GRPO_LOSS_TYPES[cfg.loss],
                          beta=cfg.kl_coef, temperature=cfg.temperature, top_p=FIXED["top_p"], top_k=FIXED["top_k"],
                          max_completion_length=cfg.max_new_tokens, disable_dropout=True, shuffle_dataset=False,
@@ -214,6 +237,17 @@ class _Pinned:
         return self._order
 
     @contextmanager
+    def _defer_fsdp_gradient_reduction(self):
+        """transformers' `no_sync` for a model it sharded at load time reads `config.distributed_config`, which a
+        model sharded by `engines.fsdp2_shard` lacks: the same for plain FSDP2 (no HSDP), the reduce-scatter
+        skipped on every micro-step but the last (as the reference loop's `stages._backward`)."""
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
+
+    @contextmanager
     def _sampling_stream(self):
         outer = torch.get_rng_state()
         torch.set_rng_state(self._rng_state)
@@ -266,11 +300,12 @@ def _trainer_classes():
         def training_step(self, model, inputs, num_items_in_batch=None):
             # the reference makes no update on a batch without signal (every group's rewards equal)
             batch = self._prepare_inputs(inputs)
-            # the decision is global: under DDP every rank steps, or none does (as the reference's)
-            signal = (batch["advantages"] != 0).any().float()
-            if self._ctx is not None:
-                signal = stages.global_sum(signal, self._ctx)
-            self._skip_update = not bool(signal > 0)
+            if self._step % self.args.steps_per_generation == 0:  # a new batch: decided once for all its slices
+                # the decision is global: under DDP every rank steps, or none does (as the reference's)
+                signal = torch.stack([(b["advantages"] != 0).any() for b in self._buffered_inputs]).any().float()
+                if self._ctx is not None:
+                    signal = stages.global_sum(signal, self._ctx)
+                self._skip_update = not bool(signal > 0)
             # the compute account: the rollout, plus the update's forward/backward when there is one
             rollout = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
             self._tokens += rollout * (1 if self._skip_update else 2)
@@ -390,7 +425,7 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, tok,
     taken = steps if limit is None else min(steps, limit)
     what = "grpo.prompts_per_step" if P == cfg.prompts_per_step else "the labeled problem count"
     args = grpo_args(cfg, role=role, steps=taken, prompts_per_step=_per_rank(P, _world(ctx), what), out_dir=out_dir,
-                     world=_world(ctx), configured=_launched(ctx))
+                     world=_world(ctx), configured=_launched(ctx), micro_batch=ctx.micro_batch)
     if cfg.kl_coef > 0:
         raise InputError("grpo.kl_coef > 0 under trainer = \"trl\": GRPOTrainer reloads the reference model from the "
                          "policy's path, which an in-memory model lacks; set kl_coef = 0 or trainer = \"reference\"")
@@ -498,8 +533,9 @@ def _sharded(model, ctx: stages.StageContext):
     loop's own sharding) and marked as transformers marks a model it shards at load time
     (`from_pretrained(distributed_config=...)`): the Trainer then neither moves it nor wraps it in DDP,
     builds AdamW on the shards, and generation decodes in lockstep (`synced_gpus`). Else the model as is.
-    Gradient accumulation must stay at 1 (FIXED): for micro-batches the Trainer's branch for such models
-    reads `config.distributed_config`, which only a model sharded by transformers itself carries."""
+    For GRPO's micro-batches the Trainer's no-sync branch for such models reads `config.distributed_config`,
+    which only a model sharded by transformers itself carries: `_Pinned._defer_fsdp_gradient_reduction`
+    replaces it."""
     if ctx is None or not stages.sharded(ctx):
         return model
     from reference.engines import fsdp2_shard
