@@ -16,7 +16,11 @@ docs/scale.md). Per GPU, for a micro-batch of `tokens` = micro_batch x (max prom
   checkpointing one h-vector per layer plus one layer's full set.
 - logits: tokens x V x (2 B bf16 + 4 B fp32 log-softmax + 4 B its grad) for the trained model,
   tokens x V x (2 + 4) B for a frozen scorer — the full-vocabulary KL needs both.
-- rollout (vLLM/HF): weights + KV cache of 2 x layers x kv_heads x head_dim x 2 B per token.
+- rollout (vLLM/HF): weights + KV cache of 2 x layers x kv_heads x head_dim x 2 B per token
+  (`reference.rollout.kv_cache_bytes`). HF sampling decodes a GPU's rollouts in micro-batches
+  (`reference.rollout.rollout_micro_batch` of `engine.rollout_micro_batch` / `engine.kv_cache_gib`):
+  each stage reports `rollout_micro_batch` and the `kv_cache_gib` one micro-batch holds, per GPU count
+  (vLLM, when installed, pages its own cache instead).
 """
 
 from __future__ import annotations
@@ -134,9 +138,12 @@ def rollout_estimate(sampler: tuple[Shape, int], *, resident_gib: float, seq_tok
     `resident_gib` is what stays on the GPU while sampling (trainer states, frozen weights; vLLM's
     sleep mode frees its own memory during training, not the trainer's).
     """
+    from reference.rollout import kv_cache_bytes
+
     s, p = sampler
     weights = dtype_bytes * p / GiB
-    kv_per_token = 2 * s.layers * s.kv_heads * s.head_dim * dtype_bytes
+    kv_per_token = kv_cache_bytes(layers=s.layers, kv_heads=s.kv_heads, head_dim=s.head_dim, tokens=1,
+                                  dtype_bytes=dtype_bytes)
     kv_per_seq = kv_per_token * seq_tokens / GiB
     free = GPU_GIB * 0.9 - resident_gib - weights  # vLLM gpu_memory_utilization 0.9
     return {
@@ -146,6 +153,19 @@ def rollout_estimate(sampler: tuple[Shape, int], *, resident_gib: float, seq_tok
         "concurrent_full_length_seqs_in_80gib": max(0, int(free / kv_per_seq)),
         "seqs_per_step_per_gpu": n_seqs,
     }
+
+
+def rollout_micro_batches(sampler: Shape, engine, *, seq_tokens: int, seqs_per_gpu: int,
+                          dtype_bytes: int = 2) -> tuple[int, float]:
+    """(sequences per sampler call, GiB of KV cache one call holds) for a GPU's `seqs_per_gpu` rollouts of
+    `seq_tokens` positions: the rule HFRollout applies (`reference.rollout.rollout_micro_batch`)."""
+    from reference.rollout import kv_cache_bytes, rollout_micro_batch
+
+    seq = kv_cache_bytes(layers=sampler.layers, kv_heads=sampler.kv_heads, head_dim=sampler.head_dim,
+                         tokens=seq_tokens, dtype_bytes=dtype_bytes)
+    mb = rollout_micro_batch(seqs_per_gpu, micro_batch=engine.rollout_micro_batch, kv_cache_gib=engine.kv_cache_gib,
+                             seq_bytes=seq)
+    return mb, round(mb * seq / GiB, 2)
 
 
 def launch_command(config_path: str, arm: str, seed: int, *, n_gpus: int, accelerate_config: str) -> str:
@@ -201,8 +221,10 @@ def dry_run(config, *, arm: str = "rl_teacher_bridge_stage3", seed: int = 0, gpu
     def stage_entry(name: str, trained_role: str | None, frozen_role: str | None, sampler: str, max_new: int,
                     n_seq_rollout: int) -> dict:
         tokens = mb * (prompt + max_new)
-        per_gpu, rollout_gpu = {}, {}
+        per_gpu, rollout_gpu, sampling = {}, {}, {}
         for n in gpus:
+            sampling[str(n)] = rollout_micro_batches(shapes[sampler], cfg.engine, seq_tokens=prompt + max_new,
+                                                     seqs_per_gpu=-(-n_seq_rollout // n), dtype_bytes=db)
             per_gpu[str(n)] = memory_estimate(
                 trained=(shapes[trained_role], params[trained_role]) if trained_role else None,
                 frozen=(shapes[frozen_role], params[frozen_role]) if frozen_role else None,
@@ -229,6 +251,8 @@ def dry_run(config, *, arm: str = "rl_teacher_bridge_stage3", seed: int = 0, gpu
             "memory_gib": {n: v["total"] for n, v in per_gpu.items()},
             "memory_breakdown_gib": per_gpu,
             "rollout": rollout_gpu,
+            "rollout_micro_batch": {n: v[0] for n, v in sampling.items()},  # sequences per sampler call, per GPU
+            "kv_cache_gib": {n: v[1] for n, v in sampling.items()},  # KV cache of one such call
             "fits_80gib": {n: v["total"] <= GPU_GIB for n, v in per_gpu.items()},
             "launch": {n: launch_command(cfg.source or "CONFIG", arm, seed, n_gpus=int(n),
                                          accelerate_config=cfg.engine.accelerate_config or "configs/accelerate/fsdp2.yaml")
@@ -270,11 +294,13 @@ def format_dry_run(d: dict) -> str:
                  f"  checkpointing {eng['gradient_checkpointing']}  rollout {eng['rollout']}")
     gpus = list(d["stages"][0]["memory_gib"])
     head = f"  {'stage':14s} {'trains':20s} {'frozen scorer':16s} {'params':>8s} " + " ".join(
-        f"{'GiB/GPU@' + n:>12s}" for n in gpus) + " " + " ".join(f"{'seqs@' + n:>8s}" for n in gpus)
+        f"{'GiB/GPU@' + n:>12s}" for n in gpus) + " " + " ".join(f"{'seqs@' + n:>8s}" for n in gpus) + " " + " ".join(
+        f"{'KV GiB x mb@' + n:>16s}" for n in gpus)
     lines += ["", head]
     for s in d["stages"]:
         mem = " ".join(f"{s['memory_gib'][n]:>11.1f}{'' if s['fits_80gib'][n] else '!'}" for n in gpus)
         mem += " " + " ".join(f"{s['rollout'][n]['concurrent_full_length_seqs_in_80gib']:>8d}" for n in gpus)
+        mem += " " + " ".join(f"{s['kv_cache_gib'][n]:>10.1f} x {s['rollout_micro_batch'][n]:<3d}" for n in gpus)
         trains = s["model"] if s["trainable"] else "(sampling only)"
         lines.append(f"  {s['name']:14s} {trains:20s} {str(s['frozen'] or '-'):16s} {s['params'] / 1e9:7.2f}B {mem}")
     if eng["sharded_states"]:
@@ -285,6 +311,8 @@ def format_dry_run(d: dict) -> str:
     lines.append("  GiB/GPU: training micro-step peak (analytic estimate); ! = over 80 GiB: lower engine.micro_batch,")
     lines.append("  enable gradient checkpointing, use LoRA (engine.lora_rank) or shard over more GPUs.")
     lines.append("  seqs: full-length sequences whose KV cache fits beside the resident training state (vLLM, 90% of 80 GiB).")
+    lines.append("  KV GiB x mb: KV cache of one HF sampler call x its sequences a call (engine.rollout_micro_batch,")
+    lines.append("  engine.kv_cache_gib).")
     lines += ["", "launch:"]
     for n, cmd in d["stages"][0]["launch"].items():
         lines.append(f"  {n} GPU{'s' if n != '1' else ''}: {cmd}")

@@ -60,6 +60,20 @@ def test_rollout_micro_batch_rule():
     assert rollout_micro_batch(12, micro_batch=4, kv_cache_gib=1.0, seq_bytes=seq) == 4  # explicit wins
 
 
+def test_dry_run_reports_each_stages_rollout_micro_batch_and_its_kv_cache():
+    """The paper config (kv_cache_gib = 32) on 8 GPUs: 25 teacher sequences a call (31.64 GiB) where one
+    call on a GPU's 512 would hold 648 GiB; stages with fewer sequences per GPU decode them all at once."""
+    from reference.dryrun import dry_run, format_dry_run
+    d = dry_run(load_config(ROOT / "configs" / "paper-qwen3-math.toml"))
+    got = {s["name"]: (s["rollout_micro_batch"]["8"], s["kv_cache_gib"]["8"]) for s in d["stages"]}
+    assert got == {"teacher_grpo": (25, 31.64), "fkl_warmup": (8, 10.12), "opd": (8, 7.88),
+                   "student_grpo": (32, 31.5), "eval": (32, 31.5)}
+    assert {s["name"]: s["rollout_micro_batch"]["1"] for s in d["stages"]}["fkl_warmup"] == 25  # 64 on one GPU
+    assert "KV GiB x mb@8" in format_dry_run(d)
+    with pytest.raises(InputError, match="engine.kv_cache_gib"):  # below one 8B sequence: refused before any GPU
+        dry_run(load_config(ROOT / "configs" / "paper-qwen3-math.toml").override({"engine.kv_cache_gib": 1.0}))
+
+
 @pytest.mark.parametrize("kw,key", [(dict(micro_batch=-1), "engine.rollout_micro_batch"),
                                     (dict(kv_cache_gib=-0.5), "engine.kv_cache_gib"),
                                     (dict(kv_cache_gib=0.001, seq_bytes=2 * 2**20), "engine.kv_cache_gib")])
