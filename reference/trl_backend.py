@@ -209,19 +209,24 @@ def distillation_args(cfg: OPDConfig, *, steps: int, prompts_per_step: int, out_
 
 
 class ReferenceOrder(Sampler):
-    """The reference's batches (`stages.batch_indices`), each index repeated `repeat` times in a row."""
+    """The reference's batches (`stages.batch_indices`), each index repeated `repeat` times in a row and
+    each batch `batch_repeat` times (GRPO's steps_per_generation: the data loader hands the trainer one
+    copy of the generation batch per accumulated slice and generates from the first; TRL's RepeatSampler
+    `repeat_count`)."""
 
-    def __init__(self, n_items: int, per_step: int, steps: int, seed: int, repeat: int = 1):
+    def __init__(self, n_items: int, per_step: int, steps: int, seed: int, repeat: int = 1, batch_repeat: int = 1):
         self.n_items, self.per_step, self.steps, self.seed, self.repeat = n_items, per_step, steps, seed, repeat
+        self.batch_repeat = batch_repeat
 
     def __iter__(self):
         for idx in stages.batch_indices(self.n_items, self.per_step, self.steps, np.random.default_rng(self.seed)):
-            for i in idx:
-                for _ in range(self.repeat):
-                    yield i
+            for _ in range(self.batch_repeat):
+                for i in idx:
+                    for _ in range(self.repeat):
+                        yield i
 
     def __len__(self) -> int:
-        return self.per_step * self.steps * self.repeat
+        return self.per_step * self.steps * self.repeat * self.batch_repeat
 
 
 class _Pinned:
@@ -439,8 +444,8 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, tok,
                          callbacks=[log.callback])
     torch.set_rng_state(state)
     _quiet(trainer, use_cache)
-    trainer._pin(ReferenceOrder(len(problems), P, taken, seed, repeat=cfg.group_size), state,
-                 _lr_of_step(cfg, steps), ctx)
+    trainer._pin(ReferenceOrder(len(problems), P, taken, seed, repeat=cfg.group_size,
+                                batch_repeat=args.steps_per_generation), state, _lr_of_step(cfg, steps), ctx)
     return trainer, log, taken
 
 
