@@ -149,10 +149,10 @@ def gathered(model):
     gave it (an explicit bool, which torch applies to the root too). Every rank must enter (the gather
     is a collective); inside, the forwards are local, so ranks need not decode in lockstep. Memory: the
     whole model on every rank for the phase (2 B/param in bf16: 15.3 GiB for the 8B teacher)."""
-    if not is_sharded(model):
+    from torch.distributed.fsdp import FSDPModule
+    if not isinstance(model, FSDPModule):
         yield model
         return
-    from torch.distributed.fsdp import FSDPModule
     units = [m for m in model.modules() if isinstance(m, FSDPModule)]
     for m in units:
         m.unshard()
