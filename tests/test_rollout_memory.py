@@ -8,14 +8,13 @@ step, and the samples equal the unsharded model's at the same seed."""
 
 import json
 from pathlib import Path
-import sys
 
 import pytest
 import torch
 
 from reference import losses
 from reference.config import Config, load_config
-from reference.rollout import (GiB, HFRollout, RolloutBatch, completion_logits, kv_cache_bytes, model_kv_cache_bytes,
+from reference.rollout import (GiB, HFRollout, completion_logits, kv_cache_bytes, model_kv_cache_bytes,
                                rollout_micro_batch)
 from theory.errors import InputError
 
