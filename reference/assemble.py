@@ -90,8 +90,8 @@ def build_models(cfg: Config, *, need_teacher: bool, engine=None) -> Models:
         from reference.rollout_vllm import VLLMRollout  # SCALE, optional extra
         rollout = VLLMRollout(tok, cfg)
     else:
-        rollout = HFRollout(tok, static_cache=cfg.engine.static_cache, micro_batch=cfg.engine.micro_batch,
-                            lean=cfg.engine.rollout == "lean")
+        rollout = HFRollout(tok, static_cache=cfg.engine.static_cache, micro_batch=cfg.engine.rollout_micro_batch,
+                            kv_cache_gib=cfg.engine.kv_cache_gib, lean=cfg.engine.rollout == "lean")
     ctx = StageContext(rollout=rollout, vocab_size=vocab, eos_id=tok.eos_token_id,
                        score_batch=lambda c, g: score_batch(c, g), is_compliant=is_compliant,
                        engine=engine, micro_batch=cfg.engine.micro_batch)

@@ -340,6 +340,11 @@ class EngineConfig:
     gradient_checkpointing: bool = False
     lora_rank: int = 0  # >0: LoRA (peft) for teacher GRPO on small GPUs
     micro_batch: int = 0  # sequences per forward/backward chunk; 0 -> whole batch
+    # rollouts (reference.rollout.HFRollout): sequences per sampler call, so one call's KV cache bounds rollout
+    # memory; 0 -> as many as `kv_cache_gib` holds, or the whole batch in one call when that is 0 too (the toy
+    # configs: their committed samples). Chunked sampling draws from the same distribution, not the same draws
+    rollout_micro_batch: int = 0
+    kv_cache_gib: float = 0.0  # KV-cache budget of one sampler call, GiB per GPU (reference.rollout.kv_cache_bytes)
     tracker: str = ""  # "" off; "tensorboard" (or another accelerate tracker): per-step stage logs (reference.tracking)
     tracker_dir: str = ""  # where a file-based tracker writes; "" -> <workdir>/tracking
     trainer: str = "reference"  # the stages' trainer: this project's loop, or "trl" (reference.trl_backend)
@@ -356,7 +361,7 @@ class EngineConfig:
         from reference.tracking import TRACKERS
         if self.tracker and self.tracker not in TRACKERS:
             raise InputError(f"engine.tracker must be one of {', '.join(TRACKERS)} or \"\" (off), got {self.tracker!r}")
-        _check_pos("engine", self, ("lora_rank", "micro_batch"), allow_zero=True)
+        _check_pos("engine", self, ("lora_rank", "micro_batch", "rollout_micro_batch", "kv_cache_gib"), allow_zero=True)
         if self.rollout not in ("hf", "lean", "vllm"):
             raise InputError(f"engine.rollout must be 'hf', 'lean' or 'vllm', got {self.rollout!r}")
         if self.trainer not in ("reference", "trl"):
@@ -427,6 +432,8 @@ _HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     ("engine", "trainer"): "reference",
     ("engine", "precision"): "mixed",  # float32 models (every toy config) compute the same either way
     ("grpo", "mini_batches"): 1,
+    ("engine", "rollout_micro_batch"): 0,
+    ("engine", "kv_cache_gib"): 0.0,
     ("grpo", "max_steps"): 0,
     **{(sec, "warmup_steps"): 0 for sec in ("grpo", "fkl", "opd")},
     # the plateau protocol's section: off, it is left out of the hashes entirely

@@ -28,7 +28,11 @@ docs/scale.md). Per GPU, for one forward/backward chunk of `tokens` = rows x (ma
   4 + 4 + 4 B when the forward returns fp32 logits (mixed precision); tokens x V x (2 + 4) B for a
   frozen scorer, 4 + 4 B under mixed precision — the full-vocabulary KL needs both.
 - rollout: the sampler's weights, the resident training state, and the KV cache of one sampler call
-  (the rollout micro-batch: 2 x layers x kv_heads x head_dim x 2 B per token per sequence).
+  (2 x layers x kv_heads x head_dim x 2 B per token per sequence, `reference.rollout.kv_cache_bytes`).
+  HF sampling decodes a GPU's rollouts in micro-batches by the rule HFRollout applies
+  (`reference.rollout.rollout_micro_batch` of `engine.rollout_micro_batch` / `engine.kv_cache_gib`): each
+  stage reports `rollout_micro_batch` and the `kv_cache_gib` one call holds, per GPU count (vLLM, when
+  installed, pages its own cache instead).
 """
 
 from __future__ import annotations
@@ -156,29 +160,32 @@ def memory_estimate(*, trained: tuple[Shape, int] | None, frozen: tuple[Shape, i
     return {k: round(v, 2) for k, v in out.items()}
 
 
-def kv_cache_gib(s: Shape, *, seqs: int, seq_tokens: int, dtype_bytes: int = 2) -> float:
-    """KV cache of `seqs` sequences of `seq_tokens` tokens (keys and values, every layer)."""
-    return 2 * s.layers * s.kv_heads * s.head_dim * dtype_bytes * seqs * seq_tokens / GiB
+def rollout_micro_batches(sampler: Shape, engine, *, seq_tokens: int, seqs_per_gpu: int,
+                          dtype_bytes: int = 2) -> tuple[int, float]:
+    """(sequences per sampler call, GiB of KV cache one call holds) for a GPU's `seqs_per_gpu` rollouts of
+    `seq_tokens` positions: the rule HFRollout applies (`reference.rollout.rollout_micro_batch`)."""
+    from reference.rollout import kv_cache_bytes, rollout_micro_batch
+
+    seq = kv_cache_bytes(layers=sampler.layers, kv_heads=sampler.kv_heads, head_dim=sampler.head_dim,
+                         tokens=seq_tokens, dtype_bytes=dtype_bytes)
+    mb = rollout_micro_batch(seqs_per_gpu, micro_batch=engine.rollout_micro_batch, kv_cache_gib=engine.kv_cache_gib,
+                             seq_bytes=seq)
+    return mb, mb * seq / GiB
 
 
-def rollout_micro_batch(rollouts_per_rank: int) -> int:
-    """Sequences one sampler call holds: today the HF sampler (reference.rollout.HFRollout) takes the
-    rank's whole rollout batch in one `generate` call. Bounded rollout memory (issue 24 item 1) replaces
-    this with the sampler's own rule; the dry run reports whatever this returns."""
-    return rollouts_per_rank
-
-
-def rollout_estimate(sampler: tuple[Shape, int], *, resident_gib: float, seq_tokens: int, n_seqs: int,
+def rollout_estimate(sampler: tuple[Shape, int], engine, *, resident_gib: float, seq_tokens: int, n_seqs: int,
                      dtype_bytes: int = 2) -> dict[str, float]:
-    """Rollout phase per GPU: a sampler weight copy + the KV cache of one sampler call beside what training
-    keeps resident (`resident_gib`: trainer states, frozen weights)."""
+    """Rollout phase per GPU: a sampler weight copy + the KV cache of one sampler call (`engine`'s
+    micro-batch rule) beside what training keeps resident (`resident_gib`: trainer states, frozen weights)."""
+    from reference.rollout import kv_cache_bytes
+
     s, p = sampler
     weights = dtype_bytes * p / GiB
-    kv_per_token = 2 * s.layers * s.kv_heads * s.head_dim * dtype_bytes
+    kv_per_token = kv_cache_bytes(layers=s.layers, kv_heads=s.kv_heads, head_dim=s.head_dim, tokens=1,
+                                  dtype_bytes=dtype_bytes)
     kv_per_seq = kv_per_token * seq_tokens / GiB
     free = GPU_GIB * 0.9 - resident_gib - weights  # vLLM gpu_memory_utilization 0.9
-    mb = rollout_micro_batch(n_seqs)
-    kv = kv_cache_gib(s, seqs=mb, seq_tokens=seq_tokens, dtype_bytes=dtype_bytes)
+    mb, kv = rollout_micro_batches(s, engine, seq_tokens=seq_tokens, seqs_per_gpu=n_seqs, dtype_bytes=dtype_bytes)
     peak = resident_gib + weights + kv
     return {
         "sampler_weights_gib": round(weights, 2),
@@ -273,7 +280,7 @@ def dry_run(config, *, arm: str = "rl_teacher_bridge_stage3", seed: int = 0, gpu
                     frozen_bytes=BYTES[plan.scorer_dtype] if plan.scorer_dtype else None)
             resident = per_gpu[key].get("train_states", 0.0) + per_gpu[key].get("frozen_weights", 0.0) if plan else 0.0
             per_rank = rollouts if plan is None else -(-rollouts // n)  # evaluation: one chunk per call, any n
-            rollout_gpu[key] = rollout_estimate((shapes[sampler], params[sampler]), resident_gib=resident,
+            rollout_gpu[key] = rollout_estimate((shapes[sampler], params[sampler]), cfg.engine, resident_gib=resident,
                                                 seq_tokens=prompt + max_new, n_seqs=per_rank,
                                                 dtype_bytes=sampler_dtype)
             if plan is None:  # evaluation: sampling only

@@ -16,6 +16,7 @@ this path matches one process (tests/test_scale_engines.py).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 import os
 from pathlib import Path
@@ -195,10 +196,38 @@ def is_sharded(model) -> bool:
 
 
 def sharded_across_ranks(model) -> bool:
-    """A model sharded over several ranks: its forward passes are collectives, so ranks must run
-    the same number of them (generation decodes in lockstep)."""
+    """A model sharded over several ranks: its forward passes, and the gather that starts each `generate`
+    call (`gathered`), are collectives, so ranks must make the same number of them."""
     import torch.distributed as dist
     return is_sharded(model) and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextmanager
+def gathered(model):
+    """Inside: an FSDP2-sharded `model` holds its whole weights on every rank, all-gathered once on entry
+    (one all-gather per FSDP unit: each decoder layer and the root) and resharded on exit, so a rollout
+    phase decodes every token with local forwards instead of all-gathering each unit per decode step.
+    Anything else: nothing happens.
+
+    torch's own `FSDPModule.unshard` / `reshard`; while inside, no unit reshards after a forward
+    (`set_reshard_after_forward(False)`), and on exit every unit gets back the setting `fsdp2_shard`
+    gave it (an explicit bool, which torch applies to the root too). Every rank must enter (the gather
+    is a collective); inside, the forwards are local, so ranks need not decode in lockstep. Memory: the
+    whole model on every rank for the phase (2 B/param in bf16: 15.3 GiB for the 8B teacher)."""
+    from torch.distributed.fsdp import FSDPModule
+    if not isinstance(model, FSDPModule):
+        yield model
+        return
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.unshard()
+    model.set_reshard_after_forward(False)
+    try:
+        yield model
+    finally:
+        model.set_reshard_after_forward(getattr(model, "_fsdp2_reshard_after_forward", True))
+        for m in units:
+            m.reshard()
 
 
 def fsdp2_shard(model, engine: Engine, mp_policy=None):
@@ -224,6 +253,7 @@ def fsdp2_shard(model, engine: Engine, mp_policy=None):
     for m in units:
         fully_shard(m, mesh=mesh, reshard_after_forward=reshard, **mp)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard, **mp)
+    model._fsdp2_reshard_after_forward = reshard  # what `gathered` restores on the layer units after a rollout phase
     return model
 
 

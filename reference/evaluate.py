@@ -78,8 +78,9 @@ def _sample_keyed(model, problems, ctx: StageContext, cfg: EvalConfig, k: int, g
     number of ranks: the problems are cut into the same fixed chunks of `batch // k` (what one
     `generate` call sees), chunk c is sampled under its own seed `seed_from(base, c)` and goes to rank
     c mod world size. `base` is drawn from torch's RNG, which every caller seeds identically on every
-    rank. Ranks then exchange their chunks (`all_gather_object`). A model sharded by FSDP2 decodes in
-    lockstep, so a rank short of a chunk samples its first one again and drops the result.
+    rank. Ranks then exchange their chunks (`all_gather_object`). A model sharded by FSDP2 gathers its
+    weights at the start of every `generate` call (a collective), so a rank short of a chunk samples its
+    first one again and drops the result.
 
     One process through here (`keyed=True`, world size 1) gives the same numbers as N ranks; it is
     not the one-process stream of `_sample` (one RNG stream over the chunks in order), which keeps

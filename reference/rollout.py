@@ -9,6 +9,12 @@ completions with `completion_logits` below, so log-probs are always recomputed b
 
 Layout: each prompt is repeated n times contiguously (row p*n + g is sample g of prompt p); prompts
 are left-padded to a common length L_p, completions right-padded to T with EOS kept in the mask.
+
+Memory: a batch decodes in micro-batches of rows (`HFRollout(micro_batch=..., kv_cache_gib=...)`,
+`engine.rollout_micro_batch` / `engine.kv_cache_gib`), one sampler call each, so the KV cache held at
+once is `kv_cache_bytes` x the micro-batch rather than x the whole batch (the 8B teacher's 512
+sequences of 1024 + 8192 tokens per GPU would need 648 GiB). A model sharded by FSDP2 is all-gathered
+once per `generate` call (`reference.engines.gathered`), not once per layer per decoded token.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ import hashlib
 from typing import Protocol
 
 import torch
+
+from theory.errors import InputError
+
+GiB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,41 @@ class Rollout(Protocol):
                  top_k: int = 0, max_new_tokens: int, greedy: bool = False) -> RolloutBatch: ...
 
 
+def kv_cache_bytes(*, layers: int, kv_heads: int, head_dim: int, tokens: int, dtype_bytes: int) -> int:
+    """KV cache of one sequence of `tokens` positions: a key and a value vector (2) of kv_heads x
+    head_dim entries per layer per position. Qwen3-8B (36 layers, 8 KV heads, head_dim 128, bf16):
+    144 KiB a token, 1.27 GiB for 1024 + 8192 tokens."""
+    return 2 * layers * kv_heads * head_dim * tokens * dtype_bytes
+
+
+def model_kv_cache_bytes(config, tokens: int, dtype_bytes: int) -> int:
+    """`kv_cache_bytes` for a transformers model config (Qwen3, Llama: head_dim or hidden / heads)."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return kv_cache_bytes(layers=config.num_hidden_layers, kv_heads=kv_heads, head_dim=head_dim, tokens=tokens,
+                          dtype_bytes=dtype_bytes)
+
+
+def rollout_micro_batch(rows: int, *, micro_batch: int = 0, kv_cache_gib: float = 0.0, seq_bytes: int = 0) -> int:
+    """Rows per sampler call: `micro_batch` when > 0, else as many sequences of `seq_bytes` KV cache as
+    `kv_cache_gib` holds when that is > 0, else all `rows` (one call; the toy configs); never more than
+    `rows`, never fewer than 1. A budget below one sequence is refused (it would hold no row)."""
+    if micro_batch < 0 or kv_cache_gib < 0:
+        key, v = (("engine.rollout_micro_batch", micro_batch) if micro_batch < 0
+                  else ("engine.kv_cache_gib", kv_cache_gib))
+        raise InputError(f"{key} must be >= 0 (0: not set), got {v!r}")
+    if micro_batch > 0:
+        return max(1, min(micro_batch, rows))
+    if kv_cache_gib > 0:
+        fit = int(kv_cache_gib * GiB // seq_bytes)
+        if fit < 1:
+            raise InputError(f"engine.kv_cache_gib = {kv_cache_gib:g} holds no sequence: one needs "
+                             f"{seq_bytes / GiB:.3g} GiB of KV cache; raise it or set engine.rollout_micro_batch")
+        return max(1, min(fit, rows))
+    return max(1, rows)
+
+
 def completion_mask(completion_BT: torch.Tensor, eos_id: int) -> torch.Tensor:
     is_eos = (completion_BT == eos_id).long()
     # positions strictly after the first EOS are padding: cumsum of EOS seen *before* this position
@@ -66,33 +111,64 @@ class HFRollout:
     Lean draws from the same distribution (same temperature / top-k / top-p order, same EOS and padding
     layout) but not the same random stream: it stops computing finished rows, so it consumes torch's RNG
     differently. Its batches are also scored in length buckets. Hence opt-in: committed runs keep HF's
-    samples."""
+    samples.
 
-    def __init__(self, tokenizer, *, static_cache: bool = False, micro_batch: int = 0, lean: bool = False):
+    Micro-batches: the rows decode in consecutive chunks of `rollout_micro_batch(...)` rows (`micro_batch`,
+    else what `kv_cache_gib` holds at the model's KV bytes per sequence of this batch's prompt width +
+    max_new_tokens), each chunk one sampler call on torch's one RNG stream, its common left padding cut
+    off; completions are right-padded to the widest chunk. A chunked batch is exactly the batches of
+    consecutive calls on the chunks' rows (tests/test_rollout_memory.py), which is the same distribution as
+    one call but not the same draws. The default (0, 0) is one chunk: one call on the whole batch, the
+    code path and samples of before."""
+
+    def __init__(self, tokenizer, *, static_cache: bool = False, micro_batch: int = 0, kv_cache_gib: float = 0.0,
+                 lean: bool = False):
+        rollout_micro_batch(1, micro_batch=micro_batch, kv_cache_gib=kv_cache_gib, seq_bytes=1)  # signs only
         self.tok = tokenizer
         self.static_cache = static_cache
         self.micro_batch = micro_batch
+        self.kv_cache_gib = kv_cache_gib
         self.lean = lean
+
+    def rows_per_call(self, model, rows: int, tokens: int) -> int:
+        """Rows each sampler call decodes, for sequences of `tokens` positions (prompt + max new)."""
+        seq_bytes = 0
+        if self.micro_batch == 0 and self.kv_cache_gib > 0:
+            seq_bytes = model_kv_cache_bytes(model.config, tokens, next(model.parameters()).element_size())
+        return rollout_micro_batch(rows, micro_batch=self.micro_batch, kv_cache_gib=self.kv_cache_gib,
+                                   seq_bytes=seq_bytes)
 
     @torch.no_grad()
     def generate(self, model, prompts, *, n, temperature, top_p=1.0, top_k=0, max_new_tokens, greedy=False):
+        from reference.engines import gathered
         tok = self.tok
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         device = next(model.parameters()).device
         ids = enc["input_ids"].repeat_interleave(n, dim=0).to(device)
         att = enc["attention_mask"].repeat_interleave(n, dim=0).to(device)
         n_real, n_model = len(tok), int(getattr(model.config, "vocab_size", len(tok)))
-        lean = self.lean and lean_decodable(model)
-        if lean:
-            comp = lean_decode(model, ids, att, max_new_tokens=max_new_tokens, eos_id=tok.eos_token_id,
-                               pad_id=tok.pad_token_id, vocab=min(n_real, n_model), temperature=temperature,
-                               top_p=top_p, top_k=top_k, greedy=greedy)
-        else:
-            comp = self._hf_generate(model, ids, att, n_real, n_model, temperature=temperature, top_p=top_p,
-                                     top_k=top_k, max_new_tokens=max_new_tokens, greedy=greedy)
-        P = ids.shape[1]
+        B, P = ids.shape
+        with gathered(model):  # FSDP2: one all-gather of the weights for every chunk and decode step below
+            lean = self.lean and lean_decodable(model)
+            mb = self.rows_per_call(model, B, P + max_new_tokens)
+            comps = []
+            for start in range(0, B, mb):
+                ids_c, att_c = ids[start:start + mb], att[start:start + mb]
+                cut = int((att_c.sum(0) > 0).int().argmax())  # left padding every row of the chunk shares
+                ids_c, att_c = ids_c[:, cut:], att_c[:, cut:]
+                if lean:
+                    comps.append(lean_decode(model, ids_c, att_c, max_new_tokens=max_new_tokens,
+                                             eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                                             vocab=min(n_real, n_model), temperature=temperature, top_p=top_p,
+                                             top_k=top_k, greedy=greedy))
+                else:
+                    comps.append(self._hf_generate(model, ids_c, att_c, n_real, n_model, temperature=temperature,
+                                                   top_p=top_p, top_k=top_k, max_new_tokens=max_new_tokens,
+                                                   greedy=greedy))
+        width = max(c.shape[1] for c in comps)  # a chunk narrower than the widest ended every row with EOS
+        comp = torch.cat([torch.nn.functional.pad(c, (0, width - c.shape[1]), value=tok.pad_token_id) for c in comps])
         if comp.shape[1] == 0:  # max_new_tokens reached zero-length edge: keep one pad column
-            comp = torch.full((ids.shape[0], 1), tok.pad_token_id, dtype=ids.dtype, device=device)
+            comp = torch.full((B, 1), tok.pad_token_id, dtype=ids.dtype, device=device)
         mask = completion_mask(comp, tok.eos_token_id)
         comp = torch.where(mask.bool(), comp, torch.full_like(comp, tok.pad_token_id))
         full = torch.cat([ids, comp], dim=1)
@@ -113,9 +189,11 @@ class HFRollout:
         if n_model > n_real:  # a padded vocabulary (Qwen3: 151936 > 151669): never sample a padding id
             from transformers import LogitsProcessorList
             kwargs["logits_processor"] = LogitsProcessorList([_MaskPaddedVocab(n_real)])
-        from reference.engines import sharded_across_ranks
-        if sharded_across_ranks(model):  # FSDP2: every decode step all-gathers, so ranks step together until all finish
-            kwargs["synced_gpus"] = True
+        from reference.engines import is_sharded
+        if is_sharded(model):
+            # gathered (`engines.gathered`): the forwards are local, so each rank decodes until its own rows end;
+            # transformers would otherwise step every rank in lockstep (synced_gpus) for an FSDP-managed model
+            kwargs["synced_gpus"] = False
         was_training = model.training
         model.eval()
         out = model.generate(input_ids=ids, attention_mask=att, **kwargs)

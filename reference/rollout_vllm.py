@@ -60,7 +60,8 @@ class VLLMRollout:
             self._fallback = None
         else:
             self.backend = "hf-static-cache"
-            self._fallback = HFRollout(tokenizer, static_cache=True, micro_batch=cfg.engine.micro_batch)
+            self._fallback = HFRollout(tokenizer, static_cache=True, micro_batch=cfg.engine.rollout_micro_batch,
+                                       kv_cache_gib=cfg.engine.kv_cache_gib)
             print("engine.rollout = 'vllm' but vllm is not installed: using HF generate with a static cache",
                   file=sys.stderr)
 

@@ -39,9 +39,17 @@ a stage and resumed, end where one process ends).
 
 Precision: the stage runner applies the stage plan before a trainer is built (reference.stage_plan): a
 bf16 model trains on fp32 master weights, so the HF Trainer's AdamW holds fp32 moments, and its forward
-autocasts to bf16. GRPO's `mini_batches` is TRL's `steps_per_generation` (one generation, that many
-optimizer steps; old log-probs from the generation step), with TRL's random row shuffle before the split
-pinned to the reference's mini-batch order.
+autocasts to bf16. GRPO's `mini_batches` optimizer steps per generation: one generation batch, split
+into mini-batches in the reference's order (stages.mini_batch_order; TRL's random row shuffle pinned),
+old log-probs from the generation step.
+
+Micro-batches: each rank trains a mini-batch in slices of at most `engine.micro_batch` completions
+(`grpo_micro_batch`: per_device_train_batch_size, gradient_accumulation_steps = slices per mini-batch),
+so TRL's steps_per_generation = mini_batches x slices and one mini-batch is one optimizer step; the
+no-signal skip is decided per mini-batch, over all its slices. TRL's token-mean and sequence-mean losses
+are normalised over the generation batch (tests/test_trl_backend.py). TRL still generates a rank's whole
+batch in one `generate` call (its bounded alternatives are vLLM and continuous batching, neither wired
+here).
 
 Deviations: the forward-KL warmup and OPD have no micro-batch split of their own here (TRL's
 gradient accumulation sizes are left at 1); GKD computes its loss at temperature 1, so `fkl.temperature`
@@ -71,9 +79,10 @@ HYPERPARAMETERS: dict[tuple[str, str], str] = {
     ("grpo", "lr"): "GRPOConfig.learning_rate (student GRPO)",
     ("grpo", "teacher_lr"): "GRPOConfig.learning_rate (teacher GRPO; 0 -> lr)",
     ("grpo", "group_size"): "GRPOConfig.num_generations",
-    ("grpo", "prompts_per_step"): "GRPOConfig.per_device_train_batch_size = prompts_per_step * group_size / "
-                                  "processes (TRL counts completions, per device); generation_batch_size = "
-                                  "prompts_per_step * group_size, steps_per_generation 1",
+    ("grpo", "prompts_per_step"): "GRPOConfig.generation_batch_size = prompts_per_step * group_size (TRL counts "
+                                  "completions); per_device_train_batch_size = that / processes, in slices of at "
+                                  "most engine.micro_batch (grpo_micro_batch) with gradient_accumulation_steps = "
+                                  "steps_per_generation = slices per rank",
     ("grpo", "epochs"): "GRPOConfig.max_steps = stages.grpo_steps(labels, cfg)",
     ("grpo", "max_steps"): "GRPOConfig.max_steps = stages.grpo_steps(labels, cfg) (its cap)",
     ("grpo", "mini_batches"): "GRPOConfig.steps_per_generation (per_device_train_batch_size = prompts_per_step * "
@@ -115,10 +124,12 @@ UNMAPPED: dict[tuple[str, str], str] = {}
 # What the reference loop hard-codes, passed to every TRL config explicitly (stages.optimizer).
 FIXED: dict[str, Any] = {
     "optim": "adamw_torch", "adam_beta1": 0.9, "adam_beta2": 0.99, "adam_epsilon": 1e-8, "weight_decay": 0.0,
+    # GRPO accumulates over engine.micro_batch slices instead (grpo_args); GKD and distillation keep 1
     "gradient_accumulation_steps": 1, "top_p": 1.0, "top_k": 0,  # stage sampling is plain temperature sampling
     "seed": 0,  # unused for numbers: data order and sampling are the reference's (module docstring)
 }
-# fixed per trainer: the settings that make TRL's algorithm the reference's one
+# fixed per trainer: the settings that make TRL's algorithm the reference's one (steps_per_generation is
+# derived by TRL from generation_batch_size: mini_batches x micro-batch slices, grpo_args)
 FIXED_GRPO: dict[str, Any] = {"scale_rewards": "group", "num_iterations": 1,
                               "importance_sampling_level": "token", "mask_truncated_completions": False}
 FIXED_GKD: dict[str, Any] = {"lmbda": 0.0, "seq_kd": True, "beta": 0.0}
@@ -139,7 +150,7 @@ _NO_CHECKPOINTING: dict = {}
 
 
 def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_clip: float,
-                 configured: bool = False) -> dict:
+                 configured: bool = False, accumulation: int = FIXED["gradient_accumulation_steps"]) -> dict:
     """TrainingArguments shared by the three trainers. `configured`: under the pipeline's accelerate engine,
     the trainer takes the launch's AcceleratorState as it is (TrainingArguments would otherwise reset it,
     and the engine's Accelerator would lose its device until the trainer builds a new one)."""
@@ -155,22 +166,35 @@ def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_c
                 dataloader_num_workers=0, remove_unused_columns=False,
                 optim=FIXED["optim"], adam_beta1=FIXED["adam_beta1"], adam_beta2=FIXED["adam_beta2"],
                 adam_epsilon=FIXED["adam_epsilon"], weight_decay=FIXED["weight_decay"],
-                gradient_accumulation_steps=FIXED["gradient_accumulation_steps"], seed=FIXED["seed"],
+                gradient_accumulation_steps=accumulation, seed=FIXED["seed"],
                 lr_scheduler_type="constant", **_NO_CHECKPOINTING)
 
 
+def grpo_micro_batch(rows: int, micro_batch: int) -> int:
+    """Completions per device in one TRL micro-step: the largest divisor of this rank's `rows` (prompts x
+    group size) that is at most `micro_batch` (TRL cuts a generation batch into equal slices), all `rows`
+    when `micro_batch` is 0 or at least `rows`. The reference loop's last slice may be shorter instead."""
+    if micro_batch <= 0 or micro_batch >= rows:
+        return rows
+    return max(d for d in range(1, micro_batch + 1) if rows % d == 0)
+
+
 def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, out_dir: str, world: int = 1,
-              configured: bool = False):
+              configured: bool = False, micro_batch: int = 0):
     """`prompts_per_step` per rank, `steps` rollout batches; one generation per rollout batch over the `world`
-    ranks' batches, `mini_batches` optimizer steps on it (TRL derives steps_per_generation from the sizes)."""
+    ranks' batches, `mini_batches` optimizer steps on it, each on a mini-batch's rows in slices of at most
+    `micro_batch` completions (`grpo_micro_batch`, accumulated; 0: one slice). TRL derives
+    steps_per_generation = mini_batches x slices from the sizes."""
     from trl import GRPOConfig as TRLGRPOConfig
     G, M = cfg.group_size, cfg.mini_batches
     if prompts_per_step % M:
         raise InputError(f"grpo.mini_batches = {M} must divide the {prompts_per_step} prompts of a rank's batch "
                          "under trainer = \"trl\"")
-    return TRLGRPOConfig(**_common_args(out_dir, lr=cfg.lr_for(role), steps=steps * M,
-                                        per_device=prompts_per_step * G // M, grad_clip=cfg.grad_clip,
-                                        configured=configured),
+    rows = prompts_per_step * G // M  # one mini-batch's completions on this rank
+    per_device = grpo_micro_batch(rows, micro_batch)
+    return TRLGRPOConfig(**_common_args(out_dir, lr=cfg.lr_for(role), steps=steps * M, per_device=per_device,
+                                        grad_clip=cfg.grad_clip, configured=configured,
+                                        accumulation=rows // per_device),
                          num_generations=G, generation_batch_size=prompts_per_step * G * world,
                          epsilon=cfg.clip_low, epsilon_high=cfg.clip_high, loss_type=GRPO_LOSS_TYPES[cfg.loss],
                          beta=cfg.kl_coef, temperature=cfg.temperature, top_p=FIXED["top_p"], top_k=FIXED["top_k"],
@@ -204,8 +228,8 @@ def distillation_args(cfg: OPDConfig, *, steps: int, prompts_per_step: int, out_
 
 class ReferenceOrder(Sampler):
     """The reference's batches (`stages.batch_indices`), each index repeated `repeat` times in a row, each
-    batch `batch_repeat` times (GRPOTrainer reads one generation batch per optimizer step and samples only
-    at the first of its `steps_per_generation`, as its own RepeatSampler's repeat_count arranges)."""
+    batch `batch_repeat` times (GRPOTrainer reads one generation batch per optimizer step's slice and samples
+    only at the first of its `steps_per_generation`, as its own RepeatSampler's repeat_count arranges)."""
 
     def __init__(self, n_items: int, per_step: int, steps: int, seed: int, repeat: int = 1, batch_repeat: int = 1):
         self.n_items, self.per_step, self.steps, self.seed, self.repeat = n_items, per_step, steps, seed, repeat
@@ -233,6 +257,17 @@ class _Pinned:
 
     def _get_train_sampler(self, dataset=None):
         return self._order
+
+    @contextmanager
+    def _defer_fsdp_gradient_reduction(self):
+        """transformers' `no_sync` for a model it sharded at load time reads `config.distributed_config`, which a
+        model sharded by `engines.fsdp2_shard` lacks: the same for plain FSDP2 (no HSDP), the reduce-scatter
+        skipped on every micro-step but the last (as the reference loop's `stages._backward`)."""
+        self.model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            self.model.set_requires_gradient_sync(True)
 
     @contextmanager
     def _sampling_stream(self):
@@ -287,18 +322,22 @@ def _trainer_classes():
                 return super()._generate_single_turn(*args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
-            # the reference makes no update on a batch without signal (every group's rewards equal)
             batch = self._prepare_inputs(inputs)
-            # the decision is global: under DDP every rank steps, or none does (as the reference's)
-            signal = (batch["advantages"] != 0).any().float()
-            if self._ctx is not None:
-                signal = stages.global_sum(signal, self._ctx)
-            self._skip_update = not bool(signal > 0)
-            self._skipped.append(self._skip_update)
+            # the reference makes no update on a mini-batch without signal (every group's rewards equal); a
+            # mini-batch is `gradient_accumulation_steps` slices of the generation batch, decided at its first
+            slices, part = self.args.gradient_accumulation_steps, self._step % self.args.steps_per_generation
+            if part % slices == 0:
+                # the decision is global: under DDP every rank steps, or none does (as the reference's)
+                signal = torch.stack([(b["advantages"] != 0).any()
+                                      for b in self._buffered_inputs[part:part + slices]]).any().float()
+                if self._ctx is not None:
+                    signal = stages.global_sum(signal, self._ctx)
+                self._skip_update = not bool(signal > 0)
+                self._skipped.append(self._skip_update)
             # the compute account: the rollout, plus the update's forward/backward when there is one, plus the
-            # old log-probs' forward under mini-batches (each mini-batch counts its rows: the batch once)
+            # old log-probs' forward under mini-batches (each slice counts its rows: the batch once)
             rollout = int(batch["prompt_mask"].sum() + batch["completion_mask"].sum())
-            self._tokens += rollout * ((1 if self._skip_update else 2) + (self.args.steps_per_generation > 1))
+            self._tokens += rollout * ((1 if self._skip_update else 2) + (self.args.steps_per_generation > slices))
             return super().training_step(model, batch, num_items_in_batch)
 
         def _prepare_inputs(self, generation_batch):
@@ -306,9 +345,10 @@ def _trainer_classes():
                 return generation_batch  # already generated this step
             if self.args.steps_per_generation == 1:
                 return super()._prepare_inputs(generation_batch)
-            # mini-batches: TRL shuffles the generation batch's rows (torch.randperm) before splitting it into
-            # steps_per_generation parts; the reference's order instead (stages.mini_batch_order: whole groups,
-            # prompt p in part p mod M), so both backends update on the same mini-batches
+            # mini-batches or slices: TRL shuffles the generation batch's rows (torch.randperm) before splitting
+            # it into steps_per_generation parts; the reference's order instead (stages.mini_batch_order: whole
+            # groups, prompt p in mini-batch p mod M, each mini-batch's slices consecutive), so both backends
+            # update on the same mini-batches
             shuffle = grpo_module.shuffle_sequence_dict
             grpo_module.shuffle_sequence_dict = self._mini_batch_rows
             try:
@@ -317,7 +357,7 @@ def _trainer_classes():
                 grpo_module.shuffle_sequence_dict = shuffle
 
         def _mini_batch_rows(self, seq_dict):
-            G, M = self.num_generations, self.args.steps_per_generation
+            G, M = self.num_generations, self.args.steps_per_generation // self.args.gradient_accumulation_steps
             B = len(next(v for v in seq_dict.values() if v is not None))
             order = stages.mini_batch_order(B // G, G, M)
 
@@ -457,7 +497,7 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, tok,
     taken = steps if limit is None else min(steps, limit)
     what = "grpo.prompts_per_step" if P == cfg.prompts_per_step else "the labeled problem count"
     args = grpo_args(cfg, role=role, steps=taken, prompts_per_step=_per_rank(P, _world(ctx), what), out_dir=out_dir,
-                     world=_world(ctx), configured=_launched(ctx))
+                     world=_world(ctx), configured=_launched(ctx), micro_batch=ctx.micro_batch)
     if cfg.kl_coef > 0:
         raise InputError("grpo.kl_coef > 0 under trainer = \"trl\": GRPOTrainer reloads the reference model from the "
                          "policy's path, which an in-memory model lacks; set kl_coef = 0 or trainer = \"reference\"")
@@ -471,7 +511,8 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, tok,
                          callbacks=[log.callback])
     torch.set_rng_state(state)
     _quiet(trainer, use_cache)
-    trainer._pin(ReferenceOrder(len(problems), P, taken, seed, repeat=cfg.group_size, batch_repeat=cfg.mini_batches),
+    trainer._pin(ReferenceOrder(len(problems), P, taken, seed, repeat=cfg.group_size,
+                                batch_repeat=args.steps_per_generation),
                  state, _lr_of_step(cfg, steps, cfg.mini_batches), ctx)
     trainer._skipped = log.skipped
     return trainer, log, taken
@@ -566,8 +607,9 @@ def _sharded(model, ctx: stages.StageContext):
     loop's own sharding) and marked as transformers marks a model it shards at load time
     (`from_pretrained(distributed_config=...)`): the Trainer then neither moves it nor wraps it in DDP,
     builds AdamW on the shards, and generation decodes in lockstep (`synced_gpus`). Else the model as is.
-    Gradient accumulation must stay at 1 (FIXED): for micro-batches the Trainer's branch for such models
-    reads `config.distributed_config`, which only a model sharded by transformers itself carries."""
+    For GRPO's micro-batches the Trainer's no-sync branch for such models reads `config.distributed_config`,
+    which only a model sharded by transformers itself carries: `_Pinned._defer_fsdp_gradient_reduction`
+    replaces it."""
     if ctx is None or not stages.sharded(ctx):
         return model
     from reference.engines import fsdp2_shard

@@ -96,6 +96,28 @@ def test_batch_sizes_are_per_rank_under_a_multi_process_launch(tmp_path):
     assert tb._world(None) == 1
 
 
+def test_grpo_trains_in_micro_batches_of_at_most_engine_micro_batch(tmp_path):
+    """TRL slices a generation batch into equal parts: per device the largest divisor of the rank's
+    completions within engine.micro_batch, accumulated so that one generation is one optimizer step."""
+    assert [tb.grpo_micro_batch(12, mb) for mb in (0, 4, 5, 7, 12, 40)] == [12, 4, 4, 6, 12, 12]
+    assert tb.grpo_micro_batch(7, 3) == 1  # a prime batch: one completion a micro-step
+    cfg = _distinct_config()  # 3 prompts x group 4 = 12 completions
+    g = tb.grpo_args(cfg.grpo, role="student", steps=7, prompts_per_step=3, out_dir=str(tmp_path), micro_batch=5)
+    assert (g.per_device_train_batch_size, g.gradient_accumulation_steps, g.steps_per_generation,
+            g.generation_batch_size, g.num_iterations) == (4, 3, 3, 12, 1)
+    whole = tb.grpo_args(cfg.grpo, role="student", steps=7, prompts_per_step=3, out_dir=str(tmp_path))
+    assert (whole.per_device_train_batch_size, whole.gradient_accumulation_steps,
+            whole.steps_per_generation) == (12, 1, 1)
+    two = tb.grpo_args(cfg.grpo, role="student", steps=7, prompts_per_step=2, out_dir=str(tmp_path), world=2,
+                       micro_batch=3)  # 2 prompts x 4 per rank: slices of 2, 4 accumulated
+    assert (two.per_device_train_batch_size, two.gradient_accumulation_steps, two.generation_batch_size) == (2, 4, 16)
+    # with mini-batches: a mini-batch's rows in slices; steps_per_generation = mini-batches x slices
+    mb = tb.grpo_args(cfg.override({"grpo.prompts_per_step": 4, "grpo.mini_batches": 2}).grpo, role="student", steps=7, prompts_per_step=4,
+                      out_dir=str(tmp_path), micro_batch=3)  # 4 prompts x 4 = 16, mini-batches of 8: slices of 2
+    assert (mb.per_device_train_batch_size, mb.gradient_accumulation_steps, mb.steps_per_generation,
+            mb.generation_batch_size, mb.max_steps) == (2, 4, 8, 16, 14)
+
+
 def test_the_frozen_scorer_has_no_gradients_during_a_stage_and_gets_them_back():
     """A teacher trained by teacher GRPO still requires gradients; under FSDP2 TRL's distillation
     kernel would then send a gradient into its sharded head. Frozen for the stage, restored after."""
@@ -162,6 +184,36 @@ def test_grpo_loss_on_fixed_rollouts(tiny, tmp_path, loss, temperature):
     _agree(ref, ref_g, out, _grads(policy))
 
 
+@pytest.mark.parametrize("loss", ["token_mean", "seq_mean"])
+def test_grpo_loss_in_micro_batches_on_fixed_rollouts(tiny, tmp_path, loss):
+    """engine.micro_batch = 4 on 12 completions: TRL's three accumulated micro-step losses sum to the
+    reference's whole-batch loss, and their gradients to its gradient."""
+    import dataclasses
+    cfg, m, world, ro = tiny
+    g = cfg.override({"grpo.loss": loss, "grpo.group_size": 4, "grpo.prompts_per_step": 3}).grpo
+    policy = copy.deepcopy(m.student)
+    adv_B = losses.group_advantages(torch.tensor([[1., 0, 0, 1], [0, 0, 1, 0], [1, 1, 1, 0]])).flatten()
+    logp = losses.token_logp_BT(stages.train_logits(policy, ro, m.ctx, 1.0), ro.completion_BT)
+    ref = losses.GRPO_LOSSES[loss](logp, logp.detach(), adv_B, ro.mask_BT, clip_low=g.clip_low, clip_high=g.clip_high)
+    ref.backward()
+    ref_g = _grads(policy)
+    trainer, _, _ = tb.build_grpo(policy, world.labeled[:3], g, dataclasses.replace(m.ctx, micro_batch=4), m.tokenizer,
+                                  role="student", seed=0, out_dir=str(tmp_path))
+    assert (trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps,
+            trainer.args.steps_per_generation) == (4, 3, 3)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 3
+    P, total = ro.prompt_len, 0.0
+    for sl in (slice(0, 4), slice(4, 8), slice(8, 12)):
+        inputs = {"prompt_ids": ro.input_ids_BL[sl, :P], "prompt_mask": ro.attention_BL[sl, :P],
+                  "completion_ids": ro.completion_BT[sl], "completion_mask": ro.mask_BT[sl].long(),
+                  "advantages": adv_B[sl], "num_items_in_batch": ro.mask_BT.sum()}  # TRL's: the generation batch's
+        out = trainer.compute_loss(policy, inputs)
+        out.backward()
+        total = total + out.detach()
+    _agree(ref, ref_g, total, _grads(policy))
+
+
 def test_fkl_loss_on_fixed_rollouts(tiny, tmp_path):
     cfg, m, world, ro = tiny
     student, teacher = copy.deepcopy(m.student), copy.deepcopy(m.teacher)
@@ -223,14 +275,20 @@ def _steps_both(stage_fn_ref, stage_fn_trl, model):
     return a, b, ra, rb
 
 
-def test_grpo_without_signal_makes_no_update_on_either_backend(tiny):
+@pytest.mark.parametrize("mini_batches,micro_batch", [(1, 0), (1, 4), (2, 0), (2, 2)])
+def test_grpo_without_signal_makes_no_update_on_either_backend(tiny, mini_batches, micro_batch):
     """Step 1's rewards are all equal: the reference skips the update, so must TRL (AdamW's momentum
-    would otherwise move the weights on a zero gradient)."""
+    would otherwise move the weights on a zero gradient). With engine.micro_batch = 4 (8 completions a
+    step: two accumulated slices, the skip decided once for both) no training forward sees more than 4
+    rows and the steps still agree. With grpo.mini_batches = 2 (prompt p in mini-batch p mod 2), step 2's
+    second prompt has no signal: its mini-batch is skipped on both backends, alone, and with micro_batch
+    = 2 each mini-batch trains in two accumulated slices of 2 (TRL's steps_per_generation = 2 x 2)."""
     import copy
     import dataclasses
     from reference.seeds import seeded
     cfg, m, world, _ = tiny
-    g = cfg.override({"grpo.group_size": 4, "grpo.prompts_per_step": 2, "grpo.max_new_tokens": 8}).grpo
+    g = cfg.override({"grpo.group_size": 4, "grpo.prompts_per_step": 2, "grpo.max_new_tokens": 8,
+                      "grpo.mini_batches": mini_batches}).grpo
     problems = world.labeled[:6]
 
     def ctx_with_rewards():
@@ -238,21 +296,36 @@ def test_grpo_without_signal_makes_no_update_on_either_backend(tiny):
 
         def score(texts, golds):
             calls.append(1)
-            return [0.0] * len(texts) if len(calls) == 2 else [float(i % 3 == 0) for i in range(len(texts))]
-        return dataclasses.replace(m.ctx, score_batch=score)
+            if len(calls) == 2:
+                return [0.0] * len(texts)
+            # step 2: the second prompt's group (rows 4-7) has no signal
+            return [float(i % 3 == 0 and (len(calls) != 3 or i < 4)) for i in range(len(texts))]
+        return dataclasses.replace(m.ctx, score_batch=score, micro_batch=micro_batch)
+
+    widest = [0]
+
+    def record(module, args, kwargs):
+        if torch.is_grad_enabled():  # a training forward (sampling and old log-probs run without gradients)
+            widest[0] = max(widest[0], kwargs["input_ids"].shape[0])
 
     def run(rules, limit):
         p = copy.deepcopy(m.student)
+        handle = p.register_forward_pre_hook(record, with_kwargs=True)
         with seeded("cpu", 11):
-            return p, rules["grpo"](p, problems, g, ctx_with_rewards(), role="student", seed=3, limit=limit)
+            out = p, rules["grpo"](p, problems, g, ctx_with_rewards(), role="student", seed=3, limit=limit)
+        handle.remove()
+        return out
 
     trl = update_rules("trl")
     (one, _), (two, log) = run(trl, 1), run(trl, 2)
     assert log.log[1]["zero_signal_fraction"] == 1.0 and log.log[1]["grad_norm"] == 0.0
     assert all(torch.equal(p, q) for p, q in zip(one.parameters(), two.parameters()))
     (ref, ref_log), (trl_model, trl_log) = run(update_rules("reference"), 3), run(trl, 3)
+    assert widest[0] == (micro_batch or 8 // mini_batches)
     assert "loss" not in ref_log.log[1]
     assert [e["reward"] for e in trl_log.log] == [e["reward"] for e in ref_log.log]
+    if mini_batches > 1:  # step 2: one of its two mini-batches updated, on both backends
+        assert ref_log.log[2]["updates"] == trl_log.log[2]["updates"] == 1
     _weights_close(ref, trl_model, 1e-3)
 
 
