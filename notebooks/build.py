@@ -146,7 +146,7 @@ NOTEBOOKS = {
                "issue measured direct GRPO at 27% after 132 steps on the same 64 labels), and early in training "
                "the seed-to-seed spread is wide: a seed above the committed range says how wide, not that "
                "something differs."),
-        ("code", "committed_runs = read_table(RESULTS / 'paper_world_ablation.csv', 'runs')\n"
+        ("code", "committed_runs = read_table(RESULTS / 'legacy/fixed_length/paper_world_ablation.csv', 'runs')\n"
                  "acc = committed_runs[(committed_runs['metric'] == 'accuracy') & committed_runs['arm'].isin(ARMS)]\n"
                  "spread = acc.groupby('arm')['value'].agg(['count', 'min', 'mean', 'max', 'std'])\n"
                  "spread['this seed'] = [next(r.metrics['accuracy'] for r in results if r.arm == a) for a in spread.index]\n"
@@ -169,18 +169,18 @@ NOTEBOOKS = {
         ("md", "## Validation after each stage\n\nSampled validation accuracy of the model a stage trained "
                "(`eval.curve_problems` problems) and its share of answers in the step mode, the skill this world "
                "hides (compliance is 100% everywhere in this world, so it is not drawn). Solid: this run. Dashed: "
-               "the committed study (`docs/results/paper_world_ablation_curves.csv`, the same world and schedule)."),
+               "the committed study (`docs/results/legacy/fixed_length/paper_world_ablation_curves.csv`, the same world and schedule)."),
         ("code", "plot_stage_points(results, metrics=('accuracy', 'steps_share'),\n"
-                 "                  committed=pd.read_csv(RESULTS / 'paper_world_ablation_curves.csv'));"),
+                 "                  committed=pd.read_csv(RESULTS / 'legacy/fixed_length/paper_world_ablation_curves.csv'));"),
         ("md", "## Final test metrics beside the committed study\n\nDots: this notebook (one seed). Diamonds: "
-               "`docs/results/paper_world_ablation.csv` (mean and bootstrap 95% CI over its seeds), all seven arms."),
+               "`docs/results/legacy/fixed_length/paper_world_ablation.csv` (mean and bootstrap 95% CI over its seeds), all seven arms."),
         ("code", "shown = ('accuracy', 'steps_share')  # compliance is 100% everywhere here\n"
                  "committed = committed_summary(committed_runs, metrics=shown)\n"
                  "plot_final(final_table(results, metrics=shown), committed, metrics=shown,\n"
                  "           label='this notebook (1 seed)', committed_label='committed study');"),
         ("md", "The committed paired comparisons (same seed, bootstrap 95% CI) with the paper's direction as "
-               "the prediction (`docs/results/paper_world_ablation_summary.md`):"),
-        ("code", "summary = pd.read_csv(RESULTS / 'paper_world_ablation_summary.csv')\n"
+               "the prediction (`docs/results/legacy/fixed_length/paper_world_ablation_summary.md`):"),
+        ("code", "summary = pd.read_csv(RESULTS / 'legacy/fixed_length/paper_world_ablation_summary.csv')\n"
                  "summary[summary['metric'] == 'accuracy'][['question', 'a', 'b', 'seeds', 'mean_diff', 'ci_low', "
                  "'ci_high', 'p_improvement', 'predicted', 'reading']].round(2)"),
         ("md", "## The family: where the labels belong, predicted before the runs\n\nThe knob K is the share of "

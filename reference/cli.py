@@ -240,7 +240,7 @@ def cmd_demo(a) -> int:
     by = table.set_index("arm")["accuracy"]
     print(f"reading: best arm {best['arm']} at {best['accuracy']:.1f}% [{best['lo']:.1f}, {best['hi']:.1f}]; "
           f"RL-teacher bridge - direct GRPO = {by['rl_teacher_bridge'] - by['direct_grpo']:+.1f} points on one seed "
-          "(the multi-seed comparison: docs/results/paper_world_ablation_summary.md)")
+          "(the multi-seed comparison: docs/results/legacy/fixed_length/paper_world_ablation_summary.md)")
     print(f"demo: {len(rows)} arms, {time.perf_counter() - t0:.0f} s wall; wrote {csv} and {png}")
     return 0
 

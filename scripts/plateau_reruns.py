@@ -8,6 +8,8 @@
     python scripts/plateau_reruns.py frontier   # docs/results/frontier_<world>.{csv,png} (+ _matched.csv)
     python scripts/plateau_reruns.py ablation [--seeds 1000-1009] [--jobs 2] [--workdir /work/reruns]
                                               # the paper-like world's seven arms (issue 22's first rerun)
+    python scripts/plateau_reruns.py ablation-table   # docs/results/paper_world_ablation{.csv,_stages.csv,
+                                              # _summary.{md,csv},.png} and frontier_paper_world.{csv,png}
 
 Every configuration of docs/results/plateau_crosscheck_predictions.csv (world, N, arm) runs under its
 pre-registered config (configs/plateau/modes_k*.toml, `[world] labels` = N) at the seeds the
@@ -37,6 +39,7 @@ import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from theory.errors import InputError, cli_exit  # noqa: E402
 
@@ -133,6 +136,112 @@ def cmd_ablation(args) -> int:
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         for line in pool.imap_unordered(_ablation_seed, [(s, args.workdir) for s in seeds]):
             print(line, flush=True)
+    return 0
+
+
+def ablation_results() -> list:
+    """RunResults of the finished ablation runs, arm by arm in ABLATION_ARMS order, seeds ascending."""
+    from reference.runs import load_result
+    d = OUT / ABLATION_WORLD
+    paths = sorted(d.glob("*.json")) if d.is_dir() else []
+    res = [load_result(p) for p in paths]
+    return sorted(res, key=lambda r: (ABLATION_ARMS.index(r.arm), r.seed))
+
+
+def stage_rows(res) -> list[dict]:
+    """Per validated stage of one run: the protocol's record (plateau flag, steps and tokens to the best
+    checkpoint, tokens spent with validation) and why a stage did not reach its plateau."""
+    rows = []
+    for s in res.stages:
+        p = s.get("plateau") or {}
+        if not p.get("validated"):
+            continue
+        why = "; ".join(w for w, bad in (("still improving when the cap stopped it", not p["reached"]),
+                                         ("best in the cap's last 10%", p.get("cap_too_small"))) if bad)
+        rows.append({"arm": res.arm, "seed": res.seed, "stage": s["name"], "model": s["model"], "cap": p["cap"],
+                     "steps_run": p["steps_run"], "best_step": p["best_step"], "best_score": p["best_score"],
+                     "reached": bool(p["reached"]), "cap_too_small": bool(p.get("cap_too_small")),
+                     "stopped_early": bool(p["stopped_early"]), "tokens_to_best": p["best_tokens"],
+                     "train_tokens": p["train_tokens"], "val_tokens": p["val_tokens"],
+                     "tokens_spent": p["train_tokens"] + p["val_tokens"], "why_not": why})
+    return rows
+
+
+def cmd_ablation_table(args) -> int:
+    """The paper-like world's ablation under the protocol: the run table (test split, every metric), the
+    per-stage protocol table, the paired summary (scripts/run_toy_table.summarise: the fixed-length
+    study's comparisons, avg@8 / compliance) with greedy and pass@8 beside it and the plateau count, and
+    the label x compute frontier (validation, every arm)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from reference.frontier import compute_matched, draw_frontier, frontier, run_curve
+    from run_toy_table import COMPARISONS, paired, summarise
+    from theory.tables import write_table
+
+    res = ablation_results()
+    if not res:
+        raise InputError(f"no finished ablation runs under {(OUT / ABLATION_WORLD).relative_to(ROOT)} "
+                         "(`python scripts/plateau_reruns.py ablation`)")
+    table = OUT.parent / "paper_world_ablation.csv"
+    write_table(pd.concat([r.to_frame() for r in res], ignore_index=True), table, "runs")
+    stages = pd.DataFrame([row for r in res for row in stage_rows(r)])
+    stages.to_csv(OUT.parent / "paper_world_ablation_stages.csv", index=False)
+    summarise("paper_world_ablation")
+    runs = pd.read_csv(table)
+    seeds = runs.groupby("arm")["seed"].nunique()
+    lines = ["", "## Under the plateau protocol (issue 22)", "",
+             f"`{ABLATION_CONFIG}`, N = 64 (+ V = 64 validation labels), seeds "
+             f"{min(r.seed for r in res)}-{max(r.seed for r in res)}; every stage trained to its validation "
+             "plateau and read on test once, at the selected checkpoint (`python scripts/plateau_reruns.py "
+             "ablation`, then `ablation-table`). Runs per arm: "
+             + ", ".join(f"{a} {int(seeds.get(a, 0))}" for a in ABLATION_ARMS) + ".", "",
+             "Stages at their plateau (per-stage record: `paper_world_ablation_stages.csv`):", "",
+             "| arm | stages | at plateau | best in the cap's last 10% | tokens to best (M, mean) | "
+             "tokens spent with validation (M, mean) |", "|---|---|---|---|---|---|"]
+    for arm in ABLATION_ARMS:
+        g = stages[stages["arm"] == arm]
+        if not len(g):
+            continue
+        per_run = g.groupby("seed")[["tokens_to_best", "tokens_spent"]].sum()
+        lines.append(f"| {arm} | {len(g)} | {int(g['reached'].sum())} | {int(g['cap_too_small'].sum())} | "
+                     f"{per_run['tokens_to_best'].mean() / 1e6:.2f} | {per_run['tokens_spent'].mean() / 1e6:.2f} |")
+    missed = stages[stages["why_not"] != ""]
+    lines += ["", f"Runs with a stage short of its plateau: {missed['seed'].astype(str).add(missed['arm']).nunique()}"
+              + "".join(f"\n- {r.arm} seed {r.seed} {r.stage}: {r.why_not} (best at step {r.best_step} of "
+                        f"{r.steps_run}, cap {r.cap})" for r in missed.itertuples()), "",
+              "Greedy and pass@8 beside avg@8 (paired A - B, 95% bootstrap interval over seeds):", "",
+              "| comparison | avg@8 | greedy | pass@8 |", "|---|---|---|---|"]
+    for a, b, q, _ in COMPARISONS:
+        cells = []
+        for metric in ("accuracy", "accuracy_greedy", "pass_at_k"):
+            r = paired(runs, a, b, metric)
+            cells.append(f"{r['mean_diff']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]" if r else "-")
+        lines.append(f"| {q} | " + " | ".join(cells) + " |")
+    md = OUT.parent / "paper_world_ablation_summary.md"
+    md.write_text(md.read_text() + "\n".join(lines) + "\n")
+    # the label x compute plane: the student's validation frontier of every arm, and two equal-compute levels
+    curves = pd.concat([run_curve(r) for r in res], ignore_index=True)
+    front = frontier(curves)
+    levels = sorted({float(np.median([r.compute_tokens for r in res if r.arm == arm])) for arm in ("direct_grpo",
+                     "rl_teacher_bridge") if any(r.arm == arm for r in res)})
+    matched = compute_matched(curves, levels)
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    draw_frontier(ax, front, ms=3, lw=1.5)
+    ax.set(xscale="log", xlabel="training tokens (every stage)",
+           ylabel="validation avg@8 of the best checkpoint by then (%)",
+           title="paper-like world, N = 64: the label x compute plane (plateau protocol)")
+    ax.legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    stem = OUT.parent / "frontier_paper_world"
+    fig.savefig(stem.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+    cols = ["arm", "tokens", "accuracy", "lo", "hi", "seeds"]
+    front[cols].round(4).to_csv(stem.with_suffix(".csv"), index=False)
+    matched[cols].round(4).to_csv(stem.parent / f"{stem.name}_matched.csv", index=False)
+    print(md.read_text())
+    print(f"wrote {table.relative_to(ROOT)}, paper_world_ablation_stages.csv, _summary.{{md,csv}}, "
+          f"{stem.relative_to(ROOT)}.{{csv,png}} and _matched.csv ({len(res)} runs)")
     return 0
 
 
@@ -330,6 +439,7 @@ def main(argv=None) -> int:
     ab.add_argument("--jobs", type=int, default=1, help="seeds run in parallel, one process each")
     ab.add_argument("--workdir", default="/tmp/plateau_reruns")
     ab.set_defaults(func=cmd_ablation)
+    sub.add_parser("ablation-table").set_defaults(func=cmd_ablation_table)
     sub.add_parser("table").set_defaults(func=cmd_table)
     sub.add_parser("status").set_defaults(func=cmd_status)
     sub.add_parser("summary").set_defaults(func=cmd_summary)

@@ -26,6 +26,8 @@ RESULTS = ROOT / "docs" / "results"
 OUT = ROOT / "docs" / "results.md"
 COMMAND = "python scripts/results_report.py"
 NOT_RERUN = "not rerun yet: fixed-length protocol"
+FIXED_PW = "legacy/fixed_length/paper_world_ablation_summary.csv"  # the paper-like world's fixed-length ablation
+PLATEAU_PW = "paper_world_ablation_summary.csv"  # the same ablation under the plateau protocol (issue 22)
 RERUN_DIFFS = "plateau_reruns_differences.csv"
 RERUN_SUMMARY = "plateau_reruns_summary.csv"
 RERUN_REPORT = "plateau_crosscheck_report.json"
@@ -169,8 +171,20 @@ def _rerun_figure(r: dict) -> str:
             f"{signed(r['accuracy_greedy_diff'])}, pass@8 {signed(r['pass_at_k_diff'])})")
 
 
+def _ablation_claim(fixed: dict, new: list[dict] | None, a: str, b: str) -> tuple[str, str]:
+    """(at-plateau figure, status) of a paper-like-world ablation comparison: the protocol's ablation
+    when it has run, else not rerun."""
+    if not new:
+        return "—", NOT_RERUN
+    r = row(new, a=a, b=b)
+    return (f"{diff(r)} ({r['seeds']} seeds)",
+            verdict((float(fixed["mean_diff"]), float(fixed["ci_low"]), float(fixed["ci_high"])),
+                    (float(r["mean_diff"]), float(r["ci_low"]), float(r["ci_high"]))))
+
+
 def claims(t: Tables, root: Path) -> list[str]:
-    pw = t.summary("paper_world_ablation_summary.csv")
+    pw = t.summary(FIXED_PW)
+    pw_new = t.summary(PLATEAU_PW) if t.has(PLATEAU_PW) else None
     fam = t.json("world_family_report.json")
     k15 = fam["crossover"]["modes-k15"]
     teach = fam["family"]["labels_teach"]
@@ -211,13 +225,16 @@ def claims(t: Tables, root: Path) -> list[str]:
         teach_new, teach_status = "—", pending
     rows = [
         ["Paper-like world (modes-k15, N = 64, 10 seeds): RL bridge − direct GRPO", diff(rl),
-         _rerun_figure(rl_new) if rl_new else "—", "`paper_world_ablation_summary.csv`; `" + RERUN_DIFFS + "`",
+         _rerun_figure(rl_new) if rl_new else "—", f"`{FIXED_PW}`; `{RERUN_DIFFS}`",
          verdict((float(rl["mean_diff"]), float(rl["ci_low"]), float(rl["ci_high"])), _triple(rl_new))
          if rl_new else pending],
         ["Paper-like world: C1 reversed (raw-teacher bridge − direct GRPO; the paper predicts < 0)",
-         diff(raw) + f", reading “{raw['reading']}”", "—", "`paper_world_ablation_summary.csv`", NOT_RERUN],
-        ["Paper-like world: no-OPD < full bridge", diff(no_opd), "—", "`paper_world_ablation_summary.csv`",
-         NOT_RERUN],
+         diff(raw) + f", reading “{raw['reading']}”",
+         *_ablation_claim(raw, pw_new, "raw_teacher_bridge", "direct_grpo")[:1],
+         f"`{FIXED_PW}`; `{PLATEAU_PW}`", _ablation_claim(raw, pw_new, "raw_teacher_bridge", "direct_grpo")[1]],
+        ["Paper-like world: no-OPD < full bridge", diff(no_opd),
+         *_ablation_claim(no_opd, pw_new, "no_opd", "rl_teacher_bridge")[:1],
+         f"`{FIXED_PW}`; `{PLATEAU_PW}`", _ablation_claim(no_opd, pw_new, "no_opd", "rl_teacher_bridge")[1]],
         [f"Labels teach: direct GRPO from N = 64 to 1024 (k15, {lt['n']} seeds; k30, {lt30['n']} seeds)",
          f"k15 {signed(lt['mean'])} {ci(lt['lo'], lt['hi'])}; k30 {signed(lt30['mean'])} "
          f"{ci(lt30['lo'], lt30['hi'])} points", teach_new,
@@ -355,17 +372,25 @@ def world_family(t: Tables) -> list[str]:
 
 
 def paper_world(t: Tables) -> list[str]:
-    rows = [[r["question"], r["seeds"], num(r["mean_a"]), num(r["mean_b"]), diff(r), r["predicted"], r["reading"]]
-            for r in t.summary("paper_world_ablation_summary.csv")]
-    return [
+    def rows(name):
+        return [[r["question"], r["seeds"], num(r["mean_a"]), num(r["mean_b"]), diff(r), r["predicted"],
+                 r["reading"]] for r in t.summary(name)]
+    head = ["comparison", "seeds", "A", "B", "A − B [95% CI]", "paper predicts", "reading"]
+    out = [
         "## The paper-like world (modes-k15 at N = 64; the demo's and notebook 03's world)",
         "",
-        "Chosen by the pre-registered rule (the largest RL-bridge advantage the planner predicted); seven arms, "
-        "10 seeds (`paper_world_ablation_summary.md`). Paired differences A − B, accuracy points:",
-        "",
-        *table(["comparison", "seeds", "A", "B", "A − B [95% CI]", "paper predicts", "reading"], rows),
+        "Chosen by the pre-registered rule (the largest RL-bridge advantage the planner predicted); seven arms. "
+        "Paired differences A − B, test avg@8 points.",
         "",
     ]
+    if t.has(PLATEAU_PW):
+        out += ["Under the plateau protocol (`configs/plateau/paper_world.toml`; every stage at its validation "
+                "plateau, `paper_world_ablation_summary.md`, which also counts the stages short of their plateau "
+                "and gives greedy and pass@8; `frontier_paper_world.png`, the label × compute plane):", "",
+                *table(head, rows(PLATEAU_PW)), ""]
+    out += ["At the fixed, short length (`configs/paper_world.toml`: 12 GRPO steps, 200 FKL + 200 OPD; 10 seeds, "
+            f"`{FIXED_PW.replace('.csv', '.md')}`):", "", *table(head, rows(FIXED_PW)), ""]
+    return out
 
 
 def toy_worlds(t: Tables) -> list[str]:

@@ -55,7 +55,7 @@ PRED_CSV = OUT / "world_family_predictions.csv"
 PREREG_JSON = OUT / "world_family_preregistration.json"
 RUNS_CSV = OUT / "world_family_runs.csv"
 CAL_CSV = OUT / "world_family_calibration_runs.csv"
-ABLATION_CSV = OUT / "paper_world_ablation.csv"
+ABLATION_CSV = OUT / "legacy" / "fixed_length" / "paper_world_ablation.csv"  # the fixed-length protocol's study
 SCENARIO_DIR = ROOT / "budget_planner" / "scenarios"  # the calibrated worlds, loadable by name
 
 
@@ -478,8 +478,8 @@ def cmd_report(a) -> int:
         # the ablation's own runs only (its work directory also holds grid runs at other label splits)
         c = curves[(curves["N"] == pw["labels"])].merge(ablation[[*key, "seed"]].drop_duplicates(), how="inner")
         c.drop(columns=["N", "teacher_labels", "student_labels"]).to_csv(
-            OUT / f"{ABLATION_CSV.stem}_curves.csv", index=False, float_format="%.3f")
-        print(summarise(ABLATION_CSV.stem))
+            ABLATION_CSV.with_name(f"{ABLATION_CSV.stem}_curves.csv"), index=False, float_format="%.3f")
+        print(summarise(str(ABLATION_CSV.relative_to(OUT).with_suffix(""))))
     print("wrote", OUT / "world_family_report.json", OUT / "world_family.png")
     return 0
 
