@@ -17,9 +17,11 @@ decay), which are passed to TRL explicitly.
 Three things are pinned so that both backends compute the same numbers (tests/test_trl_backend.py):
 - data order: each trainer's sampler yields the reference's batches (`stages.batch_indices`, seeded from
   the stage key), each prompt repeated group-size times as TRL's own `RepeatSampler` does;
-- sampling: generation draws from one torch RNG stream of its own, started from the stage's seeded
-  state; the HF Trainer re-seeds torch at construction and its data loader draws from the global
-  generator, which would otherwise shift every sample;
+- sampling: generation draws from one torch RNG stream of its own (the CPU's and, on a GPU, the CUDA
+  device's: `rng_state`), started from the stage's seeded state (stage_runner seeds both per stage,
+  rank and run seed); the HF Trainer re-seeds torch at construction (`set_seed(0)`: the CPU and every
+  CUDA device) and its data loader draws from the global generator, which would otherwise shift every
+  sample and give every stage, rank and run seed one CUDA stream;
 - schedule: the reference's `lr_factor` as a LambdaLR (HF's warmup starts at lr 0 and its cosine
   reaches 0; the reference's first step moves and its last step still moves).
 And one behaviour: a GRPO batch without signal (every group's rewards equal) makes no optimizer step
@@ -226,6 +228,23 @@ def distillation_args(cfg: OPDConfig, *, steps: int, prompts_per_step: int, out_
                               shuffle_dataset=False)
 
 
+def _cuda() -> bool:
+    """Whether this process samples on a CUDA device (a hook the CPU tests replace)."""
+    return torch.cuda.is_available()
+
+
+def rng_state() -> tuple[torch.Tensor, torch.Tensor | None]:
+    """This process's torch RNG: the CPU generator's state and, on a GPU, the current CUDA device's."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state() if _cuda() else None)
+
+
+def set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)
+
+
 class ReferenceOrder(Sampler):
     """The reference's batches (`stages.batch_indices`), each index repeated `repeat` times in a row, each
     batch `batch_repeat` times (GRPOTrainer reads one generation batch per optimizer step's slice and samples
@@ -250,9 +269,9 @@ class _Pinned:
     """Mixin for the three trainers: the reference's data order, sampling RNG stream, lr schedule,
     and a per-step log in the reference's keys."""
 
-    def _pin(self, order: ReferenceOrder, rng_state: torch.Tensor, lr_of_step: Callable[[int], float],
-             ctx: stages.StageContext | None = None):
-        self._order, self._rng_state, self._lr_of_step, self._ctx = order, rng_state, lr_of_step, ctx
+    def _pin(self, order: ReferenceOrder, rng: tuple[torch.Tensor, torch.Tensor | None],
+             lr_of_step: Callable[[int], float], ctx: stages.StageContext | None = None):
+        self._order, self._rng_state, self._lr_of_step, self._ctx = order, rng, lr_of_step, ctx
         self._tokens = 0
 
     def _get_train_sampler(self, dataset=None):
@@ -271,13 +290,13 @@ class _Pinned:
 
     @contextmanager
     def _sampling_stream(self):
-        outer = torch.get_rng_state()
-        torch.set_rng_state(self._rng_state)
+        outer = rng_state()
+        set_rng_state(self._rng_state)
         try:
             yield
         finally:
-            self._rng_state = torch.get_rng_state()
-            torch.set_rng_state(outer)
+            self._rng_state = rng_state()
+            set_rng_state(outer)
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
@@ -505,11 +524,11 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, tok,
     log = _Log("grpo", taken, progress, updates=cfg.mini_batches)
     use_cache = policy.config.use_cache
     policy = _sharded(policy, ctx)  # after every refusal above: a refused stage leaves the model as it was
-    state = torch.get_rng_state()
+    state = rng_state()  # the stage's seeded streams: the trainer's set_seed(0) would replace them
     trainer = PinnedGRPO(model=policy, reward_funcs=[_reward(ctx)], args=args,
                          train_dataset=_prompt_dataset(problems, with_gold=True), processing_class=tok,
                          callbacks=[log.callback])
-    torch.set_rng_state(state)
+    set_rng_state(state)
     _quiet(trainer, use_cache)
     trainer._pin(ReferenceOrder(len(problems), P, taken, seed, repeat=cfg.group_size,
                                 batch_repeat=args.steps_per_generation),
@@ -541,11 +560,11 @@ def build_gkd(student, teacher, prompts, cfg: FKLConfig, tok, *, seed: int, out_
     log = _Log("fkl", taken, progress)
     use_cache = student.config.use_cache
     student = _sharded(student, ctx)
-    state = torch.get_rng_state()
+    state = rng_state()  # the stage's seeded streams: the trainer's set_seed(0) would replace them
     trainer = PinnedGKD(model=student, teacher_model=teacher, args=args, data_collator=_PromptCollator(tok),
                         train_dataset=_prompt_dataset(prompts, with_gold=False), processing_class=tok,
                         callbacks=[log.callback])
-    torch.set_rng_state(state)
+    set_rng_state(state)
     _quiet(trainer, use_cache)
     trainer._pin(ReferenceOrder(len(prompts), cfg.prompts_per_step, taken, seed), state, _lr_of_step(cfg, cfg.steps),
                  ctx)
@@ -567,11 +586,11 @@ def build_distillation(student, teacher, prompts, cfg: OPDConfig, tok, *, seed: 
     log = _Log("opd", taken, progress)
     use_cache = student.config.use_cache
     student = _sharded(student, ctx)
-    state = torch.get_rng_state()
+    state = rng_state()  # the stage's seeded streams: the trainer's set_seed(0) would replace them
     trainer = PinnedDistillation(model=student, teacher_model=teacher, args=args,
                                  train_dataset=_prompt_dataset(prompts, with_gold=False), processing_class=tok,
                                  callbacks=[log.callback])
-    torch.set_rng_state(state)
+    set_rng_state(state)
     _quiet(trainer, use_cache)
     trainer._pin(ReferenceOrder(len(prompts), per_step, taken, seed), state, _lr_of_step(cfg, steps), ctx)
     return trainer, log, taken

@@ -475,3 +475,41 @@ def test_grpo_mini_batch_losses_on_fixed_rollouts(tiny, tmp_path, monkeypatch):
         out.backward()
         _agree(ref_loss, ref_g, out, _grads(trl_policy))
     assert not all(torch.equal(a, b) for a, b in zip(seen[0][0].values(), seen[2][0].values()))  # it moved
+
+
+# ---- CUDA seeding (issue 24 item 7) --------------------------------------------------------------------
+
+@pytest.mark.parametrize("build", ["grpo", "gkd", "distillation"])
+def test_each_stage_samples_from_its_own_cuda_stream(tiny, tmp_path, monkeypatch, build):
+    """On a GPU the HF Trainer's set_seed(0) at construction reseeds every CUDA device, so without a pin
+    every stage, rank and run seed would sample from one CUDA stream. Recorded on a fake CUDA generator
+    (no GPU here): construction does reseed it to 0, the builder puts back the stage's seeded state, and
+    sampling advances a stream of the stage's own that the caller's generator never sees."""
+    cfg, m, world, _ = tiny
+    gen = {"state": torch.tensor([7, 7]), "seeds": []}  # the stage's state, as stage_runner's `seeded` left it
+
+    def manual_seed_all(seed):
+        gen["seeds"].append(int(seed))
+        gen["state"] = torch.tensor([int(seed), 0])
+    monkeypatch.setattr(tb, "_cuda", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": gen["state"].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": gen.update(state=state.clone()))
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", manual_seed_all)
+    monkeypatch.setattr(torch.cuda, "manual_seed", manual_seed_all)
+    if build == "grpo":
+        trainer, _, _ = tb.build_grpo(copy.deepcopy(m.student), world.labeled[:3], cfg.grpo, m.ctx, m.tokenizer,
+                                      role="student", seed=0, out_dir=str(tmp_path))
+    elif build == "gkd":
+        trainer, _, _ = tb.build_gkd(copy.deepcopy(m.student), m.teacher, world.unlabeled[:8], cfg.fkl, m.tokenizer,
+                                     seed=0, out_dir=str(tmp_path))
+    else:
+        trainer, _, _ = tb.build_distillation(copy.deepcopy(m.student), m.teacher, world.unlabeled[:8], cfg.opd,
+                                              m.tokenizer, seed=0, out_dir=str(tmp_path), ctx=m.ctx)
+    assert 0 in gen["seeds"]  # the Trainer did reseed CUDA (transformers' set_seed)
+    assert gen["state"].tolist() == [7, 7]  # ... and the builder put the stage's state back
+    assert trainer._rng_state[1].tolist() == [7, 7]  # the sampling stream starts from it
+    gen["state"] = torch.tensor([5, 5])  # the caller's generator moves on meanwhile
+    with trainer._sampling_stream():
+        assert gen["state"].tolist() == [7, 7]
+        gen["state"] = torch.tensor([7, 8])  # a draw advances the stage's stream
+    assert gen["state"].tolist() == [5, 5] and trainer._rng_state[1].tolist() == [7, 8]
