@@ -366,6 +366,10 @@ class EngineConfig:
             raise InputError(f"engine.rollout must be 'hf', 'lean' or 'vllm', got {self.rollout!r}")
         if self.trainer not in ("reference", "trl"):
             raise InputError(f"engine.trainer must be 'reference' or 'trl', got {self.trainer!r}")
+        if self.trainer == "trl" and self.rollout == "vllm":
+            raise InputError("engine.rollout = 'vllm' with engine.trainer = 'trl': TRL's trainers generate with "
+                             "their own sampler, not this project's vLLM weight sync; use engine.trainer = "
+                             "'reference' for vLLM rollouts, or engine.rollout = 'hf'")
         if self.launcher not in ("single", "accelerate"):
             raise InputError(f"engine.launcher must be 'single' or 'accelerate', got {self.launcher!r}")
 

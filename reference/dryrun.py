@@ -178,20 +178,23 @@ def rollout_estimate(sampler: tuple[Shape, int], engine, *, resident_gib: float,
     """Rollout phase per GPU: a sampler weight copy + the KV cache of one sampler call (`engine`'s
     micro-batch rule) beside what training keeps resident (`resident_gib`: trainer states, frozen weights)."""
     from reference.rollout import kv_cache_bytes
+    from reference.rollout_vllm import GPU_MEMORY_UTILIZATION
 
     s, p = sampler
     weights = dtype_bytes * p / GiB
     kv_per_token = kv_cache_bytes(layers=s.layers, kv_heads=s.kv_heads, head_dim=s.head_dim, tokens=1,
                                   dtype_bytes=dtype_bytes)
     kv_per_seq = kv_per_token * seq_tokens / GiB
-    free = GPU_GIB * 0.9 - resident_gib - weights  # vLLM gpu_memory_utilization 0.9
+    pool = GPU_GIB * GPU_MEMORY_UTILIZATION  # a colocated vLLM engine's share (its weights + KV cache)
+    free = min(pool, GPU_GIB - resident_gib) - weights
     mb, kv = rollout_micro_batches(s, engine, seq_tokens=seq_tokens, seqs_per_gpu=n_seqs, dtype_bytes=dtype_bytes)
     peak = resident_gib + weights + kv
     return {
         "sampler_weights_gib": round(weights, 2),
         "kv_kib_per_token": round(kv_per_token / 1024, 1),
         "kv_gib_per_full_length_seq": round(kv_per_seq, 3),
-        "concurrent_full_length_seqs_in_80gib": max(0, int(free / kv_per_seq)),
+        "vllm_pool_gib": round(pool, 2),
+        "vllm_full_length_seqs": max(0, int(free / kv_per_seq)),  # KV cache the pool holds beside its weights
         "seqs_per_step_per_gpu": n_seqs,
         "micro_batch": mb,
         "kv_cache_gib": round(kv, 2),

@@ -1,17 +1,31 @@
 """vLLM rollouts behind the `reference.rollout.Rollout` protocol (optional extra: `pip install .[vllm]`).
 
-`VLLMRollout(tokenizer, cfg)` samples with a colocated vLLM engine per model (student, teacher),
-created lazily from the model's checkpoint path and refreshed with the trainer's current weights
-before each call (the trainer's parameters are the truth; vLLM holds a bf16 copy). The result is the
-same `RolloutBatch` layout HF generation produces, and every stage recomputes log-probs with the
-training model (`completion_logits`), so the two backends are interchangeable.
+`VLLMRollout(tokenizer, cfg)` samples with a colocated vLLM engine per model (student, teacher) and per
+rank (under `accelerate launch` each process holds its own engine, vLLM's "external_launcher"), created
+lazily from the model's checkpoint path. Every stage recomputes log-probs with the training model
+(`completion_logits`), so the result is the same `RolloutBatch` layout HF generation produces and the
+two backends are interchangeable; evaluation and the plateau protocol's validation sample through the
+same object (`StageContext.rollout`), so at scale they use the same engine.
+
+Weight sync (`full_weights`): before a call on a model that trains, the engine receives the trainer's
+current weights whole. An FSDP2-sharded entry (a DTensor: each rank holds 1/n of it) is all-gathered
+(`DTensor.full_tensor`, one entry at a time, a collective every rank runs in the same order), so no
+engine ever loads a shard; master weights in fp32 are cast to the engine's bf16. vLLM's `load_weights`
+sits on its driver model, whose path moved between releases: `_vllm_model` tries the known ones and
+fails with one clear line.
+
+Memory: the engine's pool (its weight copy + KV cache) is `GPU_MEMORY_UTILIZATION` of the GPU, beside
+what training keeps resident (the dry run sizes rollouts with the same fraction); between calls the
+engine sleeps (`LLM.sleep`: level 2, weights and cache dropped, for a model that trains and is pushed
+again at the next call; level 1, weights kept in CPU memory, for a frozen model) and wakes up
+(`LLM.wake_up`) before the next one, so training gets the pool back.
 
 When vllm is not importable (CPU machines, the GPU-check image) the same object delegates to
-`HFRollout` with a static KV cache — the fallback the config asks for — and says so once.
-Weight refresh goes through vLLM's `load_weights` on the driver model; its internal path moved
-between vLLM releases, so `_vllm_model` tries the known ones and fails with one clear line.
-This backend is not exercised by the CPU tests (no vllm here); scripts/gpu_check.py times the
-fallback, and the vLLM path needs a GPU session with the wheel.
+`HFRollout` with a static KV cache — the fallback the config asks for — and says so once. The CPU tests
+drive the vLLM path through a fake engine (tests/_fake_vllm.py): the pushed tensors are full-size and
+equal the trained model's, under FSDP2 on 2 processes too; the real engine needs a GPU session with the
+wheel. TRL's trainers generate with their own sampler, so `engine.rollout = "vllm"` with
+`engine.trainer = "trl"` is refused when the config loads (reference.config).
 """
 
 from __future__ import annotations
@@ -23,6 +37,11 @@ import torch
 
 from reference.rollout import HFRollout, RolloutBatch, completion_mask
 from theory.errors import InputError
+
+# vLLM's share of a GPU (its weights + KV cache), colocated with the trainer's resident state; the dry run
+# (reference.dryrun.rollout_estimate) sizes the rollout phase with the same fraction
+GPU_MEMORY_UTILIZATION = 0.35
+ENGINE_DTYPE = torch.bfloat16
 
 
 def vllm_available() -> bool:
@@ -49,12 +68,33 @@ def _vllm_model(llm) -> Any:
     raise InputError("this vLLM version hides its model from load_weights; set engine.rollout = 'hf'")
 
 
+def full_weights(model, dtype: torch.dtype = ENGINE_DTYPE):
+    """(name, whole tensor in `dtype`) for every entry of `model`'s state dict, one at a time: a sharded
+    entry (DTensor) is all-gathered first. Every rank must iterate it in full (each gather is a collective)."""
+    from torch.distributed.tensor import DTensor
+
+    for name, v in model.state_dict().items():
+        if isinstance(v, DTensor):
+            v = v.full_tensor()
+        yield name, v.detach().to(dtype)
+
+
+def _trains(model) -> bool:
+    return any(p.requires_grad for p in model.parameters())
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 class VLLMRollout:
-    def __init__(self, tokenizer, cfg, *, gpu_memory_utilization: float = 0.35):
+    def __init__(self, tokenizer, cfg, *, gpu_memory_utilization: float = GPU_MEMORY_UTILIZATION):
         self.tok = tokenizer
         self.cfg = cfg
         self.gpu_memory_utilization = gpu_memory_utilization
         self._engines: dict[int, Any] = {}
+        self._asleep: dict[int, int] = {}  # engine key -> the sleep level it is at
         if vllm_available():
             self.backend = "vllm"
             self._fallback = None
@@ -66,6 +106,7 @@ class VLLMRollout:
                   file=sys.stderr)
 
     def _engine_for(self, model):
+        """The model's engine, awake and holding the model's current weights."""
         key = id(model)
         if key not in self._engines:
             from vllm import LLM
@@ -73,13 +114,23 @@ class VLLMRollout:
             path = getattr(model.config, "_name_or_path", "")
             if not path:
                 raise InputError("vLLM rollouts need a model loaded from a path or hub id")
+            extra = {"distributed_executor_backend": "external_launcher"} if _distributed() else {}
             self._engines[key] = LLM(model=path, dtype="bfloat16", gpu_memory_utilization=self.gpu_memory_utilization,
                                      enable_sleep_mode=True, max_model_len=self.cfg.world.max_prompt_tokens
-                                     + max(self.cfg.grpo.max_new_tokens, self.cfg.eval.max_new_tokens))
+                                     + max(self.cfg.grpo.max_new_tokens, self.cfg.eval.max_new_tokens), **extra)
         llm = self._engines[key]
-        if any(p.requires_grad for p in model.parameters()):  # a trained model: push current weights
-            _vllm_model(llm).load_weights(((k, v.detach()) for k, v in model.state_dict().items()))
+        if self._asleep.pop(key, None) is not None:
+            llm.wake_up()
+        if _trains(model):  # a trained model: push its current weights, whole
+            _vllm_model(llm).load_weights(full_weights(model))
         return llm
+
+    def _sleep(self, model, llm) -> None:
+        """Give the pool back to training: level 2 (drop weights and cache) for a model whose weights are pushed
+        again at the next call, level 1 (weights kept in CPU memory) for a frozen one."""
+        level = 2 if _trains(model) else 1
+        llm.sleep(level=level)
+        self._asleep[id(model)] = level
 
     @torch.no_grad()
     def generate(self, model, prompts, *, n, temperature, top_p=1.0, top_k=0, max_new_tokens, greedy=False):
@@ -91,7 +142,10 @@ class VLLMRollout:
         llm = self._engine_for(model)
         sp = SamplingParams(n=n, temperature=0.0 if greedy else temperature, top_p=top_p,
                             top_k=top_k if top_k > 0 else -1, max_tokens=max_new_tokens)
-        outs = llm.generate(list(prompts), sp, use_tqdm=False)
+        try:
+            outs = llm.generate(list(prompts), sp, use_tqdm=False)
+        finally:
+            self._sleep(model, llm)
         tok = self.tok
         eos, pad = tok.eos_token_id, tok.pad_token_id
         comps: list[list[int]] = []
