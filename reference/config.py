@@ -330,6 +330,9 @@ class EngineConfig:
 
     device: str = "cpu"
     threads: int = 1
+    # write a stage's mid-stage checkpoint every K optimizer steps (reference.midstage; 0: off, the plateau
+    # protocol still writes one at its validation points). It changes no number: left out of every hash
+    checkpoint_every: int = 0
     # "hf" (transformers generate), "lean" (reference.rollout's KV-cached decode over a plain Qwen3's weights,
     # HF generate for any other model: same distribution, ~2.5x the toy stages' tokens/s, not the same
     # draws as "hf") or "vllm" (reference.rollout_vllm, when installed)
@@ -356,6 +359,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         _check_pos("engine", self, ("threads",))
+        _check_pos("engine", self, ("checkpoint_every",), allow_zero=True)
         if self.precision not in PRECISIONS:
             raise InputError(f"engine.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         from reference.tracking import TRACKERS
@@ -443,9 +447,11 @@ _HASH_NEUTRAL: dict[tuple[str, str], Any] = {
     # the plateau protocol's section: off, it is left out of the hashes entirely
     **{tuple(k.split(".")): v for k, v in PLATEAU_DEFAULTS.items()},
 }
-# Fields that only say where a run reports, never what it computes: left out of every hash and of the
-# resume check whatever their value (turning tracking on keeps the stage keys, seeds and numbers).
-_LOGGING_ONLY: frozenset[tuple[str, str]] = frozenset({("engine", "tracker"), ("engine", "tracker_dir")})
+# Fields that only say where a run reports or how often it saves, never what it computes: left out of every
+# hash and of the resume check whatever their value (turning tracking or mid-stage checkpoints on keeps the
+# stage keys, seeds and numbers; tests/test_midstage.py checks the numbers).
+_LOGGING_ONLY: frozenset[tuple[str, str]] = frozenset({("engine", "tracker"), ("engine", "tracker_dir"),
+                                                      ("engine", "checkpoint_every")})
 
 
 def _hashed(d: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -30,26 +30,24 @@ averages several points. On the check seeds' whole-cap curves (docs/results/plat
 window rule selects the whole-cap best on direct GRPO (two seeds), teacher GRPO and FKL, and OPD's
 step 150 (34.0 vs its whole-cap 35.5); docs/log.md, 2026-12-07.
 
-Mid-stage checkpoints. At every validation point the watch writes `<stage dir>.partial/`: the current
-weights, the best weights, the optimizer state, the torch RNG state, the step, the tokens and the log so
-far. A killed stage resumes from there with the numbers of an uninterrupted run; the directory goes once
-the stage's checkpoint is written. One process only for now: a sharded optimizer state needs
-torch.distributed.checkpoint, which the real-scale issue brings.
+Mid-stage checkpoints (reference.midstage, the one mechanism the real-scale issue also uses): at every
+validation point, and every `engine.checkpoint_every` steps, the watch writes `<stage dir>.partial/` with
+its own state beside the weights, optimizer and RNG states: the best weights, the validation points, the
+validation tokens and the stopping step. A killed stage resumes from there with the numbers of an
+uninterrupted run; the directory goes once the stage's checkpoint is written. One process only for now.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import json
 import math
-from pathlib import Path
-import shutil
 from typing import Callable
 
 import numpy as np
 import torch
 
 from reference.config import PlateauConfig
+from reference.midstage import MidStage
 
 # (model, tag) -> per-problem accuracy in [0, 1] (k-sample means) and generated tokens
 Score = Callable[[torch.nn.Module, str], tuple[np.ndarray, int]]
@@ -123,13 +121,13 @@ def schedule(cap: int, every: float) -> list[int]:
 @dataclass
 class Watch:
     """What one stage's plateau protocol holds while it trains: the validation points, the best weights,
-    and where its mid-stage checkpoint lives (`partial`; None: none written)."""
+    and its mid-stage checkpoint (`partial`; None: none written)."""
 
     cfg: PlateauConfig
     cap: int
     score: Score
     tag: str
-    partial: Path | None = None
+    partial: MidStage | None = None
     points: list[Point] = field(default_factory=list)
     val_tokens: int = 0
     best_state: dict | None = None
@@ -140,19 +138,25 @@ class Watch:
         self._due = set(schedule(self.cap, self.cfg.every))
 
     def due(self, step: int) -> bool:
-        return step in self._due
+        return step in self._due or (self.partial is not None and self.partial.due(step))
 
     def observe(self, step: int, tokens: int, model, opt, log: list[dict]) -> bool:
-        """Validate after `step` steps; keep the best weights; write the mid-stage checkpoint. True: stop."""
-        per_problem, gen = self.score(model, f"{self.tag}/{step}")
-        self.val_tokens += gen
-        self.points.append(Point(step, tokens, np.asarray(per_problem, dtype=float)))
-        if best_index(self.points) == len(self.points) - 1:
-            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        stop = self.cfg.stop and stops(self.points, self.cfg, self.cap)  # stop = false: the whole capped curve
-        if stop:
-            self.stop_step = step
-        self._save(step, tokens, model, opt, log)
+        """After `step` steps: validate when the schedule says so (and at step 0), keeping the best weights;
+        write the mid-stage checkpoint. True: stop."""
+        stop = False
+        if step == 0 or step in self._due:
+            per_problem, gen = self.score(model, f"{self.tag}/{step}")
+            self.val_tokens += gen
+            self.points.append(Point(step, tokens, np.asarray(per_problem, dtype=float)))
+            if best_index(self.points) == len(self.points) - 1:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            stop = self.cfg.stop and stops(self.points, self.cfg, self.cap)  # stop = false: the whole capped curve
+            if stop:
+                self.stop_step = step
+        if self.partial is not None:
+            self.partial.save(step, tokens, model, opt, log, extra={
+                "best": self.best_state, "val_tokens": self.val_tokens, "stop_step": self.stop_step,
+                "points": [(p.step, p.tokens, p.per_problem.tolist()) for p in self.points]})
         return stop
 
     def finish(self, model) -> None:
@@ -180,35 +184,17 @@ class Watch:
                 "validation_problems": len(best.per_problem), "k": self.cfg.k,
                 "curve": [{"step": p.step, "tokens": p.tokens, "accuracy": p.score} for p in self.points]}
 
-    # -- mid-stage checkpoint ------------------------------------------------------------------------
-    def _save(self, step: int, tokens: int, model, opt, log: list[dict]) -> None:
-        if self.partial is None:
-            return
-        from reference.checkpoint import atomic_directory
-        with atomic_directory(self.partial) as tmp:
-            self._write(tmp, step, tokens, model, opt, log)
-
-    def _write(self, tmp: Path, step: int, tokens: int, model, opt, log: list[dict]) -> None:
-        torch.save({"model": model.state_dict(), "best": self.best_state, "optimizer": opt.state_dict(),
-                    "rng": torch.get_rng_state(), "step": step, "tokens": tokens, "log": list(log),
-                    "val_tokens": self.val_tokens, "stop_step": self.stop_step,
-                    "points": [(p.step, p.tokens, p.per_problem.tolist()) for p in self.points]},
-                   tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "cap": self.cap, "tag": self.tag}))
-
     def resume(self, model, opt) -> tuple[int, int, list[dict]] | None:
         """Restore the mid-stage checkpoint, if any: (steps done, tokens, log); None to start fresh."""
-        if self.partial is None or not (self.partial / "state.pt").is_file():
+        st = self.partial.load(model, opt) if self.partial is not None else None
+        if st is None:
             return None
-        st = torch.load(self.partial / "state.pt", weights_only=False)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        torch.set_rng_state(st["rng"])
-        self.best_state, self.val_tokens, self.stop_step = st["best"], st["val_tokens"], st["stop_step"]
-        self.points = [Point(s, t, np.asarray(pp, dtype=float)) for s, t, pp in st["points"]]
-        return st["step"], st["tokens"], list(st["log"])
+        x = st["extra"] or st  # a checkpoint written before reference.midstage kept the watch's state at the top
+        self.best_state, self.val_tokens, self.stop_step = x["best"], x["val_tokens"], x["stop_step"]
+        self.points = [Point(s, t, np.asarray(pp, dtype=float)) for s, t, pp in x["points"]]
+        return st["step"], st["tokens"], st["log"]
 
     def discard(self) -> None:
         """Remove the mid-stage checkpoint once the stage's own checkpoint is written."""
         if self.partial is not None:
-            shutil.rmtree(self.partial, ignore_errors=True)
+            self.partial.discard()

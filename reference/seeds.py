@@ -22,3 +22,24 @@ def seeded(device: str, seed: int):
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def _cuda() -> bool:
+    """Whether this process draws on a CUDA device (a hook the CPU tests replace)."""
+    import torch
+    return torch.cuda.is_available()
+
+
+def rng_state():
+    """This process's torch RNG: (the CPU generator's state, the current CUDA device's or None)."""
+    import torch
+    return torch.get_rng_state(), (torch.cuda.get_rng_state() if _cuda() else None)
+
+
+def set_rng_state(state) -> None:
+    """Put back what `rng_state` returned (a bare CPU state, as older checkpoints hold, is accepted)."""
+    import torch
+    cpu, cuda = state if isinstance(state, tuple) else (state, None)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)

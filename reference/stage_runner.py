@@ -145,7 +145,7 @@ def run_stage(stage: Stage, setup: TrainingSetup, slot: Slot, hooks: Hooks) -> F
             return FinishedStage(saved["result"], saved.get("log") or [], cached=True)
         with seeded(setup.cfg.engine.device, seed_from(slot.seed_key) + rank):
             pbar = _bar(hooks.bar)
-            watch = plateau_watch(stage, setup, slot)
+            watch = stage_watch(stage, setup, slot)
             result = _train(stage, setup, seed_from(slot.seed_key, "data"), _progress(pbar, hooks), watch)
             if pbar is not None:
                 pbar.close()
@@ -190,20 +190,28 @@ def validation_score(setup: TrainingSetup):
     return score
 
 
-def plateau_watch(stage: Stage, setup: TrainingSetup, slot: Slot):
-    """The stage's `reference.plateau.Watch` under `plateau.enabled` (None otherwise). One process keeps a
-    mid-stage checkpoint beside the stage's directory (`.<key>.partial`); an engine does not yet."""
+def stage_watch(stage: Stage, setup: TrainingSetup, slot: Slot):
+    """What watches the stage while it trains: the plateau protocol's `reference.plateau.Watch` under
+    `plateau.enabled`, a plain mid-stage checkpointer (`reference.midstage.MidStage`) under
+    `engine.checkpoint_every` > 0, else None. The mid-stage checkpoint lives beside the stage's directory
+    (`.<key>.partial`), in one process with the reference loop; an engine or TRL's trainers get it refused
+    in one line (not wired yet), and the plateau protocol under an engine runs without it."""
     cfg = setup.cfg
+    every, engine = cfg.engine.checkpoint_every, setup.models.ctx.engine
+    if every > 0 and (engine is not None or cfg.engine.trainer == "trl"):
+        raise InputError("engine.checkpoint_every > 0 runs in one process with engine.trainer = 'reference' "
+                         "(mid-stage checkpoints under an engine or TRL's trainers are not wired yet); set it to 0")
+    directory = Path(slot.directory)
+    from reference.midstage import MidStage
+    partial = MidStage(directory.with_name(f".{directory.name}.partial"), every) if engine is None else None
     if not cfg.plateau.enabled:
-        return None
+        return partial if every > 0 else None
     from reference.plateau import Watch
     if cfg.engine.trainer == "trl":
         raise InputError("plateau.enabled runs on engine.trainer = 'reference' (TRL's trainers stop on their "
                          "own callbacks; not wired yet)")
     if len(setup.world.val) < cfg.plateau.problems:
         raise InputError(f"plateau.problems={cfg.plateau.problems} exceeds world.val={len(setup.world.val)}")
-    directory = Path(slot.directory)
-    partial = directory.with_name(f".{directory.name}.partial") if setup.models.ctx.engine is None else None
     return Watch(cfg.plateau, stage_cap(stage, setup), validation_score(setup), slot.seed_key, partial)
 
 
@@ -266,7 +274,7 @@ def train_stage(stage: Stage, setup: TrainingSetup, seed: int,
     model = m.for_role(spec.trains)
     # dtypes (fp32 master under mixed precision), checkpointing, the scorer's dtype: the plan the dry run reads
     apply_plan(stage_plan(cfg, stage), model, m.for_role(spec.scorer) if spec.scorer else None)
-    # only the reference's rules take a watch (plateau_watch refuses TRL's trainers)
+    # only the reference's rules take a watch (stage_watch refuses TRL's trainers)
     extra = {"watch": watch} if watch is not None else {}
     if spec.update == "grpo":
         return update(model, setup.labeled(spec.labels), section, m.ctx, role=spec.trains, seed=seed,

@@ -73,6 +73,7 @@ from torch.utils.data import Sampler
 
 from reference import stages
 from reference.config import FKLConfig, GRPOConfig, OPDConfig
+from reference.seeds import rng_state, set_rng_state
 from theory.errors import InputError
 
 
@@ -226,23 +227,6 @@ def distillation_args(cfg: OPDConfig, *, steps: int, prompts_per_step: int, out_
                               beta=OPD_BETA[cfg.estimator], temperature=cfg.temperature, top_p=FIXED["top_p"],
                               top_k=FIXED["top_k"], max_completion_length=cfg.max_new_tokens, disable_dropout=True,
                               shuffle_dataset=False)
-
-
-def _cuda() -> bool:
-    """Whether this process samples on a CUDA device (a hook the CPU tests replace)."""
-    return torch.cuda.is_available()
-
-
-def rng_state() -> tuple[torch.Tensor, torch.Tensor | None]:
-    """This process's torch RNG: the CPU generator's state and, on a GPU, the current CUDA device's."""
-    return torch.get_rng_state(), (torch.cuda.get_rng_state() if _cuda() else None)
-
-
-def set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None]) -> None:
-    cpu, cuda = state
-    torch.set_rng_state(cpu)
-    if cuda is not None:
-        torch.cuda.set_rng_state(cuda)
 
 
 class ReferenceOrder(Sampler):

@@ -491,7 +491,8 @@ def test_each_stage_samples_from_its_own_cuda_stream(tiny, tmp_path, monkeypatch
     def manual_seed_all(seed):
         gen["seeds"].append(int(seed))
         gen["state"] = torch.tensor([int(seed), 0])
-    monkeypatch.setattr(tb, "_cuda", lambda: True)
+    from reference import seeds
+    monkeypatch.setattr(seeds, "_cuda", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": gen["state"].clone())
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": gen.update(state=state.clone()))
     monkeypatch.setattr(torch.cuda, "manual_seed_all", manual_seed_all)

@@ -1,0 +1,108 @@
+"""Mid-stage checkpoints (issue 24 item 6; reference.midstage): a stage SIGKILLed part-way resumes from
+its last checkpoint and ends bit-identical to an uninterrupted run (one process, the reference loop); the
+checkpoint is written every `engine.checkpoint_every` steps without the plateau protocol, removed once
+the stage's own checkpoint is written, and changes no hash; TRL's trainers are refused in one line."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+import torch
+
+from conftest import tiny_config
+from reference import pipeline as pl
+from theory.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[1]
+CUT = {"fkl.steps": 6, "opd.steps": 6, "engine.checkpoint_every": 2}
+
+_KILLED = """
+import os, signal, sys
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+import torch
+from conftest import tiny_config
+from reference import midstage, pipeline
+torch.set_num_threads(1)
+calls = []
+save = midstage.MidStage.save
+
+
+def save_then_die(self, step, *a, **kw):
+    save(self, step, *a, **kw)
+    calls.append(step)
+    if len(calls) == 5:  # FKL wrote at steps 2, 4, 6; OPD at 2, then 4: killed half-way through OPD
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+midstage.MidStage.save = save_then_die
+pipeline.run_pipeline(tiny_config(**%s), "raw_teacher_bridge", 0, workdir=sys.argv[1], split="val", progress=False)
+""" % repr(CUT)
+
+
+def _stages(workdir: Path) -> dict[str, tuple[dict, dict]]:
+    """stage name -> (weights, meta) of every finished stage checkpoint in a workdir."""
+    out = {}
+    for d in (workdir / "stages").iterdir():
+        if not d.name.startswith(".") and (d / "meta.json").is_file():
+            meta = json.loads((d / "meta.json").read_text())
+            out[meta["stage"]] = (load_file(str(d / "model.safetensors")), meta)
+    return out
+
+
+@pytest.mark.slow
+def test_a_stage_sigkilled_half_way_resumes_bit_identical(tmp_path):
+    torch.set_num_threads(1)
+    cfg = tiny_config(**CUT)
+    whole = pl.run_pipeline(cfg, "raw_teacher_bridge", 0, workdir=tmp_path / "whole", split="val", progress=False)
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cut"), str(ROOT / "tests"), str(ROOT)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    finished = _stages(tmp_path / "cut")
+    assert list(finished) == ["fkl_warmup"]  # the first stage finished; OPD was killed part-way
+    partial = [p for p in (tmp_path / "cut" / "stages").iterdir() if p.name.endswith(".partial")]
+    assert len(partial) == 1 and json.loads((partial[0] / "meta.json").read_text())["step"] == 4
+    resumed = pl.run_pipeline(cfg, "raw_teacher_bridge", 0, workdir=tmp_path / "cut", split="val", progress=False)
+    a, b = _stages(tmp_path / "whole"), _stages(tmp_path / "cut")
+    assert set(a) == set(b) == {"fkl_warmup", "opd"}
+    for name in a:
+        (wa, ma), (wb, mb) = a[name], b[name]
+        assert ma["log"] == mb["log"], name
+        assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa), name
+    assert resumed.metrics == whole.metrics and resumed.compute_tokens == whole.compute_tokens
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "cut" / "stages").iterdir())
+
+
+def test_checkpoints_every_k_steps_without_the_plateau_protocol(tmp_path, monkeypatch):
+    from reference import midstage
+    steps = []
+    save = midstage.MidStage.save
+
+    def recorded(self, step, *a, **kw):
+        save(self, step, *a, **kw)
+        steps.append((self.directory.name, step, (self.directory / "state.pt").is_file()))
+    monkeypatch.setattr(midstage.MidStage, "save", recorded)
+    torch.set_num_threads(1)
+    cfg = tiny_config(**{"fkl.steps": 5, "engine.checkpoint_every": 2})
+    pl.run_pipeline(cfg, "raw_teacher_bridge", 0, workdir=tmp_path, split="val", progress=False)
+    assert [s for _, s, _ in steps] == [2, 4, 2]  # FKL's 5 steps, then OPD's 2
+    assert all(written for *_, written in steps) and len({d for d, _, _ in steps}) == 2  # one directory per stage
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "stages").iterdir())
+    # it changes no number: the same hash, so the same stage keys and seeds
+    assert cfg.hash() == cfg.override({"engine.checkpoint_every": 0}).hash()
+
+
+def test_bad_checkpoint_every_and_trl_are_one_line(tmp_path):
+    with pytest.raises(InputError, match="engine.checkpoint_every must be >= 0"):
+        tiny_config(**{"engine.checkpoint_every": -1})
+    cfg = tiny_config(**{"engine.checkpoint_every": 2, "engine.trainer": "trl"})
+    with pytest.raises(InputError, match="engine.checkpoint_every > 0 runs in one process"):
+        pl.run_pipeline(cfg, "direct_grpo", 0, workdir=tmp_path, split="val", progress=False)
