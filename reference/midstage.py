@@ -12,9 +12,14 @@ it leaves the previous checkpoint. A stage killed part-way resumes from the last
 numbers of an uninterrupted run, bit for bit in one process (tests/test_midstage.py kills one with
 SIGKILL). The directory goes once the stage's own checkpoint is written.
 
-Scope: one process with the reference loop. Under an engine (several processes) a sharded optimizer
-state needs torch.distributed.checkpoint, and TRL's trainers their own `save_steps` / resume: both are
-refused in one line until they are wired (reference.stage_runner.stage_watch).
+Several processes (`accelerate launch`, DDP or FSDP2, `engine`): the weights and the AdamW state go through
+torch.distributed.checkpoint (`get_state_dict` / `dcp.save` / `dcp.load` / `set_state_dict`: each rank
+writes and reads its own shards), each rank's RNG states, step, tokens and log into `rank<r>.pt`, all in
+the temporary directory rank 0 opened, which rank 0 renames into place after a barrier. The directory must
+be on a file system every rank sees. A resumed 2-process stage ends as an uninterrupted 2-process one
+(tests/test_midstage.py). TRL's trainers are refused in one line until their `save_steps` / resume is wired
+(reference.stage_runner.stage_watch), and so is the plateau protocol under an engine with
+`checkpoint_every` > 0 (its best weights would need the same path; untested).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 import json
 from pathlib import Path
 import shutil
+from typing import Any
 
 import torch
 
@@ -36,6 +42,7 @@ class MidStage:
 
     directory: Path
     every: int = 0
+    engine: Any = None  # reference.engines.Engine: several processes write and read the checkpoint together
     stop_step: int | None = None  # the watch interface: a plain checkpointer never stops a stage
 
     def due(self, step: int) -> bool:
@@ -57,8 +64,13 @@ class MidStage:
     def record(self, tokens: int) -> None:
         return None
 
+    def _ranks(self) -> bool:
+        return self.engine is not None and self.engine.world_size > 1
+
     def save(self, step: int, tokens: int, model, opt, log: list[dict], extra: dict | None = None) -> None:
         from reference.checkpoint import atomic_directory
+        if self._ranks():
+            return self._save_ranks(step, tokens, model, opt, log, extra or {})
         with atomic_directory(self.directory) as tmp:
             torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(),
                         "step": step, "tokens": tokens, "log": list(log), "extra": extra or {}}, tmp / "state.pt")
@@ -67,6 +79,8 @@ class MidStage:
     def load(self, model, opt) -> dict | None:
         """Restore the weights, optimizer and RNG states of the last checkpoint into `model` and `opt`: the
         checkpoint's dict (step, tokens, log, extra), or None when there is none."""
+        if self._ranks():
+            return self._load_ranks(model, opt)
         path = self.directory / "state.pt"
         if not path.is_file():
             return None
@@ -78,6 +92,45 @@ class MidStage:
         st.setdefault("extra", {})
         return st
 
+    def _save_ranks(self, step: int, tokens: int, model, opt, log: list[dict], extra: dict) -> None:
+        import contextlib
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+        from reference.checkpoint import atomic_directory
+
+        main = self.engine.is_main
+        with atomic_directory(self.directory) if main else contextlib.nullcontext() as tmp:
+            where = [str(tmp) if main else None]
+            dist.broadcast_object_list(where, src=0)  # every rank writes into rank 0's temporary directory
+            tmp = Path(where[0])
+            msd, osd = get_state_dict(model, opt)
+            dcp.save({"model": msd, "optimizer": osd}, checkpoint_id=str(tmp))
+            torch.save({"rng": rng_state(), "step": step, "tokens": tokens, "log": list(log), "extra": extra},
+                       tmp / f"rank{self.engine.rank}.pt")
+            if main:
+                (tmp / "meta.json").write_text(json.dumps({"step": step, "every": self.every,
+                                                           "ranks": self.engine.world_size}))
+            dist.barrier()  # every rank's files are in before rank 0 renames the directory into place
+        dist.barrier()
+
+    def _load_ranks(self, model, opt) -> dict | None:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        path = self.directory / f"rank{self.engine.rank}.pt"
+        if not path.is_file():  # every rank sees the same directory: all resume, or none does
+            return None
+        st = torch.load(path, weights_only=False)
+        msd, osd = get_state_dict(model, opt)  # templates in this run's sharding (AdamW's state initialised)
+        state = {"model": msd, "optimizer": osd}
+        dcp.load(state, checkpoint_id=str(self.directory))
+        set_state_dict(model, opt, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+        set_rng_state(st["rng"])
+        st["log"] = list(st["log"])
+        return st
+
     def discard(self) -> None:
-        """Remove the checkpoint once the stage's own checkpoint is written."""
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Remove the checkpoint once the stage's own checkpoint is written (rank 0 under an engine)."""
+        if self.engine is None or self.engine.is_main:
+            shutil.rmtree(self.directory, ignore_errors=True)

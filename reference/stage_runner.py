@@ -194,16 +194,19 @@ def stage_watch(stage: Stage, setup: TrainingSetup, slot: Slot):
     """What watches the stage while it trains: the plateau protocol's `reference.plateau.Watch` under
     `plateau.enabled`, a plain mid-stage checkpointer (`reference.midstage.MidStage`) under
     `engine.checkpoint_every` > 0, else None. The mid-stage checkpoint lives beside the stage's directory
-    (`.<key>.partial`), in one process with the reference loop; an engine or TRL's trainers get it refused
-    in one line (not wired yet), and the plateau protocol under an engine runs without it."""
+    (`.<key>.partial`). Refused in one line (not wired yet): `checkpoint_every` on TRL's trainers, and with
+    the plateau protocol under an engine (which then runs without one, as before)."""
     cfg = setup.cfg
     every, engine = cfg.engine.checkpoint_every, setup.models.ctx.engine
-    if every > 0 and (engine is not None or cfg.engine.trainer == "trl"):
-        raise InputError("engine.checkpoint_every > 0 runs in one process with engine.trainer = 'reference' "
-                         "(mid-stage checkpoints under an engine or TRL's trainers are not wired yet); set it to 0")
+    if every > 0 and cfg.engine.trainer == "trl":
+        raise InputError("engine.checkpoint_every > 0 runs on engine.trainer = 'reference' (TRL's save_steps and "
+                         "resume are not wired yet); set it to 0")
+    if every > 0 and engine is not None and cfg.plateau.enabled:
+        raise InputError("engine.checkpoint_every > 0 with plateau.enabled under an engine is not wired yet (one "
+                         "process, or the protocol off); set it to 0")
     directory = Path(slot.directory)
     from reference.midstage import MidStage
-    partial = MidStage(directory.with_name(f".{directory.name}.partial"), every) if engine is None else None
+    partial = MidStage(directory.with_name(f".{directory.name}.partial"), every, engine)
     if not cfg.plateau.enabled:
         return partial if every > 0 else None
     from reference.plateau import Watch
@@ -212,7 +215,8 @@ def stage_watch(stage: Stage, setup: TrainingSetup, slot: Slot):
                          "own callbacks; not wired yet)")
     if len(setup.world.val) < cfg.plateau.problems:
         raise InputError(f"plateau.problems={cfg.plateau.problems} exceeds world.val={len(setup.world.val)}")
-    return Watch(cfg.plateau, stage_cap(stage, setup), validation_score(setup), slot.seed_key, partial)
+    return Watch(cfg.plateau, stage_cap(stage, setup), validation_score(setup), slot.seed_key,
+                 partial if engine is None else None)
 
 
 def _bar(desc: str | None):

@@ -100,9 +100,74 @@ def test_checkpoints_every_k_steps_without_the_plateau_protocol(tmp_path, monkey
     assert cfg.hash() == cfg.override({"engine.checkpoint_every": 0}).hash()
 
 
+_RANKS = """
+import os, signal, sys
+from pathlib import Path
+sys.path[:0] = [sys.argv[3], sys.argv[4]]
+import torch
+from conftest import tiny_config
+import reference.assemble as assemble
+from reference import midstage, pipeline
+from reference.engines import exit_rank
+from reference.rollout import FixedRollout
+
+assemble.HFRollout = lambda tok, **kw: FixedRollout(tok, len(tok), tok.eos_token_id, varied_lengths=True)
+work, phase = Path(sys.argv[1]), sys.argv[2]
+calls = []
+save = midstage.MidStage.save
+
+
+def save_then_die(self, step, *a, **kw):
+    save(self, step, *a, **kw)  # every rank: its shards and rank file in, then the rename (collective)
+    calls.append(step)
+    if len(calls) == 5:  # FKL wrote at 2, 4, 6; OPD at 2, then 4: every rank killed half-way through OPD
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+if phase == "cut":
+    midstage.MidStage.save = save_then_die
+cfg = tiny_config(**{**%s, "engine.launcher": "accelerate", "engine.micro_batch": 1, "fkl.lr": 1e-3,
+                     "opd.lr": 1e-3})
+pipeline.run_pipeline(cfg, "raw_teacher_bridge", 0, workdir=work, split="val", progress=False)
+exit_rank()
+""" % repr(CUT)
+
+
+@pytest.mark.slow
+def test_two_fsdp2_processes_sigkilled_half_way_resume_as_an_uninterrupted_pair(tmp_path):
+    """The same kill under `accelerate launch` with FSDP2 on 2 processes: the resumed pair ends where an
+    uninterrupted pair ends, within the sharded test's tolerance (tests/_parity.py; measured: identical)."""
+    import os
+    from _launch import accelerate_launch, run
+    script = tmp_path / "ranks.py"
+    script.write_text(_RANKS)
+    launch = accelerate_launch("--config_file", str(ROOT / "configs" / "accelerate" / "fsdp2.yaml"),
+                               "--num_processes", "2", str(script))
+    args = [str(ROOT / "tests"), str(ROOT)]
+    run([*launch, str(tmp_path / "whole"), "whole", *args])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cut = subprocess.run([*launch, str(tmp_path / "cut"), "cut", *args], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert cut.returncode != 0 and "SIGKILL" in cut.stderr, cut.stderr[-2000:]
+    assert list(_stages(tmp_path / "cut")) == ["fkl_warmup"]
+    partial = [p for p in (tmp_path / "cut" / "stages").iterdir() if p.name.endswith(".partial")]
+    assert len(partial) == 1 and json.loads((partial[0] / "meta.json").read_text()) == {"step": 4, "every": 2,
+                                                                                       "ranks": 2}
+    assert sorted(p.name for p in partial[0].glob("rank*.pt")) == ["rank0.pt", "rank1.pt"]
+    run([*launch, str(tmp_path / "cut"), "resume", *args])
+    a, b = _stages(tmp_path / "whole"), _stages(tmp_path / "cut")
+    assert set(a) == set(b) == {"fkl_warmup", "opd"}
+    for name in a:
+        (wa, ma), (wb, mb) = a[name], b[name]
+        loss = "forward_kl" if name == "fkl_warmup" else "kl_to_teacher"
+        assert [e[loss] for e in mb["log"]] == pytest.approx([e[loss] for e in ma["log"]], rel=1e-4), name
+        assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5) for k in wa), name
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "cut" / "stages").iterdir())
+
+
 def test_bad_checkpoint_every_and_trl_are_one_line(tmp_path):
     with pytest.raises(InputError, match="engine.checkpoint_every must be >= 0"):
         tiny_config(**{"engine.checkpoint_every": -1})
     cfg = tiny_config(**{"engine.checkpoint_every": 2, "engine.trainer": "trl"})
-    with pytest.raises(InputError, match="engine.checkpoint_every > 0 runs in one process"):
+    with pytest.raises(InputError, match="engine.checkpoint_every > 0 runs on engine.trainer = 'reference'"):
         pl.run_pipeline(cfg, "direct_grpo", 0, workdir=tmp_path, split="val", progress=False)
