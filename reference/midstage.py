@@ -17,8 +17,11 @@ torch.distributed.checkpoint (`get_state_dict` / `dcp.save` / `dcp.load` / `set_
 writes and reads its own shards), each rank's RNG states, step, tokens and log into `rank<r>.pt`, all in
 the temporary directory rank 0 opened, which rank 0 renames into place after a barrier. The directory must
 be on a file system every rank sees. A resumed 2-process stage ends as an uninterrupted 2-process one
-(tests/test_midstage.py). TRL's trainers are refused in one line until their `save_steps` / resume is wired
-(reference.stage_runner.stage_watch), and so is the plateau protocol under an engine with
+(tests/test_midstage.py). On TRL's trainers (one process) the directory holds the Trainer's own
+checkpoints (`save_steps` = checkpoint_every, the last two kept; `resume_from_checkpoint`) with the stage's
+sampling stream, token count and log beside them (reference.trl_backend.train_built): a SIGKILLed GRPO,
+FKL or OPD stage resumes bit-identical too. Not wired yet, refused in one line by
+reference.stage_runner.stage_watch: TRL under an engine, and the plateau protocol under an engine with
 `checkpoint_every` > 0 (its best weights would need the same path; untested).
 """
 

@@ -194,13 +194,14 @@ def stage_watch(stage: Stage, setup: TrainingSetup, slot: Slot):
     """What watches the stage while it trains: the plateau protocol's `reference.plateau.Watch` under
     `plateau.enabled`, a plain mid-stage checkpointer (`reference.midstage.MidStage`) under
     `engine.checkpoint_every` > 0, else None. The mid-stage checkpoint lives beside the stage's directory
-    (`.<key>.partial`). Refused in one line (not wired yet): `checkpoint_every` on TRL's trainers, and with
-    the plateau protocol under an engine (which then runs without one, as before)."""
+    (`.<key>.partial`); on TRL's trainers it holds the Trainer's own checkpoints (reference.trl_backend).
+    Refused in one line (not wired yet): `checkpoint_every` on TRL's trainers under an engine, and with the
+    plateau protocol under an engine (which then runs without one, as before)."""
     cfg = setup.cfg
     every, engine = cfg.engine.checkpoint_every, setup.models.ctx.engine
-    if every > 0 and cfg.engine.trainer == "trl":
-        raise InputError("engine.checkpoint_every > 0 runs on engine.trainer = 'reference' (TRL's save_steps and "
-                         "resume are not wired yet); set it to 0")
+    if every > 0 and cfg.engine.trainer == "trl" and engine is not None:
+        raise InputError("engine.checkpoint_every > 0 with engine.trainer = 'trl' runs in one process (the Trainer's "
+                         "checkpoints under an engine are not wired yet); set it to 0")
     if every > 0 and engine is not None and cfg.plateau.enabled:
         raise InputError("engine.checkpoint_every > 0 with plateau.enabled under an engine is not wired yet (one "
                          "process, or the protocol off); set it to 0")
@@ -278,7 +279,8 @@ def train_stage(stage: Stage, setup: TrainingSetup, seed: int,
     model = m.for_role(spec.trains)
     # dtypes (fp32 master under mixed precision), checkpointing, the scorer's dtype: the plan the dry run reads
     apply_plan(stage_plan(cfg, stage), model, m.for_role(spec.scorer) if spec.scorer else None)
-    # only the reference's rules take a watch (stage_watch refuses TRL's trainers)
+    # the reference's rules take either watch; TRL's the mid-stage checkpointer only (stage_watch refuses the
+    # plateau protocol there)
     extra = {"watch": watch} if watch is not None else {}
     if spec.update == "grpo":
         return update(model, setup.labeled(spec.labels), section, m.ctx, role=spec.trains, seed=seed,

@@ -63,6 +63,7 @@ exact full-vocabulary divergence). At Qwen3 scale TRL's losses run over the padd
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 import tempfile
 import time
 from typing import Any, Callable
@@ -135,6 +136,7 @@ FIXED: dict[str, Any] = {
 # derived by TRL from generation_batch_size: mini_batches x micro-batch slices, grpo_args)
 FIXED_GRPO: dict[str, Any] = {"scale_rewards": "group", "num_iterations": 1,
                               "importance_sampling_level": "token", "mask_truncated_completions": False}
+STAGE_STATE = "s2d_stage_state.pt"  # this stage's own state beside a Trainer checkpoint (`_Pinned._save_checkpoint`)
 FIXED_GKD: dict[str, Any] = {"lmbda": 0.0, "seq_kd": True, "beta": 0.0}
 GRPO_LOSS_TYPES = {"token_mean": "dapo", "seq_mean": "grpo"}
 OPD_BETA = {"full": 1.0}  # DistillationTrainer: beta 0 = forward KL, 1 = reverse KL
@@ -153,10 +155,13 @@ _NO_CHECKPOINTING: dict = {}
 
 
 def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_clip: float,
-                 configured: bool = False, accumulation: int = FIXED["gradient_accumulation_steps"]) -> dict:
+                 configured: bool = False, accumulation: int = FIXED["gradient_accumulation_steps"],
+                 save_every: int = 0) -> dict:
     """TrainingArguments shared by the three trainers. `configured`: under the pipeline's accelerate engine,
     the trainer takes the launch's AcceleratorState as it is (TrainingArguments would otherwise reset it,
-    and the engine's Accelerator would lose its device until the trainer builds a new one)."""
+    and the engine's Accelerator would lose its device until the trainer builds a new one). `save_every`
+    > 0: the Trainer's own checkpoint every that many optimizer steps (the mid-stage checkpoint,
+    `train_built`), the last two kept."""
     if not _NO_CHECKPOINTING:
         _NO_CHECKPOINTING.update(_no_checkpointing())
     extra = {"accelerator_config": {"use_configured_state": True}} if configured else {}
@@ -165,7 +170,9 @@ def _common_args(out_dir: str, *, lr: float, steps: int, per_device: int, grad_c
                 # autocast forward returning fp32 logits, as accelerate's bf16 wrapper would; twice would be
                 # redundant), and a float32 model stays float32
                 max_grad_norm=grad_clip, use_cpu=not torch.cuda.is_available(), bf16=False, fp16=False,
-                report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True,
+                report_to="none", logging_steps=1, disable_tqdm=True,
+                **({"save_strategy": "steps", "save_steps": save_every, "save_total_limit": 2, "save_only_model": False}
+                   if save_every > 0 else {"save_strategy": "no"}),
                 dataloader_num_workers=0, remove_unused_columns=False,
                 optim=FIXED["optim"], adam_beta1=FIXED["adam_beta1"], adam_beta2=FIXED["adam_beta2"],
                 adam_epsilon=FIXED["adam_epsilon"], weight_decay=FIXED["weight_decay"],
@@ -183,7 +190,7 @@ def grpo_micro_batch(rows: int, micro_batch: int) -> int:
 
 
 def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, out_dir: str, world: int = 1,
-              configured: bool = False, micro_batch: int = 0):
+              configured: bool = False, micro_batch: int = 0, save_every: int = 0):
     """`prompts_per_step` per rank, `steps` rollout batches; one generation per rollout batch over the `world`
     ranks' batches, `mini_batches` optimizer steps on it, each on a mini-batch's rows in slices of at most
     `micro_batch` completions (`grpo_micro_batch`, accumulated; 0: one slice). TRL derives
@@ -197,7 +204,7 @@ def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, 
     per_device = grpo_micro_batch(rows, micro_batch)
     return TRLGRPOConfig(**_common_args(out_dir, lr=cfg.lr_for(role), steps=steps * M, per_device=per_device,
                                         grad_clip=cfg.grad_clip, configured=configured,
-                                        accumulation=rows // per_device),
+                                        accumulation=rows // per_device, save_every=save_every * M),
                          num_generations=G, generation_batch_size=prompts_per_step * G * world,
                          epsilon=cfg.clip_low, epsilon_high=cfg.clip_high, loss_type=GRPO_LOSS_TYPES[cfg.loss],
                          beta=cfg.kl_coef, temperature=cfg.temperature, top_p=FIXED["top_p"], top_k=FIXED["top_k"],
@@ -205,25 +212,27 @@ def grpo_args(cfg: GRPOConfig, *, role: str, steps: int, prompts_per_step: int, 
                          **FIXED_GRPO)
 
 
-def gkd_args(cfg: FKLConfig, *, steps: int, out_dir: str, world: int = 1, configured: bool = False):
+def gkd_args(cfg: FKLConfig, *, steps: int, out_dir: str, world: int = 1, configured: bool = False,
+             save_every: int = 0):
     from trl.experimental.gkd import GKDConfig
     if cfg.temperature != 1.0:
         raise InputError(f"fkl.temperature = {cfg.temperature}: the TRL backend's forward-KL warmup (GKDTrainer) "
                          "computes its loss at temperature 1; set fkl.temperature = 1 or trainer = \"reference\"")
     per_device = _per_rank(cfg.prompts_per_step, world, "fkl.prompts_per_step")
     return GKDConfig(**_common_args(out_dir, lr=cfg.lr, steps=steps, per_device=per_device,
-                                    grad_clip=cfg.grad_clip, configured=configured),
+                                    grad_clip=cfg.grad_clip, configured=configured, save_every=save_every),
                      temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens, disable_dropout=True,
                      **FIXED_GKD)
 
 
-def distillation_args(cfg: OPDConfig, *, steps: int, prompts_per_step: int, out_dir: str, configured: bool = False):
+def distillation_args(cfg: OPDConfig, *, steps: int, prompts_per_step: int, out_dir: str, configured: bool = False,
+                      save_every: int = 0):
     from trl import DistillationConfig
     if cfg.estimator not in OPD_BETA:
         raise InputError(f"opd.estimator = {cfg.estimator!r} has no TRL counterpart (DistillationTrainer computes "
                          "the exact full-vocabulary divergence); use estimator = \"full\" or trainer = \"reference\"")
     return DistillationConfig(**_common_args(out_dir, lr=cfg.lr, steps=steps, per_device=prompts_per_step,
-                                             grad_clip=cfg.grad_clip, configured=configured),
+                                             grad_clip=cfg.grad_clip, configured=configured, save_every=save_every),
                               beta=OPD_BETA[cfg.estimator], temperature=cfg.temperature, top_p=FIXED["top_p"],
                               top_k=FIXED["top_k"], max_completion_length=cfg.max_new_tokens, disable_dropout=True,
                               shuffle_dataset=False)
@@ -260,6 +269,26 @@ class _Pinned:
 
     def _get_train_sampler(self, dataset=None):
         return self._order
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        """A Trainer checkpoint's weights as a plain state dict (WEIGHTS_NAME, which its resume loads): the
+        model's save_pretrained would also write its generation config, which transformers refuses to save
+        with the sampling settings the stages pin (top_k 0 without do_sample)."""
+        from transformers.utils import WEIGHTS_NAME
+        out = Path(output_dir or self.args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict() if state_dict is None else state_dict, out / WEIGHTS_NAME)
+
+    def _save_checkpoint(self, model, trial):
+        """Beside the Trainer's own checkpoint (weights, optimizer, scheduler, its RNG states, trainer state):
+        this stage's sampling stream, token count and log, written first (a checkpoint folder whose trainer
+        state exists holds them)."""
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+        folder.mkdir(parents=True, exist_ok=True)
+        log = self._stage_log
+        torch.save({"sampling": self._rng_state, "tokens": self._tokens, "entries": list(log.entries),
+                    "pending": list(log.pending), "skipped": list(log.skipped)}, folder / STAGE_STATE)
+        super()._save_checkpoint(model, trial)
 
     @contextmanager
     def _defer_fsdp_gradient_reduction(self):
@@ -492,7 +521,7 @@ def _set_eos(model, tok) -> None:
 
 
 def build_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, tok, *, role: str, seed: int,
-               out_dir: str, ref=None, limit: int | None = None, progress=None):
+               out_dir: str, ref=None, limit: int | None = None, progress=None, save_every: int = 0):
     """(trainer, log, steps): a GRPOTrainer pinned to the reference's order, stream and schedule."""
     PinnedGRPO, _, _ = _trainer_classes()
     steps = stages.grpo_steps(len(problems), cfg)
@@ -500,7 +529,7 @@ def build_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, tok,
     taken = steps if limit is None else min(steps, limit)
     what = "grpo.prompts_per_step" if P == cfg.prompts_per_step else "the labeled problem count"
     args = grpo_args(cfg, role=role, steps=taken, prompts_per_step=_per_rank(P, _world(ctx), what), out_dir=out_dir,
-                     world=_world(ctx), configured=_launched(ctx), micro_batch=ctx.micro_batch)
+                     world=_world(ctx), configured=_launched(ctx), micro_batch=ctx.micro_batch, save_every=save_every)
     if cfg.kl_coef > 0:
         raise InputError("grpo.kl_coef > 0 under trainer = \"trl\": GRPOTrainer reloads the reference model from the "
                          "policy's path, which an in-memory model lacks; set kl_coef = 0 or trainer = \"reference\"")
@@ -535,10 +564,11 @@ class _PromptCollator:
 
 
 def build_gkd(student, teacher, prompts, cfg: FKLConfig, tok, *, seed: int, out_dir: str,
-              limit: int | None = None, progress=None, ctx: stages.StageContext | None = None):
+              limit: int | None = None, progress=None, ctx: stages.StageContext | None = None, save_every: int = 0):
     _, PinnedGKD, _ = _trainer_classes()
     taken = cfg.steps if limit is None else min(cfg.steps, limit)
-    args = gkd_args(cfg, steps=taken, out_dir=out_dir, world=_world(ctx), configured=_launched(ctx))
+    args = gkd_args(cfg, steps=taken, out_dir=out_dir, world=_world(ctx), configured=_launched(ctx),
+                    save_every=save_every)
     _set_eos(student, tok)
     _set_eos(teacher, tok)
     log = _Log("fkl", taken, progress)
@@ -557,14 +587,14 @@ def build_gkd(student, teacher, prompts, cfg: FKLConfig, tok, *, seed: int, out_
 
 def build_distillation(student, teacher, prompts, cfg: OPDConfig, tok, *, seed: int, out_dir: str,
                        steps: int | None = None, prompts_per_step: int | None = None, limit: int | None = None,
-                       progress=None, ctx: stages.StageContext | None = None):
+                       progress=None, ctx: stages.StageContext | None = None, save_every: int = 0):
     _, _, PinnedDistillation = _trainer_classes()
     steps = cfg.steps if steps is None else steps
     per_step = cfg.prompts_per_step if prompts_per_step is None else prompts_per_step
     taken = steps if limit is None else min(steps, limit)
     what = "opd.prompts_per_step" if prompts_per_step is None else "the replay control's prompts per step"
     args = distillation_args(cfg, steps=taken, prompts_per_step=_per_rank(per_step, _world(ctx), what), out_dir=out_dir,
-                             configured=_launched(ctx))
+                             configured=_launched(ctx), save_every=save_every)
     _set_eos(student, tok)
     _set_eos(teacher, tok)
     log = _Log("opd", taken, progress)
@@ -580,15 +610,30 @@ def build_distillation(student, teacher, prompts, cfg: OPDConfig, tok, *, seed: 
     return trainer, log, taken
 
 
-def train_built(name: str, built) -> stages.StageResult:
-    """Train a built (trainer, log, steps taken) of `build_grpo` / `build_gkd` / `build_distillation`."""
+def last_checkpoint(out_dir: str | Path) -> Path | None:
+    """The newest complete Trainer checkpoint under `out_dir` (its trainer state and this stage's state in)."""
+    done = [d for d in Path(out_dir).glob("checkpoint-*")
+            if (d / "trainer_state.json").is_file() and (d / STAGE_STATE).is_file()]
+    return max(done, key=lambda d: int(d.name.rsplit("-", 1)[1]), default=None)
+
+
+def train_built(name: str, built, *, resume: bool = False) -> stages.StageResult:
+    """Train a built (trainer, log, steps taken) of `build_grpo` / `build_gkd` / `build_distillation`;
+    `resume`: from the newest checkpoint in its output directory, when there is one (the Trainer's own
+    resume, this stage's sampling stream, tokens and log put back first)."""
     trainer, log, taken = built
+    trainer._stage_log = log
     t0 = time.perf_counter()
     config = trainer.model.config
     use_cache, config.use_cache = config.use_cache, False
+    ckpt = last_checkpoint(trainer.args.output_dir) if resume else None
+    if ckpt is not None:
+        st = torch.load(ckpt / STAGE_STATE, weights_only=False)
+        trainer._rng_state, trainer._tokens = st["sampling"], st["tokens"]
+        log.entries[:], log.pending[:], log.skipped[:] = st["entries"], st["pending"], st["skipped"]
     try:
         if taken > 0:
-            trainer.train()
+            trainer.train(resume_from_checkpoint=str(ckpt) if ckpt is not None else None)
     finally:
         config.use_cache = use_cache
     ctx = trainer._ctx
@@ -640,30 +685,46 @@ def _frozen(teacher):
 # update rules to them (stage_runner.update_rules hands it to the stage dispatch and the gate under
 # trainer = "trl"), so the dispatch on theory.arms.STAGES stays in one place.
 
-def trl_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, *, role: str, seed: int, ref=None,
-             progress=None, name: str = "grpo", limit: int | None = None) -> stages.StageResult:
-    """`stages.grpo` on GRPOTrainer (`ref` unused: kl_coef > 0 is refused, see `build_grpo`)."""
+@contextmanager
+def _output_dir(watch):
+    """Where a stage's Trainer writes: the mid-stage checkpoint's directory (`reference.midstage.MidStage`:
+    the Trainer's checkpoints every `watch.every` steps, resumed from; the stage runner removes it once the
+    stage is saved), else a temporary directory (nothing kept)."""
+    if watch is not None and watch.every > 0:
+        Path(watch.directory).mkdir(parents=True, exist_ok=True)
+        yield str(watch.directory), watch.every
+        return
     with tempfile.TemporaryDirectory(prefix="trl_") as out:
+        yield out, 0
+
+
+def trl_grpo(policy, problems, cfg: GRPOConfig, ctx: stages.StageContext, *, role: str, seed: int, ref=None,
+             progress=None, name: str = "grpo", limit: int | None = None, watch=None) -> stages.StageResult:
+    """`stages.grpo` on GRPOTrainer (`ref` unused: kl_coef > 0 is refused, see `build_grpo`)."""
+    with _output_dir(watch) as (out, every):
         return train_built(name, build_grpo(policy, problems, cfg, ctx, _tokenizer(ctx), role=role, seed=seed,
-                                       out_dir=out, limit=limit, progress=progress))
+                                            out_dir=out, limit=limit, progress=progress, save_every=every),
+                           resume=every > 0)
 
 
 def trl_fkl_warmup(student, teacher, prompts, cfg: FKLConfig, ctx: stages.StageContext, *, seed: int, progress=None,
-                   name: str = "fkl_warmup", limit: int | None = None) -> stages.StageResult:
+                   name: str = "fkl_warmup", limit: int | None = None, watch=None) -> stages.StageResult:
     """`stages.fkl_warmup` on GKDTrainer (lmbda 0, seq_kd, beta 0)."""
-    with tempfile.TemporaryDirectory(prefix="trl_") as out, _frozen(teacher):
+    with _output_dir(watch) as (out, every), _frozen(teacher):
         return train_built(name, build_gkd(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed, out_dir=out,
-                                      limit=limit, progress=progress, ctx=ctx))
+                                           limit=limit, progress=progress, ctx=ctx, save_every=every),
+                           resume=every > 0)
 
 
 def trl_opd(student, teacher, prompts, cfg: OPDConfig, ctx: stages.StageContext, *, seed: int, steps: int | None = None,
             prompts_per_step: int | None = None, progress=None, name: str = "opd",
-            limit: int | None = None) -> stages.StageResult:
+            limit: int | None = None, watch=None) -> stages.StageResult:
     """`stages.opd` on DistillationTrainer (beta 1)."""
-    with tempfile.TemporaryDirectory(prefix="trl_") as out, _frozen(teacher):
+    with _output_dir(watch) as (out, every), _frozen(teacher):
         return train_built(name, build_distillation(student, teacher, prompts, cfg, _tokenizer(ctx), seed=seed,
-                                               out_dir=out, steps=steps, prompts_per_step=prompts_per_step,
-                                               limit=limit, progress=progress, ctx=ctx))
+                                                    out_dir=out, steps=steps, prompts_per_step=prompts_per_step,
+                                                    limit=limit, progress=progress, ctx=ctx, save_every=every),
+                           resume=every > 0)
 
 
 UPDATE_RULES = {"grpo": trl_grpo, "fkl": trl_fkl_warmup, "opd": trl_opd}

@@ -165,9 +165,58 @@ def test_two_fsdp2_processes_sigkilled_half_way_resume_as_an_uninterrupted_pair(
     assert not any(p.name.endswith(".partial") for p in (tmp_path / "cut" / "stages").iterdir())
 
 
-def test_bad_checkpoint_every_and_trl_are_one_line(tmp_path):
+def test_bad_checkpoint_every_is_one_line():
     with pytest.raises(InputError, match="engine.checkpoint_every must be >= 0"):
         tiny_config(**{"engine.checkpoint_every": -1})
-    cfg = tiny_config(**{"engine.checkpoint_every": 2, "engine.trainer": "trl"})
-    with pytest.raises(InputError, match="engine.checkpoint_every > 0 runs on engine.trainer = 'reference'"):
-        pl.run_pipeline(cfg, "direct_grpo", 0, workdir=tmp_path, split="val", progress=False)
+
+
+_TRL = """
+import os, signal, sys
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
+import torch
+from conftest import tiny_config
+from reference import pipeline, trl_backend
+torch.set_num_threads(1)
+calls = []
+save = trl_backend._Pinned._save_checkpoint
+
+
+def save_then_die(self, model, trial):
+    save(self, model, trial)
+    calls.append(self.state.global_step)
+    if len(calls) == int(sys.argv[5]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+trl_backend._Pinned._save_checkpoint = save_then_die
+pipeline.run_pipeline(tiny_config(**%s), sys.argv[4], 0, workdir=sys.argv[1], split="val", progress=False)
+""" % repr({**CUT, "engine.trainer": "trl", "grpo.epochs": 1.5})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arm,kill_after,finished", [("raw_teacher_bridge", 5, ["fkl_warmup"]),
+                                                       ("direct_grpo", 1, [])])
+def test_trl_stage_sigkilled_half_way_resumes_bit_identical(tmp_path, arm, kill_after, finished):
+    """The same on TRL's trainers, through the Trainer's own checkpoints (save_steps = checkpoint_every,
+    resume_from_checkpoint) plus this stage's sampling stream, tokens and log: FKL and OPD (killed after
+    OPD's step-4 checkpoint) and GRPO (16 labels x 1.5 passes / 4 prompts = 6 steps, killed after step 2)."""
+    torch.set_num_threads(1)
+    cfg = tiny_config(**{**CUT, "engine.trainer": "trl", "grpo.epochs": 1.5})
+    whole = pl.run_pipeline(cfg, arm, 0, workdir=tmp_path / "whole", split="val", progress=False)
+    script = tmp_path / "killed.py"
+    script.write_text(_TRL)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cut"), str(ROOT / "tests"), str(ROOT), arm,
+                           str(kill_after)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert list(_stages(tmp_path / "cut")) == finished
+    partial = [p for p in (tmp_path / "cut" / "stages").iterdir() if p.name.endswith(".partial")]
+    assert len(partial) == 1 and [c.name for c in partial[0].glob("checkpoint-*")]
+    resumed = pl.run_pipeline(cfg, arm, 0, workdir=tmp_path / "cut", split="val", progress=False)
+    a, b = _stages(tmp_path / "whole"), _stages(tmp_path / "cut")
+    assert set(a) == set(b) and len(a) == len(finished) + 1
+    for name in a:
+        (wa, ma), (wb, mb) = a[name], b[name]
+        assert ma["log"] == mb["log"], name
+        assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa), name
+    assert resumed.metrics == whole.metrics and resumed.compute_tokens == whole.compute_tokens
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "cut" / "stages").iterdir())

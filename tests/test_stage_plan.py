@@ -139,9 +139,9 @@ def test_trl_backend_trains_an_fp32_master_with_bf16_compute(monkeypatch):
     watch = _Watch(student)
     built = tb.train_built
 
-    def spy_train_built(name, trainer_log_taken):
+    def spy_train_built(name, trainer_log_taken, **kw):
         trainer = trainer_log_taken[0]
-        out = built(name, trainer_log_taken)
+        out = built(name, trainer_log_taken, **kw)
         watch.opt = trainer.optimizer
         return out
     monkeypatch.setattr(tb, "train_built", spy_train_built)
