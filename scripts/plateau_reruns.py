@@ -8,6 +8,9 @@
     python scripts/plateau_reruns.py frontier   # docs/results/frontier_<world>.{csv,png} (+ _matched.csv)
     python scripts/plateau_reruns.py ablation [--seeds 1000-1009] [--jobs 2] [--workdir /work/reruns]
                                               # the paper-like world's seven arms (issue 22's first rerun)
+    python scripts/plateau_reruns.py cap-check --arms direct_grpo --seeds 2000-2002 [--scale 4]
+                                              # the paper-like world at 4x every cap, on seeds the ablation
+                                              # never used: a true plateau gains < 3 points
     python scripts/plateau_reruns.py ablation-table   # docs/results/paper_world_ablation{.csv,_stages.csv,
                                               # _summary.{md,csv},.png} and frontier_paper_world.{csv,png}
 
@@ -245,6 +248,47 @@ def cmd_ablation_table(args) -> int:
     return 0
 
 
+def scaled_caps(cfg, scale: float) -> dict:
+    """Overrides that multiply every stage cap of `cfg` by `scale` (GRPO's passes and step cap, FKL and OPD
+    steps); the stages' seed keys leave the caps out (stage_runner.seed_key), so the first steps replay."""
+    return {"grpo.epochs": cfg.grpo.epochs * scale, "grpo.max_steps": int(cfg.grpo.max_steps * scale),
+            "fkl.steps": int(cfg.fkl.steps * scale), "opd.steps": int(cfg.opd.steps * scale)}
+
+
+def cmd_cap_check(args) -> int:
+    """Issue 22's check that the committed numbers are true plateaus: each arm with `--scale` times every
+    cap, on seeds the ablation never used, against the ablation's committed mean for that arm."""
+    from reference.config import load_config
+    from reference.pipeline import run_pipeline
+    from reference.runs import load_result, write_result
+
+    base = load_config(ROOT / ABLATION_CONFIG)
+    cfg = base.override(scaled_caps(base, args.scale))
+    out = OUT / f"{ABLATION_WORLD}-cap{args.scale:g}x"
+    arms = args.arms.split(",")
+    unknown = sorted(set(arms) - set(ABLATION_ARMS))
+    if unknown:
+        raise InputError(f"--arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ABLATION_ARMS)}")
+    committed = {r.arm: [] for r in ablation_results()}
+    for r in ablation_results():
+        committed[r.arm].append(r.metrics["accuracy"])
+    for arm in arms:
+        got = []
+        for seed in _seed_range(args.seeds):
+            path = out / f"{arm}_n{cfg.world.labels}_s{seed}.json"
+            if not path.is_file():
+                res = run_pipeline(cfg, arm, seed, workdir=Path(args.workdir) / out.name / f"seed_{seed}", split="test",
+                                   progress=False)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_result(res, path)
+            got.append(load_result(path).metrics["accuracy"])
+        ref = committed.get(arm) or [float("nan")]
+        print(f"{arm}: {args.scale:g}x caps, seeds {args.seeds}: test avg@8 {np.mean(got):.1f} "
+              f"({' '.join(f'{g:.1f}' for g in got)}); committed mean {np.mean(ref):.1f} over {len(ref)} seeds; "
+              f"gain {np.mean(got) - np.mean(ref):+.1f} (limit +3)", flush=True)
+    return 0
+
+
 def _seed_range(text: str) -> list[int]:
     """'1000-1009' or '1000,1003' -> seeds; one line naming the flag when it does not parse."""
     try:
@@ -439,6 +483,12 @@ def main(argv=None) -> int:
     ab.add_argument("--jobs", type=int, default=1, help="seeds run in parallel, one process each")
     ab.add_argument("--workdir", default="/tmp/plateau_reruns")
     ab.set_defaults(func=cmd_ablation)
+    cc = sub.add_parser("cap-check")
+    cc.add_argument("--arms", default="direct_grpo")
+    cc.add_argument("--seeds", default="2000-2002")
+    cc.add_argument("--scale", type=float, default=4.0)
+    cc.add_argument("--workdir", default="/tmp/plateau_reruns")
+    cc.set_defaults(func=cmd_cap_check)
     sub.add_parser("ablation-table").set_defaults(func=cmd_ablation_table)
     sub.add_parser("table").set_defaults(func=cmd_table)
     sub.add_parser("status").set_defaults(func=cmd_status)
