@@ -4,6 +4,7 @@
     python scripts/gpu_costs.py                       # GPU: Qwen3-1.7B / 8B shapes, random init, bf16
     python scripts/gpu_costs.py --out docs/results/gpu_costs.csv   # only this way touches the committed table
     python scripts/gpu_costs.py --tiny --device cpu   # the same code path on a CPU, tiny shapes (a test runs it)
+    python scripts/gpu_costs.py --rehearsal           # the real-scale rehearsal instead (scripts/gpu_rehearsal.py)
 
 Default output: $OUT/gpu_costs.csv when $OUT is set, else /tmp/gpu_costs_<date>.csv (plus a .json sidecar
 with every figure, the evaluation rate and the OPD 16x1024 peak, which have no row in the table schema).
@@ -342,6 +343,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip", default="", help="comma-separated parts to skip (e.g. evaluation,opd16,trl_fkl)")
     ap.add_argument("--budget-s", type=float, default=270.0, help="skip parts that would start after this many seconds")
     ap.add_argument("--trl-new", type=int, default=0, help="new tokens per TRL rollout (default: the stage shape's)")
+    ap.add_argument("--rehearsal", action="store_true",
+                    help="run the one-GPU rehearsal of the real-scale path instead (scripts/gpu_rehearsal.py)")
     args = ap.parse_args(argv)
     args.skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     if "reference" not in args.backends.split(","):  # the anchors still run: every ratio needs them
@@ -354,6 +357,10 @@ def main(argv=None) -> int:
     if not args.out:
         base = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path("/tmp")
         args.out = str(base / ("gpu_costs.csv" if os.environ.get("OUT") else f"gpu_costs_{_dt.date.today()}.csv"))
+    if args.rehearsal:
+        import gpu_rehearsal
+        torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+        return gpu_rehearsal.main(args)
     if Path(args.out).resolve() == (ROOT / "docs" / "results" / "gpu_costs.csv").resolve():
         print(f"appending to the committed table {args.out} (asked for explicitly)", flush=True)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))

@@ -44,3 +44,20 @@ def test_real_shapes_refuse_cpu():
     p = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_costs.py"), "--device", "cpu"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "real shapes need a GPU" in p.stderr
+
+
+def test_rehearsal_tiny_on_cpu(tmp_path):
+    """scripts/gpu_costs.py --rehearsal (scripts/gpu_rehearsal.py, issue 24 item 8) on tiny shapes: every
+    part runs; mixed precision moves >= 90% of the fp32 master at lr 1e-6, a cut and resumed stage ends
+    where the uninterrupted one ends, and the parts that need a GPU say so instead of passing."""
+    import json
+    out = tmp_path / "rehearsal.json"
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_costs.py"), "--rehearsal", "--tiny", "--device",
+                        "cpu", "--out", str(out)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["mixed"]["master_dtypes"] == ["torch.float32"] and r["mixed"]["changed_share"] >= 0.9
+    assert r["midstage"]["max_abs_diff"] == 0.0
+    marks = r["marks"]
+    assert [m.split(":")[0] for m in marks] == ["PASS", "SKIP", "PASS", "SKIP", "SKIP"], marks
+    assert not any(k.endswith("_error") for k in r)
