@@ -134,7 +134,10 @@ class HFRollout:
         """Rows each sampler call decodes, for sequences of `tokens` positions (prompt + max new)."""
         seq_bytes = 0
         if self.micro_batch == 0 and self.kv_cache_gib > 0:
-            seq_bytes = model_kv_cache_bytes(model.config, tokens, next(model.parameters()).element_size())
+            # the cache holds what the forward computes in: the autocast dtype of a mixed-precision model
+            # (reference.stage_plan: fp32 master, bf16 compute), else the weights' dtype
+            dtype = getattr(model, "_autocast_dtype", None) or next(model.parameters()).dtype
+            seq_bytes = model_kv_cache_bytes(model.config, tokens, torch.empty(0, dtype=dtype).element_size())
         return rollout_micro_batch(rows, micro_batch=self.micro_batch, kv_cache_gib=self.kv_cache_gib,
                                    seq_bytes=seq_bytes)
 

@@ -200,6 +200,19 @@ def test_kv_budget_sizes_the_micro_batch(toy):
         HFRollout(tok, kv_cache_gib=0.5 * seq / GiB).generate(model, prompts, n=2, temperature=1.0, max_new_tokens=24)
 
 
+def test_kv_budget_counts_the_compute_dtype_of_a_mixed_precision_model(toy):
+    """A model trained under mixed precision holds fp32 master weights and computes (and caches K/V) in
+    bf16: the budget is sized at 2 bytes an entry, as the dry run sizes it, not at the master's 4."""
+    model, tok, _ = toy
+    ro = HFRollout(tok, kv_cache_gib=7 * model_kv_cache_bytes(model.config, 40, 2) / GiB)
+    assert ro.rows_per_call(model, 64, 40) == 3  # float32 weights: 3 sequences of 4-byte K/V fit
+    model._autocast_dtype = torch.bfloat16  # what reference.stage_plan.to_master sets
+    try:
+        assert ro.rows_per_call(model, 64, 40) == 7
+    finally:
+        del model._autocast_dtype
+
+
 def test_default_is_one_generate_call_on_the_whole_batch(toy):
     """engine.rollout_micro_batch = 0 and kv_cache_gib = 0 (every toy config): the samples of one
     transformers `generate` call on the whole batch, as before micro-batching existed."""
