@@ -1,11 +1,10 @@
-"""A stand-in for the `vllm` package (not installable on the CPU machines): `install()` puts a module named
-`vllm` in sys.modules whose `LLM` records what a colocated engine is asked to do — its constructor
+"""A stand-in for the `vllm` package (not installable on the CPU machines): `install()` builds a module to
+put in sys.modules as `vllm`, whose `LLM` records what a colocated engine is asked to do — its constructor
 arguments, every `load_weights` call (the tensors pushed), `sleep` / `wake_up` and `generate` — in one
 event list, and answers `generate` with fixed completions. reference.rollout_vllm drives it as the real one."""
 
 from __future__ import annotations
 
-import sys
 import types
 from types import SimpleNamespace
 
@@ -44,10 +43,11 @@ class SamplingParams:
 
 
 def install() -> types.ModuleType:
+    """A fresh event list and the module to put in sys.modules["vllm"] (the caller does: a test through
+    monkeypatch, so that the real state comes back after it; a launched script directly)."""
     EVENTS.clear()
     mod = types.ModuleType("vllm")
     mod.LLM, mod.SamplingParams = LLM, SamplingParams
-    sys.modules["vllm"] = mod
     return mod
 
 

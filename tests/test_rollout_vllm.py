@@ -111,7 +111,7 @@ from pathlib import Path
 sys.path[:0] = [sys.argv[2], sys.argv[3]]
 import torch
 import _fake_vllm as fake
-fake.install()
+sys.modules["vllm"] = fake.install()
 from conftest import tiny_config
 from reference.assemble import build_models
 from reference.engines import exit_rank, fsdp2_shard, make_engine
