@@ -56,8 +56,10 @@ def best_by(curve: pd.DataFrame, budgets: Iterable[float]) -> np.ndarray:
 
 def frontier(curves: pd.DataFrame, budgets: Iterable[float] | None = None, *, seed: int = 0) -> pd.DataFrame:
     """Per arm and budget: mean over seeds of each run's best score by that budget, a bootstrap 95%
-    interval, and how many seeds had a point by then. `budgets` default: 12 log-spaced levels over the
-    tokens the curves span."""
+    interval, and how many seeds had a point by then. The mean is given only once every seed of the arm
+    has a point (NaN before): a mean over the seeds that happen to have one by then (a bridge's student
+    starts after its teacher's GRPO, whose length differs by seed) would fall as later seeds join, and a
+    frontier never falls. `budgets` default: 12 log-spaced levels over the tokens the curves span."""
     if budgets is None:
         t = curves["tokens"].to_numpy(dtype=float)
         budgets = np.unique(np.geomspace(max(t.min(), 1.0), t.max(), 12).round())
@@ -68,7 +70,7 @@ def frontier(curves: pd.DataFrame, budgets: Iterable[float] | None = None, *, se
         by_seed = np.stack([best_by(c, budgets) for _, c in per_arm.groupby("seed")])
         for j, b in enumerate(budgets):
             x = by_seed[:, j][~np.isnan(by_seed[:, j])]  # the seeds with a point by this budget
-            ci = mean_ci(x, rng) if len(x) else None
+            ci = mean_ci(x, rng) if len(x) == len(by_seed) else None
             rows.append({"arm": arm, "tokens": float(b), "accuracy": ci.estimate if ci else np.nan,
                          "lo": ci.low if ci else np.nan, "hi": ci.high if ci else np.nan, "seeds": int(len(x))})
     return pd.DataFrame(rows, columns=["arm", "tokens", "accuracy", "lo", "hi", "seeds"])

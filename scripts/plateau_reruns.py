@@ -225,7 +225,10 @@ def cmd_ablation_table(args) -> int:
     md.write_text(md.read_text() + "\n".join(lines) + "\n")
     # the label x compute plane: the student's validation frontier of every arm, and two equal-compute levels
     curves = pd.concat([run_curve(r) for r in res], ignore_index=True)
-    front = frontier(curves)
+    # 24 log-spaced budgets from the first trained point to the last: the bridge arms' students start after
+    # their teacher's GRPO (~2M tokens), so a grid from 1 token would give them one or two points
+    t = curves["tokens"].to_numpy(dtype=float)
+    front = frontier(curves, np.unique(np.geomspace(t[t > 0].min(), t.max(), 24).round()))
     levels = sorted({float(np.median([r.compute_tokens for r in res if r.arm == arm])) for arm in ("direct_grpo",
                      "rl_teacher_bridge") if any(r.arm == arm for r in res)})
     matched = compute_matched(curves, levels)

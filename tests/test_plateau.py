@@ -191,3 +191,12 @@ def test_frontier_lays_student_points_on_cumulative_tokens_and_never_falls():
         assert (np.diff(g["accuracy"].to_numpy()) >= 0).all()
     at = compute_matched(curves, [2000]).set_index("arm")["accuracy"]
     assert at["direct_grpo"] == 25.5 and at["rl_teacher_bridge"] == 20.0
+    # seeds whose students start at different tokens (their teachers' GRPO stopped at different steps): no
+    # mean until every seed has a point, so the frontier does not dip when a weaker late seed joins
+    late = _synthetic_run("rl_teacher_bridge", 1, [
+        ("teacher_grpo", "teacher", 1500, [(10, 500, 30.0)]),
+        ("fkl_warmup", "student", 400, [(5, 200, 8.0), (10, 400, 16.0)])])
+    front = frontier(pd.concat([run_curve(r) for r in (bridge, late)]), [1500, 1700, 1900])
+    b = front.set_index("tokens")
+    assert np.isnan(b.loc[1500, "accuracy"]) and b.loc[1500, "seeds"] == 1  # only the first seed has a point
+    assert b.loc[1700, "accuracy"] == (20.0 + 8.0) / 2 and b.loc[1900, "accuracy"] == (20.0 + 16.0) / 2
