@@ -272,9 +272,9 @@ def cmd_cap_check(args) -> int:
     unknown = sorted(set(arms) - set(ABLATION_ARMS))
     if unknown:
         raise InputError(f"--arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ABLATION_ARMS)}")
-    committed = {r.arm: [] for r in ablation_results()}
-    for r in ablation_results():
-        committed[r.arm].append(r.metrics["accuracy"])
+    committed: dict[str, list[float]] = {}
+    for r in ablation_results():  # every finished ablation run, read once
+        committed.setdefault(r.arm, []).append(r.metrics["accuracy"])
     for arm in arms:
         got = []
         for seed in _seed_range(args.seeds):

@@ -29,3 +29,15 @@ def write_config(cfg, path: Path) -> Path:
         lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def stage_checkpoints(workdir: Path) -> dict[str, tuple[dict, dict]]:
+    """stage name -> (weights, meta) of every finished stage checkpoint under `workdir` (mid-stage
+    `.partial` and temporary directories left out)."""
+    from safetensors.torch import load_file
+    out = {}
+    for d in (Path(workdir) / "stages").iterdir():
+        if not d.name.startswith(".") and (d / "meta.json").is_file():
+            meta = json.loads((d / "meta.json").read_text())
+            out[meta["stage"]] = (load_file(str(d / "model.safetensors")), meta)
+    return out

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.torch import load_file
 import torch
 
-from conftest import tiny_config
+from conftest import stage_checkpoints, tiny_config
 from reference import pipeline as pl
 from theory.errors import InputError
 
@@ -46,14 +45,17 @@ pipeline.run_pipeline(tiny_config(**%s), "raw_teacher_bridge", 0, workdir=sys.ar
 """ % repr(CUT)
 
 
-def _stages(workdir: Path) -> dict[str, tuple[dict, dict]]:
-    """stage name -> (weights, meta) of every finished stage checkpoint in a workdir."""
-    out = {}
-    for d in (workdir / "stages").iterdir():
-        if not d.name.startswith(".") and (d / "meta.json").is_file():
-            meta = json.loads((d / "meta.json").read_text())
-            out[meta["stage"]] = (load_file(str(d / "model.safetensors")), meta)
-    return out
+def _resumed_as_whole(tmp_path: Path, whole, resumed, stages: set[str]) -> None:
+    """The cut-and-resumed run under tmp_path/cut ended as the uninterrupted one under tmp_path/whole: the
+    same stages, logs and weights bit for bit, the same metrics and tokens, and no mid-stage checkpoint left."""
+    a, b = stage_checkpoints(tmp_path / "whole"), stage_checkpoints(tmp_path / "cut")
+    assert set(a) == set(b) == stages
+    for name in a:
+        (wa, ma), (wb, mb) = a[name], b[name]
+        assert ma["log"] == mb["log"], name
+        assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa), name
+    assert resumed.metrics == whole.metrics and resumed.compute_tokens == whole.compute_tokens
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "cut" / "stages").iterdir())
 
 
 @pytest.mark.slow
@@ -66,19 +68,12 @@ def test_a_stage_sigkilled_half_way_resumes_bit_identical(tmp_path):
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cut"), str(ROOT / "tests"), str(ROOT)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    finished = _stages(tmp_path / "cut")
+    finished = stage_checkpoints(tmp_path / "cut")
     assert list(finished) == ["fkl_warmup"]  # the first stage finished; OPD was killed part-way
     partial = [p for p in (tmp_path / "cut" / "stages").iterdir() if p.name.endswith(".partial")]
     assert len(partial) == 1 and json.loads((partial[0] / "meta.json").read_text())["step"] == 4
     resumed = pl.run_pipeline(cfg, "raw_teacher_bridge", 0, workdir=tmp_path / "cut", split="val", progress=False)
-    a, b = _stages(tmp_path / "whole"), _stages(tmp_path / "cut")
-    assert set(a) == set(b) == {"fkl_warmup", "opd"}
-    for name in a:
-        (wa, ma), (wb, mb) = a[name], b[name]
-        assert ma["log"] == mb["log"], name
-        assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa), name
-    assert resumed.metrics == whole.metrics and resumed.compute_tokens == whole.compute_tokens
-    assert not any(p.name.endswith(".partial") for p in (tmp_path / "cut" / "stages").iterdir())
+    _resumed_as_whole(tmp_path, whole, resumed, {"fkl_warmup", "opd"})
 
 
 def test_checkpoints_every_k_steps_without_the_plateau_protocol(tmp_path, monkeypatch):
@@ -149,13 +144,13 @@ def test_two_fsdp2_processes_sigkilled_half_way_resume_as_an_uninterrupted_pair(
     cut = subprocess.run([*launch, str(tmp_path / "cut"), "cut", *args], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=600)
     assert cut.returncode != 0 and "SIGKILL" in cut.stderr, cut.stderr[-2000:]
-    assert list(_stages(tmp_path / "cut")) == ["fkl_warmup"]
+    assert list(stage_checkpoints(tmp_path / "cut")) == ["fkl_warmup"]
     partial = [p for p in (tmp_path / "cut" / "stages").iterdir() if p.name.endswith(".partial")]
     assert len(partial) == 1 and json.loads((partial[0] / "meta.json").read_text()) == {"step": 4, "every": 2,
                                                                                        "ranks": 2}
     assert sorted(p.name for p in partial[0].glob("rank*.pt")) == ["rank0.pt", "rank1.pt"]
     run([*launch, str(tmp_path / "cut"), "resume", *args])
-    a, b = _stages(tmp_path / "whole"), _stages(tmp_path / "cut")
+    a, b = stage_checkpoints(tmp_path / "whole"), stage_checkpoints(tmp_path / "cut")
     assert set(a) == set(b) == {"fkl_warmup", "opd"}
     for name in a:
         (wa, ma), (wb, mb) = a[name], b[name]
@@ -194,9 +189,9 @@ pipeline.run_pipeline(tiny_config(**%s), sys.argv[4], 0, workdir=sys.argv[1], sp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arm,kill_after,finished", [("raw_teacher_bridge", 5, ["fkl_warmup"]),
-                                                       ("direct_grpo", 1, [])])
-def test_trl_stage_sigkilled_half_way_resumes_bit_identical(tmp_path, arm, kill_after, finished):
+@pytest.mark.parametrize("arm,kill_after,finished,stages", [
+    ("raw_teacher_bridge", 5, ["fkl_warmup"], {"fkl_warmup", "opd"}), ("direct_grpo", 1, [], {"student_grpo"})])
+def test_trl_stage_sigkilled_half_way_resumes_bit_identical(tmp_path, arm, kill_after, finished, stages):
     """The same on TRL's trainers, through the Trainer's own checkpoints (save_steps = checkpoint_every,
     resume_from_checkpoint) plus this stage's sampling stream, tokens and log: FKL and OPD (killed after
     OPD's step-4 checkpoint) and GRPO (16 labels x 1.5 passes / 4 prompts = 6 steps, killed after step 2)."""
@@ -208,15 +203,8 @@ def test_trl_stage_sigkilled_half_way_resumes_bit_identical(tmp_path, arm, kill_
     proc = subprocess.run([sys.executable, str(script), str(tmp_path / "cut"), str(ROOT / "tests"), str(ROOT), arm,
                            str(kill_after)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert list(_stages(tmp_path / "cut")) == finished
+    assert list(stage_checkpoints(tmp_path / "cut")) == finished
     partial = [p for p in (tmp_path / "cut" / "stages").iterdir() if p.name.endswith(".partial")]
     assert len(partial) == 1 and [c.name for c in partial[0].glob("checkpoint-*")]
     resumed = pl.run_pipeline(cfg, arm, 0, workdir=tmp_path / "cut", split="val", progress=False)
-    a, b = _stages(tmp_path / "whole"), _stages(tmp_path / "cut")
-    assert set(a) == set(b) and len(a) == len(finished) + 1
-    for name in a:
-        (wa, ma), (wb, mb) = a[name], b[name]
-        assert ma["log"] == mb["log"], name
-        assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa), name
-    assert resumed.metrics == whole.metrics and resumed.compute_tokens == whole.compute_tokens
-    assert not any(p.name.endswith(".partial") for p in (tmp_path / "cut" / "stages").iterdir())
+    _resumed_as_whole(tmp_path, whole, resumed, stages)

@@ -16,9 +16,9 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from _launch import accelerate_launch, run as _run  # tests/ is on sys.path
+from conftest import stage_checkpoints
 import _parity as parity
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,17 +83,6 @@ def _base_student() -> dict:
     return {k: v.detach().clone() for k, v in build_models(tiny_config(), need_teacher=False).student.state_dict().items()}
 
 
-def _stages(work: Path) -> dict:
-    """stage name -> (weights, meta) of every finished checkpoint under `work`."""
-    out = {}
-    for d in (work / "stages").iterdir():
-        if d.name.startswith("."):
-            continue
-        meta = json.loads((d / "meta.json").read_text())
-        out[meta["stage"]] = (load_file(str(d / "model.safetensors")), meta)
-    return out
-
-
 @pytest.mark.slow
 def test_fsdp2_two_processes_kill_resume_match_one_process(tmp_path):
     script = tmp_path / "sharded.py"
@@ -103,13 +92,13 @@ def test_fsdp2_two_processes_kill_resume_match_one_process(tmp_path):
                                "--num_processes", "2", str(script))
     two = tmp_path / "two"
     _run([*launch, str(two), "first", *args])
-    first = _stages(two)
+    first = stage_checkpoints(two)
     assert list(first) == ["fkl_warmup"]  # stopped after its checkpoint
     out = _run([*launch, str(two), "resume", *args])
     assert "sharding fsdp2 world 2" in out.stdout
     _run([sys.executable, str(script), str(tmp_path / "one"), "one", *args])
 
-    one, sharded = _stages(tmp_path / "one"), _stages(two)
+    one, sharded = stage_checkpoints(tmp_path / "one"), stage_checkpoints(two)
     assert set(one) == set(sharded) == {"fkl_warmup", "opd"}
     rec_one = torch.load(tmp_path / "one" / "grads_one.pt")
     rec_two = torch.load(two / "grads_first.pt") + torch.load(two / "grads_resume.pt")
@@ -339,12 +328,12 @@ def test_trl_backend_two_processes_kill_resume_match_one_process(tmp_path, launc
                             "--num_processes", "2", str(script))
     two = tmp_path / "two"
     first = _run([*cmd, str(two), "first", *args]).stdout
-    assert list(_stages(two)) == ["teacher_grpo"]  # stopped after its checkpoint
+    assert list(stage_checkpoints(two)) == ["teacher_grpo"]  # stopped after its checkpoint
     resumed = _run([*cmd, str(two), "resume", *args]).stdout
     assert first.count(f"trained sharded: {int(fsdp2)} of 1") == 2
     assert resumed.count(f"trained sharded: {2 * fsdp2} of 2") == 2
     _run([sys.executable, str(script), str(tmp_path / "one"), "one", *args])
-    one, multi = _stages(tmp_path / "one"), _stages(two)
+    one, multi = stage_checkpoints(tmp_path / "one"), stage_checkpoints(two)
     rec_one = torch.load(tmp_path / "one" / "grads_one.pt")
     rec_two = torch.load(two / "grads_first.pt") + torch.load(two / "grads_resume.pt")
     _match_one_process(one, multi, rec_one, rec_two)
@@ -354,7 +343,7 @@ def test_trl_backend_two_processes_kill_resume_match_one_process(tmp_path, launc
     if not fsdp2:  # the mutation check: re-create the per-rank GKD normaliser; the parity check must fail on it
         bug = tmp_path / "bug"
         _run([*cmd, str(bug), "bug", *args])
-        buggy, rec_bug = _stages(bug), torch.load(bug / "grads_bug.pt")
+        buggy, rec_bug = stage_checkpoints(bug), torch.load(bug / "grads_bug.pt")
         parity.check(*(s["teacher_grpo"][0] for s in (one, buggy)), rec_one[0], rec_bug[0], "teacher_grpo (unchanged)")
         with pytest.raises(AssertionError):
             parity.check(one["fkl_warmup"][0], buggy["fkl_warmup"][0], rec_one[1], rec_bug[1], "fkl_warmup (bug)")
@@ -362,7 +351,7 @@ def test_trl_backend_two_processes_kill_resume_match_one_process(tmp_path, launc
         # run reloads it whole), through TRL's chunked kernels, with the scorer's gradients off for the stage
         straight = tmp_path / "straight"
         assert _run([*cmd, str(straight), "one", *args]).stdout.count("trained sharded: 3 of 3") == 2
-        _match_one_process(one, _stages(straight), rec_one, torch.load(straight / "grads_one.pt"))
+        _match_one_process(one, stage_checkpoints(straight), rec_one, torch.load(straight / "grads_one.pt"))
 
 
 def _match_one_process(one: dict, multi: dict, rec_one: list, rec_multi: list) -> dict:
