@@ -200,6 +200,8 @@ def claims(t: Tables, root: Path) -> list[str]:
     rl = row(pw, a="rl_teacher_bridge", b="direct_grpo")
     raw = row(pw, a="raw_teacher_bridge", b="direct_grpo")
     no_opd = row(pw, a="no_opd", b="rl_teacher_bridge")
+    c1_new, c1_status = _ablation_claim(raw, pw_new, "raw_teacher_bridge", "direct_grpo")
+    no_opd_new, no_opd_status = _ablation_claim(no_opd, pw_new, "no_opd", "rl_teacher_bridge")
     measured = k15["measured"]["crossovers"]
     predicted = k15["predicted"]["crossovers"]
     lt = teach["modes-k15"]["accuracy"]
@@ -230,11 +232,9 @@ def claims(t: Tables, root: Path) -> list[str]:
          if rl_new else pending],
         ["Paper-like world: C1 reversed (raw-teacher bridge − direct GRPO; the paper predicts < 0)",
          diff(raw) + f", reading “{raw['reading']}”",
-         *_ablation_claim(raw, pw_new, "raw_teacher_bridge", "direct_grpo")[:1],
-         f"`{FIXED_PW}`; `{PLATEAU_PW}`", _ablation_claim(raw, pw_new, "raw_teacher_bridge", "direct_grpo")[1]],
+         c1_new, f"`{FIXED_PW}`; `{PLATEAU_PW}`", c1_status],
         ["Paper-like world: no-OPD < full bridge", diff(no_opd),
-         *_ablation_claim(no_opd, pw_new, "no_opd", "rl_teacher_bridge")[:1],
-         f"`{FIXED_PW}`; `{PLATEAU_PW}`", _ablation_claim(no_opd, pw_new, "no_opd", "rl_teacher_bridge")[1]],
+         no_opd_new, f"`{FIXED_PW}`; `{PLATEAU_PW}`", no_opd_status],
         [f"Labels teach: direct GRPO from N = 64 to 1024 (k15, {lt['n']} seeds; k30, {lt30['n']} seeds)",
          f"k15 {signed(lt['mean'])} {ci(lt['lo'], lt['hi'])}; k30 {signed(lt30['mean'])} "
          f"{ci(lt30['lo'], lt30['hi'])} points", teach_new,
