@@ -371,7 +371,7 @@ def cmd_gate(a) -> int:
         print(f"wrote {a.json}")
     if a.record:
         gate.record(res, Path(a.record))
-        print(f"recorded in {a.record}")
+        print(f"recorded in {a.record}; curves in {gate.save_curves(res, gate.curves_path(res, Path(a.record)))}")
     print(f"saved {saved}")
     return 0 if res.passed else 1
 

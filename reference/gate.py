@@ -17,7 +17,9 @@ first `steps` steps of each stage's configured schedule, over several seeds, and
            first by more than 2 standard errors.
 
 `run_gate` returns a `GateResult` (`to_dict()`: {config, passed, checks: [{check, value, limit,
-passed}]}); `reference-pipeline gate` prints it, writes JSON, and exits 0 (all pass) / 1 / 2.
+passed}]}); `reference-pipeline gate` prints it, writes JSON, and exits 0 (all pass) / 1 / 2. The raw
+per-step curves are saved beside the verdict (`save_curves`; with `--record`, in docs/results/gate_curves/),
+so a failed check can be studied without rerunning it.
 Results are keyed by `gate_key(cfg)` (`Config.hash()` without [plateau]): `gate_status(cfg)` reads them
 back for `reference-pipeline run`.
 """
@@ -301,12 +303,33 @@ def record(res: GateResult, path: Path = RECORD) -> None:
 
 
 def save(res: GateResult, workdir: str | Path) -> Path:
+    """The verdict as `workdir/gates/<key>.json` (what `gate_status` reads), the per-step curves beside it."""
     p = Path(workdir) / "gates" / f"{res.config_hash}.json"
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
     tmp.write_text(json.dumps(res.to_dict(), indent=1))
     tmp.replace(p)
+    save_curves(res, p.with_name(f"{res.config_hash}.curves.json"))
     return p
+
+
+def save_curves(res: GateResult, path: str | Path) -> Path:
+    """Every seed's raw measurements (per-step KL of the no-op and "moves" stages, GRPO training reward,
+    per-problem accuracy changes), so a check can be studied after the run: `checks_from(curves["raw"])`
+    gives the recorded checks back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = [{k: np.asarray(v, dtype=float).round(6).tolist() for k, v in r.items()} for r in res.raw]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"config": res.config, "config_hash": res.config_hash, "backend": res.backend,
+                               "steps": res.steps, "raw": raw}))
+    tmp.replace(path)
+    return path
+
+
+def curves_path(res: GateResult, table: Path = RECORD) -> Path:
+    """Where `--record` keeps a gate's curves: beside the committed table, one file per config and backend."""
+    return Path(table).parent / "gate_curves" / f"{res.config_hash}_{res.backend}.json"
 
 
 def gate_key(cfg: Config) -> str:

@@ -13,6 +13,9 @@
                                               # never used: a true plateau gains < 3 points
     python scripts/plateau_reruns.py ablation-table   # docs/results/paper_world_ablation{.csv,_stages.csv,
                                               # _summary.{md,csv},.png} and frontier_paper_world.{csv,png}
+    python scripts/plateau_reruns.py tuning [--trials 8] [--jobs 2] [--workdir /work/reruns]
+                                              # matched tuning of the headline pair under the protocol:
+                                              # docs/results/fairness_plateau_paper_world/
 
 Every configuration of docs/results/plateau_crosscheck_predictions.csv (world, N, arm) runs under its
 pre-registered config (configs/plateau/modes_k*.toml, `[world] labels` = N) at the seeds the
@@ -470,6 +473,99 @@ def cmd_status(args) -> int:
     return 0
 
 
+TUNING_OUT = ROOT / "docs/results/fairness_plateau_paper_world"
+TUNING_ARMS = ("direct_grpo", "rl_teacher_bridge")
+
+
+def _tuning_setup(workdir) -> tuple[list[str], dict]:
+    work = (Path(workdir) / "tuning-paper-world").resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    common = ["--storage", f"journal:///{work / 'study.log'}", "--study", "paper_world_plateau"]
+    return common, {"config": str(ROOT / ABLATION_CONFIG), "workdir": str(work / "runs")}
+
+
+def cmd_tuning(args) -> int:
+    """Matched tuning of the headline pair in the paper-like world under the plateau protocol (issue 22
+    item 3): the same search budget per arm over the learning rates, group size and temperature (the
+    lengths are the protocol's: each stage stops at its validation plateau under the config's caps),
+    5 fresh evaluation seeds, then the fairness report (label-matched at plateau) and the compute-matched
+    view read off the evaluation runs' validation curves (`tuning-compute`)."""
+    import subprocess
+    common, opts = _tuning_setup(args.workdir)
+    cli = [sys.executable, "-m", "tuning.cli"]
+    if not args.report_only:
+        rc = subprocess.run([*cli, "run", "--arms", ",".join(TUNING_ARMS), "--trials", str(args.trials),
+                             "--labels", "64", "--time-limit", "3600", "--eval-seeds", "5", "--seed", "0",
+                             "--arm-source", "reference", "--arm-options", json.dumps(opts),
+                             "--workers", str(args.jobs), *common], cwd=ROOT).returncode
+        if rc:
+            return rc
+    rc = subprocess.run([*cli, "report", *common, "--out", str(TUNING_OUT), "--jobs", str(args.jobs)],
+                        cwd=ROOT).returncode
+    return rc or cmd_tuning_compute(args)
+
+
+def cmd_tuning_compute(args) -> int:
+    """The tuned pair at equal compute: each arm's evaluation runs (its best configuration on the fresh
+    evaluation seeds, test read once at the selected checkpoint) laid on their student validation curves
+    (reference.frontier), read at two training-token levels: each arm's median training tokens per run.
+    Writes compute_matched.csv beside the fairness report and appends its section to fairness_report.md."""
+    from reference.frontier import compute_matched, run_curve
+    from reference.runs import load_result
+    from tuning.evaluation import best_trial
+    from tuning.harness import arm_study_name, check_matched, load_study
+    from tuning.reference_arms import ReferenceArms
+    from tuning.storage import open_storage
+
+    common, opts = _tuning_setup(args.workdir)
+    handle = open_storage(common[1])
+    protocol = check_matched(handle, common[3])
+    source = ReferenceArms(**opts)
+    res, best = [], {}
+    for arm in protocol.arms:
+        trial = best_trial(load_study(handle, arm_study_name(common[3], arm)))
+        if trial is None:
+            raise InputError(f"tuning-compute: arm {arm} has no finished trial (run `plateau_reruns.py tuning`)")
+        best[arm] = trial
+        found = {p.parent.name: load_result(p) for p in
+                 sorted(source.run_workdir(arm, dict(trial.params)).glob("runs/*/result_test.json"))}
+        got = [r for r in found.values() if r.seed in protocol.eval_seeds]
+        if len(got) != len(protocol.eval_seeds):
+            raise InputError(f"tuning-compute: {arm} has {len(got)} of {len(protocol.eval_seeds)} evaluation runs "
+                             f"under {source.run_workdir(arm, dict(trial.params))} (run the report first)")
+        res += got
+    curves = pd.concat([run_curve(r) for r in res], ignore_index=True)
+    levels = sorted({float(np.median([r.compute_tokens for r in res if r.arm == arm])) for arm in protocol.arms})
+    matched = compute_matched(curves, levels)
+    test = {arm: float(np.mean([r.metrics["accuracy"] for r in res if r.arm == arm])) for arm in protocol.arms}
+    cols = ["arm", "tokens", "accuracy", "lo", "hi", "seeds"]
+    matched[cols].round(4).to_csv(TUNING_OUT / "compute_matched.csv", index=False)
+    lines = ["", "## Equal compute under the plateau protocol (validation curves of the evaluation runs)", "",
+             "Each arm's best configuration on the evaluation seeds, laid on its student validation curve "
+             "against cumulative training tokens (every stage, the teacher's included); read at each arm's "
+             "median training tokens per run: the best checkpoint an arm had by then (validation avg@8, "
+             "V = 64; mean over seeds, 95% bootstrap interval; `-` where a seed had no student point yet). "
+             "Written by `python scripts/plateau_reruns.py tuning-compute`.", "",
+             "| tokens (M) | " + " | ".join(protocol.arms) + " |", "|---|" + "---|" * len(protocol.arms)]
+    for t in levels:
+        cells = []
+        for arm in protocol.arms:
+            r = matched[(matched["arm"] == arm) & (matched["tokens"] == t)]
+            ok = len(r) and np.isfinite(r["accuracy"].iloc[0])
+            cells.append(f"{r['accuracy'].iloc[0]:.1f} [{r['lo'].iloc[0]:.1f}, {r['hi'].iloc[0]:.1f}]" if ok else "-")
+        lines.append(f"| {t / 1e6:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "Label-matched at plateau (test avg@8 at the selected checkpoint, mean of the evaluation seeds): "
+              + ", ".join(f"{arm} {test[arm]:.1f}" for arm in protocol.arms) + "."]
+    md = TUNING_OUT / "fairness_report.md"
+    body = md.read_text()
+    head = "\n## Equal compute under the plateau protocol"
+    if head in body:  # rerun: replace the section, keep the report above it
+        body = body[:body.index(head)]
+    md.write_text(body.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -493,6 +589,15 @@ def main(argv=None) -> int:
     cc.add_argument("--workdir", default="/tmp/plateau_reruns")
     cc.set_defaults(func=cmd_cap_check)
     sub.add_parser("ablation-table").set_defaults(func=cmd_ablation_table)
+    tu = sub.add_parser("tuning")
+    tu.add_argument("--trials", type=int, default=8, help="finished trials per arm")
+    tu.add_argument("--jobs", type=int, default=1, help="tuning workers and evaluation processes")
+    tu.add_argument("--workdir", default="/tmp/plateau_reruns")
+    tu.add_argument("--report-only", action="store_true", help="skip the trials: evaluate and report")
+    tu.set_defaults(func=cmd_tuning)
+    tc = sub.add_parser("tuning-compute")
+    tc.add_argument("--workdir", default="/tmp/plateau_reruns")
+    tc.set_defaults(func=cmd_tuning_compute)
     sub.add_parser("table").set_defaults(func=cmd_table)
     sub.add_parser("status").set_defaults(func=cmd_status)
     sub.add_parser("summary").set_defaults(func=cmd_summary)

@@ -222,6 +222,14 @@ def test_gate_runs_end_to_end_and_writes_json(tmp_path):
     assert gate.gate_status(load_config(cfg_path), None, table=rec) == "failed"
     assert gate.gate_status(load_config("toy_short").override({"world.labels": 7}), tmp_path / "w",
                             table=rec) == "not run"
+    # the raw per-step curves are kept beside the verdict and the table, and give the recorded checks back
+    h = d["config_hash"]
+    for path in (tmp_path / "w" / "gates" / f"{h}.curves.json", tmp_path / "gate_curves" / f"{h}_reference.json"):
+        curves = json.loads(path.read_text())
+        assert len(curves["raw"]) == 1 and len(curves["raw"][0]["move_fkl_kl"]) == 20
+        again = {x.check: x for x in gate.checks_from(curves["raw"])}
+        for name, x in c.items():
+            assert again[name].passed == x["passed"] and again[name].value == pytest.approx(x["value"], rel=1e-3, abs=1e-6)
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -122,6 +122,50 @@ def test_reference_adapter_passes_the_budget_and_split(tmp_path, monkeypatch):
                                    config="configs/toy_short.toml")]
 
 
+def test_reference_adapter_gives_each_configuration_its_own_run_directory(tmp_path, monkeypatch):
+    """Trials and evaluations sharing a seed must not meet in one run directory (named by arm, seed and
+    labels only); the same configuration gets the same directory back, so a rerun resumes or reads it."""
+    (tmp_path / "fake_api2.py").write_text(
+        "from dataclasses import dataclass\n"
+        "DIRS = []\n"
+        "@dataclass(frozen=True)\n"
+        "class R:\n    accuracy: float\n    metrics: dict\n    compute_tokens: int\n"
+        "def run_arm(arm, *, params, labels, seed, teacher_labels=None, split='val', report=None, workdir=None):\n"
+        "    DIRS.append(workdir)\n"
+        "    return R(1.0, {}, 1)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    arms = ReferenceArms(api_module="fake_api2", workdir=str(tmp_path / "w"))
+    for params in ({"lr": 1e-3, "temperature": 1.0}, {"temperature": 1.0, "lr": 1e-3}, {"lr": 2e-3, "temperature": 1.0}):
+        arms("direct_grpo", params=params, budget=Budget(labels=64), seed=7, split="val")
+    arms("rl_teacher_bridge", params={"lr": 1e-3, "temperature": 1.0}, budget=Budget(labels=64), seed=7, split="val")
+    import fake_api2
+
+    a, same, other, bridge = fake_api2.DIRS
+    assert a == same == arms.run_workdir("direct_grpo", {"temperature": 1.0, "lr": 1e-3})
+    assert len({a, other, bridge}) == 3 and all(d.parent == tmp_path / "w" for d in (a, other, bridge))
+    assert ReferenceArms(api_module="fake_api2").run_workdir("direct_grpo", {"lr": 1e-3}) is None
+
+
+def test_compute_matched_evaluation_is_skipped_when_stages_stop_at_their_plateau(tmp_path):
+    """Under the plateau protocol a longer cap buys no tokens: no stretched run is made (equal compute is
+    read off the evaluation runs' curves); without the protocol the same study makes them."""
+    from tuning.evaluation import evaluate_compute_matched, evaluate_label_matched
+    from tuning.sources import load_arm_source
+    from tuning.storage import open_storage
+
+    made = {}
+    for plateau in (False, True):
+        url = f"journal:///{tmp_path}/p{int(plateau)}.log"
+        assert main(["run", "--arms", "direct_grpo,rl_teacher_bridge", "--trials", "2", "--storage", url,
+                     "--study", "s", "--arm-source", "synthetic", "--labels", "64", "--eval-seeds", "2"]) == 0
+        handle, source = open_storage(url), load_arm_source("synthetic", {})
+        assert evaluate_label_matched(handle, "s", source) == 4
+        if plateau:
+            source.fn.stops_at_plateau = lambda: True
+        made[plateau] = evaluate_compute_matched(handle, "s", source)
+    assert made[False] > 0 and made[True] == 0
+
+
 def test_status_prints_counts(tmp_path, capsys):
     url = f"journal:///{tmp_path}/j.log"
     assert main(["run", "--arms", "direct_grpo", "--trials", "2", "--storage", url, "--study", "st", *SYN]) == 0

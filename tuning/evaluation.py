@@ -120,12 +120,14 @@ def evaluate_compute_matched(handle: StorageHandle, name: str, source: ArmSource
     """The compute-matched view: every arm whose final configuration trains on fewer tokens than the
     dearest arm's is re-evaluated with its stage lengths stretched (the source's `scale_compute`) until
     its per-run tokens lie within +-5% of the dearest arm's; stored as `evalc:<seed>`. Resumable like
-    `evaluate_label_matched`. Returns how many runs were made (0 when the source cannot scale compute)."""
+    `evaluate_label_matched`. Returns how many runs were made (0 when the source cannot scale compute, or
+    its stages stop at their validation plateau, where longer caps buy no tokens)."""
     protocol = check_matched(handle, name)
     if source is None:
         source = load_arm_source(protocol.arm_source, dict(protocol.arm_options))
     scale = getattr(source.fn, "scale_compute", None)
-    if not callable(scale):
+    plateau = getattr(source.fn, "stops_at_plateau", None)
+    if not callable(scale) or (callable(plateau) and plateau()):
         return 0
     _cache_source(protocol, source)
     studies = {arm: load_study(handle, arm_study_name(name, arm)) for arm in protocol.arms}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 import importlib
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -46,6 +47,24 @@ class ReferenceArms:
         kwargs = {} if self.config is None else {"config": self.config}
         return self.api().scale_compute(arm, dict(params), factor, **kwargs)
 
+    def stops_at_plateau(self) -> bool:
+        """Whether the config runs the plateau protocol: every stage already stops at its validation
+        plateau, so stretching its caps buys no compute and the compute-matched evaluation is skipped
+        (equal compute is read off the evaluation runs' validation curves instead: reference.frontier)."""
+        from reference.config import load_config
+
+        return bool(load_config(self.config or self.api().DEFAULT_CONFIG).plateau.enabled)
+
+    def run_workdir(self, arm: str, params: Mapping) -> Path | None:
+        """Where a run of `arm` with `params` keeps its stages and results when the source has a workdir:
+        one directory per (arm, params), so trials and evaluations that share a seed never meet in one run
+        directory (a run directory is named by arm, seed and labels), and a rerun of the same configuration
+        resumes or reads back its finished run (the plateau fairness study reads the evaluations' curves)."""
+        if self.workdir is None:
+            return None
+        key = json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
+        return Path(self.workdir) / f"{arm}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
     def default_labels(self) -> int | None:
         fn = getattr(self.api(), "default_labels", None)
         return int(fn(self.config)) if callable(fn) else None
@@ -60,7 +79,7 @@ class ReferenceArms:
         if self.config is not None:
             kwargs["config"] = self.config
         if self.workdir is not None:
-            kwargs["workdir"] = Path(self.workdir)
+            kwargs["workdir"] = self.run_workdir(arm, params)
         res = self.api().run_arm(arm, **kwargs)
         return ArmResult(accuracy=float(res.accuracy), compute_tokens=int(res.compute_tokens), split=split,
                          metrics={k: float(v) for k, v in dict(getattr(res, "metrics", {}) or {}).items()

@@ -337,7 +337,8 @@ def to_markdown(rep: FairnessReport, command: str | None = None, figures: list[s
                 + "; ".join(f"{r['arm']} ×{r['factor']:.2f} → {r['tokens']:,.0f} tokens, {r['mean']:.2f}%"
                             for _, r in per.iterrows()) + "."]
     else:
-        out.append("Not available (the arm source cannot scale compute, or `report` ran with --no-eval).")
+        out.append("Not available (the arm source cannot scale compute, its stages stop at their validation plateau "
+                   "(then equal compute is read off the evaluation runs' curves), or `report` ran with --no-eval).")
     out += ["", "## Equal tuning compute (validation, expected best)", ""]
     if len(rep.compute_matched):
         out.append(_table(rep.compute_matched, ["arm", "tokens_per_trial", "matched_tokens",
