@@ -1,0 +1,88 @@
+"""The plateau fairness study's equal-compute view (scripts/plateau_reruns.py tuning-compute): each arm's
+evaluation runs, found in the directory of its best configuration, read off their student validation
+curves at each arm's median training tokens."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from reference.runs import RunResult, write_result
+from theory.arms import LabelAccount
+from tuning.cli import main as tuning_main
+from tuning.evaluation import best_trial
+from tuning.harness import arm_study_name, check_matched, load_study
+from tuning.reference_arms import ReferenceArms
+from tuning.storage import open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stage(name, model, train_tokens, curve):
+    return {"name": name, "model": model, "tokens": train_tokens,
+            "plateau": {"validated": True, "train_tokens": train_tokens,
+                        "curve": [{"step": i, "tokens": t, "accuracy": a} for i, (t, a) in enumerate(curve)]}}
+
+
+def test_tuning_compute_reads_each_arm_at_both_levels_from_its_best_configuration(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import plateau_reruns as pr
+
+    url = f"journal:///{tmp_path}/study.log"
+    common = ["--storage", url, "--study", "pw"]
+    assert tuning_main(["run", "--arms", "direct_grpo,rl_teacher_bridge", "--trials", "2", *common,
+                        "--arm-source", "synthetic", "--labels", "64", "--eval-seeds", "2"]) == 0
+    opts = {"workdir": str(tmp_path / "runs")}
+    monkeypatch.setattr(pr, "_tuning_setup", lambda workdir: (common, opts))
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "fairness_report.md").write_text("# Fairness report\n\nabove\n")
+    monkeypatch.setattr(pr, "TUNING_OUT", out)
+    handle = open_storage(url)
+    protocol = check_matched(handle, "pw")
+    source = ReferenceArms(**opts)
+    # direct GRPO: 100 tokens per run, its curve 10 -> 20; the bridge: a teacher stage of 1000 tokens,
+    # then a student curve 30 -> 40 over 200 more (seed-dependent by one point)
+    for arm in protocol.arms:
+        params = dict(best_trial(load_study(handle, arm_study_name("pw", arm))).params)
+        for j, seed in enumerate(protocol.eval_seeds):
+            if arm == "direct_grpo":
+                stages, tokens = (_stage("student_grpo", "student", 100, [(0, 10.0 + j), (100, 20.0 + j)]),), 100
+            else:
+                stages = (_stage("teacher_grpo", "teacher", 1000, [(0, 50.0), (1000, 60.0)]),
+                          _stage("fkl", "student", 200, [(0, 30.0 + j), (200, 40.0 + j)]))
+                tokens = 1200
+            for where, acc in ((params, 5.0 + j), ({**params, "other": 1}, 99.0)):
+                # the second: the same seed under another configuration, which must not be read
+                d = source.run_workdir(arm, where) / "runs" / f"{arm}_s{seed}"
+                d.mkdir(parents=True)
+                write_result(RunResult(arm, seed, "w", "test", LabelAccount(0, 64, 0), tokens, {"accuracy": acc},
+                                       stages if acc < 99 else tuple(_stage(s["name"], s["model"], 1, [(0, 99.0)])
+                                                                     for s in stages)), d / "result_test.json")
+    assert pr.main(["tuning-compute", "--workdir", str(tmp_path)]) == 0
+    m = pd.read_csv(out / "compute_matched.csv")
+    got = {(r.arm, r.tokens): r.accuracy for r in m.itertuples()}
+    assert got[("direct_grpo", 100.0)] == pytest.approx(20.5) and got[("direct_grpo", 1200.0)] == pytest.approx(20.5)
+    assert np.isnan(got[("rl_teacher_bridge", 100.0)])  # no student point yet at direct GRPO's tokens
+    assert got[("rl_teacher_bridge", 1200.0)] == pytest.approx(40.5)
+    body = (out / "fairness_report.md").read_text()
+    assert body.startswith("# Fairness report\n\nabove\n") and "direct_grpo 5.5, rl_teacher_bridge 5.5" in body
+    # a rerun replaces its section instead of appending a second one
+    assert pr.main(["tuning-compute", "--workdir", str(tmp_path)]) == 0
+    assert (out / "fairness_report.md").read_text() == body
+
+
+def test_tuning_compute_names_a_missing_evaluation(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import plateau_reruns as pr
+
+    url = f"journal:///{tmp_path}/study.log"
+    common = ["--storage", url, "--study", "pw"]
+    assert tuning_main(["run", "--arms", "direct_grpo,rl_teacher_bridge", "--trials", "1", *common,
+                        "--arm-source", "synthetic", "--labels", "64", "--eval-seeds", "2"]) == 0
+    monkeypatch.setattr(pr, "_tuning_setup", lambda workdir: (common, {"workdir": str(tmp_path / "runs")}))
+    with pytest.raises(Exception, match="direct_grpo has 0 of 2 evaluation runs"):
+        pr.main(["tuning-compute", "--workdir", str(tmp_path)])
