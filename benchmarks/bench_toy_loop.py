@@ -3,7 +3,7 @@
     git worktree add /tmp/wt_fe1bf61 fe1bf61          # once: the baseline checkout
     flock /tmp/s2d_heavy.lock python benchmarks/bench_toy_loop.py --baseline-tree /tmp/wt_fe1bf61
 
-Per stage of the paper-like world (configs/paper_world.toml: student GRPO, teacher GRPO, FKL warmup,
+Per stage of the paper-like world (configs/legacy/fixed_length/paper_world.toml: student GRPO, teacher GRPO, FKL warmup,
 OPD, at the config's batch shapes): training tokens/s = the stage's own compute account
 (`StageResult.tokens`, rollout + training + scoring tokens) / its wall seconds, over `--steps` steps
 after a discarded `--warmup`-step run of the same stage, from the base weights, torch seeded 0.
@@ -113,8 +113,13 @@ class Worker:
 
 def config_in(tree: str, config: str) -> str:
     """The tree's own copy of the config file when it has one (an older parser may refuse newer fields)."""
-    own = os.path.join(tree, os.path.relpath(os.path.abspath(config), ROOT))
-    return own if os.path.exists(own) else os.path.abspath(config)
+    rel = os.path.relpath(os.path.abspath(config), ROOT)
+    moved = os.path.join("configs", "legacy", "fixed_length", "")
+    # a fixed-length config lay at the top of configs/ before it moved to configs/legacy/fixed_length/
+    for cand in (rel, "configs" + os.sep + rel[len(moved):] if rel.startswith(moved) else None):
+        if cand and os.path.exists(os.path.join(tree, cand)):
+            return os.path.join(tree, cand)
+    return os.path.abspath(config)
 
 
 def agreement(config: str) -> float:
@@ -144,7 +149,7 @@ def agreement(config: str) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--baseline-tree", required=True, help="a checkout of the baseline commit (fe1bf61)")
-    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "paper_world.toml"))
+    ap.add_argument("--config", default=os.path.join(ROOT, "configs", "legacy", "fixed_length", "paper_world.toml"))
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", default="1,2")

@@ -120,13 +120,14 @@ NOTEBOOKS = {
         ("md", "# 03 — The paper-like world, stage by stage\n\nThe reference pipeline runs two arms in the "
                "paper-like world of the world family (issue 11): problems whose accurate solution is a rarely "
                "used step mode (running partial sums), a 3-layer student and a 4-layer teacher pre-trained on "
-               "the same mix (`reference/assets/`). The world and its budget (`configs/paper_world.toml`: "
+               "the same mix (`reference/assets/`). The world and its budget (`configs/legacy/fixed_length/paper_world.toml`: "
                "modes-k15 at N = 64) were chosen before any held-out run by a rule fixed in advance (the "
                "largest RL-bridge advantage the planner predicted; "
                "`docs/results/world_family_preregistration.json`). Arms: direct GRPO on the student, and the "
                "RL-teacher bridge (GRPO on the teacher → forward-KL warmup → on-policy distillation), under "
                "the stable protocol, with validation points inside the stages "
-               "(`configs/paper_world_notebook.toml`); a few minutes on one core. One seed is a demo of the "
+               "(`configs/legacy/fixed_length/paper_world_notebook.toml`: the fixed, short length, kept for a "
+               "fast demo; the results now come from `configs/plateau/paper_world.toml`); a few minutes on one core. One seed is a demo of the "
                "machinery, not a result: the committed multi-seed table is shown at the end, then the "
                "family's label-budget curves with the planner's pre-registered predictions."),
         ("code", "import json\nfrom pathlib import Path\nimport tempfile\n\nimport pandas as pd\n\n"
@@ -134,14 +135,14 @@ NOTEBOOKS = {
                  "plot_family, plot_final,\n                              plot_stage_curves, plot_stage_points, stage_logs)\n"
                  "from reference.pipeline import run_pipeline\nfrom theory.tables import read_table\n\n"
                  "RESULTS = Path('..') / 'docs' / 'results'\n"
-                 "cfg = load_config('paper_world_notebook')\nworkdir = Path(tempfile.mkdtemp(prefix='s2d_nb03_'))"),
+                 "cfg = load_config('legacy/fixed_length/paper_world_notebook')\nworkdir = Path(tempfile.mkdtemp(prefix='s2d_nb03_'))"),
         ("code", "ARMS = ['direct_grpo', 'rl_teacher_bridge']\n"
                  "results = [run_pipeline(cfg, arm, seed=0, workdir=workdir, progress=False) for arm in ARMS]\n"
                  "final_table(results, metrics=('accuracy', 'pass_at_k', 'steps_share', 'accuracy_given_steps',\n"
                  "                              'accuracy_given_direct', 'accuracy_greedy')).round(2)"),
         ("md", "## Where this one seed sits\n\nOne seed is one draw. The validation points inside the stages "
                "add evaluations to this run, so it is close to, not identical with, a command-line run of seed 0 of "
-               "`configs/paper_world.toml`; the committed study ran seeds 10–19 (held-out seeds start at 10). Below: this run beside every committed seed. "
+               "`configs/legacy/fixed_length/paper_world.toml`; the committed study ran seeds 10–19 (held-out seeds start at 10). Below: this run beside every committed seed. "
                "Both arms here stop after 12 GRPO steps (3 label passes), far from their plateau (the plateau "
                "issue measured direct GRPO at 27% after 132 steps on the same 64 labels), and early in training "
                "the seed-to-seed spread is wide: a seed above the committed range says how wide, not that "

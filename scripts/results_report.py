@@ -195,7 +195,7 @@ def claims(t: Tables, root: Path) -> list[str]:
              for d in ("fairness_paper_world", "", "fairness_direct")}
     compute = {d: t.md_table(f"{d}/fairness_report.md" if d else "fairness_report.md", "## Compute-matched")[0]
                for d in ("fairness_paper_world", "", "fairness_direct")}
-    n, steps, epochs, pps, fkl, opd = grpo_steps(root / "configs" / "paper_world.toml")
+    n, steps, epochs, pps, fkl, opd = grpo_steps(root / "configs" / "legacy" / "fixed_length" / "paper_world.toml")
     n_toy, steps_toy, *_ = grpo_steps(root / "configs" / "toy.toml")
     rl = row(pw, a="rl_teacher_bridge", b="direct_grpo")
     raw = row(pw, a="raw_teacher_bridge", b="direct_grpo")
@@ -266,7 +266,7 @@ def claims(t: Tables, root: Path) -> list[str]:
         f"The fixed-length figures were made at one fixed, short training length: {epochs:g} GRPO "
         f"epochs, which is {steps} optimizer steps at N = {n} ({pps} prompts a step; {steps_toy} at the toy "
         f"worlds' N = {n_toy}), and {fkl} FKL / {opd} OPD steps, whether or not a stage had stopped "
-        "improving (`configs/paper_world.toml`, `configs/toy.toml`). Issue 22 reruns them under the plateau "
+        "improving (`configs/legacy/fixed_length/paper_world.toml`, `configs/toy.toml`). Issue 22 reruns them under the plateau "
         "protocol (`configs/plateau/modes_k*.toml`, the reruns below: every stage runs until its validation "
         "accuracy stops rising and hands on its best checkpoint; the paper-like world is modes-k15 at N = 64). "
         "Until a claim is rerun it describes the fixed-length protocol, not the method. Differences are test "
@@ -327,7 +327,7 @@ def world_family(t: Tables) -> list[str]:
         "",
         "Three worlds whose skill is a rarely used step mode (running partial sums); the knob K is the share "
         "of step documents in the student's pre-training (0.05 / 0.15 / 0.30), the teacher is fixed "
-        "(`configs/family/`, `scripts/world_family.py`). The design and predicted directions were committed "
+        "(`configs/legacy/fixed_length/family/`, `scripts/world_family.py`). The design and predicted directions were committed "
         "before any arm ran, and the planner's predictions (every arm, N = 32–2048, with its recommendation "
         "at each budget; `world_family_predictions.csv`, `world_family_preregistration.json`) before any "
         "held-out run. Gates: k15 and k30 fail only “moves” (a capacity floor); k05 also fails “learns” and "
@@ -388,7 +388,7 @@ def paper_world(t: Tables) -> list[str]:
                 "plateau, `paper_world_ablation_summary.md`, which also counts the stages short of their plateau "
                 "and gives greedy and pass@8; `frontier_paper_world.png`, the label × compute plane):", "",
                 *table(head, rows(PLATEAU_PW)), ""]
-    out += ["At the fixed, short length (`configs/paper_world.toml`: 12 GRPO steps, 200 FKL + 200 OPD; 10 seeds, "
+    out += ["At the fixed, short length (`configs/legacy/fixed_length/paper_world.toml`: 12 GRPO steps, 200 FKL + 200 OPD; 10 seeds, "
             f"`{FIXED_PW.replace('.csv', '.md')}`):", "", *table(head, rows(FIXED_PW)), ""]
     return out
 

@@ -9,7 +9,7 @@ world_family_preregistration.json (committed before the held-out runs).
     python scripts/world_family.py pilots        # base-model pilot (+ self-distillation) per world
     python scripts/world_family.py calibration   # calibration runs: K = 0.15, N = 128 and 512, direct + RL bridge
     python scripts/world_family.py predict       # the planner -> predictions (then COMMIT them)
-    python scripts/world_family.py paper-config  # configs/paper_world{,_notebook}.toml from the chosen (K, N)
+    python scripts/world_family.py paper-config  # configs/legacy/fixed_length/paper_world{,_notebook}.toml from the chosen (K, N)
     python scripts/world_family.py runs          # held-out grid, seed by seed
     python scripts/world_family.py ablation      # the paper-like world: every arm, 10 seeds
     python scripts/world_family.py tuning        # matched tuning of the headline pair there (8 trials per arm)
@@ -41,7 +41,8 @@ DEFAULT_WORK = Path(".s2d_runs") / "family"
 
 # ---- the design (pre-registered; docs/log.md 2026-11-30 third session) ----------------------------
 K_VALUES = ("05", "15", "30")
-WORLDS = {f"modes-k{k}": ROOT / "configs" / "family" / f"modes_k{k}.toml" for k in K_VALUES}
+FIXED = ROOT / "configs" / "legacy" / "fixed_length"  # the fixed-length configs (issue 22 moved them here)
+WORLDS = {f"modes-k{k}": FIXED / "family" / f"modes_k{k}.toml" for k in K_VALUES}
 CAL_WORLD, CAL_N, CAL_SEEDS = "modes-k15", (128, 512), (0, 1, 2)  # budgets off the held-out grid
 HEADLINE = ("direct_grpo", "rl_teacher_bridge")
 HELD_N = (64, 256, 1024)
@@ -331,7 +332,7 @@ def cmd_tuning(a) -> int:
     common = ["--storage", storage, "--study", "paper_world"]
     rc = _cli("tuning.cli", "run", "--arms", ",".join(HEADLINE), "--trials", "8", "--labels", str(pw["labels"]),
               "--compute-cap", "8000000", "--time-limit", "2400", "--eval-seeds", "5", "--seed", "0",
-              "--arm-source", "reference", "--config", str(ROOT / "configs" / "paper_world.toml"),
+              "--arm-source", "reference", "--config", str(FIXED / "paper_world.toml"),
               "--workers", str(a.jobs), *common)
     if rc:
         return rc
@@ -339,7 +340,7 @@ def cmd_tuning(a) -> int:
 
 
 def cmd_paper_config(a) -> int:
-    """configs/paper_world.toml (and its notebook variant): the paper-like world the pre-registered rule
+    """configs/legacy/fixed_length/paper_world.toml (and its notebook variant): the paper-like world the pre-registered rule
     chose, at its budget, for `reference-pipeline demo` and notebook 03."""
     import re
     pw = _prereg()["paper_world"]
@@ -349,13 +350,13 @@ def cmd_paper_config(a) -> int:
             f"N = {pw['labels']}, chosen\n# before any held-out run by the pre-registered rule (the largest predicted "
             f"RL-bridge advantage; docs/results/\n# world_family_preregistration.json). Written by `python "
             f"scripts/world_family.py paper-config`; do not edit by hand.\n")
-    (ROOT / "configs" / "paper_world.toml").write_text(head + body)
+    (FIXED / "paper_world.toml").write_text(head + body)
     nb = re.sub(r"(?m)^curve_every = \d+", "curve_every = 50", body, count=1)
     nb = re.sub(r"(?m)^curve_problems = \d+", "curve_problems = 50", nb, count=1)
-    (ROOT / "configs" / "paper_world_notebook.toml").write_text(
+    (FIXED / "paper_world_notebook.toml").write_text(
         head.replace("THE PAPER-LIKE WORLD", "THE PAPER-LIKE WORLD, NOTEBOOK run (validation points inside the stages)")
         + nb)
-    print("wrote configs/paper_world.toml and configs/paper_world_notebook.toml")
+    print(f"wrote {FIXED.relative_to(ROOT)}/paper_world.toml and paper_world_notebook.toml")
     return 0
 
 

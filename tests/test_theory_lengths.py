@@ -118,7 +118,7 @@ def test_toy_compute_blocks_match_the_configs_they_describe(name):
     import tomllib
     from pathlib import Path
     cm = load_scenario(name).compute
-    cfg = "configs/family/modes_k15.toml" if name.startswith("modes") else "configs/toy.toml"
+    cfg = "configs/legacy/fixed_length/family/modes_k15.toml" if name.startswith("modes") else "configs/toy.toml"
     d = tomllib.loads(Path(cfg).read_text())
     assert cm.label_passes == d["grpo"]["epochs"] and cm.group_size == d["grpo"]["group_size"]
     assert cm.bridge_prompts * cm.bridge_samples == d["fkl"]["steps"] * d["fkl"]["prompts_per_step"]

@@ -8,7 +8,7 @@ from reference import stages
 from reference.assemble import build_models, build_world
 what, lr, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 torch.set_num_threads(1)
-cfg = load_config("configs/family/modes_k05.toml")
+cfg = load_config("configs/legacy/fixed_length/family/modes_k05.toml")
 m = build_models(cfg, need_teacher=True); world = build_world(cfg, m.tokenizer)
 labeled = world.labeled[: cfg.world.labels]
 def show(log, keys):
