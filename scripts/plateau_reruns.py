@@ -224,6 +224,7 @@ def cmd_ablation_table(args) -> int:
             r = paired(runs, a, b, metric)
             cells.append(f"{r['mean_diff']:+.1f} [{r['ci_low']:+.1f}, {r['ci_high']:+.1f}]" if r else "-")
         lines.append(f"| {q} | " + " | ".join(cells) + " |")
+    lines += _cap_check_lines(res)
     md = OUT.parent / "paper_world_ablation_summary.md"
     md.write_text(md.read_text() + "\n".join(lines) + "\n")
     # the label x compute plane: the student's validation frontier of every arm, and two equal-compute levels
@@ -252,6 +253,45 @@ def cmd_ablation_table(args) -> int:
     print(f"wrote {table.relative_to(ROOT)}, paper_world_ablation_stages.csv, _summary.{{md,csv}}, "
           f"{stem.relative_to(ROOT)}.{{csv,png}} and _matched.csv ({len(res)} runs)")
     return 0
+
+
+CAP_LIMIT = 3.0  # points: an arm with 4x its caps must not beat its committed mean by more (issue 22)
+
+
+def _cap_check_lines(res: list) -> list[str]:
+    """The committed cap checks (`cap-check` results under docs/results/plateau_reruns/paper-world-cap*x/):
+    per arm and scale, the mean test avg@8 of the runs with scaled caps against the ablation's committed
+    mean; also written to paper_world_cap_check.csv."""
+    from reference.runs import load_result
+    committed: dict[str, list[float]] = {}
+    for r in res:
+        committed.setdefault(r.arm, []).append(r.metrics["accuracy"])
+    rows = []
+    for d in sorted(OUT.glob(f"{ABLATION_WORLD}-cap*x")):
+        scale = float(d.name.rsplit("-cap", 1)[1][:-1])
+        by_arm: dict[str, list] = {}
+        for path in sorted(d.glob("*.json")):
+            r = load_result(path)
+            by_arm.setdefault(r.arm, []).append(r)
+        for arm in [a for a in ABLATION_ARMS if a in by_arm]:
+            got = [r.metrics["accuracy"] for r in by_arm[arm]]
+            gain = float(np.mean(got) - np.mean(committed[arm]))
+            rows.append({"arm": arm, "scale": scale, "seeds": " ".join(str(r.seed) for r in by_arm[arm]),
+                         "scaled_mean": round(float(np.mean(got)), 2), "committed_mean": round(float(np.mean(committed[arm])), 2),
+                         "committed_seeds": len(committed[arm]), "gain": round(gain, 2), "limit": CAP_LIMIT,
+                         "passed": gain <= CAP_LIMIT})
+    if not rows:
+        return []
+    t = pd.DataFrame(rows)
+    t.to_csv(OUT.parent / "paper_world_cap_check.csv", index=False)
+    missing = [a for a in ABLATION_ARMS if a not in set(t["arm"])]
+    return ["", "Cap check (`python scripts/plateau_reruns.py cap-check`; `paper_world_cap_check.csv`): each arm "
+            f"with every cap scaled, on seeds the ablation never used, against its committed mean (limit: a "
+            f"gain of at most {CAP_LIMIT:g} points, test avg@8):", "",
+            "| arm | caps | seeds | scaled | committed | gain | within the limit |", "|---|---|---|---|---|---|---|",
+            *[f"| {r.arm} | {r.scale:g}x | {r.seeds} | {r.scaled_mean:.1f} | {r.committed_mean:.1f} "
+              f"({r.committed_seeds} seeds) | {r.gain:+.1f} | {'yes' if r.passed else '**no**'} |" for r in t.itertuples()],
+            "", "Not checked yet: " + (", ".join(missing) if missing else "none") + "."]
 
 
 def scaled_caps(cfg, scale: float) -> dict:

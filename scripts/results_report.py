@@ -33,6 +33,7 @@ RERUN_SUMMARY = "plateau_reruns_summary.csv"
 RERUN_REPORT = "plateau_crosscheck_report.json"
 RERUN_REPORT_SEEN = "plateau_crosscheck_report_seen.json"
 BRIDGE_VS_DIRECT = "rl_teacher_bridge - direct_grpo"
+TUNED_PW = "fairness_plateau_paper_world/"  # matched tuning of the headline pair under the plateau protocol
 ACCURACY_ROWS = ("raw_teacher_bridge", "rl_teacher_bridge", "no_fkl", "no_opd", "rl_teacher_bridge_stage3")
 
 
@@ -182,6 +183,32 @@ def _ablation_claim(fixed: dict, new: list[dict] | None, a: str, b: str) -> tupl
                     (float(r["mean_diff"]), float(r["ci_low"]), float(r["ci_high"]))))
 
 
+def _equal_compute(t: Tables) -> list[tuple[float, dict[str, dict]]]:
+    """The plateau study's equal-compute reads (compute_matched.csv): per token level, each arm's row."""
+    by: dict[float, dict[str, dict]] = {}
+    for r in t.csv(f"{TUNED_PW}compute_matched.csv"):
+        by.setdefault(float(r["tokens"]), {})[r["arm"]] = r
+    return sorted(by.items())
+
+
+def _level(r: dict) -> str:
+    return "no student yet" if r is None or r["accuracy"] in ("", "nan") else num(r["accuracy"])
+
+
+def _tuned_plateau(t: Tables, fixed: dict) -> list[str]:
+    """(at-plateau figure, source, status) of the tuned paper-like-world comparison: the plateau study's
+    label-matched difference and its equal-compute reads, once that study has run."""
+    if not t.has(f"{TUNED_PW}fairness_report.md") or not t.has(f"{TUNED_PW}compute_matched.csv"):
+        return ["—", "`fairness_paper_world/fairness_report.md`", NOT_RERUN]
+    lm = t.md_table(f"{TUNED_PW}fairness_report.md", "## Label-matched")[0]
+    levels = "; ".join(f"at {tok / 1e6:.2f}M tokens direct {_level(a.get('direct_grpo'))} vs bridge "
+                       f"{_level(a.get('rl_teacher_bridge'))}" for tok, a in _equal_compute(t))
+    status = verdict((float(fixed["mean_diff"]), float(fixed["diff_ci_low"]), float(fixed["diff_ci_high"])),
+                     (float(lm["mean_diff"]), float(lm["diff_ci_low"]), float(lm["diff_ci_high"])))
+    return [f"{diff(lm)} ({lm['seeds']} seeds); equal compute (validation): {levels}",
+            f"`fairness_paper_world/fairness_report.md`; `{TUNED_PW}fairness_report.md`", status]
+
+
 def claims(t: Tables, root: Path) -> list[str]:
     pw = t.summary(FIXED_PW)
     pw_new = t.summary(PLATEAU_PW) if t.has(PLATEAU_PW) else None
@@ -245,8 +272,8 @@ def claims(t: Tables, root: Path) -> list[str]:
          + f"; predicted/measured {num(k15['ratio'], 1)}×", cross_new,
          "`world_family_report.json` (crossover); `" + RERUN_REPORT + "`", cross_status],
         ["Tuned, paper-like world: bridge − direct, label-matched / compute-matched",
-         f"{diff(label['fairness_paper_world'])} / {diff(compute['fairness_paper_world'])}", "—",
-         "`fairness_paper_world/fairness_report.md`", NOT_RERUN],
+         f"{diff(label['fairness_paper_world'])} / {diff(compute['fairness_paper_world'])}",
+         *_tuned_plateau(t, label['fairness_paper_world'])],
         ["Tuned, toy world (world 1): bridge − direct, label-matched / compute-matched",
          f"{diff(label[''])} / {diff(compute[''])}", "—", "`fairness_report.md`", NOT_RERUN],
         ["Tuned, world 3: bridge − direct, label-matched / compute-matched",
@@ -449,6 +476,21 @@ def tuning(t: Tables) -> list[str]:
         tokens = sum(float(r["compute_tokens"]) for r in stretched) / len(stretched)
         pairs.append([name, f"{lm['arm']} − {lm['baseline']}", diff(lm, 2), diff(cm, 2),
                       f"{arm} ×{float(stretched[0]['factor']):.2f} → {tokens / 1e3:,.0f}k tokens"])
+    plateau = []
+    if t.has(f"{TUNED_PW}fairness_report.md") and t.has(f"{TUNED_PW}compute_matched.csv"):
+        name = "paper-like world, N = 64, plateau protocol"
+        for r in t.csv(f"{TUNED_PW}fairness_report.csv"):
+            per_arm.append([name, r["arm"], r["trials"], r["dims"], f"{num(r['eval_mean'])} "
+                            f"{ci(r['eval_ci_low'], r['eval_ci_high'], sign=False)}", r["lr_position"]])
+            best.append([name, r["arm"], ", ".join(f"{k} {compact(v)}" for k, v in sorted(json.loads(r["best_params"]).items()))])
+        lm = t.md_table(f"{TUNED_PW}fairness_report.md", "## Label-matched")[0]
+        plateau = ["", f"Under the plateau protocol (`{TUNED_PW}`; `python scripts/plateau_reruns.py tuning`: the "
+                   "same 8 trials per arm over the learning rates, group size and temperature, each stage stopped "
+                   "at its validation plateau) the tuned pair differs by "
+                   f"{diff(lm, 2)} label-matched ({lm['arm']} − {lm['baseline']}, {lm['seeds']} seeds). At equal "
+                   "compute (the evaluation runs' validation curves, each arm's median training tokens): "
+                   + "; ".join(f"at {tok / 1e6:.2f}M tokens direct GRPO {_level(a.get('direct_grpo'))}, the bridge "
+                               f"{_level(a.get('rl_teacher_bridge'))}" for tok, a in _equal_compute(t)) + "."]
     comp = t.csv("fairness_paper_world/fairness_report_evals_compute.csv")
     direct = [float(r["accuracy"]) for r in comp if r["arm"] == "direct_grpo"]
     factor = float(next(r["factor"] for r in comp if r["arm"] == "direct_grpo"))
@@ -476,6 +518,7 @@ def tuning(t: Tables) -> list[str]:
         "bridge's edge there is a label-matched one only. In world 3 the old “tuned bridge loses 8.8” does "
         "not survive; both tuned arms sit near the untouched base. Reports, figures and the command that "
         "regenerates each: `fairness_report.md`, `fairness_paper_world/`, `fairness_direct/`.",
+        *plateau,
         "",
     ]
 
