@@ -273,7 +273,7 @@ def _cap_check_lines(res: list) -> list[str]:
         for path in sorted(d.glob("*.json")):
             r = load_result(path)
             by_arm.setdefault(r.arm, []).append(r)
-        for arm in [a for a in ABLATION_ARMS if a in by_arm]:
+        for arm in [a for a in ABLATION_ARMS if a in by_arm and a in committed]:  # both sides measured
             got = [r.metrics["accuracy"] for r in by_arm[arm]]
             gain = float(np.mean(got) - np.mean(committed[arm]))
             rows.append({"arm": arm, "scale": scale, "seeds": " ".join(str(r.seed) for r in by_arm[arm]),
@@ -517,11 +517,12 @@ TUNING_OUT = ROOT / "docs/results/fairness_plateau_paper_world"
 TUNING_ARMS = ("direct_grpo", "rl_teacher_bridge")
 
 
-def _tuning_setup(workdir) -> tuple[list[str], dict]:
+def _tuning_setup(workdir) -> tuple[str, str, dict]:
+    """(storage URL, study name, arm-source options) of the plateau tuning study under `workdir`."""
     work = (Path(workdir) / "tuning-paper-world").resolve()
     work.mkdir(parents=True, exist_ok=True)
-    common = ["--storage", f"journal:///{work / 'study.log'}", "--study", "paper_world_plateau"]
-    return common, {"config": str(ROOT / ABLATION_CONFIG), "workdir": str(work / "runs")}
+    return (f"journal:///{work / 'study.log'}", "paper_world_plateau",
+            {"config": str(ROOT / ABLATION_CONFIG), "workdir": str(work / "runs")})
 
 
 def cmd_tuning(args) -> int:
@@ -531,7 +532,8 @@ def cmd_tuning(args) -> int:
     5 fresh evaluation seeds, then the fairness report (label-matched at plateau) and the compute-matched
     view read off the evaluation runs' validation curves (`tuning-compute`)."""
     import subprocess
-    common, opts = _tuning_setup(args.workdir)
+    storage, study, opts = _tuning_setup(args.workdir)
+    common = ["--storage", storage, "--study", study]
     cli = [sys.executable, "-m", "tuning.cli"]
     if not args.report_only:
         rc = subprocess.run([*cli, "run", "--arms", ",".join(TUNING_ARMS), "--trials", str(args.trials),
@@ -557,13 +559,13 @@ def cmd_tuning_compute(args) -> int:
     from tuning.reference_arms import ReferenceArms
     from tuning.storage import open_storage
 
-    common, opts = _tuning_setup(args.workdir)
-    handle = open_storage(common[1])
-    protocol = check_matched(handle, common[3])
+    storage, study, opts = _tuning_setup(args.workdir)
+    handle = open_storage(storage)
+    protocol = check_matched(handle, study)
     source = ReferenceArms(**opts)
     res, best = [], {}
     for arm in protocol.arms:
-        trial = best_trial(load_study(handle, arm_study_name(common[3], arm)))
+        trial = best_trial(load_study(handle, arm_study_name(study, arm)))
         if trial is None:
             raise InputError(f"tuning-compute: arm {arm} has no finished trial (run `plateau_reruns.py tuning`)")
         best[arm] = trial

@@ -1,6 +1,6 @@
-"""The plateau fairness study's equal-compute view (scripts/plateau_reruns.py tuning-compute): each arm's
-evaluation runs, found in the directory of its best configuration, read off their student validation
-curves at each arm's median training tokens."""
+"""Reports of the plateau reruns (scripts/plateau_reruns.py): the fairness study's equal-compute view
+(`tuning-compute`: each arm's evaluation runs, found in the directory of its best configuration, read off
+their student validation curves at each arm's median training tokens) and the committed cap checks."""
 
 import json
 import sys
@@ -36,7 +36,7 @@ def test_tuning_compute_reads_each_arm_at_both_levels_from_its_best_configuratio
     assert tuning_main(["run", "--arms", "direct_grpo,rl_teacher_bridge", "--trials", "2", *common,
                         "--arm-source", "synthetic", "--labels", "64", "--eval-seeds", "2"]) == 0
     opts = {"workdir": str(tmp_path / "runs")}
-    monkeypatch.setattr(pr, "_tuning_setup", lambda workdir: (common, opts))
+    monkeypatch.setattr(pr, "_tuning_setup", lambda workdir: (url, "pw", opts))
     out = tmp_path / "report"
     out.mkdir()
     (out / "fairness_report.md").write_text("# Fairness report\n\nabove\n")
@@ -83,6 +83,31 @@ def test_tuning_compute_names_a_missing_evaluation(tmp_path, monkeypatch, capsys
     common = ["--storage", url, "--study", "pw"]
     assert tuning_main(["run", "--arms", "direct_grpo,rl_teacher_bridge", "--trials", "1", *common,
                         "--arm-source", "synthetic", "--labels", "64", "--eval-seeds", "2"]) == 0
-    monkeypatch.setattr(pr, "_tuning_setup", lambda workdir: (common, {"workdir": str(tmp_path / "runs")}))
+    monkeypatch.setattr(pr, "_tuning_setup", lambda workdir: (url, "pw", {"workdir": str(tmp_path / "runs")}))
     with pytest.raises(Exception, match="direct_grpo has 0 of 2 evaluation runs"):
         pr.main(["tuning-compute", "--workdir", str(tmp_path)])
+
+
+def test_cap_check_lines_compare_each_scaled_arm_with_its_committed_mean(tmp_path, monkeypatch):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import plateau_reruns as pr
+
+    monkeypatch.setattr(pr, "OUT", tmp_path / "plateau_reruns")
+    d = tmp_path / "plateau_reruns" / f"{pr.ABLATION_WORLD}-cap4x"
+    d.mkdir(parents=True)
+
+    def run(arm, seed, acc):
+        return RunResult(arm, seed, "w", "test", LabelAccount(0, 64, 0), 1, {"accuracy": acc}, ())
+
+    for seed, acc in ((2000, 30.0), (2001, 26.0)):  # direct GRPO: 28.0 against 24.0 committed, +4 > 3
+        write_result(run("direct_grpo", seed, acc), d / f"direct_grpo_n64_s{seed}.json")
+    write_result(run("raw_teacher_bridge", 2000, 9.0), d / "raw_teacher_bridge_n64_s2000.json")
+    committed = [run("direct_grpo", 1000, 23.0), run("direct_grpo", 1001, 25.0), run("raw_teacher_bridge", 1000, 10.0)]
+    lines = pr._cap_check_lines(committed)
+    t = pd.read_csv(tmp_path / "paper_world_cap_check.csv")
+    got = {r.arm: (r.scale, r.scaled_mean, r.committed_mean, r.gain, r.passed) for r in t.itertuples()}
+    assert got == {"direct_grpo": (4.0, 28.0, 24.0, 4.0, False), "raw_teacher_bridge": (4.0, 9.0, 10.0, -1.0, True)}
+    assert any("| direct_grpo | 4x | 2000 2001 | 28.0 | 24.0 (2 seeds) | +4.0 | **no** |" == ln for ln in lines)
+    assert lines[-1].startswith("Not checked yet: rl_teacher_bridge")
+    monkeypatch.setattr(pr, "OUT", tmp_path / "none")
+    assert pr._cap_check_lines(committed) == []
