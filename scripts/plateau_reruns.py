@@ -550,7 +550,8 @@ def cmd_tuning(args) -> int:
 def cmd_tuning_compute(args) -> int:
     """The tuned pair at equal compute: each arm's evaluation runs (its best configuration on the fresh
     evaluation seeds, test read once at the selected checkpoint) laid on their student validation curves
-    (reference.frontier), read at two training-token levels: each arm's median training tokens per run.
+    (reference.frontier), read at each arm's median tokens to its selected checkpoints and its median
+    training tokens per run.
     Writes compute_matched.csv beside the fairness report and appends its section to fairness_report.md."""
     from reference.frontier import compute_matched, run_curve
     from reference.runs import load_result
@@ -577,7 +578,10 @@ def cmd_tuning_compute(args) -> int:
                              f"under {source.run_workdir(arm, dict(trial.params))} (run the report first)")
         res += got
     curves = pd.concat([run_curve(r) for r in res], ignore_index=True)
-    levels = sorted({float(np.median([r.compute_tokens for r in res if r.arm == arm])) for arm in protocol.arms})
+    # four levels: each arm's median tokens to its selected checkpoints (the sum over its stages of the tokens
+    # to each stage's best) and its median training tokens per run (patience steps included)
+    levels = sorted({float(np.median([r.metrics[k] if k else r.compute_tokens for r in res if r.arm == arm]))
+                     for arm in protocol.arms for k in ("tokens_to_best", None)})
     matched = compute_matched(curves, levels)
     test = {arm: float(np.mean([r.metrics["accuracy"] for r in res if r.arm == arm])) for arm in protocol.arms}
     cols = ["arm", "tokens", "accuracy", "lo", "hi", "seeds"]
@@ -585,7 +589,8 @@ def cmd_tuning_compute(args) -> int:
     lines = ["", "## Equal compute under the plateau protocol (validation curves of the evaluation runs)", "",
              "Each arm's best configuration on the evaluation seeds, laid on its student validation curve "
              "against cumulative training tokens (every stage, the teacher's included); read at each arm's "
-             "median training tokens per run: the best checkpoint an arm had by then (validation avg@8, "
+             "median tokens to its selected checkpoints and its median training tokens per run: the best "
+             "checkpoint an arm had by then (validation avg@8, "
              "V = 64; mean over seeds, 95% bootstrap interval; `-` where a seed had no student point yet). "
              "Written by `python scripts/plateau_reruns.py tuning-compute`.", "",
              "| tokens (M) | " + " | ".join(protocol.arms) + " |", "|---|" + "---|" * len(protocol.arms)]

@@ -481,14 +481,15 @@ def tuning(t: Tables) -> list[str]:
         name = "paper-like world, N = 64, plateau protocol"
         for r in t.csv(f"{TUNED_PW}fairness_report.csv"):
             per_arm.append([name, r["arm"], r["trials"], r["dims"], f"{num(r['eval_mean'])} "
-                            f"{ci(r['eval_ci_low'], r['eval_ci_high'], sign=False)}", r["lr_position"]])
+                            f"{ci(r['eval_ci_low'], r['eval_ci_high'], sign=False)}",
+                            r["range_position"] + (f" (**at the edge: {r['at_edge']}**)" if r["at_edge"] else "")])
             best.append([name, r["arm"], ", ".join(f"{k} {compact(v)}" for k, v in sorted(json.loads(r["best_params"]).items()))])
         lm = t.md_table(f"{TUNED_PW}fairness_report.md", "## Label-matched")[0]
         plateau = ["", f"Under the plateau protocol (`{TUNED_PW}`; `python scripts/plateau_reruns.py tuning`: the "
                    "same 8 trials per arm over the learning rates, group size and temperature, each stage stopped "
                    "at its validation plateau) the tuned pair differs by "
                    f"{diff(lm, 2)} label-matched ({lm['arm']} − {lm['baseline']}, {lm['seeds']} seeds). At equal "
-                   "compute (the evaluation runs' validation curves, each arm's median training tokens): "
+                   "compute (the evaluation runs' validation curves, at each arm's median tokens to its selected checkpoints and per run): "
                    + "; ".join(f"at {tok / 1e6:.2f}M tokens direct GRPO {_level(a.get('direct_grpo'))}, the bridge "
                                f"{_level(a.get('rl_teacher_bridge'))}" for tok, a in _equal_compute(t)) + "."]
     comp = t.csv("fairness_paper_world/fairness_report_evals_compute.csv")

@@ -59,14 +59,19 @@ def test_tuning_compute_reads_each_arm_at_both_levels_from_its_best_configuratio
                 # the second: the same seed under another configuration, which must not be read
                 d = source.run_workdir(arm, where) / "runs" / f"{arm}_s{seed}"
                 d.mkdir(parents=True)
-                write_result(RunResult(arm, seed, "w", "test", LabelAccount(0, 64, 0), tokens, {"accuracy": acc},
+                to_best = 50.0 if arm == "direct_grpo" else 1100.0
+                write_result(RunResult(arm, seed, "w", "test", LabelAccount(0, 64, 0), tokens,
+                                       {"accuracy": acc, "tokens_to_best": to_best},
                                        stages if acc < 99 else tuple(_stage(s["name"], s["model"], 1, [(0, 99.0)])
                                                                      for s in stages)), d / "result_test.json")
     assert pr.main(["tuning-compute", "--workdir", str(tmp_path)]) == 0
     m = pd.read_csv(out / "compute_matched.csv")
     got = {(r.arm, r.tokens): r.accuracy for r in m.itertuples()}
-    assert got[("direct_grpo", 100.0)] == pytest.approx(20.5) and got[("direct_grpo", 1200.0)] == pytest.approx(20.5)
+    assert sorted({t for _, t in got}) == [50.0, 100.0, 1100.0, 1200.0]  # each arm's tokens to best and spent
+    assert got[("direct_grpo", 50.0)] == pytest.approx(10.5) and got[("direct_grpo", 100.0)] == pytest.approx(20.5)
+    assert got[("direct_grpo", 1200.0)] == pytest.approx(20.5)
     assert np.isnan(got[("rl_teacher_bridge", 100.0)])  # no student point yet at direct GRPO's tokens
+    assert got[("rl_teacher_bridge", 1100.0)] == pytest.approx(30.5)
     assert got[("rl_teacher_bridge", 1200.0)] == pytest.approx(40.5)
     body = (out / "fairness_report.md").read_text()
     assert body.startswith("# Fairness report\n\nabove\n") and "direct_grpo 5.5, rl_teacher_bridge 5.5" in body
