@@ -28,6 +28,7 @@ COMMAND = "python scripts/results_report.py"
 NOT_RERUN = "not rerun yet: fixed-length protocol"
 FIXED_PW = "legacy/fixed_length/paper_world_ablation_summary.csv"  # the paper-like world's fixed-length ablation
 PLATEAU_PW = "paper_world_ablation_summary.csv"  # the same ablation under the plateau protocol (issue 22)
+CAP_CHECK = "paper_world_cap_check.csv"  # its arms with every cap scaled 4x, on fresh seeds
 RERUN_DIFFS = "plateau_reruns_differences.csv"
 RERUN_SUMMARY = "plateau_reruns_summary.csv"
 RERUN_REPORT = "plateau_crosscheck_report.json"
@@ -415,6 +416,18 @@ def paper_world(t: Tables) -> list[str]:
                 "plateau, `paper_world_ablation_summary.md`, which also counts the stages short of their plateau "
                 "and gives greedy and pass@8; `frontier_paper_world.png`, the label × compute plane):", "",
                 *table(head, rows(PLATEAU_PW)), ""]
+        if t.has(CAP_CHECK):
+            cc = t.csv(CAP_CHECK)
+            bad = [r for r in cc if r["passed"] != "True"]
+            out += ["Are these plateaus? Each arm with every cap scaled, on seeds the ablation never used, may gain at "
+                    f"most {num(cc[0]['limit'], 0)} points over its committed mean (`{CAP_CHECK}`): "
+                    + "; ".join(f"{r['arm']} {num(r['scale'], 0)}x {signed(r['gain'])} ({len(r['seeds'].split())} "
+                                f"seed{'s' if len(r['seeds'].split()) > 1 else ''})" for r in cc) + ". "
+                    + (("**Not a plateau: " + ", ".join(r["arm"] for r in bad) + "**: its committed figures are "
+                        "below what longer stages reach (docs/log.md, 2026-12-08: the RL bridge's gain is in OPD, "
+                        "which the stop rule ends before a slow rise). ") if bad else "")
+                    + "Not checked yet: " + (", ".join(sorted({x for r in t.summary(PLATEAU_PW) for x in (r["a"], r["b"])}
+                                                              - {r["arm"] for r in cc})) or "none") + ".", ""]
     out += ["At the fixed, short length (`configs/legacy/fixed_length/paper_world.toml`: 12 GRPO steps, 200 FKL + 200 OPD; 10 seeds, "
             f"`{FIXED_PW.replace('.csv', '.md')}`):", "", *table(head, rows(FIXED_PW)), ""]
     return out
