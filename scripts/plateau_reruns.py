@@ -255,6 +255,14 @@ def cmd_ablation_table(args) -> int:
     return 0
 
 
+def _accuracy_by_arm(res: list) -> dict[str, list[float]]:
+    """Test avg@8 of each run, grouped by arm."""
+    out: dict[str, list[float]] = {}
+    for r in res:
+        out.setdefault(r.arm, []).append(r.metrics["accuracy"])
+    return out
+
+
 CAP_LIMIT = 3.0  # points: an arm with 4x its caps must not beat its committed mean by more (issue 22)
 
 
@@ -263,9 +271,7 @@ def _cap_check_lines(res: list) -> list[str]:
     per arm and scale, the mean test avg@8 of the runs with scaled caps against the ablation's committed
     mean; also written to paper_world_cap_check.csv."""
     from reference.runs import load_result
-    committed: dict[str, list[float]] = {}
-    for r in res:
-        committed.setdefault(r.arm, []).append(r.metrics["accuracy"])
+    committed = _accuracy_by_arm(res)
     rows = []
     for d in sorted(OUT.glob(f"{ABLATION_WORLD}-cap*x")):
         scale = float(d.name.rsplit("-cap", 1)[1][:-1])
@@ -315,9 +321,7 @@ def cmd_cap_check(args) -> int:
     unknown = sorted(set(arms) - set(ABLATION_ARMS))
     if unknown:
         raise InputError(f"--arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ABLATION_ARMS)}")
-    committed: dict[str, list[float]] = {}
-    for r in ablation_results():  # every finished ablation run, read once
-        committed.setdefault(r.arm, []).append(r.metrics["accuracy"])
+    committed = _accuracy_by_arm(ablation_results())  # every finished ablation run, read once
     for arm in arms:
         got = []
         for seed in _seed_range(args.seeds):
@@ -564,18 +568,17 @@ def cmd_tuning_compute(args) -> int:
     handle = open_storage(storage)
     protocol = check_matched(handle, study)
     source = ReferenceArms(**opts)
-    res, best = [], {}
+    res = []
     for arm in protocol.arms:
         trial = best_trial(load_study(handle, arm_study_name(study, arm)))
         if trial is None:
             raise InputError(f"tuning-compute: arm {arm} has no finished trial (run `plateau_reruns.py tuning`)")
-        best[arm] = trial
-        found = {p.parent.name: load_result(p) for p in
-                 sorted(source.run_workdir(arm, dict(trial.params)).glob("runs/*/result_test.json"))}
-        got = [r for r in found.values() if r.seed in protocol.eval_seeds]
+        where = source.run_workdir(arm, dict(trial.params))
+        got = [r for r in map(load_result, sorted(where.glob("runs/*/result_test.json")))
+               if r.seed in protocol.eval_seeds]
         if len(got) != len(protocol.eval_seeds):
             raise InputError(f"tuning-compute: {arm} has {len(got)} of {len(protocol.eval_seeds)} evaluation runs "
-                             f"under {source.run_workdir(arm, dict(trial.params))} (run the report first)")
+                             f"under {where} (run the report first)")
         res += got
     curves = pd.concat([run_curve(r) for r in res], ignore_index=True)
     # four levels: each arm's median tokens to its selected checkpoints (the sum over its stages of the tokens

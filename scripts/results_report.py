@@ -196,12 +196,19 @@ def _level(r: dict) -> str:
     return "no student yet" if r is None or r["accuracy"] in ("", "nan") else num(r["accuracy"])
 
 
+def _tuned_plateau_lm(t: Tables) -> dict | None:
+    """The plateau tuning study's label-matched row, once the study (report and equal-compute reads) is there."""
+    if not t.has(f"{TUNED_PW}fairness_report.md") or not t.has(f"{TUNED_PW}compute_matched.csv"):
+        return None
+    return t.md_table(f"{TUNED_PW}fairness_report.md", "## Label-matched")[0]
+
+
 def _tuned_plateau(t: Tables, fixed: dict) -> list[str]:
     """(at-plateau figure, source, status) of the tuned paper-like-world comparison: the plateau study's
     label-matched difference and its equal-compute reads, once that study has run."""
-    if not t.has(f"{TUNED_PW}fairness_report.md") or not t.has(f"{TUNED_PW}compute_matched.csv"):
+    lm = _tuned_plateau_lm(t)
+    if lm is None:
         return ["—", "`fairness_paper_world/fairness_report.md`", NOT_RERUN]
-    lm = t.md_table(f"{TUNED_PW}fairness_report.md", "## Label-matched")[0]
     levels = "; ".join(f"at {tok / 1e6:.2f}M tokens direct {_level(a.get('direct_grpo'))} vs bridge "
                        f"{_level(a.get('rl_teacher_bridge'))}" for tok, a in _equal_compute(t))
     status = verdict((float(fixed["mean_diff"]), float(fixed["diff_ci_low"]), float(fixed["diff_ci_high"])),
@@ -490,14 +497,14 @@ def tuning(t: Tables) -> list[str]:
         pairs.append([name, f"{lm['arm']} − {lm['baseline']}", diff(lm, 2), diff(cm, 2),
                       f"{arm} ×{float(stretched[0]['factor']):.2f} → {tokens / 1e3:,.0f}k tokens"])
     plateau = []
-    if t.has(f"{TUNED_PW}fairness_report.md") and t.has(f"{TUNED_PW}compute_matched.csv"):
+    lm = _tuned_plateau_lm(t)
+    if lm is not None:
         name = "paper-like world, N = 64, plateau protocol"
         for r in t.csv(f"{TUNED_PW}fairness_report.csv"):
             per_arm.append([name, r["arm"], r["trials"], r["dims"], f"{num(r['eval_mean'])} "
                             f"{ci(r['eval_ci_low'], r['eval_ci_high'], sign=False)}",
                             r["range_position"] + (f" (**at the edge: {r['at_edge']}**)" if r["at_edge"] else "")])
             best.append([name, r["arm"], ", ".join(f"{k} {compact(v)}" for k, v in sorted(json.loads(r["best_params"]).items()))])
-        lm = t.md_table(f"{TUNED_PW}fairness_report.md", "## Label-matched")[0]
         plateau = ["", f"Under the plateau protocol (`{TUNED_PW}`; `python scripts/plateau_reruns.py tuning`: the "
                    "same 8 trials per arm over the learning rates, group size and temperature, each stage stopped "
                    "at its validation plateau) the tuned pair differs by "

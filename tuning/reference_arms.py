@@ -62,7 +62,7 @@ class ReferenceArms:
         resumes or reads back its finished run (the plateau fairness study reads the evaluations' curves)."""
         if self.workdir is None:
             return None
-        key = json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
+        key = json.dumps(dict(params), sort_keys=True, default=str)
         return Path(self.workdir) / f"{arm}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
 
     def default_labels(self) -> int | None:
