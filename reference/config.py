@@ -307,6 +307,12 @@ class PlateauConfig:
     # false: validate and keep the best checkpoint, but never stop early (a pilot records the whole capped
     # curve: reference.pilot_curves); like every [plateau] setting, left out of the seed key
     stop: bool = True
+    # comma-separated stage names (theory.arms.Stage values, e.g. "opd") that never stop early: they validate
+    # and keep their best checkpoint like every stage, but run to their cap. For a stage whose validation
+    # curve rises too slowly for the window test on V problems to see (OPD in the paper-like world: the
+    # protocol's amendment of 2026-12-08, docs/log.md). It enters the key of the stages it names and of
+    # those after them only (stage_runner.stage_key): every other stage's checkpoint stays valid.
+    run_to_cap: str = ""
 
     def __post_init__(self) -> None:
         _check_pos("plateau", self, ("problems", "k", "every", "window", "tolerance"))
@@ -314,6 +320,17 @@ class PlateauConfig:
         for name in ("every", "window", "min_fraction"):
             if getattr(self, name) > 1:
                 raise InputError(f"plateau.{name} must be a fraction in [0, 1], got {getattr(self, name)!r}")
+        from theory.arms import Stage
+        known = {s.value for s in Stage}
+        bad = sorted(self.to_cap - known)
+        if bad:
+            raise InputError(f"plateau.run_to_cap: unknown stage(s) {', '.join(map(repr, bad))}; choose from "
+                             f"{', '.join(sorted(known))} (comma-separated)")
+
+    @property
+    def to_cap(self) -> frozenset[str]:
+        """The stages that run to their cap (`run_to_cap`, parsed)."""
+        return frozenset(s.strip() for s in self.run_to_cap.split(",") if s.strip())
 
 
 # 'plateau.<field>' -> its default: the protocol off, as `Config.override` takes it (the gate's key and the

@@ -128,6 +128,7 @@ class Watch:
     score: Score
     tag: str
     partial: MidStage | None = None
+    to_cap: bool = False  # plateau.run_to_cap names this stage: never stop early
     points: list[Point] = field(default_factory=list)
     val_tokens: int = 0
     best_state: dict | None = None
@@ -150,7 +151,8 @@ class Watch:
             self.points.append(Point(step, tokens, np.asarray(per_problem, dtype=float)))
             if best_index(self.points) == len(self.points) - 1:
                 self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            stop = self.cfg.stop and stops(self.points, self.cfg, self.cap)  # stop = false: the whole capped curve
+            # stop = false, or a stage plateau.run_to_cap names: the whole capped curve
+            stop = self.cfg.stop and not self.to_cap and stops(self.points, self.cfg, self.cap)
             if stop:
                 self.stop_step = step
         if self.partial is not None:
@@ -176,7 +178,7 @@ class Watch:
                else "ran to the cap and reached its plateau" if st.reached
                else "ran to the cap still improving (raise the cap)")
         return {"protocol": "plateau", "validated": True, "cap": self.cap, "steps_run": last.step, "reached": st.reached,
-                "stopped_early": self.stop_step is not None, "why": why,
+                "stopped_early": self.stop_step is not None, "why": why, "run_to_cap": self.to_cap,
                 "best_step": best.step, "best_tokens": best.tokens, "best_score": best.score,
                 "window_gain": st.gain, "window_se": st.se,
                 "cap_too_small": best.step >= 0.9 * self.cap,

@@ -95,6 +95,9 @@ def stage_key(cfg: Config, seed: int, prefix: list[tuple[str, int]]) -> str:
     # every section but [eval] and [engine.threads]-like knobs that cannot change numbers would be
     # fine to exclude; we hash everything except eval for safety and simplicity
     extra = {"seed": seed, "prefix": prefix}
+    if cfg.plateau.to_cap and not cfg.plateau.to_cap & {name for name, _ in prefix}:
+        # plateau.run_to_cap changes only the stages it names and those after them: the others keep their keys
+        cfg = cfg.override({"plateau.run_to_cap": ""})
     if cfg.plateau.enabled:  # the validation passes choose the stage's length and checkpoint
         e = cfg.eval
         extra["validation_sampling"] = [e.temperature, e.top_p, e.top_k, e.max_new_tokens]
@@ -217,7 +220,7 @@ def stage_watch(stage: Stage, setup: TrainingSetup, slot: Slot):
     if len(setup.world.val) < cfg.plateau.problems:
         raise InputError(f"plateau.problems={cfg.plateau.problems} exceeds world.val={len(setup.world.val)}")
     return Watch(cfg.plateau, stage_cap(stage, setup), validation_score(setup), slot.seed_key,
-                 partial if engine is None else None)
+                 partial if engine is None else None, to_cap=Stage(stage).value in cfg.plateau.to_cap)
 
 
 def _bar(desc: str | None):

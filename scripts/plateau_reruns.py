@@ -13,6 +13,8 @@
                                               # never used: a true plateau gains < 3 points
     python scripts/plateau_reruns.py ablation-table   # docs/results/paper_world_ablation{.csv,_stages.csv,
                                               # _summary.{md,csv},.png} and frontier_paper_world.{csv,png}
+    python scripts/plateau_reruns.py compare-rules    # the current rule (OPD to its cap) against the first
+                                              # rule's runs, paired by seed
     python scripts/plateau_reruns.py tuning [--trials 8] [--jobs 2] [--workdir /work/reruns]
                                               # matched tuning of the headline pair under the protocol:
                                               # docs/results/fairness_plateau_paper_world/
@@ -63,7 +65,12 @@ SEED_BASE = 1000
 # configurations, which the ablation's table checks are identical. Arms of one seed share their stages
 # (one RL teacher for the bridge, no-FKL and no-OPD; one split teacher for stage 3 and the replay control).
 ABLATION_CONFIG = "configs/plateau/paper_world.toml"
-ABLATION_WORLD = "paper-world"
+ABLATION_WORLD = "paper-world"  # the workdir's name: stages are keyed by hash, so both rules share it
+# Results under docs/results/plateau_reruns/: the current rule's (OPD runs to its cap: the config's amendment
+# of 2026-12-08) and the first rule's (every stage stopped by the window test; configs/legacy/plateau_window/
+# paper_world.toml; the committed paper_world_ablation*.csv until the current rule's ten seeds are in).
+ABLATION_RESULTS = "paper-world-opd-to-cap"
+RULE1_RESULTS = "paper-world"
 ABLATION_ARMS = ("rl_teacher_bridge", "no_opd", "no_fkl", "rl_teacher_bridge_stage3", "replay_control",
                  "raw_teacher_bridge", "direct_grpo")
 
@@ -113,17 +120,17 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _ablation_seed(job: tuple[int, str]) -> str:
-    """Every arm of one seed in one workdir (a process of its own), skipping arms already written."""
-    seed, workdir = job
+def _ablation_seed(job: tuple[int, str, tuple[str, ...]]) -> str:
+    """The arms of one seed in one workdir (a process of its own), skipping arms already written."""
+    seed, workdir, arms = job
     from reference.config import load_config
     from reference.pipeline import run_pipeline
     from reference.runs import write_result
 
     cfg = load_config(ROOT / ABLATION_CONFIG)
     lines = []
-    for arm in ABLATION_ARMS:
-        path = OUT / ABLATION_WORLD / f"{arm}_n{cfg.world.labels}_s{seed}.json"
+    for arm in arms:
+        path = OUT / ABLATION_RESULTS / f"{arm}_n{cfg.world.labels}_s{seed}.json"
         if path.is_file():
             continue
         res = run_pipeline(cfg, arm, seed, workdir=Path(workdir) / ABLATION_WORLD / f"seed_{seed}", split="test",
@@ -139,16 +146,21 @@ def cmd_ablation(args) -> int:
     import multiprocessing as mp
 
     seeds = _seed_range(args.seeds)
+    arms = tuple(args.arms.split(",")) if args.arms else ABLATION_ARMS
+    unknown = sorted(set(arms) - set(ABLATION_ARMS))
+    if unknown:
+        raise InputError(f"--arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ABLATION_ARMS)}")
     with mp.get_context("spawn").Pool(args.jobs) as pool:
-        for line in pool.imap_unordered(_ablation_seed, [(s, args.workdir) for s in seeds]):
+        for line in pool.imap_unordered(_ablation_seed, [(s, args.workdir, arms) for s in seeds]):
             print(line, flush=True)
     return 0
 
 
-def ablation_results() -> list:
-    """RunResults of the finished ablation runs, arm by arm in ABLATION_ARMS order, seeds ascending."""
+def ablation_results(name: str = ABLATION_RESULTS) -> list:
+    """RunResults of the finished ablation runs (under OUT / `name`), arm by arm in ABLATION_ARMS order, seeds
+    ascending."""
     from reference.runs import load_result
-    d = OUT / ABLATION_WORLD
+    d = OUT / name
     paths = sorted(d.glob("*.json")) if d.is_dir() else []
     res = [load_result(p) for p in paths]
     return sorted(res, key=lambda r: (ABLATION_ARMS.index(r.arm), r.seed))
@@ -187,7 +199,7 @@ def cmd_ablation_table(args) -> int:
 
     res = ablation_results()
     if not res:
-        raise InputError(f"no finished ablation runs under {(OUT / ABLATION_WORLD).relative_to(ROOT)} "
+        raise InputError(f"no finished ablation runs under {(OUT / ABLATION_RESULTS).relative_to(ROOT)} "
                          "(`python scripts/plateau_reruns.py ablation`)")
     table = OUT.parent / "paper_world_ablation.csv"
     write_table(pd.concat([r.to_frame() for r in res], ignore_index=True), table, "runs")
@@ -273,7 +285,7 @@ def _cap_check_lines(res: list) -> list[str]:
     from reference.runs import load_result
     committed = _accuracy_by_arm(res)
     rows = []
-    for d in sorted(OUT.glob(f"{ABLATION_WORLD}-cap*x")):
+    for d in sorted(OUT.glob(f"{ABLATION_RESULTS}-cap*x")):
         scale = float(d.name.rsplit("-cap", 1)[1][:-1])
         by_arm: dict[str, list] = {}
         for path in sorted(d.glob("*.json")):
@@ -300,6 +312,33 @@ def _cap_check_lines(res: list) -> list[str]:
             "", "Not checked yet: " + (", ".join(missing) if missing else "none") + "."]
 
 
+def cmd_compare_rules(args) -> int:
+    """The current rule's ablation runs against the first rule's on the seeds both finished: per arm, the
+    paired test avg@8 difference and the OPD stages' steps run and best step (the amendment's effect)."""
+    new, old = ablation_results(), ablation_results(RULE1_RESULTS)
+    before = {(r.arm, r.seed): r for r in old}
+    pairs = [(r, before[(r.arm, r.seed)]) for r in new if (r.arm, r.seed) in before]
+    if not pairs:
+        raise InputError(f"no seed finished under both rules ({OUT.name}/{ABLATION_RESULTS} against "
+                         f"{OUT.name}/{RULE1_RESULTS}); run `ablation` first")
+
+    def opd(r) -> str:
+        recs = [s["plateau"] for s in r.stages if s["name"] == "opd" and s.get("plateau", {}).get("validated")]
+        return ", ".join(f"{p['steps_run']}/{p['best_step']}" for p in recs) or "-"
+
+    print("| arm | seeds | first rule | OPD to its cap | paired difference | OPD steps run / best, first rule -> "
+          "now |\n|---|---|---|---|---|---|")
+    for arm in ABLATION_ARMS:
+        got = [(a, b) for a, b in pairs if a.arm == arm]
+        if not got:
+            continue
+        a = np.array([x.metrics["accuracy"] for x, _ in got])
+        b = np.array([y.metrics["accuracy"] for _, y in got])
+        print(f"| {arm} | {' '.join(str(x.seed) for x, _ in got)} | {b.mean():.2f} | {a.mean():.2f} | "
+              f"{(a - b).mean():+.2f} | " + "; ".join(f"{opd(y)} -> {opd(x)}" for x, y in got) + " |")
+    return 0
+
+
 def scaled_caps(cfg, scale: float) -> dict:
     """Overrides that multiply every stage cap of `cfg` by `scale` (GRPO's passes and step cap, FKL and OPD
     steps); the stages' seed keys leave the caps out (stage_runner.seed_key), so the first steps replay."""
@@ -316,7 +355,7 @@ def cmd_cap_check(args) -> int:
 
     base = load_config(ROOT / ABLATION_CONFIG)
     cfg = base.override(scaled_caps(base, args.scale))
-    out = OUT / f"{ABLATION_WORLD}-cap{args.scale:g}x"
+    out = OUT / f"{ABLATION_RESULTS}-cap{args.scale:g}x"
     arms = args.arms.split(",")
     unknown = sorted(set(arms) - set(ABLATION_ARMS))
     if unknown:
@@ -327,7 +366,8 @@ def cmd_cap_check(args) -> int:
         for seed in _seed_range(args.seeds):
             path = out / f"{arm}_n{cfg.world.labels}_s{seed}.json"
             if not path.is_file():
-                res = run_pipeline(cfg, arm, seed, workdir=Path(args.workdir) / out.name / f"seed_{seed}", split="test",
+                work = Path(args.workdir) / f"{ABLATION_WORLD}-cap{args.scale:g}x" / f"seed_{seed}"
+                res = run_pipeline(cfg, arm, seed, workdir=work, split="test",
                                    progress=False)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 write_result(res, path)
@@ -630,6 +670,7 @@ def main(argv=None) -> int:
     ab = sub.add_parser("ablation")
     ab.add_argument("--seeds", default=f"{SEED_BASE}-{SEED_BASE + 9}")
     ab.add_argument("--jobs", type=int, default=1, help="seeds run in parallel, one process each")
+    ab.add_argument("--arms", default="", help="e.g. rl_teacher_bridge (default: all seven, in table order)")
     ab.add_argument("--workdir", default="/tmp/plateau_reruns")
     ab.set_defaults(func=cmd_ablation)
     cc = sub.add_parser("cap-check")
@@ -639,6 +680,7 @@ def main(argv=None) -> int:
     cc.add_argument("--workdir", default="/tmp/plateau_reruns")
     cc.set_defaults(func=cmd_cap_check)
     sub.add_parser("ablation-table").set_defaults(func=cmd_ablation_table)
+    sub.add_parser("compare-rules").set_defaults(func=cmd_compare_rules)
     tu = sub.add_parser("tuning")
     tu.add_argument("--trials", type=int, default=8, help="finished trials per arm")
     tu.add_argument("--jobs", type=int, default=1, help="tuning workers and evaluation processes")

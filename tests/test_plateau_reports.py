@@ -98,7 +98,7 @@ def test_cap_check_lines_compare_each_scaled_arm_with_its_committed_mean(tmp_pat
     import plateau_reruns as pr
 
     monkeypatch.setattr(pr, "OUT", tmp_path / "plateau_reruns")
-    d = tmp_path / "plateau_reruns" / f"{pr.ABLATION_WORLD}-cap4x"
+    d = tmp_path / "plateau_reruns" / f"{pr.ABLATION_RESULTS}-cap4x"
     d.mkdir(parents=True)
 
     def run(arm, seed, acc):
