@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from conftest import tiny_config
@@ -74,6 +75,41 @@ def test_config_checks_fractions_and_the_protocol_off_keeps_every_stage_key():
                             extra={"seed": 0, "prefix": prefix}) == stage_key(cfg, 0, prefix)
     assert stage_key(on, 0, prefix) != stage_key(cfg, 0, prefix)
     assert cfg.hash() == cfg.override({"grpo.max_steps": 0, "grpo.warmup_steps": 0}).hash()
+
+
+def test_run_to_cap_names_stages_and_changes_only_their_keys_and_those_after_them():
+    with pytest.raises(InputError, match="plateau.run_to_cap: unknown stage\\(s\\) 'opd2'"):
+        PlateauConfig(run_to_cap="opd, opd2")
+    assert PlateauConfig(run_to_cap=" opd,fkl_warmup ").to_cap == {"opd", "fkl_warmup"}
+    from reference.stage_runner import seed_key
+    on = tiny_config(**{"plateau.enabled": True})
+    amended = on.override({"plateau.run_to_cap": "opd"})
+    teacher, fkl = [("teacher_grpo", 16)], [("teacher_grpo", 16), ("fkl_warmup", 0)]
+    opd, after = fkl + [("opd", 0)], fkl + [("opd", 0), ("student_grpo", 8)]
+    for prefix in (teacher, fkl, [("student_grpo", 16)]):  # stages before OPD, or without it: checkpoints reused
+        assert stage_key(amended, 0, prefix) == stage_key(on, 0, prefix)
+    for prefix in (opd, after):  # OPD and what follows it: new checkpoints
+        assert stage_key(amended, 0, prefix) != stage_key(on, 0, prefix)
+        # the same seed and data order: OPD's first steps replay the run it amends
+        assert seed_key(amended, 0, prefix) == seed_key(on, 0, prefix)
+
+
+def test_a_run_to_cap_stage_never_stops_early_where_the_window_test_would_stop_it():
+    """A flat validation curve: the window test stops the stage at its first allowed point; named in
+    run_to_cap, the same stage validates on to its cap and still reports that it reached its plateau."""
+    flat = np.linspace(0, 1, 16)
+    model = torch.nn.Linear(2, 2)
+
+    def run(cfg):
+        w = plateau.Watch(cfg, 40, lambda m, tag: (flat, 10), "t", to_cap=bool(cfg.to_cap))
+        stopped = [s for s in range(41) if w.observe(s, 100 * s, model, None, [])]
+        return stopped, w.record(4000)
+
+    stopped, rec = run(CFG)
+    assert stopped and stopped[0] < 40 and rec["stopped_early"] and not rec["run_to_cap"]
+    stopped, rec = run(PlateauConfig(enabled=True, every=0.1, window=0.3, min_fraction=0.2, run_to_cap="opd"))
+    assert stopped == [] and rec["steps_run"] == 40 and not rec["stopped_early"] and rec["run_to_cap"]
+    assert rec["reached"] and rec["why"] == "ran to the cap and reached its plateau"
 
 
 def _plateau_cfg(**extra):
@@ -152,6 +188,10 @@ def test_early_stopping_on_a_plateau_and_bad_validation_size(tmp_path):
     assert rec["stopped_early"] == (rec["steps_run"] < 16) and rec["why"]
     if rec["stopped_early"]:
         assert rec["reached"]
+    named = pl.run_pipeline(_plateau_cfg(**{"plateau.min_fraction": 0.25, "plateau.run_to_cap": "student_grpo"}),
+                            "direct_grpo", 0, workdir=tmp_path / "to_cap", split="val", progress=False)
+    rec = named.stages[0]["plateau"]
+    assert rec["run_to_cap"] and rec["steps_run"] == 16 and not rec["stopped_early"]
     with pytest.raises(InputError, match="plateau.problems=64 exceeds world.val=24"):
         pl.run_pipeline(_plateau_cfg(**{"plateau.problems": 64}), "direct_grpo", 0, workdir=tmp_path / "bad",
                         split="val", progress=False)
