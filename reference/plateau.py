@@ -19,8 +19,9 @@ Plateau. At a validation point after t steps, the curve's level over the last `w
 (the mean, per problem, of the points after (1 - window) t) is compared with its level over the window
 before it (the points in ((1 - 2 window) t, (1 - window) t]). The stage has reached its plateau when the
 gain is at most `tolerance` paired SE (each window needs two points). It stops there once min_fraction of
-the cap ran (unless `plateau.stop = false`, as a pilot's curves run: reference.pilot_curves); otherwise at
-the cap, reporting whether it got there. A best within the last 10% of the cap
+the cap ran (unless `plateau.stop = false`, as a pilot's curves run: reference.pilot_curves, or the stage is
+named in `plateau.run_to_cap`, for a curve that rises too slowly for the window test on V problems to see);
+otherwise at the cap, reporting whether it got there. A best within the last 10% of the cap
 means the cap was too small. The stage ends holding its best checkpoint's weights.
 Why window levels and not "the best did not improve over the window" (the issue's first wording, the
 first version here): the best of ~10 noisy points is biased upward (the same weights scored 25.4 as one

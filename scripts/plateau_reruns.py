@@ -120,21 +120,62 @@ def cmd_run(args) -> int:
     return 0
 
 
-def _ablation_seed(job: tuple[int, str, tuple[str, ...]]) -> str:
-    """The arms of one seed in one workdir (a process of its own), skipping arms already written."""
-    seed, workdir, arms = job
+# the stages whose trajectory a cap field sets (the replay control's length is stage-3 GRPO's)
+CAP_STAGES = {"grpo.epochs": {"teacher_grpo", "student_grpo", "replay_opd"},
+              "grpo.max_steps": {"teacher_grpo", "student_grpo", "replay_opd"},
+              "fkl.steps": {"fkl_warmup"}, "opd.steps": {"opd"}}
+
+
+def link_unchanged_stages(old, new, stages_dir: Path) -> int:
+    """Reuse the finished stages of config `old` under config `new`'s keys, where `new` differs from `old`
+    only in stage caps: a stage whose prefix runs none of the stages those caps set trains the same
+    trajectory and stops at the same step (seed keys leave every cap out, and a stage's stopping reads only
+    its own curve and cap), but its checkpoint key hashes the whole config. Hard links, under the key `new`
+    computes; returns how many. Refused in one line when the configs differ in anything but caps."""
+    from reference.config import diff_fields
+    from reference.stage_runner import stage_key
+
+    changed = diff_fields(old.to_dict(), new.to_dict())
+    if not changed or set(changed) - set(CAP_STAGES):
+        raise InputError("stage reuse needs configs that differ in stage caps only; these differ in "
+                         + (", ".join(sorted(set(changed) - set(CAP_STAGES))) or "nothing"))
+    moved = set().union(*(CAP_STAGES[f] for f in changed))
+    n = 0
+    for meta in sorted(stages_dir.glob("*/meta.json")) if stages_dir.is_dir() else []:
+        m = json.loads(meta.read_text())
+        prefix = [tuple(p) for p in m["prefix"]]
+        if moved & {name for name, _ in prefix} or stage_key(old, m["seed"], prefix) != meta.parent.name:
+            continue  # a stage the changed caps set, or one `old` did not write
+        target = stages_dir / stage_key(new, m["seed"], prefix)
+        if not target.exists():  # linked under a temporary name, then renamed: never half a checkpoint
+            tmp = target.with_name(f".{target.name}.linking")
+            tmp.mkdir(exist_ok=True)
+            for f in meta.parent.iterdir():
+                if not (tmp / f.name).exists():
+                    (tmp / f.name).hardlink_to(f)
+            tmp.rename(target)
+            n += 1
+    return n
+
+
+def _ablation_seed(job: tuple[int, str, tuple[str, ...], str]) -> str:
+    """The arms of one seed in one workdir (a process of its own), skipping arms already written; with
+    `reuse` (a config path), that config's finished stages the caps' change leaves alone are linked in."""
+    seed, workdir, arms, reuse = job
     from reference.config import load_config
     from reference.pipeline import run_pipeline
     from reference.runs import write_result
 
     cfg = load_config(ROOT / ABLATION_CONFIG)
+    work = Path(workdir) / ABLATION_WORLD / f"seed_{seed}"
+    if reuse:
+        link_unchanged_stages(load_config(ROOT / reuse), cfg, work / "stages")
     lines = []
     for arm in arms:
         path = OUT / ABLATION_RESULTS / f"{arm}_n{cfg.world.labels}_s{seed}.json"
         if path.is_file():
             continue
-        res = run_pipeline(cfg, arm, seed, workdir=Path(workdir) / ABLATION_WORLD / f"seed_{seed}", split="test",
-                           progress=False)
+        res = run_pipeline(cfg, arm, seed, workdir=work, split="test", progress=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_result(res, path)
         lines.append(f"{arm} {res.metrics['accuracy']:.1f}")
@@ -151,7 +192,7 @@ def cmd_ablation(args) -> int:
     if unknown:
         raise InputError(f"--arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ABLATION_ARMS)}")
     with mp.get_context("spawn").Pool(args.jobs) as pool:
-        for line in pool.imap_unordered(_ablation_seed, [(s, args.workdir, arms) for s in seeds]):
+        for line in pool.imap_unordered(_ablation_seed, [(s, args.workdir, arms, args.reuse_stages_of) for s in seeds]):
             print(line, flush=True)
     return 0
 
@@ -367,6 +408,9 @@ def cmd_cap_check(args) -> int:
             path = out / f"{arm}_n{cfg.world.labels}_s{seed}.json"
             if not path.is_file():
                 work = Path(args.workdir) / f"{ABLATION_WORLD}-cap{args.scale:g}x" / f"seed_{seed}"
+                if args.reuse_stages_of:
+                    old = load_config(ROOT / args.reuse_stages_of)
+                    link_unchanged_stages(old.override(scaled_caps(old, args.scale)), cfg, work / "stages")
                 res = run_pipeline(cfg, arm, seed, workdir=work, split="test",
                                    progress=False)
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -671,6 +715,8 @@ def main(argv=None) -> int:
     ab.add_argument("--seeds", default=f"{SEED_BASE}-{SEED_BASE + 9}")
     ab.add_argument("--jobs", type=int, default=1, help="seeds run in parallel, one process each")
     ab.add_argument("--arms", default="", help="e.g. rl_teacher_bridge (default: all seven, in table order)")
+    ab.add_argument("--reuse-stages-of", default="", metavar="CONFIG",
+                    help="link in the finished stages of CONFIG (same workdir) that a change of caps leaves alone")
     ab.add_argument("--workdir", default="/tmp/plateau_reruns")
     ab.set_defaults(func=cmd_ablation)
     cc = sub.add_parser("cap-check")
@@ -678,6 +724,8 @@ def main(argv=None) -> int:
     cc.add_argument("--seeds", default="2000-2002")
     cc.add_argument("--scale", type=float, default=4.0)
     cc.add_argument("--workdir", default="/tmp/plateau_reruns")
+    cc.add_argument("--reuse-stages-of", default="", metavar="CONFIG",
+                    help="link in the finished stages of CONFIG at the same scale that a change of caps leaves alone")
     cc.set_defaults(func=cmd_cap_check)
     sub.add_parser("ablation-table").set_defaults(func=cmd_ablation_table)
     sub.add_parser("compare-rules").set_defaults(func=cmd_compare_rules)

@@ -3,6 +3,7 @@
 their student validation curves at each arm's median training tokens) and the committed cap checks."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -116,3 +117,34 @@ def test_cap_check_lines_compare_each_scaled_arm_with_its_committed_mean(tmp_pat
     assert lines[-1].startswith("Not checked yet: rl_teacher_bridge")
     monkeypatch.setattr(pr, "OUT", tmp_path / "none")
     assert pr._cap_check_lines(committed) == []
+
+
+def test_a_change_of_opd_cap_reuses_the_stages_before_opd_and_retrains_opd(tmp_path):
+    """`link_unchanged_stages`: config B is config A with a longer OPD cap. A's teacher GRPO and FKL warmup
+    appear under B's keys (B's run loads them: cached, the same weights), A's OPD does not (B trains its
+    own); configs that differ in anything but caps are refused in one line."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import plateau_reruns as pr
+    from conftest import stage_checkpoints, tiny_config
+    from reference.pipeline import run_pipeline
+
+    a = tiny_config(**{"plateau.enabled": True, "plateau.problems": 16, "plateau.k": 2, "plateau.every": 0.5,
+                       "plateau.run_to_cap": "opd"})
+    b = a.override({"opd.steps": 2 * a.opd.steps})
+    run_pipeline(a, "rl_teacher_bridge", 0, workdir=tmp_path, split="val", progress=False)
+    before = stage_checkpoints(tmp_path)
+    assert pr.link_unchanged_stages(a, b, tmp_path / "stages") == 2
+    assert pr.link_unchanged_stages(a, b, tmp_path / "stages") == 0  # already linked
+    res = run_pipeline(b, "rl_teacher_bridge", 0, workdir=tmp_path / "b", split="val", progress=False)
+    assert not res.stages[0].get("cached")  # another workdir: nothing to reuse there
+    shutil.rmtree(tmp_path / "runs")  # the run's manifest names A's config (a rerun moves it aside)
+    res = run_pipeline(b, "rl_teacher_bridge", 0, workdir=tmp_path, split="val", progress=False)
+    cached = {s["name"]: bool(s.get("cached")) for s in res.stages if s["name"] != "eval"}
+    assert cached == {"teacher_grpo": True, "fkl_warmup": True, "opd": False}
+    opd = next(s for s in res.stages if s["name"] == "opd")["plateau"]
+    assert opd["cap"] == b.opd.steps == opd["steps_run"]
+    for name in ("teacher_grpo", "fkl_warmup"):
+        assert all(np.array_equal(before[name][0][k].numpy(), stage_checkpoints(tmp_path / "b")[name][0][k].numpy())
+                   for k in before[name][0])  # what B trains from scratch is what it reused
+    with pytest.raises(Exception, match="differ in stage caps only; these differ in opd.lr"):
+        pr.link_unchanged_stages(a, a.override({"opd.lr": 2 * a.opd.lr}), tmp_path / "stages")
