@@ -15,6 +15,8 @@
                                               # _summary.{md,csv},.png} and frontier_paper_world.{csv,png}
     python scripts/plateau_reruns.py compare-rules    # the current rule (OPD to its cap) against the first
                                               # rule's runs, paired by seed
+    python scripts/plateau_reruns.py rules-table      # docs/results/paper_world_opd_rules.csv: every OPD stop
+                                              # rule's runs and 4x checks, side by side
     python scripts/plateau_reruns.py tuning [--trials 8] [--jobs 2] [--workdir /work/reruns]
                                               # matched tuning of the headline pair under the protocol:
                                               # docs/results/fairness_plateau_paper_world/
@@ -66,9 +68,10 @@ SEED_BASE = 1000
 # (one RL teacher for the bridge, no-FKL and no-OPD; one split teacher for stage 3 and the replay control).
 ABLATION_CONFIG = "configs/plateau/paper_world.toml"
 ABLATION_WORLD = "paper-world"  # the workdir's name: stages are keyed by hash, so both rules share it
-# Results under docs/results/plateau_reruns/: the current rule's (OPD runs to its cap: the config's amendment
-# of 2026-12-08) and the first rule's (every stage stopped by the window test; configs/legacy/plateau_window/
-# paper_world.toml; the committed paper_world_ablation*.csv until the current rule's ten seeds are in).
+# Results under docs/results/plateau_reruns/: the current rule's (OPD runs to its 9600-step cap: the config's
+# amendment 2 of 2026-12-08), the first rule's (every stage stopped by the window test; configs/legacy/
+# plateau_window/paper_world.toml; the committed paper_world_ablation*.csv until the current rule's ten seeds
+# are in) and amendment 1's (OPD to a 600-step cap; paper-world-opd600, configs/legacy/plateau_opd600/).
 ABLATION_RESULTS = "paper-world-opd-to-cap"
 RULE1_RESULTS = "paper-world"
 ABLATION_ARMS = ("rl_teacher_bridge", "no_opd", "no_fkl", "rl_teacher_bridge_stage3", "replay_control",
@@ -354,21 +357,22 @@ def _cap_check_lines(res: list) -> list[str]:
 
 
 def cmd_compare_rules(args) -> int:
-    """The current rule's ablation runs against the first rule's on the seeds both finished: per arm, the
-    paired test avg@8 difference and the OPD stages' steps run and best step (the amendment's effect)."""
-    new, old = ablation_results(), ablation_results(RULE1_RESULTS)
+    """One rule's ablation runs (`--new`, default the current rule's) against another's (`--old`, default the
+    first rule's) on the seeds both finished: per arm, the paired test avg@8 difference and the OPD stages'
+    steps run and best step (an amendment's effect)."""
+    new, old = ablation_results(args.new), ablation_results(args.old)
     before = {(r.arm, r.seed): r for r in old}
     pairs = [(r, before[(r.arm, r.seed)]) for r in new if (r.arm, r.seed) in before]
     if not pairs:
-        raise InputError(f"no seed finished under both rules ({OUT.name}/{ABLATION_RESULTS} against "
-                         f"{OUT.name}/{RULE1_RESULTS}); run `ablation` first")
+        raise InputError(f"no seed finished under both rules ({OUT.name}/{args.new} against "
+                         f"{OUT.name}/{args.old}); run `ablation` first")
 
     def opd(r) -> str:
         recs = [s["plateau"] for s in r.stages if s["name"] == "opd" and s.get("plateau", {}).get("validated")]
         return ", ".join(f"{p['steps_run']}/{p['best_step']}" for p in recs) or "-"
 
-    print("| arm | seeds | first rule | OPD to its cap | paired difference | OPD steps run / best, first rule -> "
-          "now |\n|---|---|---|---|---|---|")
+    print(f"| arm | seeds | {args.old} | {args.new} | paired difference | OPD steps run / best, {args.old} -> "
+          f"{args.new} |\n|---|---|---|---|---|---|")
     for arm in ABLATION_ARMS:
         got = [(a, b) for a, b in pairs if a.arm == arm]
         if not got:
@@ -377,6 +381,53 @@ def cmd_compare_rules(args) -> int:
         b = np.array([y.metrics["accuracy"] for _, y in got])
         print(f"| {arm} | {' '.join(str(x.seed) for x, _ in got)} | {b.mean():.2f} | {a.mean():.2f} | "
               f"{(a - b).mean():+.2f} | " + "; ".join(f"{opd(y)} -> {opd(x)}" for x, y in got) + " |")
+    return 0
+
+
+# The paper-like world's stop rules for OPD, in the order they were committed: results directory (its 4x
+# check: the same name + "-cap4x"), config, and what the rule is
+RULES = (("window", RULE1_RESULTS, "configs/legacy/plateau_window/paper_world.toml",
+          "every stage stopped by the window test; OPD cap 600"),
+         ("opd600", "paper-world-opd600", "configs/legacy/plateau_opd600/paper_world.toml",
+          "amendment 1: OPD runs to its 600-step cap"),
+         ("opd9600", ABLATION_RESULTS, ABLATION_CONFIG, "amendment 2: OPD runs to its 9600-step cap"))
+RULES_TABLE = OUT.parent / "paper_world_opd_rules.csv"
+
+
+def cmd_rules_table(args) -> int:
+    """docs/results/paper_world_opd_rules.csv: per OPD stop rule, arm and scale (1x: the ablation's runs; 4x:
+    its cap check), the seeds run and their mean test avg@8, greedy and pass@8, the mean OPD steps run and
+    steps to OPD's best checkpoint, and the 4x gain over the same rule's 1x mean (the cap check: at most
+    CAP_LIMIT). Every rule's runs are kept, so the table shows what each amendment changed and why the next
+    one came."""
+    rows = []
+    for rule, name, config, what in RULES:
+        ones = {}
+        for scale, d in ((1.0, name), (4.0, f"{name}-cap4x")):
+            by_arm: dict[str, list] = {}
+            for r in ablation_results(d):
+                by_arm.setdefault(r.arm, []).append(r)
+            for arm, res in by_arm.items():
+                opd = [s["plateau"] for r in res for s in r.stages if s["name"] == "opd"
+                       and s.get("plateau", {}).get("validated")]
+                acc = float(np.mean([r.metrics["accuracy"] for r in res]))
+                if scale == 1.0:
+                    ones[arm] = acc
+                rows.append({"rule": rule, "config": config, "what": what, "arm": arm, "scale": scale,
+                             "seeds": " ".join(str(r.seed) for r in res), "runs": len(res),
+                             "avg_at_8": round(acc, 2),
+                             "greedy": round(float(np.mean([r.metrics["accuracy_greedy"] for r in res])), 2),
+                             "pass_at_8": round(float(np.mean([r.metrics["pass_at_k"] for r in res])), 2),
+                             "opd_steps_run": round(float(np.mean([p["steps_run"] for p in opd])), 0) if opd else "",
+                             "opd_best_step": round(float(np.mean([p["best_step"] for p in opd])), 0) if opd else "",
+                             "gain_over_1x": round(acc - ones[arm], 2) if scale != 1.0 and arm in ones else "",
+                             "within_limit": (acc - ones[arm] <= CAP_LIMIT) if scale != 1.0 and arm in ones else ""})
+    if not rows:
+        raise InputError("no ablation runs under any rule (`python scripts/plateau_reruns.py ablation`)")
+    t = pd.DataFrame(rows)
+    t.to_csv(RULES_TABLE, index=False)
+    print(t.drop(columns=["config", "what"]).to_string(index=False))
+    print(f"wrote {RULES_TABLE.relative_to(ROOT)}")
     return 0
 
 
@@ -728,7 +779,11 @@ def main(argv=None) -> int:
                     help="link in the finished stages of CONFIG at the same scale that a change of caps leaves alone")
     cc.set_defaults(func=cmd_cap_check)
     sub.add_parser("ablation-table").set_defaults(func=cmd_ablation_table)
-    sub.add_parser("compare-rules").set_defaults(func=cmd_compare_rules)
+    sub.add_parser("rules-table").set_defaults(func=cmd_rules_table)
+    cr = sub.add_parser("compare-rules")
+    cr.add_argument("--new", default=ABLATION_RESULTS, help="results directory under docs/results/plateau_reruns/")
+    cr.add_argument("--old", default=RULE1_RESULTS, help="the one it is paired with, seed by seed")
+    cr.set_defaults(func=cmd_compare_rules)
     tu = sub.add_parser("tuning")
     tu.add_argument("--trials", type=int, default=8, help="finished trials per arm")
     tu.add_argument("--jobs", type=int, default=1, help="tuning workers and evaluation processes")

@@ -29,6 +29,7 @@ NOT_RERUN = "not rerun yet: fixed-length protocol"
 FIXED_PW = "legacy/fixed_length/paper_world_ablation_summary.csv"  # the paper-like world's fixed-length ablation
 PLATEAU_PW = "paper_world_ablation_summary.csv"  # the same ablation under the plateau protocol (issue 22)
 CAP_CHECK = "paper_world_cap_check.csv"  # its arms with every cap scaled 4x, on fresh seeds
+OPD_RULES = "paper_world_opd_rules.csv"  # every OPD stop rule's runs and 4x checks (plateau_reruns.py rules-table)
 RERUN_DIFFS = "plateau_reruns_differences.csv"
 RERUN_SUMMARY = "plateau_reruns_summary.csv"
 RERUN_REPORT = "plateau_crosscheck_report.json"
@@ -419,9 +420,10 @@ def paper_world(t: Tables) -> list[str]:
         "",
     ]
     if t.has(PLATEAU_PW):
-        out += ["Under the plateau protocol (`configs/plateau/paper_world.toml`; every stage at its validation "
-                "plateau, `paper_world_ablation_summary.md`, which also counts the stages short of their plateau "
-                "and gives greedy and pass@8; `frontier_paper_world.png`, the label × compute plane):", "",
+        out += ["Under the plateau protocol's first rule (`configs/legacy/plateau_window/paper_world.toml`; every "
+                "stage stopped at its validation plateau by the window test, `paper_world_ablation_summary.md`, "
+                "which also counts the stages short of their plateau and gives greedy and pass@8; "
+                "`frontier_paper_world.png`, the label × compute plane):", "",
                 *table(head, rows(PLATEAU_PW)), ""]
         if t.has(CAP_CHECK):
             cc = t.csv(CAP_CHECK)
@@ -435,6 +437,20 @@ def paper_world(t: Tables) -> list[str]:
                         "which the stop rule ends before a slow rise). ") if bad else "")
                     + "Not checked yet: " + (", ".join(sorted({x for r in t.summary(PLATEAU_PW) for x in (r["a"], r["b"])}
                                                               - {r["arm"] for r in cc})) or "none") + ".", ""]
+        if t.has(OPD_RULES):
+            rr = t.csv(OPD_RULES)
+            out += ["OPD's stop rule, amended twice (`" + OPD_RULES + "`; `python scripts/plateau_reruns.py "
+                    "rules-table`; each amendment committed before any run under it, docs/log.md 2026-12-08). "
+                    "Mean test avg@8, greedy and pass@8 of each rule's runs (1x: the ablation's seeds; 4x: its cap "
+                    "check on seeds 2000-2002, against the same rule's 1x mean):", "",
+                    *table(["rule", "arm", "caps", "runs", "avg@8", "greedy", "pass@8", "OPD steps run / best",
+                            "4x gain (limit +3)"],
+                           [[f"{r['rule']}: {r['what']}", r["arm"], f"{num(r['scale'], 0)}x", r["runs"],
+                             num(r["avg_at_8"]), num(r["greedy"]), num(r["pass_at_8"]),
+                             f"{num(r['opd_steps_run'], 0)} / {num(r['opd_best_step'], 0)}" if r["opd_steps_run"] else "-",
+                             (signed(r["gain_over_1x"]) + ("" if r["within_limit"] == "True" else " **over**"))
+                             if r["gain_over_1x"] else "-"]
+                            for r in rr]), ""]
     out += ["At the fixed, short length (`configs/legacy/fixed_length/paper_world.toml`: 12 GRPO steps, 200 FKL + 200 OPD; 10 seeds, "
             f"`{FIXED_PW.replace('.csv', '.md')}`):", "", *table(head, rows(FIXED_PW)), ""]
     return out
