@@ -410,13 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     d = sub.add_parser("demo", help="every arm, one seed, the paper-like world",
                        description="Every arm, one seed, in the paper-like world of the world family, "
-                                   "every stage trained to its validation plateau (configs/plateau/paper_world.toml; "
-                                   "about 20 minutes of one core); prints one row per arm.",
+                                   "every stage trained to its validation plateau by the protocol's first rule "
+                                   "(configs/legacy/plateau_window/paper_world.toml, whose OPD stops early; about "
+                                   "20 minutes of one core); prints one row per arm. The results' config, "
+                                   "plateau/paper_world, runs OPD 9600 steps a stage: about 2.5 hours of one core.",
                        epilog="example:\n  reference-pipeline demo --seed 1 --workdir /tmp/s2d_demo")
-    d.add_argument("--config", default="plateau/paper_world",
+    d.add_argument("--config", default="legacy/plateau_window/paper_world",
                    help="config path or name in configs/ (default: the world family's paper-like world under "
-                        "the plateau protocol; legacy/fixed_length/paper_world is its fixed, short length, "
-                        "toy_short the older, faster toy world)")
+                        "the plateau protocol's first rule; plateau/paper_world is the results' config, hours "
+                        "long; legacy/fixed_length/paper_world is its fixed, short length, toy_short the older, "
+                        "faster toy world)")
     d.add_argument("--seed", type=SEED, default=0, help="seed of every arm")
     d.add_argument("--workdir", default=DEFAULT_WORKDIR + "/demo", type=output_dir,
                    help="stage checkpoints and per-run results; rerunning resumes from them")
