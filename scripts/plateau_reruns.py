@@ -656,12 +656,17 @@ TUNING_OUT = ROOT / "docs/results/fairness_plateau_paper_world"
 TUNING_ARMS = ("direct_grpo", "rl_teacher_bridge")
 
 
+# the committed tuning study (docs/results/fairness_plateau_paper_world/) ran under the protocol's first rule;
+# a study under the current rule needs its own name and storage (its bridge trials run OPD 9600 steps)
+TUNING_CONFIG = RULES[0][2]
+
+
 def _tuning_setup(workdir) -> tuple[str, str, dict]:
     """(storage URL, study name, arm-source options) of the plateau tuning study under `workdir`."""
     work = (Path(workdir) / "tuning-paper-world").resolve()
     work.mkdir(parents=True, exist_ok=True)
     return (f"journal:///{work / 'study.log'}", "paper_world_plateau",
-            {"config": str(ROOT / ABLATION_CONFIG), "workdir": str(work / "runs")})
+            {"config": str(ROOT / TUNING_CONFIG), "workdir": str(work / "runs")})
 
 
 def cmd_tuning(args) -> int:
