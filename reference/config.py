@@ -326,6 +326,8 @@ class PlateauConfig:
         if bad:
             raise InputError(f"plateau.run_to_cap: unknown stage(s) {', '.join(map(repr, bad))}; choose from "
                              f"{', '.join(sorted(known))} (comma-separated)")
+        if self.to_cap and not self.enabled:  # it would change stage keys and seeds for no effect
+            raise InputError("plateau.run_to_cap needs plateau.enabled = true (it names stages of the protocol)")
 
     @property
     def to_cap(self) -> frozenset[str]:

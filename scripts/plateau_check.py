@@ -4,7 +4,7 @@
     python scripts/plateau_check.py costs [--seed 900]           # one run of each main arm under the protocol
     python scripts/plateau_check.py frontier [--workdir W]       # docs/results/frontier_<world>.{csv,png}
 
-`stopping`: an arm (default direct GRPO) on the paper-like world under configs/plateau/paper_world.toml, with
+`stopping`: an arm (default direct GRPO) on the paper-like world under configs/legacy/plateau_window/paper_world.toml (the first rule), with
 early stopping off (min_fraction 1), so each stage's whole validation curve up to its cap is recorded (each
 stage then starts from the previous one's best checkpoint of its whole cap). The stopping rule is then
 replayed on each curve (the rule only reads points up to the step it decides at), and reports where it
@@ -32,7 +32,9 @@ from reference.config import load_config  # noqa: E402
 from reference.pipeline import run_pipeline  # noqa: E402
 from reference import plateau  # noqa: E402
 
-CONFIG = ROOT / "configs" / "plateau" / "paper_world.toml"
+# the protocol's first rule, which its committed checks ran (configs/plateau/paper_world.toml has since been
+# amended: OPD runs to a 9600-step cap)
+CONFIG = ROOT / "configs" / "legacy" / "plateau_window" / "paper_world.toml"
 OUT = ROOT / "docs" / "results"
 MAIN_ARMS = ("direct_grpo", "rl_teacher_bridge", "raw_teacher_bridge", "rl_teacher_bridge_stage3")
 

@@ -74,6 +74,7 @@ ABLATION_WORLD = "paper-world"  # the workdir's name: stages are keyed by hash, 
 # are in) and amendment 1's (OPD to a 600-step cap; paper-world-opd600, configs/legacy/plateau_opd600/).
 ABLATION_RESULTS = "paper-world-opd-to-cap"
 RULE1_RESULTS = "paper-world"
+ABLATION_SEEDS = 10  # the issue's >= 10 seeds: `ablation-table` writes the committed tables from a whole study
 ABLATION_ARMS = ("rl_teacher_bridge", "no_opd", "no_fkl", "rl_teacher_bridge_stage3", "replay_control",
                  "raw_teacher_bridge", "direct_grpo")
 
@@ -136,15 +137,17 @@ def link_unchanged_stages(old, new, stages_dir: Path) -> int:
     its own curve and cap), but its checkpoint key hashes the whole config. Hard links, under the key `new`
     computes; returns how many. Refused in one line when the configs differ in anything but caps."""
     from reference.config import diff_fields
-    from reference.stage_runner import stage_key
+    from reference.stage_runner import CAP_FIELDS, stage_key
 
+    assert set(CAP_STAGES) == set(CAP_FIELDS), "every cap field names the stages it sets"
     changed = diff_fields(old.to_dict(), new.to_dict())
     if not changed or set(changed) - set(CAP_STAGES):
         raise InputError("stage reuse needs configs that differ in stage caps only; these differ in "
                          + (", ".join(sorted(set(changed) - set(CAP_STAGES))) or "nothing"))
     moved = set().union(*(CAP_STAGES[f] for f in changed))
     n = 0
-    for meta in sorted(stages_dir.glob("*/meta.json")) if stages_dir.is_dir() else []:
+    # finished checkpoints only: "*" also matches the hidden mid-stage (.KEY.partial) and linking directories
+    for meta in sorted(stages_dir.glob("[!.]*/meta.json")) if stages_dir.is_dir() else []:
         m = json.loads(meta.read_text())
         prefix = [tuple(p) for p in m["prefix"]]
         if moved & {name for name, _ in prefix} or stage_key(old, m["seed"], prefix) != meta.parent.name:
@@ -161,6 +164,23 @@ def link_unchanged_stages(old, new, stages_dir: Path) -> int:
     return n
 
 
+def set_aside_stale_runs(workdir: Path, cfg) -> int:
+    """Move the run directories under `workdir`/runs whose manifest names another config than `cfg` to
+    `workdir`/runs_set_aside/ (a run directory refuses a changed config; its stages stay shared, by key).
+    Returns how many moved."""
+    from reference.config import diff_fields
+    n = 0
+    for m in sorted((workdir / "runs").glob("*/manifest.json")):
+        if diff_fields(json.loads(m.read_text()).get("config", {}), cfg.to_dict()):
+            dest = workdir / "runs_set_aside" / m.parent.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                dest = dest.with_name(f"{dest.name}.{len(list(dest.parent.glob(dest.name + '*')))}")
+            m.parent.rename(dest)
+            n += 1
+    return n
+
+
 def _ablation_seed(job: tuple[int, str, tuple[str, ...], str]) -> str:
     """The arms of one seed in one workdir (a process of its own), skipping arms already written; with
     `reuse` (a config path), that config's finished stages the caps' change leaves alone are linked in."""
@@ -173,6 +193,7 @@ def _ablation_seed(job: tuple[int, str, tuple[str, ...], str]) -> str:
     work = Path(workdir) / ABLATION_WORLD / f"seed_{seed}"
     if reuse:
         link_unchanged_stages(load_config(ROOT / reuse), cfg, work / "stages")
+        set_aside_stale_runs(work, cfg)
     lines = []
     for arm in arms:
         path = OUT / ABLATION_RESULTS / f"{arm}_n{cfg.world.labels}_s{seed}.json"
@@ -245,6 +266,12 @@ def cmd_ablation_table(args) -> int:
     if not res:
         raise InputError(f"no finished ablation runs under {(OUT / ABLATION_RESULTS).relative_to(ROOT)} "
                          "(`python scripts/plateau_reruns.py ablation`)")
+    have = _accuracy_by_arm(res)
+    short = [f"{a} {len(have.get(a, []))}" for a in ABLATION_ARMS if len(have.get(a, [])) < ABLATION_SEEDS]
+    if short:  # the committed tables are the first rule's until the current rule's study is whole
+        raise InputError(f"the ablation under {ABLATION_CONFIG} is not whole (runs per arm: {', '.join(short)}; "
+                         f"{ABLATION_SEEDS} each): the committed tables stay; `compare-rules` and `rules-table` "
+                         "read partial studies")
     table = OUT.parent / "paper_world_ablation.csv"
     write_table(pd.concat([r.to_frame() for r in res], ignore_index=True), table, "runs")
     stages = pd.DataFrame([row for r in res for row in stage_rows(r)])
@@ -462,6 +489,7 @@ def cmd_cap_check(args) -> int:
                 if args.reuse_stages_of:
                     old = load_config(ROOT / args.reuse_stages_of)
                     link_unchanged_stages(old.override(scaled_caps(old, args.scale)), cfg, work / "stages")
+                    set_aside_stale_runs(work, cfg)
                 res = run_pipeline(cfg, arm, seed, workdir=work, split="test",
                                    progress=False)
                 path.parent.mkdir(parents=True, exist_ok=True)

@@ -317,27 +317,29 @@ def claims(t: Tables, root: Path) -> list[str]:
 
 
 def _opd_caveat(t: Tables) -> list[str]:
-    """Every bridge figure "at plateau" above ran the first rule, whose OPD was not at its plateau: the
-    current rule's RL bridge against the first rule's, read from the OPD rules table."""
+    """Every bridge figure "at plateau" above ran the first rule: its OPD steps and 4x checks, and the current
+    rule's RL bridge against it, read from the OPD rules table."""
     if not t.has(OPD_RULES):
         return []
     rr = t.csv(OPD_RULES)
     one = {(r["rule"], r["arm"]): r for r in rr if r["scale"] == "1.0"}
+    four = {(r["rule"], r["arm"]): r for r in rr if r["scale"] == "4.0"}
     first, now, direct = (one.get(k) for k in (("window", "rl_teacher_bridge"), ("opd9600", "rl_teacher_bridge"),
                                                  ("window", "direct_grpo")))
     if not (first and now and direct):
         return []
+    checks = "; ".join(f"{arm} {signed(r['gain_over_1x'])} ({'within' if r['within_limit'] == 'True' else 'over'} "
+                       f"the limit)" for (rule, arm), r in four.items() if rule == "window")
     return ["**The bridge figures above are not plateaus.** Every RL-bridge, no-FKL, stage-3 and replay figure at "
-            "plateau (the paper-like world's and the family's) ran the protocol's first rule, which stopped OPD at "
-            "about 190 steps while its validation still rose (the RL bridge's 4x cap check failed; the raw "
-            "bridge's, distilling a teacher with nothing more to give, passed). With OPD run "
-            f"to a 9600-step cap (amendment 2; the OPD rules table below), the RL bridge reads {num(now['avg_at_8'])} "
-            f"test avg@8 over {now['runs']} seed{'s' if now['runs'] != '1' else ''} (greedy {num(now['greedy'])}, "
-            f"pass@8 {num(now['pass_at_8'])}) where the first rule gave {num(first['avg_at_8'])} over {first['runs']} "
-            f"and direct GRPO {num(direct['avg_at_8'])} (longer OPD raised the bridge on every seed run so far): the "
-            "bridge − direct differences above are most likely lower bounds, and "
-            "the comparisons inside the bridge (no-FKL, no-OPD, stage 3, replay) are open until their arms rerun. "
-            "Direct GRPO's stages do not change (its 4x check passed).", ""]
+            "plateau (the paper-like world's and the family's) ran the protocol's first rule, which stopped OPD "
+            f"after {num(first['opd_steps_run'], 0)} steps on average (RL bridge) while its validation still rose; "
+            f"its 4x cap checks: {checks}. With OPD run to a 9600-step cap (amendment 2; the OPD rules table "
+            f"below), the RL bridge reads {num(now['avg_at_8'])} test avg@8 over {now['runs']} "
+            f"seed{'s' if now['runs'] != '1' else ''} (greedy {num(now['greedy'])}, pass@8 {num(now['pass_at_8'])}) "
+            f"where the first rule gave {num(first['avg_at_8'])} over {first['runs']} and direct GRPO "
+            f"{num(direct['avg_at_8'])}: the bridge − direct differences above understate the bridge, and the "
+            "comparisons inside the bridge (no-FKL, no-OPD, stage 3, replay) are open until their arms rerun. "
+            "Direct GRPO's stages do not change with OPD's rule.", ""]
 
 
 def world_family(t: Tables) -> list[str]:
@@ -693,7 +695,7 @@ def plateau_checks(t: Tables) -> list[str]:
     return [
         "## The plateau protocol's checks (issue 22; seeds 900+, not results)",
         "",
-        "`configs/plateau/paper_world.toml`: every stage validates at step 0 and every 5% of its cap on V = 64 "
+        "`configs/plateau/paper_world.toml` as it was before OPD's amendments (2026-12-08): every stage validates at step 0 and every 5% of its cap on V = 64 "
         "problems (avg@8), keeps its best checkpoint and stops when the curve's level over the last 30% of its "
         "steps rose ≤ 1 paired SE above its level over the 30% before (docs/reference.md). Whole-cap "
         "validation curves with early stopping off, each stage starting from the previous one's whole-cap best "

@@ -8,7 +8,7 @@ distilled student's validation score from ~28% to ~12% over 120 steps while its 
 
 Loads the bridge student that stage 3 starts from (the stage-3 arm's OPD checkpoint in an ablation seed's
 workdir: `plateau_reruns.py ablation`), then runs stage 3 (student GRPO on the held-back labels, the
-plateau protocol of configs/plateau/paper_world.toml) once per learning rate from that same start, in the
+plateau protocol's first rule, configs/legacy/plateau_window/paper_world.toml) once per learning rate from that same start, in the
 stage's own seeded RNG. Prints the validation curve and the selected step per rate; writes nothing under
 docs/ (the log quotes it).
 """
@@ -25,14 +25,20 @@ sys.path.insert(0, str(ROOT))
 
 from theory.errors import InputError, cli_exit  # noqa: E402
 
-CONFIG = ROOT / "configs" / "plateau" / "paper_world.toml"
+# the protocol's first rule, which its committed check ran (configs/plateau/paper_world.toml has since been
+# amended: OPD runs to a 9600-step cap)
+CONFIG = ROOT / "configs" / "legacy" / "plateau_window" / "paper_world.toml"
 
 
 def opd_checkpoint(workdir: Path) -> Path:
-    """The stage-3 arm's OPD checkpoint: the OPD stage whose teacher had half the labels."""
-    for meta in sorted((workdir / "stages").glob("*/meta.json")):
+    """The stage-3 arm's OPD checkpoint under CONFIG: the OPD stage whose teacher had half the labels."""
+    from reference.config import load_config
+    from reference.stage_runner import stage_key
+    cfg = load_config(CONFIG)
+    for meta in sorted((workdir / "stages").glob("[!.]*/meta.json")):  # not the hidden mid-stage directories
         m = json.loads(meta.read_text())
-        if m["stage"] == "opd" and m["prefix"][0][0] == "teacher_grpo" and m["prefix"][0][1] < 64:
+        if (m["stage"] == "opd" and m["prefix"][0][0] == "teacher_grpo" and m["prefix"][0][1] < 64
+                and stage_key(cfg, m["seed"], [tuple(p) for p in m["prefix"]]) == meta.parent.name):
             return meta.parent
     raise InputError(f"no stage-3 OPD checkpoint under {workdir}/stages (run `plateau_reruns.py ablation` first)")
 

@@ -79,8 +79,10 @@ def test_config_checks_fractions_and_the_protocol_off_keeps_every_stage_key():
 
 def test_run_to_cap_names_stages_and_changes_only_their_keys_and_those_after_them():
     with pytest.raises(InputError, match="plateau.run_to_cap: unknown stage\\(s\\) 'opd2'"):
-        PlateauConfig(run_to_cap="opd, opd2")
-    assert PlateauConfig(run_to_cap=" opd,fkl_warmup ").to_cap == {"opd", "fkl_warmup"}
+        PlateauConfig(enabled=True, run_to_cap="opd, opd2")
+    assert PlateauConfig(enabled=True, run_to_cap=" opd,fkl_warmup ").to_cap == {"opd", "fkl_warmup"}
+    with pytest.raises(InputError, match="plateau.run_to_cap needs plateau.enabled = true"):
+        PlateauConfig(run_to_cap="opd")
     from reference.stage_runner import seed_key
     on = tiny_config(**{"plateau.enabled": True})
     amended = on.override({"plateau.run_to_cap": "opd"})

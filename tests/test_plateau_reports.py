@@ -3,7 +3,6 @@
 their student validation curves at each arm's median training tokens) and the committed cap checks."""
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -133,11 +132,18 @@ def test_a_change_of_opd_cap_reuses_the_stages_before_opd_and_retrains_opd(tmp_p
     b = a.override({"opd.steps": 2 * a.opd.steps})
     run_pipeline(a, "rl_teacher_bridge", 0, workdir=tmp_path, split="val", progress=False)
     before = stage_checkpoints(tmp_path)
+    stale = tmp_path / "stages" / ".0123456789abcdef.partial"  # a killed stage's mid-stage directory
+    stale.mkdir()
+    (stale / "meta.json").write_text(json.dumps({"step": 4, "every": 0}))
+    # a longer GRPO cap sets the teacher's trajectory, and so every stage after it: nothing to reuse
+    assert pr.link_unchanged_stages(a, a.override({"grpo.max_steps": 99}), tmp_path / "stages") == 0
     assert pr.link_unchanged_stages(a, b, tmp_path / "stages") == 2
     assert pr.link_unchanged_stages(a, b, tmp_path / "stages") == 0  # already linked
     res = run_pipeline(b, "rl_teacher_bridge", 0, workdir=tmp_path / "b", split="val", progress=False)
     assert not res.stages[0].get("cached")  # another workdir: nothing to reuse there
-    shutil.rmtree(tmp_path / "runs")  # the run's manifest names A's config (a rerun moves it aside)
+    # the run directory's manifest names A's config: B's run there would be refused, so it moves aside
+    assert pr.set_aside_stale_runs(tmp_path, b) == 1 and pr.set_aside_stale_runs(tmp_path, b) == 0
+    assert (tmp_path / "runs_set_aside" / "rl_teacher_bridge_s0_t16" / "manifest.json").is_file()
     res = run_pipeline(b, "rl_teacher_bridge", 0, workdir=tmp_path, split="val", progress=False)
     cached = {s["name"]: bool(s.get("cached")) for s in res.stages if s["name"] != "eval"}
     assert cached == {"teacher_grpo": True, "fkl_warmup": True, "opd": False}
