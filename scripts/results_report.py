@@ -324,8 +324,8 @@ def _opd_caveat(t: Tables) -> list[str]:
     rr = t.csv(OPD_RULES)
     one = {(r["rule"], r["arm"]): r for r in rr if r["scale"] == "1.0"}
     four = {(r["rule"], r["arm"]): r for r in rr if r["scale"] == "4.0"}
-    first, now, direct = (one.get(k) for k in (("window", "rl_teacher_bridge"), ("opd9600", "rl_teacher_bridge"),
-                                                 ("window", "direct_grpo")))
+    first, now = one.get(("window", "rl_teacher_bridge")), one.get(("opd9600", "rl_teacher_bridge"))
+    direct = one.get(("opd9600", "direct_grpo")) or one.get(("window", "direct_grpo"))  # the same stages
     if not (first and now and direct):
         return []
     checks = "; ".join(f"{arm} {signed(r['gain_over_1x'])} ({'within' if r['within_limit'] == 'True' else 'over'} "
@@ -336,8 +336,8 @@ def _opd_caveat(t: Tables) -> list[str]:
             f"its 4x cap checks: {checks}. With OPD run to a 9600-step cap (amendment 2; the OPD rules table "
             f"below), the RL bridge reads {num(now['avg_at_8'])} test avg@8 over {now['runs']} "
             f"seed{'s' if now['runs'] != '1' else ''} (greedy {num(now['greedy'])}, pass@8 {num(now['pass_at_8'])}) "
-            f"where the first rule gave {num(first['avg_at_8'])} over {first['runs']} and direct GRPO "
-            f"{num(direct['avg_at_8'])}: the bridge − direct differences above understate the bridge, and the "
+            f"where the first rule gave {num(first['avg_at_8'])} over {first['runs']}, and direct GRPO "
+            f"{num(direct['avg_at_8'])} over {direct['runs']}: the bridge − direct differences above understate the bridge, and the "
             "comparisons inside the bridge (no-FKL, no-OPD, stage 3, replay) are open until their arms rerun. "
             "Direct GRPO's stages do not change with OPD's rule.", ""]
 
