@@ -211,10 +211,7 @@ def cmd_ablation(args) -> int:
     import multiprocessing as mp
 
     seeds = _seed_range(args.seeds)
-    arms = tuple(args.arms.split(",")) if args.arms else ABLATION_ARMS
-    unknown = sorted(set(arms) - set(ABLATION_ARMS))
-    if unknown:
-        raise InputError(f"--arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ABLATION_ARMS)}")
+    arms = _arm_list(args.arms) if args.arms else ABLATION_ARMS
     with mp.get_context("spawn").Pool(args.jobs) as pool:
         for line in pool.imap_unordered(_ablation_seed, [(s, args.workdir, arms, args.reuse_stages_of) for s in seeds]):
             print(line, flush=True)
@@ -383,6 +380,11 @@ def _cap_check_lines(res: list) -> list[str]:
             "", "Not checked yet: " + (", ".join(missing) if missing else "none") + "."]
 
 
+def _opd_records(runs: list) -> list[dict]:
+    """The plateau records of the validated OPD stages of `runs`, in order."""
+    return [s["plateau"] for r in runs for s in r.stages if s["name"] == "opd" and s.get("plateau", {}).get("validated")]
+
+
 def cmd_compare_rules(args) -> int:
     """One rule's ablation runs (`--new`, default the current rule's) against another's (`--old`, default the
     first rule's) on the seeds both finished: per arm, the paired test avg@8 difference and the OPD stages'
@@ -395,8 +397,7 @@ def cmd_compare_rules(args) -> int:
                          f"{OUT.name}/{args.old}); run `ablation` first")
 
     def opd(r) -> str:
-        recs = [s["plateau"] for s in r.stages if s["name"] == "opd" and s.get("plateau", {}).get("validated")]
-        return ", ".join(f"{p['steps_run']}/{p['best_step']}" for p in recs) or "-"
+        return ", ".join(f"{p['steps_run']}/{p['best_step']}" for p in _opd_records([r])) or "-"
 
     print(f"| arm | seeds | {args.old} | {args.new} | paired difference | OPD steps run / best, {args.old} -> "
           f"{args.new} |\n|---|---|---|---|---|---|")
@@ -435,8 +436,7 @@ def cmd_rules_table(args) -> int:
             for r in ablation_results(d):
                 by_arm.setdefault(r.arm, []).append(r)
             for arm, res in by_arm.items():
-                opd = [s["plateau"] for r in res for s in r.stages if s["name"] == "opd"
-                       and s.get("plateau", {}).get("validated")]
+                opd = _opd_records(res)
                 acc = float(np.mean([r.metrics["accuracy"] for r in res]))
                 if scale == 1.0:
                     ones[arm] = acc
@@ -475,20 +475,20 @@ def cmd_cap_check(args) -> int:
     base = load_config(ROOT / ABLATION_CONFIG)
     cfg = base.override(scaled_caps(base, args.scale))
     out = OUT / f"{ABLATION_RESULTS}-cap{args.scale:g}x"
-    arms = args.arms.split(",")
-    unknown = sorted(set(arms) - set(ABLATION_ARMS))
-    if unknown:
-        raise InputError(f"--arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ABLATION_ARMS)}")
+    arms = _arm_list(args.arms)
     committed = _accuracy_by_arm(ablation_results())  # every finished ablation run, read once
+    old = None
+    if args.reuse_stages_of:  # its finished stages at the same scale, linked in where the caps' change leaves them
+        old = load_config(ROOT / args.reuse_stages_of)
+        old = old.override(scaled_caps(old, args.scale))
     for arm in arms:
         got = []
         for seed in _seed_range(args.seeds):
             path = out / f"{arm}_n{cfg.world.labels}_s{seed}.json"
             if not path.is_file():
                 work = Path(args.workdir) / f"{ABLATION_WORLD}-cap{args.scale:g}x" / f"seed_{seed}"
-                if args.reuse_stages_of:
-                    old = load_config(ROOT / args.reuse_stages_of)
-                    link_unchanged_stages(old.override(scaled_caps(old, args.scale)), cfg, work / "stages")
+                if old is not None:
+                    link_unchanged_stages(old, cfg, work / "stages")
                     set_aside_stale_runs(work, cfg)
                 res = run_pipeline(cfg, arm, seed, workdir=work, split="test",
                                    progress=False)
@@ -500,6 +500,15 @@ def cmd_cap_check(args) -> int:
               f"({' '.join(f'{g:.1f}' for g in got)}); committed mean {np.mean(ref):.1f} over {len(ref)} seeds; "
               f"gain {np.mean(got) - np.mean(ref):+.1f} (limit +3)", flush=True)
     return 0
+
+
+def _arm_list(text: str) -> tuple[str, ...]:
+    """'--arms' text -> ablation arms; one line naming the unknown ones."""
+    arms = tuple(text.split(","))
+    unknown = sorted(set(arms) - set(ABLATION_ARMS))
+    if unknown:
+        raise InputError(f"--arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ABLATION_ARMS)}")
+    return arms
 
 
 def _seed_range(text: str) -> list[int]:
